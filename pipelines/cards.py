@@ -1,0 +1,179 @@
+"""Cards for every artifact: Jinja templates in `hub_cards/` rendered with `huggingface_hub`.
+
+Each card carries YAML metadata the Hub understands (license, languages, task categories, tags,
+`configs:` for datasets, `base_model` for models) and a `lineage` block: the stage, its pinned
+inputs, its parameters, library versions and the command. The same lineage is written both as
+machine-readable YAML (the store and the study runner read it) and as a readable section.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData, RepoCard
+from huggingface_hub.repocard_data import CardData
+
+CARDS_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
+PROJECT = "t2i-bias"
+LICENSE = "apache-2.0"
+TRACKED_LIBRARIES = (
+    "torch",
+    "diffusers",
+    "transformers",
+    "datasets",
+    "huggingface_hub",
+    "accelerate",
+    "peft",
+    "evaluate",
+    "open_clip_torch",
+)
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries an artifact may depend on (absent ones left out)."""
+    versions = {}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def current_command() -> str:
+    """The command line that is running, as a user would retype it."""
+    argv = list(sys.argv)
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        module = spec.name.removesuffix(".__main__")
+        return shlex.join(["python", "-m", module, *argv[1:]])
+    return shlex.join(["python", *argv])
+
+
+def make_lineage(
+    stage: str, inputs: dict[str, str], parameters: dict[str, Any], fingerprint: str, command: str | None = None
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "inputs": dict(inputs),
+        "parameters": dict(parameters),
+        "fingerprint": fingerprint,
+        "versions": library_versions(),
+        "command": command or current_command(),
+    }
+
+
+def _template(name: str) -> str:
+    return (
+        (CARDS_DIR / name).read_text(encoding="utf-8") + "\n" + (CARDS_DIR / "lineage.md").read_text(encoding="utf-8")
+    )
+
+
+def _render(card_cls: type[RepoCard], template: str, data: CardData, **context: Any) -> RepoCard:
+    return card_cls.from_template(data, template_str=_template(template), **context)
+
+
+def dataset_card(
+    *,
+    repo_id: str,
+    title: str,
+    description: str,
+    lineage: dict[str, Any],
+    configs: list[dict[str, Any]],
+    languages: list[str],
+    rows: dict[str, int] | None = None,
+    task_categories: list[str] | None = None,
+    tags: list[str] | None = None,
+    notes: list[str] | None = None,
+    **extra_metadata: Any,
+) -> DatasetCard:
+    """A dataset card whose `configs:` lets `load_dataset(repo, config)` find the parquet shards."""
+    data = DatasetCardData(
+        license=LICENSE,
+        language=languages,
+        task_categories=task_categories or ["text-to-image"],
+        tags=[PROJECT, "fairness", *(tags or [])],
+        configs=configs,
+        lineage=lineage,
+        **extra_metadata,
+    )
+    table = [(entry["config_name"], (rows or {}).get(entry["config_name"], "")) for entry in configs]
+    return _render(
+        DatasetCard,
+        "dataset_card.md",
+        data,
+        repo_id=repo_id,
+        title=title,
+        description=description,
+        configs_table=table,
+        notes=notes or [],
+        lineage=lineage,
+    )
+
+
+def model_card(
+    *,
+    title: str,
+    description: str,
+    lineage: dict[str, Any],
+    languages: list[str],
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    tags: list[str] | None = None,
+    notes: list[str] | None = None,
+    usage: str | None = None,
+    **extra_metadata: Any,
+) -> ModelCard:
+    data = ModelCardData(
+        license=LICENSE,
+        language=languages,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        base_model=base_model,
+        datasets=datasets,
+        tags=[PROJECT, *(tags or [])],
+        lineage=lineage,
+        **extra_metadata,
+    )
+    return _render(
+        ModelCard,
+        "model_card.md",
+        data,
+        title=title,
+        description=description,
+        notes=notes or [],
+        usage=usage,
+        lineage=lineage,
+    )
+
+
+def space_card(
+    *,
+    title: str,
+    description: str,
+    lineage: dict[str, Any],
+    app_file: str = "app.py",
+    sdk: str = "gradio",
+    sdk_version: str | None = None,
+    tags: list[str] | None = None,
+    notes: list[str] | None = None,
+    **extra_metadata: Any,
+) -> RepoCard:
+    data = CardData(
+        title=title,
+        sdk=sdk,
+        sdk_version=sdk_version or metadata.version("gradio"),
+        app_file=app_file,
+        license=LICENSE,
+        tags=[PROJECT, *(tags or [])],
+        lineage=lineage,
+        **extra_metadata,
+    )
+    return _render(
+        RepoCard, "space_card.md", data, title=title, description=description, notes=notes or [], lineage=lineage
+    )

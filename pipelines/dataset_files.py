@@ -1,0 +1,126 @@
+"""Dataset artifacts that stock `datasets` reads: parquet shards under `data/<config>/`.
+
+Rows are buffered and flushed to a new shard every `rows_per_shard` rows (or sooner when the
+buffer's bytes grow past `max_shard_bytes`, for image rows), so memory stays flat however many
+rows a stage makes. Each shard carries the `datasets.Features` in its schema metadata, so
+`load_dataset(folder, config)` decodes `Image` columns as images.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SPLIT = "train"
+_CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def shard_name(index: int) -> str:
+    return f"{SPLIT}-{index:05d}.parquet"
+
+
+def config_entry(config: str) -> dict[str, Any]:
+    """The card's `configs:` entry that maps a config to its parquet shards."""
+    return {"config_name": config, "data_files": [{"split": SPLIT, "path": f"data/{config}/*.parquet"}]}
+
+
+class DatasetWriter:
+    """Writes rows of one `datasets.Features` schema into per-config parquet shards.
+
+    Args:
+        folder (`str` or `Path`): the artifact folder; shards go to `folder/data/<config>/`.
+        features (`datasets.Features`): the schema of every row.
+        rows_per_shard (`int`): rows per parquet file.
+        max_shard_bytes (`int`): flush early when buffered `bytes` values pass this size.
+
+    Example:
+        >>> import tempfile, datasets
+        >>> folder = tempfile.mkdtemp()
+        >>> writer = DatasetWriter(folder, datasets.Features({"text": datasets.Value("string")}))
+        >>> writer.write("en", [{"text": "a photo"}, {"text": "another photo"}])
+        >>> writer.close()
+        {'en': 2}
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        features: datasets.Features,
+        rows_per_shard: int = 1000,
+        max_shard_bytes: int = 256 << 20,
+    ):
+        self.folder = Path(folder)
+        self.features = features
+        self.schema = features.arrow_schema
+        self.rows_per_shard = rows_per_shard
+        self.max_shard_bytes = max_shard_bytes
+        self._buffers: dict[str, list[dict[str, Any]]] = {}
+        self._buffer_bytes: dict[str, int] = {}
+        self._next_shard: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+
+    def write(self, config: str, rows: Iterable[dict[str, Any]]) -> None:
+        if not _CONFIG_NAME.match(config):
+            raise ValueError(f"config name {config!r}: use letters, digits, '_', '-', '.'")
+        buffer = self._buffers.setdefault(config, [])
+        for row in rows:
+            encoded = self.features.encode_example(row)
+            buffer.append(encoded)
+            self._buffer_bytes[config] = self._buffer_bytes.get(config, 0) + _bytes_in(encoded)
+            if len(buffer) >= self.rows_per_shard or self._buffer_bytes[config] >= self.max_shard_bytes:
+                self.flush(config)
+
+    def flush(self, config: str) -> None:
+        buffer = self._buffers.get(config)
+        if not buffer:
+            return
+        index = self._next_shard.get(config, 0)
+        path = self.folder / "data" / config / shard_name(index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist(buffer, schema=self.schema)
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp)
+        tmp.rename(path)  # a shard is either complete or absent
+        self._next_shard[config] = index + 1
+        self.counts[config] = self.counts.get(config, 0) + len(buffer)
+        buffer.clear()  # in place: `write` holds this list while it iterates
+        self._buffer_bytes[config] = 0
+
+    def close(self) -> dict[str, int]:
+        """Flushes every config; returns the row count per config."""
+        for config in list(self._buffers):
+            self.flush(config)
+        return dict(self.counts)
+
+    @property
+    def configs(self) -> list[str]:
+        return sorted(set(self.counts) | {c for c, rows in self._buffers.items() if rows})
+
+
+def _bytes_in(value: Any) -> int:
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_bytes_in(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_bytes_in(v) for v in value)
+    return 0
+
+
+def load_config(folder: str | Path, config: str) -> datasets.Dataset:
+    """Opens one config of an artifact folder with the stock loader."""
+    return datasets.load_dataset(str(folder), config, split=SPLIT)
+
+
+def artifact_configs(folder: str | Path) -> list[str]:
+    """The config names an artifact folder declares in its card."""
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(Path(folder) / "README.md")
+    return [entry["config_name"] for entry in card.data.to_dict().get("configs") or []]

@@ -1,0 +1,130 @@
+"""What every stage does around its own work: pin inputs, record lineage, skip or build, publish.
+
+A stage module defines an `Arguments` dataclass (a `StageArguments`), a `build(run, folder)`
+function that writes the artifact (data and card) into an empty folder, and calls `execute`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .cards import make_lineage
+from .config import ConfigError, StageArguments, input_fields, parse_arguments
+from .store import StoreError, parse_ref
+
+# Settings that choose where things go, not what is made: they stay out of the fingerprint.
+NOT_PARAMETERS = {"store", "store_root", "namespace", "output_repo", "tag", "force"}
+
+
+@dataclass(frozen=True)
+class Published:
+    repo_id: str
+    revision: str
+    repo_type: str
+    reused: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}@{self.revision}"
+
+
+class StageRun:
+    """One run of a stage: its store, pinned inputs, parameters, fingerprint and lineage."""
+
+    def __init__(self, stage: str, args: StageArguments, repo_type: str = "dataset"):
+        self.stage = stage
+        self.args = args
+        self.repo_type = repo_type
+        self.store = args.open_store()
+        self.output_repo_id = args.repo_id(args.output_repo)
+        self.inputs: dict[str, str] = {}
+        self._input_types = input_fields(args)
+        for name, input_type in self._input_types.items():
+            spec = getattr(args, name)
+            if spec is None:
+                continue
+            ref = parse_ref(spec, namespace=args.namespace)
+            self.inputs[name] = f"{ref.repo_id}@{self.store.revision_of(ref, input_type)}"
+        self.parameters = {
+            f.name: _plain(getattr(args, f.name))
+            for f in dataclasses.fields(args)
+            if f.name not in NOT_PARAMETERS and f.name not in self._input_types
+        }
+        self.fingerprint = hashlib.sha256(
+            json.dumps([stage, __version__, self.inputs, self.parameters], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        self.lineage = make_lineage(stage, self.inputs, self.parameters, self.fingerprint)
+
+    def input_folder(self, name: str) -> Path:
+        """The local folder of input `name` at its pinned revision."""
+        return self.store.resolve(self.inputs[name], self._input_types[name])
+
+    def existing(self) -> str | None:
+        """A revision of the output repo already made from the same inputs and parameters."""
+        if not self.store.exists(self.output_repo_id, self.repo_type):
+            return None
+        for entry in self.store.history(self.output_repo_id, self.repo_type):
+            if entry.lineage.get("fingerprint") == self.fingerprint:
+                return entry.revision
+        return None
+
+
+def execute(
+    stage: str,
+    args: StageArguments,
+    build: Callable[[StageRun, Path], str],
+    repo_type: str = "dataset",
+) -> Published:
+    """Runs `build` into a fresh folder and publishes it, unless the same output already exists.
+
+    `build` returns the commit message. A failure leaves nothing published and no folder behind.
+    """
+    run = StageRun(stage, args, repo_type)
+    if not getattr(args, "force", False):
+        revision = run.existing()
+        if revision is not None:
+            print(
+                f"[{stage}] up to date: {run.output_repo_id}@{revision} (same inputs and parameters)", file=sys.stderr
+            )
+            return Published(run.output_repo_id, revision, repo_type, reused=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{stage}-"))
+    try:
+        message = build(run, folder)
+        revision = run.store.push(folder, run.output_repo_id, repo_type, message, tag=args.tag)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"[{stage}] published {repo_type} {run.output_repo_id}@{revision}", file=sys.stderr)
+    return Published(run.output_repo_id, revision, repo_type)
+
+
+def stage_main(
+    cls: type[StageArguments], stage: str, run: Callable[[Any], Published], argv: list[str] | None = None
+) -> None:
+    """The command line of a stage: a one-line error and exit code 2 on bad input."""
+    try:
+        args = parse_arguments(cls, stage, argv)
+        published = run(args)
+    except (ConfigError, StoreError) as err:
+        print(f"{stage}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(published)
+
+
+def _plain(value: Any) -> Any:
+    """Makes a field value JSON- and YAML-friendly (tuples to lists, paths to strings)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value

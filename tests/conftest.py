@@ -1,0 +1,58 @@
+"""Shared fixtures. Every test runs offline, against stores in temporary folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before any Hugging Face library is imported: no network, and caches that never touch the user's.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="t2i-bias-hf-home-"))
+for variable in ("T2I_BIAS_STORE", "T2I_BIAS_STORE_ROOT", "T2I_BIAS_NAMESPACE"):
+    os.environ.pop(variable, None)
+
+import pytest  # noqa: E402
+
+from pipelines.store import LocalStore  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "hub")
+
+
+@pytest.fixture
+def make_folder(tmp_path: Path):
+    """Makes a folder with the given files ({relative path: text}) and returns its path."""
+    counter = iter(range(1_000_000))
+
+    def make(files: dict[str, str]) -> Path:
+        folder = tmp_path / f"folder-{next(counter)}"
+        for name, text in files.items():
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return folder
+
+    return make
+
+
+def run_python(*args: str, env: dict[str, str] | None = None, timeout: int = 600, **kwargs):
+    """Runs `python *args` from the repository root in a fresh interpreter."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )

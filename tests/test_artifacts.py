@@ -1,0 +1,107 @@
+"""Dataset artifacts read back with plain `datasets`, and cards with the metadata the Hub expects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from pipelines.cards import dataset_card, make_lineage, model_card, space_card
+from pipelines.dataset_files import DatasetWriter, artifact_configs, config_entry
+from pipelines.store import LocalStore
+
+FEATURES = datasets.Features(
+    {"text": datasets.Value("string"), "image": datasets.Image(), "n": datasets.Value("int32")}
+)
+
+
+def card_metadata(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def lineage() -> dict:
+    return make_lineage("demo", {"input": "ns/prompts@" + "a" * 40}, {"languages": ["de", "ja"], "n": 3}, "f" * 16)
+
+
+def test_dataset_pushed_and_read_back_with_load_dataset(tmp_path: Path, store: LocalStore) -> None:
+    folder = tmp_path / "artifact"
+    writer = DatasetWriter(folder, FEATURES, rows_per_shard=4)
+    colours = [(i * 20, 255 - i * 20, 7) for i in range(10)]
+    images = [Image.fromarray(np.full((8, 6, 3), c, dtype=np.uint8)) for c in colours]
+    writer.write("de", ({"text": f"Bild {i}", "image": img, "n": i} for i, img in enumerate(images)))
+    writer.write("ja", [{"text": "写真", "image": images[0], "n": 0}])
+    assert writer.close() == {"de": 10, "ja": 1}
+    assert sorted(p.name for p in (folder / "data" / "de").iterdir()) == [
+        "train-00000.parquet",
+        "train-00001.parquet",
+        "train-00002.parquet",
+    ]
+    dataset_card(
+        repo_id="ns/images", title="Images", description="Test.", lineage=lineage(),
+        configs=[config_entry("de"), config_entry("ja")], languages=["de", "ja"], rows=writer.counts,
+    ).save(folder / "README.md")  # fmt: skip
+
+    revision = store.push(folder, "ns/images", "dataset", "images")
+    resolved = store.resolve(f"ns/images@{revision}", "dataset")
+    assert artifact_configs(resolved) == ["de", "ja"]
+    german = datasets.load_dataset(str(resolved), "de", split="train")
+    assert german.num_rows == 10
+    assert german["text"][:3] == ["Bild 0", "Bild 1", "Bild 2"]
+    assert isinstance(german.features["image"], datasets.Image)
+    for row, colour in zip(german, colours):
+        decoded = np.asarray(row["image"])
+        assert decoded.shape == (8, 6, 3) and tuple(decoded[0, 0]) == colour
+    assert datasets.load_dataset(str(resolved), "ja", split="train")["text"] == ["写真"]
+
+
+def test_writer_flushes_early_on_bytes(tmp_path: Path) -> None:
+    writer = DatasetWriter(tmp_path, FEATURES, rows_per_shard=1000, max_shard_bytes=1)
+    image = Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8))
+    writer.write("x", [{"text": "a", "image": image, "n": 1}, {"text": "b", "image": image, "n": 2}])
+    assert len(list((tmp_path / "data" / "x").glob("*.parquet"))) == 2  # flushed per row, not held in memory
+    with pytest.raises(ValueError, match="config name 'bad name'"):
+        writer.write("bad name", [])
+
+
+def test_dataset_card_metadata(tmp_path: Path) -> None:
+    dataset_card(
+        repo_id="ns/prompts", title="Prompts", description="Demo.", lineage=lineage(),
+        configs=[config_entry("en")], languages=["en"], rows={"en": 5}, tags=["prompts"], notes=["a note"],
+    ).save(tmp_path / "README.md")  # fmt: skip
+    meta = card_metadata(tmp_path / "README.md")
+    assert meta["license"] == "apache-2.0"
+    assert meta["language"] == ["en"]
+    assert meta["task_categories"] == ["text-to-image"]
+    assert "prompts" in meta["tags"]
+    assert meta["configs"] == [{"config_name": "en", "data_files": [{"split": "train", "path": "data/en/*.parquet"}]}]
+    assert meta["lineage"]["inputs"] == {"input": "ns/prompts@" + "a" * 40}
+    assert meta["lineage"]["parameters"] == {"languages": ["de", "ja"], "n": 3}
+    assert meta["lineage"]["versions"]["datasets"] == datasets.__version__
+    assert meta["lineage"]["command"]
+    body = (tmp_path / "README.md").read_text()
+    assert "## Lineage" in body and "a note" in body and "`ns/prompts@" in body and "| `en` | 5 |" in body
+
+
+def test_model_and_space_cards(tmp_path: Path) -> None:
+    model_card(
+        title="Tiny model", description="Demo.", lineage=lineage(), languages=["en", "de"],
+        base_model="BAAI/AltDiffusion-m9", datasets=["ns/train"], usage="pipe = load(...)",
+    ).save(tmp_path / "model.md")  # fmt: skip
+    meta = card_metadata(tmp_path / "model.md")
+    assert meta["base_model"] == "BAAI/AltDiffusion-m9"
+    assert meta["datasets"] == ["ns/train"]
+    assert meta["language"] == ["en", "de"] and meta["license"] == "apache-2.0"
+    assert meta["pipeline_tag"] == "text-to-image" and meta["lineage"]["stage"] == "demo"
+
+    space_card(title="Compare", description="Demo.", lineage=lineage(), sdk_version="6.31.0").save(
+        tmp_path / "space.md"
+    )
+    meta = card_metadata(tmp_path / "space.md")
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == "6.31.0" and meta["app_file"] == "app.py"
+    assert meta["lineage"]["fingerprint"] == "f" * 16
