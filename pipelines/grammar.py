@@ -286,10 +286,13 @@ class French(Romance):
 
     def neutral_word(self, m: str, f: str) -> str:
         """Middle-dot inclusive form: avocat·e, musicien·ne, acteur·rice, coiffeur·euse, âgé·e."""
+        vowels = "aeiouéèêâ"
         prefix = _common_prefix(m, f)
-        # Back off over the vowels the two forms share, so the feminine ending reads whole (·euse).
-        while prefix and prefix[-1] in "aeiouéè" and f[len(prefix) : len(prefix) + 1] not in "aeiouéè":
-            prefix = prefix[:-1]
+        # When the feminine ending starts with a consonant, take back the vowels the two forms
+        # share, so the ending reads whole: coiffeur·euse rather than coiffeur·se.
+        if f[len(prefix) : len(prefix) + 1] not in vowels:
+            while prefix and prefix[-1] in vowels:
+                prefix = prefix[:-1]
         return f"{m}·{f[len(prefix) :]}"
 
     def of(self, head: str, person: str) -> str:

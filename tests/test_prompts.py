@@ -1,0 +1,410 @@
+"""The prompt grid and its translations: counts, ids lined up, and the exact prompts, reviewed by hand."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import datasets
+import pytest
+
+from pipelines import attributes, generate_prompts, translate_prompts
+from pipelines.config import ConfigError
+from pipelines.grammar import LANGUAGES, GridRow, LexiconError, load_grammar
+from pipelines.store import LocalStore
+
+ALL = [code for code in LANGUAGES if code != "en"]
+ATTRIBUTES = {
+    "nurse": ("medium shot", "adult", "wearing ethnic clothes", "at home"),
+    "teacher": ("long shot", "elderly", "wearing work clothes", "at home"),
+    "engineer": ("close-up", "young", "wearing ethnic clothes", "at work"),
+}
+# (language, profession): (male, female, neutral), each checked by a reader of the language.
+EXPECTED_GRID = {
+    ("en", "nurse"): (
+        "medium shot photo of an adult male nurse wearing ethnic clothes at home",
+        "medium shot photo of an adult female nurse wearing ethnic clothes at home",
+        "medium shot photo of an adult nurse wearing ethnic clothes at home",
+    ),
+    ("en", "teacher"): (
+        "long shot photo of an elderly male teacher wearing work clothes at home",
+        "long shot photo of an elderly female teacher wearing work clothes at home",
+        "long shot photo of an elderly teacher wearing work clothes at home",
+    ),
+    ("en", "engineer"): (
+        "close-up photo of a young male engineer wearing ethnic clothes at work",
+        "close-up photo of a young female engineer wearing ethnic clothes at work",
+        "close-up photo of a young engineer wearing ethnic clothes at work",
+    ),
+    ("de", "nurse"): (
+        "Halbnahe Aufnahme eines erwachsenen Krankenpflegers in traditioneller Kleidung zu Hause",
+        "Halbnahe Aufnahme einer erwachsenen Krankenschwester in traditioneller Kleidung zu Hause",
+        "Halbnahe Aufnahme einer erwachsenen Pflegekraft in traditioneller Kleidung zu Hause",
+    ),
+    ("de", "teacher"): (
+        "Totale eines älteren Lehrers in Arbeitskleidung zu Hause",
+        "Totale einer älteren Lehrerin in Arbeitskleidung zu Hause",
+        "Totale eines*einer älteren Lehrer*in in Arbeitskleidung zu Hause",
+    ),
+    ("de", "engineer"): (
+        "Nahaufnahme eines jungen Ingenieurs in traditioneller Kleidung bei der Arbeit",
+        "Nahaufnahme einer jungen Ingenieurin in traditioneller Kleidung bei der Arbeit",
+        "Nahaufnahme eines*einer jungen Ingenieur*in in traditioneller Kleidung bei der Arbeit",
+    ),
+    ("zh", "nurse"): (
+        "一位身穿民族服装的成年男性护士在家中的中景照片",
+        "一位身穿民族服装的成年女性护士在家中的中景照片",
+        "一位身穿民族服装的成年护士在家中的中景照片",
+    ),
+    ("zh", "teacher"): (
+        "一位身穿工作服的年长男性教师在家中的远景照片",
+        "一位身穿工作服的年长女性教师在家中的远景照片",
+        "一位身穿工作服的年长教师在家中的远景照片",
+    ),
+    ("zh", "engineer"): (
+        "一位身穿民族服装的年轻男性工程师在工作中的特写照片",
+        "一位身穿民族服装的年轻女性工程师在工作中的特写照片",
+        "一位身穿民族服装的年轻工程师在工作中的特写照片",
+    ),
+    ("ja", "nurse"): (
+        "自宅にいる、民族衣装を着た大人の男性の看護師のミディアムショットの写真",
+        "自宅にいる、民族衣装を着た大人の女性の看護師のミディアムショットの写真",
+        "自宅にいる、民族衣装を着た大人の看護師のミディアムショットの写真",
+    ),
+    ("ja", "teacher"): (
+        "自宅にいる、作業着を着た年配の男性の教師のロングショットの写真",
+        "自宅にいる、作業着を着た年配の女性の教師のロングショットの写真",
+        "自宅にいる、作業着を着た年配の教師のロングショットの写真",
+    ),
+    ("ja", "engineer"): (
+        "仕事中の、民族衣装を着た若い男性のエンジニアのクローズアップ写真",
+        "仕事中の、民族衣装を着た若い女性のエンジニアのクローズアップ写真",
+        "仕事中の、民族衣装を着た若いエンジニアのクローズアップ写真",
+    ),
+    ("es", "nurse"): (
+        "Foto en plano medio de un enfermero adulto con ropa tradicional en casa",
+        "Foto en plano medio de una enfermera adulta con ropa tradicional en casa",
+        "Foto en plano medio de un/a enfermero/a adulto/a con ropa tradicional en casa",
+    ),
+    ("es", "teacher"): (
+        "Foto en plano general de un profesor mayor con ropa de trabajo en casa",
+        "Foto en plano general de una profesora mayor con ropa de trabajo en casa",
+        "Foto en plano general de un/a profesor/a mayor con ropa de trabajo en casa",
+    ),
+    ("es", "engineer"): (
+        "Foto en primer plano de un ingeniero joven con ropa tradicional en el trabajo",
+        "Foto en primer plano de una ingeniera joven con ropa tradicional en el trabajo",
+        "Foto en primer plano de un/a ingeniero/a joven con ropa tradicional en el trabajo",
+    ),
+    ("fr", "nurse"): (
+        "Photo en plan moyen d'un infirmier adulte portant des vêtements traditionnels à la maison",
+        "Photo en plan moyen d'une infirmière adulte portant des vêtements traditionnels à la maison",
+        "Photo en plan moyen d'un·e infirmier·ère adulte portant des vêtements traditionnels à la maison",
+    ),
+    ("fr", "teacher"): (
+        "Photo en plan large d'un enseignant âgé portant des vêtements de travail à la maison",
+        "Photo en plan large d'une enseignante âgée portant des vêtements de travail à la maison",
+        "Photo en plan large d'un·e enseignant·e âgé·e portant des vêtements de travail à la maison",
+    ),
+    ("fr", "engineer"): (
+        "Photo en gros plan d'un jeune ingénieur portant des vêtements traditionnels au travail",
+        "Photo en gros plan d'une jeune ingénieure portant des vêtements traditionnels au travail",
+        "Photo en gros plan d'un·e jeune ingénieur·e portant des vêtements traditionnels au travail",
+    ),
+    ("it", "nurse"): (
+        "Foto in piano medio di un infermiere adulto con abiti tradizionali a casa",
+        "Foto in piano medio di un'infermiera adulta con abiti tradizionali a casa",
+        "Foto in piano medio di unə infermierə adultə con abiti tradizionali a casa",
+    ),
+    ("it", "teacher"): (
+        "Foto in campo lungo di un insegnante anziano con abiti da lavoro a casa",
+        "Foto in campo lungo di un'insegnante anziana con abiti da lavoro a casa",
+        "Foto in campo lungo di unə insegnante anzianə con abiti da lavoro a casa",
+    ),
+    ("it", "engineer"): (
+        "Foto in primo piano di un ingegnere giovane con abiti tradizionali al lavoro",
+        "Foto in primo piano di un'ingegnera giovane con abiti tradizionali al lavoro",
+        "Foto in primo piano di unə ingegnerə giovane con abiti tradizionali al lavoro",
+    ),
+    ("ko", "nurse"): (
+        "전통 의상을 입고 집에 있는 성인 남성 간호사의 미디엄 샷 사진",
+        "전통 의상을 입고 집에 있는 성인 여성 간호사의 미디엄 샷 사진",
+        "전통 의상을 입고 집에 있는 성인 간호사의 미디엄 샷 사진",
+    ),
+    ("ko", "teacher"): (
+        "작업복을 입고 집에 있는 나이 든 남성 교사의 롱 샷 사진",
+        "작업복을 입고 집에 있는 나이 든 여성 교사의 롱 샷 사진",
+        "작업복을 입고 집에 있는 나이 든 교사의 롱 샷 사진",
+    ),
+    ("ko", "engineer"): (
+        "전통 의상을 입고 직장에 있는 젊은 남성 엔지니어의 클로즈업 사진",
+        "전통 의상을 입고 직장에 있는 젊은 여성 엔지니어의 클로즈업 사진",
+        "전통 의상을 입고 직장에 있는 젊은 엔지니어의 클로즈업 사진",
+    ),
+    ("ru", "nurse"): (
+        "Фото средним планом: взрослый мужчина-медбрат в национальной одежде дома",
+        "Фото средним планом: взрослая медсестра в национальной одежде дома",
+        "Фото средним планом: взрослый медбрат в национальной одежде дома",
+    ),
+    ("ru", "teacher"): (
+        "Фото общим планом: пожилой мужчина-учитель в рабочей одежде дома",
+        "Фото общим планом: пожилая учительница в рабочей одежде дома",
+        "Фото общим планом: пожилой учитель в рабочей одежде дома",
+    ),
+    ("ru", "engineer"): (
+        "Фото крупным планом: молодой мужчина-инженер в национальной одежде на работе",
+        "Фото крупным планом: молодая женщина-инженер в национальной одежде на работе",
+        "Фото крупным планом: молодой инженер в национальной одежде на работе",
+    ),
+    ("ar", "nurse"): (
+        "صورة متوسطة لممرض ذكر بالغ يرتدي ملابس تقليدية في المنزل",
+        "صورة متوسطة لممرضة بالغة ترتدي ملابس تقليدية في المنزل",
+        "صورة متوسطة لممرض بالغ يرتدي ملابس تقليدية في المنزل",
+    ),
+    ("ar", "teacher"): (
+        "صورة بعيدة لمعلم ذكر مسن يرتدي ملابس العمل في المنزل",
+        "صورة بعيدة لمعلمة مسنة ترتدي ملابس العمل في المنزل",
+        "صورة بعيدة لمعلم مسن يرتدي ملابس العمل في المنزل",
+    ),
+    ("ar", "engineer"): (
+        "صورة مقربة لمهندس ذكر شاب يرتدي ملابس تقليدية في العمل",
+        "صورة مقربة لمهندسة شابة ترتدي ملابس تقليدية في العمل",
+        "صورة مقربة لمهندس شاب يرتدي ملابس تقليدية في العمل",
+    ),
+}
+EXPECTED_EVAL = {
+    "en": ("a photo of the face of an engineer", "a photo of the face of a person who works as an engineer"),
+    "de": (
+        "ein Foto des Gesichts eines Ingenieurs",
+        "ein Foto des Gesichts einer Person, die als Ingenieur*in arbeitet",
+    ),
+    "zh": ("一张工程师的面部照片", "一张职业是工程师的人的面部照片"),
+    "ja": ("エンジニアの顔写真", "エンジニアとして働く人の顔写真"),
+    "es": ("una foto de la cara de un ingeniero", "una foto de la cara de una persona que trabaja como ingeniero/a"),
+    "fr": ("une photo du visage d'un ingénieur", "une photo du visage d'une personne qui travaille comme ingénieur·e"),
+    "it": ("una foto del volto di un ingegnere", "una foto del volto di una persona che lavora come ingegnerə"),
+    "ko": ("엔지니어의 얼굴 사진", "엔지니어로 일하는 사람의 얼굴 사진"),
+    "ru": ("фотография лица инженера", "фотография лица человека по профессии инженер"),
+    "ar": ("صورة لوجه مهندس", "صورة لوجه شخص مهنته مهندس"),
+}
+
+
+@pytest.mark.parametrize("language, profession", sorted(EXPECTED_GRID))
+def test_exact_grid_prompts(language: str, profession: str) -> None:
+    grammar = load_grammar(language)
+    style, age, dressing, place = ATTRIBUTES[profession]
+    realised = tuple(
+        grammar.grid(GridRow(style, age, gender, profession, dressing, place))
+        for gender in ("male", "female", "neutral")
+    )
+    assert realised == EXPECTED_GRID[(language, profession)]
+
+
+@pytest.mark.parametrize("language", sorted(EXPECTED_EVAL))
+def test_exact_eval_prompts(language: str) -> None:
+    grammar = load_grammar(language)
+    assert (grammar.eval_direct("engineer"), grammar.eval_indirect("engineer")) == EXPECTED_EVAL[language]
+
+
+@pytest.mark.parametrize(
+    "language, profession, gender, expected",
+    [
+        ("de", "barber", "male", "Nahaufnahme eines jungen Friseurs in Arbeitskleidung bei der Arbeit"),
+        ("de", "barber", "female", "Nahaufnahme einer jungen Friseurin in Arbeitskleidung bei der Arbeit"),
+        ("de", "barber", "neutral", "Nahaufnahme eines*einer jungen Friseur*in in Arbeitskleidung bei der Arbeit"),
+        ("de", "journalist", "male", "Nahaufnahme eines jungen Journalisten in Arbeitskleidung bei der Arbeit"),
+        ("de", "doctor", "female", "Nahaufnahme einer jungen Ärztin in Arbeitskleidung bei der Arbeit"),
+        ("de", "model", "female", "Nahaufnahme eines jungen weiblichen Models in Arbeitskleidung bei der Arbeit"),
+        ("de", "model", "neutral", "Nahaufnahme eines jungen Models in Arbeitskleidung bei der Arbeit"),
+        (
+            "fr",
+            "actor",
+            "neutral",
+            "Photo en gros plan d'un·e jeune acteur·rice portant des vêtements de travail au travail",
+        ),
+        (
+            "fr",
+            "hairdresser",
+            "neutral",
+            "Photo en gros plan d'un·e jeune coiffeur·euse portant des vêtements de travail au travail",
+        ),
+        ("it", "psychologist", "male", "Foto in primo piano di uno psicologo giovane con abiti da lavoro al lavoro"),
+        ("it", "actor", "female", "Foto in primo piano di un'attrice giovane con abiti da lavoro al lavoro"),
+        (
+            "es",
+            "actor",
+            "neutral",
+            "Foto en primer plano de un/a actor/actriz joven con ropa de trabajo en el trabajo",
+        ),
+        ("en", "accountant", "male", "close-up photo of a young male accountant wearing work clothes at work"),
+    ],
+)
+def test_exact_prompts_grammar_cases(language: str, profession: str, gender: str, expected: str) -> None:
+    row = GridRow("close-up", "young", gender, profession, "wearing work clothes", "at work")
+    assert load_grammar(language).grid(row) == expected
+
+
+def test_korean_particle_follows_last_syllable() -> None:
+    assert load_grammar("ko").eval_indirect("police officer") == "경찰관으로 일하는 사람의 얼굴 사진"
+
+
+def test_cleaned_professions() -> None:
+    professions = attributes.PROFESSIONS
+    assert len(professions) == 120 == len(set(professions))
+    assert {"opera singer", "chess player", "handball player", "singer"} <= set(professions)
+    assert not {"opera", "chess", "handball", "player", "army", "police", "delivery man"} & set(professions)
+
+
+def test_every_lexicon_covers_the_default_grid() -> None:
+    for language in LANGUAGES:
+        load_grammar(language).check(
+            attributes.STYLES, attributes.AGES, attributes.PROFESSIONS, attributes.DRESSINGS, attributes.PLACES
+        )
+
+
+def test_missing_words_are_named() -> None:
+    with pytest.raises(LexiconError) as caught:
+        load_grammar("de").check(
+            ["close-up", "drone shot"], ["young"], ["doctor", "astronaut"], ["wearing work clothes"], ["at work"]
+        )
+    assert str(caught.value) == (
+        "missing from the German lexicon (pipelines/lexicons/de.yaml): style 'drone shot', profession 'astronaut'"
+    )
+    with pytest.raises(LexiconError, match="profession 'astronaut' is missing from the Japanese lexicon"):
+        load_grammar("ja").eval_direct("astronaut")
+    with pytest.raises(LexiconError, match="language 'xx' has no lexicon"):
+        load_grammar("xx")
+
+
+@pytest.fixture(scope="module")
+def full_prompts(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, str]:
+    """The default grid in all ten languages, published once for the tests below."""
+    root = tmp_path_factory.mktemp("hub")
+    generate_prompts.run(generate_prompts.Arguments(store_root=str(root), namespace="study"))
+    published = translate_prompts.run(
+        translate_prompts.Arguments(store_root=str(root), namespace="study", languages=ALL)
+    )
+    return LocalStore(root), published.revision
+
+
+def test_full_grid_counts_ids_and_uniqueness(full_prompts) -> None:
+    store, revision = full_prompts
+    folder = store.resolve(f"study/prompts@{revision}", "dataset")
+    product = 3 * 3 * 2 * 120 * 2 * 2
+    english = datasets.load_dataset(str(folder), "en", split="train").to_pandas()
+    counts = english["variant"].value_counts().to_dict()
+    assert counts == {"gendered": product, "neutral": product // 2, "eval_direct": 120, "eval_indirect": 120}
+    gendered = english[english["variant"] == "gendered"]
+    expected_cells = set(
+        itertools.product(
+            attributes.STYLES,
+            attributes.AGES,
+            attributes.GENDERS,
+            attributes.PROFESSIONS,
+            attributes.DRESSINGS,
+            attributes.PLACES,
+        )
+    )
+    assert (
+        set(map(tuple, gendered[["style", "age", "gender", "profession", "dressing", "place"]].values))
+        == expected_cells
+    )
+    for language in ["en", *ALL]:
+        frame = datasets.load_dataset(str(folder), language, split="train").to_pandas()
+        assert list(frame["prompt_id"]) == list(english["prompt_id"]), language  # row for row
+        assert frame["prompt"].is_unique, language
+        assert (frame["language"] == language).all()
+        assert (
+            (
+                frame[["variant", "profession", "gender"]].fillna("")
+                == english[["variant", "profession", "gender"]].fillna("")
+            )
+            .all()
+            .all()
+        )
+
+
+def test_load_dataset_gives_german_rows_with_english_ids(full_prompts) -> None:
+    store, revision = full_prompts
+    folder = store.resolve(f"study/prompts@{revision}", "dataset")
+    german = datasets.load_dataset(str(folder), "de", split="train")
+    english = datasets.load_dataset(str(folder), "en", split="train")
+    assert german.num_rows == english.num_rows == 13200
+    row = next(r for r in german if r["variant"] == "gendered" and r["profession"] == "barber" and r["gender"] == "female"
+               and r["style"] == "close-up" and r["age"] == "young" and r["dressing"] == "wearing work clothes"
+               and r["place"] == "at work")  # fmt: skip
+    assert row["prompt"] == "Nahaufnahme einer jungen Friseurin in Arbeitskleidung bei der Arbeit"
+    assert row["prompt_id"] == attributes.prompt_id(
+        "gendered", "close-up", "young", "female", "barber", "wearing work clothes", "at work"
+    )
+
+
+def test_translation_of_a_missing_profession_fails_and_publishes_nothing(tmp_path: Path) -> None:
+    root = str(tmp_path / "hub")
+    generate_prompts.run(
+        generate_prompts.Arguments(store_root=root, namespace="s", professions=["doctor", "astronaut"])
+    )
+    with pytest.raises(LexiconError, match="profession 'astronaut'"):
+        translate_prompts.run(translate_prompts.Arguments(store_root=root, namespace="s", languages=["de"]))
+    assert len(LocalStore(root).history("s/prompts", "dataset")) == 1  # nothing half-written
+
+
+def test_bad_grid_lists() -> None:
+    with pytest.raises(ConfigError, match="professions: duplicate value\\(s\\) 'doctor'"):
+        generate_prompts.Arguments(professions=["doctor", "doctor"])
+    with pytest.raises(ConfigError, match="genders: unknown 'other'; allowed male, female"):
+        generate_prompts.Arguments(genders=["male", "other"])
+
+
+# --- the transformers backend, with a tiny translation model built here ---------------------------
+
+
+def build_tiny_translation_model(folder: Path, sentences: list[str]) -> None:
+    """A randomly initialised T5 with a word-level tokenizer trained on the sentences."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(sentences, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(folder)
+    config = T5Config(
+        vocab_size=tokenizer.get_vocab_size(), d_model=16, d_ff=32, d_kv=8, num_layers=1, num_decoder_layers=1,
+        num_heads=2, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+
+
+def test_transformers_backend_with_a_tiny_model(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    root = str(tmp_path / "hub")
+    prompts = generate_prompts.run(
+        generate_prompts.Arguments(
+            store_root=root, namespace="s", professions=["doctor", "nurse"], styles=["close-up"]
+        )
+    )
+    english = datasets.load_dataset(str(LocalStore(root).resolve(str(prompts), "dataset")), "en", split="train")
+    torch.manual_seed(0)
+    build_tiny_translation_model(tmp_path / "model-fr", english["prompt"])
+    published = translate_prompts.run(
+        translate_prompts.Arguments(
+            store_root=root, namespace="s", languages=["fr"], backend="transformers",
+            translation_model=str(tmp_path / "model-{lang}"), batch_size=5, max_new_tokens=6,
+        )
+    )  # fmt: skip
+    folder = LocalStore(root).resolve(str(published), "dataset")
+    french = datasets.load_dataset(str(folder), "fr", split="train")
+    assert french["prompt_id"] == english["prompt_id"]
+    assert set(french["language"]) == {"fr"}
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model-fr")
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "model-fr").eval()
+    sample = [english["prompt"][i] for i in (0, 7, len(english) - 1)]
+    with torch.inference_mode():
+        out = model.generate(**tokenizer(sample, return_tensors="pt", padding=True), max_new_tokens=6, do_sample=False)
+    direct = tokenizer.batch_decode(out, skip_special_tokens=True)
+    assert [french["prompt"][i] for i in (0, 7, len(english) - 1)] == direct
+    assert "translated from English by" in (folder / "README.md").read_text()
