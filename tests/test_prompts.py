@@ -330,13 +330,10 @@ def test_load_dataset_gives_german_rows_with_english_ids(full_prompts) -> None:
     german = datasets.load_dataset(str(folder), "de", split="train")
     english = datasets.load_dataset(str(folder), "en", split="train")
     assert german.num_rows == english.num_rows == 13200
-    row = next(r for r in german if r["variant"] == "gendered" and r["profession"] == "barber" and r["gender"] == "female"
-               and r["style"] == "close-up" and r["age"] == "young" and r["dressing"] == "wearing work clothes"
-               and r["place"] == "at work")  # fmt: skip
+    wanted = attributes.prompt_id("gendered", "close-up", "young", "female", "barber", "wearing work clothes", "at work")
+    row = german[german["prompt_id"].index(wanted)]
+    assert (row["profession"], row["gender"], row["variant"]) == ("barber", "female", "gendered")
     assert row["prompt"] == "Nahaufnahme einer jungen Friseurin in Arbeitskleidung bei der Arbeit"
-    assert row["prompt_id"] == attributes.prompt_id(
-        "gendered", "close-up", "young", "female", "barber", "wearing work clothes", "at work"
-    )
 
 
 def test_translation_of_a_missing_profession_fails_and_publishes_nothing(tmp_path: Path) -> None:
