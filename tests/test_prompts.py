@@ -330,7 +330,9 @@ def test_load_dataset_gives_german_rows_with_english_ids(full_prompts) -> None:
     german = datasets.load_dataset(str(folder), "de", split="train")
     english = datasets.load_dataset(str(folder), "en", split="train")
     assert german.num_rows == english.num_rows == 13200
-    wanted = attributes.prompt_id("gendered", "close-up", "young", "female", "barber", "wearing work clothes", "at work")
+    wanted = attributes.prompt_id(
+        "gendered", "close-up", "young", "female", "barber", "wearing work clothes", "at work"
+    )
     row = german[german["prompt_id"].index(wanted)]
     assert (row["profession"], row["gender"], row["variant"]) == ("barber", "female", "gendered")
     assert row["prompt"] == "Nahaufnahme einer jungen Friseurin in Arbeitskleidung bei der Arbeit"
