@@ -8,6 +8,7 @@ rows a stage makes. Each shard carries the `datasets.Features` in its schema met
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -81,16 +82,26 @@ class DatasetWriter:
         if not buffer:
             return
         index = self._next_shard.get(config, 0)
-        path = self.folder / "data" / config / shard_name(index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pylist(buffer, schema=self.schema)
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        tmp.rename(path)  # a shard is either complete or absent
+        self._write_encoded(self.shard_path(config, index), buffer)
         self._next_shard[config] = index + 1
         self.counts[config] = self.counts.get(config, 0) + len(buffer)
         buffer.clear()  # in place: `write` holds this list while it iterates
         self._buffer_bytes[config] = 0
+
+    def shard_path(self, config: str, index: int) -> Path:
+        return self.folder / "data" / config / shard_name(index)
+
+    def write_shard(self, config: str, index: int, rows: Iterable[dict[str, Any]]) -> Path:
+        """Writes a whole shard at an explicit index, for stages that resume or split work by shard."""
+        path = self.shard_path(config, index)
+        self._write_encoded(path, [self.features.encode_example(row) for row in rows])
+        return path
+
+    def _write_encoded(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), tmp)
+        os.replace(tmp, path)  # a shard is either complete or absent, never half written
 
     def close(self) -> dict[str, int]:
         """Flushes every config; returns the row count per config."""

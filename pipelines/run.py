@@ -20,7 +20,13 @@ from .config import ConfigError, build_arguments, input_fields, load_recipe, sha
 from .stage import Published
 from .store import StoreError, parse_ref
 
-KNOWN_STAGES = ("generate_prompts", "translate_prompts")
+KNOWN_STAGES = (
+    "generate_prompts",
+    "translate_prompts",
+    "build_tiny_model",
+    "generate_images",
+    "collect_datasets",
+)
 
 
 def stage_module(stage: str) -> Any:

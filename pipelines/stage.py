@@ -23,7 +23,7 @@ from .config import ConfigError, StageArguments, input_fields, parse_arguments
 from .store import StoreError, parse_ref
 
 # Settings that choose where things go, not what is made: they stay out of the fingerprint.
-NOT_PARAMETERS = {"store", "store_root", "namespace", "output_repo", "tag", "force"}
+NOT_PARAMETERS = {"store", "store_root", "namespace", "output_repo", "tag", "force", "work_dir", "device"}
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,8 @@ class StageRun:
         self._input_types = input_fields(args)
         for name, input_type in self._input_types.items():
             spec = getattr(args, name)
-            if spec is None:
-                continue
-            ref = parse_ref(spec, namespace=args.namespace)
-            self.inputs[name] = f"{ref.repo_id}@{self.store.revision_of(ref, input_type)}"
+            if spec is not None:
+                self.inputs[name] = self._pin(spec, input_type)
         self.parameters = {
             f.name: _plain(getattr(args, f.name))
             for f in dataclasses.fields(args)
@@ -63,6 +61,33 @@ class StageRun:
             json.dumps([stage, __version__, self.inputs, self.parameters], sort_keys=True).encode()
         ).hexdigest()[:16]
         self.lineage = make_lineage(stage, self.inputs, self.parameters, self.fingerprint)
+
+    def _pin(self, spec: str, repo_type: str) -> str:
+        """`ns/name@<revision id>` for a store repo; a model may also be a folder or a Hub id."""
+        if repo_type == "model" and Path(spec).is_dir():
+            return str(Path(spec).resolve())
+        ref = parse_ref(spec, namespace=self.args.namespace)
+        if repo_type == "model" and "/" in spec.partition("@")[0] and not self.store.exists(ref.repo_id, repo_type):
+            return str(ref)  # a Hub id such as BAAI/AltDiffusion-m9: resolved when the model is loaded
+        return f"{ref.repo_id}@{self.store.revision_of(ref, repo_type)}"
+
+    def publish(self, folder: Path, message: str) -> Published:
+        revision = self.store.push(folder, self.output_repo_id, self.repo_type, message, tag=self.args.tag)
+        print(f"[{self.stage}] published {self.repo_type} {self.output_repo_id}@{revision}", file=sys.stderr)
+        return Published(self.output_repo_id, revision, self.repo_type)
+
+    def reuse(self) -> Published | None:
+        """The existing output for the same inputs and parameters, unless `--force`."""
+        if getattr(self.args, "force", False):
+            return None
+        revision = self.existing()
+        if revision is None:
+            return None
+        print(
+            f"[{self.stage}] up to date: {self.output_repo_id}@{revision} (same inputs and parameters)",
+            file=sys.stderr,
+        )
+        return Published(self.output_repo_id, revision, self.repo_type, reused=True)
 
     def input_folder(self, name: str) -> Path:
         """The local folder of input `name` at its pinned revision."""
@@ -89,21 +114,14 @@ def execute(
     `build` returns the commit message. A failure leaves nothing published and no folder behind.
     """
     run = StageRun(stage, args, repo_type)
-    if not getattr(args, "force", False):
-        revision = run.existing()
-        if revision is not None:
-            print(
-                f"[{stage}] up to date: {run.output_repo_id}@{revision} (same inputs and parameters)", file=sys.stderr
-            )
-            return Published(run.output_repo_id, revision, repo_type, reused=True)
+    reused = run.reuse()
+    if reused is not None:
+        return reused
     folder = Path(tempfile.mkdtemp(prefix=f"{stage}-"))
     try:
-        message = build(run, folder)
-        revision = run.store.push(folder, run.output_repo_id, repo_type, message, tag=args.tag)
+        return run.publish(folder, build(run, folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"[{stage}] published {repo_type} {run.output_repo_id}@{revision}", file=sys.stderr)
-    return Published(run.output_repo_id, revision, repo_type)
 
 
 def stage_main(

@@ -56,3 +56,23 @@ def run_python(*args: str, env: dict[str, str] | None = None, timeout: int = 600
         timeout=timeout,
         **kwargs,
     )
+
+
+TINY_PROFESSIONS = ["doctor", "nurse", "CEO", "teacher"]
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A session store with small prompts (en, de, zh) and a tiny AltDiffusion, built by the real stages."""
+    from pipelines import build_tiny_model, generate_prompts, translate_prompts
+
+    root = str(tmp_path_factory.mktemp("study-hub"))
+    common = {"store_root": root, "namespace": "study"}
+    generate_prompts.run(
+        generate_prompts.Arguments(
+            **common, professions=TINY_PROFESSIONS, styles=["close-up"], dressings=["wearing work clothes"]
+        )
+    )
+    prompts = translate_prompts.run(translate_prompts.Arguments(**common, languages=["de", "zh"]))
+    model = build_tiny_model.run(build_tiny_model.Arguments(**common, input=str(prompts), kind="altdiffusion"))
+    return {"store_root": root, "namespace": "study", "prompts": str(prompts), "model": str(model)}

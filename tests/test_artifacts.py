@@ -43,9 +43,14 @@ def test_dataset_pushed_and_read_back_with_load_dataset(tmp_path: Path, store: L
         "train-00002.parquet",
     ]
     dataset_card(
-        repo_id="ns/images", title="Images", description="Test.", lineage=lineage(),
-        configs=[config_entry("de"), config_entry("ja")], languages=["de", "ja"], rows=writer.counts,
-    ).save(folder / "README.md")  # fmt: skip
+        repo_id="ns/images",
+        title="Images",
+        description="Test.",
+        lineage=lineage(),
+        configs=[config_entry("de"), config_entry("ja")],
+        languages=["de", "ja"],
+        rows=writer.counts,
+    ).save(folder / "README.md")
 
     revision = store.push(folder, "ns/images", "dataset", "images")
     resolved = store.resolve(f"ns/images@{revision}", "dataset")
@@ -71,9 +76,16 @@ def test_writer_flushes_early_on_bytes(tmp_path: Path) -> None:
 
 def test_dataset_card_metadata(tmp_path: Path) -> None:
     dataset_card(
-        repo_id="ns/prompts", title="Prompts", description="Demo.", lineage=lineage(),
-        configs=[config_entry("en")], languages=["en"], rows={"en": 5}, tags=["prompts"], notes=["a note"],
-    ).save(tmp_path / "README.md")  # fmt: skip
+        repo_id="ns/prompts",
+        title="Prompts",
+        description="Demo.",
+        lineage=lineage(),
+        configs=[config_entry("en")],
+        languages=["en"],
+        rows={"en": 5},
+        tags=["prompts"],
+        notes=["a note"],
+    ).save(tmp_path / "README.md")
     meta = card_metadata(tmp_path / "README.md")
     assert meta["license"] == "apache-2.0"
     assert meta["language"] == ["en"]
@@ -90,9 +102,14 @@ def test_dataset_card_metadata(tmp_path: Path) -> None:
 
 def test_model_and_space_cards(tmp_path: Path) -> None:
     model_card(
-        title="Tiny model", description="Demo.", lineage=lineage(), languages=["en", "de"],
-        base_model="BAAI/AltDiffusion-m9", datasets=["ns/train"], usage="pipe = load(...)",
-    ).save(tmp_path / "model.md")  # fmt: skip
+        title="Tiny model",
+        description="Demo.",
+        lineage=lineage(),
+        languages=["en", "de"],
+        base_model="BAAI/AltDiffusion-m9",
+        datasets=["ns/train"],
+        usage="pipe = load(...)",
+    ).save(tmp_path / "model.md")
     meta = card_metadata(tmp_path / "model.md")
     assert meta["base_model"] == "BAAI/AltDiffusion-m9"
     assert meta["datasets"] == ["ns/train"]

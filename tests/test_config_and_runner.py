@@ -142,9 +142,14 @@ def test_readme_study_command_runs(tmp_path: Path) -> None:
 
     command = command.replace(".venv/bin/python", sys.executable)
     result = subprocess.run(
-        command, shell=True, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
-        env={**__import__("os").environ, "T2I_BIAS_STORE_ROOT": str(tmp_path / "hub")}, timeout=900,
-    )  # fmt: skip
+        command,
+        shell=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "T2I_BIAS_STORE_ROOT": str(tmp_path / "hub")},
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     store = LocalStore(tmp_path / "hub")
     folder = store.resolve("t2i-bias/prompts", "dataset")

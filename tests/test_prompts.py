@@ -369,9 +369,17 @@ def build_tiny_translation_model(folder: Path, sentences: list[str]) -> None:
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(folder)
     config = T5Config(
-        vocab_size=tokenizer.get_vocab_size(), d_model=16, d_ff=32, d_kv=8, num_layers=1, num_decoder_layers=1,
-        num_heads=2, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )  # fmt: skip
+        vocab_size=tokenizer.get_vocab_size(),
+        d_model=16,
+        d_ff=32,
+        d_kv=8,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     T5ForConditionalGeneration(config).save_pretrained(folder)
 
 
@@ -390,10 +398,15 @@ def test_transformers_backend_with_a_tiny_model(tmp_path: Path) -> None:
     build_tiny_translation_model(tmp_path / "model-fr", english["prompt"])
     published = translate_prompts.run(
         translate_prompts.Arguments(
-            store_root=root, namespace="s", languages=["fr"], backend="transformers",
-            translation_model=str(tmp_path / "model-{lang}"), batch_size=5, max_new_tokens=6,
+            store_root=root,
+            namespace="s",
+            languages=["fr"],
+            backend="transformers",
+            translation_model=str(tmp_path / "model-{lang}"),
+            batch_size=5,
+            max_new_tokens=6,
         )
-    )  # fmt: skip
+    )
     folder = LocalStore(root).resolve(str(published), "dataset")
     french = datasets.load_dataset(str(folder), "fr", split="train")
     assert french["prompt_id"] == english["prompt_id"]

@@ -1,0 +1,229 @@
+"""Image generation: deterministic, paired across languages, resumable, the same on 1 or 2 processes."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import collect_datasets, generate_images
+from pipelines.config import ConfigError
+from pipelines.store import LocalStore
+
+from .conftest import REPO_ROOT
+
+SMALL = {"num_inference_steps": 2, "batch_size": 3, "images_per_shard": 4}
+
+
+def arguments(study: dict, **overrides) -> generate_images.Arguments:
+    values = {
+        "store_root": study["store_root"],
+        "namespace": study["namespace"],
+        "input": study["prompts"],
+        "model": study["model"],
+        "languages": ["en", "de"],
+        "variants": ["eval_direct"],
+        "num_images": 2,
+        **SMALL,
+    }
+    return generate_images.Arguments(**(values | overrides))
+
+
+def data_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every data file of an artifact, by relative path."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((folder / "data").rglob("*.parquet"))
+    }
+
+
+def cli(study: dict, output_repo: str, extra: list[str] | None = None) -> list[str]:
+    return [
+        "--store_root",
+        study["store_root"],
+        "--namespace",
+        study["namespace"],
+        "--input",
+        study["prompts"],
+        "--model",
+        study["model"],
+        "--languages",
+        "en",
+        "de",
+        "--variants",
+        "eval_direct",
+        "--num_images",
+        "2",
+        "--num_inference_steps",
+        "2",
+        "--batch_size",
+        "3",
+        "--images_per_shard",
+        "4",
+        "--output_repo",
+        output_repo,
+        *(extra or []),
+    ]
+
+
+def test_images_dataset_deterministic_and_paired(tiny_study: dict) -> None:
+    store = LocalStore(tiny_study["store_root"])
+    first = generate_images.run(arguments(tiny_study, output_repo="images-a"))
+    second = generate_images.run(arguments(tiny_study, output_repo="images-b"))
+    folder_a, folder_b = store.resolve(str(first), "dataset"), store.resolve(str(second), "dataset")
+    assert data_digest(folder_a) == data_digest(folder_b)  # same recipe twice: identical bytes
+    assert len(data_digest(folder_a)) == 4  # 2 configs x 8 images in shards of 4
+
+    english = datasets.load_dataset(str(folder_a), "en_eval_direct", split="train")
+    german = datasets.load_dataset(str(folder_a), "de_eval_direct", split="train")
+    assert english.num_rows == german.num_rows == 4 * 2
+    assert english["prompt_id"] == german["prompt_id"] and english["seed"] == german["seed"]  # paired
+    assert english["sample_index"] == [0, 1] * 4
+    assert len(set(english["seed"])) == 8
+    assert german[0]["prompt"] == "ein Foto des Gesichts eines Arztes"
+    image = german[0]["image"]
+    assert image.size == (64, 64) and image.mode == "RGB"
+    row = english[0]
+    assert row["model"] == "study/tiny-altdiffusion" and row["scheduler"] == "DPMSolverMultistepScheduler"
+    assert row["seed"] == generate_images.image_seed(0, row["prompt_id"], 0)
+    assert row["num_inference_steps"] == 2 and row["profession"] == "doctor"
+    # An image does not depend on its batch: regenerate one alone and compare its pixels.
+    import numpy as np
+
+    alone = generate_images.run(
+        arguments(
+            tiny_study,
+            output_repo="images-alone",
+            languages=["de"],
+            batch_size=1,
+            professions=["doctor"],
+            num_images=1,
+        )
+    )
+    single = datasets.load_dataset(str(store.resolve(str(alone), "dataset")), "de_eval_direct", split="train")
+    difference = np.abs(np.asarray(single[0]["image"], dtype=int) - np.asarray(german[0]["image"], dtype=int))
+    assert difference.max() <= 2  # same seed; only float summation order differs between batch sizes
+
+
+def test_bad_generation_arguments(tiny_study: dict) -> None:
+    with pytest.raises(ConfigError, match="variants: unknown 'portrait'"):
+        arguments(tiny_study, variants=["portrait"])
+    with pytest.raises(ConfigError, match="languages: fr not in the prompts dataset"):
+        generate_images.run(arguments(tiny_study, languages=["fr"], output_repo="never"))
+    with pytest.raises(ConfigError, match="professions: 'astronaut' not in the prompts dataset"):
+        generate_images.run(arguments(tiny_study, professions=["astronaut"], output_repo="never"))
+    assert not LocalStore(tiny_study["store_root"]).exists("study/never", "dataset")
+
+
+@pytest.mark.slow
+def test_two_processes_make_the_same_bytes_as_one(tiny_study: dict) -> None:
+    store = LocalStore(tiny_study["store_root"])
+    one = subprocess.run(
+        [sys.executable, "-m", "pipelines.generate_images", *cli(tiny_study, "one-process")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "pipelines.generate_images", *cli(tiny_study, "two-processes")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = store.resolve("study/one-process", "dataset")
+    b = store.resolve("study/two-processes", "dataset")
+    assert data_digest(a) == data_digest(b)
+    assert "[2/2]" in two.stderr or "[1/2]" in two.stderr  # really two ranks
+
+
+@pytest.mark.slow
+def test_killed_generation_resumes_without_gaps_or_duplicates(tiny_study: dict, tmp_path: Path) -> None:
+    store = LocalStore(tiny_study["store_root"])
+    work = tmp_path / "work"
+    args = cli(tiny_study, "resumed", ["--work_dir", str(work), "--num_images", "3"])
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.generate_images", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(work.rglob("train-*.parquet"))) < 2:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    written = list(work.rglob("train-*.parquet"))
+    assert 2 <= len(written) < 6, "the kill should land mid-run"  # 2 configs x 12 images / 4 = 6 shards
+    assert not store.exists("study/resumed", "dataset")
+
+    rerun = subprocess.run(
+        [sys.executable, "-m", "pipelines.generate_images", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    straight = subprocess.run(
+        [sys.executable, "-m", "pipelines.generate_images", *cli(tiny_study, "straight", ["--num_images", "3"])],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    resumed = store.resolve("study/resumed", "dataset")
+    assert data_digest(resumed) == data_digest(store.resolve("study/straight", "dataset"))
+    for config in ("en_eval_direct", "de_eval_direct"):
+        table = pq.read_table(sorted((resumed / "data" / config).glob("*.parquet"))).to_pylist()
+        keys = [(row["prompt_id"], row["sample_index"]) for row in table]
+        assert len(keys) == len(set(keys)) == 12  # complete, no duplicates
+    assert not work.exists() or not any(work.rglob("*.parquet"))  # the work folder is cleaned after publishing
+
+
+def test_collect_datasets_joins_captions_on_prompt_id(tiny_study: dict) -> None:
+    store = LocalStore(tiny_study["store_root"])
+    images = generate_images.run(
+        arguments(tiny_study, output_repo="train-images", languages=["en"], variants=["gendered"], num_images=1)
+    )
+    common = {"store_root": tiny_study["store_root"], "namespace": "study", "prompts": tiny_study["prompts"]}
+    everywhere = collect_datasets.run(
+        collect_datasets.Arguments(**common, images=str(images), caption_languages=["all"], output_repo="train-all")
+    )
+    train = datasets.load_dataset(str(store.resolve(str(everywhere), "dataset")), split="train")
+    n_images = 4 * 3 * 2 * 2  # professions x ages x genders x places (one style, one dressing)
+    assert train.num_rows == n_images * 3  # every English image once per caption language
+    assert sorted(set(train["caption_language"])) == ["de", "en", "zh"]
+    prompts = {
+        (lang, r["prompt_id"]): r["prompt"]
+        for lang in ("en", "de", "zh")
+        for r in datasets.load_dataset(str(store.resolve(tiny_study["prompts"], "dataset")), lang, split="train")
+    }
+    for row in train.select(range(0, train.num_rows, 7)):
+        assert row["text"] == prompts[(row["caption_language"], row["prompt_id"])]
+        assert row["image"].size == (64, 64)
+    neutral = collect_datasets.run(
+        collect_datasets.Arguments(
+            **common,
+            images=str(images),
+            caption_languages=["de"],
+            caption_variant="neutral",
+            output_repo="train-neutral",
+        )
+    )
+    neutral_rows = datasets.load_dataset(str(store.resolve(str(neutral), "dataset")), split="train")
+    assert neutral_rows.num_rows == n_images
+    assert set(neutral_rows["gender"]) == {"neutral"}
+    assert all("*in" in text or "Pflegekraft" in text for text in neutral_rows["text"])
