@@ -94,13 +94,16 @@ def load_pipeline(
     folder, model_id, revision = model_folder(spec, store, namespace)
     lora = (folder / LORA_WEIGHTS).is_file() and not (folder / "model_index.json").is_file()
     if lora:
-        base = model_card_data(folder).get("base_model")
+        card = model_card_data(folder)
+        base = card.get("base_model")
         if not base:
             raise ConfigError(f"model {spec!r}: a LoRA repo needs 'base_model' in its card")
+        if card.get("base_model_revision") and not Path(base).is_dir():
+            base = f"{base}@{card['base_model_revision']}"
         pipe, _ = load_pipeline(base, store, namespace=namespace, scheduler=scheduler, device=device, dtype=dtype)
         pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS)
     else:
-        pipe = _assemble(folder, torch_dtype)
+        pipe = assemble_pipeline(folder, torch_dtype)
         if SCHEDULERS[scheduler][0] is not None:
             import diffusers
 
@@ -111,7 +114,8 @@ def load_pipeline(
     return pipe, {"model": model_id, "model_revision": revision}
 
 
-def _assemble(folder: Path, torch_dtype: torch.dtype) -> Any:
+def assemble_pipeline(folder: Path, torch_dtype: torch.dtype) -> Any:
+    """The pipeline saved in `folder`; AltDiffusion built from its components."""
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise ConfigError(f"model folder {folder} has neither model_index.json nor {LORA_WEIGHTS}")

@@ -20,19 +20,21 @@ from .config import ConfigError, build_arguments, input_fields, load_recipe, sha
 from .stage import Published
 from .store import StoreError, parse_ref
 
-KNOWN_STAGES = (
-    "generate_prompts",
-    "translate_prompts",
-    "build_tiny_model",
-    "generate_images",
-    "collect_datasets",
-)
+# Stage name -> module, in study order.
+STAGES = {
+    "generate_prompts": "pipelines.generate_prompts",
+    "translate_prompts": "pipelines.translate_prompts",
+    "build_tiny_model": "pipelines.build_tiny_model",
+    "generate_images": "pipelines.generate_images",
+    "collect_datasets": "pipelines.collect_datasets",
+    "train_text_to_image": "training.train_text_to_image",
+}
 
 
 def stage_module(stage: str) -> Any:
-    if stage not in KNOWN_STAGES:
-        raise ConfigError(f"unknown stage {stage!r}: allowed {', '.join(KNOWN_STAGES)}")
-    return importlib.import_module(f"pipelines.{stage}")
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}: allowed {', '.join(STAGES)}")
+    return importlib.import_module(STAGES[stage])
 
 
 def run_recipe(

@@ -40,7 +40,9 @@ class Published:
 class StageRun:
     """One run of a stage: its store, pinned inputs, parameters, fingerprint and lineage."""
 
-    def __init__(self, stage: str, args: StageArguments, repo_type: str = "dataset"):
+    def __init__(
+        self, stage: str, args: StageArguments, repo_type: str = "dataset", not_parameters: tuple[str, ...] = ()
+    ):
         self.stage = stage
         self.args = args
         self.repo_type = repo_type
@@ -55,7 +57,7 @@ class StageRun:
         self.parameters = {
             f.name: _plain(getattr(args, f.name))
             for f in dataclasses.fields(args)
-            if f.name not in NOT_PARAMETERS and f.name not in self._input_types
+            if f.name not in NOT_PARAMETERS and f.name not in not_parameters and f.name not in self._input_types
         }
         self.fingerprint = hashlib.sha256(
             json.dumps([stage, __version__, self.inputs, self.parameters], sort_keys=True).encode()
