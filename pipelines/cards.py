@@ -129,11 +129,11 @@ def model_card(
     usage: str | None = None,
     **extra_metadata: Any,
 ) -> ModelCard:
+    extra_metadata.setdefault("library_name", "diffusers")
+    extra_metadata.setdefault("pipeline_tag", "text-to-image")
     data = ModelCardData(
         license=LICENSE,
-        language=languages,
-        library_name="diffusers",
-        pipeline_tag="text-to-image",
+        language=languages or None,
         base_model=base_model,
         datasets=datasets,
         tags=[PROJECT, *(tags or [])],

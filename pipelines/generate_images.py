@@ -52,6 +52,8 @@ IMAGE_FEATURES = datasets.Features(
         "guidance_scale": datasets.Value("float32"),
         "height": datasets.Value("int32"),
         "width": datasets.Value("int32"),
+        "rejected": datasets.Value("int32"),
+        "face_check": datasets.Value("string"),
         **{column: datasets.Value("string") for column in ATTRIBUTE_COLUMNS},
     }
 )
@@ -91,6 +93,14 @@ class Arguments(StageArguments):
             "only for the same value: keep it fixed and scale out with processes (torchrun)."
         },
     )
+    face_filter: str | None = field(
+        default=None,
+        metadata={
+            "help": "The reference evaluation's filter: with a detector (mtcnn, haar, dlib), an image with other "
+            "than exactly one face is made again from the next seed, up to max_attempts."
+        },
+    )
+    max_attempts: int = field(default=10, metadata={"help": "Face filter: tries per image before keeping the last."})
     work_dir: str | None = field(
         default=None, metadata={"help": "Where unfinished shards wait (default <store_root>/.work)."}
     )
@@ -100,7 +110,16 @@ class Arguments(StageArguments):
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise ConfigError(f"variants: unknown {', '.join(map(repr, unknown))}; allowed {', '.join(VARIANTS)}")
-        for name in ("num_images", "batch_size", "images_per_shard", "num_inference_steps", "cpu_threads"):
+        if self.face_filter is not None and self.face_filter not in ("mtcnn", "haar", "dlib"):
+            raise ConfigError(f"face_filter={self.face_filter!r}: allowed mtcnn, haar, dlib")
+        for name in (
+            "num_images",
+            "batch_size",
+            "images_per_shard",
+            "num_inference_steps",
+            "cpu_threads",
+            "max_attempts",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
         if self.max_prompts is not None and self.max_prompts < 1:
@@ -115,8 +134,8 @@ class Arguments(StageArguments):
                 raise ConfigError(f"{name}={value}: a multiple of 8")
 
 
-def image_seed(seed: int, prompt_id: str, sample_index: int) -> int:
-    """The seed of one image: the same in every batch, process and language.
+def image_seed(seed: int, prompt_id: str, sample_index: int, attempt: int = 0) -> int:
+    """The seed of one image (and of its retries): the same in every batch, process and language.
 
     Example:
         >>> image_seed(0, "eval_direct-0123", 0) == image_seed(0, "eval_direct-0123", 0)
@@ -124,7 +143,8 @@ def image_seed(seed: int, prompt_id: str, sample_index: int) -> int:
         >>> image_seed(0, "eval_direct-0123", 0) != image_seed(0, "eval_direct-0123", 1)
         True
     """
-    digest = hashlib.sha256(f"{seed}:{prompt_id}:{sample_index}".encode()).digest()
+    key = f"{seed}:{prompt_id}:{sample_index}" + (f":{attempt}" if attempt else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
@@ -154,15 +174,15 @@ def work_items(prompts_folder: Path, args: Arguments) -> dict[str, list[tuple[di
     return items
 
 
-def generate_batch(pipe: Any, batch: list[tuple[dict[str, Any], int]], args: Arguments, info: dict) -> list[dict]:
-    """One pipeline call for a batch of (row, sample index); returns finished dataset rows."""
+def generate_batch(pipe: Any, batch: list[tuple[dict[str, Any], int, int]], args: Arguments) -> list[tuple[Any, int]]:
+    """One pipeline call for a batch of (row, sample index, attempt); returns (image, seed) pairs."""
     import torch
 
-    seeds = [image_seed(args.seed, row["prompt_id"], index) for row, index in batch]
+    seeds = [image_seed(args.seed, row["prompt_id"], index, attempt) for row, index, attempt in batch]
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
     with torch.inference_mode():
         images = pipe(
-            [row["prompt"] for row, _ in batch],
+            [row["prompt"] for row, _, _ in batch],
             num_inference_steps=args.num_inference_steps,
             guidance_scale=args.guidance_scale,
             height=args.height,
@@ -170,28 +190,49 @@ def generate_batch(pipe: Any, batch: list[tuple[dict[str, Any], int]], args: Arg
             generator=generators,
             output_type="pil",
         ).images
-    out = []
-    for (row, index), seed, image in zip(batch, seeds, images):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        out.append(
-            {
-                "image": {"bytes": buffer.getvalue(), "path": None},
-                **{
-                    column: row[column]
-                    for column in ("prompt_id", "prompt", "language", "variant", *ATTRIBUTE_COLUMNS)
-                },
-                "sample_index": index,
-                "seed": seed,
-                "scheduler": type(pipe.scheduler).__name__,
-                "num_inference_steps": args.num_inference_steps,
-                "guidance_scale": args.guidance_scale,
-                "height": image.height,
-                "width": image.width,
-                **info,
-            }
-        )
-    return out
+    return list(zip(images, seeds))
+
+
+def generate_shard(pipe: Any, items: list[tuple[dict, int]], args: Arguments, info: dict, detector: Any) -> list[dict]:
+    """The rows of one shard, in item order. With a face filter, an image with other than one face is
+    made again from its next seed; retries join later batches of the same shard, so a shard's result
+    depends on nothing outside it."""
+    import numpy as np
+
+    pending = [(position, row, index, 0) for position, (row, index) in enumerate(items)]
+    done: dict[int, dict] = {}
+    while pending:
+        batch, pending = pending[: args.batch_size], pending[args.batch_size :]
+        made = generate_batch(pipe, [(row, index, attempt) for _, row, index, attempt in batch], args)
+        faces = detector.detect([np.asarray(image) for image, _ in made]) if detector else [None] * len(made)
+        for (position, row, index, attempt), (image, seed), found in zip(batch, made, faces):
+            if found is not None and len(found) != 1 and attempt + 1 < args.max_attempts:
+                pending.append((position, row, index, attempt + 1))
+                continue
+            check = "off" if found is None else "one_face" if len(found) == 1 else "gave_up"
+            done[position] = image_row(row, index, image, seed, attempt, check, args, pipe, info)
+    return [done[position] for position in range(len(items))]
+
+
+def image_row(
+    row: dict, index: int, image: Any, seed: int, attempt: int, check: str, args: Arguments, pipe: Any, info: dict
+) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {
+        "image": {"bytes": buffer.getvalue(), "path": None},
+        **{column: row[column] for column in ("prompt_id", "prompt", "language", "variant", *ATTRIBUTE_COLUMNS)},
+        "sample_index": index,
+        "seed": seed,
+        "scheduler": type(pipe.scheduler).__name__,
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "height": image.height,
+        "width": image.width,
+        "rejected": attempt,
+        "face_check": check,
+        **info,
+    }
 
 
 def run(args: Arguments) -> Published:
@@ -228,12 +269,14 @@ def run(args: Arguments) -> Published:
             disable=not state.is_local_main_process,
             file=sys.stderr,
         )
+        detector = None
+        if args.face_filter:
+            from .faces import load_detector
+
+            detector = load_detector(args.face_filter, device)
         for config, index, shard_items in todo:
-            rows = []
-            for start in range(0, len(shard_items), args.batch_size):
-                rows += generate_batch(pipe, shard_items[start : start + args.batch_size], args, info)
-                progress.update(min(args.batch_size, len(shard_items) - start))
-            writer.write_shard(config, index, rows)
+            writer.write_shard(config, index, generate_shard(pipe, shard_items, args, info, detector))
+            progress.update(len(shard_items))
         progress.close()
     state.wait_for_everyone()
     if state.is_main_process:

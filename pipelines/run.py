@@ -28,6 +28,8 @@ STAGES = {
     "generate_images": "pipelines.generate_images",
     "collect_datasets": "pipelines.collect_datasets",
     "train_text_to_image": "training.train_text_to_image",
+    "classify": "pipelines.classify",
+    "evaluate_bias": "pipelines.evaluate_bias",
 }
 
 

@@ -68,10 +68,22 @@ class StageRun:
         """`ns/name@<revision id>` for a store repo; a model may also be a folder or a Hub id."""
         if repo_type == "model" and Path(spec).is_dir():
             return str(Path(spec).resolve())
+        if repo_type == "model":
+            try:
+                ref = parse_ref(spec, namespace=self.args.namespace)
+            except StoreError:
+                return spec  # a library's own model name (open_clip's "hf-hub:..."): resolved when loaded
+            if not self.store.exists(ref.repo_id, repo_type):
+                return spec  # a Hub id (BAAI/AltDiffusion-m9) or a library model name: resolved when loaded
         ref = parse_ref(spec, namespace=self.args.namespace)
-        if repo_type == "model" and "/" in spec.partition("@")[0] and not self.store.exists(ref.repo_id, repo_type):
-            return str(ref)  # a Hub id such as BAAI/AltDiffusion-m9: resolved when the model is loaded
         return f"{ref.repo_id}@{self.store.revision_of(ref, repo_type)}"
+
+    def model_path(self, name: str) -> str:
+        """A local folder for a pinned store model input; other specs (Hub ids, library names) as given."""
+        spec = self.inputs[name]
+        if "@" in spec and not Path(spec).exists():
+            return str(self.store.resolve(spec, "model"))
+        return spec
 
     def publish(self, folder: Path, message: str) -> Published:
         revision = self.store.push(folder, self.output_repo_id, self.repo_type, message, tag=self.args.tag)
