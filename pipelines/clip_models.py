@@ -19,7 +19,10 @@ TINY_CLIP_CONFIG = {
 
 
 def load_open_clip(model: str, pretrained: str | None = None, device: str = "cpu") -> tuple[Any, Any, Any]:
-    """(model, image preprocess, tokenizer) for a folder, or an open_clip name with a pretrained tag."""
+    """(model, image preprocess, tokenizer) for a folder, or an open_clip name with a pretrained tag.
+
+    The CLIP-score evaluate module (spaces/clip_score) keeps a copy: a Space must run on its own.
+    """
     import open_clip
 
     name = f"local-dir:{Path(model).resolve()}" if Path(model).is_dir() else model

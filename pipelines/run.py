@@ -30,6 +30,7 @@ STAGES = {
     "train_text_to_image": "training.train_text_to_image",
     "classify": "pipelines.classify",
     "evaluate_bias": "pipelines.evaluate_bias",
+    "evaluate_alignment": "pipelines.evaluate_alignment",
 }
 
 

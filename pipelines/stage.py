@@ -108,13 +108,19 @@ class StageRun:
         return self.store.resolve(self.inputs[name], self._input_types[name])
 
     def existing(self) -> str | None:
-        """A revision of the output repo already made from the same inputs and parameters."""
+        """The revision of the output repo first made from the same inputs and parameters.
+
+        The first, because later revisions can carry the same lineage with an amended card (a model's
+        card gains model-index results): what the stage made is the original.
+        """
         if not self.store.exists(self.output_repo_id, self.repo_type):
             return None
-        for entry in self.store.history(self.output_repo_id, self.repo_type):
-            if entry.lineage.get("fingerprint") == self.fingerprint:
-                return entry.revision
-        return None
+        matches = [
+            entry.revision
+            for entry in self.store.history(self.output_repo_id, self.repo_type)
+            if entry.lineage.get("fingerprint") == self.fingerprint
+        ]
+        return matches[-1] if matches else None
 
 
 def execute(

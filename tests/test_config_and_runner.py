@@ -157,3 +157,23 @@ def test_readme_study_command_runs(tmp_path: Path) -> None:
 
     german = datasets.load_dataset(str(folder), "de", split="train")
     assert german.num_rows == 8640 + 4320 + 240
+
+
+def test_reuse_picks_the_revision_the_stage_made(tmp_path: Path) -> None:
+    """A later revision with the same lineage (a card amended with model-index) is not what the stage made."""
+    import shutil
+
+    from pipelines.stage import StageRun
+
+    args = generate_prompts.Arguments(store_root=str(tmp_path / "hub"), namespace="study", **SMALL)
+    first = generate_prompts.run(args)
+    store = LocalStore(tmp_path / "hub")
+    amended = tmp_path / "amended"
+    shutil.copytree(store.resolve(str(first), "dataset"), amended)
+    (amended / "README.md").chmod(0o644)
+    with open(amended / "README.md", "a") as card:
+        card.write("\nAmended.\n")
+    later = store.push(amended, "study/prompts", "dataset", "amend the card")
+    assert later != first.revision and store.revision_of("study/prompts", "dataset") == later
+    assert StageRun("generate_prompts", args).existing() == first.revision
+    assert generate_prompts.run(args).revision == first.revision

@@ -1,0 +1,125 @@
+"""CLIP score: how well images match texts, as an `evaluate` module.
+
+Each image and its text are embedded with an open_clip model (a name with a pretrained tag, or a
+folder in open_clip's Hub layout), and scored by the cosine of the two embeddings. Two conventions:
+`cosine`, the raw cosine (the reference study), and `torchmetrics`, 100 * max(cos, 0) per pair with
+the aggregate clamped as torchmetrics' CLIPScore does (max(100 * mean cos, 0)). Images go through
+the model in batches without gradients, and each distinct text is encoded once.
+"""
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+
+_CITATION = """\
+@inproceedings{hessel2021clipscore,
+  title={CLIPScore: A Reference-free Evaluation Metric for Image Captioning},
+  author={Hessel, Jack and Holtzman, Ari and Forbes, Maxwell and Le Bras, Ronan and Choi, Yejin},
+  booktitle={EMNLP},
+  year={2021}
+}
+"""
+
+_DESCRIPTION = __doc__
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list[PIL.Image.Image]`): the images.
+    references (`list[str]`): the text of each image.
+    model (`str`): an open_clip model name (`ViT-L-14`, `xlm-roberta-large-ViT-H-14`,
+        `hf-hub:...`) or a folder with `open_clip_config.json` and weights.
+    pretrained (`str`, *optional*): the open_clip pretrained tag (`openai`, `frozen_laion5b_s13b_b90k`).
+    convention (`str`, defaults to `cosine`): `cosine` or `torchmetrics`.
+    batch_size (`int`, defaults to 64): images per forward pass.
+    device (`str`, *optional*): defaults to CUDA when available.
+Returns:
+    `scores` (one per pair), `mean` (the aggregate), `convention`.
+Examples:
+    >>> import evaluate
+    >>> from PIL import Image
+    >>> from pipelines.clip_models import build_tiny_open_clip
+    >>> folder = build_tiny_open_clip(__import__("tempfile").mkdtemp())
+    >>> clip_score = evaluate.load("spaces/clip_score")
+    >>> images = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue")]
+    >>> texts = ["a red square", "a blue square"]
+    >>> result = clip_score.compute(predictions=images, references=texts, model=str(folder))
+    >>> len(result["scores"]), all(-1 <= s <= 1 for s in result["scores"]), result["convention"]
+    (2, True, 'cosine')
+    >>> scaled = clip_score.compute(predictions=images, references=texts, model=str(folder), convention="torchmetrics")
+    >>> all(0 <= s <= 100 for s in scaled["scores"])
+    True
+"""
+
+CONVENTIONS = ("cosine", "torchmetrics")
+
+
+def load_open_clip(model, pretrained=None, device="cpu"):
+    """(model, preprocess, tokenizer); a folder loads as open_clip's `local-dir:` schema.
+
+    A Space runs on its own, so this module keeps its copy of `pipelines.clip_models.load_open_clip`.
+    """
+    import os
+
+    import open_clip
+
+    name = f"local-dir:{os.path.abspath(model)}" if os.path.isdir(model) else model
+    clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    return clip.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class ClipScore(evaluate.Metric):
+    _loaded = {}
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Value("string")}),
+            reference_urls=["https://arxiv.org/abs/2104.08718"],
+        )
+
+    def _model(self, model, pretrained, device):
+        key = (model, pretrained, device)
+        if key not in self._loaded:  # loaded once per process, whatever the number of compute calls
+            self._loaded[key] = load_open_clip(model, pretrained, device)
+        return self._loaded[key]
+
+    def _compute(
+        self, predictions, references, model=None, pretrained=None, convention="cosine", batch_size=64, device=None
+    ):
+        if model is None:
+            raise ValueError("model: an open_clip model name or folder is required")
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention={convention!r}: allowed {', '.join(CONVENTIONS)}")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        clip, preprocess, tokenizer = self._model(model, pretrained, device)
+        texts = list(dict.fromkeys(references))
+        with torch.inference_mode():
+            text_features = []
+            for start in range(0, len(texts), batch_size):
+                tokens = tokenizer(texts[start : start + batch_size]).to(device)
+                text_features.append(torch.nn.functional.normalize(clip.encode_text(tokens).float(), dim=-1))
+            text_features = torch.cat(text_features) if text_features else torch.empty(0)
+            rows = torch.tensor([texts.index(text) for text in references], dtype=torch.long)
+            cosines = []
+            for start in range(0, len(predictions), batch_size):
+                batch = [preprocess(image.convert("RGB")) for image in predictions[start : start + batch_size]]
+                image_features = torch.nn.functional.normalize(
+                    clip.encode_image(torch.stack(batch).to(device)).float(), dim=-1
+                )
+                cosines.append(
+                    (image_features * text_features[rows[start : start + batch_size].to(device)]).sum(-1).cpu()
+                )
+        cosine = torch.cat(cosines).double().numpy() if cosines else np.zeros(0)
+        if convention == "cosine":
+            return {
+                "scores": cosine.tolist(),
+                "mean": float(cosine.mean()) if len(cosine) else float("nan"),
+                "convention": convention,
+            }
+        scores = 100 * np.maximum(cosine, 0)
+        mean = max(100 * float(cosine.mean()), 0.0) if len(cosine) else float("nan")
+        return {"scores": scores.tolist(), "mean": mean, "convention": convention}

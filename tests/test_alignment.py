@@ -1,0 +1,153 @@
+"""The CLIP-score evaluate module and the evaluate_alignment stage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import datasets
+import evaluate
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines import build_tiny_model, evaluate_alignment, generate_images
+from pipelines.clip_models import build_tiny_open_clip, load_open_clip
+from pipelines.store import LocalStore
+
+from .conftest import REPO_ROOT
+
+MODULE = str(REPO_ROOT / "spaces" / "clip_score")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_tiny_open_clip(tmp_path_factory.mktemp("tiny-clip")))
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(5)]
+
+
+TEXTS = ["a photo of a doctor", "a photo of a nurse", "a photo of a doctor", "a photo of a CEO", "a photo of a nurse"]
+
+
+def direct_cosines(model_folder: str, images: list[Image.Image], texts: list[str]) -> np.ndarray:
+    """The same computation written out plainly: one image and one text at a time."""
+    model, preprocess, tokenizer = load_open_clip(model_folder)
+    out = []
+    with torch.no_grad():
+        for image, text in zip(images, texts):
+            a = model.encode_image(preprocess(image)[None]).float()
+            b = model.encode_text(tokenizer([text])).float()
+            out.append(torch.nn.functional.cosine_similarity(a, b).item())
+    return np.array(out)
+
+
+def test_scores_equal_a_direct_computation(tiny_clip: str, images: list) -> None:
+    module = evaluate.load(MODULE)
+    result = module.compute(predictions=images, references=TEXTS, model=tiny_clip, batch_size=2)
+    expected = direct_cosines(tiny_clip, images, TEXTS)
+    assert np.allclose(result["scores"], expected, atol=1e-5)
+    assert result["mean"] == pytest.approx(expected.mean(), abs=1e-6)
+    scaled = module.compute(predictions=images, references=TEXTS, model=tiny_clip, convention="torchmetrics")
+    assert np.allclose(scaled["scores"], 100 * np.maximum(expected, 0), atol=1e-3)
+    with pytest.raises(ValueError, match="convention='percent': allowed cosine, torchmetrics"):
+        module.compute(predictions=images, references=TEXTS, model=tiny_clip, convention="percent")
+
+
+class OpenClipForTorchmetrics:
+    """open_clip behind the model/processor interface torchmetrics' CLIPScore calls."""
+
+    def __init__(self, folder: str):
+        self.model, self.preprocess, self.tokenizer = load_open_clip(folder)
+        self.config = type("Config", (), {})()
+
+    def to(self, device):
+        return self
+
+    def get_image_features(self, pixel_values):
+        return self.model.encode_image(pixel_values)
+
+    def get_text_features(self, input_ids, attention_mask=None):
+        return self.model.encode_text(input_ids)
+
+    def __call__(self, images=None, text=None, return_tensors="pt", padding=True):
+        if images is not None:
+            pixels = [self.preprocess(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in images]
+            return {"pixel_values": torch.stack(pixels)}
+        ids = self.tokenizer(text)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_agrees_with_torchmetrics_clipscore(tiny_clip: str, images: list) -> None:
+    from torchmetrics.multimodal.clip_score import CLIPScore
+
+    wrapper = OpenClipForTorchmetrics(tiny_clip)
+    module = evaluate.load(MODULE)
+    tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in images]
+    for image, tensor, text in zip(images, tensors, TEXTS):  # per pair: 100 * max(cos, 0)
+        metric = CLIPScore(model_name_or_path=lambda: (wrapper, wrapper))
+        metric.update(tensor, text)
+        ours = module.compute(predictions=[image], references=[text], model=tiny_clip, convention="torchmetrics")
+        assert ours["scores"][0] == pytest.approx(metric.compute().item(), abs=1e-4)
+    metric = CLIPScore(model_name_or_path=lambda: (wrapper, wrapper))
+    metric.update(tensors, TEXTS)
+    ours = module.compute(predictions=images, references=TEXTS, model=tiny_clip, convention="torchmetrics")
+    assert ours["mean"] == pytest.approx(metric.compute().item(), abs=1e-4)  # the aggregate, clamped as torchmetrics
+
+
+def test_clip_score_loads_in_a_fresh_process(tiny_clip: str) -> None:
+    code = (
+        "import evaluate; from PIL import Image; m = evaluate.load('spaces/clip_score'); "
+        f"r = m.compute(predictions=[Image.new('RGB', (32, 32))], references=['a photo'], model={tiny_clip!r}); "
+        "print(len(r['scores']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "1"
+
+
+def test_evaluate_alignment_stage(tiny_study: dict, tiny_clip: str) -> None:
+    common = {"store_root": tiny_study["store_root"], "namespace": "study"}
+    store = LocalStore(tiny_study["store_root"])
+    clip = build_tiny_model.run(build_tiny_model.Arguments(**common, kind="open-clip"))
+    images = generate_images.run(
+        generate_images.Arguments(
+            **common,
+            input=tiny_study["prompts"],
+            model=tiny_study["model"],
+            output_repo="align-images",
+            languages=["en", "de"],
+            num_images=2,
+            num_inference_steps=2,
+        )
+    )
+    result = evaluate_alignment.run(
+        evaluate_alignment.Arguments(
+            **common, input=str(images), clip_model=str(clip), multilingual_clip_model=str(clip), batch_size=3
+        )
+    )
+    folder = store.resolve(str(result), "dataset")
+    german = datasets.load_dataset(str(folder), "de_eval_direct", split="train")
+    assert german.num_rows == 8
+    images_de = datasets.load_dataset(str(store.resolve(str(images), "dataset")), "de_eval_direct", split="train")
+    model_folder = str(store.resolve(str(clip), "model"))
+    pictures = [row["image"] for row in images_de]
+    own = direct_cosines(model_folder, pictures, images_de["prompt"])
+    occupation = direct_cosines(
+        model_folder, pictures, [f"a photo of the face of a {p}" for p in images_de["profession"]]
+    )
+    person = direct_cosines(model_folder, pictures, ["a photo of the face of a person"] * 8)
+    assert np.allclose(german["clip_own_prompt"], own, atol=1e-5)
+    assert np.allclose(german["clip_occupation"], occupation, atol=1e-5)
+    assert np.allclose(german["clip_person"], person, atol=1e-5)
+    summary = datasets.load_dataset(str(folder), "summary", split="train").to_pandas()
+    overall = summary[(summary["language"] == "de") & (summary["occupation"] == "__all__")].iloc[0]
+    assert overall["num_images"] == 8 and overall["clip_person"] == pytest.approx(person.mean())
+    doctor = summary[(summary["language"] == "de") & (summary["occupation"] == "doctor")].iloc[0]
+    mask = np.array(images_de["profession"]) == "doctor"
+    assert doctor["clip_own_prompt"] == pytest.approx(own[mask].mean())
