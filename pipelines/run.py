@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 from .config import ConfigError, build_arguments, input_fields, load_recipe, shared_settings
 from .stage import Published
-from .store import StoreError, parse_ref
+from .store import STORE_ROOT_ENV, StoreError, parse_ref
 
 # Stage name -> module, in study order.
 STAGES = {
@@ -98,6 +100,27 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     for result in results:
         print(f"{result.repo_type}\t{result}")
+    hint = space_hint(results, overrides.get("store_root") or os.environ.get(STORE_ROOT_ENV))
+    if hint:
+        print(hint)
+
+
+def space_hint(results: list[Published], store_root: str | None) -> str | None:
+    """How to open the language-comparison Space on the model versions this run evaluated."""
+    bias = {r.repo_id.removesuffix("-bias") for r in results if r.repo_id.endswith("-bias")}
+    alignment = {r.repo_id.removesuffix("-alignment") for r in results if r.repo_id.endswith("-alignment")}
+    evaluated = sorted(bias & alignment)
+    if not evaluated:
+        return None
+    versions = ",".join(
+        f"{name.split('/')[-1].removeprefix('images-').removesuffix('-eval')}={name}" for name in evaluated
+    )
+    root = f"T2I_BIAS_STORE_ROOT={shlex.quote(store_root)} " if store_root else ""
+    return (
+        "\nCompare the languages and model versions in the Space:\n"
+        f"  {root}T2I_BIAS_SPACE_VERSIONS={versions} python spaces/compare_languages/app.py\n"
+        "then open http://127.0.0.1:7860"
+    )
 
 
 if __name__ == "__main__":

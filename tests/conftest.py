@@ -76,3 +76,32 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     prompts = translate_prompts.run(translate_prompts.Arguments(**common, languages=["de", "zh"]))
     model = build_tiny_model.run(build_tiny_model.Arguments(**common, input=str(prompts), kind="altdiffusion"))
     return {"store_root": root, "namespace": "study", "prompts": str(prompts), "model": str(model)}
+
+
+def readme_block(name: str) -> str:
+    """The command in the README's fenced block marked <!-- ci:NAME -->."""
+    import re
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(rf"<!-- ci:{name} -->\s*```(?:bash|sh)?\n(.*?)```", readme, re.DOTALL)
+    assert match, f"README.md has no block marked ci:{name}"
+    return match.group(1).strip()
+
+
+@pytest.fixture(scope="session")
+def offline_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The README's study command, as written, run once into a fresh store; returns its output."""
+    import subprocess
+
+    root = tmp_path_factory.mktemp("offline-study") / "hub"
+    command = readme_block("study").replace(".venv/bin/python", sys.executable)
+    result = subprocess.run(
+        command,
+        shell=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**os.environ, "T2I_BIAS_STORE_ROOT": str(root)},
+    )
+    return {"root": root, "result": result}

@@ -131,32 +131,23 @@ def test_runner_rejects_unknown_stage_before_running_anything(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_readme_study_command_runs(tmp_path: Path) -> None:
-    """The README's study command, as written, on a fresh store."""
-    import re
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    command = re.search(r"<!-- ci:study -->\s*```bash\n(.*?)```", readme, re.DOTALL).group(1).strip()
-    import subprocess
-    import sys
-
-    command = command.replace(".venv/bin/python", sys.executable)
-    result = subprocess.run(
-        command,
-        shell=True,
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        env={**__import__("os").environ, "T2I_BIAS_STORE_ROOT": str(tmp_path / "hub")},
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    store = LocalStore(tmp_path / "hub")
-    folder = store.resolve("t2i-bias/prompts", "dataset")
+def test_readme_study_command_runs(offline_study: dict) -> None:
+    """The README's study command, as written, on a fresh store: every stage publishes."""
     import datasets
 
-    german = datasets.load_dataset(str(folder), "de", split="train")
+    result = offline_study["result"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    store = LocalStore(offline_study["root"])
+    german = datasets.load_dataset(str(store.resolve("t2i-bias/prompts", "dataset")), "de", split="train")
     assert german.num_rows == 8640 + 4320 + 240
+    for repo, repo_type in [
+        ("t2i-bias/tiny-altdiffusion-debiased", "model"),
+        ("t2i-bias/images-finetuned-eval-bias", "dataset"),
+        ("t2i-bias/images-finetuned-eval-alignment", "dataset"),
+        ("t2i-bias/train-en-images-all-captions", "dataset"),
+    ]:
+        assert store.exists(repo, repo_type), repo
+    assert "spaces/compare_languages/app.py" in result.stdout + result.stderr  # it says how to open the Space
 
 
 def test_reuse_picks_the_revision_the_stage_made(tmp_path: Path) -> None:
