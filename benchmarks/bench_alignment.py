@@ -11,9 +11,7 @@ and images, on the CPU, in one run. Writes benchmarks/results/alignment.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +25,8 @@ from PIL import Image  # noqa: E402
 
 from pipelines.clip_models import build_tiny_open_clip, load_open_clip  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODULE = str(Path(__file__).resolve().parent.parent / "spaces" / "clip_score")
+from benchmarks.common import machine, write_report  # noqa: E402
 
 
 def main() -> None:
@@ -61,16 +59,14 @@ def main() -> None:
 
     report = {
         "benchmark": "CLIP score: evaluate module vs reference loop",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU",
+        "machine": machine(),
         "images": options.images,
         "batch_size": options.batch_size,
         "reference_images_per_second": round(options.images / reference, 1),
         "module_images_per_second": round(options.images / batched, 1),
         "speedup": round(reference / batched, 2),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "alignment.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report("alignment", report)
 
 
 if __name__ == "__main__":

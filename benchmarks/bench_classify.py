@@ -13,9 +13,6 @@ Writes benchmarks/results/classify.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +22,9 @@ import skimage.data
 import torch
 from PIL import Image
 
+from benchmarks.common import machine, write_report  # noqa: E402
 from pipelines.attribute_classifiers import FairFaceClassifier
 from pipelines.faces import face_chip, load_detector
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -71,7 +67,7 @@ def main() -> None:
 
     report = {
         "benchmark": "face detection + FairFace classification: stage vs reference approach",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU",
+        "machine": machine(),
         "images": options.images,
         "occupations": options.occupations,
         "batch_size": options.batch_size,
@@ -79,9 +75,7 @@ def main() -> None:
         "stage_images_per_second": round(options.images / stage, 2),
         "speedup": round(reference / stage, 2),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "classify.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report("classify", report)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +21,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from benchmarks.common import machine, write_report  # noqa: E402
 from pipelines import build_tiny_model, generate_images, generate_prompts  # noqa: E402
 from pipelines.dataset_files import load_config  # noqa: E402
 from pipelines.models import load_pipeline  # noqa: E402
 from pipelines.store import LocalStore  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -79,7 +76,7 @@ def main() -> None:
 
     report = {
         "benchmark": "generate_images vs one image per pipeline call",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU",
+        "machine": machine(),
         "model": "tiny AltDiffusion (random weights, 64 px)",
         "images": len(rows),
         "steps": options.steps,
@@ -88,9 +85,7 @@ def main() -> None:
         "batch_size": options.batch_size,
         "speedup": round(baseline / stage, 2),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "generate.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report("generate", report)
 
 
 if __name__ == "__main__":

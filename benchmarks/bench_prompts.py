@@ -10,19 +10,15 @@ nothing is reused between repeats.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.common import machine, write_report  # noqa: E402
 from pipelines import generate_prompts, translate_prompts  # noqa: E402
 from pipelines.grammar import LANGUAGES  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -44,16 +40,14 @@ def main() -> None:
     rows = {"generate_prompts": rows_per_language, "translate_prompts": rows_per_language * len(languages)}
     report = {
         "benchmark": "prompt grid, ten languages",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "repeats": options.repeats,
         "stages": {
             stage: {"rows": rows[stage], "seconds": round(best, 3), "rows_per_second": round(rows[stage] / best)}
             for stage, best in ((stage, min(times)) for stage, times in timings.items())
         },
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "prompts.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report("prompts", report)
 
 
 if __name__ == "__main__":

@@ -11,19 +11,15 @@ benchmarks/results/train.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.common import machine, write_report  # noqa: E402
 from pipelines import build_tiny_model, collect_datasets, generate_images, generate_prompts  # noqa: E402
 from training.train_text_to_image import TrainArguments, run  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -68,7 +64,7 @@ def main() -> None:
     samples = options.steps * options.batch_size
     report = {
         "benchmark": "train_text_to_image, cached latents off vs on",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU",
+        "machine": machine(),
         "model": f"tiny AltDiffusion (random weights), {options.resolution} px",
         "steps": options.steps,
         "batch_size": options.batch_size,
@@ -76,9 +72,7 @@ def main() -> None:
         "samples_per_second_cached": round(samples / timings[True], 2),
         "speedup": round(timings[False] / timings[True], 2),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report("train", report)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .attribute_classifiers import CLASSIFIERS, load_classifier
 from .cards import dataset_card
 from .config import ConfigError, StageArguments, input_field
-from .dataset_files import DatasetWriter, artifact_configs, config_entry
+from .dataset_files import DatasetWriter, config_entry, select_configs
 from .faces import DETECTORS, face_chip, load_detector
 from .models import pick_device
 from .stage import Published, StageRun, execute, stage_main
@@ -147,11 +147,7 @@ def classify_rows(rows: list[dict[str, Any]], detector: Any, classifier: Any, ar
 def build(run: StageRun, folder: Path) -> str:
     args: Arguments = run.args
     source = run.input_folder("input")
-    available = artifact_configs(source)
-    configs = args.configs or available
-    unknown = [config for config in configs if config not in available]
-    if unknown:
-        raise ConfigError(f"configs: {', '.join(unknown)} not in {run.inputs['input']} (has {', '.join(available)})")
+    configs = select_configs(source, args.configs, run.inputs["input"])
     device = pick_device(args.device)
     detector = load_detector(args.detector, device)
     model = run.model_path("classifier_model") if args.classifier_model else None

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .attributes import prompt_id
 from .cards import dataset_card
 from .config import ConfigError, StageArguments, input_field
-from .dataset_files import DatasetWriter, artifact_configs, config_entry, load_config
+from .dataset_files import DatasetWriter, artifact_configs, config_entry, load_config, select_configs
 from .prompts import ATTRIBUTE_COLUMNS
 from .stage import Published, StageRun, execute, stage_main
 
@@ -97,10 +97,7 @@ def build(run: StageRun, folder: Path) -> str:
     args: Arguments = run.args
     prompts_folder, images_folder = run.input_folder("prompts"), run.input_folder("images")
     prompt_languages = artifact_configs(prompts_folder)
-    image_configs = args.image_configs or artifact_configs(images_folder)
-    unknown = sorted(set(image_configs) - set(artifact_configs(images_folder)))
-    if unknown:
-        raise ConfigError(f"image_configs: {', '.join(unknown)} not in {run.inputs['images']}")
+    image_configs = select_configs(images_folder, args.image_configs, run.inputs["images"])
     if "all" in args.caption_languages:
         caption_languages = prompt_languages
     else:

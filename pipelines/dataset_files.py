@@ -135,3 +135,14 @@ def artifact_configs(folder: str | Path) -> list[str]:
 
     card = DatasetCard.load(Path(folder) / "README.md")
     return [entry["config_name"] for entry in card.data.to_dict().get("configs") or []]
+
+
+def select_configs(folder: str | Path, wanted: list[str], artifact: str) -> list[str]:
+    """`wanted` configs of an artifact (all when empty); an unknown one is an error that names it."""
+    available = artifact_configs(folder)
+    unknown = [config for config in wanted if config not in available]
+    if unknown:
+        from .config import ConfigError
+
+        raise ConfigError(f"configs: {', '.join(unknown)} not in {artifact} (has {', '.join(available)})")
+    return list(wanted) or available

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .cards import dataset_card
 from .config import ConfigError, StageArguments, input_field
-from .dataset_files import DatasetWriter, artifact_configs, config_entry
+from .dataset_files import DatasetWriter, config_entry, select_configs
 from .grammar import load_grammar
 from .models import pick_device
 from .stage import Published, StageRun, execute, stage_main
@@ -90,11 +90,7 @@ def build(run: StageRun, folder: Path) -> str:
 
     args: Arguments = run.args
     source = run.input_folder("input")
-    available = artifact_configs(source)
-    configs = args.configs or available
-    unknown = [config for config in configs if config not in available]
-    if unknown:
-        raise ConfigError(f"configs: {', '.join(unknown)} not in {run.inputs['input']} (has {', '.join(available)})")
+    configs = select_configs(source, args.configs, run.inputs["input"])
     metric = evaluate.load(str(METRIC_PATH))
     device = pick_device(args.device)
     english = {"model": run.model_path("clip_model"), "pretrained": args.clip_pretrained}

@@ -223,6 +223,16 @@ def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: 
     scheduler = diffusers.PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
     )
+    # What both families share; the safety checker is off, as in every pipeline the study loads.
+    shared = {
+        "vae": vae,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": width,
@@ -240,16 +250,7 @@ def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: 
         config = RobertaSeriesConfig(
             **text_config, max_position_embeddings=80, project_dim=width, pad_token_id=1, type_vocab_size=1
         )
-        return AltDiffusionPipeline(
-            vae=vae,
-            text_encoder=RobertaSeriesModelWithTransformation(config),
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        return AltDiffusionPipeline(text_encoder=RobertaSeriesModelWithTransformation(config), **shared)
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -259,16 +260,7 @@ def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return diffusers.StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(config),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return diffusers.StableDiffusionPipeline(text_encoder=CLIPTextModel(config), **shared)
 
 
 def warn(message: str) -> None:
