@@ -31,6 +31,12 @@ SCHEDULERS = {
 }
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+# Text-encoder LoRA lives beside the UNet's, in peft's own key format: diffusers' load_lora_weights
+# would hand it to transformers, which loads adapters only with peft>=0.22 (newer than any release
+# here) and has no key conversion for AltDiffusion's RoBERTa-series encoder.
+TEXT_ENCODER_LORA_WEIGHTS = "text_encoder_lora.safetensors"
+TEXT_ENCODER_LORA_CONFIG = "text_encoder_lora_config.json"
+TEXT_ENCODER_LORA_TARGETS = {"clip": ["q_proj", "k_proj", "v_proj", "out_proj"], "roberta": ["query", "key", "value"]}
 
 
 def pick_device(device: str = "auto") -> str:
@@ -102,6 +108,8 @@ def load_pipeline(
             base = f"{base}@{card['base_model_revision']}"
         pipe, _ = load_pipeline(base, store, namespace=namespace, scheduler=scheduler, device=device, dtype=dtype)
         pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS)
+        if (folder / TEXT_ENCODER_LORA_WEIGHTS).is_file():
+            load_text_encoder_lora(pipe.text_encoder, folder)
     else:
         pipe = assemble_pipeline(folder, torch_dtype)
         if SCHEDULERS[scheduler][0] is not None:
@@ -112,6 +120,37 @@ def load_pipeline(
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe, {"model": model_id, "model_revision": revision}
+
+
+def add_text_encoder_lora(text_encoder: Any, rank: int, alpha: int | None = None) -> dict[str, Any]:
+    """Injects peft LoRA layers into a text encoder of either family; returns the LoRA config."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    family = "roberta" if "Roberta" in type(text_encoder).__name__ else "clip"
+    config = {"r": rank, "lora_alpha": alpha or rank, "target_modules": TEXT_ENCODER_LORA_TARGETS[family]}
+    inject_adapter_in_model(LoraConfig(init_lora_weights="gaussian", **config), text_encoder)
+    return config
+
+
+def save_text_encoder_lora(text_encoder: Any, config: dict[str, Any], folder: Path) -> None:
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().float().contiguous() for k, v in get_peft_model_state_dict(text_encoder).items()}
+    save_file(state, str(folder / TEXT_ENCODER_LORA_WEIGHTS))
+    (folder / TEXT_ENCODER_LORA_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def load_text_encoder_lora(text_encoder: Any, folder: Path) -> None:
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / TEXT_ENCODER_LORA_CONFIG).read_text())
+    add_text_encoder_lora(text_encoder, config["r"], config["lora_alpha"])
+    result = set_peft_model_state_dict(text_encoder, load_file(str(folder / TEXT_ENCODER_LORA_WEIGHTS)))
+    if getattr(result, "unexpected_keys", None):
+        raise ConfigError(f"{folder}: text-encoder LoRA keys do not fit the model ({result.unexpected_keys[:3]})")
+    text_encoder.to(next(text_encoder.parameters()).dtype)
 
 
 def assemble_pipeline(folder: Path, torch_dtype: torch.dtype) -> Any:

@@ -207,6 +207,81 @@ def test_lora_on_tiny_stable_diffusion_loads_and_changes_output(training_study: 
         assert np.array_equal(image(base), image(unchanged))  # and the difference is the adapter's, not noise
 
 
+def text_features(pipe, text: str) -> torch.Tensor:
+    from training.train_text_to_image import encode_text
+
+    tokens = pipe.tokenizer(
+        [text], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    )
+    with torch.no_grad():
+        return encode_text(pipe.text_encoder, tokens.input_ids, tokens.attention_mask)
+
+
+def test_lora_with_text_encoder_on_tiny_altdiffusion(training_study: dict, tmp_path: Path) -> None:
+    out = tmp_path / "lora-te"
+    train(
+        training_study,
+        training_study["model"],
+        out,
+        "--max_train_steps",
+        "2",
+        "--use_lora",
+        "--rank",
+        "4",
+        "--train_text_encoder",
+        "--learning_rate",
+        "5e-2",
+        "--output_repo",
+        "ad-lora-te",
+    )
+    store = LocalStore(training_study["store_root"])
+    folder = store.resolve("study/ad-lora-te", "model")
+    assert {"text_encoder_lora.safetensors", "text_encoder_lora_config.json", LORA_WEIGHTS} <= {
+        p.name for p in folder.iterdir()
+    }
+    base, _ = load_pipeline(training_study["model"], store)
+    tuned, _ = load_pipeline("study/ad-lora-te", store)
+    assert type(tuned.text_encoder).__name__ == "RobertaSeriesModelWithTransformation"
+    text = "ein Foto des Gesichts einer Person, die als Pflegekraft arbeitet"
+    assert not torch.allclose(text_features(base, text), text_features(tuned, text))  # the encoder's adapter is on
+    images = generate_images.run(
+        generate_images.Arguments(
+            store_root=training_study["store_root"],
+            namespace="study",
+            input=training_study["prompts"],
+            model="ad-lora-te",
+            output_repo="images-lora-te",
+            languages=["de"],
+            num_inference_steps=2,
+            professions=["nurse"],
+        )
+    )
+    rows = datasets.load_dataset(str(store.resolve(str(images), "dataset")), "de_eval_direct", split="train")
+    assert rows[0]["model"] == "study/ad-lora-te"
+
+
+def test_full_finetune_with_text_encoder_on_tiny_stable_diffusion(training_study: dict, tmp_path: Path) -> None:
+    out = tmp_path / "full-te"
+    train(
+        training_study,
+        training_study["sd"],
+        out,
+        "--max_train_steps",
+        "2",
+        "--train_text_encoder",
+        "--gradient_checkpointing",
+        "--learning_rate",
+        "1e-2",
+        "--output_repo",
+        "sd-full-te",
+    )
+    store = LocalStore(training_study["store_root"])
+    base, _ = load_pipeline(training_study["sd"], store)
+    tuned, _ = load_pipeline("study/sd-full-te", store)
+    assert type(tuned.text_encoder).__name__ == "CLIPTextModel"
+    assert not torch.allclose(text_features(base, "a photo of a nurse"), text_features(tuned, "a photo of a nurse"))
+
+
 def test_training_on_an_imagefolder(training_study: dict, tmp_path: Path) -> None:
     folder = tmp_path / "imagefolder"
     folder.mkdir()
@@ -248,7 +323,6 @@ def test_training_on_an_imagefolder(training_study: dict, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"use_lora": True, "train_text_encoder": True}, "use_lora with train_text_encoder"),
         ({"cache_latents": True}, "cache_latents needs center_crop"),
         ({"lr_scheduler": "step"}, "lr_scheduler='step': allowed linear"),
         ({"dataset_name": None}, "give one of dataset_name or train_data_dir"),

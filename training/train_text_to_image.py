@@ -35,7 +35,13 @@ from tqdm.auto import tqdm  # noqa: E402
 from pipelines.cards import model_card  # noqa: E402
 from pipelines.config import ConfigError, StageArguments, input_field  # noqa: E402
 from pipelines.dataset_files import SPLIT, artifact_configs  # noqa: E402
-from pipelines.models import LORA_WEIGHTS, assemble_pipeline, model_folder  # noqa: E402
+from pipelines.models import (  # noqa: E402
+    LORA_WEIGHTS,
+    add_text_encoder_lora,
+    assemble_pipeline,
+    model_folder,
+    save_text_encoder_lora,
+)
 from pipelines.stage import Published, StageRun, stage_main  # noqa: E402
 from pipelines.store import HubStore  # noqa: E402
 
@@ -174,7 +180,11 @@ class TrainArguments(StageArguments):
     seed: int = field(default=0, metadata={"help": "Seed of everything random."})
     train_text_encoder: bool = field(default=False, metadata={"help": "Train the text encoder too."})
     use_lora: bool = field(
-        default=False, metadata={"help": "Train peft LoRA adapters on the UNet instead of all weights."}
+        default=False,
+        metadata={
+            "help": "Train peft LoRA adapters instead of all weights: the UNet's, and with "
+            "--train_text_encoder the text encoder's too."
+        },
     )
     rank: int = field(default=4, metadata={"help": "LoRA rank."})
     cache_latents: bool = field(
@@ -212,10 +222,6 @@ class TrainArguments(StageArguments):
             raise ConfigError("cache_latents needs center_crop: a cached latent cannot be cropped at random")
         if self.resume_from_checkpoint not in (None, "latest") and not Path(self.resume_from_checkpoint).is_dir():
             raise ConfigError(f"resume_from_checkpoint={self.resume_from_checkpoint!r}: not a folder nor 'latest'")
-        if self.use_lora and self.train_text_encoder:
-            # transformers 5 loads text-encoder adapters only with peft>=0.22 (0.21.2 is the newest here), and
-            # diffusers cannot convert RoBERTa-series LoRA keys: an adapter we could save but not load back.
-            raise ConfigError("use_lora with train_text_encoder: LoRA trains the UNet only; drop one of them")
         if self.use_ema and self.use_lora:
             raise ConfigError("use_ema with use_lora: an EMA of frozen weights is the weights; drop one")
         if self.push_to_hub and not self.hub_model_id:
@@ -311,6 +317,9 @@ def run(args: TrainArguments) -> Published:
                 r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=UNET_LORA_TARGETS
             )
         )
+    text_lora = None
+    if args.use_lora and args.train_text_encoder:
+        text_lora = add_text_encoder_lora(text_encoder, args.rank)
     ema_unet = None
     if args.use_ema:
         ema_unet = EMAModel(unet.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config)
@@ -325,7 +334,7 @@ def run(args: TrainArguments) -> Published:
         text_encoder.to(accelerator.device, dtype=weight_dtype)
     if args.use_lora:
         unet.to(accelerator.device, dtype=weight_dtype)
-        for parameter in unet.parameters():
+        for parameter in (*unet.parameters(), *text_encoder.parameters()):
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
 
@@ -514,7 +523,7 @@ def run(args: TrainArguments) -> Published:
         unet_final = accelerator.unwrap_model(unet)
         if ema_unet is not None and not args.use_lora:
             ema_unet.copy_to(unet_final.parameters())
-        save_trained(final, pipe, unet_final, accelerator.unwrap_model(text_encoder), args)
+        save_trained(final, pipe, unet_final, accelerator.unwrap_model(text_encoder), args, text_lora)
         validation = []
         if args.validation_prompts:
             validation = log_validation(
@@ -625,13 +634,17 @@ def inference_pipeline(pipe: Any, accelerator: Any, unet: Any, text_encoder: Any
     return pipe
 
 
-def save_trained(folder: Path, pipe: Any, unet: Any, text_encoder: Any, args: TrainArguments) -> None:
+def save_trained(
+    folder: Path, pipe: Any, unet: Any, text_encoder: Any, args: TrainArguments, text_lora: dict | None = None
+) -> None:
     if args.use_lora:
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
         unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet.float()))
         type(pipe).save_lora_weights(folder, unet_lora_layers=unet_layers, weight_name=LORA_WEIGHTS)
+        if text_lora is not None:
+            save_text_encoder_lora(text_encoder, text_lora, folder)
         return
     pipe.unet, pipe.text_encoder = unet.float(), text_encoder.float()
     pipe.vae.float()
