@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -300,7 +299,3 @@ def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: 
         pad_token_id=tokenizer.pad_token_id,
     )
     return diffusers.StableDiffusionPipeline(text_encoder=CLIPTextModel(config), **shared)
-
-
-def warn(message: str) -> None:
-    print(message, file=sys.stderr)

@@ -505,7 +505,7 @@ def run(args: TrainArguments) -> Published:
             if args.validation_prompts and args.validation_steps and global_step % args.validation_steps == 0:
                 if accelerator.is_main_process:
                     log_validation(
-                        inference_pipeline(pipe, accelerator, unet, text_encoder, None), args, accelerator, global_step
+                        inference_pipeline(pipe, accelerator, unet, text_encoder), args, accelerator, global_step
                     )
             if global_step >= max_train_steps:
                 break
@@ -527,7 +527,7 @@ def run(args: TrainArguments) -> Published:
         validation = []
         if args.validation_prompts:
             validation = log_validation(
-                inference_pipeline(pipe, accelerator, unet, text_encoder, None), args, accelerator, global_step
+                inference_pipeline(pipe, accelerator, unet, text_encoder), args, accelerator, global_step
             )
             shutil.copytree(output_dir / "validation" / f"step-{global_step}", final / "validation")
         save_model_card(final, stage_run, args, base, languages, validation)
@@ -626,7 +626,7 @@ def save_checkpoint(accelerator: Any, output_dir: Path, step: int, limit: int | 
     accelerator.save_state(str(output_dir / f"checkpoint-{step}"))
 
 
-def inference_pipeline(pipe: Any, accelerator: Any, unet: Any, text_encoder: Any, scheduler: Any) -> Any:
+def inference_pipeline(pipe: Any, accelerator: Any, unet: Any, text_encoder: Any) -> Any:
     """The base pipeline with the weights being trained, for validation images."""
     pipe.unet = accelerator.unwrap_model(unet)
     pipe.text_encoder = accelerator.unwrap_model(text_encoder)
