@@ -421,8 +421,10 @@ class HubStore:
             commits = self.api.list_repo_commits(repo_id, repo_type=repo_type)
         entries = []
         for commit in commits:
+            # The description holds the lineage JSON; tolerate a message that repeats the title before it.
+            text = commit.message or ""
             try:
-                lineage = json.loads(commit.message or "{}").get("lineage", {})
+                lineage = json.loads(text[text.find("{") :]).get("lineage", {}) if "{" in text else {}
             except (json.JSONDecodeError, AttributeError):
                 lineage = {}
             created = commit.created_at
