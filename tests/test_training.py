@@ -83,6 +83,24 @@ def train(study: dict, model: str, output_dir: Path, *extra: str) -> subprocess.
     return result
 
 
+def generate_nurse(study: dict, model: str) -> datasets.Dataset:
+    """One German nurse image from `model`, made through the generation stage by repo id."""
+    images = generate_images.run(
+        generate_images.Arguments(
+            store_root=study["store_root"],
+            namespace="study",
+            input=study["prompts"],
+            model=model,
+            output_repo=f"images-{model}",
+            languages=["de"],
+            num_inference_steps=2,
+            professions=["nurse"],
+        )
+    )
+    folder = LocalStore(study["store_root"]).resolve(str(images), "dataset")
+    return datasets.load_dataset(str(folder), "de_eval_direct", split="train")
+
+
 def state(output_dir: Path) -> dict:
     return json.loads((output_dir / "trainer_state.json").read_text())
 
@@ -147,19 +165,7 @@ def test_full_finetune_checkpoints_resume_and_generate(training_study: dict, tmp
     card = (folder / "README.md").read_text()
     assert "base_model: study/tiny-altdiffusion" in card and "train-small" in card
     # The fine-tuned model generates through the generation stage, by repo id.
-    images = generate_images.run(
-        generate_images.Arguments(
-            store_root=training_study["store_root"],
-            namespace="study",
-            input=training_study["prompts"],
-            model="debiased",
-            output_repo="images-debiased",
-            languages=["de"],
-            num_inference_steps=2,
-            professions=["nurse"],
-        )
-    )
-    rows = datasets.load_dataset(str(store.resolve(str(images), "dataset")), "de_eval_direct", split="train")
+    rows = generate_nurse(training_study, "debiased")
     assert rows.num_rows == 1 and rows[0]["model"] == "study/debiased" and rows[0]["image"].size == (64, 64)
 
 
@@ -244,19 +250,7 @@ def test_lora_with_text_encoder_on_tiny_altdiffusion(training_study: dict, tmp_p
     assert type(tuned.text_encoder).__name__ == "RobertaSeriesModelWithTransformation"
     text = "ein Foto des Gesichts einer Person, die als Pflegekraft arbeitet"
     assert not torch.allclose(text_features(base, text), text_features(tuned, text))  # the encoder's adapter is on
-    images = generate_images.run(
-        generate_images.Arguments(
-            store_root=training_study["store_root"],
-            namespace="study",
-            input=training_study["prompts"],
-            model="ad-lora-te",
-            output_repo="images-lora-te",
-            languages=["de"],
-            num_inference_steps=2,
-            professions=["nurse"],
-        )
-    )
-    rows = datasets.load_dataset(str(store.resolve(str(images), "dataset")), "de_eval_direct", split="train")
+    rows = generate_nurse(training_study, "ad-lora-te")
     assert rows[0]["model"] == "study/ad-lora-te"
 
 
