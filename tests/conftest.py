@@ -105,3 +105,22 @@ def offline_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         env={**os.environ, "T2I_BIAS_STORE_ROOT": str(root)},
     )
     return {"root": root, "result": result}
+
+
+def image_arguments(study: dict, **overrides):
+    """generate_images arguments for the session study: small and fast, overridable."""
+    from pipelines import generate_images
+
+    values = {
+        "store_root": study["store_root"],
+        "namespace": study["namespace"],
+        "input": study["prompts"],
+        "model": study["model"],
+        "languages": ["en", "de"],
+        "variants": ["eval_direct"],
+        "num_images": 2,
+        "num_inference_steps": 2,
+        "batch_size": 3,
+        "images_per_shard": 4,
+    }
+    return generate_images.Arguments(**(values | overrides))

@@ -16,7 +16,7 @@ from pipelines import build_tiny_model, evaluate_alignment, generate_images
 from pipelines.clip_models import build_tiny_open_clip, load_open_clip
 from pipelines.store import LocalStore
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, image_arguments
 
 MODULE = str(REPO_ROOT / "spaces" / "clip_score")
 
@@ -115,17 +115,7 @@ def test_evaluate_alignment_stage(tiny_study: dict, tiny_clip: str) -> None:
     common = {"store_root": tiny_study["store_root"], "namespace": "study"}
     store = LocalStore(tiny_study["store_root"])
     clip = build_tiny_model.run(build_tiny_model.Arguments(**common, kind="open-clip"))
-    images = generate_images.run(
-        generate_images.Arguments(
-            **common,
-            input=tiny_study["prompts"],
-            model=tiny_study["model"],
-            output_repo="align-images",
-            languages=["en", "de"],
-            num_images=2,
-            num_inference_steps=2,
-        )
-    )
+    images = generate_images.run(image_arguments(tiny_study, output_repo="align-images"))
     result = evaluate_alignment.run(
         evaluate_alignment.Arguments(
             **common, input=str(images), clip_model=str(clip), multilingual_clip_model=str(clip), batch_size=3

@@ -25,7 +25,7 @@ from pipelines.config import ConfigError
 from pipelines.faces import face_chip, load_detector
 from pipelines.store import LocalStore
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, image_arguments
 
 METRIC = str(REPO_ROOT / "spaces" / "fairness_metrics")
 
@@ -239,17 +239,7 @@ def test_metric_loads_in_a_fresh_process() -> None:
 def test_classify_and_evaluate_bias_end_to_end(tiny_study: dict, tiny_classifiers: dict, tmp_path: Path) -> None:
     common = {"store_root": tiny_study["store_root"], "namespace": "study"}
     store = LocalStore(tiny_study["store_root"])
-    images = generate_images.run(
-        generate_images.Arguments(
-            **common,
-            input=tiny_study["prompts"],
-            model=tiny_study["model"],
-            output_repo="bias-images",
-            languages=["en", "de"],
-            num_images=3,
-            num_inference_steps=2,
-        )
-    )
+    images = generate_images.run(image_arguments(tiny_study, output_repo="bias-images", num_images=3))
     # Add a corrupt image to the images, as a shard of its own: recorded, not a crash.
     folder = tmp_path / "images"
     import shutil
@@ -318,16 +308,11 @@ def test_classify_and_evaluate_bias_end_to_end(tiny_study: dict, tiny_classifier
 def test_face_filter_retries_from_the_next_seed(tiny_study: dict) -> None:
     store = LocalStore(tiny_study["store_root"])
     images = generate_images.run(
-        generate_images.Arguments(
-            store_root=tiny_study["store_root"],
-            namespace="study",
-            input=tiny_study["prompts"],
-            model=tiny_study["model"],
+        image_arguments(
+            tiny_study,
             output_repo="filtered",
             languages=["en"],
             professions=["doctor"],
-            num_images=2,
-            num_inference_steps=2,
             face_filter="haar",
             max_attempts=3,
         )

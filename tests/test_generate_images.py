@@ -17,23 +17,7 @@ from pipelines import collect_datasets, generate_images
 from pipelines.config import ConfigError
 from pipelines.store import LocalStore
 
-from .conftest import REPO_ROOT
-
-SMALL = {"num_inference_steps": 2, "batch_size": 3, "images_per_shard": 4}
-
-
-def arguments(study: dict, **overrides) -> generate_images.Arguments:
-    values = {
-        "store_root": study["store_root"],
-        "namespace": study["namespace"],
-        "input": study["prompts"],
-        "model": study["model"],
-        "languages": ["en", "de"],
-        "variants": ["eval_direct"],
-        "num_images": 2,
-        **SMALL,
-    }
-    return generate_images.Arguments(**(values | overrides))
+from .conftest import REPO_ROOT, image_arguments
 
 
 def data_digest(folder: Path) -> dict[str, str]:
@@ -75,8 +59,8 @@ def cli(study: dict, output_repo: str, extra: list[str] | None = None) -> list[s
 
 def test_images_dataset_deterministic_and_paired(tiny_study: dict) -> None:
     store = LocalStore(tiny_study["store_root"])
-    first = generate_images.run(arguments(tiny_study, output_repo="images-a"))
-    second = generate_images.run(arguments(tiny_study, output_repo="images-b"))
+    first = generate_images.run(image_arguments(tiny_study, output_repo="images-a"))
+    second = generate_images.run(image_arguments(tiny_study, output_repo="images-b"))
     folder_a, folder_b = store.resolve(str(first), "dataset"), store.resolve(str(second), "dataset")
     assert data_digest(folder_a) == data_digest(folder_b)  # same recipe twice: identical bytes
     assert len(data_digest(folder_a)) == 4  # 2 configs x 8 images in shards of 4
@@ -98,7 +82,7 @@ def test_images_dataset_deterministic_and_paired(tiny_study: dict) -> None:
     import numpy as np
 
     alone = generate_images.run(
-        arguments(
+        image_arguments(
             tiny_study,
             output_repo="images-alone",
             languages=["de"],
@@ -114,11 +98,11 @@ def test_images_dataset_deterministic_and_paired(tiny_study: dict) -> None:
 
 def test_bad_generation_arguments(tiny_study: dict) -> None:
     with pytest.raises(ConfigError, match="variants: unknown 'portrait'"):
-        arguments(tiny_study, variants=["portrait"])
+        image_arguments(tiny_study, variants=["portrait"])
     with pytest.raises(ConfigError, match="languages: fr not in the prompts dataset"):
-        generate_images.run(arguments(tiny_study, languages=["fr"], output_repo="never"))
+        generate_images.run(image_arguments(tiny_study, languages=["fr"], output_repo="never"))
     with pytest.raises(ConfigError, match="professions: 'astronaut' not in the prompts dataset"):
-        generate_images.run(arguments(tiny_study, professions=["astronaut"], output_repo="never"))
+        generate_images.run(image_arguments(tiny_study, professions=["astronaut"], output_repo="never"))
     assert not LocalStore(tiny_study["store_root"]).exists("study/never", "dataset")
 
 
@@ -196,7 +180,7 @@ def test_killed_generation_resumes_without_gaps_or_duplicates(tiny_study: dict, 
 def test_collect_datasets_joins_captions_on_prompt_id(tiny_study: dict) -> None:
     store = LocalStore(tiny_study["store_root"])
     images = generate_images.run(
-        arguments(tiny_study, output_repo="train-images", languages=["en"], variants=["gendered"], num_images=1)
+        image_arguments(tiny_study, output_repo="train-images", languages=["en"], variants=["gendered"], num_images=1)
     )
     common = {"store_root": tiny_study["store_root"], "namespace": "study", "prompts": tiny_study["prompts"]}
     everywhere = collect_datasets.run(

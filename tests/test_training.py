@@ -19,7 +19,7 @@ from pipelines.models import LORA_WEIGHTS, load_pipeline
 from pipelines.store import LocalStore
 from training.train_text_to_image import TrainArguments
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, image_arguments
 
 SCRIPT = str(REPO_ROOT / "training" / "train_text_to_image.py")
 
@@ -32,15 +32,13 @@ def training_study(tiny_study: dict) -> dict:
         build_tiny_model.Arguments(**common, input=tiny_study["prompts"], kind="stable-diffusion")
     )
     images = generate_images.run(
-        generate_images.Arguments(
-            **common,
-            input=tiny_study["prompts"],
-            model=tiny_study["model"],
+        image_arguments(
+            tiny_study,
             output_repo="train-source",
             languages=["en"],
             variants=["gendered"],
-            num_inference_steps=2,
             max_prompts=8,
+            num_images=1,
         )
     )
     train = collect_datasets.run(
@@ -86,15 +84,8 @@ def train(study: dict, model: str, output_dir: Path, *extra: str) -> subprocess.
 def generate_nurse(study: dict, model: str) -> datasets.Dataset:
     """One German nurse image from `model`, made through the generation stage by repo id."""
     images = generate_images.run(
-        generate_images.Arguments(
-            store_root=study["store_root"],
-            namespace="study",
-            input=study["prompts"],
-            model=model,
-            output_repo=f"images-{model}",
-            languages=["de"],
-            num_inference_steps=2,
-            professions=["nurse"],
+        image_arguments(
+            study, model=model, output_repo=f"images-{model}", languages=["de"], num_images=1, professions=["nurse"]
         )
     )
     folder = LocalStore(study["store_root"]).resolve(str(images), "dataset")
