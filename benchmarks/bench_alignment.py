@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines.clip_models import build_tiny_open_clip, load_open_clip  # noqa: E402
+from pipelines.modeling.clip import build_tiny_open_clip, load_open_clip  # noqa: E402
 
 MODULE = str(Path(__file__).resolve().parent.parent / "spaces" / "clip_score")
 from benchmarks.common import machine, write_report  # noqa: E402

@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from benchmarks.common import machine, write_report  # noqa: E402
-from pipelines.attribute_classifiers import FairFaceClassifier
-from pipelines.faces import face_chip, load_detector
+from pipelines.perception.classifiers import FairFaceClassifier
+from pipelines.perception.faces import face_chip, load_detector
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import torch  # noqa: E402
 
 from benchmarks.common import machine, write_report  # noqa: E402
 from pipelines import build_tiny_model, generate_images, generate_prompts  # noqa: E402
-from pipelines.dataset_files import load_config  # noqa: E402
-from pipelines.models import load_pipeline  # noqa: E402
-from pipelines.store import LocalStore  # noqa: E402
+from pipelines.artifacts.dataset_files import load_config  # noqa: E402
+from pipelines.artifacts.store import LocalStore  # noqa: E402
+from pipelines.modeling.diffusion import load_pipeline  # noqa: E402
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import machine, write_report  # noqa: E402
 from pipelines import generate_prompts, translate_prompts  # noqa: E402
-from pipelines.grammar import LANGUAGES  # noqa: E402
+from pipelines.prompting.grammar import LANGUAGES  # noqa: E402
 
 
 def main() -> None:

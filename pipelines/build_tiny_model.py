@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cards import model_card
-from .config import ConfigError, StageArguments, input_field
-from .dataset_files import artifact_configs, load_config
-from .models import TINY_KINDS as DIFFUSION_KINDS
-from .models import build_tiny_pipeline
-from .stage import Published, StageRun, execute, stage_main
+from pipelines.artifacts.cards import model_card
+from pipelines.artifacts.dataset_files import artifact_configs, load_config
+from pipelines.errors import ConfigError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Published, StageRun, execute, stage_main
+from pipelines.modeling.diffusion import TINY_KINDS as DIFFUSION_KINDS
+from pipelines.modeling.diffusion import build_tiny_pipeline
 
 STAGE = "build_tiny_model"
 TINY_KINDS = (*DIFFUSION_KINDS, "fairface", "open-clip")
@@ -73,7 +74,10 @@ def build(run: StageRun, folder: Path) -> str:
         languages=languages,
         datasets=[run.inputs["input"].partition("@")[0]],
         tags=["tiny", "random-weights", args.kind],
-        usage=f'from pipelines.models import load_pipeline\npipe, _ = load_pipeline("{run.output_repo_id}", store)',
+        usage=(
+            "from pipelines.modeling.diffusion import load_pipeline\n"
+            f'pipe, _ = load_pipeline("{run.output_repo_id}", store)'
+        ),
     ).save(folder / "README.md")
     return f"Tiny {model_class}, seed {args.seed}, {args.resolution} px"
 
@@ -106,7 +110,7 @@ def _build_fairface(run: StageRun, folder: Path) -> str:
 
 
 def _build_open_clip(run: StageRun, folder: Path) -> str:
-    from .clip_models import build_tiny_open_clip
+    from pipelines.modeling.clip import build_tiny_open_clip
 
     build_tiny_open_clip(folder, seed=run.args.seed)
     model_card(

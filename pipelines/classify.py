@@ -25,13 +25,14 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .attribute_classifiers import CLASSIFIERS, load_classifier
-from .cards import dataset_card
-from .config import ConfigError, StageArguments, input_field
-from .dataset_files import DatasetWriter, config_entry, select_configs
-from .faces import DETECTORS, face_chip, load_detector
-from .models import pick_device
-from .stage import Published, StageRun, execute, stage_main
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import DatasetWriter, config_entry, select_configs
+from pipelines.errors import ConfigError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Published, StageRun, execute, stage_main
+from pipelines.modeling.diffusion import pick_device
+from pipelines.perception.classifiers import CLASSIFIERS, load_classifier
+from pipelines.perception.faces import DETECTORS, face_chip, load_detector
 
 STAGE = "classify"
 STATUSES = ("ok", "no_face", "multiple_faces", "corrupt")

@@ -19,12 +19,19 @@ import datasets
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .attributes import prompt_id
-from .cards import dataset_card
-from .config import ConfigError, StageArguments, input_field
-from .dataset_files import DatasetWriter, artifact_configs, config_entry, load_config, select_configs
-from .prompts import ATTRIBUTE_COLUMNS
-from .stage import Published, StageRun, execute, stage_main
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import (
+    DatasetWriter,
+    artifact_configs,
+    config_entry,
+    load_config,
+    select_configs,
+)
+from pipelines.errors import ConfigError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Published, StageRun, execute, stage_main
+from pipelines.prompting.attributes import prompt_id
+from pipelines.prompting.grid import GRID_COLUMNS
 
 STAGE = "collect_datasets"
 CAPTION_VARIANTS = ("same", "neutral")
@@ -88,8 +95,8 @@ def caption_id(image: dict, variant: str) -> str:
         return image["prompt_id"]
     if image["variant"] == "eval_direct":
         return prompt_id("eval_indirect", image["profession"])
-    attributes = [image[column] for column in ATTRIBUTE_COLUMNS]
-    attributes[ATTRIBUTE_COLUMNS.index("gender")] = "neutral"
+    attributes = [image[column] for column in GRID_COLUMNS]
+    attributes[GRID_COLUMNS.index("gender")] = "neutral"
     return prompt_id("neutral", *attributes)
 
 

@@ -23,15 +23,17 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .cards import dataset_card
-from .config import ConfigError, StageArguments, input_field
-from .dataset_files import DatasetWriter, config_entry, select_configs
-from .grammar import load_grammar
-from .models import pick_device
-from .stage import Published, StageRun, execute, stage_main
+from pipelines import PROJECT_ROOT
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import DatasetWriter, config_entry, select_configs
+from pipelines.errors import ConfigError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Published, StageRun, execute, stage_main
+from pipelines.modeling.diffusion import pick_device
+from pipelines.prompting.grammar import load_grammar
 
 STAGE = "evaluate_alignment"
-METRIC_PATH = Path(__file__).resolve().parent.parent / "spaces" / "clip_score"
+METRIC_PATH = PROJECT_ROOT / "spaces" / "clip_score"
 PERSON = "a photo of the face of a person"
 TEXTS = ("own_prompt", "occupation", "person")
 SCORE_FEATURES = datasets.Features(

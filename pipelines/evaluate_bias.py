@@ -25,20 +25,22 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .attribute_classifiers import AGES, GENDERS, RACE4_GROUPS, RACES
-from .cards import dataset_card
-from .config import ConfigError, StageArguments, input_field
-from .dataset_files import DatasetWriter, artifact_configs, config_entry, load_config
-from .stage import Published, StageRun, execute, stage_main
+from pipelines import PROJECT_ROOT
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import DatasetWriter, artifact_configs, config_entry, load_config
+from pipelines.errors import ConfigError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Published, StageRun, execute, stage_main
+from pipelines.perception.classifiers import AGE_GROUPS, GENDER_LABELS, RACE4_LABELS, RACE_LABELS
 
 STAGE = "evaluate_bias"
-METRIC_PATH = Path(__file__).resolve().parent.parent / "spaces" / "fairness_metrics"
+METRIC_PATH = PROJECT_ROOT / "spaces" / "fairness_metrics"
 ATTRIBUTE_LABELS = {
-    "gender": GENDERS,
-    "race": RACES,
-    "race4": RACE4_GROUPS,
-    "age": AGES,
-    "gender_race": [f"{g}|{r}" for g in GENDERS for r in RACES],
+    "gender": GENDER_LABELS,
+    "race": RACE_LABELS,
+    "race4": RACE4_LABELS,
+    "age": AGE_GROUPS,
+    "gender_race": [f"{g}|{r}" for g in GENDER_LABELS for r in RACE_LABELS],
 }
 SUMMARY_FEATURES = datasets.Features(
     {

@@ -27,13 +27,14 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
-from .attributes import VARIANTS
-from .cards import dataset_card
-from .config import ConfigError, StageArguments, input_field
-from .dataset_files import DatasetWriter, artifact_configs, config_entry, load_config
-from .models import DTYPES, SCHEDULERS, load_pipeline
-from .prompts import ATTRIBUTE_COLUMNS
-from .stage import Published, StageRun, stage_main
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import DatasetWriter, artifact_configs, config_entry, load_config
+from pipelines.errors import ConfigError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Published, StageRun, stage_main
+from pipelines.modeling.diffusion import DTYPES, SCHEDULERS, load_pipeline
+from pipelines.prompting.attributes import VARIANTS
+from pipelines.prompting.grid import GRID_COLUMNS
 
 STAGE = "generate_images"
 IMAGE_FEATURES = datasets.Features(
@@ -54,7 +55,7 @@ IMAGE_FEATURES = datasets.Features(
         "width": datasets.Value("int32"),
         "rejected": datasets.Value("int32"),
         "face_check": datasets.Value("string"),
-        **{column: datasets.Value("string") for column in ATTRIBUTE_COLUMNS},
+        **{column: datasets.Value("string") for column in GRID_COLUMNS},
     }
 )
 
@@ -221,7 +222,7 @@ def image_row(
     image.save(buffer, format="PNG")
     return {
         "image": {"bytes": buffer.getvalue(), "path": None},
-        **{column: row[column] for column in ("prompt_id", "prompt", "language", "variant", *ATTRIBUTE_COLUMNS)},
+        **{column: row[column] for column in ("prompt_id", "prompt", "language", "variant", *GRID_COLUMNS)},
         "sample_index": index,
         "seed": seed,
         "scheduler": type(pipe.scheduler).__name__,
@@ -271,7 +272,7 @@ def run(args: Arguments) -> Published:
         )
         detector = None
         if args.face_filter:
-            from .faces import load_detector
+            from pipelines.perception.faces import load_detector
 
             detector = load_detector(args.face_filter, device)
         for config, index, shard_items in todo:

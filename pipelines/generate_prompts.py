@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import attributes
-from .cards import dataset_card
-from .config import ConfigError, StageArguments
-from .dataset_files import DatasetWriter, config_entry
-from .grammar import load_grammar
-from .prompts import PROMPT_FEATURES, AttributeLists, grid_rows
-from .stage import Published, StageRun, execute, stage_main
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import DatasetWriter, config_entry
+from pipelines.errors import ConfigError
+from pipelines.harness.config import StageArguments
+from pipelines.harness.stage import Published, StageRun, execute, stage_main
+from pipelines.prompting import attributes
+from pipelines.prompting.grammar import load_grammar
+from pipelines.prompting.grid import PROMPT_FEATURES, GridLists, grid_rows, prompts_description
 
 STAGE = "generate_prompts"
 
@@ -56,8 +57,8 @@ class Arguments(StageArguments):
             )
 
     @property
-    def lists(self) -> AttributeLists:
-        return AttributeLists(self.styles, self.ages, self.genders, self.professions, self.dressings, self.places)
+    def lists(self) -> GridLists:
+        return GridLists(self.styles, self.ages, self.genders, self.professions, self.dressings, self.places)
 
 
 def build(run: StageRun, folder: Path) -> str:
@@ -80,17 +81,6 @@ def build(run: StageRun, folder: Path) -> str:
         notes=notes,
     ).save(folder / "README.md")
     return f"English prompt grid: {args.lists.grid_size()} gendered rows, {len(args.professions)} occupations"
-
-
-def prompts_description(lists: AttributeLists) -> str:
-    neutral = lists.grid_size() // len(lists.genders)
-    return (
-        "Prompts of the multilingual text-to-image bias study, one config per language, lined up by "
-        "`prompt_id`. Variants: `gendered` (the grid `<STYLE> photo of a <AGE> <GENDER> <PROFESSION> "
-        f"<DRESSING> <PLACE>`, {lists.grid_size()} rows), `neutral` (the grid without gender, {neutral} rows), "
-        f"`eval_direct` and `eval_indirect` (MAGBIG-style face prompts, {len(lists.professions)} occupations each). "
-        "Attribute columns hold the English values in every language."
-    )
 
 
 def run(args: Arguments) -> Published:

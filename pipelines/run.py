@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, build_arguments, input_fields, load_recipe, shared_settings
-from .stage import Published
-from .store import STORE_ROOT_ENV, StoreError, parse_ref
+from pipelines.artifacts.store import STORE_ROOT_ENV, parse_ref
+from pipelines.errors import ConfigError, StoreError
+from pipelines.harness.config import build_arguments, input_fields, load_recipe, shared_settings
+from pipelines.harness.stage import Published
 
 # Stage name -> module, in study order.
 STAGES = {

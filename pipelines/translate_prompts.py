@@ -23,13 +23,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .cards import dataset_card
-from .config import ConfigError, StageArguments, input_field
-from .dataset_files import DatasetWriter, artifact_configs, config_entry, load_config
-from .generate_prompts import prompts_description
-from .grammar import LANGUAGES, load_grammar
-from .prompts import ATTRIBUTE_COLUMNS, PROMPT_FEATURES, AttributeLists, realise
-from .stage import Published, StageRun, execute, stage_main
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import DatasetWriter, artifact_configs, config_entry, load_config
+from pipelines.errors import ConfigError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Published, StageRun, execute, stage_main
+from pipelines.prompting.grammar import LANGUAGES, load_grammar
+from pipelines.prompting.grid import GRID_COLUMNS, PROMPT_FEATURES, GridLists, prompts_description, realise
 
 STAGE = "translate_prompts"
 BACKENDS = ("lexicon", "transformers")
@@ -162,13 +162,13 @@ def build(run: StageRun, folder: Path) -> str:
     return f"Prompts in {', '.join(args.languages)} ({args.backend})"
 
 
-def _lists_in(rows: list[dict]) -> AttributeLists:
+def _lists_in(rows: list[dict]) -> GridLists:
     """The attribute values that occur in the English rows, in first-seen order."""
     grid = [row for row in rows if row["variant"] in ("gendered", "neutral")]
-    values = {column: list(dict.fromkeys(row[column] for row in grid if row[column])) for column in ATTRIBUTE_COLUMNS}
+    values = {column: list(dict.fromkeys(row[column] for row in grid if row[column])) for column in GRID_COLUMNS}
     genders = [g for g in values["gender"] if g != "neutral"] or ["neutral"]
     professions = list(dict.fromkeys(row["profession"] for row in rows))
-    return AttributeLists(values["style"], values["age"], genders, professions, values["dressing"], values["place"])
+    return GridLists(values["style"], values["age"], genders, professions, values["dressing"], values["place"])
 
 
 def run(args: Arguments) -> Published:

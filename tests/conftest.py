@@ -17,7 +17,7 @@ for variable in ("T2I_BIAS_STORE", "T2I_BIAS_STORE_ROOT", "T2I_BIAS_NAMESPACE"):
 
 import pytest  # noqa: E402
 
-from pipelines.store import LocalStore  # noqa: E402
+from pipelines.artifacts.store import LocalStore  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from pipelines import build_tiny_model, evaluate_alignment, generate_images
-from pipelines.clip_models import build_tiny_open_clip, load_open_clip
-from pipelines.store import LocalStore
+from pipelines.artifacts.store import LocalStore
+from pipelines.modeling.clip import build_tiny_open_clip, load_open_clip
 
 from .conftest import REPO_ROOT, image_arguments
 

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines.cards import dataset_card, make_lineage, model_card, space_card
-from pipelines.dataset_files import DatasetWriter, artifact_configs, config_entry
-from pipelines.store import LocalStore
+from pipelines.artifacts.cards import dataset_card, make_lineage, model_card, space_card
+from pipelines.artifacts.dataset_files import DatasetWriter, artifact_configs, config_entry
+from pipelines.artifacts.store import LocalStore
 
 FEATURES = datasets.Features(
     {"text": datasets.Value("string"), "image": datasets.Image(), "n": datasets.Value("int32")}

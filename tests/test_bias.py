@@ -13,17 +13,17 @@ import pytest
 import skimage.data
 
 from pipelines import build_tiny_model, classify, evaluate_bias, generate_images
-from pipelines.attribute_classifiers import (
-    AGES,
-    GENDERS,
-    RACES,
+from pipelines.artifacts.store import LocalStore
+from pipelines.errors import ConfigError
+from pipelines.perception.classifiers import (
+    AGE_GROUPS,
+    GENDER_LABELS,
+    RACE_LABELS,
     ClipZeroShotClassifier,
     DeepFaceClassifier,
     FairFaceClassifier,
 )
-from pipelines.config import ConfigError
-from pipelines.faces import face_chip, load_detector
-from pipelines.store import LocalStore
+from pipelines.perception.faces import face_chip, load_detector
 
 from .conftest import REPO_ROOT, image_arguments
 
@@ -81,10 +81,10 @@ def test_fairface_classifies_the_astronaut(astronaut: np.ndarray, tiny_classifie
     chips = [face_chip(astronaut, faces[0]), face_chip(astronaut, faces[0])]
     first, second = classifier.classify(chips)
     assert first == second  # batched, deterministic
-    assert first.gender in GENDERS and first.race in RACES and first.age in AGES
+    assert first.gender in GENDER_LABELS and first.race in RACE_LABELS and first.age in AGE_GROUPS
     for scores, size in ((first.gender_scores, 2), (first.race_scores, 7), (first.age_scores, 9)):
         assert len(scores) == size and abs(sum(scores) - 1) < 1e-5
-    assert first.gender == GENDERS[int(np.argmax(first.gender_scores))]
+    assert first.gender == GENDER_LABELS[int(np.argmax(first.gender_scores))]
 
 
 def test_fairface_rejects_pickled_objects(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_fairface_rejects_pickled_objects(tmp_path: Path) -> None:
 def test_clip_zero_shot_and_non_binary_bucket(astronaut: np.ndarray, tiny_classifiers: dict) -> None:
     chip = face_chip(astronaut, load_detector("haar").detect([astronaut])[0][0])
     plain = ClipZeroShotClassifier(str(tiny_classifiers["clip"])).classify([chip])[0]
-    assert plain.gender in GENDERS and abs(sum(plain.race_scores) - 1) < 1e-5
+    assert plain.gender in GENDER_LABELS and abs(sum(plain.race_scores) - 1) < 1e-5
     bucketed = ClipZeroShotClassifier(str(tiny_classifiers["clip"]), margin=1.0).classify([chip])[0]
     assert bucketed.gender == "non-binary"  # any difference is within a margin of 1
 
@@ -270,7 +270,7 @@ def test_classify_and_evaluate_bias_end_to_end(tiny_study: dict, tiny_classifier
     english = datasets.load_dataset(str(found), "en_eval_direct", split="train")
     assert english.num_rows == 4 * 3 + 1
     assert english["status"].count("corrupt") == 1 and english["status"].count("ok") == 12
-    assert set(english["gender"]) - {None} <= set(GENDERS)
+    assert set(english["gender"]) - {None} <= set(GENDER_LABELS)
     ok = next(row for row in english if row["status"] == "ok")
     assert ok["detector"] == "none" and ok["classifier"] == "fairface" and len(ok["race_scores"]) == 7
     assert "| `en_eval_direct` | 13 | 12 | 0 | 0 | 1 | 7.7% |" in (found / "README.md").read_text()
@@ -290,7 +290,7 @@ def test_classify_and_evaluate_bias_end_to_end(tiny_study: dict, tiny_classifier
     direct = evaluate.load(METRIC).compute(
         predictions=[r["gender"] for r in rows],
         references=[r["profession"] for r in rows],
-        labels=GENDERS,
+        labels=GENDER_LABELS,
         num_occupations=4,
         images_per_occupation=3,
         rounds=50,

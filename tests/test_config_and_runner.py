@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from pipelines import generate_prompts, translate_prompts
-from pipelines.config import ConfigError, parse_arguments
+from pipelines.artifacts.store import LocalStore
+from pipelines.errors import ConfigError
+from pipelines.harness.config import parse_arguments
 from pipelines.run import run_recipe
-from pipelines.store import LocalStore
 
 from .conftest import run_python
 
@@ -154,7 +155,7 @@ def test_reuse_picks_the_revision_the_stage_made(tmp_path: Path) -> None:
     """A later revision with the same lineage (a card amended with model-index) is not what the stage made."""
     import shutil
 
-    from pipelines.stage import StageRun
+    from pipelines.harness.stage import StageRun
 
     args = generate_prompts.Arguments(store_root=str(tmp_path / "hub"), namespace="study", **SMALL)
     first = generate_prompts.run(args)

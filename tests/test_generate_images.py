@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import collect_datasets, generate_images
-from pipelines.config import ConfigError
-from pipelines.store import LocalStore
+from pipelines.artifacts.store import LocalStore
+from pipelines.errors import ConfigError
 
 from .conftest import REPO_ROOT, image_arguments
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import datasets
 import pytest
 
-from pipelines import attributes, generate_prompts, translate_prompts
-from pipelines.config import ConfigError
-from pipelines.grammar import LANGUAGES, GridRow, LexiconError, load_grammar
-from pipelines.store import LocalStore
+from pipelines import generate_prompts, translate_prompts
+from pipelines.artifacts.store import LocalStore
+from pipelines.errors import ConfigError, LexiconError
+from pipelines.prompting import attributes
+from pipelines.prompting.grammar import LANGUAGES, GridRow, load_grammar
 
 ALL = [code for code in LANGUAGES if code != "en"]
 ATTRIBUTES = {

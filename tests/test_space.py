@@ -13,7 +13,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from pipelines.clip_models import build_tiny_open_clip
+from pipelines.modeling.clip import build_tiny_open_clip
 
 from .conftest import REPO_ROOT
 
@@ -76,7 +76,7 @@ def test_space_api(space: dict) -> None:
 def test_space_study_data_matches_the_published_results(offline_study: dict) -> None:
     import datasets
 
-    from pipelines.store import LocalStore
+    from pipelines.artifacts.store import LocalStore
 
     data = load_app(REPO_ROOT / "spaces" / "compare_languages" / "study_data.py", "study_data_check")
     store = LocalStore(offline_study["root"])

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines.store import HubStore, LocalStore, StoreError, content_revision, open_store, parse_ref
+from pipelines.artifacts.store import HubStore, LocalStore, content_revision, open_store, parse_ref
+from pipelines.errors import StoreError
 
 from .conftest import REPO_ROOT
 
@@ -104,7 +105,7 @@ def test_parse_ref_with_namespace() -> None:
 
 _SLOW_PUSH = """
 import shutil, sys, time
-from pipelines.store import LocalStore
+from pipelines.artifacts.store import LocalStore
 real_copy = shutil.copy2
 def slow_copy(src, dst, *args, **kwargs):
     result = real_copy(src, dst, *args, **kwargs)
@@ -153,7 +154,7 @@ def test_push_killed_half_way_leaves_previous_revision(store: LocalStore, make_f
 
 _PUSHER = """
 import sys, tempfile, pathlib
-from pipelines.store import LocalStore
+from pipelines.artifacts.store import LocalStore
 store = LocalStore(sys.argv[1])
 for i in range(int(sys.argv[3])):
     folder = pathlib.Path(tempfile.mkdtemp())

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from pipelines import build_tiny_model, collect_datasets, generate_images
-from pipelines.config import ConfigError
-from pipelines.models import LORA_WEIGHTS, load_pipeline
-from pipelines.store import LocalStore
+from pipelines.artifacts.store import LocalStore
+from pipelines.errors import ConfigError
+from pipelines.modeling.diffusion import LORA_WEIGHTS, load_pipeline
 from training.train_text_to_image import TrainArguments
 
 from .conftest import REPO_ROOT, image_arguments

@@ -22,28 +22,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# `accelerate launch training/train_text_to_image.py` puts training/ on the path, not the repo root.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision import transforms
+from tqdm.auto import tqdm
 
-import datasets  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torchvision import transforms  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from pipelines.cards import model_card  # noqa: E402
-from pipelines.config import ConfigError, StageArguments, input_field  # noqa: E402
-from pipelines.dataset_files import SPLIT, artifact_configs  # noqa: E402
-from pipelines.models import (  # noqa: E402
+from pipelines.artifacts.cards import model_card
+from pipelines.artifacts.dataset_files import SPLIT, artifact_configs
+from pipelines.artifacts.store import HubStore
+from pipelines.errors import ConfigError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Published, StageRun, stage_main
+from pipelines.modeling.diffusion import (
     LORA_WEIGHTS,
     add_text_encoder_lora,
     assemble_pipeline,
     model_folder,
     save_text_encoder_lora,
 )
-from pipelines.stage import Published, StageRun, stage_main  # noqa: E402
-from pipelines.store import HubStore  # noqa: E402
 
 STAGE = "train_text_to_image"
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -82,7 +80,7 @@ def save_model_card(
     }
     grid = [f"![{prompt}](validation/{name})" for prompt, name in validation]
     usage = (
-        "from pipelines.models import load_pipeline\nfrom pipelines.store import open_store\n"
+        "from pipelines.modeling.diffusion import load_pipeline\nfrom pipelines.artifacts.store import open_store\n"
         f'pipe, info = load_pipeline("{run.output_repo_id}", open_store())\n'
         'image = pipe("ein Foto des Gesichts einer Person, die als Ärzt*in arbeitet").images[0]'
     )

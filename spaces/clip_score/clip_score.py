@@ -38,7 +38,7 @@ Returns:
 Examples:
     >>> import evaluate
     >>> from PIL import Image
-    >>> from pipelines.clip_models import build_tiny_open_clip
+    >>> from pipelines.modeling.clip import build_tiny_open_clip
     >>> folder = build_tiny_open_clip(__import__("tempfile").mkdtemp())
     >>> clip_score = evaluate.load("spaces/clip_score")
     >>> images = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue")]

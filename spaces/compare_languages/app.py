@@ -11,16 +11,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# In the toolkit's checkout the store code sits two folders up; a deployed Space installs it instead.
-if (HERE.parent.parent / "pipelines").is_dir():
-    sys.path.insert(0, str(HERE.parent.parent))
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE))  # study_data.py beside this file, however the app is started
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from study_data import ATTRIBUTES, Study, load_study_from_env  # noqa: E402
 
-from pipelines.grammar import LANGUAGES  # noqa: E402
+from pipelines.prompting.grammar import LANGUAGES  # noqa: E402
 
 NONE = "none"
 

@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.grammar import LANGUAGES
-from pipelines.store import Store, lineage_of, open_store, parse_ref
+from pipelines.artifacts.store import Store, lineage_of, open_store, parse_ref
+from pipelines.prompting.grammar import LANGUAGES
 
 VERSIONS_ENV = "T2I_BIAS_SPACE_VERSIONS"
 DEFAULT_VERSIONS = "base=images-base-eval,finetuned=images-finetuned-eval"

@@ -18,23 +18,23 @@ from dataclasses import dataclass
 
 import datasets
 
-from .attributes import NEUTRAL, prompt_id
-from .grammar import Grammar, GridRow
+from pipelines.prompting.attributes import NEUTRAL, prompt_id
+from pipelines.prompting.grammar import Grammar, GridRow
 
-ATTRIBUTE_COLUMNS = ("style", "age", "gender", "profession", "dressing", "place")
+GRID_COLUMNS = ("style", "age", "gender", "profession", "dressing", "place")
 PROMPT_FEATURES = datasets.Features(
     {
         "prompt_id": datasets.Value("string"),
         "variant": datasets.Value("string"),
         "language": datasets.Value("string"),
         "prompt": datasets.Value("string"),
-        **{column: datasets.Value("string") for column in ATTRIBUTE_COLUMNS},
+        **{column: datasets.Value("string") for column in GRID_COLUMNS},
     }
 )
 
 
 @dataclass(frozen=True)
-class AttributeLists:
+class GridLists:
     styles: list[str]
     ages: list[str]
     genders: list[str]
@@ -53,19 +53,19 @@ class AttributeLists:
         )
 
 
-def grid_rows(lists: AttributeLists, grammar: Grammar) -> Iterator[dict[str, str | None]]:
+def grid_rows(lists: GridLists, grammar: Grammar) -> Iterator[dict[str, str | None]]:
     """Every row of the prompts dataset, realised by `grammar` (English, or any language)."""
     for variant, genders in (("gendered", lists.genders), ("neutral", [NEUTRAL])):
         for values in itertools.product(
             lists.styles, lists.ages, genders, lists.professions, lists.dressings, lists.places
         ):
             yield _with_prompt(
-                {"prompt_id": prompt_id(variant, *values), "variant": variant, **dict(zip(ATTRIBUTE_COLUMNS, values))},
+                {"prompt_id": prompt_id(variant, *values), "variant": variant, **dict(zip(GRID_COLUMNS, values))},
                 grammar,
             )
     for profession in lists.professions:
         for variant in ("eval_direct", "eval_indirect"):
-            row = dict.fromkeys(ATTRIBUTE_COLUMNS) | {"prompt_id": prompt_id(variant, profession), "variant": variant}
+            row = dict.fromkeys(GRID_COLUMNS) | {"prompt_id": prompt_id(variant, profession), "variant": variant}
             row |= {"profession": profession, "gender": NEUTRAL if variant == "eval_indirect" else None}
             yield _with_prompt(row, grammar)
 
@@ -77,7 +77,18 @@ def _with_prompt(row: dict[str, str | None], grammar: Grammar) -> dict[str, str 
 def realise(row: dict[str, str | None], grammar: Grammar) -> str:
     """The prompt of a row (of any language) in `grammar`'s language, from its attributes."""
     if row["variant"] in ("gendered", "neutral"):
-        return grammar.grid(GridRow(*(row[column] for column in ATTRIBUTE_COLUMNS)))
+        return grammar.grid(GridRow(*(row[column] for column in GRID_COLUMNS)))
     if row["variant"] == "eval_direct":
         return grammar.eval_direct(row["profession"])
     return grammar.eval_indirect(row["profession"])
+
+
+def prompts_description(lists: GridLists) -> str:
+    neutral = lists.grid_size() // len(lists.genders)
+    return (
+        "Prompts of the multilingual text-to-image bias study, one config per language, lined up by "
+        "`prompt_id`. Variants: `gendered` (the grid `<STYLE> photo of a <AGE> <GENDER> <PROFESSION> "
+        f"<DRESSING> <PLACE>`, {lists.grid_size()} rows), `neutral` (the grid without gender, {neutral} rows), "
+        f"`eval_direct` and `eval_indirect` (MAGBIG-style face prompts, {len(lists.professions)} occupations each). "
+        "Attribute columns hold the English values in every language."
+    )

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError
-from .store import HubStore, Store, StoreError, parse_ref
+from pipelines.artifacts.store import HubStore, Store, parse_ref
+from pipelines.errors import ConfigError, StoreError
 
 SCHEDULERS = {
     "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),

@@ -22,10 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .config import ConfigError
+from pipelines.errors import ConfigError
 
-GENDERS = ["male", "female"]
-RACES = ["White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern"]
+GENDER_LABELS = ["male", "female"]
+RACE_LABELS = ["White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern"]
 # The four-group merge: FairFace's race4 groups (White, Black, Asian, Indian); the groups race4 lacks
 # join the one FairFace's annotation guide places them nearest.
 RACE4 = {
@@ -37,8 +37,8 @@ RACE4 = {
     "Indian": "Indian",
     "Middle Eastern": "White",
 }
-RACE4_GROUPS = ["White", "Black", "Asian", "Indian"]
-AGES = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
+RACE4_LABELS = ["White", "Black", "Asian", "Indian"]
+AGE_GROUPS = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
 NON_BINARY = "non-binary"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -70,7 +70,12 @@ class AttributeClassifier(Protocol):
 def _from_probabilities(gender: np.ndarray, race: np.ndarray, age: np.ndarray) -> list[Attributes]:
     return [
         Attributes(
-            GENDERS[int(g.argmax())], g.tolist(), RACES[int(r.argmax())], r.tolist(), AGES[int(a.argmax())], a.tolist()
+            GENDER_LABELS[int(g.argmax())],
+            g.tolist(),
+            RACE_LABELS[int(r.argmax())],
+            r.tolist(),
+            AGE_GROUPS[int(a.argmax())],
+            a.tolist(),
         )
         for g, r, a in zip(gender, race, age)
     ]
@@ -146,7 +151,7 @@ class ClipZeroShotClassifier:
     name = "clip"
 
     def __init__(self, model: str, pretrained: str | None = None, device: str = "cpu", margin: float | None = None):
-        from .clip_models import load_open_clip
+        from pipelines.modeling.clip import load_open_clip
 
         self.model, self.preprocess, self.tokenizer = load_open_clip(model, pretrained, device)
         self.device, self.margin = device, margin
@@ -200,7 +205,7 @@ def age_group(age: float) -> str:
         ('0-2', '30-39', '70+')
     """
     bounds = [3, 10, 20, 30, 40, 50, 60, 70]
-    return AGES[sum(age >= bound for bound in bounds)]
+    return AGE_GROUPS[sum(age >= bound for bound in bounds)]
 
 
 class DeepFaceClassifier:
@@ -239,16 +244,16 @@ class DeepFaceClassifier:
                 silent=True,
             )
             gender = [result["gender"]["Man"] / 100, result["gender"]["Woman"] / 100]
-            race = np.zeros(len(RACES))
+            race = np.zeros(len(RACE_LABELS))
             for label, value in result["race"].items():
-                race[RACES.index(DEEPFACE_RACES[label])] += value / 100
-            age = np.zeros(len(AGES))
-            age[AGES.index(age_group(float(result["age"])))] = 1.0
+                race[RACE_LABELS.index(DEEPFACE_RACES[label])] += value / 100
+            age = np.zeros(len(AGE_GROUPS))
+            age[AGE_GROUPS.index(age_group(float(result["age"])))] = 1.0
             out.append(
                 Attributes(
                     DEEPFACE_GENDERS[result["dominant_gender"]],
                     gender,
-                    RACES[int(race.argmax())],
+                    RACE_LABELS[int(race.argmax())],
                     race.tolist(),
                     age_group(float(result["age"])),
                     age.tolist(),

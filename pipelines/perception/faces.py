@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .config import ConfigError
+from pipelines.errors import ConfigError
 
 
 @dataclass

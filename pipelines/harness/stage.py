@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .cards import make_lineage
-from .config import ConfigError, StageArguments, input_fields, parse_arguments
-from .store import StoreError, parse_ref
+from pipelines import __version__
+from pipelines.artifacts.cards import make_lineage
+from pipelines.artifacts.store import parse_ref
+from pipelines.errors import ConfigError, StoreError
+from pipelines.harness.config import StageArguments, input_fields, parse_arguments
 
 # Settings that choose where things go, not what is made: they stay out of the fingerprint.
 NOT_PARAMETERS = {"store", "store_root", "namespace", "output_repo", "tag", "force", "work_dir", "device"}

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from .attributes import NEUTRAL
-from .config import ConfigError
+from pipelines.errors import LexiconError
+from pipelines.prompting.attributes import NEUTRAL
 
 LEXICONS = Path(__file__).resolve().parent / "lexicons"
 # AltDiffusion-m9's nine languages besides English, in the order the study adds them.
@@ -37,10 +37,6 @@ LANGUAGES = {
     "ar": "Arabic",
 }
 ATTRIBUTE_TABLES = {"style": "styles", "age": "ages", "dressing": "dressings", "place": "places"}
-
-
-class LexiconError(ConfigError):
-    """A language or word the lexicons do not have."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 import yaml
 
+from pipelines.errors import StoreError
+
 REPO_TYPES = ("dataset", "model", "space")
 BACKENDS = ("local", "hub")
 STORE_ENV = "T2I_BIAS_STORE"
@@ -41,10 +43,6 @@ DEFAULT_STORE_ROOT = "./hub"
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO_ID = re.compile(rf"^{_NAME}/{_NAME}$")
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
-
-
-class StoreError(Exception):
-    """A one-line, user-facing error about a repository, revision or tag."""
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ def select_configs(folder: str | Path, wanted: list[str], artifact: str) -> list
     available = artifact_configs(folder)
     unknown = [config for config in wanted if config not in available]
     if unknown:
-        from .config import ConfigError
+        from pipelines.errors import ConfigError
 
         raise ConfigError(f"configs: {', '.join(unknown)} not in {artifact} (has {', '.join(available)})")
     return list(wanted) or available

@@ -11,13 +11,14 @@ from __future__ import annotations
 import shlex
 import sys
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData, RepoCard
 from huggingface_hub.repocard_data import CardData
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
+from pipelines import PROJECT_ROOT
+
+CARDS_DIR = PROJECT_ROOT / "hub_cards"
 PROJECT = "t2i-bias"
 LICENSE = "apache-2.0"
 TRACKED_LIBRARIES = (

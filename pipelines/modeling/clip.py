@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError
+from pipelines.errors import ConfigError
 
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,

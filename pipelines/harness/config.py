@@ -28,18 +28,22 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from transformers import HfArgumentParser
 
-from .store import BACKENDS, DEFAULT_STORE_ROOT, STORE_ENV, STORE_ROOT_ENV, Store, StoreError, open_store, parse_ref
+from pipelines.artifacts.store import (
+    BACKENDS,
+    DEFAULT_STORE_ROOT,
+    STORE_ENV,
+    STORE_ROOT_ENV,
+    Store,
+    open_store,
+    parse_ref,
+)
+from pipelines.errors import ConfigError, StoreError
 
 T = TypeVar("T")
 NAMESPACE_ENV = "T2I_BIAS_NAMESPACE"
 # Keys of a recipe entry that name the entry rather than set a dataclass field.
 ENTRY_KEYS = ("stage", "name")
-
-
-class ConfigError(ValueError):
-    """A bad recipe or argument value; the message names the field and what is allowed."""
 
 
 def input_field(help: str = "", default: Any = None) -> Any:
@@ -170,6 +174,8 @@ def parse_arguments(cls: type[T], stage: str, argv: list[str] | None = None) -> 
         recipe = load_recipe(recipe_path)
         defaults = shared_settings(recipe) | recipe_entry(recipe, stage, step)
         defaults = {k: v for k, v in defaults.items() if k not in ENTRY_KEYS}
+    from transformers import HfArgumentParser  # only where a command line is parsed
+
     parser = HfArgumentParser(cls)
     parser.prog = f"python -m pipelines.{stage}"
     names = {f.name for f in dataclasses.fields(cls)}
