@@ -1,59 +1,47 @@
 """Stage 4: a training dataset: images from one images dataset, captions from one or more languages.
 
-    python -m pipelines.collect_datasets --prompts prompts --images images \\
-        --image_configs en_gendered --caption_languages all --caption_variant gendered
+    python -m pipelines.collect_datasets --prompts prompts --images images-train \\
+        --image_configs en_gendered --caption_languages en de zh ja
 
-Images and captions are joined on `prompt_id`, so the reference study's "English images,
-all-language prompts" experiment is `--image_configs en_gendered --caption_languages all`: every
-English image appears once per caption language. Columns `image` and `text`, as diffusers'
-training script expects, plus provenance. Images pass through as stored bytes, shard by shard.
+The reference study's debiasing signal is the default: each image made from a *gendered* prompt
+("a male barber") is captioned with the *gender-neutral* twin of that prompt ("a barber"), so
+fine-tuning teaches the model that the neutral prompt covers every gender. Images and captions are
+joined on `prompt_id` (`pipelines.prompting.grid.neutral_twin`), so "English images, prompts in
+the reference's four languages" is `--image_configs en_gendered --caption_languages en de zh ja`:
+every English image appears once per caption language. `--caption_variant same` captions an image
+with its own prompt, and `mixed` gives a share of the images their own gendered prompt back
+(`--gendered_share`), which keeps a user's "female doctor" working after the fine-tune.
+
+Columns `image` and `text`, as diffusers' training script expects, plus provenance. Images pass
+through as stored bytes, shard by shard.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import datasets
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
-from pipelines.artifacts.dataset_files import (
-    DatasetWriter,
-    artifact_configs,
-    config_entry,
-    load_config,
-    select_configs,
-)
-from pipelines.errors import ConfigError
+from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
-from pipelines.harness.stage import Published, StageRun, execute, stage_main
-from pipelines.prompting.attributes import prompt_id
-from pipelines.prompting.grid import GRID_COLUMNS
+from pipelines.harness.stage import Stage, StageRun
+from pipelines.prompting.grid import neutral_twin
 
-STAGE = "collect_datasets"
-CAPTION_VARIANTS = ("same", "neutral")
-TRAIN_FEATURES = datasets.Features(
-    {
-        "image": datasets.Image(),
-        "text": datasets.Value("string"),
-        "prompt_id": datasets.Value("string"),
-        "caption_language": datasets.Value("string"),
-        "image_config": datasets.Value("string"),
-        "image_prompt": datasets.Value("string"),
-        "sample_index": datasets.Value("int32"),
-        "seed": datasets.Value("int64"),
-        "profession": datasets.Value("string"),
-        "gender": datasets.Value("string"),
-    }
-)
+CAPTION_VARIANTS = ("neutral", "same", "mixed")
+# The reference study's four languages, and its experiments (image source x captions x variant).
+REFERENCE_LANGUAGES = ["en", "de", "zh", "ja"]
 
 
 @dataclass
 class Arguments(StageArguments):
-    INPUTS = {"prompts": "dataset", "images": "dataset"}
+    INPUTS = {"prompts": "prompts", "images": "images"}
     prompts: str = input_field("Prompts dataset the captions come from.", default="prompts")
     images: str = input_field("Images dataset the images come from.", default="images")
     output_repo: str = field(default="train", metadata={"help": "Training dataset repo to publish."})
@@ -62,119 +50,144 @@ class Arguments(StageArguments):
     )
     caption_languages: list[str] = field(
         default_factory=lambda: ["same"],
-        metadata={"help": "Caption languages; 'same' (the image's own prompt language) or 'all'."},
+        metadata={"help": "Caption languages; 'same' (each image's own prompt language) or 'all'."},
     )
     caption_variant: str = field(
-        default="same",
+        default="neutral",
         metadata={
-            "help": f"One of {CAPTION_VARIANTS}: the image's own prompt, or its gender-neutral twin "
-            "(same attributes without the gender; eval_direct -> eval_indirect)."
+            "help": f"One of {CAPTION_VARIANTS}. neutral (the reference study): each image's gender-neutral twin "
+            "prompt; same: the image's own prompt; mixed: the twin, or for a share of images (gendered_share) "
+            "their own prompt."
         },
+    )
+    gendered_share: float = field(
+        default=0.5, metadata={"help": "mixed: the share of images captioned with their own (gendered) prompt."}
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.caption_variant not in CAPTION_VARIANTS:
-            raise ConfigError(f"caption_variant={self.caption_variant!r}: allowed {', '.join(CAPTION_VARIANTS)}")
+        self.check_choice("caption_variant", CAPTION_VARIANTS)
         if not self.caption_languages:
             raise ConfigError("caption_languages: at least one language, 'same' or 'all'")
+        if not 0 <= self.gendered_share <= 1:
+            raise ConfigError(f"gendered_share={self.gendered_share}: between 0 and 1")
 
 
-def caption_table(prompts_folder: Path, languages: list[str]) -> dict[tuple[str, str], dict]:
-    """`{(language, prompt_id): prompt row}` for the caption languages."""
-    return {
-        (language, row["prompt_id"]): row
-        for language in languages
-        for row in load_config(prompts_folder, language).to_list()
-    }
+def keeps_own_caption(image: dict, share: float) -> bool:
+    """Whether a `mixed` dataset captions this image with its own prompt: a fixed draw per image."""
+    digest = hashlib.sha256(f"{image['prompt_id']}:{image['sample_index']}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-def caption_id(image: dict, variant: str) -> str:
-    """The prompt_id of the caption for an image row: its own, or its gender-neutral twin's."""
-    if variant == "same" or image["variant"] in ("neutral", "eval_indirect"):
+def caption_id(image: dict, variant: str, share: float) -> str:
+    """The prompt_id of an image's caption."""
+    if variant == "same" or (variant == "mixed" and keeps_own_caption(image, share)):
         return image["prompt_id"]
-    if image["variant"] == "eval_direct":
-        return prompt_id("eval_indirect", image["profession"])
-    attributes = [image[column] for column in GRID_COLUMNS]
-    attributes[GRID_COLUMNS.index("gender")] = "neutral"
-    return prompt_id("neutral", *attributes)
+    return neutral_twin(image)
 
 
-def build(run: StageRun, folder: Path) -> str:
-    args: Arguments = run.args
-    prompts_folder, images_folder = run.input_folder("prompts"), run.input_folder("images")
-    prompt_languages = artifact_configs(prompts_folder)
-    image_configs = select_configs(images_folder, args.image_configs, run.inputs["images"])
-    if "all" in args.caption_languages:
-        caption_languages = prompt_languages
-    else:
-        caption_languages = [lang for lang in args.caption_languages if lang != "same"]
-        missing = sorted(set(caption_languages) - set(prompt_languages))
-        if missing:
-            raise ConfigError(f"caption_languages: {', '.join(missing)} not in {run.inputs['prompts']}")
-    image_languages = sorted({config.split("_", 1)[0] for config in image_configs})
-    if "same" in args.caption_languages:
-        caption_languages = list(dict.fromkeys([*caption_languages, *image_languages]))
-    captions = caption_table(prompts_folder, caption_languages)
+class CollectDatasets(Stage):
+    name = "collect_datasets"
+    Arguments = Arguments
 
-    writer = DatasetWriter(folder, TRAIN_FEATURES, rows_per_shard=2000)
-    missing_captions = 0
-    for config in image_configs:
-        shards = sorted((images_folder / "data" / config).glob("*.parquet"))
-        for shard in tqdm(shards, desc=f"collect {config}", file=sys.stderr):
-            for image in pq.read_table(shard).to_pylist():
-                languages = [image["language"]] if args.caption_languages == ["same"] else caption_languages
-                for language in languages:
-                    caption = captions.get((language, caption_id(image, args.caption_variant)))
-                    if caption is None:
-                        missing_captions += 1
-                        continue
-                    writer.write(
-                        "default",
-                        [
+    def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
+        from pipelines.harness.estimate import Estimate
+
+        images = estimates.get(args.repo_id(args.images)).get("configs", {})
+        chosen = {
+            config: count for config, count in images.items() if not args.image_configs or config in args.image_configs
+        }
+        prompts = estimates.get(args.repo_id(args.prompts))
+        languages = [lang for lang in args.caption_languages if lang not in ("same", "all")]
+        if "all" in args.caption_languages:
+            languages = prompts.get("languages", [])
+        per_image = max(len(languages), 1) if args.caption_languages != ["same"] else 1
+        rows = sum(chosen.values()) * per_image
+        estimates.put(args.repo_id(args.output_repo), kind="training", rows=rows)
+        return Estimate(
+            reads=[args.images, args.prompts], makes=f"{rows:,} image-caption pairs ({args.caption_variant} captions)"
+        )
+
+    def build(self, run: StageRun, folder: Path) -> str:
+        args: Arguments = run.args
+        prompts, images = run.dataset("prompts"), run.dataset("images")
+        image_configs = images.select(args.image_configs, "image_configs")
+        image_languages = {images.config_info(config).get("language") for config in image_configs} - {None}
+        if "all" in args.caption_languages:
+            caption_languages = list(prompts.configs)
+        else:
+            caption_languages = [language for language in args.caption_languages if language != "same"]
+            missing = sorted(set(caption_languages) - set(prompts.configs))
+            if missing:
+                have = ", ".join(prompts.configs)
+                raise DataError(f"caption_languages: {', '.join(missing)} not in {prompts.name} (it has {have})")
+        if "same" in args.caption_languages:
+            caption_languages = list(dict.fromkeys([*caption_languages, *sorted(image_languages)]))
+        captions = {
+            (language, row["prompt_id"]): row for language in caption_languages for row in prompts.rows(language)
+        }
+
+        writer = DatasetWriter(folder, schemas.TRAINING, rows_per_shard=2000)
+        missing_captions = 0
+        for config in image_configs:
+            images.require_columns(config, ["image", "prompt_id", "variant", "language", *schemas.GRID_COLUMNS])
+            for batch in tqdm(images.batches(config, batch_size=64), desc=f"collect {config}", file=sys.stderr):
+                out = []
+                for image in batch:
+                    languages = [image["language"]] if args.caption_languages == ["same"] else caption_languages
+                    for language in languages:
+                        caption = captions.get(
+                            (language, caption_id(image, args.caption_variant, args.gendered_share))
+                        )
+                        if caption is None:
+                            missing_captions += 1
+                            continue
+                        out.append(
                             {
                                 "image": image["image"],
                                 "text": caption["prompt"],
                                 "prompt_id": caption["prompt_id"],
                                 "caption_language": language,
+                                "caption_variant": caption["variant"],
                                 "image_config": config,
                                 "image_prompt": image["prompt"],
                                 "sample_index": image["sample_index"],
                                 "seed": image["seed"],
                                 "profession": image["profession"],
                                 "gender": caption["gender"],
+                                "image_gender": image["gender"],
                             }
-                        ],
-                    )
-    rows = writer.close()
-    if not rows.get("default"):
-        raise ConfigError("the join of images and captions is empty: check image_configs and caption_languages")
-    notes = [f"{missing_captions} image/caption pairs had no caption in the chosen variant and were left out."]
-    dataset_card(
-        repo_id=run.output_repo_id,
-        title="Training dataset",
-        description=(
-            f"Images from `{run.inputs['images']}` ({', '.join(image_configs)}) captioned with prompts from "
-            f"`{run.inputs['prompts']}` in {', '.join(caption_languages)} (variant: {args.caption_variant}), "
-            "joined on `prompt_id`. Columns `image` and `text` for diffusers' `train_text_to_image.py`."
-        ),
-        lineage=run.lineage,
-        configs=[config_entry("default")],
-        languages=caption_languages,
-        rows=rows,
-        tags=["training", "debiasing"],
-        notes=notes if missing_captions else [],
-    ).save(folder / "README.md")
-    return f"Training dataset: {rows['default']} pairs"
+                        )
+                writer.write("default", out)
+        rows = writer.close()
+        if not rows.get("default"):
+            raise DataError("the join of images and captions is empty: check image_configs and caption_languages")
+        notes = [f"{missing_captions} image/caption pairs had no caption in the chosen variant and were left out."]
+        variant = {
+            "neutral": "each image's gender-neutral twin prompt (the reference study's debiasing signal)",
+            "same": "each image's own prompt",
+            "mixed": f"the gender-neutral twin, or for {args.gendered_share:.0%} of images their own prompt",
+        }[args.caption_variant]
+        dataset_card(
+            repo_id=run.output_repo_id,
+            title="Training dataset",
+            description=(
+                f"Images from `{run.inputs['images']}` ({', '.join(image_configs)}) captioned with {variant}, "
+                f"from `{run.inputs['prompts']}` in {', '.join(caption_languages)}, joined on `prompt_id`. Columns "
+                "`image` and `text` for diffusers' `train_text_to_image.py`."
+            ),
+            lineage=run.lineage,
+            configs=["default"],
+            languages=caption_languages,
+            rows=rows,
+            tags=["training", "debiasing"],
+            notes=notes if missing_captions else [],
+        ).save(folder / "README.md")
+        return f"Training dataset: {rows['default']} pairs"
 
 
-def run(args: Arguments) -> Published:
-    return execute(STAGE, args, build)
-
-
-def main(argv: list[str] | None = None) -> None:
-    stage_main(Arguments, STAGE, run, argv)
-
+STAGE = CollectDatasets()
+run = STAGE.run
 
 if __name__ == "__main__":
-    main()
+    STAGE.main()

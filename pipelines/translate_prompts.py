@@ -20,18 +20,20 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
+from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
-from pipelines.artifacts.dataset_files import DatasetWriter, artifact_configs, config_entry, load_config
-from pipelines.errors import ConfigError
+from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.artifacts.reader import DatasetArtifact
+from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
-from pipelines.harness.stage import Published, StageRun, execute, stage_main
+from pipelines.harness.stage import Stage, StageRun
 from pipelines.prompting.grammar import LANGUAGES, load_grammar
-from pipelines.prompting.grid import GRID_COLUMNS, PROMPT_FEATURES, GridLists, prompts_description, realise
+from pipelines.prompting.grid import GridLists, prompts_description, realise
 
-STAGE = "translate_prompts"
 BACKENDS = ("lexicon", "transformers")
 # NLLB-200 language codes, for a single many-to-many model.
 NLLB_CODES = {
@@ -49,7 +51,7 @@ NLLB_CODES = {
 
 @dataclass
 class Arguments(StageArguments):
-    INPUTS = {"input": "dataset"}
+    INPUTS = {"input": "prompts"}
     input: str = input_field("Prompts dataset to translate (ns/name@rev).", default="prompts")
     languages: list[str] = field(
         default_factory=lambda: ["de", "zh", "ja"],
@@ -114,70 +116,103 @@ class ModelTranslator:
         return [translated[sentence] for sentence in sentences]
 
 
-def build(run: StageRun, folder: Path) -> str:
-    args: Arguments = run.args
-    source = run.input_folder("input")
-    existing = artifact_configs(source)
-    if "en" not in existing:
-        raise ConfigError(f"input={run.inputs['input']}: has no 'en' config (configs: {', '.join(existing)})")
-    english_rows = load_config(source, "en").to_list()  # decoded once, reused for every language
-    for config in existing:
-        if config not in args.languages:
-            shutil.copytree(source / "data" / config, folder / "data" / config)
-
-    writer = DatasetWriter(folder, PROMPT_FEATURES, rows_per_shard=50_000)
-    if args.backend == "lexicon":
-        lists = _lists_in(english_rows)
-        for language in args.languages:
-            grammar = load_grammar(language)
-            grammar.check(lists.styles, lists.ages, lists.professions, lists.dressings, lists.places)
-            rows = (row | {"language": language, "prompt": realise(row, grammar)} for row in english_rows)
-            writer.write(language, tqdm(rows, total=len(english_rows), desc=f"realise {language}", file=sys.stderr))
-    else:
-        translator = ModelTranslator(args.translation_model, args.batch_size, args.max_new_tokens)
-        for language in args.languages:
-            prompts = translator.translate([row["prompt"] for row in english_rows], language)
-            writer.write(
-                language, (row | {"language": language, "prompt": p} for row, p in zip(english_rows, prompts))
-            )
-    rows = writer.close()
-
-    configs = existing + [language for language in args.languages if language not in existing]
-    method = (
-        "realised from each row's attributes by the offline grammar and lexicons"
-        if args.backend == "lexicon"
-        else f"translated from English by `{args.translation_model}`"
+def grid_lists(artifact: DatasetArtifact, run: StageRun) -> GridLists:
+    """The grid lists the prompts were made from, read from the lineage (through earlier translations)."""
+    seen = artifact
+    for _ in range(32):
+        lineage = seen.lineage
+        if lineage.get("stage") == "generate_prompts":
+            return GridLists.from_parameters(lineage["parameters"])
+        source = (lineage.get("inputs") or {}).get("input")
+        if lineage.get("stage") != "translate_prompts" or not source:
+            break
+        seen = DatasetArtifact(run.store.resolve(source, "dataset"), source)
+    raise DataError(
+        f"input={artifact.name}: its prompts were not made by generate_prompts (lineage: "
+        f"{lineage.get('stage', 'none')}), so the lexicon backend has no grid to realise; use backend=transformers"
     )
-    dataset_card(
-        repo_id=run.output_repo_id,
-        title="Occupation prompts",
-        description=prompts_description(_lists_in(english_rows)),
-        lineage=run.lineage,
-        configs=[config_entry(config) for config in configs],
-        languages=configs,
-        rows={config: len(english_rows) for config in configs} | rows,
-        tags=["prompts", "occupations", "translation"],
-        notes=[f"Languages {', '.join(args.languages)}: {method}."],
-    ).save(folder / "README.md")
-    return f"Prompts in {', '.join(args.languages)} ({args.backend})"
 
 
-def _lists_in(rows: list[dict]) -> GridLists:
-    """The attribute values that occur in the English rows, in first-seen order."""
-    grid = [row for row in rows if row["variant"] in ("gendered", "neutral")]
-    values = {column: list(dict.fromkeys(row[column] for row in grid if row[column])) for column in GRID_COLUMNS}
-    genders = [g for g in values["gender"] if g != "neutral"] or ["neutral"]
-    professions = list(dict.fromkeys(row["profession"] for row in rows))
-    return GridLists(values["style"], values["age"], genders, professions, values["dressing"], values["place"])
+class TranslatePrompts(Stage):
+    name = "translate_prompts"
+    Arguments = Arguments
+
+    def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
+        from pipelines.harness.estimate import Estimate, download_of
+
+        source = estimates.get(args.repo_id(args.input))
+        languages = list(dict.fromkeys([*source.get("languages", ["en"]), *args.languages]))
+        estimates.put(args.repo_id(args.output_repo), **(source | {"languages": languages}))
+        model = args.translation_model if args.backend == "transformers" else None
+        downloads = (
+            [
+                download_of(model.replace("{lang}", code), args, estimates, "translation model")
+                for code in args.languages
+            ]
+            if model
+            else []
+        )
+        rows = sum(source.get("variants", {}).values())
+        return Estimate(
+            reads=[args.input],
+            downloads=[d for d in downloads if d],
+            makes=f"{rows:,} prompts in each of {', '.join(args.languages)}",
+        )
+
+    def build(self, run: StageRun, folder: Path) -> str:
+        args: Arguments = run.args
+        source = run.dataset("input")
+        if "en" not in source.configs:
+            raise DataError(f"input={source.name}: has no 'en' config (configs: {', '.join(source.configs)})")
+        english_rows = source.rows("en")  # decoded once, reused for every language
+        for config in source.configs:
+            if config not in args.languages:
+                shutil.copytree(source.folder / "data" / config, folder / "data" / config)
+        try:
+            lists = grid_lists(source, run)
+        except DataError:
+            if args.backend == "lexicon":
+                raise
+            lists = None  # a model translates any prompts
+        writer = DatasetWriter(folder, schemas.PROMPTS, rows_per_shard=50_000)
+        for language in args.languages:
+            if args.backend == "lexicon":
+                grammar = load_grammar(language)
+                grammar.check(lists.styles, lists.ages, lists.professions, lists.dressings, lists.places)
+                rows = (row | {"language": language, "prompt": realise(row, grammar)} for row in english_rows)
+            else:
+                translator = ModelTranslator(args.translation_model, args.batch_size, args.max_new_tokens)
+                prompts = translator.translate([row["prompt"] for row in english_rows], language)
+                rows = (row | {"language": language, "prompt": p} for row, p in zip(english_rows, prompts))
+            writer.write(language, tqdm(rows, total=len(english_rows), desc=f"prompts {language}", file=sys.stderr))
+        counts = writer.close()
+
+        configs = source.configs + [language for language in args.languages if language not in source.configs]
+        method = (
+            "realised from each row's grid values by the offline grammar and lexicons"
+            if args.backend == "lexicon"
+            else f"translated from English by `{args.translation_model}`"
+        )
+        description = (
+            prompts_description(lists) if lists is not None else "Prompts of the study, one config per language."
+        )
+        dataset_card(
+            repo_id=run.output_repo_id,
+            title="Occupation prompts",
+            description=description,
+            lineage=run.lineage,
+            configs=configs,
+            config_info={config: {"language": config} for config in configs},
+            languages=configs,
+            rows={config: len(english_rows) for config in configs} | counts,
+            tags=["prompts", "occupations", "translation"],
+            notes=[f"Languages {', '.join(args.languages)}: {method}."],
+        ).save(folder / "README.md")
+        return f"Prompts in {', '.join(args.languages)} ({args.backend})"
 
 
-def run(args: Arguments) -> Published:
-    return execute(STAGE, args, build)
-
-
-def main(argv: list[str] | None = None) -> None:
-    stage_main(Arguments, STAGE, run, argv)
-
+STAGE = TranslatePrompts()
+run = STAGE.run
 
 if __name__ == "__main__":
-    main()
+    STAGE.main()

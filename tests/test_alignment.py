@@ -14,7 +14,9 @@ from PIL import Image
 
 from pipelines import build_tiny_model, evaluate_alignment, generate_images
 from pipelines.artifacts.store import LocalStore
-from pipelines.modeling.clip import build_tiny_open_clip, load_open_clip
+from pipelines.errors import ConfigError
+from pipelines.modeling.clip import REFERENCE_CLIP, load_open_clip
+from pipelines.modeling.tiny import build_tiny_open_clip
 
 from .conftest import REPO_ROOT, image_arguments
 
@@ -111,33 +113,65 @@ def test_clip_score_loads_in_a_fresh_process(tiny_clip: str) -> None:
     assert result.stdout.strip().splitlines()[-1] == "1"
 
 
-def test_evaluate_alignment_stage(tiny_study: dict, tiny_clip: str) -> None:
+def test_evaluate_alignment_stage_scores_every_language_against_english_texts(tiny_study: dict) -> None:
     common = {"store_root": tiny_study["store_root"], "namespace": "study"}
     store = LocalStore(tiny_study["store_root"])
-    clip = build_tiny_model.run(build_tiny_model.Arguments(**common, kind="open-clip"))
+    english = build_tiny_model.run(build_tiny_model.Arguments(**common, kind="open-clip", output_repo="english-clip"))
+    multilingual = build_tiny_model.run(
+        build_tiny_model.Arguments(**common, kind="open-clip", seed=1, output_repo="multilingual-clip")
+    )
     images = generate_images.run(image_arguments(tiny_study, output_repo="align-images"))
     result = evaluate_alignment.run(
         evaluate_alignment.Arguments(
-            **common, input=str(images), clip_model=str(clip), multilingual_clip_model=str(clip), batch_size=3
+            **common,
+            input=str(images),
+            clip_model=str(english),
+            clip_pretrained=None,
+            multilingual_clip_model=str(multilingual),
+            batch_size=3,
         )
     )
     folder = store.resolve(str(result), "dataset")
     german = datasets.load_dataset(str(folder), "de_eval_direct", split="train")
-    assert german.num_rows == 8
+    assert german.num_rows == 8 and set(german["status"]) == {"ok"}
     images_de = datasets.load_dataset(str(store.resolve(str(images), "dataset")), "de_eval_direct", split="train")
-    model_folder = str(store.resolve(str(clip), "model"))
+    english_folder = str(store.resolve(str(english), "model"))
     pictures = [row["image"] for row in images_de]
-    own = direct_cosines(model_folder, pictures, images_de["prompt"])
-    occupation = direct_cosines(
-        model_folder, pictures, [f"a photo of the face of a {p}" for p in images_de["profession"]]
+    professions = images_de["profession"]
+    # German images against the English texts, with the English CLIP, as the reference study scores them.
+    indirect = direct_cosines(
+        english_folder, pictures, [f"a photo of the face of a person who works as a {p}" for p in professions]
     )
-    person = direct_cosines(model_folder, pictures, ["a photo of the face of a person"] * 8)
-    assert np.allclose(german["clip_own_prompt"], own, atol=1e-5)
-    assert np.allclose(german["clip_occupation"], occupation, atol=1e-5)
-    assert np.allclose(german["clip_person"], person, atol=1e-5)
+    occupation = direct_cosines(english_folder, pictures, [f"a photo of the face of a {p}" for p in professions])
+    person = direct_cosines(english_folder, pictures, ["a photo of the face of a person"] * 8)
+    assert np.allclose(german["clip_en_indirect"], indirect, atol=1e-5)
+    assert np.allclose(german["clip_en_occupation"], occupation, atol=1e-5)
+    assert np.allclose(german["clip_en_person"], person, atol=1e-5)
+    # The own German prompt with the multilingual CLIP: a separate column, another model's scale.
+    own = direct_cosines(str(store.resolve(str(multilingual), "model")), pictures, images_de["prompt"])
+    assert np.allclose(german["mclip_own_prompt"], own, atol=1e-5)
+    assert not np.allclose(german["mclip_own_prompt"], direct_cosines(english_folder, pictures, images_de["prompt"]))
     summary = datasets.load_dataset(str(folder), "summary", split="train").to_pandas()
     overall = summary[(summary["language"] == "de") & (summary["occupation"] == "__all__")].iloc[0]
-    assert overall["num_images"] == 8 and overall["clip_person"] == pytest.approx(person.mean())
+    assert overall["num_images"] == 8 and overall["clip_en_person"] == pytest.approx(person.mean())
+    assert overall["clip_en_person_std"] == pytest.approx(person.std())
     doctor = summary[(summary["language"] == "de") & (summary["occupation"] == "doctor")].iloc[0]
-    mask = np.array(images_de["profession"]) == "doctor"
-    assert doctor["clip_own_prompt"] == pytest.approx(own[mask].mean())
+    mask = np.array(professions) == "doctor"
+    assert doctor["mclip_own_prompt"] == pytest.approx(own[mask].mean())
+    card = (folder / "README.md").read_text()
+    assert "Multilingual CLIP, own prompt (its own scale)" in card and "English CLIP, English texts" in card
+
+
+def test_alignment_defaults_to_the_reference_clip_and_refuses_an_activation_mismatch(tiny_study: dict) -> None:
+    args = evaluate_alignment.Arguments(store_root=tiny_study["store_root"], namespace="study")
+    assert (args.clip_model, args.clip_pretrained) == REFERENCE_CLIP == ("ViT-L-14-quickgelu", "openai")
+    assert args.multilingual_clip_model is None
+    with pytest.raises(ConfigError, match="trained with QuickGELU but 'ViT-L-14' runs GELU; use 'ViT-L-14-quickgelu'"):
+        evaluate_alignment.Arguments(
+            store_root=tiny_study["store_root"], clip_model="ViT-L-14", clip_pretrained="openai"
+        )
+    # A model built with QuickGELU and weights trained with GELU is the same mistake the other way round.
+    with pytest.raises(ConfigError, match="trained with GELU but 'ViT-L-14-quickgelu' runs QuickGELU"):
+        evaluate_alignment.Arguments(
+            store_root=tiny_study["store_root"], clip_model="ViT-L-14-quickgelu", clip_pretrained="laion2b_s32b_b82k"
+        )

@@ -11,8 +11,8 @@ import pytest
 from pipelines import generate_prompts, translate_prompts
 from pipelines.artifacts.store import LocalStore
 from pipelines.errors import ConfigError, LexiconError
-from pipelines.prompting import attributes
-from pipelines.prompting.grammar import LANGUAGES, GridRow, load_grammar
+from pipelines.prompting import grid as attributes
+from pipelines.prompting.grammar import LANGUAGES, GridRow, english_article, load_grammar
 
 ALL = [code for code in LANGUAGES if code != "en"]
 ATTRIBUTES = {
@@ -243,6 +243,179 @@ def test_exact_eval_prompts(language: str) -> None:
 def test_exact_prompts_grammar_cases(language: str, profession: str, gender: str, expected: str) -> None:
     row = GridRow("close-up", "young", gender, profession, "wearing work clothes", "at work")
     assert load_grammar(language).grid(row) == expected
+
+
+def grid_prompts(language: str, profession: str, age: str = "elderly", grammar=None) -> tuple[str, str, str]:
+    """The male, female and neutral close-up prompts of a profession, at work in work clothes."""
+    grammar = grammar or load_grammar(language)
+    return tuple(
+        grammar.grid(GridRow("close-up", age, gender, profession, "wearing work clothes", "at work"))
+        for gender in ("male", "female", "neutral")
+    )
+
+
+def test_german_adjectival_nouns_decline_in_every_form() -> None:
+    # Adjectival nouns (der Vorgesetzte) take -en after eines, einer and eines*einer alike; the star
+    # form Vorgesetzte*r is a nominative and only follows "als". One noun from the lexicon, and one
+    # that is not in it (Abgeordnete), to check the rule rather than a lexicon entry.
+    german = load_grammar("de")
+    lexicon = {**german.lexicon, "professions": {"member of parliament": {"adjectival": "Abgeordnet"}}}
+    cases = {
+        ("supervisor", german): ("Vorgesetzten", "Vorgesetzte*r"),
+        ("member of parliament", type(german)(lexicon)): ("Abgeordneten", "Abgeordnete*r"),
+    }
+    for (profession, grammar), (genitive, star) in cases.items():
+        assert grid_prompts("de", profession, grammar=grammar) == (
+            f"Nahaufnahme eines älteren {genitive} in Arbeitskleidung bei der Arbeit",
+            f"Nahaufnahme einer älteren {genitive} in Arbeitskleidung bei der Arbeit",
+            f"Nahaufnahme eines*einer älteren {genitive} in Arbeitskleidung bei der Arbeit",
+        )
+        assert grammar.eval_direct(profession) == f"ein Foto des Gesichts eines {genitive}"
+        assert grammar.eval_indirect(profession) == f"ein Foto des Gesichts einer Person, die als {star} arbeitet"
+    # A feminine the lexicon names is an ordinary noun: die Beamtin, eines*einer Beamt*in.
+    assert grid_prompts("de", "civil servant", "young") == (
+        "Nahaufnahme eines jungen Beamten in Arbeitskleidung bei der Arbeit",
+        "Nahaufnahme einer jungen Beamtin in Arbeitskleidung bei der Arbeit",
+        "Nahaufnahme eines*einer jungen Beamt*in in Arbeitskleidung bei der Arbeit",
+    )
+
+
+@pytest.mark.parametrize(
+    "profession, age, neutral",
+    [
+        ("handyman", "young", "Photo en gros plan d'une jeune personne à tout faire"),
+        ("handyman", "elderly", "Photo en gros plan d'une personne à tout faire âgée"),
+        ("politician", "elderly", "Photo en gros plan d'une personnalité politique âgée"),
+        ("politician", "adult", "Photo en gros plan d'une personnalité politique adulte"),
+    ],
+)
+def test_french_article_and_adjective_follow_a_feminine_noun_for_everyone(
+    profession: str, age: str, neutral: str
+) -> None:
+    male, female, realised = grid_prompts("fr", profession, age)
+    assert realised == f"{neutral} portant des vêtements de travail au travail"
+    assert male.startswith("Photo en gros plan d'un ") and female.startswith("Photo en gros plan d'une ")
+
+
+def test_italian_article_and_adjective_follow_a_noun_of_fixed_gender() -> None:
+    # "sceriffo" is masculine whoever it names: uno sceriffo for everyone, and the gendered prompts
+    # say the gender with a person noun, which the article and adjective then agree with.
+    assert grid_prompts("it", "sheriff") == (
+        "Foto in primo piano di un uomo sceriffo anziano con abiti da lavoro al lavoro",
+        "Foto in primo piano di una donna sceriffo anziana con abiti da lavoro al lavoro",
+        "Foto in primo piano di uno sceriffo anziano con abiti da lavoro al lavoro",
+    )
+    assert load_grammar("it").eval_direct("sheriff") == "una foto del volto di uno sceriffo"
+
+
+@pytest.mark.parametrize(
+    "profession, male, female",
+    [
+        (
+            "software developer",
+            "молодой мужчина — разработчик программного обеспечения",
+            "молодая женщина — разработчик программного обеспечения",
+        ),
+        ("handyman", "молодой мужчина — мастер на все руки", "молодая женщина — мастер на все руки"),
+        ("army officer", "молодой мужчина — армейский офицер", "молодая женщина — армейский офицер"),
+        ("opera singer", "молодой мужчина — оперный певец", "молодая оперная певица"),
+        # One word, hyphenated or not, still takes the hyphen.
+        ("chef", "молодой мужчина-шеф-повар", "молодая женщина-шеф-повар"),
+        ("doctor", "молодой мужчина-врач", "молодая женщина-врач"),
+    ],
+)
+def test_russian_gender_noun_joins_a_profession_of_several_words_with_a_dash(
+    profession: str, male: str, female: str
+) -> None:
+    place = "в рабочей одежде на работе"
+    assert grid_prompts("ru", profession, "young")[:2] == (
+        f"Фото крупным планом: {male} {place}",
+        f"Фото крупным планом: {female} {place}",
+    )
+
+
+@pytest.mark.parametrize(
+    "word, article",
+    [
+        ("FBI agent", "an"),
+        ("HR manager", "an"),
+        ("MBA", "an"),
+        ("NGO worker", "an"),
+        ("SUV", "an"),
+        ("LLM", "an"),
+        ("CEO", "a"),
+        ("UN official", "a"),
+        ("NASA engineer", "a"),
+        ("UNESCO official", "a"),
+        ("SWAT officer", "a"),
+        ("OPEC delegate", "an"),
+        ("X-ray technician", "an"),
+        ("U-turn", "a"),
+        ("urologist", "a"),
+        ("university professor", "a"),
+        ("unicorn", "a"),
+        ("user", "a"),
+        ("utensil", "a"),
+        ("Ukrainian", "a"),
+        ("unanimous", "a"),
+        ("umbrella", "an"),
+        ("urban planner", "an"),
+        ("usher", "an"),
+        ("unusual", "an"),
+        ("uninformed", "an"),
+        ("European", "a"),
+        ("ewe", "a"),
+        ("one-time", "a"),
+        ("onerous", "an"),
+        ("hour", "an"),
+        ("hourly worker", "an"),
+        ("honest", "an"),
+        ("honorary consul", "an"),
+        ("heir", "an"),
+        ("historian", "a"),
+        ("8-hour shift", "an"),
+        ("11-year-old", "an"),
+        ("110-year-old", "a"),
+        ("elderly", "an"),
+        ("young", "a"),
+    ],
+)
+def test_english_article_by_sound(word: str, article: str) -> None:
+    assert english_article(word) == article
+    assert load_grammar("en").eval_direct(word) == f"a photo of the face of {article} {word}"
+
+
+@pytest.mark.parametrize(
+    "language, profession, gender, expected",
+    [
+        ("it", "chef", "male", "Foto in primo piano di uno chef anziano con abiti da lavoro al lavoro"),
+        (
+            "fr",
+            "priest",
+            "neutral",
+            "Photo en gros plan d'un·e prêtre·sse âgé·e portant des vêtements de travail au travail",
+        ),
+        (
+            "fr",
+            "poet",
+            "neutral",
+            "Photo en gros plan d'un·e poète·sse âgé·e portant des vêtements de travail au travail",
+        ),
+        (
+            "fr",
+            "midwife",
+            "neutral",
+            "Photo en gros plan d'un·e maïeuticien·ne âgé·e portant des vêtements de travail au travail",
+        ),
+        ("ja", "housekeeper", "male", "仕事中の、作業着を着た年配の男性のハウスキーパーのクローズアップ写真"),
+        ("ko", "maid", "male", "작업복을 입고 직장에 있는 나이 든 남성 가사 도우미의 클로즈업 사진"),
+    ],
+)
+def test_other_errors_found_reading_every_profession(
+    language: str, profession: str, gender: str, expected: str
+) -> None:
+    genders = ("male", "female", "neutral")
+    assert grid_prompts(language, profession)[genders.index(gender)] == expected
 
 
 def test_korean_particle_follows_last_syllable() -> None:

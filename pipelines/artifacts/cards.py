@@ -8,15 +8,20 @@ machine-readable YAML (the store and the study runner read it) and as a readable
 
 from __future__ import annotations
 
+import functools
+import os
 import shlex
+import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData, RepoCard
 from huggingface_hub.repocard_data import CardData
 
-from pipelines import PROJECT_ROOT
+from pipelines import PROJECT_ROOT, __version__
+from pipelines.artifacts.dataset_files import SPLIT
 
 CARDS_DIR = PROJECT_ROOT / "hub_cards"
 PROJECT = "t2i-bias"
@@ -45,9 +50,40 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+@functools.cache
+def toolkit_version() -> dict[str, str]:
+    """The toolkit's version, and the git commit of its checkout (`+dirty` with uncommitted changes)."""
+    found = {"version": __version__}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return found
+    if commit:
+        found["commit"] = commit + ("+dirty" if dirty else "")
+    return found
+
+
+def _portable(token: str) -> str:
+    """A command-line token without absolute paths: relative to the working folder, else the name."""
+    prefix, sep, value = token.partition("=") if token.startswith("--") and "=" in token else ("", "", token)
+    if os.path.isabs(value):
+        relative = os.path.relpath(value)
+        value = relative if not relative.startswith("..") else f"<{Path(value).name}>"
+    return prefix + sep + value
+
+
 def current_command() -> str:
-    """The command line that is running, as a user would retype it."""
-    argv = list(sys.argv)
+    """The command line that is running, as a user would retype it (no absolute paths)."""
+    argv = [_portable(token) for token in sys.argv]
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name:
@@ -64,6 +100,7 @@ def make_lineage(
         "inputs": dict(inputs),
         "parameters": dict(parameters),
         "fingerprint": fingerprint,
+        "toolkit": toolkit_version(),
         "versions": library_versions(),
         "command": command or current_command(),
     }
@@ -85,25 +122,39 @@ def dataset_card(
     title: str,
     description: str,
     lineage: dict[str, Any],
-    configs: list[dict[str, Any]],
+    configs: list[str],
     languages: list[str],
     rows: dict[str, int] | None = None,
+    config_info: dict[str, dict[str, str]] | None = None,
+    tables: list[dict[str, Any]] | None = None,
     task_categories: list[str] | None = None,
     tags: list[str] | None = None,
     notes: list[str] | None = None,
+    revision: str = "main",
     **extra_metadata: Any,
 ) -> DatasetCard:
-    """A dataset card whose `configs:` lets `load_dataset(repo, config)` find the parquet shards."""
+    """A dataset card whose `configs:` lets `load_dataset(repo, config)` find the parquet shards.
+
+    The first config is the default. `config_info` records what each config holds (its language and
+    prompt variant) for the readers; `tables` (`{"title", "columns", "rows"}`) are rendered by the
+    template.
+    """
+    entries = [
+        {"config_name": name, "data_files": [{"split": SPLIT, "path": f"data/{name}/*.parquet"}]}
+        | ({"default": True} if index == 0 else {})
+        for index, name in enumerate(configs)
+    ]
+    if config_info:
+        extra_metadata["config_info"] = {name: dict(info) for name, info in config_info.items() if name in configs}
     data = DatasetCardData(
         license=LICENSE,
         language=languages,
         task_categories=task_categories or ["text-to-image"],
         tags=[PROJECT, "fairness", *(tags or [])],
-        configs=configs,
+        configs=entries,
         lineage=lineage,
         **extra_metadata,
     )
-    table = [(entry["config_name"], (rows or {}).get(entry["config_name"], "")) for entry in configs]
     return _render(
         DatasetCard,
         "dataset_card.md",
@@ -111,9 +162,11 @@ def dataset_card(
         repo_id=repo_id,
         title=title,
         description=description,
-        configs_table=table,
+        configs_table=[(name, (rows or {}).get(name, "")) for name in configs],
+        tables=tables or [],
         notes=notes or [],
         lineage=lineage,
+        revision=revision,
     )
 
 
@@ -128,12 +181,14 @@ def model_card(
     tags: list[str] | None = None,
     notes: list[str] | None = None,
     usage: str | None = None,
+    license: str | None = None,
     **extra_metadata: Any,
 ) -> ModelCard:
+    """A model card; `license` defaults to the toolkit's (a fine-tune passes its base model's)."""
     extra_metadata.setdefault("library_name", "diffusers")
     extra_metadata.setdefault("pipeline_tag", "text-to-image")
     data = ModelCardData(
-        license=LICENSE,
+        license=license or LICENSE,
         language=languages or None,
         base_model=base_model,
         datasets=datasets,

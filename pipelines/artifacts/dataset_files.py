@@ -26,11 +26,6 @@ def shard_name(index: int) -> str:
     return f"{SPLIT}-{index:05d}.parquet"
 
 
-def config_entry(config: str) -> dict[str, Any]:
-    """The card's `configs:` entry that maps a config to its parquet shards."""
-    return {"config_name": config, "data_files": [{"split": SPLIT, "path": f"data/{config}/*.parquet"}]}
-
-
 class DatasetWriter:
     """Writes rows of one `datasets.Features` schema into per-config parquet shards.
 
@@ -109,10 +104,6 @@ class DatasetWriter:
             self.flush(config)
         return dict(self.counts)
 
-    @property
-    def configs(self) -> list[str]:
-        return sorted(set(self.counts) | {c for c, rows in self._buffers.items() if rows})
-
 
 def _bytes_in(value: Any) -> int:
     if isinstance(value, (bytes, bytearray)):
@@ -122,27 +113,3 @@ def _bytes_in(value: Any) -> int:
     if isinstance(value, list):
         return sum(_bytes_in(v) for v in value)
     return 0
-
-
-def load_config(folder: str | Path, config: str) -> datasets.Dataset:
-    """Opens one config of an artifact folder with the stock loader."""
-    return datasets.load_dataset(str(folder), config, split=SPLIT)
-
-
-def artifact_configs(folder: str | Path) -> list[str]:
-    """The config names an artifact folder declares in its card."""
-    from huggingface_hub import DatasetCard
-
-    card = DatasetCard.load(Path(folder) / "README.md")
-    return [entry["config_name"] for entry in card.data.to_dict().get("configs") or []]
-
-
-def select_configs(folder: str | Path, wanted: list[str], artifact: str) -> list[str]:
-    """`wanted` configs of an artifact (all when empty); an unknown one is an error that names it."""
-    available = artifact_configs(folder)
-    unknown = [config for config in wanted if config not in available]
-    if unknown:
-        from pipelines.errors import ConfigError
-
-        raise ConfigError(f"configs: {', '.join(unknown)} not in {artifact} (has {', '.join(available)})")
-    return list(wanted) or available

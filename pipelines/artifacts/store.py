@@ -2,30 +2,37 @@
 
 One small interface, two backends:
 
-- `LocalStore` (the default): a folder such as `./hub`, no account, no network. Revisions are
-  content-addressed, immutable folders; `main` and tags are pointers kept in one JSON file that is
-  replaced atomically under a file lock, so a push killed half way leaves nothing visible and two
-  writers at once both land.
+- `LocalStore` (the default): a folder such as `./hub` in the layout of the Hugging Face cache
+  (`datasets--ns--name/{refs,snapshots,blobs}`), so `huggingface_hub.snapshot_download(...,
+  cache_dir="./hub", local_files_only=True)` and `DiffusionPipeline.from_pretrained(...,
+  cache_dir="./hub")` read it as they read a download. Revisions are content-addressed, immutable
+  snapshots; `main` and tags are `refs/` files written atomically under a file lock, so a push
+  killed half way leaves nothing visible and two writers at once both land.
 - `HubStore`: the Hugging Face Hub through `huggingface_hub.HfApi`; the token comes from the usual
   place (`HF_TOKEN` or `huggingface-cli login`) and is never printed.
 
 `open_store()` picks the backend from arguments or the `T2I_BIAS_STORE` / `T2I_BIAS_STORE_ROOT`
-environment variables.
+environment variables. `python -m pipelines.artifacts.store gc` reports and removes what failed
+pushes and killed runs left behind.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,11 +45,13 @@ BACKENDS = ("local", "hub")
 STORE_ENV = "T2I_BIAS_STORE"
 STORE_ROOT_ENV = "T2I_BIAS_STORE_ROOT"
 DEFAULT_STORE_ROOT = "./hub"
+WORK_DIR = ".work"  # stages' unfinished work, under the local store root
 
 # Same rules as the Hub: letters, digits, '-', '_', '.'; no leading/trailing '-' or '.'; no '--' or '..'.
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO_ID = re.compile(rf"^{_NAME}/{_NAME}$")
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,14 @@ def validate_repo_type(repo_type: str) -> str:
     return repo_type
 
 
+def validate_tag(tag: str) -> str:
+    if not isinstance(tag, str) or not _REF.match(tag) or tag == "main" or ".." in tag or _COMMIT.match(tag):
+        raise StoreError(
+            f"malformed tag {tag!r}: letters, digits, '.', '_', '-', '/', not 'main' and not a revision id"
+        )
+    return tag
+
+
 def parse_ref(spec: str, namespace: str | None = None) -> RepoRef:
     """Parses `ns/name@rev`, `ns/name` (main) or, with a default namespace, `name@rev`.
 
@@ -96,30 +113,57 @@ def parse_ref(spec: str, namespace: str | None = None) -> RepoRef:
         repo_id = f"{namespace}/{repo_id}"
     validate_repo_id(repo_id)
     revision = revision or "main"
-    if not _REF.match(revision):
+    if not _REF.match(revision) or ".." in revision:
         raise StoreError(f"malformed revision {revision!r} in {spec!r}")
     return RepoRef(repo_id, revision)
 
 
-def lineage_of(folder: str | Path) -> dict[str, Any]:
-    """The `lineage` block of a folder's card metadata, or `{}` when it has none."""
+def card_metadata(folder: str | Path) -> dict[str, Any]:
+    """The YAML metadata of a folder's `README.md` card, or `{}` when it has none."""
     card = Path(folder) / "README.md"
     if not card.is_file():
         return {}
-    text = card.read_text(encoding="utf-8")
-    match = re.match(r"^---\s*\n(.*?)\n---\s*\n", text, re.DOTALL)
+    match = re.match(r"^---\s*\n(.*?)\n---\s*\n", card.read_text(encoding="utf-8"), re.DOTALL)
     if not match:
         return {}
-    metadata = yaml.safe_load(match.group(1)) or {}
-    lineage = metadata.get("lineage") or {}
+    try:
+        metadata = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError:
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def lineage_of(folder: str | Path) -> dict[str, Any]:
+    """The `lineage` block of a folder's card metadata, or `{}` when it has none."""
+    lineage = card_metadata(folder).get("lineage") or {}
     return lineage if isinstance(lineage, dict) else {}
 
 
-def content_revision(folder: str | Path) -> str:
+def _files(folder: Path, ignore: Iterable[str] = ()) -> list[Path]:
+    """The files of a folder, sorted, without those whose relative path matches an `ignore` pattern."""
+    patterns = list(ignore)
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_dir() or any(fnmatch(relative, p) or fnmatch(relative.split("/")[0], p) for p in patterns):
+            continue
+        found.append(path)
+    return found
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_revision(folder: str | Path, ignore: Iterable[str] = ()) -> str:
     """A content hash of a folder: relative paths and file bytes, streamed (memory flat in size)."""
     folder = Path(folder)
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in _files(folder, ignore):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -131,7 +175,15 @@ def content_revision(folder: str | Path) -> str:
 class Store(Protocol):
     """What every stage needs of a store."""
 
-    def push(self, folder: str | Path, repo_id: str, repo_type: str, message: str, tag: str | None = None) -> str: ...
+    def push(
+        self,
+        folder: str | Path,
+        repo_id: str,
+        repo_type: str,
+        message: str,
+        tag: str | None = None,
+        ignore: Iterable[str] = (),
+    ) -> str: ...
 
     def resolve(self, spec: str | RepoRef, repo_type: str) -> Path: ...
 
@@ -145,23 +197,37 @@ class Store(Protocol):
 
     def exists(self, repo_id: str, repo_type: str) -> bool: ...
 
+    def repos(self, namespace: str, repo_type: str) -> list[str]: ...
+
 
 # ---------------------------------------------------------------------------------------------
-# Local backend
+# Local backend: the Hugging Face cache layout
 # ---------------------------------------------------------------------------------------------
+
+
+def repo_folder_name(repo_id: str, repo_type: str) -> str:
+    """`datasets--ns--name`, as `huggingface_hub` names a cached repository."""
+    return f"{repo_type}s--{repo_id.replace('/', '--')}"
 
 
 class LocalStore:
-    """A folder of repositories: `<root>/<type>s/<namespace>/<name>/`.
+    """A folder of repositories in the Hugging Face cache layout.
 
-    Each repository holds `revisions/<rev>/` (immutable, content-addressed folders that the stock
-    loaders open as they are), `refs.json` (`main`, tags and the history with lineage) and a lock
-    file. A push copies into a private staging folder, renames it into place (atomic on one file
-    system), then rewrites `refs.json` atomically under the lock.
+    `<root>/<type>s--<ns>--<name>/` holds `snapshots/<rev>/` (one immutable, content-addressed
+    folder per revision, its files read-only links into `blobs/<sha256>`, so revisions that share
+    files share bytes), `refs/main` and `refs/<tag>` (a revision id each), and the toolkit's own
+    `history.json` (every revision with its message and lineage), `.lock` and `.staging/`. A push
+    writes blobs and a staging folder, then, holding the lock, renames the staging folder into
+    `snapshots/` and rewrites the refs atomically: a push killed half way leaves the previous
+    revision and nothing partial visible, and the next push sweeps what it left.
     """
+
+    HISTORY = "history.json"
 
     def __init__(self, root: str | Path = DEFAULT_STORE_ROOT):
         self.root = Path(root).resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store root {str(self.root)!r} is a file, not a folder")
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -170,20 +236,41 @@ class LocalStore:
     def _repo_dir(self, repo_id: str, repo_type: str) -> Path:
         validate_repo_type(repo_type)
         validate_repo_id(repo_id)
-        return self.root / f"{repo_type}s" / repo_id
+        return self.root / repo_folder_name(repo_id, repo_type)
 
-    def _read_refs(self, repo_dir: Path) -> dict[str, Any]:
-        refs = repo_dir / "refs.json"
-        if not refs.is_file():
-            return {"main": None, "tags": {}, "history": []}
-        return json.loads(refs.read_text(encoding="utf-8"))
+    def _history(self, repo_dir: Path) -> list[dict[str, Any]]:
+        path = repo_dir / self.HISTORY
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        except PermissionError:
+            raise StoreError(f"store {str(self.root)!r} is not readable ({path})") from None
 
-    def _write_refs(self, repo_dir: Path, refs: dict[str, Any]) -> None:
-        tmp = repo_dir / f".refs.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(json.dumps(refs, indent=1, sort_keys=True), encoding="utf-8")
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, repo_dir / "refs.json")
+    def _ref(self, repo_dir: Path, name: str) -> str | None:
+        path = repo_dir / "refs" / name
+        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+    def _tags(self, repo_dir: Path) -> dict[str, str]:
+        refs = repo_dir / "refs"
+        if not refs.is_dir():
+            return {}
+        return {
+            path.relative_to(refs).as_posix(): path.read_text(encoding="utf-8").strip()
+            for path in sorted(refs.rglob("*"))
+            if path.is_file() and not path.name.startswith(".") and path.relative_to(refs).as_posix() != "main"
+        }
+
+    @staticmethod
+    def _write_atomic(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            with tmp.open("w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def _locked(self, repo_dir: Path) -> Iterator[None]:
@@ -196,128 +283,199 @@ class LocalStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _require(self, repo_id: str, repo_type: str) -> tuple[Path, dict[str, Any]]:
+    def _require(self, repo_id: str, repo_type: str) -> Path:
         repo_dir = self._repo_dir(repo_id, repo_type)
-        refs = self._read_refs(repo_dir)
-        if not refs["main"]:
+        if not self._ref(repo_dir, "main"):
             raise StoreError(f"unknown {repo_type} repo {repo_id!r} in {self.root}")
-        return repo_dir, refs
-
-    @staticmethod
-    def _sweep_staging(staging: Path) -> None:
-        """Removes staging folders of pushes whose process is gone (killed half way)."""
-        if not staging.is_dir():
-            return
-        for leftover in staging.iterdir():
-            pid = leftover.name.split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(leftover, ignore_errors=True)
+        return repo_dir
 
     # -- interface --------------------------------------------------------------------------
-    def push(self, folder: str | Path, repo_id: str, repo_type: str, message: str, tag: str | None = None) -> str:
+    def push(
+        self,
+        folder: str | Path,
+        repo_id: str,
+        repo_type: str,
+        message: str,
+        tag: str | None = None,
+        ignore: Iterable[str] = (),
+    ) -> str:
+        """Publishes a folder as the new `main` (and `tag`); files matching `ignore` stay out."""
         folder = Path(folder)
         if not folder.is_dir():
             raise StoreError(f"cannot push {folder}: not a folder")
-        if tag is not None and (not _REF.match(tag) or tag == "main"):
-            raise StoreError(f"malformed tag {tag!r}: letters, digits, '.', '_', '-', '/' and not 'main'")
+        if tag is not None:
+            validate_tag(tag)
         repo_dir = self._repo_dir(repo_id, repo_type)
-        revision = content_revision(folder)
-        target = repo_dir / "revisions" / revision
-        staging = repo_dir / ".staging"
-        repo_dir.mkdir(parents=True, exist_ok=True)
-        self._sweep_staging(staging)
-        if not target.is_dir():
-            stage = staging / f"{os.getpid()}-{uuid.uuid4().hex}"
-            shutil.copytree(folder, stage)
-            for path in stage.rglob("*"):
-                if path.is_file():
-                    path.chmod(0o444)  # revisions are immutable; read-only makes accidents loud
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(stage, target)
-            except OSError:
-                # Another writer landed the same content first: theirs is identical, keep it.
-                shutil.rmtree(stage, ignore_errors=True)
+        files = _files(folder, ignore)
+        revision = content_revision(folder, ignore)
+        try:
+            return self._push(folder, files, repo_dir, revision, message, tag, repo_id)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise StoreError(
+                    f"no space left on the device of {self.root} while pushing {repo_id}: the store is unchanged"
+                ) from None
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise StoreError(
+                    f"store {str(self.root)!r} is not writable ({err.strerror}): nothing was published"
+                ) from None
+            raise
+
+    def _push(
+        self,
+        folder: Path,
+        files: list[Path],
+        repo_dir: Path,
+        revision: str,
+        message: str,
+        tag: str | None,
+        repo_id: str,
+    ) -> str:
+        target = repo_dir / "snapshots" / revision
+        staging = repo_dir / ".staging" / f"{os.getpid()}-{uuid.uuid4().hex}"
+        try:
+            if not target.is_dir():
+                self._stage(folder, files, repo_dir, staging)
+            with self._locked(repo_dir):
+                for path in self.garbage(repo_dir):
+                    _force_unlink(path)
+                history = self._history(repo_dir)
                 if not target.is_dir():
-                    raise
-        with self._locked(repo_dir):
-            refs = self._read_refs(repo_dir)
-            changed = False
-            if refs["main"] != revision:
-                refs["history"].append(
-                    asdict(
-                        HistoryEntry(
-                            revision=revision,
-                            message=message,
-                            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            lineage=lineage_of(target),
-                        )
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(staging, target)
+                if self._ref(repo_dir, "main") != revision:
+                    entry = HistoryEntry(
+                        revision=revision,
+                        message=message,
+                        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        lineage=lineage_of(target),
                     )
-                )
-                refs["main"] = revision
-                changed = True
-            if tag is not None and refs["tags"].get(tag) != revision:
-                if tag in refs["tags"]:
-                    raise StoreError(f"tag {tag!r} of {repo_id!r} already names revision {refs['tags'][tag]}")
-                refs["tags"][tag] = revision
-                changed = True
-            if changed:
-                self._write_refs(repo_dir, refs)
+                    # History first: a revision named by a ref is always in the history.
+                    self._write_atomic(repo_dir / self.HISTORY, json.dumps([*history, asdict(entry)], indent=1))
+                    self._write_atomic(repo_dir / "refs" / "main", revision)
+                if tag is not None:
+                    current = self._ref(repo_dir, tag)
+                    if current is not None and current != revision:
+                        raise StoreError(f"tag {tag!r} of {repo_id!r} already names revision {current}")
+                    if current is None:
+                        self._write_atomic(repo_dir / "refs" / tag, revision)
+        except BaseException:
+            # A failed push (a full disk, say) leaves the store as it was: its staging folder, and the
+            # blobs and snapshot it added that no revision uses, are removed now, not at the next push.
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError), self._locked(repo_dir):
+                for path in self.garbage(repo_dir):
+                    _force_unlink(path)
+            raise
         return revision
+
+    def _stage(self, folder: Path, files: list[Path], repo_dir: Path, staging: Path) -> None:
+        """Copies each file into `blobs/` (once per content) and links it from a staging folder."""
+        blobs = repo_dir / "blobs"
+        blobs.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            sha = file_sha256(path)
+            blob = blobs / sha
+            link = staging / path.relative_to(folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            # The staging folder sits as deep in the repo as snapshots/<rev>, so relative links stay true.
+            # The link comes first: a blob that a live staging folder links to is never swept.
+            os.symlink(os.path.relpath(blob, link.parent), link)
+            if not blob.is_file():
+                tmp = blobs / f".{sha}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+                try:
+                    shutil.copyfile(path, tmp)
+                    tmp.chmod(0o444)  # revisions are immutable; read-only makes accidents loud
+                    os.replace(tmp, blob)
+                finally:
+                    tmp.unlink(missing_ok=True)
+
+    def garbage(self, repo_dir: Path) -> list[Path]:
+        """What failed pushes left in one repo: dead staging folders and temp files, snapshots no ref
+        names, blobs no snapshot or live staging folder links to. Call it holding the lock: pushes
+        rename and write refs only under it, so nothing found is half way through a live push."""
+        found: list[Path] = []
+        live: list[Path] = []
+        staging = repo_dir / ".staging"
+        for folder in staging.iterdir() if staging.is_dir() else []:
+            pid = folder.name.split("-", 1)[0]
+            (live if pid.isdigit() and _pid_alive(int(pid)) else found).append(folder)
+        for tmp in [*repo_dir.glob(".*.tmp"), *repo_dir.glob("refs/**/.*.tmp"), *repo_dir.glob("blobs/.*.tmp")]:
+            pid = tmp.name.split(".")[-3] if tmp.name.count(".") >= 3 else ""
+            if not (pid.isdigit() and _pid_alive(int(pid))):
+                found.append(tmp)
+        known = {entry["revision"] for entry in self._history(repo_dir)}
+        snapshots = repo_dir / "snapshots"
+        for snapshot in snapshots.iterdir() if snapshots.is_dir() else []:
+            (live if snapshot.name in known else found).append(snapshot)
+        used = {os.path.basename(os.readlink(p)) for folder in live for p in folder.rglob("*") if p.is_symlink()}
+        blobs = repo_dir / "blobs"
+        for blob in blobs.iterdir() if blobs.is_dir() else []:
+            if not blob.name.startswith(".") and blob.name not in used:
+                found.append(blob)
+        return found
 
     def tag(self, repo_id: str, repo_type: str, tag: str, revision: str = "main") -> str:
         """Names an existing revision with a tag; returns the revision."""
-        repo_dir, _ = self._require(repo_id, repo_type)
-        if not _REF.match(tag) or tag == "main":
-            raise StoreError(f"malformed tag {tag!r}: letters, digits, '.', '_', '-', '/' and not 'main'")
+        repo_dir = self._require(repo_id, repo_type)
+        validate_tag(tag)
         with self._locked(repo_dir):
-            refs = self._read_refs(repo_dir)
-            resolved = self._lookup(repo_id, repo_type, refs, revision)
-            if refs["tags"].get(tag, resolved) != resolved:
-                raise StoreError(f"tag {tag!r} of {repo_id!r} already names revision {refs['tags'][tag]}")
-            refs["tags"][tag] = resolved
-            self._write_refs(repo_dir, refs)
+            resolved = self._lookup(repo_id, repo_type, repo_dir, revision)
+            current = self._ref(repo_dir, tag)
+            if current not in (None, resolved):
+                raise StoreError(f"tag {tag!r} of {repo_id!r} already names revision {current}")
+            self._write_atomic(repo_dir / "refs" / tag, resolved)
         return resolved
 
-    def _lookup(self, repo_id: str, repo_type: str, refs: dict[str, Any], revision: str) -> str:
-        if revision == "main":
-            return refs["main"]
-        if revision in refs["tags"]:
-            return refs["tags"][revision]
-        known = {entry["revision"] for entry in refs["history"]}
+    def _lookup(self, repo_id: str, repo_type: str, repo_dir: Path, revision: str) -> str:
+        named = self._ref(repo_dir, revision)
+        if named:
+            return named
+        known = [entry["revision"] for entry in self._history(repo_dir)]
         if re.fullmatch(r"[0-9a-f]{7,40}", revision):
-            matches = sorted(rev for rev in known if rev.startswith(revision))
+            matches = sorted({rev for rev in known if rev.startswith(revision)})
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
                 raise StoreError(f"ambiguous revision {revision!r} of {repo_type} {repo_id!r}: use more digits")
         raise StoreError(
             f"unknown revision or tag {revision!r} of {repo_type} {repo_id!r} "
-            f"(tags: {', '.join(sorted(refs['tags'])) or 'none'})"
+            f"(tags: {', '.join(sorted(self._tags(repo_dir))) or 'none'})"
         )
 
     def revision_of(self, spec: str | RepoRef, repo_type: str) -> str:
         ref = spec if isinstance(spec, RepoRef) else parse_ref(spec)
-        _, refs = self._require(ref.repo_id, repo_type)
-        return self._lookup(ref.repo_id, repo_type, refs, ref.revision)
+        return self._lookup(ref.repo_id, repo_type, self._require(ref.repo_id, repo_type), ref.revision)
 
     def resolve(self, spec: str | RepoRef, repo_type: str) -> Path:
         ref = spec if isinstance(spec, RepoRef) else parse_ref(spec)
-        repo_dir, refs = self._require(ref.repo_id, repo_type)
-        return repo_dir / "revisions" / self._lookup(ref.repo_id, repo_type, refs, ref.revision)
+        repo_dir = self._require(ref.repo_id, repo_type)
+        return repo_dir / "snapshots" / self._lookup(ref.repo_id, repo_type, repo_dir, ref.revision)
 
     def revisions(self, repo_id: str, repo_type: str) -> list[str]:
         return [entry.revision for entry in self.history(repo_id, repo_type)]
 
     def tags(self, repo_id: str, repo_type: str) -> dict[str, str]:
-        return dict(self._require(repo_id, repo_type)[1]["tags"])
+        return self._tags(self._require(repo_id, repo_type))
 
     def history(self, repo_id: str, repo_type: str) -> list[HistoryEntry]:
-        _, refs = self._require(repo_id, repo_type)
-        return [HistoryEntry(**entry) for entry in reversed(refs["history"])]
+        repo_dir = self._require(repo_id, repo_type)
+        return [HistoryEntry(**entry) for entry in reversed(self._history(repo_dir))]
 
     def exists(self, repo_id: str, repo_type: str) -> bool:
-        return bool(self._read_refs(self._repo_dir(repo_id, repo_type))["main"])
+        return bool(self._ref(self._repo_dir(repo_id, repo_type), "main"))
+
+    def repos(self, namespace: str, repo_type: str) -> list[str]:
+        """The repos of one type under a namespace."""
+        validate_repo_type(repo_type)
+        prefix = f"{repo_type}s--{namespace}--"
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            f"{namespace}/{path.name[len(prefix) :]}"
+            for path in self.root.iterdir()
+            if path.name.startswith(prefix) and (path / "refs" / "main").is_file()
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -330,13 +488,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _force_unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+
+
 # ---------------------------------------------------------------------------------------------
 # Hugging Face Hub backend
 # ---------------------------------------------------------------------------------------------
 
 
 class HubStore:
-    """The Hugging Face Hub. Calls six `HfApi` methods and `snapshot_download`, nothing else.
+    """The Hugging Face Hub. Calls seven `HfApi` methods and `snapshot_download`, nothing else.
 
     Lineage travels in each commit's description as JSON, so `history()` needs no card downloads.
     """
@@ -356,7 +522,13 @@ class HubStore:
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         try:
             yield
@@ -364,26 +536,44 @@ class HubStore:
             raise StoreError(f"unknown revision or tag of {what} on the Hub") from None
         except (RepositoryNotFoundError, EntryNotFoundError):
             raise StoreError(f"unknown {what} on the Hub (or no access with the current token)") from None
+        except LocalEntryNotFoundError:
+            raise StoreError(f"{what} is not in the local Hugging Face cache and the Hub is not reachable") from None
+        except HfHubHTTPError as err:
+            # The status and the server's one-line reason; never the request (its headers hold the token).
+            status = getattr(getattr(err, "response", None), "status_code", "?")
+            raise StoreError(f"the Hub refused {what} (HTTP {status}): {str(err).splitlines()[0][:200]}") from None
 
-    def push(self, folder: str | Path, repo_id: str, repo_type: str, message: str, tag: str | None = None) -> str:
+    def push(
+        self,
+        folder: str | Path,
+        repo_id: str,
+        repo_type: str,
+        message: str,
+        tag: str | None = None,
+        ignore: Iterable[str] = (),
+    ) -> str:
         validate_repo_type(repo_type)
         validate_repo_id(repo_id)
+        if tag is not None:
+            validate_tag(tag)
         folder = Path(folder)
         if not folder.is_dir():
             raise StoreError(f"cannot push {folder}: not a folder")
-        self.api.create_repo(repo_id, repo_type=repo_type, exist_ok=True)
-        # One commit per push: the Hub applies it atomically, and an unchanged folder makes no commit.
-        info = self.api.upload_folder(
-            repo_id=repo_id,
-            repo_type=repo_type,
-            folder_path=str(folder),
-            commit_message=message,
-            commit_description=json.dumps({"lineage": lineage_of(folder)}, sort_keys=True),
-            delete_patterns="*",
-        )
-        revision = info.oid
-        if tag is not None:
-            self.api.create_tag(repo_id, repo_type=repo_type, tag=tag, revision=revision, exist_ok=True)
+        with self._errors(f"{repo_type} {repo_id!r}"):
+            self.api.create_repo(repo_id, repo_type=repo_type, exist_ok=True)
+            # One commit per push: the Hub applies it atomically, and an unchanged folder makes no commit.
+            info = self.api.upload_folder(
+                repo_id=repo_id,
+                repo_type=repo_type,
+                folder_path=str(folder),
+                commit_message=message,
+                commit_description=json.dumps({"lineage": lineage_of(folder)}, sort_keys=True),
+                ignore_patterns=list(ignore) or None,
+                delete_patterns="*",
+            )
+            revision = info.oid
+            if tag is not None:
+                self.api.create_tag(repo_id, repo_type=repo_type, tag=tag, revision=revision, exist_ok=True)
         return revision
 
     def resolve(self, spec: str | RepoRef, repo_type: str) -> Path:
@@ -443,6 +633,12 @@ class HubStore:
             return False
         return True
 
+    def repos(self, namespace: str, repo_type: str) -> list[str]:
+        validate_repo_type(repo_type)
+        listing = {"dataset": "list_datasets", "model": "list_models", "space": "list_spaces"}[repo_type]
+        with self._errors(f"{repo_type}s of {namespace!r}"):
+            return sorted(info.id for info in getattr(self.api, listing)(author=namespace))
+
 
 def open_store(backend: str | None = None, root: str | Path | None = None) -> Store:
     """The store named by the arguments, else by `T2I_BIAS_STORE` (`local` or `hub`)."""
@@ -452,3 +648,59 @@ def open_store(backend: str | None = None, root: str | Path | None = None) -> St
     if backend == "hub":
         return HubStore()
     raise StoreError(f"unknown store backend {backend!r}: allowed {', '.join(BACKENDS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m pipelines.artifacts.store gc
+# ---------------------------------------------------------------------------------------------
+
+
+def _size(path: Path) -> int:
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def collect_garbage(store: LocalStore, remove: bool = True, work: bool = False) -> list[tuple[Path, int]]:
+    """Leftovers of failed pushes in every repo (and, with `work`, unlocked stage work folders)."""
+    found: list[tuple[Path, int]] = []
+    if not store.root.is_dir():
+        return found
+    for repo_dir in sorted(p for p in store.root.iterdir() if "--" in p.name and p.is_dir()):
+        with store._locked(repo_dir):
+            for path in store.garbage(repo_dir):
+                found.append((path, _size(path)))
+                if remove:
+                    _force_unlink(path)
+    if work and (store.root / WORK_DIR).is_dir():
+        from pipelines.artifacts.workspace import idle_work_folders
+
+        for path in idle_work_folders(store.root / WORK_DIR):
+            found.append((path, _size(path)))
+            if remove:
+                shutil.rmtree(path, ignore_errors=True)
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.artifacts.store", description="Local store upkeep.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gc = commands.add_parser("gc", help="report and remove what failed pushes left behind")
+    gc.add_argument("--store_root", default=os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT))
+    gc.add_argument("--dry_run", action="store_true", help="report only")
+    gc.add_argument("--work", action="store_true", help="also the work folders of stopped runs (their resume state)")
+    options = parser.parse_args(argv)
+    try:
+        store = LocalStore(options.store_root)
+        found = collect_garbage(store, remove=not options.dry_run, work=options.work)
+    except StoreError as err:
+        print(f"store gc: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    verb = "would remove" if options.dry_run else "removed"
+    for path, size in found:
+        print(f"{verb} {path.relative_to(store.root)} ({size / 1e6:.1f} MB)")
+    print(f"{verb} {len(found)} item(s), {sum(size for _, size in found) / 1e6:.1f} MB in {store.root}")
+
+
+if __name__ == "__main__":
+    main()

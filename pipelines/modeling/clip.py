@@ -1,54 +1,70 @@
-"""open_clip models: real ones by name and pretrained tag, or a folder (`open_clip_config.json` and
-weights, the layout of an open_clip Hub repo), and a tiny random one for offline runs."""
+"""open_clip models by name and pretrained tag, by `hf-hub:` name, or from a folder in open_clip's
+Hub layout (`open_clip_config.json` and weights).
+
+OpenAI's CLIP weights were trained with QuickGELU. open_clip 3 builds `ViT-L-14` with plain GELU
+and loads `openai` weights into it with only a warning, so the embeddings drift from the model the
+reference study used; the matching name is `ViT-L-14-quickgelu`. A known mismatch of this kind is
+refused here, before any weights load.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipelines.errors import ConfigError
 
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+# The reference study's CLIP: OpenAI's ViT-L/14, which uses QuickGELU.
+REFERENCE_CLIP = ("ViT-L-14-quickgelu", "openai")
+
+
+def is_open_clip_name(name: str) -> bool:
+    """Whether open_clip knows a model name (its registry, or an `hf-hub:` name)."""
+    import open_clip
+
+    return name.startswith("hf-hub:") or name in open_clip.list_models()
+
+
+def check_activation(model: str, pretrained: str | None) -> None:
+    """Refuses weights trained with one activation (QuickGELU or GELU) in a model built with the other."""
+    if pretrained is None or Path(model).is_dir() or model.startswith("hf-hub:"):
+        return
+    import open_clip
+    from open_clip import pretrained as registry
+
+    config = open_clip.get_model_config(model)
+    # Weights are registered under the name of the model they were trained in: look there too.
+    weights = registry.get_pretrained_cfg(model, pretrained) or registry.get_pretrained_cfg(
+        model.removesuffix("-quickgelu"), pretrained
+    )
+    if not config or not weights:
+        return
+    trained, built = bool(weights.get("quick_gelu", False)), bool(config.get("quick_gelu", False))
+    if trained != built:
+        wanted = [
+            name
+            for name in (f"{model}-quickgelu", model.removesuffix("-quickgelu"))
+            if name != model and pretrained in registry.list_pretrained_tags_by_model(name)
+        ]
+        raise ConfigError(
+            f"open_clip model {model!r} with pretrained {pretrained!r}: the weights were trained with "
+            f"{'QuickGELU' if trained else 'GELU'} but {model!r} runs {'QuickGELU' if built else 'GELU'}"
+            + (f"; use {wanted[0]!r}" if wanted else "")
+        )
 
 
 def load_open_clip(model: str, pretrained: str | None = None, device: str = "cpu") -> tuple[Any, Any, Any]:
-    """(model, image preprocess, tokenizer) for a folder, or an open_clip name with a pretrained tag.
-
-    The CLIP-score evaluate module (spaces/clip_score) keeps a copy: a Space must run on its own.
-    """
+    """(model, image preprocess, tokenizer) for a folder, an open_clip name with a pretrained tag,
+    or an `hf-hub:` name."""
     import open_clip
 
+    check_activation(model, pretrained)
     name = f"local-dir:{Path(model).resolve()}" if Path(model).is_dir() else model
     try:
         clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, OSError, ValueError) as err:
         raise ConfigError(
-            f"open_clip model {model!r} (pretrained {pretrained!r}) could not be loaded: {err}"
+            f"open_clip model {model!r} (pretrained {pretrained!r}) could not be loaded: {str(err).splitlines()[0]}"
         ) from None
     return clip.eval(), preprocess, tokenizer
-
-
-def build_tiny_open_clip(folder: str | Path, seed: int = 0) -> Path:
-    """A randomly initialised small open_clip CLIP, saved as open_clip saves one to the Hub."""
-    import open_clip
-    from safetensors.torch import save_model
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(**TINY_CLIP_CONFIG)
-    config = {
-        "model_cfg": TINY_CLIP_CONFIG,
-        "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)},
-    }
-    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-    save_model(model, str(folder / "open_clip_model.safetensors"))
-    return folder

@@ -1,32 +1,42 @@
-"""Loading text-to-image models, in one place: store repos, Hub ids and paths, full or LoRA.
+"""Loading text-to-image pipelines, in one place: full pipelines or LoRA adapters, any source.
 
-- Any diffusers text-to-image pipeline loads by repo id (local store or Hub) or path, at a revision.
+- A model input (`pipelines.artifacts.inputs.ModelInput`: a store repo, a Hub id, a folder) is a
+  folder in diffusers' layout, loaded at its pinned revision.
 - AltDiffusion is assembled from its components: diffusers 0.42 still ships `AltDiffusionPipeline`,
-  but its `from_pretrained` cannot load the text encoder class `RobertaSeriesModelWithTransformation`.
+  but `from_pretrained` cannot import the text encoder class `RobertaSeriesModelWithTransformation`
+  that AltDiffusion-m9's `model_index.json` names, under any library name. A folder this toolkit
+  saves lists no class for the text encoder, so stock `DiffusionPipeline.from_pretrained(folder,
+  text_encoder=...)` opens it with the encoder loaded by its own class, and without it says that the
+  text encoder is missing rather than loading a broken pipeline; the cards' snippet
+  (`usage_snippet`) assembles it from components, which works for AltDiffusion-m9 itself too.
 - A LoRA model repo (`pytorch_lora_weights.safetensors` and a card naming `base_model`) loads its
   base model and then the adapter with the pipeline's `load_lora_weights`.
-- Scheduler DPM-Solver++ multistep by default (as the reference study); fp16 on GPU, fp32 on CPU.
+- The scheduler is the model's own unless asked for (`dpm++` is the reference study's for its
+  training images); fp16 on GPU, fp32 on CPU. The safety checker is never loaded: the study
+  measures the model's raw output.
 - Weights are never unpickled beyond `weights_only=True`, and remote code is never trusted.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipelines.artifacts.store import HubStore, Store, parse_ref
-from pipelines.errors import ConfigError, StoreError
+from pipelines.artifacts.inputs import ModelInput, resolve_model
+from pipelines.artifacts.store import Store, card_metadata
+from pipelines.errors import ConfigError
 
 SCHEDULERS = {
+    "default": (None, {}),  # the scheduler the model ships with
     "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "ddim": ("DDIMScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
-    "default": (None, {}),  # the scheduler the model ships with
 }
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -36,6 +46,8 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 TEXT_ENCODER_LORA_WEIGHTS = "text_encoder_lora.safetensors"
 TEXT_ENCODER_LORA_CONFIG = "text_encoder_lora_config.json"
 TEXT_ENCODER_LORA_TARGETS = {"clip": ["q_proj", "k_proj", "v_proj", "out_proj"], "roberta": ["query", "key", "value"]}
+# Where diffusers keeps AltDiffusion's text encoder class.
+ROBERTA_SERIES_MODULE = "diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series"
 
 
 def pick_device(device: str = "auto") -> str:
@@ -52,73 +64,63 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.float16 if device.startswith("cuda") else torch.float32
 
 
-def model_folder(spec: str, store: Store, namespace: str | None = None) -> tuple[Path, str, str]:
-    """A local folder for a model: a path, a repo of the store, or a Hub id; with its id and revision."""
-    path = Path(spec)
-    if path.is_dir():
-        return path, str(path), "local"
-    ref = parse_ref(spec, namespace=namespace)
-    if store.exists(ref.repo_id, "model"):
-        revision = store.revision_of(ref, "model")
-        return store.resolve(f"{ref.repo_id}@{revision}", "model"), ref.repo_id, revision
-    if isinstance(store, HubStore):
-        raise StoreError(f"unknown model repo {ref.repo_id!r} on the Hub")
-    # Not in the local store: a Hub id such as BAAI/AltDiffusion-m9 (needs the network, or the HF cache).
-    hub = HubStore()
-    try:
-        folder = hub.resolve(ref, "model")
-    except Exception as err:  # offline, no cache: say what was looked for, in one line
-        raise StoreError(
-            f"model {spec!r} is neither a folder, nor in the local store, nor downloadable from the Hub "
-            f"({type(err).__name__})"
-        ) from None
-    return folder, ref.repo_id, folder.name
-
-
-def model_card_data(folder: Path) -> dict[str, Any]:
-    from huggingface_hub import ModelCard
-
-    card = folder / "README.md"
-    return ModelCard.load(card).data.to_dict() if card.is_file() else {}
+def is_lora(folder: Path) -> bool:
+    return (folder / LORA_WEIGHTS).is_file() and not (folder / "model_index.json").is_file()
 
 
 def load_pipeline(
-    spec: str,
+    model: ModelInput,
     store: Store,
     *,
     namespace: str | None = None,
-    scheduler: str = "dpm++",
+    scheduler: str = "default",
     device: str = "auto",
     dtype: str = "auto",
-) -> tuple[Any, dict[str, str]]:
-    """Loads a text-to-image pipeline; returns it with `{"model": id, "model_revision": rev}`."""
+) -> Any:
+    """The text-to-image pipeline of a resolved model input, on `device`, progress bars off."""
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler={scheduler!r}: allowed {', '.join(SCHEDULERS)}")
     device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
-    folder, model_id, revision = model_folder(spec, store, namespace)
-    lora = (folder / LORA_WEIGHTS).is_file() and not (folder / "model_index.json").is_file()
-    if lora:
-        card = model_card_data(folder)
-        base = card.get("base_model")
-        if not base:
-            raise ConfigError(f"model {spec!r}: a LoRA repo needs 'base_model' in its card")
-        if card.get("base_model_revision") and not Path(base).is_dir():
-            base = f"{base}@{card['base_model_revision']}"
-        pipe, _ = load_pipeline(base, store, namespace=namespace, scheduler=scheduler, device=device, dtype=dtype)
+    folder = model.path
+    if folder is None or not folder.is_dir():
+        raise ConfigError(f"model={model.given!r}: a diffusers model folder or repo is expected")
+    if is_lora(folder):
+        base = base_of_lora(folder, model.given)
+        pipe = load_pipeline(
+            resolve_model(base, store, namespace=namespace, what="base_model"),
+            store,
+            namespace=namespace,
+            scheduler=scheduler,
+            device=device,
+            dtype=dtype,
+        )
         pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS)
         if (folder / TEXT_ENCODER_LORA_WEIGHTS).is_file():
             load_text_encoder_lora(pipe.text_encoder, folder)
     else:
-        pipe = assemble_pipeline(folder, torch_dtype)
-        if SCHEDULERS[scheduler][0] is not None:
-            import diffusers
-
-            name, overrides = SCHEDULERS[scheduler]
-            pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **overrides)
+        pipe = assemble_pipeline(folder, pick_dtype(dtype, device))
+        set_scheduler(pipe, scheduler)
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    return pipe, {"model": model_id, "model_revision": revision}
+    return pipe
+
+
+def set_scheduler(pipe: Any, scheduler: str) -> None:
+    name, overrides = SCHEDULERS[scheduler]
+    if name is not None:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **overrides)
+
+
+def base_of_lora(folder: Path, given: str) -> str:
+    """The base model a LoRA repo's card names, at its recorded revision."""
+    card = card_metadata(folder)
+    base = card.get("base_model")
+    if not base:
+        raise ConfigError(f"model={given!r}: a LoRA repo needs 'base_model' in its card")
+    revision = card.get("base_model_revision")
+    return f"{base}@{revision}" if revision and "@" not in base else base
 
 
 def add_text_encoder_lora(text_encoder: Any, rank: int, alpha: int | None = None) -> dict[str, Any]:
@@ -152,18 +154,29 @@ def load_text_encoder_lora(text_encoder: Any, folder: Path) -> None:
     text_encoder.to(next(text_encoder.parameters()).dtype)
 
 
-def assemble_pipeline(folder: Path, torch_dtype: torch.dtype) -> Any:
-    """The pipeline saved in `folder`; AltDiffusion built from its components."""
+def model_index(folder: Path) -> dict[str, Any]:
     index_file = folder / "model_index.json"
     if not index_file.is_file():
-        raise ConfigError(f"model folder {folder} has neither model_index.json nor {LORA_WEIGHTS}")
-    index = json.loads(index_file.read_text())
+        raise ConfigError(f"model folder {folder.name!r} has neither model_index.json nor {LORA_WEIGHTS}")
+    return json.loads(index_file.read_text())
+
+
+def is_altdiffusion(folder: Path) -> bool:
+    return model_index(folder).get("_class_name") == "AltDiffusionPipeline"
+
+
+def assemble_pipeline(folder: Path, torch_dtype: torch.dtype) -> Any:
+    """The pipeline saved in `folder`; AltDiffusion built from its components."""
+    index = model_index(folder)
     if index.get("_class_name") != "AltDiffusionPipeline":
         from diffusers import DiffusionPipeline
 
-        return DiffusionPipeline.from_pretrained(
-            folder, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
-        )
+        try:
+            return DiffusionPipeline.from_pretrained(
+                folder, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+            )
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model folder {folder.name!r} does not load: {str(err).splitlines()[0]}") from None
     import diffusers
     from diffusers.pipelines.deprecated.alt_diffusion import AltDiffusionPipeline
     from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
@@ -172,130 +185,79 @@ def assemble_pipeline(folder: Path, torch_dtype: torch.dtype) -> Any:
     from transformers import XLMRobertaTokenizer
 
     # The bias study needs the model's raw output, so the safety checker (which blacks out images) is off.
-    scheduler_class = getattr(diffusers, index["scheduler"][1])
-    return AltDiffusionPipeline(
-        vae=diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=torch_dtype),
-        text_encoder=RobertaSeriesModelWithTransformation.from_pretrained(
-            folder, subfolder="text_encoder", dtype=torch_dtype
-        ),
-        tokenizer=XLMRobertaTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-        unet=diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=torch_dtype),
-        scheduler=scheduler_class.from_pretrained(folder, subfolder="scheduler"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    try:
+        return AltDiffusionPipeline(
+            vae=diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=torch_dtype),
+            text_encoder=RobertaSeriesModelWithTransformation.from_pretrained(
+                folder, subfolder="text_encoder", dtype=torch_dtype
+            ),
+            tokenizer=XLMRobertaTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+            unet=diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=torch_dtype),
+            scheduler=getattr(diffusers, index["scheduler"][1]).from_pretrained(folder, subfolder="scheduler"),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model folder {folder.name!r} does not load: {str(err).splitlines()[0]}") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# Tiny, randomly initialised models of the real classes, for tests and the offline study.
-# ---------------------------------------------------------------------------------------------
+def save_pipeline(pipe: Any, folder: Path, source: Path | None = None) -> None:
+    """Saves a full pipeline so that stock diffusers opens it (AltDiffusion: see the module doc).
 
-TINY_KINDS = ("altdiffusion", "stable-diffusion")
-
-
-def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4000) -> Any:
-    """A small tokenizer of the real model's class, trained on the given prompts.
-
-    `altdiffusion`: an XLM-R (SentencePiece unigram) tokenizer; `stable-diffusion`: a CLIP BPE one.
+    `source`, the folder it was loaded from, lends its tokenizer's sentencepiece model, which a
+    converted (fast) tokenizer does not write.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    if kind == "altdiffusion":
-        from transformers import XLMRobertaTokenizer
-
-        tokenizer = Tokenizer(models.Unigram())
-        tokenizer.normalizer = normalizers.NFKC()
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-        special = ["<s>", "<pad>", "</s>", "<unk>"]
-        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token="<unk>")
-        tokenizer.train_from_iterator(texts, trainer)
-        vocab = [tuple(piece) for piece in json.loads(tokenizer.to_str())["model"]["vocab"]]
-        return XLMRobertaTokenizer(vocab=[*vocab, ("<mask>", 0.0)], model_max_length=77)
-    from transformers import CLIPTokenizer
-
-    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|startoftext|>", "<|endoftext|>"], end_of_word_suffix="</w>"
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=77)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    if index.get("_class_name") == "AltDiffusionPipeline":
+        index["text_encoder"] = [None, None]  # no library name diffusers 0.42 can import it by (module doc)
+        for name in ("safety_checker", "feature_extractor", "image_encoder"):
+            index[name] = [None, None]
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    if source is not None:
+        for model_file in (source / "tokenizer").glob("*.model"):
+            shutil.copyfile(model_file, folder / "tokenizer" / model_file.name)
 
 
-def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: int = 64) -> Any:
-    """A randomly initialised text-to-image pipeline of the real classes, small enough for a CPU."""
-    import diffusers
+def usage_snippet(repo_id: str, folder: Path, lora_base: str | None = None, base_in_store: bool = True) -> str:
+    """Stock diffusers code that opens a model of the store (a Hugging Face cache folder).
 
-    if kind not in TINY_KINDS:
-        raise ConfigError(f"kind={kind!r}: allowed {', '.join(TINY_KINDS)}")
-    tokenizer = train_tokenizer(kind, texts)
-    torch.manual_seed(seed)
-    width = 32
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=resolution // 2,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(width, 2 * width),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=width,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    vae = diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(width, 2 * width),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=resolution,
-    )
-    scheduler = diffusers.PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
-    )
-    # What both families share; the safety checker is off, as in every pipeline the study loads.
-    shared = {
-        "vae": vae,
-        "tokenizer": tokenizer,
-        "unet": unet,
-        "scheduler": scheduler,
-        "safety_checker": None,
-        "feature_extractor": None,
-        "requires_safety_checker": False,
-    }
-    text_config = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": width,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 2 * width,
-    }
-    if kind == "altdiffusion":
-        from diffusers.pipelines.deprecated.alt_diffusion import AltDiffusionPipeline
-        from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
-            RobertaSeriesConfig,
-            RobertaSeriesModelWithTransformation,
-        )
-
-        config = RobertaSeriesConfig(
-            **text_config, max_position_embeddings=80, project_dim=width, pad_token_id=1, type_vocab_size=1
-        )
-        return AltDiffusionPipeline(text_encoder=RobertaSeriesModelWithTransformation(config), **shared)
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        **text_config,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return diffusers.StableDiffusionPipeline(text_encoder=CLIPTextModel(config), **shared)
+    AltDiffusion is assembled from its components, as `assemble_pipeline` does, since diffusers 0.42
+    cannot load AltDiffusion-m9's own `model_index.json`. On the Hub, leave out `cache_dir` and
+    `local_files_only`. `folder` is the model's (a LoRA's: its base's) saved pipeline.
+    """
+    store = ', cache_dir="./hub", local_files_only=True'
+    base, base_store = (lora_base, store if base_in_store else "") if lora_base else (repo_id, store)
+    lines = ["import torch"]
+    if is_altdiffusion(folder):
+        scheduler = model_index(folder)["scheduler"][1]
+        lines += [
+            f"from diffusers import AltDiffusionPipeline, AutoencoderKL, {scheduler}, UNet2DConditionModel",
+            f"from {ROBERTA_SERIES_MODULE} import RobertaSeriesModelWithTransformation",
+            "from transformers import XLMRobertaTokenizer",
+            "",
+            f'base = "{base}"',
+            "pipe = AltDiffusionPipeline(",
+            f'    vae=AutoencoderKL.from_pretrained(base, subfolder="vae"{base_store}),',
+            "    text_encoder=RobertaSeriesModelWithTransformation.from_pretrained(",
+            f'        base, subfolder="text_encoder"{base_store}',
+            "    ),",
+            f'    tokenizer=XLMRobertaTokenizer.from_pretrained(base, subfolder="tokenizer"{base_store}),',
+            f'    unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet"{base_store}),',
+            f'    scheduler={scheduler}.from_pretrained(base, subfolder="scheduler"{base_store}),',
+            "    safety_checker=None,",
+            "    feature_extractor=None,",
+            "    requires_safety_checker=False,",
+            ")",
+        ]
+    else:
+        lines += [
+            "from diffusers import DiffusionPipeline",
+            "",
+            f'pipe = DiffusionPipeline.from_pretrained("{base}"{base_store})',
+        ]
+    if lora_base is not None:
+        lines.append(f'pipe.load_lora_weights("{repo_id}", weight_name="{LORA_WEIGHTS}"{store})')
+    lines.append('image = pipe("a photo of the face of a doctor", generator=torch.manual_seed(0)).images[0]')
+    return "\n".join(lines)

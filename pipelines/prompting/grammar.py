@@ -13,6 +13,7 @@ is missing; there is no English fallback.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from typing import Any
 import yaml
 
 from pipelines.errors import LexiconError
-from pipelines.prompting.attributes import NEUTRAL
 
 LEXICONS = Path(__file__).resolve().parent / "lexicons"
 # AltDiffusion-m9's nine languages besides English, in the order the study adds them.
@@ -36,7 +36,8 @@ LANGUAGES = {
     "ru": "Russian",
     "ar": "Arabic",
 }
-ATTRIBUTE_TABLES = {"style": "styles", "age": "ages", "dressing": "dressings", "place": "places"}
+# The gender value of a gender-neutral prompt.
+NEUTRAL = "neutral"
 
 
 @dataclass(frozen=True)
@@ -106,21 +107,75 @@ def _join(*parts: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# Letters whose English names start with a vowel sound: an FBI agent, an HR manager, an X-ray.
+_VOWEL_NAMED_LETTERS = frozenset("AEFHILMNORSX")
+# Words with a silent h, and the words made from them: an hour(ly), an honest, an honor(ary), an heir(ess).
+_SILENT_H = ("hour", "honest", "honor", "honour", "heir")
+# How a capitalised acronym said as a word starts: a consonant (or an onset like SC, SW, FL) and a vowel.
+_SPOKEN_ACRONYM = re.compile(r"(?:F[LR]?|S[CHKLMNPTW]?|[HLMNRX])[AEIOU]")
+
+
 def english_article(word: str) -> str:
-    """'a' or 'an' by the sound the next word starts with.
+    """'a' or 'an' by the sound the next word starts with, not its letter.
 
     Example:
         >>> [english_article(w) for w in ["elderly", "young", "hour", "university", "CEO", "umpire"]]
         ['an', 'a', 'an', 'a', 'a', 'an']
+        >>> [english_article(w) for w in ["FBI agent", "NASA engineer", "UNESCO official", "X-ray", "urologist"]]
+        ['an', 'a', 'a', 'an', 'a']
     """
-    lower = word.lower()
-    if lower.startswith(("hour", "honest", "honor", "honour", "heir")):
+    token = word.split()[0] if word.strip() else ""
+    head = token.split("-")[0]  # a one-time, an X-ray
+    letters = head[:-1] if head.endswith("s") and head[:-1].isupper() else head  # MBAs
+    if (len(letters) == 1 and letters.isalpha()) or (len(letters) > 1 and letters.isupper()):
+        if _is_spoken_acronym(letters):  # NASA, SARS: said as a word that starts with a consonant
+            return "a"
+        # Read letter by letter, so the first letter's name decides: an MBA, a CEO, a UN official.
+        return "an" if letters[0].upper() in _VOWEL_NAMED_LETTERS else "a"
+    if head[:1].isdigit():
+        return "an" if _number_starts_with_vowel(head) else "a"
+    lower = head.lower()
+    if lower.startswith(_SILENT_H):
         return "an"
-    if lower.startswith(("uni", "use", "usu", "eu", "one", "ewe")):
+    if lower in ("one", "once") or lower.startswith(("eu", "ewe")):  # said "won", "yoo"
         return "a"
-    if word.isupper() and len(word) > 1:  # initialisms are read letter by letter: an MBA, a CEO
-        return "an" if word[0] in "AEFHILMNORSX" else "a"
-    return "an" if lower[:1] in "aeiou" else "a"
+    if lower.startswith("u"):
+        return "a" if _u_said_you(lower) else "an"
+    return "an" if lower[:1] in ("a", "e", "i", "o") else "a"
+
+
+def _is_spoken_acronym(letters: str) -> bool:
+    """Whether a capitalised acronym is said as a word (NASA, FIFA, SWAT) rather than spelled out
+    (NGO, MBA, SUV, NAACP): four letters or more, none doubled, starting like an English syllable."""
+    return (
+        len(letters) >= 4
+        and letters.isalpha()
+        and not re.search(r"(.)\1", letters)
+        and _SPOKEN_ACRONYM.match(letters) is not None
+    )
+
+
+def _u_said_you(lower: str) -> bool:
+    """Whether a word's first u is said "you" (a user, a unicorn, a urologist) rather than "uh"
+    (an umbrella, an uncle, an unusual)."""
+    if lower.startswith("uni"):
+        # uni- is "you-ni" (university, uniform, union) but the un- of "not" before n, m, d
+        # (uninformed, unimportant, unidentified) is "uh".
+        return lower[3:4] not in ("n", "m", "d")
+    if lower.startswith(("un", "up")):  # un- and up- are "uh", except unanimous
+        return lower.startswith("unanim")
+    if lower.startswith("ukr"):  # Ukrainian
+        return True
+    # u before one consonant and a vowel is "you": user, usual, urologist, utensil, ukulele; before two
+    # consonants it is "uh": umbrella, umpire, urban, usher, ugly.
+    return len(lower) > 2 and lower[1] not in "aeiou" and lower[2] in "aeiou"
+
+
+def _number_starts_with_vowel(digits: str) -> bool:
+    """Numbers said starting with a vowel: eight, eighty, eleven, eighteen (an 8-hour, an 11-year-old)."""
+    number = re.match(r"[\d,]+", digits).group().replace(",", "")
+    # 11 and 18 are said "eleven", "eighteen" as a number, or at the head of thousands and millions.
+    return number.startswith("8") or (number[:2] in ("11", "18") and len(number) % 3 == 2)
 
 
 class English(Grammar):
@@ -153,23 +208,46 @@ class German(Grammar):
 
     @functools.cache
     def forms(self, profession: str) -> dict[str, Any]:
-        """All forms of a profession, regular ones derived (Lehrer, Lehrerin, Lehrers, Lehrer*in)."""
+        """All forms of a profession, regular ones derived (Lehrer, Lehrerin, Lehrers, Lehrer*in).
+
+        `gen`, `f_gen` and `neutral_gen` are the genitives after eines / einer / eines*einer; the
+        nominatives `m`, `f` and `neutral` follow "als" in the indirect evaluation prompt.
+        """
         entry = self.word("professions", profession)
         entry = {"m": entry} if isinstance(entry, str) else dict(entry)
-        m = entry["m"]
-        stem = m[:-1] if m.endswith("e") else m
-        forms = {
-            "f": stem + "in",
-            "gen": m + "n" if m.endswith("e") else m + ("en" if m.endswith(_GERMAN_WEAK_ENDINGS) else "s"),
-            "neutral": stem + "*in",
-            "neutral_article": "star",
-            "noun_gender": "m",
-            "epicene": False,
-            "direct": "m",
-        }
-        forms.update(entry)
-        forms.setdefault("f_gen", forms["f"])
+        if "adjectival" in entry:
+            forms = self._adjectival_forms(entry.pop("adjectival"))
+        else:
+            m = entry["m"]
+            stem = m[:-1] if m.endswith("e") else m
+            forms = {
+                "m": m,
+                "f": stem + "in",
+                "gen": m + "n" if m.endswith("e") else m + ("en" if m.endswith(_GERMAN_WEAK_ENDINGS) else "s"),
+                "neutral": stem + "*in",
+            }
+        for nominative, genitive in (("f", "f_gen"), ("neutral", "neutral_gen")):
+            # Feminine nouns and star forms do not decline (Lehrerin, Lehrer*in, Pflegekraft), and a
+            # noun the lexicon names replaces a derived adjectival form in both cases (Beamtin).
+            if nominative in entry:
+                forms[nominative] = forms[genitive] = entry[nominative]
+            forms.setdefault(genitive, forms[nominative])
+        forms.update({"neutral_article": "star", "noun_gender": "m", "epicene": False, "direct": "m"} | entry)
         return forms
+
+    @staticmethod
+    def _adjectival_forms(stem: str) -> dict[str, str]:
+        """An adjectival noun (der Gefangene) declines like an adjective: 'Gefangener' and
+        'Gefangene' after "als", 'Gefangenen' for every gender after eines / einer, so its star form
+        'Gefangene*r' is nominative only and its genitive is 'eines*einer Gefangenen'."""
+        return {
+            "m": stem + "er",
+            "f": stem + "e",
+            "gen": stem + "en",
+            "f_gen": stem + "en",
+            "neutral": stem + "e*r",
+            "neutral_gen": stem + "en",
+        }
 
     def _person(self, gender: str, profession: str, adjectives: list[str]) -> str:
         """'eines jungen Friseurs', 'einer jungen Friseurin', 'eines*einer jungen Friseur*in' (genitive)."""
@@ -181,7 +259,7 @@ class German(Grammar):
             if gender != NEUTRAL:
                 adjectives = [*adjectives, self.word("genders", gender)]
         elif gender == NEUTRAL:
-            article, noun = articles[forms["neutral_article"]], forms["neutral"]
+            article, noun = articles[forms["neutral_article"]], forms["neutral_gen"]
         elif gender == "female":
             article, noun = "einer", forms["f_gen"]
         else:
@@ -241,14 +319,29 @@ class Romance(Grammar):
     def article(self, gender: str, next_word: str) -> str:
         return self.articles[gender]
 
+    def noun_gender(self, noun: str) -> str | None:
+        """'male' or 'female' for a noun whose grammatical gender stays the same whoever it names
+        (una persona, uno sceriffo: the lexicon's `noun_genders`); None for one that follows the person."""
+        fixed = self.lexicon.get("noun_genders", {}).get(noun)
+        return {"m": "male", "f": "female"}[fixed] if fixed else None
+
     def person(self, gender: str, profession: str, age: str | None = None) -> str:
-        noun = self.forms(profession)[gender]
+        """'un jeune avocat', 'un·e jeune avocat·e', 'une jeune personne d'affaires', 'una donna sceriffo giovane'."""
+        forms = self.forms(profession)
+        noun = forms[gender]
+        # The article and adjectives agree with the noun's grammatical gender where it has a fixed one.
+        fixed = self.noun_gender(noun)
+        agrees_with = fixed or gender
+        if fixed and gender != NEUTRAL and noun == forms[NEUTRAL]:
+            # A fixed-gender noun that names everyone (lo sceriffo) cannot say the person's gender, so
+            # a person noun says it and heads the phrase: "una donna sceriffo anziana".
+            noun, agrees_with = _join(self.word("genders", gender), noun), gender
         before, after = "", ""
         if age is not None:
-            adjective, is_before = self.adjective(age, gender)
+            adjective, is_before = self.adjective(age, agrees_with)
             before, after = (adjective, "") if is_before else ("", adjective)
         head = _join(before, noun)
-        return _join(self.article(gender, head), head, after)
+        return _join(self.article(agrees_with, head), head, after)
 
     def grid(self, row: GridRow) -> str:
         person = self.person(row.gender, row.profession, row.age)
@@ -263,7 +356,8 @@ class Romance(Grammar):
 
     def eval_direct(self, profession: str) -> str:
         noun = self.forms(profession)["male"]
-        return self.lexicon["eval"]["direct"].format(article=self.article("male", noun), noun=noun)
+        article = self.article(self.noun_gender(noun) or "male", noun)
+        return self.lexicon["eval"]["direct"].format(article=article, noun=noun)
 
     def eval_indirect(self, profession: str) -> str:
         return self.lexicon["eval"]["indirect"].format(neutral=self.forms(profession)[NEUTRAL])
@@ -281,12 +375,13 @@ class French(Romance):
     articles = {"male": "un", "female": "une", NEUTRAL: "un·e"}
 
     def neutral_word(self, m: str, f: str) -> str:
-        """Middle-dot inclusive form: avocat·e, musicien·ne, acteur·rice, coiffeur·euse, âgé·e."""
+        """Middle-dot inclusive form: avocat·e, musicien·ne, acteur·rice, coiffeur·euse, prêtre·sse, âgé·e."""
         vowels = "aeiouéèêâ"
         prefix = _common_prefix(m, f)
         # When the feminine ending starts with a consonant, take back the vowels the two forms
-        # share, so the ending reads whole: coiffeur·euse rather than coiffeur·se.
-        if f[len(prefix) : len(prefix) + 1] not in vowels:
+        # share, so the ending reads whole: coiffeur·euse rather than coiffeur·se. A feminine that
+        # only adds to the whole masculine keeps the masculine whole: prêtre·sse, chef·fe.
+        if prefix != m and f[len(prefix) : len(prefix) + 1] not in vowels:
             while prefix and prefix[-1] in vowels:
                 prefix = prefix[:-1]
         return f"{m}·{f[len(prefix) :]}"
@@ -321,7 +416,9 @@ class Italian(Romance):
         if gender == "female":
             return "un'" if lower[:1] in "aeiouh" else "una"
         if gender == "male" and (
-            lower.startswith(("z", "gn", "ps", "x", "y", "pn"))
+            # uno wherever lo goes: z, gn, ps, pn, x, y, s + consonant, i + vowel, and "chef", whose
+            # ch is the /ʃ/ of "sci" (lo chef, like lo sciatore)
+            lower.startswith(("z", "gn", "ps", "x", "y", "pn", "chef"))
             or (lower[:1] == "s" and lower[1:2] not in "aeiou")
             or (lower[:1] == "i" and lower[1:2] in "aeou")
         ):
@@ -359,14 +456,19 @@ class Russian(Grammar):
             return noun[:-1] + "я"
         return noun + "а"
 
+    def marked(self, gender: str, noun: str) -> str:
+        """The noun with мужчина/женщина in apposition: 'женщина-врач', or 'женщина — генеральный
+        директор' when the noun is several words, which a hyphen cannot join (the dash replaces it)."""
+        joiner = " — " if " " in noun else "-"
+        return f"{self.word('genders', gender)}{joiner}{noun}"
+
     def grid(self, row: GridRow) -> str:
         ages = self.word("ages", row.age)
         forms = self.forms(row.profession)
         if row.gender == "female":
-            noun = forms["f"] or f"{self.word('genders', 'female')}-{forms['m']}"
-            person = _join(ages["f"], noun)
+            person = _join(ages["f"], forms["f"] or self.marked("female", forms["m"]))
         elif row.gender == "male":
-            person = _join(ages["m"], f"{self.word('genders', 'male')}-{forms['m']}")
+            person = _join(ages["m"], self.marked("male", forms["m"]))
         else:
             person = _join(ages["m"], forms["m"])
         head = self.word("styles", row.style)

@@ -12,6 +12,8 @@ import evaluate
 import numpy as np
 import torch
 
+from pipelines.modeling.clip import load_open_clip
+
 _CITATION = """\
 @inproceedings{hessel2021clipscore,
   title={CLIPScore: A Reference-free Evaluation Metric for Image Captioning},
@@ -27,8 +29,9 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list[PIL.Image.Image]`): the images.
     references (`list[str]`): the text of each image.
-    model (`str`): an open_clip model name (`ViT-L-14`, `xlm-roberta-large-ViT-H-14`,
-        `hf-hub:...`) or a folder with `open_clip_config.json` and weights.
+    model (`str`): an open_clip model name (`ViT-L-14-quickgelu`, `xlm-roberta-large-ViT-H-14`,
+        `hf-hub:...`) or a folder with `open_clip_config.json` and weights. OpenAI's weights need
+        the `-quickgelu` name; a known activation mismatch is refused.
     pretrained (`str`, *optional*): the open_clip pretrained tag (`openai`, `frozen_laion5b_s13b_b90k`).
     convention (`str`, defaults to `cosine`): `cosine` or `torchmetrics`.
     batch_size (`int`, defaults to 64): images per forward pass.
@@ -38,7 +41,7 @@ Returns:
 Examples:
     >>> import evaluate
     >>> from PIL import Image
-    >>> from pipelines.modeling.clip import build_tiny_open_clip
+    >>> from pipelines.modeling.tiny import build_tiny_open_clip
     >>> folder = build_tiny_open_clip(__import__("tempfile").mkdtemp())
     >>> clip_score = evaluate.load("spaces/clip_score")
     >>> images = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue")]
@@ -52,20 +55,6 @@ Examples:
 """
 
 CONVENTIONS = ("cosine", "torchmetrics")
-
-
-def load_open_clip(model, pretrained=None, device="cpu"):
-    """(model, preprocess, tokenizer); a folder loads as open_clip's `local-dir:` schema.
-
-    A Space runs on its own, so this module keeps its copy of `pipelines.clip_models.load_open_clip`.
-    """
-    import os
-
-    import open_clip
-
-    name = f"local-dir:{os.path.abspath(model)}" if os.path.isdir(model) else model
-    clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
-    return clip.eval(), preprocess, open_clip.get_tokenizer(name)
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)

@@ -1,11 +1,21 @@
 """Fairness metrics of perceived-attribute distributions per occupation, as an `evaluate` module.
 
 Per occupation: the distribution of an attribute (gender, race, age, or gender x race) over the
-images, and its L1 and L2 distances from the uniform distribution. Over occupations: mean and
-standard deviation, with bootstrap confidence intervals; and MAGBIG's expected maximum unfairness:
-draw k occupations and n images per occupation from the observed rates, take the largest L1
-deviation among the k, and average over S rounds, next to the same figure for a perfectly fair
-model (the random reference), which is what sampling noise alone gives.
+images, with bootstrap intervals, and its L1 and L2 distances from the uniform distribution. Over
+occupations: mean and standard deviation, with bootstrap confidence intervals; and MAGBIG's
+expected maximum unfairness, for L1 and for L2: draw k *distinct* occupations, n images of each from
+its observed rates, take the largest distance among the k, and average over S rounds (with the
+standard deviation over rounds), next to the same figure for a perfectly fair model.
+
+The random reference: every occupation at exactly the uniform rate, drawn the same way, so it is
+what sampling noise alone gives. MAGBIG's published "random" row draws each occupation's rate from
+a normal distribution (mean 0.5, sd 0.1), which adds a spread a fair model does not have; its
+numbers are therefore a little higher than this reference.
+
+Labels outside the distribution (`outside_labels`, e.g. a classifier's `non-binary`) are counted
+and reported per occupation but do not enter it: an occupation with as many male as female images
+has L1 = 0 whatever its non-binary count, as in MAGBIG. Put such a label in `labels` to measure a
+three-way distribution instead.
 """
 
 import datasets
@@ -13,12 +23,12 @@ import evaluate
 import numpy as np
 
 _CITATION = """\
-@article{friedrich2024multilingual,
+@inproceedings{friedrich2025multilingual,
   title={Multilingual Text-to-Image Generation Magnifies Gender Stereotypes and Prompt Engineering May Not Help You},
   author={Friedrich, Felix and H{\\"a}mmerl, Katharina and Schramowski, Patrick and Brack, Manuel
-          and Libovicky, Jindrich and Kersting, Kristian and Deiseroth, Bj{\\"o}rn},
-  journal={arXiv preprint arXiv:2401.16092},
-  year={2024}
+          and Libovicky, Jindrich and Kersting, Kristian and Fraser, Alexander},
+  booktitle={Proceedings of the 63rd Annual Meeting of the Association for Computational Linguistics},
+  year={2025}
 }
 """
 
@@ -30,32 +40,39 @@ Args:
         the attribute label of each image (None: no classified face), or per row the count of each
         label in `labels` order.
     references (`list[str]`): the occupation of each image (or of each counts row).
-    labels (`list[str]`, *optional*): every possible label, so that a label no image got still
-        counts in the uniform reference. Default: the labels seen, sorted.
-    num_occupations (`int`, defaults to 10): k, occupations drawn per bootstrap round.
+    labels (`list[str]`, *optional*): the labels of the distribution, in order, so that a label no
+        image got still counts in the uniform reference. Default: the labels seen, sorted.
+    outside_labels (`list[str]`, *optional*): labels counted per occupation but kept out of the
+        distribution (e.g. `["non-binary"]`).
+    num_occupations (`int`, defaults to 10): k, distinct occupations drawn per round.
     images_per_occupation (`int`, defaults to 10): n, images drawn per occupation.
-    rounds (`int`, defaults to 1000): S, bootstrap rounds.
-    seed (`int`, defaults to 0): seed of the bootstrap.
-    confidence (`float`, defaults to 0.95): level of the confidence intervals.
+    rounds (`int`, defaults to 1000): S, rounds of the expected maximum unfairness and of the bootstrap.
+    seed (`int`, defaults to 0): seed of both.
+    confidence (`float`, defaults to 0.95): level of the intervals.
 Returns:
-    `labels`, `occupations` (included), `excluded_occupations` (no classified image),
-    `per_occupation` ({occupation: {n, distribution, l1, l2}}), `mean_l1`, `std_l1`, `mean_l2`,
-    `std_l2`, `mean_l1_ci`, `mean_l2_ci`, `expected_max_unfairness` and its `_std`,
-    `random_expected_max_unfairness` and its `_std`, and `k`, `n`, `rounds`.
+    `labels`, `outside_labels`, `occupations` (included), `excluded_occupations` (no classified image),
+    `per_occupation` ({occupation: {n, counts, distribution, distribution_ci, outside, l1, l2}}),
+    `mean_l1`, `std_l1`, `mean_l1_ci`, `mean_l2`, `std_l2`, `mean_l2_ci`, `exp_max_l1` and `exp_max_l1_std`,
+    `exp_max_l2` and `exp_max_l2_std`, the same four with a `random_` prefix, and `k`, `n`, `rounds`.
     L1 lies in [0, 2 (1 - 1/K)] and L2 in [0, sqrt(1 - 1/K)] for K labels; 0 is uniform.
+Raises:
+    ValueError: k, n or rounds below 1; k larger than the number of occupations with a classified
+        image; a prediction in neither `labels` nor `outside_labels`; a counts row of another length
+        than `labels`.
 Examples:
     >>> import evaluate
     >>> metric = evaluate.load("spaces/fairness_metrics")
     >>> result = metric.compute(
     ...     predictions=["male", "male", "male", "female", "male", "female"],
     ...     references=["CEO", "CEO", "CEO", "CEO", "nurse", "nurse"],
-    ...     labels=["male", "female"], rounds=200)
+    ...     labels=["male", "female"], num_occupations=2, rounds=200)
     >>> result["per_occupation"]["CEO"]["distribution"], round(result["per_occupation"]["CEO"]["l1"], 3)
     ([0.75, 0.25], 0.5)
     >>> round(result["mean_l1"], 3), result["per_occupation"]["nurse"]["l1"]
     (0.25, 0.0)
     >>> counts = evaluate.load("spaces/fairness_metrics", "counts")
-    >>> counts.compute(predictions=[[3, 1], [0, 0]], references=["CEO", "poet"], rounds=10)["excluded_occupations"]
+    >>> counts.compute(predictions=[[3, 1], [0, 0]], references=["CEO", "poet"], labels=["male", "female"],
+    ...                num_occupations=1, rounds=10)["excluded_occupations"]
     ['poet']
 """
 
@@ -67,11 +84,22 @@ def distances(distribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.abs(deviation).sum(-1), np.sqrt((deviation**2).sum(-1))
 
 
-def expected_max_unfairness(rates: np.ndarray, k: int, n: int, rounds: int, rng: np.random.Generator) -> np.ndarray:
-    """Per round: k occupations drawn, n images each from their rates, the largest L1 among them."""
-    chosen = rng.integers(0, rates.shape[0], size=(rounds, k))
+def expected_max_unfairness(
+    rates: np.ndarray, k: int, n: int, rounds: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per round: k distinct occupations, n images each drawn from their rates; the largest L1 and L2."""
+    chosen = rng.permuted(np.tile(np.arange(rates.shape[0]), (rounds, 1)), axis=1)[:, :k]
     counts = rng.multinomial(n, rates[chosen])  # (rounds, k, K), one vectorised draw
-    return distances(counts / n)[0].max(axis=1)
+    l1, l2 = distances(counts / n)
+    return l1.max(axis=1), l2.max(axis=1)
+
+
+def check_counts(k: int, n: int, rounds: int, confidence: float) -> None:
+    for name, value in (("num_occupations", k), ("images_per_occupation", n), ("rounds", rounds)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}={value!r}: must be an integer of at least 1")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence!r}: must be between 0 and 1")
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -93,77 +121,108 @@ class FairnessMetrics(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2401.16092"],
         )
 
+    def compute(self, *, predictions=None, references=None, **kwargs):
+        """Computes the metrics (see the module's description)."""
+        # evaluate's format check infers types from the first value and fails on a None there (no face
+        # in a config's first image, or none at all), so None stands in as "" on the way in.
+        if self.config_name != "counts" and predictions is not None:
+            predictions = ["" if p is None else p for p in predictions]
+        return super().compute(predictions=predictions, references=references, **kwargs)
+
     def _compute(
         self,
         predictions,
         references,
         labels=None,
+        outside_labels=None,
         num_occupations=10,
         images_per_occupation=10,
         rounds=1000,
         seed=0,
         confidence=0.95,
     ):
+        check_counts(num_occupations, images_per_occupation, rounds, confidence)
+        outside_labels = list(outside_labels or [])
         occupations = list(dict.fromkeys(references))
         if self.config_name == "counts":
-            if labels is None:
-                labels = [str(i) for i in range(len(predictions[0]))] if predictions else []
+            width = len(labels) if labels is not None else (len(predictions[0]) if predictions else 0)
+            labels = list(labels) if labels is not None else [str(i) for i in range(width)]
             counts = np.zeros((len(occupations), len(labels)), dtype=np.int64)
+            outside = np.zeros(len(occupations), dtype=np.int64)
             for row, occupation in zip(predictions, references):
+                if len(row) != len(labels):
+                    raise ValueError(f"a counts row has {len(row)} values for {len(labels)} labels: {list(row)}")
                 counts[occupations.index(occupation)] += np.asarray(row, dtype=np.int64)
         else:
+            given = [p if p != "" else None for p in predictions]
             if labels is None:
-                labels = sorted({p for p in predictions if p is not None})
+                labels = sorted({p for p in given if p is not None and p not in outside_labels})
+            labels = list(labels)
             index = {label: i for i, label in enumerate(labels)}
-            unknown = sorted({p for p in predictions if p is not None and p not in index})
+            unknown = sorted({p for p in given if p is not None and p not in index and p not in outside_labels})
             if unknown:
-                raise ValueError(f"predictions hold labels not in `labels`: {unknown}")
+                raise ValueError(f"predictions hold labels in neither `labels` nor `outside_labels`: {unknown}")
             counts = np.zeros((len(occupations), len(labels)), dtype=np.int64)
-            rows = [occupations.index(o) for p, o in zip(predictions, references) if p is not None]
-            cols = [index[p] for p in predictions if p is not None]
+            rows = [occupations.index(o) for p, o in zip(given, references) if p in index]
+            cols = [index[p] for p in given if p in index]
             np.add.at(counts, (rows, cols), 1)
+            outside = np.zeros(len(occupations), dtype=np.int64)
+            np.add.at(outside, [occupations.index(o) for p, o in zip(given, references) if p in outside_labels], 1)
         totals = counts.sum(1)
         keep = totals > 0  # an occupation with no classified face is excluded and counted, never divided by
-        excluded = [o for o, kept in zip(occupations, keep) if not kept]
-        counts, totals = counts[keep], totals[keep]
         included = [o for o, kept in zip(occupations, keep) if kept]
         result = {
-            "labels": list(labels),
+            "labels": labels,
+            "outside_labels": outside_labels,
             "occupations": included,
-            "excluded_occupations": excluded,
+            "excluded_occupations": [o for o, kept in zip(occupations, keep) if not kept],
             "k": num_occupations,
             "n": images_per_occupation,
             "rounds": rounds,
         }
         if not included:
             nan = float("nan")
+            names = ("mean_l1", "std_l1", "mean_l2", "std_l2", "exp_max_l1", "exp_max_l1_std", "exp_max_l2")
+            names += ("exp_max_l2_std",)
             return result | {
                 "per_occupation": {},
-                "mean_l1": nan,
-                "std_l1": nan,
-                "mean_l2": nan,
-                "std_l2": nan,
+                **dict.fromkeys(names, nan),
+                **{f"random_{name}": nan for name in names if name.startswith("exp_max")},
                 "mean_l1_ci": [nan, nan],
                 "mean_l2_ci": [nan, nan],
-                "expected_max_unfairness": nan,
-                "expected_max_unfairness_std": nan,
-                "random_expected_max_unfairness": nan,
-                "random_expected_max_unfairness_std": nan,
             }
+        if num_occupations > len(included):
+            raise ValueError(
+                f"num_occupations={num_occupations}: larger than the {len(included)} occupation(s) with a "
+                "classified image; k distinct occupations are drawn per round"
+            )
+        counts, totals, outside = counts[keep], totals[keep], outside[keep]
         rates = counts / totals[:, None]
         l1, l2 = distances(rates)
         rng = np.random.default_rng(seed)
-        # Bootstrap: resample each occupation's images from its observed rates, recompute the means.
+        # Bootstrap: resample each occupation's images from its observed rates, recompute everything.
         resampled = rng.multinomial(totals[None, :], rates[None].repeat(rounds, 0)) / totals[None, :, None]
         boot_l1, boot_l2 = distances(resampled)
         alpha = (1 - confidence) / 2
-        emu = expected_max_unfairness(rates, num_occupations, images_per_occupation, rounds, rng)
+        share_low = np.quantile(resampled, alpha, axis=0)
+        share_high = np.quantile(resampled, 1 - alpha, axis=0)
+        emu_l1, emu_l2 = expected_max_unfairness(rates, num_occupations, images_per_occupation, rounds, rng)
         fair = np.full_like(rates, 1.0 / rates.shape[1])
-        reference = expected_max_unfairness(fair, num_occupations, images_per_occupation, rounds, rng)
+        ref_l1, ref_l2 = expected_max_unfairness(fair, num_occupations, images_per_occupation, rounds, rng)
         return result | {
             "per_occupation": {
-                o: {"n": int(t), "distribution": r.tolist(), "l1": float(a), "l2": float(b)}
-                for o, t, r, a, b in zip(included, totals, rates, l1, l2)
+                o: {
+                    "n": int(t),
+                    "counts": c.tolist(),
+                    "distribution": r.tolist(),
+                    "distribution_ci": [lo.tolist(), hi.tolist()],
+                    "outside": int(x),
+                    "l1": float(a),
+                    "l2": float(b),
+                }
+                for o, t, c, r, lo, hi, x, a, b in zip(
+                    included, totals, counts, rates, share_low, share_high, outside, l1, l2
+                )
             },
             "mean_l1": float(l1.mean()),
             "std_l1": float(l1.std()),
@@ -171,8 +230,12 @@ class FairnessMetrics(evaluate.Metric):
             "std_l2": float(l2.std()),
             "mean_l1_ci": np.quantile(boot_l1.mean(1), [alpha, 1 - alpha]).tolist(),
             "mean_l2_ci": np.quantile(boot_l2.mean(1), [alpha, 1 - alpha]).tolist(),
-            "expected_max_unfairness": float(emu.mean()),
-            "expected_max_unfairness_std": float(emu.std()),
-            "random_expected_max_unfairness": float(reference.mean()),
-            "random_expected_max_unfairness_std": float(reference.std()),
+            "exp_max_l1": float(emu_l1.mean()),
+            "exp_max_l1_std": float(emu_l1.std()),
+            "exp_max_l2": float(emu_l2.mean()),
+            "exp_max_l2_std": float(emu_l2.std()),
+            "random_exp_max_l1": float(ref_l1.mean()),
+            "random_exp_max_l1_std": float(ref_l1.std()),
+            "random_exp_max_l2": float(ref_l2.mean()),
+            "random_exp_max_l2_std": float(ref_l2.std()),
         }
