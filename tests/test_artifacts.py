@@ -10,9 +10,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines.artifacts.cards import dataset_card, make_lineage, model_card, space_card
-from pipelines.artifacts.dataset_files import DatasetWriter, artifact_configs, config_entry
+from pipelines.artifacts.cards import dataset_card, make_lineage, model_card
+from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.artifacts.reader import DatasetArtifact, load_artifact, open_artifact
 from pipelines.artifacts.store import LocalStore
+from pipelines.errors import DataError
 
 FEATURES = datasets.Features(
     {"text": datasets.Value("string"), "image": datasets.Image(), "n": datasets.Value("int32")}
@@ -47,14 +49,18 @@ def test_dataset_pushed_and_read_back_with_load_dataset(tmp_path: Path, store: L
         title="Images",
         description="Test.",
         lineage=lineage(),
-        configs=[config_entry("de"), config_entry("ja")],
+        configs=["de", "ja"],
+        config_info={"de": {"language": "de"}, "ja": {"language": "ja"}},
         languages=["de", "ja"],
         rows=writer.counts,
     ).save(folder / "README.md")
 
     revision = store.push(folder, "ns/images", "dataset", "images")
     resolved = store.resolve(f"ns/images@{revision}", "dataset")
-    assert artifact_configs(resolved) == ["de", "ja"]
+    artifact = DatasetArtifact(resolved)
+    assert artifact.configs == ["de", "ja"] and artifact.config_info("ja") == {"language": "ja"}
+    assert artifact.num_rows("de") == 10 and artifact.columns("de") == ["text", "image", "n"]
+    assert [row["n"] for row in artifact.rows("de", ["n"])] == list(range(10))
     german = datasets.load_dataset(str(resolved), "de", split="train")
     assert german.num_rows == 10
     assert german["text"][:3] == ["Bild 0", "Bild 1", "Bild 2"]
@@ -80,7 +86,7 @@ def test_dataset_card_metadata(tmp_path: Path) -> None:
         title="Prompts",
         description="Demo.",
         lineage=lineage(),
-        configs=[config_entry("en")],
+        configs=["en", "de"],
         languages=["en"],
         rows={"en": 5},
         tags=["prompts"],
@@ -91,11 +97,15 @@ def test_dataset_card_metadata(tmp_path: Path) -> None:
     assert meta["language"] == ["en"]
     assert meta["task_categories"] == ["text-to-image"]
     assert "prompts" in meta["tags"]
-    assert meta["configs"] == [{"config_name": "en", "data_files": [{"split": "train", "path": "data/en/*.parquet"}]}]
+    assert meta["configs"] == [
+        {"config_name": "en", "data_files": [{"split": "train", "path": "data/en/*.parquet"}], "default": True},
+        {"config_name": "de", "data_files": [{"split": "train", "path": "data/de/*.parquet"}]},
+    ]
     assert meta["lineage"]["inputs"] == {"input": "ns/prompts@" + "a" * 40}
     assert meta["lineage"]["parameters"] == {"languages": ["de", "ja"], "n": 3}
     assert meta["lineage"]["versions"]["datasets"] == datasets.__version__
-    assert meta["lineage"]["command"]
+    assert meta["lineage"]["command"] and meta["lineage"]["toolkit"]["version"] == "0.1.0"
+    assert len(meta["lineage"]["toolkit"]["commit"].removesuffix("+dirty")) == 40  # the checkout's git commit
     body = (tmp_path / "README.md").read_text()
     assert "## Lineage" in body and "a note" in body and "`ns/prompts@" in body and "| `en` | 5 |" in body
 
@@ -116,9 +126,27 @@ def test_model_and_space_cards(tmp_path: Path) -> None:
     assert meta["language"] == ["en", "de"] and meta["license"] == "apache-2.0"
     assert meta["pipeline_tag"] == "text-to-image" and meta["lineage"]["stage"] == "demo"
 
-    space_card(title="Compare", description="Demo.", lineage=lineage(), sdk_version="6.31.0").save(
-        tmp_path / "space.md"
-    )
-    meta = card_metadata(tmp_path / "space.md")
-    assert meta["sdk"] == "gradio" and meta["sdk_version"] == "6.31.0" and meta["app_file"] == "app.py"
-    assert meta["lineage"]["fingerprint"] == "f" * 16
+
+def test_reader_checks_kinds_columns_and_configs(tmp_path: Path, store: LocalStore, monkeypatch) -> None:
+    folder = tmp_path / "images"
+    writer = DatasetWriter(folder, datasets.Features({"language": datasets.Value("string")}))
+    writer.write("en_eval_direct", [{"language": "en"}])
+    writer.close()
+    images_lineage = make_lineage("generate_images", {}, {}, "0" * 16)
+    dataset_card(repo_id="ns/images", title="Images", description=".", lineage=images_lineage,
+                 configs=["en_eval_direct"], languages=["en"]).save(folder / "README.md")  # fmt: skip
+    revision = store.push(folder, "ns/images", "dataset", "images")
+    artifact = open_artifact(f"ns/images@{revision[:8]}", store)
+    assert artifact.name == f"ns/images@{revision}" and artifact.kind == "images"
+    assert artifact.config_info("en_eval_direct") == {"language": "en"}  # from its rows: no card record
+    with pytest.raises(
+        DataError,
+        match="input=ns/images@.* is a dataset of images; a dataset of attributes .made by classify. is expected",
+    ):
+        artifact.expect("attributes", "input")
+    with pytest.raises(DataError, match="column.s. image missing from config 'en_eval_direct'"):
+        artifact.require_columns("en_eval_direct", ["image"])
+    with pytest.raises(DataError, match=r"configs: fr_eval_direct not in ns/images@\w+ \(it has en_eval_direct\)"):
+        artifact.select(["fr_eval_direct"])
+    monkeypatch.setenv("T2I_BIAS_STORE_ROOT", str(store.root))
+    assert load_artifact("ns/images@main")["language"] == ["en"]  # one call, the card's default config

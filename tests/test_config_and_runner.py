@@ -13,7 +13,7 @@ from pipelines.errors import ConfigError
 from pipelines.harness.config import parse_arguments
 from pipelines.run import run_recipe
 
-from .conftest import run_python
+from .conftest import REPO_ROOT, run_python
 
 SMALL = {"professions": ["doctor", "nurse"], "styles": ["close-up"], "ages": ["young"]}
 
@@ -82,9 +82,7 @@ def test_stage_cli_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
         .splitlines()[-1]
         .startswith("translate_prompts: error: unknown dataset repo 'study/none'")
     )
-    assert not (tmp_path / "datasets" / "study" / "none").exists() or not any(
-        (tmp_path / "datasets" / "study" / "none").glob("revisions/*")
-    )
+    assert not (tmp_path / "datasets--study--none").exists()
 
 
 def test_runner_pins_inputs_and_skips_done_stages(tmp_path: Path, capsys) -> None:
@@ -152,7 +150,7 @@ def test_readme_study_command_runs(offline_study: dict) -> None:
 
 
 def test_reuse_picks_the_revision_the_stage_made(tmp_path: Path) -> None:
-    """A later revision with the same lineage (a card amended with model-index) is not what the stage made."""
+    """A later revision made by another step (results attached to a card) is not what the stage made."""
     import shutil
 
     from pipelines.harness.stage import StageRun
@@ -163,9 +161,104 @@ def test_reuse_picks_the_revision_the_stage_made(tmp_path: Path) -> None:
     amended = tmp_path / "amended"
     shutil.copytree(store.resolve(str(first), "dataset"), amended)
     (amended / "README.md").chmod(0o644)
-    with open(amended / "README.md", "a") as card:
-        card.write("\nAmended.\n")
+    card = (amended / "README.md").read_text().replace("stage: generate_prompts", "stage: attach_results", 1)
+    (amended / "README.md").write_text(card.replace("fingerprint: ", "fingerprint: x", 1))
     later = store.push(amended, "study/prompts", "dataset", "amend the card")
     assert later != first.revision and store.revision_of("study/prompts", "dataset") == later
-    assert StageRun("generate_prompts", args).existing() == first.revision
+    assert StageRun(generate_prompts.STAGE, args).existing() == first.revision
     assert generate_prompts.run(args).revision == first.revision
+
+
+# --- recipes are checked before anything runs -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"professions": "nurse"}, "professions: expected a list of strings, got 'nurse'"),
+        ({"professions": ["nurse", 3]}, "professions: expected a list of strings, got \\['nurse', 3\\]"),
+        ({"tag": 7}, "tag: expected a string or null, got 7"),
+        ({"force": "no"}, "force: expected true or false, got 'no'"),
+    ],
+)
+def test_recipe_values_are_checked_against_their_types(tmp_path: Path, entry: dict, message: str) -> None:
+    recipe = write_recipe(tmp_path, [{"stage": "generate_prompts", **SMALL, **entry}])
+    where = f"recipe {recipe}, step generate_prompts: "
+    with pytest.raises(ConfigError, match=where.replace(".", "\\.") + message):
+        run_recipe(recipe)
+    with pytest.raises(ConfigError, match=message):
+        parse_arguments(generate_prompts.Arguments, "generate_prompts", ["--recipe", str(recipe)])
+    assert not (tmp_path / "hub").exists()
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("namespace: study\nstages:\n  - stage: generate_prompts\n    professions: [doctor, nurse\n")
+    result = run_python("-m", "pipelines.run", str(recipe))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"run: error: recipe '{recipe}', line 5, column 1: YAML syntax error")
+
+
+def test_a_misspelled_flag_is_one_line_with_a_suggestion(tmp_path: Path) -> None:
+    result = run_python("-m", "pipelines.generate_images", "--store_root", str(tmp_path), "--num_image", "3")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "generate_images: error: unrecognized arguments: --num_image 3 (--num_image: did you mean --num_images?)"
+    ]
+
+
+def test_every_help_lists_the_recipe_and_names_a_command_that_exists() -> None:
+    from pipelines.run import STAGES
+
+    for stage, module in STAGES.items():
+        launch = ["training/train_text_to_image.py"] if module.startswith("training") else ["-m", module]
+        result = run_python(*launch, "--help")
+        assert result.returncode == 0, (stage, result.stderr[-500:])
+        assert "--recipe R.yaml" in result.stdout and "--step NAME" in result.stdout, stage
+        usage = result.stdout.splitlines()[0]
+        assert usage.startswith(
+            "usage: " + ("training/train_text_to_image.py" if launch[0] != "-m" else f"python -m {module}")
+        )
+
+
+def test_set_overrides_one_step(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, [{"stage": "generate_prompts", **SMALL}])
+    (published,) = run_recipe(recipe, settings=["generate_prompts.professions=[CEO]", "namespace=other"])
+    assert published.repo_id == "other/prompts"
+    rows = LocalStore(tmp_path / "hub").resolve(str(published), "dataset")
+    assert "CEO" in (rows / "README.md").read_text()
+    with pytest.raises(ConfigError, match="--set 'paint.colour=red': the recipe has no step 'paint'"):
+        run_recipe(recipe, settings=["paint.colour=red"])
+
+
+REAL_RECIPES = sorted(
+    [*(REPO_ROOT / "pipelines" / "recipes").glob("*.yaml"), *(REPO_ROOT / "training" / "recipes").glob("*.yaml")]
+)
+
+
+@pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses_and_dry_runs_offline(recipe: Path, tmp_path: Path) -> None:
+    from pipelines.run import plan_recipe
+
+    _, plan = plan_recipe(recipe, overrides={"store_root": str(tmp_path / "hub")})
+    assert plan
+    result = run_python("-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path / "hub"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for index, (name, stage, _) in enumerate(plan, 1):
+        assert f"{index:2d}. {name} ({stage.name})" in result.stdout
+    assert "Total GPU time: about" in result.stdout
+    assert not (tmp_path / "hub").exists()  # nothing published, nothing downloaded
+
+
+def test_the_real_study_dry_run_counts_images_steps_and_downloads(tmp_path: Path) -> None:
+    recipe = REPO_ROOT / "pipelines" / "recipes" / "altdiffusion_m9.yaml"
+    result = run_python(
+        "-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path), "--seconds_per_image", "1.0"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "BAAI/AltDiffusion-m9@main (Hub)" in out and "felfri/MAGBIG@main (Hub)" in out
+    assert "images:    8,640" in out  # the training images: the English gendered grid, one each
+    assert "images:    151,000" in out  # MAGBIG's 151 occupations x 10 languages x 100 images
+    assert "1.0 s per image" in out and "training:" in out

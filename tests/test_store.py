@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,7 +65,7 @@ def test_identical_push_is_a_no_op(store: LocalStore, make_folder) -> None:
 def test_repo_types_are_separate(store: LocalStore, make_folder) -> None:
     store.push(make_folder({"a.txt": "model"}), "ns/thing", "model", "m")
     assert store.exists("ns/thing", "model") and not store.exists("ns/thing", "dataset")
-    assert (store.root / "models" / "ns" / "thing").is_dir()
+    assert (store.root / "models--ns--thing").is_dir()  # the Hugging Face cache's naming
     with pytest.raises(StoreError, match="unknown dataset repo 'ns/thing'"):
         store.resolve("ns/thing", "dataset")
 
@@ -106,16 +110,13 @@ def test_parse_ref_with_namespace() -> None:
 _SLOW_PUSH = """
 import shutil, sys, time
 from pipelines.artifacts.store import LocalStore
-real_copy = shutil.copy2
+real_copy = shutil.copyfile
 def slow_copy(src, dst, *args, **kwargs):
     result = real_copy(src, dst, *args, **kwargs)
     print("copied", flush=True)
     time.sleep(0.2)
     return result
-real_copytree = shutil.copytree
-def slow_copytree(src, dst, symlinks=False, ignore=None, copy_function=None, *args, **kwargs):
-    return real_copytree(src, dst, symlinks, ignore, slow_copy, *args, **kwargs)
-shutil.copytree = slow_copytree
+shutil.copyfile = slow_copy
 LocalStore(sys.argv[1]).push(sys.argv[2], "ns/data", "dataset", "doomed")
 print("finished", flush=True)
 """
@@ -140,14 +141,18 @@ def test_push_killed_half_way_leaves_previous_revision(store: LocalStore, make_f
     assert store.revision_of("ns/data", "dataset") == rev
     assert read_tree(store.resolve("ns/data", "dataset")) == read_tree(good)
     assert store.revisions("ns/data", "dataset") == [rev]
-    revisions_dir = store.root / "datasets" / "ns" / "data" / "revisions"
-    assert sorted(p.name for p in revisions_dir.iterdir()) == [rev]  # nothing partial visible
-    assert any((store.root / "datasets" / "ns" / "data" / ".staging").iterdir())  # the leftover is private
+    repo = store.root / "datasets--ns--data"
+    assert sorted(p.name for p in (repo / "snapshots").iterdir()) == [rev]  # nothing partial visible
+    assert any((repo / ".staging").iterdir())  # the leftover is private
+    leftovers = [p for p in (repo / "blobs").iterdir()]
+    assert len(leftovers) > 1  # blobs the killed push copied
 
     new_rev = store.push(big, "ns/data", "dataset", "retry")
     assert read_tree(store.resolve("ns/data", "dataset")) == read_tree(big)
     assert store.revisions("ns/data", "dataset") == [new_rev, rev]
-    assert not any((store.root / "datasets" / "ns" / "data" / ".staging").iterdir())  # swept
+    assert not any((repo / ".staging").iterdir())  # swept
+    used = {os.path.basename(os.readlink(p)) for p in (repo / "snapshots").rglob("*") if p.is_symlink()}
+    assert {p.name for p in (repo / "blobs").iterdir()} == used  # no blob that no revision uses
 
 
 # --- two writers at once ---------------------------------------------------------------------
@@ -187,8 +192,7 @@ def test_concurrent_pushes_all_land(store: LocalStore) -> None:
     assert store.revision_of("ns/data", "dataset") == history[0].revision
     for entry in history:
         assert (store.resolve(f"ns/data@{entry.revision}", "dataset") / "who.txt").read_text() == entry.message
-    refs = json.loads((store.root / "datasets" / "ns" / "data" / "refs.json").read_text())
-    assert refs["main"] == history[0].revision
+    assert (store.root / "datasets--ns--data" / "refs" / "main").read_text() == history[0].revision
 
 
 # --- backend selection -----------------------------------------------------------------------
@@ -222,11 +226,17 @@ class FakeHfApi:
         self.calls.append("create_repo")
         self.repos.setdefault((repo_id, repo_type), {"commits": [], "tags": {}, "files": {}})
 
-    def upload_folder(self, *, repo_id, repo_type, folder_path, commit_message, commit_description, delete_patterns):
+    def upload_folder(
+        self, *, repo_id, repo_type, folder_path, commit_message, commit_description, delete_patterns, ignore_patterns
+    ):
         self.calls.append("upload_folder")
         assert delete_patterns == "*"  # the remote mirrors the folder exactly
         repo = self._repo(repo_id, repo_type)
-        files = read_tree(Path(folder_path))
+        files = {
+            name: text
+            for name, text in read_tree(Path(folder_path)).items()
+            if not any(fnmatch.fnmatch(name, pattern) for pattern in ignore_patterns or [])
+        }
         if repo["commits"] and files == repo["files"]:  # the Hub skips an empty commit
             return SimpleNamespace(oid=repo["commits"][-1]["id"])
         oid = f"{len(repo['commits']) + 1:040x}"
@@ -320,9 +330,155 @@ def test_hub_errors_are_one_line(hub, make_folder) -> None:
         store.push(make_folder({"a.txt": "x"}), "bad id", "dataset", "m")
 
 
-def test_hub_token_is_never_printed(hub, make_folder, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
-    store, _ = hub
-    store.push(make_folder({"a.txt": "x"}), "ns/data", "dataset", "m")
-    out = capsys.readouterr()
-    assert "hf_secret_token_value" not in out.out + out.err + repr(store)
+# --- the real HfApi against a hostile server on loopback: the token is sent, and never shown ------
+
+_HOSTILE_SERVER = """
+import http.server, json, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def _answer(self):
+        auth = self.headers.get("Authorization", "")
+        print(json.dumps({"path": self.path, "authorization": auth}), flush=True)
+        # Echo the credentials back in the error, as a careless server would.
+        body = json.dumps({"error": f"Invalid credentials in Authorization header: {auth}"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Error-Message", f"Invalid credentials: {auth}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_PUT = do_HEAD = _answer
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def test_hub_token_is_sent_but_never_printed(tmp_path: Path) -> None:
+    secret = "hf_secret_token_value_1234567890"
+    server = subprocess.Popen([sys.executable, "-c", _HOSTILE_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "0",
+            "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+            "HF_TOKEN": secret,
+            "HF_HUB_VERBOSITY": "debug",
+            "HF_HOME": str(tmp_path / "hf-home"),
+        }
+        stage = subprocess.run(
+            [sys.executable, "-m", "pipelines.generate_prompts", "--store", "hub", "--namespace", "someone",
+             "--professions", "nurse", "--styles", "close-up", "--ages", "young"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.kill()
+    seen = [json.loads(line) for line in server.stdout.read().splitlines() if line.startswith("{")]
+    assert any(secret in request["authorization"] for request in seen)  # reachable: it was sent
+    assert stage.returncode == 2, stage.stderr[-2000:]
+    assert stage.stderr.strip().splitlines()[-1].startswith("generate_prompts: error: the Hub refused")
+    assert secret not in stage.stdout + stage.stderr  # never shown, even when the server echoes it
+    # Nor in what a stage writes: lineage and cards record the command and versions, never the environment.
+    local = subprocess.run(
+        [sys.executable, "-m", "pipelines.generate_prompts", "--store_root", str(tmp_path / "hub"),
+         "--professions", "nurse", "--styles", "close-up", "--ages", "young"],
+        cwd=REPO_ROOT, env={**os.environ, "HF_TOKEN": secret}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr[-2000:]
+    written = [p for p in (tmp_path / "hub").rglob("*") if p.is_file()]
+    assert written and not any(secret.encode() in p.read_bytes() for p in written)
+
+
+# --- failed pushes leave nothing behind ---------------------------------------------------------------
+
+
+def store_files(store: LocalStore) -> dict[str, bytes]:
+    return {
+        p.relative_to(store.root).as_posix(): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+        for p in sorted(store.root.rglob("*"))
+        if p.is_file() or p.is_symlink()
+        if p.name != ".lock"
+    }
+
+
+def test_a_full_disk_leaves_the_store_as_it_was(store: LocalStore, make_folder, monkeypatch) -> None:
+    store.push(make_folder({"README.md": CARD_WITH_LINEAGE, "a.txt": "first"}), "ns/data", "dataset", "first")
+    before = store_files(store)
+    real = shutil.copyfile
+    calls = []
+
+    def full_disk(src, dst, *args, **kwargs):
+        calls.append(dst)
+        if len(calls) > 2:  # two files land, then the disk is full mid-copy
+            Path(dst).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    big = make_folder({f"data/{i}.txt": f"new {i}" for i in range(6)})
+    with pytest.raises(
+        StoreError, match="no space left on the device of .* while pushing ns/data: the store is unchanged"
+    ):
+        store.push(big, "ns/data", "dataset", "doomed")
+    assert store_files(store) == before  # the two blobs that landed are freed too
+
+
+def test_unwritable_and_misplaced_store_roots_are_one_line_errors(tmp_path: Path, make_folder, monkeypatch) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(StoreError, match="store root '.*a-file' is a file, not a folder"):
+        LocalStore(tmp_path / "a-file")
+    store = LocalStore(tmp_path / "hub")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "symlink", refused)
+    with pytest.raises(StoreError, match="store '.*hub' is not writable .Permission denied.: nothing was published"):
+        store.push(make_folder({"a.txt": "x"}), "ns/data", "dataset", "m")
+    assert not store.exists("ns/data", "dataset")
+
+
+def test_gc_reports_and_removes_what_failed_pushes_left(store: LocalStore, make_folder) -> None:
+    rev = store.push(make_folder({"README.md": CARD_WITH_LINEAGE, "a.txt": "kept"}), "ns/data", "dataset", "m")
+    repo = store.root / "datasets--ns--data"
+    # What killed pushes leave: a dead writer's staging folder and temp files, a snapshot renamed into
+    # place before its refs were written, and a blob nothing links to.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (repo / ".staging" / f"{pid}-abc").mkdir(parents=True)
+    (repo / ".staging" / f"{pid}-abc" / "x.txt").write_text("x" * 1000)
+    (repo / "refs" / f".main.{pid}.ff.tmp").write_text("partial")
+    orphan = repo / "snapshots" / ("f" * 40)
+    orphan.mkdir()
+    (orphan / "a.txt").write_text("orphan")
+    (repo / "blobs" / ("0" * 64)).write_text("unused" * 100)
+    report = subprocess.run(
+        [sys.executable, "-m", "pipelines.artifacts.store", "gc", "--store_root", str(store.root), "--dry_run"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.strip().splitlines()[-1].startswith("would remove 4 item(s)")
+    assert orphan.exists()
+    removed = subprocess.run(
+        [sys.executable, "-m", "pipelines.artifacts.store", "gc", "--store_root", str(store.root)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert removed.stdout.strip().splitlines()[-1].startswith("removed 4 item(s)")
+    assert not orphan.exists() and not any((repo / ".staging").iterdir())
+    assert sorted(p.name for p in (repo / "snapshots").iterdir()) == [rev]
+    assert (store.resolve("ns/data", "dataset") / "a.txt").read_text() == "kept"
+
+
+def test_stock_huggingface_hub_reads_the_local_store(store: LocalStore, make_folder) -> None:
+    from huggingface_hub import scan_cache_dir, snapshot_download
+
+    rev = store.push(make_folder({"README.md": CARD_WITH_LINEAGE, "a.txt": "x"}), "ns/data", "dataset", "m", tag="v1")
+    for revision in ("main", "v1", rev):
+        folder = snapshot_download("ns/data", repo_type="dataset", revision=revision, cache_dir=store.root,
+                                   local_files_only=True)  # fmt: skip
+        assert Path(folder) == store.resolve(f"ns/data@{revision}", "dataset")
+    cache = scan_cache_dir(store.root)
+    (repo,) = [r for r in cache.repos if r.repo_id == "ns/data"]
+    assert repo.repo_type == "dataset" and {r.commit_hash for r in repo.revisions} == {rev}

@@ -1,9 +1,11 @@
-"""The fine-tuning script, launched as users launch it, on the tiny AltDiffusion and the tiny Stable Diffusion."""
+"""The fine-tuning script, launched as users launch it, on tiny AltDiffusion, Stable Diffusion and m9's layout."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +16,14 @@ import pytest
 import torch
 
 from pipelines import build_tiny_model, collect_datasets, generate_images
-from pipelines.artifacts.store import LocalStore
+from pipelines.artifacts.inputs import resolve_model
+from pipelines.artifacts.store import LocalStore, card_metadata
 from pipelines.errors import ConfigError
 from pipelines.modeling.diffusion import LORA_WEIGHTS, load_pipeline
+from pipelines.modeling.tiny import build_m9_layout
 from training.train_text_to_image import TrainArguments
 
-from .conftest import REPO_ROOT, image_arguments
+from .conftest import REPO_ROOT, image_arguments, run_python
 
 SCRIPT = str(REPO_ROOT / "training" / "train_text_to_image.py")
 
@@ -50,12 +54,11 @@ def training_study(tiny_study: dict) -> dict:
             output_repo="train-small",
         )
     )
-    return {**tiny_study, "sd": str(sd), "train": str(train)}
+    return {**tiny_study, "sd": str(sd), "train": str(train), "images": str(images)}
 
 
-def train(study: dict, model: str, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
+def train(study: dict, model: str, output_dir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = run_python(
         SCRIPT,
         "--store_root",
         study["store_root"],
@@ -75,17 +78,26 @@ def train(study: dict, model: str, output_dir: Path, *extra: str) -> subprocess.
         "--output_dir",
         str(output_dir),
         *extra,
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def model_input(study: dict, spec: str):
+    return resolve_model(spec, LocalStore(study["store_root"]), namespace="study")
 
 
 def generate_nurse(study: dict, model: str) -> datasets.Dataset:
     """One German nurse image from `model`, made through the generation stage by repo id."""
     images = generate_images.run(
         image_arguments(
-            study, model=model, output_repo=f"images-{model}", languages=["de"], num_images=1, professions=["nurse"]
+            study,
+            model=model,
+            output_repo=f"images-{Path(model).name}",
+            languages=["de"],
+            num_images=1,
+            professions=["nurse"],
         )
     )
     folder = LocalStore(study["store_root"]).resolve(str(images), "dataset")
@@ -96,112 +108,114 @@ def state(output_dir: Path) -> dict:
     return json.loads((output_dir / "trainer_state.json").read_text())
 
 
-def test_full_finetune_checkpoints_resume_and_generate(training_study: dict, tmp_path: Path) -> None:
-    out = tmp_path / "full"
-    train(
-        training_study,
-        training_study["model"],
-        out,
-        "--max_train_steps",
-        "4",
-        "--checkpointing_steps",
-        "2",
-        "--checkpoints_total_limit",
-        "1",
-        "--output_repo",
-        "debiased",
-        "--snr_gamma",
-        "5.0",
-        "--noise_offset",
-        "0.1",
-        "--use_ema",
-        "--lr_scheduler",
-        "polynomial",
+def run_card_snippet(folder: Path, store_root: str) -> np.ndarray:
+    """Runs a model card's usage snippet literally, in a fresh interpreter, with the store at `./hub`."""
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.DOTALL).group(1)
+    code = code.replace(
+        '"a photo of the face of a doctor"', '"a photo of the face of a doctor", num_inference_steps=2'
     )
-    first = state(out)
-    assert first["global_step"] == 4
-    assert [entry["step"] for entry in first["log_history"]] == [1, 2, 3, 4]
-    assert all(math.isfinite(entry["loss"]) for entry in first["log_history"])
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]  # pruned to the limit
+    code += "\nimport numpy, sys\nnumpy.save(sys.argv[1], numpy.asarray(image))\n"
+    (Path(store_root).parent / "snippet.py").write_text(code)
+    target = Path(store_root).parent / "snippet.npy"
+    link = Path(store_root).parent / "hub"
+    if not link.exists():
+        link.symlink_to(store_root)
+    result = subprocess.run(
+        [sys.executable, "snippet.py", str(target)],
+        cwd=Path(store_root).parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.load(target)
 
-    # Resume from the latest checkpoint: the step count continues from 4.
-    train(
-        training_study,
-        training_study["model"],
-        out,
-        "--max_train_steps",
-        "6",
-        "--checkpointing_steps",
-        "2",
-        "--checkpoints_total_limit",
-        "1",
-        "--output_repo",
-        "debiased-resumed",
-        "--snr_gamma",
-        "5.0",
-        "--noise_offset",
-        "0.1",
-        "--use_ema",
-        "--resume_from_checkpoint",
-        "latest",
-    )
+
+def test_full_finetune_to_output_dir_checkpoints_resume_and_stock_loading(
+    training_study: dict, tmp_path: Path
+) -> None:
+    from diffusers import UNet2DConditionModel
+
+    out = tmp_path / "full"
+    options = ["--checkpointing_steps", "2", "--checkpoints_total_limit", "1", "--snr_gamma", "5.0"]
+    options += ["--noise_offset", "0.1", "--use_ema", "--train_text_encoder"]
+    first = train(training_study, training_study["model"], out, "--max_train_steps", "4", "--output_repo", "debiased",
+                  *options)  # fmt: skip
+    assert "***** Running training *****" in first.stdout + first.stderr
+    assert "Total optimization steps = 4" in first.stdout + first.stderr
+    history = state(out)
+    assert history["global_step"] == 4 and [e["step"] for e in history["log_history"]] == [1, 2, 3, 4]
+    assert all(math.isfinite(entry["loss"]) for entry in history["log_history"])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]  # pruned to the limit
+    # The model is the output folder itself, and a checkpoint holds the models in diffusers' format.
+    assert (out / "model_index.json").is_file() and not (out / "final").exists()
+    checkpoint = out / "checkpoint-4"
+    assert UNet2DConditionModel.from_pretrained(checkpoint / "unet").config.sample_size == 32
+    assert (checkpoint / "text_encoder" / "config.json").is_file()
+    assert (checkpoint / "ema_unet.safetensors").is_file() and not list(checkpoint.glob("custom_checkpoint*"))
+
+    # Resume from the latest checkpoint: the step count continues, the loss history stays whole.
+    train(training_study, training_study["model"], out, "--max_train_steps", "6", "--output_repo", "debiased-resumed",
+          "--resume_from_checkpoint", "latest", *options)  # fmt: skip
     resumed = state(out)
-    assert resumed["global_step"] == 6
-    assert [entry["step"] for entry in resumed["log_history"]] == [5, 6]
+    assert resumed["global_step"] == 6 and [e["step"] for e in resumed["log_history"]] == [1, 2, 3, 4, 5, 6]
+    assert resumed["log_history"][:4] == history["log_history"]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
 
     store = LocalStore(training_study["store_root"])
     folder = store.resolve("study/debiased", "model")
     assert (folder / "model_index.json").is_file() and (folder / "unet").is_dir()
-    card = (folder / "README.md").read_text()
-    assert "base_model: study/tiny-altdiffusion" in card and "train-small" in card
+    assert not list(folder.glob("checkpoint-*")) and not (folder / "logs").exists()  # resume state stays out
+    card = card_metadata(folder)
+    assert card["base_model"] == "study/tiny-altdiffusion" and card["license"] == "apache-2.0"
+    assert card["base_model_revision"] == training_study["model"].partition("@")[2]
+    # The card's usage snippet is stock diffusers code, and it works as written.
+    image = run_card_snippet(folder, training_study["store_root"])
+    assert image.shape == (64, 64, 3)
     # The fine-tuned model generates through the generation stage, by repo id.
     rows = generate_nurse(training_study, "debiased")
-    assert rows.num_rows == 1 and rows[0]["model"] == "study/debiased" and rows[0]["image"].size == (64, 64)
+    assert rows.num_rows == 1 and rows[0]["model"].startswith("study/debiased@")
 
 
-def test_lora_on_tiny_stable_diffusion_loads_and_changes_output(training_study: dict, tmp_path: Path) -> None:
+def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict, tmp_path: Path) -> None:
     out = tmp_path / "lora"
     train(
-        training_study,
-        training_study["sd"],
-        out,
-        "--max_train_steps",
-        "3",
-        "--use_lora",
-        "--rank",
-        "4",
-        "--learning_rate",
-        "5e-2",
-        "--cache_latents",
-        "--random_flip",
-        "--output_repo",
-        "sd-lora",
-        "--validation_prompts",
-        "a photo of the face of a nurse",
-        "ein Foto des Gesichts eines Arztes",
-        "--validation_steps_per_image",
-        "2",
-    )
+        training_study, training_study["sd"], out, "--max_train_steps", "3", "--use_lora", "--rank", "4",
+        "--learning_rate", "5e-2", "--cache_latents", "--random_flip", "--output_repo", "sd-lora",
+        "--validation_prompts", "a photo of the face of a nurse", "ein Foto des Gesichts eines Arztes",
+        "--validation_steps_per_image", "2",
+    )  # fmt: skip
     assert all(math.isfinite(entry["loss"]) for entry in state(out)["log_history"])
+    # The cache: fp16 arrays on disk, text states once per distinct caption.
+    cache = out / ".cache" / "process-0"
+    latents = np.load(cache / "latents.npy", mmap_mode="r")
+    hidden = np.load(cache / "hidden.npy", mmap_mode="r")
+    rows = datasets.load_dataset(
+        str(LocalStore(training_study["store_root"]).resolve(training_study["train"], "dataset")), split="train"
+    )  # noqa: E501
+    assert latents.dtype == np.float16 and latents.shape[0] == rows.num_rows
+    assert hidden.shape[0] == len(set(rows["text"]))
+    assert (cache / "latents_flipped.npy").is_file()
     store = LocalStore(training_study["store_root"])
     folder = store.resolve("study/sd-lora", "model")
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", LORA_WEIGHTS, "validation"]
-    assert sorted(p.name for p in (folder / "validation").iterdir()) == ["00.png", "01.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", LORA_WEIGHTS, "trainer_state.json", "validation"]
+    assert sorted(p.name for p in (folder / "validation" / "final").iterdir()) == ["00.png", "01.png"]
 
-    base, _ = load_pipeline(training_study["sd"], store, scheduler="default")
-    tuned, info = load_pipeline("study/sd-lora", store, scheduler="default")
-    assert info["model"] == "study/sd-lora"
+    base = load_pipeline(model_input(training_study, training_study["sd"]), store)
+    tuned = load_pipeline(model_input(training_study, "study/sd-lora"), store)
     assert type(tuned).__name__ == "StableDiffusionPipeline"
 
     def image(pipe) -> np.ndarray:
         generator = torch.Generator().manual_seed(0)
-        return np.asarray(pipe("a photo of the face of a nurse", num_inference_steps=2, generator=generator).images[0])
+        return np.asarray(
+            pipe("a photo of the face of a doctor", num_inference_steps=2, generator=generator).images[0]
+        )
 
     assert np.abs(image(base).astype(int) - image(tuned).astype(int)).max() > 0  # the adapter changes the output
-    with torch.no_grad():
-        unchanged, _ = load_pipeline(training_study["sd"], store, scheduler="default")
-        assert np.array_equal(image(base), image(unchanged))  # and the difference is the adapter's, not noise
+    unchanged = load_pipeline(model_input(training_study, training_study["sd"]), store)
+    assert np.array_equal(image(base), image(unchanged))  # and the difference is the adapter's, not noise
+    # Stock diffusers (the card's snippet: the base, then load_lora_weights) makes the same image.
+    assert np.array_equal(run_card_snippet(folder, training_study["store_root"]), image(tuned))
 
 
 def text_features(pipe, text: str) -> torch.Tensor:
@@ -215,56 +229,36 @@ def text_features(pipe, text: str) -> torch.Tensor:
 
 
 def test_lora_with_text_encoder_on_tiny_altdiffusion(training_study: dict, tmp_path: Path) -> None:
-    out = tmp_path / "lora-te"
-    train(
-        training_study,
-        training_study["model"],
-        out,
-        "--max_train_steps",
-        "2",
-        "--use_lora",
-        "--rank",
-        "4",
-        "--train_text_encoder",
-        "--learning_rate",
-        "5e-2",
-        "--output_repo",
-        "ad-lora-te",
-    )
+    train(training_study, training_study["model"], tmp_path / "lora-te", "--max_train_steps", "2", "--use_lora",
+          "--rank", "4", "--train_text_encoder", "--learning_rate", "5e-2", "--output_repo", "ad-lora-te")  # fmt: skip
     store = LocalStore(training_study["store_root"])
     folder = store.resolve("study/ad-lora-te", "model")
     assert {"text_encoder_lora.safetensors", "text_encoder_lora_config.json", LORA_WEIGHTS} <= {
         p.name for p in folder.iterdir()
     }
-    base, _ = load_pipeline(training_study["model"], store)
-    tuned, _ = load_pipeline("study/ad-lora-te", store)
+    base = load_pipeline(model_input(training_study, training_study["model"]), store)
+    tuned = load_pipeline(model_input(training_study, "study/ad-lora-te"), store)
     assert type(tuned.text_encoder).__name__ == "RobertaSeriesModelWithTransformation"
     text = "ein Foto des Gesichts einer Person, die als Pflegekraft arbeitet"
     assert not torch.allclose(text_features(base, text), text_features(tuned, text))  # the encoder's adapter is on
     rows = generate_nurse(training_study, "ad-lora-te")
-    assert rows[0]["model"] == "study/ad-lora-te"
+    assert rows[0]["model"].startswith("study/ad-lora-te@")
 
 
-def test_full_finetune_with_text_encoder_on_tiny_stable_diffusion(training_study: dict, tmp_path: Path) -> None:
+def test_stable_diffusion_output_dir_and_checkpoints_open_with_diffusers(training_study: dict, tmp_path: Path) -> None:
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
     out = tmp_path / "full-te"
-    train(
-        training_study,
-        training_study["sd"],
-        out,
-        "--max_train_steps",
-        "2",
-        "--train_text_encoder",
-        "--gradient_checkpointing",
-        "--learning_rate",
-        "1e-2",
-        "--output_repo",
-        "sd-full-te",
-    )
+    train(training_study, training_study["sd"], out, "--max_train_steps", "2", "--train_text_encoder",
+          "--gradient_checkpointing", "--learning_rate", "1e-2", "--checkpointing_steps", "1",
+          "--output_repo", "sd-full-te")  # fmt: skip
+    stock = DiffusionPipeline.from_pretrained(out)  # diffusers' own loader, on the output folder
+    assert type(stock).__name__ == "StableDiffusionPipeline" and type(stock.text_encoder).__name__ == "CLIPTextModel"
+    unet = UNet2DConditionModel.from_pretrained(out / "checkpoint-1" / "unet")
+    assert not torch.equal(next(unet.parameters()), next(stock.unet.parameters()))  # step 1, not the end
     store = LocalStore(training_study["store_root"])
-    base, _ = load_pipeline(training_study["sd"], store)
-    tuned, _ = load_pipeline("study/sd-full-te", store)
-    assert type(tuned.text_encoder).__name__ == "CLIPTextModel"
-    assert not torch.allclose(text_features(base, "a photo of a nurse"), text_features(tuned, "a photo of a nurse"))
+    base = load_pipeline(model_input(training_study, training_study["sd"]), store)
+    assert not torch.allclose(text_features(base, "a photo of a nurse"), text_features(stock, "a photo of a nurse"))
 
 
 def test_training_on_an_imagefolder(training_study: dict, tmp_path: Path) -> None:
@@ -277,32 +271,80 @@ def test_training_on_an_imagefolder(training_study: dict, tmp_path: Path) -> Non
         for index, row in enumerate(rows):
             row["image"].save(folder / f"{index}.png")
             metadata.write(json.dumps({"file_name": f"{index}.png", "text": row["text"]}) + "\n")
-    command = [
-        sys.executable,
-        SCRIPT,
-        "--store_root",
-        training_study["store_root"],
-        "--namespace",
-        "study",
-        "--pretrained_model_name_or_path",
-        training_study["model"],
-        "--train_data_dir",
-        str(folder),
-        "--resolution",
-        "64",
-        "--center_crop",
-        "--train_batch_size",
-        "2",
-        "--max_train_steps",
-        "2",
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--output_repo",
-        "from-folder",
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    result = run_python(
+        SCRIPT, "--store_root", training_study["store_root"], "--namespace", "study",
+        "--pretrained_model_name_or_path", training_study["model"], "--train_data_dir", str(folder),
+        "--resolution", "64", "--center_crop", "--train_batch_size", "2", "--max_train_steps", "2",
+        "--output_dir", str(tmp_path / "out"), "--output_repo", "from-folder",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert state(tmp_path / "out")["global_step"] == 2
+
+
+def test_m9_layout_loads_generates_fine_tunes_and_reloads(training_study: dict, tmp_path: Path) -> None:
+    texts = [
+        row["prompt"]
+        for language in ("en", "de", "zh")
+        for row in datasets.load_dataset(
+            str(LocalStore(training_study["store_root"]).resolve(training_study["prompts"], "dataset")), language,
+            split="train",
+        )
+    ]  # fmt: skip
+    m9 = build_m9_layout(tmp_path / "AltDiffusion-m9", texts)
+    store = LocalStore(training_study["store_root"])
+    pipe = load_pipeline(model_input(training_study, str(m9)), store)
+    assert pipe.tokenizer.model_max_length == 512 and type(pipe.scheduler).__name__ == "PNDMScheduler"
+    assert generate_nurse(training_study, str(m9))[0]["model"].startswith("folder:AltDiffusion-m9@sha256:")
+    for kind, extra in (("full", ["--train_text_encoder"]), ("lora", ["--use_lora"])):
+        train(training_study, str(m9), tmp_path / kind, "--max_train_steps", "2", "--output_repo", f"m9-{kind}",
+              *extra)  # fmt: skip
+        folder = store.resolve(f"study/m9-{kind}", "model")
+        assert card_metadata(folder)["license"] == "creativeml-openrail-m"  # the base model's, not ours
+        tuned = load_pipeline(model_input(training_study, f"study/m9-{kind}"), store)
+        image = tuned("ein Foto", num_inference_steps=2, generator=torch.manual_seed(0)).images[0]
+        assert image.size == (64, 64)
+    full = store.resolve("study/m9-full", "model")
+    assert (full / "tokenizer" / "sentencepiece.bpe.model").is_file()  # saved with its sentencepiece file
+    assert not (full / "safety_checker").exists()
+    # m9's legacy .bin weights became safetensors in the export.
+    assert (full / "text_encoder" / "model.safetensors").is_file()
+    # The card's snippet assembles it with stock diffusers and transformers classes, as written.
+    assert run_card_snippet(full, training_study["store_root"]).shape == (64, 64, 3)
+
+
+def multi_config_dataset(study: dict, tmp_path: Path) -> str:
+    """The small training dataset with a second config (a copy of the first)."""
+    store = LocalStore(study["store_root"])
+    folder = tmp_path / "two-configs"
+    shutil.copytree(store.resolve(study["train"], "dataset"), folder)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.copytree(folder / "data" / "default", folder / "data" / "again")
+    card = (folder / "README.md").read_text()
+    card = card.replace(
+        "configs:\n",
+        "configs:\n- config_name: again\n  data_files:\n  - split: train\n    path: data/again/*.parquet\n",
+        1,
+    )
+    (folder / "README.md").write_text(card)
+    return f"study/two-configs@{store.push(folder, 'study/two-configs', 'dataset', 'two configs')}"
+
+
+def test_multi_config_data_is_never_silently_the_first_config(training_study: dict, tmp_path: Path) -> None:
+    dataset = multi_config_dataset(training_study, tmp_path)
+    common = ["--store_root", training_study["store_root"], "--namespace", "study", "--dataset_name", dataset,
+              "--resolution", "64", "--center_crop", "--train_batch_size", "4", "--num_train_epochs", "1"]  # fmt: skip
+    refused = run_python(SCRIPT, *common, "--output_dir", str(tmp_path / "a"), "--output_repo", "two-a")
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .endswith("has configs again, default: choose with --dataset_config_name (one, several, or all)")
+    )
+    both = run_python(SCRIPT, *common, "--dataset_config_name", "all", "--output_dir", str(tmp_path / "b"),
+                      "--output_repo", "two-b")  # fmt: skip
+    assert both.returncode == 0, both.stderr[-2000:]
+    assert "Num examples = 32" in both.stdout + both.stderr  # 16 rows in each config
 
 
 @pytest.mark.parametrize(
@@ -313,21 +355,72 @@ def test_training_on_an_imagefolder(training_study: dict, tmp_path: Path) -> Non
         ({"dataset_name": None}, "give one of dataset_name or train_data_dir"),
         ({"use_ema": True, "use_lora": True}, "use_ema with use_lora"),
         ({"push_to_hub": True}, "push_to_hub needs hub_model_id"),
+        ({"max_train_steps": -1}, "max_train_steps=-1: must be at least 1"),
+        ({"num_train_epochs": 0}, "num_train_epochs=0: must be at least 1"),
+        ({"learning_rate": 0.0}, "learning_rate=0.0: must be above 0"),
+        ({"on_corrupt": "ignore"}, "on_corrupt='ignore': allowed skip, stop"),
+        ({"dataset_name": "train@v1", "dataset_revision": "v2"}, "dataset_revision='v2' and dataset_name='train@v1'"),
     ],
 )
 def test_bad_training_arguments(overrides: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", "\\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         TrainArguments(**({"dataset_name": "train"} | overrides))
 
 
-def test_training_cli_one_line_error(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, SCRIPT, "--store_root", str(tmp_path), "--dataset_name", "x", "--mixed_precision", "fp8"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+def test_training_cli_errors_are_one_line_and_publish_nothing(training_study: dict, tmp_path: Path) -> None:
+    store = LocalStore(training_study["store_root"])
+    unpinned = {**training_study, "train": training_study["train"].partition("@")[0]}
+    for extra, message in (
+        (["--mixed_precision", "fp8"], "mixed_precision='fp8': allowed no, fp16, bf16"),
+        (
+            ["--dataset_revision", "doesnotexist"],
+            "unknown revision or tag 'doesnotexist' of dataset 'study/train-small'",
+        ),
+        (["--max_train_steps", "-1"], "max_train_steps=-1: must be at least 1"),
+    ):
+        result = train(unpinned, training_study["model"], tmp_path / "never", "--output_repo", "never", *extra,
+                       check=False)  # fmt: skip
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1].startswith(f"train_text_to_image: error: {message}")
+    assert not store.exists("study/never", "model")
+    # --dataset_revision is read: a real revision is the one trained on.
+    revision = training_study["train"].partition("@")[2]
+    name = training_study["train"].partition("@")[0]
+    result = run_python(
+        SCRIPT, "--store_root", training_study["store_root"], "--namespace", "study",
+        "--pretrained_model_name_or_path", training_study["model"], "--dataset_name", name,
+        "--dataset_revision", revision, "--resolution", "64", "--center_crop", "--max_train_steps", "1",
+        "--output_dir", str(tmp_path / "pinned"), "--output_repo", "pinned",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (
+        card_metadata(store.resolve("study/pinned", "model"))["lineage"]["inputs"]["dataset_name"]
+        == training_study["train"]
     )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "train_text_to_image: error: mixed_precision='fp8': allowed no, fp16, bf16"
+
+
+def test_a_corrupt_training_image_is_skipped_and_counted_or_stops(training_study: dict, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = LocalStore(training_study["store_root"])
+    folder = tmp_path / "corrupt"
+    shutil.copytree(store.resolve(training_study["train"], "dataset"), folder)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    shard = next((folder / "data" / "default").glob("*.parquet"))
+    table = pq.read_table(shard).to_pylist()
+    table[3]["image"] = {"bytes": b"not an image", "path": None}
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(shard)), shard)
+    dataset = f"study/corrupt-train@{store.push(folder, 'study/corrupt-train', 'dataset', 'corrupt')}"
+    study = {**training_study, "train": dataset}
+    train(study, training_study["model"], tmp_path / "skip", "--max_train_steps", "1", "--output_repo", "skipped")
+    assert state(tmp_path / "skip")["skipped_corrupt_images"] == 1
+    stopped = train(study, training_study["model"], tmp_path / "stop", "--max_train_steps", "1", "--output_repo",
+                    "stopped", "--on_corrupt", "stop", check=False)  # fmt: skip
+    assert stopped.returncode == 2
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "train_text_to_image: error: the image of training row 3 cannot be decoded "
+        "(--on_corrupt skip counts it instead)"
     )
+    assert not store.exists("study/stopped", "model")

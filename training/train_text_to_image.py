@@ -83,9 +83,8 @@ def save_model_card(
             "seed",
         )
     }
-    base_card = card_metadata(base.path) if base.path else {}
     # The fine-tune inherits the base model's license (AltDiffusion-m9: creativeml-openrail-m).
-    license_ = base_card.get("license") or ("creativeml-openrail-m" if "AltDiffusion" in base.pin else None)
+    license_ = (card_metadata(base.path) if base.path else {}).get("license")
     dataset = run.inputs.get("dataset_name", args.train_data_dir)
     model_card(
         title=f"{base.repo_id or base.given} fine-tuned on {dataset}",

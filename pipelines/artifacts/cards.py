@@ -206,30 +206,3 @@ def model_card(
         usage=usage,
         lineage=lineage,
     )
-
-
-def space_card(
-    *,
-    title: str,
-    description: str,
-    lineage: dict[str, Any],
-    app_file: str = "app.py",
-    sdk: str = "gradio",
-    sdk_version: str | None = None,
-    tags: list[str] | None = None,
-    notes: list[str] | None = None,
-    **extra_metadata: Any,
-) -> RepoCard:
-    data = CardData(
-        title=title,
-        sdk=sdk,
-        sdk_version=sdk_version or metadata.version("gradio"),
-        app_file=app_file,
-        license=LICENSE,
-        tags=[PROJECT, *(tags or [])],
-        lineage=lineage,
-        **extra_metadata,
-    )
-    return _render(
-        RepoCard, "space_card.md", data, title=title, description=description, notes=notes or [], lineage=lineage
-    )

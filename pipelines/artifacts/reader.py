@@ -51,8 +51,8 @@ class DatasetArtifact:
         """Raises a one-line error when this artifact is of another kind than `kind`."""
         if self.kind is not None and self.kind != kind:
             raise DataError(
-                f"{what}={self.name} is a {self.kind} dataset; a {kind} dataset (made by {MAKER_OF_KIND[kind]}) "
-                "is expected"
+                f"{what}={self.name} is a dataset of {self.kind}; a dataset of {kind} (made by "
+                f"{MAKER_OF_KIND[kind]}) is expected"
             )
         return self
 

@@ -341,6 +341,7 @@ class LocalStore:
                     _force_unlink(path)
                 history = self._history(repo_dir)
                 if not target.is_dir():
+                    self._restore_blobs(folder, staging)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.rename(staging, target)
                 if self._ref(repo_dir, "main") != revision:
@@ -370,25 +371,34 @@ class LocalStore:
         return revision
 
     def _stage(self, folder: Path, files: list[Path], repo_dir: Path, staging: Path) -> None:
-        """Copies each file into `blobs/` (once per content) and links it from a staging folder."""
-        blobs = repo_dir / "blobs"
-        blobs.mkdir(parents=True, exist_ok=True)
+        """Links each file from a staging folder to its blob in `blobs/` (copied once per content)."""
+        (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
         for path in files:
-            sha = file_sha256(path)
-            blob = blobs / sha
             link = staging / path.relative_to(folder)
             link.parent.mkdir(parents=True, exist_ok=True)
+            blob = repo_dir / "blobs" / file_sha256(path)
             # The staging folder sits as deep in the repo as snapshots/<rev>, so relative links stay true.
             # The link comes first: a blob that a live staging folder links to is never swept.
             os.symlink(os.path.relpath(blob, link.parent), link)
-            if not blob.is_file():
-                tmp = blobs / f".{sha}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-                try:
-                    shutil.copyfile(path, tmp)
-                    tmp.chmod(0o444)  # revisions are immutable; read-only makes accidents loud
-                    os.replace(tmp, blob)
-                finally:
-                    tmp.unlink(missing_ok=True)
+            self._copy_blob(path, blob)
+
+    @staticmethod
+    def _copy_blob(path: Path, blob: Path) -> None:
+        if blob.is_file():
+            return
+        tmp = blob.with_name(f".{blob.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            shutil.copyfile(path, tmp)
+            tmp.chmod(0o444)  # revisions are immutable; read-only makes accidents loud
+            os.replace(tmp, blob)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _restore_blobs(self, folder: Path, staging: Path) -> None:
+        """Copies again any blob a sweep removed between staging and taking the lock (called with it)."""
+        for link in (p for p in staging.rglob("*") if p.is_symlink()):
+            blob = (link.parent / os.readlink(link)).resolve()
+            self._copy_blob(folder / link.relative_to(staging), blob)
 
     def garbage(self, repo_dir: Path) -> list[Path]:
         """What failed pushes left in one repo: dead staging folders and temp files, snapshots no ref
@@ -396,6 +406,10 @@ class LocalStore:
         rename and write refs only under it, so nothing found is half way through a live push."""
         found: list[Path] = []
         live: list[Path] = []
+        # Blobs are listed before any link is read: a blob listed here was written after its link
+        # (see `_stage`), so a live staging folder's link to it is seen below.
+        blobs = repo_dir / "blobs"
+        listed = [b for b in blobs.iterdir() if not b.name.startswith(".")] if blobs.is_dir() else []
         staging = repo_dir / ".staging"
         for folder in staging.iterdir() if staging.is_dir() else []:
             pid = folder.name.split("-", 1)[0]
@@ -409,10 +423,7 @@ class LocalStore:
         for snapshot in snapshots.iterdir() if snapshots.is_dir() else []:
             (live if snapshot.name in known else found).append(snapshot)
         used = {os.path.basename(os.readlink(p)) for folder in live for p in folder.rglob("*") if p.is_symlink()}
-        blobs = repo_dir / "blobs"
-        for blob in blobs.iterdir() if blobs.is_dir() else []:
-            if not blob.name.startswith(".") and blob.name not in used:
-                found.append(blob)
+        found += [blob for blob in listed if blob.name not in used]
         return found
 
     def tag(self, repo_id: str, repo_type: str, tag: str, revision: str = "main") -> str:
@@ -539,9 +550,11 @@ class HubStore:
         except LocalEntryNotFoundError:
             raise StoreError(f"{what} is not in the local Hugging Face cache and the Hub is not reachable") from None
         except HfHubHTTPError as err:
-            # The status and the server's one-line reason; never the request (its headers hold the token).
+            # The status and the first line of the reason; never the request (its headers hold the
+            # token), and the token struck out should a server echo it back.
             status = getattr(getattr(err, "response", None), "status_code", "?")
-            raise StoreError(f"the Hub refused {what} (HTTP {status}): {str(err).splitlines()[0][:200]}") from None
+            reason = redact(str(err).splitlines()[0][:200])
+            raise StoreError(f"the Hub refused {what} (HTTP {status}): {reason}") from None
 
     def push(
         self,
@@ -638,6 +651,14 @@ class HubStore:
         listing = {"dataset": "list_datasets", "model": "list_models", "space": "list_spaces"}[repo_type]
         with self._errors(f"{repo_type}s of {namespace!r}"):
             return sorted(info.id for info in getattr(self.api, listing)(author=namespace))
+
+
+def redact(text: str) -> str:
+    """`text` without the Hugging Face token in use."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    return text.replace(token, "***") if token else text
 
 
 def open_store(backend: str | None = None, root: str | Path | None = None) -> Store:

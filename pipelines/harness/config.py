@@ -311,7 +311,7 @@ def parse_arguments(cls: type[T], prog: str, argv: list[str] | None = None, stag
     from transformers import HfArgumentParser  # only where a command line is parsed
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = OneLineError(add_help=False)
+    pre = OneLineError(add_help=False, allow_abbrev=False)
     pre.add_argument("--recipe")
     pre.add_argument("--step")
     known, rest = pre.parse_known_args(argv)
@@ -331,7 +331,7 @@ def parse_arguments(cls: type[T], prog: str, argv: list[str] | None = None, stag
     class Parser(OneLineError, HfArgumentParser):
         pass
 
-    parser = Parser(cls)
+    parser = Parser(cls, allow_abbrev=False)  # a misspelled flag is an error, never a guess
     parser.prog = prog
     group = parser.add_argument_group("recipe")
     group.add_argument("--recipe", metavar="R.yaml", help="Take settings from this recipe; flags override them.")

@@ -16,15 +16,18 @@ EXAMPLE = [["male", "CEO"], ["male", "CEO"], ["female", "CEO"], ["female", "nurs
 
 def compute(table: pd.DataFrame, labels: str, k: float, n: float, rounds: float, seed: float) -> dict:
     rows = [(str(p).strip() or None, str(o)) for p, o in table.itertuples(index=False) if str(o).strip()]
-    return module.compute(
-        predictions=[p for p, _ in rows],
-        references=[o for _, o in rows],
-        labels=[label.strip() for label in labels.split(",") if label.strip()] or None,
-        num_occupations=int(k),
-        images_per_occupation=int(n),
-        rounds=int(rounds),
-        seed=int(seed),
-    )
+    try:
+        return module.compute(
+            predictions=[p for p, _ in rows],
+            references=[o for _, o in rows],
+            labels=[label.strip() for label in labels.split(",") if label.strip()] or None,
+            num_occupations=int(k),
+            images_per_occupation=int(n),
+            rounds=int(rounds),
+            seed=int(seed),
+        )
+    except ValueError as err:  # bad input is the visitor's to fix: say what, in one line
+        raise gr.Error(str(err)) from None
 
 
 demo = gr.Interface(
@@ -32,7 +35,7 @@ demo = gr.Interface(
     inputs=[
         gr.Dataframe(headers=["prediction", "occupation"], value=EXAMPLE, column_count=(2, "fixed"), label="images"),
         gr.Textbox("male, female", label="labels (comma-separated)"),
-        gr.Number(10, label="k: occupations per round", precision=0),
+        gr.Number(2, label="k: distinct occupations per round", precision=0),
         gr.Number(10, label="n: images per occupation", precision=0),
         gr.Number(1000, label="S: rounds", precision=0),
         gr.Number(0, label="seed", precision=0),
