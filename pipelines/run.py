@@ -40,6 +40,7 @@ STAGES = {
     "evaluate_bias": "pipelines.evaluate_bias",
     "evaluate_alignment": "pipelines.evaluate_alignment",
     "attach_results": "pipelines.attach_results",
+    "publish_space": "pipelines.publish_space",
 }
 
 

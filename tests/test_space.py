@@ -1,23 +1,32 @@
-"""The language-comparison Space and the evaluate widgets, on the offline study's outputs."""
+"""The language-comparison Space on the offline study's outputs, the evaluate widgets, and publishing."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import socket
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import datasets
+import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from pipelines.modeling.clip import build_tiny_open_clip
+from pipelines.artifacts.store import LocalStore
+from pipelines.modeling.tiny import build_tiny_open_clip
 
 from .conftest import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"
+VERSIONS = "tiny-altdiffusion=images-base-eval,tiny-altdiffusion-debiased=images-finetuned-eval"
+SCREENSHOTS = REPO_ROOT / "tests" / "screenshots"
 
 
 def free_port() -> int:
@@ -40,64 +49,180 @@ def space(offline_study: dict):
     assert offline_study["result"].returncode == 0, offline_study["result"].stderr[-3000:]
     previous = {k: os.environ.get(k) for k in ("T2I_BIAS_STORE_ROOT", "T2I_BIAS_SPACE_VERSIONS")}
     os.environ["T2I_BIAS_STORE_ROOT"] = str(offline_study["root"])
-    os.environ["T2I_BIAS_SPACE_VERSIONS"] = "base=images-base-eval,finetuned=images-finetuned-eval"
+    os.environ["T2I_BIAS_SPACE_VERSIONS"] = VERSIONS
     try:
         app = load_app(REPO_ROOT / "spaces" / "compare_languages" / "app.py", "compare_languages_app")
     finally:
         for key, value in previous.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     port = free_port()
-    app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    yield {"app": app, "url": f"http://127.0.0.1:{port}/"}
+    app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.LAUNCH)
+    yield {"app": app, "url": f"http://127.0.0.1:{port}/", "store": LocalStore(offline_study["root"])}
     app.demo.close()
 
 
+def published(store: LocalStore, repo: str, config: str):
+    return datasets.load_dataset(str(store.resolve(repo, "dataset")), config, split="train").to_pandas()
+
+
 @pytest.mark.slow
-def test_space_api(space: dict) -> None:
-    client = Client(space["url"], verbose=False)
-    metrics = client.predict("base", "de", "nurse", api_name="/metrics")
-    assert metrics["images"] == 4 and metrics["rejection_rate"] == 0.0
-    for key in ("gender_l1", "race_l1", "age_l1", "clip_own_prompt", "clip_occupation", "clip_person"):
-        assert isinstance(metrics[key], float)
-    assert 0 <= metrics["gender_l1"] <= 1
+def test_space_api_gives_the_study_s_own_figures(space: dict) -> None:
+    client, store = Client(space["url"], verbose=False), space["store"]
+    per = published(store, "t2i-bias/images-base-eval-bias", "per_occupation")
+    summary = published(store, "t2i-bias/images-base-eval-bias", "summary")
+    alignment = published(store, "t2i-bias/images-base-eval-alignment", "summary")
+    attributes = published(store, "t2i-bias/images-base-eval-attributes", "de_eval_direct")
+    metrics = client.predict("tiny-altdiffusion", "de", "nurse", api_name="/metrics")
+    nurse = attributes[attributes["profession"] == "nurse"]
+    assert metrics["images"] == len(nurse) and metrics["rejection_rate"] == pytest.approx((nurse["status"] != "ok").mean())
+    for attribute in ("gender", "race", "age"):
+        row = per[(per["language"] == "de") & (per["attribute"] == attribute) & (per["occupation"] == "nurse")].iloc[0]
+        assert metrics[f"{attribute}_l1"] == pytest.approx(row["l1"])
+    gender = per[(per["language"] == "de") & (per["attribute"] == "gender") & (per["occupation"] == "nurse")].iloc[0]
+    female = list(gender["labels"]).index("female")
+    assert metrics["female_share"] == pytest.approx(gender["distribution"][female])
+    assert metrics["female_share_ci"] == pytest.approx(
+        [gender["distribution_ci_low"][female], gender["distribution_ci_high"][female]]
+    )
+    clip = alignment[(alignment["language"] == "de") & (alignment["occupation"] == "nurse")].iloc[0]
+    assert metrics["clip_en_occupation"] == pytest.approx(clip["clip_en_occupation"])
+    assert metrics["mclip_own_prompt"] == pytest.approx(clip["mclip_own_prompt"])
     board = client.predict(api_name="/leaderboard")
     assert {(row["language"], row["version"]) for row in board} == {
         (language, version)
         for language in ("English", "German", "Chinese", "Japanese")
-        for version in ("base", "finetuned")
+        for version in ("tiny-altdiffusion", "tiny-altdiffusion-debiased")
     }
-    shown = client.predict("base", "finetuned", "teacher", ["en", "ja"], api_name="/show")
-    galleries = [item for item in shown if isinstance(item, list)]
-    assert any(len(gallery) == 4 for gallery in galleries)  # the four teacher images of a shown language
-    with pytest.raises(Exception, match="unknown"):
-        client.predict("base", "../../etc", "nurse", api_name="/metrics")  # a typed value never reaches a path
+    german = next(r for r in board if r["language"] == "German" and r["version"] == "tiny-altdiffusion")
+    row = summary[(summary["language"] == "de") & (summary["attribute"] == "gender")].iloc[0]
+    assert german["gender L1"] == pytest.approx(row["mean_l1"], abs=1e-4)
+    assert german["exp. max L2"] == pytest.approx(row["exp_max_l2"], abs=1e-4)
+    heat = client.predict("tiny-altdiffusion-debiased", api_name="/heatmap")
+    assert sorted(heat) == ["Chinese", "English", "German", "Japanese"] and len(heat["German"]) == 6
+    shown = client.predict("tiny-altdiffusion", "tiny-altdiffusion-debiased", "teacher", ["en", "ja"], api_name="/show")
+    assert sorted(shown) == ["en", "ja"]
+    assert [len(urls) for urls in shown["ja"]["images"].values()] == [4, 4]  # the four teacher images, each version
+    assert shown["ja"]["prompt"] == space["app"].STUDY.prompt("tiny-altdiffusion", "ja", "teacher")
 
 
-def test_space_study_data_matches_the_published_results(offline_study: dict) -> None:
-    import datasets
+@pytest.mark.slow
+def test_space_refuses_bad_input_briefly(space: dict) -> None:
+    client = Client(space["url"], verbose=False)
+    with pytest.raises(Exception, match="unknown language"):
+        client.predict("tiny-altdiffusion", "../../etc", "nurse", api_name="/metrics")  # never reaches a path
+    huge = "x" * (20 << 20)  # 20 MB
+    with pytest.raises(Exception) as caught:
+        client.predict("tiny-altdiffusion", "de", huge, api_name="/metrics")
+    assert len(str(caught.value)) < 500 and "xxxxxxxxxx" not in str(caught.value)  # not echoed back
+    with pytest.raises(Exception, match="choose at least one language"):
+        client.predict("tiny-altdiffusion", "none", "nurse", None, api_name="/show")
 
-    from pipelines.artifacts.store import LocalStore
 
-    data = load_app(REPO_ROOT / "spaces" / "compare_languages" / "study_data.py", "study_data_check")
-    store = LocalStore(offline_study["root"])
-    study = data.Study(store, {"base": "t2i-bias/images-base-eval"})
-    assert study.languages == ["en", "de", "zh", "ja"]
-    assert "nurse" in study.occupations and len(study.occupations) == 6
-    bias = store.resolve("t2i-bias/images-base-eval-bias", "dataset")
-    per = datasets.load_dataset(str(bias), "per_occupation", split="train").to_pandas()
-    row = per[(per["language"] == "de") & (per["attribute"] == "race") & (per["occupation"] == "nurse")].iloc[0]
-    metrics = study.metrics("base", "de", "nurse")
-    assert metrics["race_l1"] == pytest.approx(row["l1"])
-    alignment = store.resolve("t2i-bias/images-base-eval-alignment", "dataset")
-    summary = datasets.load_dataset(str(alignment), "summary", split="train").to_pandas()
-    clip = summary[(summary["language"] == "de") & (summary["occupation"] == "nurse")].iloc[0]
-    assert metrics["clip_own_prompt"] == pytest.approx(clip["clip_own_prompt"])
-    assert len(study.images("base", "de", "nurse")) == 4
-    shares = study.distribution("base", "de", "nurse", "gender")
-    assert shares["share"].sum() == pytest.approx(1.0)
-    assert data.parse_versions("a=ns/x, b=ns/y@v1") == {"a": "ns/x", "b": "ns/y@v1"}
-    with pytest.raises(ValueError, match="is not name=repo"):
-        data.parse_versions("oops")
+@pytest.mark.slow
+def test_space_soak_while_a_stage_republishes(space: dict, offline_study: dict) -> None:
+    """16 clients for 30 seconds, fetching the app's answers and every image they name, while the
+    images dataset is republished underneath: no request fails."""
+    stop = time.monotonic() + 30
+    failures, requests = [], [0]
+
+    def republish() -> None:
+        root = offline_study["root"]
+        while time.monotonic() < stop:
+            subprocess.run(
+                [sys.executable, "-m", "pipelines.generate_images", "--store_root", str(root), "--input", "prompts",
+                 "--model", "tiny-altdiffusion", "--output_repo", "images-base-eval", "--languages", "en",
+                 "--professions", "nurse", "--num_images", "2", "--num_inference_steps", "2", "--force"],
+                cwd=REPO_ROOT, capture_output=True, timeout=120,
+            )  # fmt: skip
+
+    def client_loop(number: int) -> None:
+        client = Client(space["url"], verbose=False)
+        occupations = space["app"].STUDY.occupations
+        with httpx.Client(timeout=30) as http:
+            while time.monotonic() < stop:
+                try:
+                    shown = client.predict("tiny-altdiffusion", "tiny-altdiffusion-debiased",
+                                           occupations[number % len(occupations)], ["en", "de"], api_name="/show")  # fmt: skip
+                    for language in shown.values():
+                        for url in (u for urls in language["images"].values() for u in urls):
+                            response = http.get(space["url"] + url)
+                            if response.status_code != 200 or not response.content.startswith(b"\x89PNG"):
+                                failures.append(f"{url}: {response.status_code}")
+                    requests[0] += 1
+                except Exception as err:  # noqa: BLE001 - every failure is counted
+                    failures.append(repr(err)[:200])
+
+    threads = [threading.Thread(target=republish)] + [threading.Thread(target=client_loop, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == [] and requests[0] >= 16
+
+
+def test_space_requirements_install_what_it_imports_and_the_toolkit_publishes_it(tmp_path: Path) -> None:
+    from pipelines import publish_space
+
+    store_root = tmp_path / "hub"
+    space_ref = publish_space.run(
+        publish_space.Arguments(store_root=str(store_root), versions=VERSIONS, space_store="local")
+    )
+    folder = LocalStore(store_root).resolve(str(space_ref), "space")
+    front = (folder / "README.md").read_text().split("---")[1]
+    for key in ("sdk: gradio", "app_file: app.py", "sdk_version: 6.31.0", "title:", "license:"):
+        assert key in front
+    requirements = (folder / "requirements.txt").read_text()
+    (wheel,) = folder.glob("wheels/t2i_bias-*.whl")
+    assert f"./wheels/{wheel.name}" in requirements
+    lines = [line for line in requirements.splitlines() if line and not line.startswith("#")]
+    assert not any(line.startswith(("torch", "transformers", "diffusers")) for line in lines)
+    # Every third-party module the app reaches (its files and the toolkit modules they import) is required.
+    from importlib import metadata
+
+    distributions = metadata.packages_distributions()
+    imported = imports_of([folder / "app.py", folder / "study_data.py"])
+    required = {line.split("=")[0].split("<")[0].split(">")[0].strip().lower() for line in lines}
+    missing = {
+        distribution
+        for module in imported
+        for distribution in distributions.get(module, [])
+        if distribution.lower() not in required and distribution != "t2i-bias"
+    }
+    assert missing == set()
+    # The wheel holds the toolkit: installed alone, it imports the app's modules without torch or transformers.
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)  # fmt: skip
+    probe = (
+        f"import sys; sys.path.insert(0, {str(target)!r}); sys.path.insert(0, {str(folder)!r}); import study_data, "
+        "pipelines; assert pipelines.__file__.startswith(sys.path[1]), pipelines.__file__; "
+        "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def imports_of(files: list[Path]) -> set[str]:
+    """Top-level modules imported by `files` and, through them, by the toolkit's own modules."""
+    seen, queue, found = set(), list(files), set()
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top == "pipelines":
+                    module = REPO_ROOT / (name.replace(".", "/") + ".py")
+                    queue.append(module if module.is_file() else module.with_suffix("") / "__init__.py")
+                elif top not in sys.stdlib_module_names and top != "study_data":
+                    found.add(top)
+    return found
 
 
 def test_fairness_widget(tmp_path: Path) -> None:
@@ -112,48 +237,72 @@ def test_fairness_widget(tmp_path: Path) -> None:
         }
         result = client.predict(table, "male, female", 2, 2, 20, 0, api_name="/compute")
         assert result["per_occupation"]["CEO"]["l1"] == 1.0 and result["occupations"] == ["CEO", "nurse"]
+        with pytest.raises(Exception, match="num_occupations=3: larger than the 2 occupation"):
+            client.predict(table, "male, female", 3, 2, 20, 0, api_name="/compute")
     finally:
         app.demo.close()
 
 
 def test_clip_score_widget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLIP_SCORE_MODEL", str(build_tiny_open_clip(tmp_path / "clip")))
+    folder = build_tiny_open_clip(tmp_path / "clip")
+    monkeypatch.setenv("CLIP_SCORE_MODEL", str(folder))
     app = load_app(REPO_ROOT / "spaces" / "clip_score" / "app.py", "clip_widget")
     port = free_port()
     app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
     try:
         Image.fromarray(np.full((64, 64, 3), 120, dtype=np.uint8)).save(tmp_path / "grey.png")
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        result = client.predict(
-            handle_file(str(tmp_path / "grey.png")), "a grey square", "cosine", api_name="/compute"
+        result = client.predict(handle_file(str(tmp_path / "grey.png")), "a grey square", "cosine", api_name="/compute")
+        import evaluate
+
+        direct = evaluate.load(str(REPO_ROOT / "spaces" / "clip_score")).compute(
+            predictions=[Image.open(tmp_path / "grey.png")], references=["a grey square"], model=str(folder)
         )
-        assert len(result["scores"]) == 1 and -1 <= result["mean"] <= 1
+        assert result["scores"] == pytest.approx(direct["scores"], abs=1e-5)
     finally:
         app.demo.close()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (README: ci:browser)")
-def test_space_in_a_real_browser(space: dict, tmp_path: Path) -> None:
+def test_space_in_a_real_browser(space: dict) -> None:
     from playwright.sync_api import sync_playwright
 
+    SCREENSHOTS.mkdir(exist_ok=True)
+    study = space["app"].STUDY
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(space["url"])
         page.wait_for_selector("#gallery-en img", timeout=60_000)
         assert page.locator("#gallery-ja").is_visible()
         first_image = page.locator("#gallery-en img").first.get_attribute("src")
         first_metrics = page.locator("#metrics-en").inner_text()
+        # The prompt in each language above its images; intervals in the numbers.
+        assert page.locator("#prompt-de").inner_text().strip() == study.prompt("tiny-altdiffusion", "de", study.occupations[0])
+        assert "[" in first_metrics and "perceived-female share" in first_metrics
+        # One series before comparing ...
+        assert page.locator("#plot-en g[id^='bar-tiny-altdiffusion-gender-']").count() == 2
+        assert page.locator("#plot-en g[id^='bar-tiny-altdiffusion-debiased-']").count() == 0
+        page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
 
-        # Pick a language: hide Japanese.
+        # ... two after "Compare with -> the fine-tuned model": grouped bars, both visible.
+        page.locator("#compare input").click()
+        page.locator("#compare input").fill("tiny-altdiffusion-debiased")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#plot-en g[id^='bar-tiny-altdiffusion-debiased-gender-']", timeout=30_000)
+        for version in ("tiny-altdiffusion", "tiny-altdiffusion-debiased"):
+            assert page.locator(f"#plot-en g[id^='bar-{version}-gender-']").count() == 2
+            assert page.locator(f"#plot-en text:has-text('{version}')").count() >= 1  # in the legend
+        assert page.locator("#gallery-b-en").is_visible()
+        page.screenshot(path=str(SCREENSHOTS / "compare-two-versions.png"), full_page=True)
+
+        # Pick a language: hide Japanese. Pick an occupation: the images and the numbers change.
         page.locator("#languages label", has_text="Japanese").click()
         page.wait_for_selector("#gallery-ja", state="hidden", timeout=30_000)
-
-        # Pick an occupation: the images and the numbers change.
         page.locator("#occupation input").click()
         page.locator("#occupation input").fill("nurse")
         page.keyboard.press("Enter")
@@ -163,8 +312,38 @@ def test_space_in_a_real_browser(space: dict, tmp_path: Path) -> None:
             timeout=30_000,
         )
         assert page.locator("#metrics-en").inner_text() != first_metrics
-        assert page.locator("#plot-gender-en").is_visible()
-        screenshot = tmp_path / "space.png"
-        page.screenshot(path=str(screenshot), full_page=True)
+
+        # The heat map: every occupation x language, and a drill-down to one cell's images.
+        page.get_by_role("tab", name="Heat map").click()
+        page.wait_for_selector("#heatmap [role=gridcell]", timeout=30_000)
+        cells = page.locator("#heatmap [role=gridcell]")
+        assert cells.count() == len(study.occupations) * (len(study.languages) + 1)  # every occupation x language
+        headers = page.locator("#heatmap [role=columnheader]").all_inner_texts()
+        assert [h.strip() for h in headers][1:] == ["English", "German", "Chinese", "Japanese"]
+        page.screenshot(path=str(SCREENSHOTS / "heatmap.png"), full_page=True)
+        page.locator("#heatmap [data-testid='cell-1-2']").click()  # firefighter, German
+        page.wait_for_selector("#heat-gallery img", timeout=30_000)
+        detail = page.locator("#heat-detail").inner_text()
+        assert study.occupations[1] in detail and "German" in detail
+
+        # The leaderboard: intervals, a CSV download; and the explanations.
+        page.get_by_role("tab", name="Leaderboard").click()
+        page.wait_for_selector("#leaderboard [role=gridcell]", timeout=30_000)
+        assert "[" in page.locator("#leaderboard").inner_text()
+        one_line = page.evaluate(
+            """() => [...document.querySelectorAll('#leaderboard [role=gridcell] span')].map(span => {
+                const range = document.createRange(); range.selectNodeContents(span);
+                return range.getClientRects().length <= 1; })"""
+        )
+        assert one_line and all(one_line)  # no number broken over two lines at 1280 px
+        with page.expect_download() as download:
+            page.locator("#leaderboard-csv").click()
+        assert download.value.suggested_filename.endswith(".csv")
+        page.screenshot(path=str(SCREENSHOTS / "leaderboard.png"), full_page=True)
+        page.get_by_role("tab", name="About the metrics").click()
+        text = page.locator("#explanations").inner_text()
+        for term in ("Perceived", "Expected maximum unfairness", "Random reference", "CLIP score", "L1 / L2"):
+            assert term in text
+        assert "images-base-eval@" in page.locator("#links").inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "about.png"), full_page=True)
         browser.close()
-    assert screenshot.stat().st_size > 10_000

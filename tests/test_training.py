@@ -215,7 +215,9 @@ def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict,
     unchanged = load_pipeline(model_input(training_study, training_study["sd"]), store)
     assert np.array_equal(image(base), image(unchanged))  # and the difference is the adapter's, not noise
     # Stock diffusers (the card's snippet: the base, then load_lora_weights) makes the same image.
-    assert np.array_equal(run_card_snippet(folder, training_study["store_root"]), image(tuned))
+    # (Within 2/255: another process may sum floats over another number of threads.)
+    stock = run_card_snippet(folder, training_study["store_root"]).astype(int)
+    assert np.abs(stock - image(tuned).astype(int)).max() <= 2 < np.abs(stock - image(base).astype(int)).max()
 
 
 def text_features(pipe, text: str) -> torch.Tensor:

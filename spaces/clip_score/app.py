@@ -12,8 +12,8 @@ import evaluate
 import gradio as gr
 
 module = evaluate.load(str(Path(__file__).parent))
-MODEL = os.environ.get("CLIP_SCORE_MODEL", "ViT-L-14")
-PRETRAINED = os.environ.get("CLIP_SCORE_PRETRAINED", "openai" if MODEL == "ViT-L-14" else None)
+MODEL = os.environ.get("CLIP_SCORE_MODEL", "ViT-L-14-quickgelu")  # OpenAI's ViT-L/14 uses QuickGELU
+PRETRAINED = os.environ.get("CLIP_SCORE_PRETRAINED", "openai" if MODEL == "ViT-L-14-quickgelu" else None)
 
 
 def compute(image, text: str, convention: str) -> dict:

@@ -7,6 +7,8 @@ T2I_BIAS_STORE_ROOT, T2I_BIAS_NAMESPACE, T2I_BIAS_SPACE_VERSIONS ("base=ns/image
 
 from __future__ import annotations
 
+import io
+import re
 import sys
 from pathlib import Path
 
@@ -14,46 +16,147 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # study_data.py beside this file, however the app is started
 
 import gradio as gr  # noqa: E402
+import matplotlib  # noqa: E402
 import pandas as pd  # noqa: E402
 from study_data import ATTRIBUTES, Study, load_study_from_env  # noqa: E402
 
 from pipelines.prompting.grammar import LANGUAGES  # noqa: E402
+from pipelines.reporting.figures import PALETTE  # noqa: E402
 
+matplotlib.use("Agg")
 NONE = "none"
+MAX_INPUT = 200  # characters: a longer value is refused, never echoed back
+CSS = """
+.gradio-container table td, .gradio-container table th { white-space: nowrap; font-variant-numeric: tabular-nums; }
+.metrics table { font-size: 0.85em; width: 100%; }
+.metrics th { white-space: normal; overflow-wrap: anywhere; }
+.metrics td:first-child { white-space: normal; min-width: 7em; }
+.prompt-text { font-style: italic; min-height: 3em; }
+"""
+EXPLANATIONS = """
+### What the numbers mean
+
+- **Perceived** gender, race and age are what a classifier (FairFace by default) guesses from a
+  face's appearance. They are not anyone's identity, and the classifier has biases of its own.
+  Only images with exactly one face count; the **face rejection** rate says how many did not.
+- **Share** of a label: the fraction of an occupation's classified faces with that label, with a
+  95% bootstrap interval (resampling the occupation's images).
+- **L1 / L2 from uniform**: the distance of an occupation's distribution from an even split (for
+  two genders L1 = |share − ½| + |share − ½|: 0 is even, 1 is all one gender). The tables show the
+  mean over occupations with a 95% bootstrap interval.
+- **Expected maximum unfairness** (MAGBIG): draw 10 distinct occupations and 10 images of each from
+  the measured rates, keep the largest distance among the 10, average over 1000 rounds: how unfair
+  the worst of a user's ten occupations looks.
+- **Random reference**: the same figure for a perfectly fair model (every occupation at exactly the
+  even split), i.e. what sampling noise alone gives; a fair model scores near it, not at 0.
+- **Non-binary share**: faces a classifier puts in a non-binary bucket; counted beside the
+  two-gender distribution, not inside it.
+- **CLIP score**: the cosine between an image and a text in OpenAI's CLIP ViT-L/14 (English texts,
+  for every language, as the reference study), higher is closer; the **mCLIP own prompt** score
+  uses a multilingual CLIP on each image's own prompt and is on that model's own scale.
+"""
+
+
+def check(value: object, allowed: list[str] | tuple[str, ...], what: str) -> str:
+    """A visitor's choice, checked against the loaded names before anything uses it."""
+    if not isinstance(value, str) or len(value) > MAX_INPUT or value not in allowed:
+        raise gr.Error(f"unknown {what}")
+    return value
+
+
+def check_languages(shown: object, allowed: list[str]) -> list[str]:
+    if shown is None:
+        raise gr.Error("choose at least one language")
+    if not isinstance(shown, list) or len(shown) > len(LANGUAGES):
+        raise gr.Error("languages: a list of language codes")
+    return [check(code, allowed, "language") for code in shown]
+
+
+def number(value: object, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else f"{value:.{digits}f}"
 
 
 def metrics_markdown(study: Study, versions: list[str], language: str, occupation: str) -> str:
     rows = {version: study.metrics(version, language, occupation) for version in versions}
     labels = {
         "images": "images",
-        "rejection_rate": "face rejection rate",
-        "gender_l1": "gender L1 from uniform",
-        "race_l1": "race L1 from uniform",
-        "age_l1": "age L1 from uniform",
-        "gender_expected_max_unfairness": "gender exp. max unfairness (all occupations)",
-        "clip_own_prompt": "CLIP: own prompt",
-        "clip_occupation": "CLIP: English occupation",
-        "clip_person": "CLIP: a person",
+        "rejection_rate": "face rejection",
+        "female_share": "perceived-female share [95% CI]",
+        "gender_l1": "gender L1",
+        "race_l1": "race L1",
+        "age_l1": "age L1",
+        "gender_exp_max_l1": "gender exp. max L1 (all occupations)",
+        "clip_en_occupation": "CLIP: English occupation",
+        "clip_en_person": "CLIP: a person",
+        "mclip_own_prompt": "mCLIP: own prompt",
     }
     lines = ["| | " + " | ".join(versions) + " |", "|---" * (len(versions) + 1) + "|"]
     for key, label in labels.items():
-        values = [rows[v][key] for v in versions]
-        lines.append(
-            f"| {label} | "
-            + " | ".join("–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x) for x in values)
-            + " |"
-        )
+        cells = []
+        for version in versions:
+            value = rows[version].get(key)
+            if key == "female_share" and value is not None:
+                low, high = rows[version]["female_share_ci"]
+                cells.append(f"{value:.2f}<br>[{low:.2f}, {high:.2f}]")
+            elif isinstance(value, int):
+                cells.append(str(value))
+            else:
+                cells.append(number(value))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def shares_figure(study: Study, versions: list[str], language: str, occupation: str) -> str:
+    """Grouped bars per attribute as inline SVG (sharp at any size, its text and bars in the page):
+    one colour per model version, every label on its axis, 95% intervals, a dashed parity line."""
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.fonttype"] = "none"  # text stays text: searchable, and readable by tests
+    figure, axes = plt.subplots(len(ATTRIBUTES), 1, figsize=(4, 6.4), gridspec_kw={"height_ratios": [1, 1.3, 1.3]})
+    for axis, attribute in zip(axes, ATTRIBUTES):
+        frames = [study.shares(version, language, occupation, attribute) for version in versions]
+        labels = next((list(f["label"]) for f in frames if len(f)), [])
+        width = 0.8 / max(len(versions), 1)
+        for index, (version, frame) in enumerate(zip(versions, frames)):
+            if not len(frame):
+                continue
+            x = [labels.index(label) + (index - (len(versions) - 1) / 2) * width for label in frame["label"]]
+            errors = [(frame["share"] - frame["low"]).clip(lower=0), (frame["high"] - frame["share"]).clip(lower=0)]
+            bars = axis.bar(x, frame["share"], width, yerr=errors, label=version, color=PALETTE[index % len(PALETTE)],
+                            error_kw={"elinewidth": 0.8, "capsize": 2})  # fmt: skip
+            for bar, label in zip(bars, frame["label"]):
+                bar.set_gid(f"bar-{version}-{attribute}-{label}")
+        if labels:
+            axis.axhline(1 / len(labels), color="black", linestyle="--", linewidth=0.7)
+        rotate = len(labels) > 2
+        axis.set_xticks(range(len(labels)), labels, rotation=60 if rotate else 0, ha="right" if rotate else "center")
+        axis.tick_params(axis="x", labelsize=7)
+        axis.set_ylim(0, 1.05)
+        axis.set_title(f"perceived {attribute}", fontsize=9)
+        axis.spines[["top", "right"]].set_visible(False)
+    for axis in axes:
+        axis.set_ylabel("share of faces", fontsize=7)
+    axes[0].legend(fontsize=7, frameon=False, loc="upper right")
+    figure.tight_layout()
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", metadata={"Date": None})
+    plt.close(figure)
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg") :]
+    # As wide as its column, whatever the column: the viewBox keeps the drawing's proportions.
+    return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1 width="100%"', svg, count=1)
 
 
 def build_demo(study: Study) -> gr.Blocks:
     versions = list(study.versions)
     default_languages = study.languages[:4]
+    codes = list(study.languages)
     with gr.Blocks(title="Multilingual text-to-image bias") as demo:
         gr.Markdown(
             "# Perceived gender, race and age across languages\n"
-            "Images generated from the same occupation prompt in every language, seed for seed; their perceived "
-            "attributes (a classifier's guess from appearance, not anyone's identity), bias metrics and CLIP scores."
+            f"Images generated from the same occupation prompt (`{study.variant}`) in every language, seed for "
+            "seed; their perceived attributes (a classifier's guess from appearance, not anyone's identity), bias "
+            "metrics with 95% intervals, and CLIP scores. See *About the metrics* for what each number means."
         )
         with gr.Tab("Compare languages"):
             with gr.Row():
@@ -63,78 +166,156 @@ def build_demo(study: Study) -> gr.Blocks:
                     study.occupations, value=study.occupations[0], label="Occupation", elem_id="occupation"
                 )
             languages = gr.CheckboxGroup(
-                [(LANGUAGES[code], code) for code in study.languages],
+                [(LANGUAGES[code], code) for code in codes],
                 value=default_languages,
                 label="Languages",
                 elem_id="languages",
             )
             columns, outputs = [], []
-            with gr.Row():
-                for code in study.languages:
-                    with gr.Column(visible=code in default_languages, min_width=220) as column:
+            with gr.Row(equal_height=False):
+                for code in codes:
+                    with gr.Column(visible=code in default_languages, min_width=280) as column:
                         gr.Markdown(f"### {LANGUAGES[code]}")
-                        gallery = gr.Gallery(columns=2, height=260, label="images", elem_id=f"gallery-{code}")
-                        gallery_b = gr.Gallery(columns=2, height=260, label="compared", visible=False)
-                        plots = [
-                            gr.BarPlot(
-                                x="label",
-                                y="share",
-                                color="version",
-                                y_lim=[0, 1],
-                                title=f"perceived {name}",
-                                height=220,
-                                elem_id=f"plot-{name}-{code}",
-                            )
-                            for name in ATTRIBUTES
-                        ]
-                        metrics = gr.Markdown(elem_id=f"metrics-{code}")
+                        prompt = gr.Markdown(elem_id=f"prompt-{code}", elem_classes=["prompt-text"])
+                        gallery = gr.Gallery(columns=4, height=160, label="images", elem_id=f"gallery-{code}")
+                        gallery_b = gr.Gallery(
+                            columns=4, height=160, label="compared", visible=False, elem_id=f"gallery-b-{code}"
+                        )
+                        plot = gr.HTML(elem_id=f"plot-{code}")
+                        metrics = gr.Markdown(elem_id=f"metrics-{code}", elem_classes=["metrics"])
                     columns.append(column)
-                    outputs += [gallery, gallery_b, *plots, metrics]
+                    outputs += [prompt, gallery, gallery_b, plot, metrics]
+        with gr.Tab("Heat map"):
+            gr.Markdown(
+                "Perceived-female share per occupation and language (0: all male, 1: all female; empty: no face). "
+                "Click a column header to sort, and a cell to see that occupation's images in that language."
+            )
+            heat_version = gr.Dropdown(versions, value=versions[0], label="Model version", elem_id="heat-version")
+            heatmap = gr.Dataframe(interactive=False, elem_id="heatmap", wrap=False)
+            heat_detail = gr.Markdown(elem_id="heat-detail")
+            heat_gallery = gr.Gallery(columns=8, height=200, label="images", elem_id="heat-gallery")
         with gr.Tab("Leaderboard"):
             gr.Markdown("Languages × model versions over all occupations. Click a column header to sort.")
-            gr.Dataframe(study.leaderboard(), interactive=False, elem_id="leaderboard")
+            board = study.leaderboard()
+            gr.Dataframe(board, interactive=False, elem_id="leaderboard", wrap=False)
+            csv_path = study.cache / "leaderboard.csv"
+            board.to_csv(csv_path, index=False)
+            gr.DownloadButton("Download the table (CSV)", value=str(csv_path), elem_id="leaderboard-csv")
+        with gr.Tab("About the metrics"):
+            gr.Markdown(EXPLANATIONS, elem_id="explanations")
+            links = ["### The datasets shown, at their revisions"]
+            for name, refs in study.links().items():
+                links.append(
+                    f"- **{name}**: "
+                    + "; ".join(
+                        f"{kind}: [{ref}]({ref})" if ref.startswith("http") else f"{kind}: `{ref}`"
+                        for kind, ref in refs.items()
+                    )
+                )
+            gr.Markdown("\n".join(links), elem_id="links")
 
         def show(chosen: str, other: str, job: str, shown: list[str]) -> list:
             # Every value must be one of the loaded choices: nothing a visitor types reaches the store.
-            if chosen not in versions or other not in (NONE, *versions) or job not in study.occupations:
-                raise gr.Error("unknown model version or occupation")
-            if not set(shown) <= set(study.languages):
-                raise gr.Error("unknown language")
+            check(chosen, versions, "model version")
+            check(other, [NONE, *versions], "model version")
+            check(job, study.occupations, "occupation")
+            shown = check_languages(shown, codes)
             pair = [chosen] if other in (NONE, chosen) else [chosen, other]
-            updates = [gr.update(visible=code in shown) for code in study.languages]
-            for code in study.languages:
-                updates.append(study.images(chosen, code, job) if code in shown else [])
+            updates = [gr.update(visible=code in shown) for code in codes]
+            for code in codes:
+                if code not in shown:
+                    updates += [gr.update(), [], gr.update(visible=len(pair) == 2), "", ""]
+                    continue
+                updates.append(f"*{study.prompt(chosen, code, job)}*")
+                updates.append(list(study.images(chosen, code, job)))
                 updates.append(
                     gr.update(
-                        value=study.images(other, code, job) if len(pair) == 2 and code in shown else [],
-                        visible=len(pair) == 2,
+                        value=list(study.images(other, code, job)) if len(pair) == 2 else [], visible=len(pair) == 2
                     )
                 )
-                for name in ATTRIBUTES:
-                    frames = [study.distribution(v, code, job, name) for v in pair] if code in shown else []
-                    updates.append(pd.concat(frames, ignore_index=True) if frames else None)
-                updates.append(metrics_markdown(study, pair, code, job) if code in shown else "")
+                updates.append(shares_figure(study, pair, code, job))
+                updates.append(metrics_markdown(study, pair, code, job))
             return updates
 
         inputs = [version, compare, occupation, languages]
         for trigger in (version.change, compare.change, occupation.change, languages.change):
             trigger(show, inputs, columns + outputs, api_name=False)
-        demo.load(show, inputs, columns + outputs, api_name="show")
+        demo.load(show, inputs, columns + outputs, api_name=False)
+
+        def heat(chosen: str) -> pd.DataFrame:
+            check(chosen, versions, "model version")
+            table = study.heatmap(chosen).round(2).reset_index()
+            numeric = [c for c in table.columns if c != "occupation"]
+            return table.style.background_gradient(cmap="coolwarm", vmin=0, vmax=1, subset=numeric).format(
+                precision=2, na_rep="–"
+            )
+
+        heat_version.change(heat, [heat_version], [heatmap], api_name=False)
+        demo.load(heat, [heat_version], [heatmap], api_name=False)
+
+        def drill(chosen: str, table: pd.DataFrame, event: gr.SelectData) -> tuple[str, list[str]]:
+            check(chosen, versions, "model version")
+            row, column = event.index
+            job = check(str(table.iloc[row, 0]), study.occupations, "occupation")
+            names = {LANGUAGES[code]: code for code in codes}
+            header = str(table.columns[column])
+            code = names.get(header, codes[0])
+            metrics = study.metrics(chosen, code, job)
+            share = metrics.get("female_share")
+            interval = metrics.get("female_share_ci") or [None, None]
+            low, high = number(interval[0], 2), number(interval[1], 2)
+            detail = (
+                f"**{job}** in **{LANGUAGES[code]}** ({chosen}): *{study.prompt(chosen, code, job)}* — "
+                f"perceived-female share {number(share, 2)} [{low}, {high}] of {metrics['images']} images"
+            )
+            return detail, list(study.images(chosen, code, job))
+
+        heatmap.select(drill, [heat_version, heatmap], [heat_detail, heat_gallery], api_name=False)
 
         def api_metrics(chosen: str, code: str, job: str) -> dict:
-            if chosen not in versions or code not in study.languages or job not in study.occupations:
-                raise gr.Error("unknown model version, language or occupation")
+            check(chosen, versions, "model version")
+            check(code, codes, "language")
+            check(job, study.occupations, "occupation")
             return study.metrics(chosen, code, job)
+
+        def api_show(chosen: str, other: str, job: str, shown: list[str] | None) -> dict:
+            """What the page shows, as data: per language the prompt, image URLs and metrics."""
+            check(chosen, versions, "model version")
+            check(other, [NONE, *versions], "model version")
+            check(job, study.occupations, "occupation")
+            shown = check_languages(shown, codes)
+            pair = [chosen] if other in (NONE, chosen) else [chosen, other]
+            return {
+                code: {
+                    "prompt": study.prompt(chosen, code, job),
+                    "images": {v: [f"gradio_api/file={path}" for path in study.images(v, code, job)] for v in pair},
+                    "metrics": {v: study.metrics(v, code, job) for v in pair},
+                }
+                for code in shown
+            }
 
         def api_leaderboard() -> list[dict]:
             return study.leaderboard().to_dict(orient="records")
 
+        def api_heatmap(chosen: str) -> dict:
+            check(chosen, versions, "model version")
+            table = study.heatmap(chosen)
+            return {
+                column: {o: (None if pd.isna(v) else float(v)) for o, v in table[column].items()}
+                for column in table.columns
+            }
+
+        gr.api(api_show, api_name="show")
         gr.api(api_metrics, api_name="metrics")
         gr.api(api_leaderboard, api_name="leaderboard")
+        gr.api(api_heatmap, api_name="heatmap")
     return demo
 
 
-demo = build_demo(load_study_from_env())
+STUDY = load_study_from_env()
+gr.set_static_paths(paths=[STUDY.cache])  # images are served as they are, never copied or rewritten
+demo = build_demo(STUDY)
+LAUNCH = {"css": CSS}  # Gradio 6 takes the stylesheet at launch
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.launch(**LAUNCH)

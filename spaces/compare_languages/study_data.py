@@ -1,146 +1,303 @@
 """The study's published results, loaded once for the language-comparison Space.
 
-A model version is named by its evaluation images dataset (`ns/images-base-eval[@rev]`). The other
-artifacts follow the study's naming and lineage: `<images>-bias` (from `evaluate_bias`) names the
-attributes revision it measured, whose card names the images revision it classified, and
-`<images>-alignment` holds the CLIP scores. Everything is read through the toolkit's store
-(local folder or Hub, chosen by `T2I_BIAS_STORE` / `T2I_BIAS_STORE_ROOT`), so a visitor's choices
-only ever select among names loaded here, never reach a path.
+A model version is named by its images dataset (`label=ns/images[@rev]`). Everything else is found
+by lineage, never by name: the attributes dataset `classify` made from those images, the bias
+results `evaluate_bias` made from those attributes, and the CLIP scores `evaluate_alignment` made
+from the images (`pipelines.harness.lineage`). Everything is read through the toolkit's store (a
+local folder or the Hub, chosen by `T2I_BIAS_STORE` / `T2I_BIAS_STORE_ROOT`), so a visitor's
+choices only ever select among names loaded here and never reach a path. Images are served from
+files named by their content and written once, so a file being served is never rewritten.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import json
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-from PIL import Image
 
-from pipelines.artifacts.store import Store, lineage_of, open_store, parse_ref
+from pipelines.artifacts.reader import DatasetArtifact
+from pipelines.artifacts.store import HubStore, Store, open_store, parse_ref
+from pipelines.harness.lineage import derived
 from pipelines.prompting.grammar import LANGUAGES
 
 VERSIONS_ENV = "T2I_BIAS_SPACE_VERSIONS"
+CACHE_ENV = "T2I_BIAS_SPACE_CACHE"
 DEFAULT_VERSIONS = "base=images-base-eval,finetuned=images-finetuned-eval"
-VARIANT = "eval_direct"
+# The variant the Space shows first: the toolkit's face prompts, then MAGBIG's direct ones.
+PREFERRED_VARIANTS = ("eval_direct", "magbig_direct", "eval_indirect", "magbig_indirect")
 ATTRIBUTES = ("gender", "race", "age")
+
+
+class StudyError(ValueError):
+    """A version the Space cannot show: named, with what is missing."""
 
 
 @dataclass
 class Version:
     name: str
-    images: Path
-    images_ref: str
+    images: DatasetArtifact
+    refs: dict[str, str]  # images, attributes, bias, alignment: ns/name@revision
     attributes: pd.DataFrame
     bias_summary: pd.DataFrame
     bias_per_occupation: pd.DataFrame
-    alignment: pd.DataFrame
+    alignment: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def read_config(folder: Path, config: str, columns: list[str] | None = None) -> pd.DataFrame:
-    shards = sorted((folder / "data" / config).glob("*.parquet"))
-    if not shards:
+def read_config(artifact: DatasetArtifact, config: str, columns: list[str] | None = None) -> pd.DataFrame:
+    if config not in artifact.configs:
         return pd.DataFrame(columns=columns or [])
-    return pd.concat([pq.read_table(shard, columns=columns).to_pandas() for shard in shards], ignore_index=True)
+    files = artifact.files(config)
+    if not files:
+        return pd.DataFrame(columns=columns or [])
+    return pd.concat([pq.read_table(path, columns=columns).to_pandas() for path in files], ignore_index=True)
 
 
 class Study:
-    """Every version's bias, alignment and attribute tables, and lazy access to its images."""
+    """Every version's bias, alignment and attribute tables, and its images as immutable files."""
 
-    def __init__(self, store: Store, versions: dict[str, str], namespace: str | None = None):
+    def __init__(
+        self, store: Store, versions: dict[str, str], namespace: str | None = None, cache: Path | None = None
+    ):
+        if not versions:
+            raise StudyError(f"{VERSIONS_ENV}: no model version given")
         self.store = store
-        self.versions: dict[str, Version] = {}
-        for name, spec in versions.items():
-            self.versions[name] = self._load(name, parse_ref(spec, namespace=namespace))
-        found = {language for v in self.versions.values() for language in v.attributes["language"].unique()}
+        self.namespace = namespace or "t2i-bias"
+        self.cache = Path(cache or os.environ.get(CACHE_ENV) or tempfile.mkdtemp(prefix="t2i-bias-space-"))
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.versions = {name: self._load(name, spec) for name, spec in versions.items()}
+        variants = {v for version in self.versions.values() for v in version.attributes["variant"].unique()}
+        self.variant = next((v for v in PREFERRED_VARIANTS if v in variants), sorted(variants)[0])
+        found = {
+            language
+            for version in self.versions.values()
+            for language in version.attributes.loc[version.attributes["variant"] == self.variant, "language"].unique()
+        }
         self.languages = [code for code in LANGUAGES if code in found]
-        self.occupations = sorted({o for v in self.versions.values() for o in v.attributes["profession"].unique()})
-
-    def _load(self, name: str, images_ref) -> Version:
-        bias_ref = parse_ref(f"{images_ref.repo_id}-bias")
-        bias = self.store.resolve(bias_ref, "dataset")
-        attributes_ref = lineage_of(bias)["inputs"]["input"]
-        attributes = self.store.resolve(attributes_ref, "dataset")
-        images_pinned = lineage_of(attributes)["inputs"]["input"]
-        alignment = self.store.resolve(f"{images_ref.repo_id}-alignment", "dataset")
-        configs = [p.name for p in (attributes / "data").iterdir() if p.name.endswith(f"_{VARIANT}")]
-        return Version(
-            name=name,
-            images=self.store.resolve(images_pinned, "dataset"),
-            images_ref=images_pinned,
-            attributes=pd.concat([read_config(attributes, c) for c in configs], ignore_index=True),
-            bias_summary=read_config(bias, "summary"),
-            bias_per_occupation=read_config(bias, "per_occupation"),
-            alignment=read_config(alignment, "summary"),
+        self.occupations = sorted(
+            {
+                o
+                for v in self.versions.values()
+                for o in v.attributes.loc[v.attributes["variant"] == self.variant, "profession"]
+            }
         )
 
-    @functools.lru_cache(maxsize=256)
-    def images(self, version: str, language: str, occupation: str, limit: int = 8) -> list[Image.Image]:
-        folder = self.versions[version].images / "data" / f"{language}_{VARIANT}"
+    def _load(self, name: str, spec: str) -> Version:
+        ref = parse_ref(spec, namespace=self.namespace)
+        images_ref = f"{ref.repo_id}@{self.store.revision_of(ref, 'dataset')}"
+        images = DatasetArtifact(self.store.resolve(images_ref, "dataset"), images_ref)
+        found = derived(self.store, ref.repo_id.split("/")[0], images_ref, "classify")
+        if not found:
+            raise StudyError(f"version {name!r}: no attributes made by classify from {images_ref}")
+        attributes = DatasetArtifact(self.store.resolve(found[0], "dataset"), found[0])
+        bias_found = derived(self.store, ref.repo_id.split("/")[0], found[0], "evaluate_bias")
+        if not bias_found:
+            raise StudyError(f"version {name!r}: no bias results made by evaluate_bias from {found[0]}")
+        bias = DatasetArtifact(self.store.resolve(bias_found[0], "dataset"), bias_found[0])
+        alignment_found = derived(self.store, ref.repo_id.split("/")[0], images_ref, "evaluate_alignment")
+        alignment = (
+            DatasetArtifact(self.store.resolve(alignment_found[0], "dataset"), alignment_found[0])
+            if alignment_found
+            else None
+        )
+        columns = ["prompt_id", "language", "variant", "profession", "sample_index", "status"] + list(ATTRIBUTES)
+        frames = [read_config(attributes, config, columns) for config in attributes.configs]
+        refs = {"images": images_ref, "attributes": found[0], "bias": bias_found[0]}
+        if alignment_found:
+            refs["alignment"] = alignment_found[0]
+        return Version(
+            name=name,
+            images=images,
+            refs=refs,
+            attributes=pd.concat(frames, ignore_index=True),
+            bias_summary=read_config(bias, "summary"),
+            bias_per_occupation=read_config(bias, "per_occupation"),
+            alignment=read_config(alignment, "summary") if alignment is not None else pd.DataFrame(),
+        )
+
+    def config(self, version: str, language: str) -> str | None:
+        images = self.versions[version].images
+        for config in images.configs:
+            info = images.config_info(config)
+            if info.get("language") == language and info.get("variant") == self.variant:
+                return config
+        return None
+
+    @functools.lru_cache(maxsize=512)
+    def images(self, version: str, language: str, occupation: str, limit: int = 8) -> tuple[str, ...]:
+        """Paths of the first images of one occupation, as files named by their content, written once."""
+        config = self.config(version, language)
+        if config is None:
+            return ()
         out = []
-        for shard in sorted(folder.glob("*.parquet")):
-            table = pq.read_table(shard, columns=["profession", "image"], filters=[("profession", "=", occupation)])
-            out += [Image.open(io.BytesIO(cell["bytes"])).convert("RGB") for cell in table.column("image").to_pylist()]
-            if len(out) >= limit:
-                break
-        return out[:limit]
+        for path in self.versions[version].images.files(config):
+            table = pq.read_table(path, columns=["profession", "image"], filters=[("profession", "=", occupation)])
+            for cell in table.column("image").to_pylist():
+                out.append(str(self._immutable(cell["bytes"])))
+                if len(out) >= limit:
+                    return tuple(out)
+        return tuple(out)
 
-    def distribution(self, version: str, language: str, occupation: str, attribute: str) -> pd.DataFrame:
-        """Share of each label among the images with exactly one face."""
-        frame = self.versions[version].attributes
-        rows = frame[(frame["language"] == language) & (frame["profession"] == occupation) & (frame["status"] == "ok")]
-        shares = rows[attribute].value_counts(normalize=True)
-        return pd.DataFrame({"label": shares.index.astype(str), "share": shares.values, "version": version})
+    def _immutable(self, data: bytes) -> Path:
+        path = self.cache / f"{hashlib.sha256(data).hexdigest()}.png"
+        if not path.is_file():
+            from PIL import Image
 
-    def metrics(self, version: str, language: str, occupation: str) -> dict[str, float | int | None]:
+            buffer = io.BytesIO()
+            Image.open(io.BytesIO(data)).save(buffer, format="PNG")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(buffer.getvalue())
+            os.replace(tmp, path)  # whole or absent; never rewritten once there
+        return path
+
+    @functools.lru_cache(maxsize=512)
+    def prompt(self, version: str, language: str, occupation: str) -> str:
+        config = self.config(version, language)
+        if config is None:
+            return ""
+        for path in self.versions[version].images.files(config):
+            table = pq.read_table(path, columns=["profession", "prompt"], filters=[("profession", "=", occupation)])
+            if table.num_rows:
+                return table.column("prompt")[0].as_py()
+        return ""
+
+    def per_occupation(self, version: str, language: str, occupation: str, attribute: str) -> dict | None:
+        per = self.versions[version].bias_per_occupation
+        match = per[
+            (per["language"] == language)
+            & (per["variant"] == self.variant)
+            & (per["attribute"] == attribute)
+            & (per["occupation"] == occupation)
+        ]
+        return match.iloc[0].to_dict() if len(match) else None
+
+    def shares(self, version: str, language: str, occupation: str, attribute: str) -> pd.DataFrame:
+        """Each label's share of the images with exactly one face, with its bootstrap interval."""
+        row = self.per_occupation(version, language, occupation, attribute)
+        if row is None:
+            return pd.DataFrame(columns=["label", "share", "low", "high", "version"])
+        return pd.DataFrame(
+            {
+                "label": list(row["labels"]),
+                "share": list(row["distribution"]),
+                "low": list(row["distribution_ci_low"]),
+                "high": list(row["distribution_ci_high"]),
+                "version": version,
+            }
+        )
+
+    def metrics(self, version: str, language: str, occupation: str) -> dict[str, float | int | str | None]:
         v = self.versions[version]
-        rows = v.attributes[(v.attributes["language"] == language) & (v.attributes["profession"] == occupation)]
-        out: dict[str, float | int | None] = {
+        rows = v.attributes[
+            (v.attributes["language"] == language)
+            & (v.attributes["profession"] == occupation)
+            & (v.attributes["variant"] == self.variant)
+        ]
+        out: dict[str, float | int | str | None] = {
             "images": len(rows),
             "rejection_rate": float((rows["status"] != "ok").mean()) if len(rows) else None,
         }
-        per = v.bias_per_occupation
         for attribute in ATTRIBUTES:
-            match = per[
-                (per["language"] == language) & (per["attribute"] == attribute) & (per["occupation"] == occupation)
+            row = self.per_occupation(version, language, occupation, attribute)
+            out[f"{attribute}_l1"] = float(row["l1"]) if row else None
+        female = self.per_occupation(version, language, occupation, "gender")
+        if female and "female" in list(female["labels"]):
+            index = list(female["labels"]).index("female")
+            out["female_share"] = float(female["distribution"][index])
+            out["female_share_ci"] = [
+                float(female["distribution_ci_low"][index]),
+                float(female["distribution_ci_high"][index]),
             ]
-            out[f"{attribute}_l1"] = float(match["l1"].iloc[0]) if len(match) else None
-        summary = v.bias_summary
-        gender = summary[(summary["language"] == language) & (summary["attribute"] == "gender")]
-        out["gender_expected_max_unfairness"] = (
-            float(gender["expected_max_unfairness"].iloc[0]) if len(gender) else None
-        )
-        align = v.alignment[(v.alignment["language"] == language) & (v.alignment["occupation"] == occupation)]
-        for text in ("own_prompt", "occupation", "person"):
-            out[f"clip_{text}"] = float(align[f"clip_{text}"].iloc[0]) if len(align) else None
+        summary = self.summary(version, language, "gender")
+        out["gender_exp_max_l1"] = float(summary["exp_max_l1"]) if summary is not None else None
+        align = v.alignment
+        if len(align):
+            match = align[
+                (align["language"] == language)
+                & (align["occupation"] == occupation)
+                & (align["variant"] == self.variant)
+            ]
+            for column in ("clip_en_indirect", "clip_en_occupation", "clip_en_person", "mclip_own_prompt"):
+                value = match[column].iloc[0] if len(match) else None
+                out[column] = float(value) if value is not None and pd.notna(value) else None
         return out
+
+    def summary(self, version: str, language: str, attribute: str) -> pd.Series | None:
+        summary = self.versions[version].bias_summary
+        match = summary[
+            (summary["language"] == language)
+            & (summary["attribute"] == attribute)
+            & (summary["variant"] == self.variant)
+        ]
+        return match.iloc[0] if len(match) else None
+
+    def heatmap(self, version: str) -> pd.DataFrame:
+        """Occupations x languages: the perceived-female share of each (NaN: no classified face)."""
+        table = pd.DataFrame(index=self.occupations, columns=[LANGUAGES[code] for code in self.languages], dtype=float)
+        for code in self.languages:
+            for occupation in self.occupations:
+                share = self.metrics(version, code, occupation).get("female_share")
+                table.loc[occupation, LANGUAGES[code]] = share if share is not None else float("nan")
+        table.index.name = "occupation"
+        return table
 
     def leaderboard(self) -> pd.DataFrame:
         rows = []
-        for name, v in self.versions.items():
+        for name in self.versions:
             for language in self.languages:
-                summary = v.bias_summary[v.bias_summary["language"] == language].set_index("attribute")
-                if summary.empty:
+                gender = self.summary(name, language, "gender")
+                if gender is None:
                     continue
-                align = v.alignment[(v.alignment["language"] == language) & (v.alignment["occupation"] == "__all__")]
-                rows.append(
-                    {
-                        "language": LANGUAGES[language],
-                        "version": name,
-                        "gender L1": summary.loc["gender", "mean_l1"],
-                        "race L1": summary.loc["race", "mean_l1"],
-                        "age L1": summary.loc["age", "mean_l1"],
-                        "gender max unfairness": summary.loc["gender", "expected_max_unfairness"],
-                        "random reference": summary.loc["gender", "random_expected_max_unfairness"],
-                        "CLIP own prompt": float(align["clip_own_prompt"].iloc[0]) if len(align) else None,
-                        "CLIP occupation": float(align["clip_occupation"].iloc[0]) if len(align) else None,
-                        "face rejection": summary.loc["gender", "rejection_rate"],
-                    }
-                )
-        return pd.DataFrame(rows).round(4)
+                interval = f"[{gender['mean_l1_ci_low']:.3f}, {gender['mean_l1_ci_high']:.3f}]"
+                row = {
+                    "language": LANGUAGES[language],
+                    "version": name,
+                    "gender L1 [95% CI]": f"{gender['mean_l1']:.3f} {interval}",
+                    "gender L1": round(float(gender["mean_l1"]), 4),
+                    "exp. max L1": round(float(gender["exp_max_l1"]), 4),
+                    "exp. max L2": round(float(gender["exp_max_l2"]), 4),
+                    "random L1": round(float(gender["random_exp_max_l1"]), 4),
+                    "non-binary share": round(float(gender["outside_share"]), 4),
+                    "face rejection": round(float(gender["rejection_rate"]), 4),
+                }
+                for attribute in ("race", "age"):
+                    other = self.summary(name, language, attribute)
+                    row[f"{attribute} L1"] = round(float(other["mean_l1"]), 4) if other is not None else None
+                align = self.versions[name].alignment
+                if len(align):
+                    match = align[
+                        (align["language"] == language)
+                        & (align["occupation"] == "__all__")
+                        & (align["variant"] == self.variant)
+                    ]
+                    for column, label in (
+                        ("clip_en_occupation", "CLIP (English texts)"),
+                        ("mclip_own_prompt", "mCLIP own prompt"),
+                    ):
+                        value = match[column].iloc[0] if len(match) else None
+                        row[label] = round(float(value), 4) if value is not None and pd.notna(value) else None
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+    def links(self) -> dict[str, dict[str, str]]:
+        """Each version's datasets at their revisions: Hub URLs, or refs of the local store."""
+        out = {}
+        for name, version in self.versions.items():
+            out[name] = {}
+            for kind, ref in version.refs.items():
+                repo, _, revision = ref.partition("@")
+                if isinstance(self.store, HubStore):
+                    out[name][kind] = f"https://huggingface.co/datasets/{repo}/tree/{revision}"
+                else:
+                    out[name][kind] = ref
+        return out
 
 
 def parse_versions(text: str) -> dict[str, str]:
@@ -155,6 +312,10 @@ def parse_versions(text: str) -> dict[str, str]:
 
 
 def load_study_from_env() -> Study:
-    store = open_store()
-    namespace = os.environ.get("T2I_BIAS_NAMESPACE", "t2i-bias")
-    return Study(store, parse_versions(os.environ.get(VERSIONS_ENV, DEFAULT_VERSIONS)), namespace)
+    """The study the environment names, else the `space_config.json` publish_space wrote beside the app."""
+    config_file = Path(__file__).resolve().parent / "space_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    store = open_store(os.environ.get("T2I_BIAS_STORE") or config.get("store"))
+    namespace = os.environ.get("T2I_BIAS_NAMESPACE") or config.get("namespace", "t2i-bias")
+    versions = os.environ.get(VERSIONS_ENV) or config.get("versions", DEFAULT_VERSIONS)
+    return Study(store, parse_versions(versions), namespace)

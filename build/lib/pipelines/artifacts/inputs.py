@@ -1,0 +1,187 @@
+"""Model inputs as users give them, resolved to a local path and pinned for the lineage.
+
+A model input may be:
+
+- a repo of the store (`tiny-altdiffusion`, `t2i-bias/finetuned@v1`): pinned to its revision;
+- a Hub id, with or without a revision (`BAAI/AltDiffusion-m9`, `...@main`): downloaded (only the
+  files the stage needs) and pinned to its commit;
+- a folder or a file, absolute or relative (`weights/res34_fair_align_multi_7_20190809.pt`):
+  pinned by a hash of its content, so changed weights are a new input, and recorded by name only,
+  never by an absolute path;
+- a library's own model name (open_clip's `ViT-L-14-quickgelu` or `hf-hub:org/name`), resolved
+  by that library when the model is loaded.
+
+Anything else is a one-line error naming the input: "no such model", never "malformed repo id".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.artifacts.store import LocalStore, Store, file_sha256, parse_ref
+from pipelines.errors import ConfigError, StoreError
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".onnx", ".ckpt", ".dat")
+KINDS = ("store", "hub", "folder", "file", "name")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A resolved model input: what the user gave, how it was found, its pin and local path."""
+
+    given: str
+    kind: str  # one of KINDS
+    pin: str  # what lineage and rows record
+    path: Path | None = None  # None for a library name (the library resolves it)
+    repo_id: str | None = None  # store and Hub inputs
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return self.pin
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's relative paths and file hashes; 16 hex digits."""
+    if path.is_file():
+        return file_sha256(path)[:16]
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        spec.startswith(("/", "./", "../", "~"))
+        or spec.endswith(WEIGHT_SUFFIXES)
+        or spec.count("/") > 1
+        or os.sep != "/"
+        and os.sep in spec
+    )
+
+
+def resolve_model(
+    spec: str,
+    store: Store,
+    *,
+    namespace: str | None = None,
+    what: str = "model",
+    kinds: Iterable[str] = KINDS,
+    is_library_name: Callable[[str], bool] | None = None,
+    hub_files: Callable[[str, str], list[str] | None] | None = None,
+    repo_type: str = "model",
+) -> ModelInput:
+    """Finds a model input, in this order: a path, a library name, a store repo, a Hub repo.
+
+    Args:
+        spec (`str`): the input as given.
+        store (`Store`): the study's store.
+        what (`str`): the input's name, for errors (`classifier_model`).
+        kinds (`Iterable[str]`): the forms this input may take.
+        is_library_name (`Callable`, *optional*): whether a name belongs to a library (open_clip).
+        hub_files (`Callable`, *optional*): given a Hub repo id and revision, the files to download
+            (None: all), so a stage fetches only what it loads.
+        repo_type (`str`): `model`, or `dataset` for a data source given the same ways (MAGBIG's files).
+    """
+    kinds = tuple(kinds)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"{what}: empty model input")
+    spec = spec.strip()
+    path = Path(spec).expanduser()
+    if path.exists() and ("folder" in kinds or "file" in kinds):
+        if path.is_dir() and "folder" not in kinds:
+            raise ConfigError(f"{what}={spec!r} is a folder; a weights file is expected")
+        if path.is_file() and "file" not in kinds:
+            raise ConfigError(f"{what}={spec!r} is a file; a model folder or repo is expected")
+        kind = "folder" if path.is_dir() else "file"
+        return ModelInput(spec, kind, f"{kind}:{path.resolve().name}@sha256:{content_hash(path)}", path.resolve())
+    if "name" in kinds and (spec.startswith("hf-hub:") or (is_library_name is not None and is_library_name(spec))):
+        return ModelInput(spec, "name", spec)
+    if _looks_like_path(spec):
+        raise ConfigError(f"{what}={spec!r}: no such file or folder")
+    try:
+        ref = parse_ref(spec, namespace=namespace)
+    except StoreError:
+        raise ConfigError(
+            f"{what}={spec!r}: no such model (not a file, a folder, a repo or a known model name)"
+        ) from None
+    if "store" in kinds and store.exists(ref.repo_id, repo_type):
+        revision = store.revision_of(ref, repo_type)
+        folder = store.resolve(f"{ref.repo_id}@{revision}", repo_type)
+        return ModelInput(spec, "store", f"{ref.repo_id}@{revision}", folder, ref.repo_id, revision)
+    if "hub" in kinds and isinstance(store, LocalStore) and "/" in spec.partition("@")[0]:
+        return _from_hub(spec, ref.repo_id, ref.revision, what, hub_files, repo_type)
+    where = f"the store ({store!r})" + (" or on the Hub" if "hub" in kinds else "")
+    raise ConfigError(f"{what}={spec!r}: no such {repo_type} in {where}")
+
+
+def _from_hub(
+    spec: str,
+    repo_id: str,
+    revision: str,
+    what: str,
+    hub_files: Callable[[str, str], list[str] | None] | None,
+    repo_type: str = "model",
+) -> ModelInput:
+    """Downloads (or finds in the Hugging Face cache) a Hub model, only the files it needs."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        files = hub_files(repo_id, revision) if hub_files else None
+        folder = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=files))
+    except (LocalEntryNotFoundError, OSError, HfHubHTTPError, StoreError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "false", "")
+        reason = "offline and not in the Hugging Face cache" if offline else type(err).__name__
+        raise ConfigError(
+            f"{what}={spec!r}: no such {repo_type} (not a file, a folder or a store repo, and not downloadable "
+            f"from the Hub: {reason})"
+        ) from None
+    # Snapshot folders are named by commit: the pin that makes the lineage exact.
+    return ModelInput(spec, "hub", f"{repo_id}@{folder.name}", folder, repo_id, folder.name)
+
+
+def diffusers_files(files: list[str], model_index: dict) -> list[str]:
+    """The files a diffusers pipeline loads: its components (no safety checker or feature
+    extractor), safetensors over `.bin` where a component has both.
+
+    Example:
+        >>> index = {"unet": ["diffusers", "UNet2DConditionModel"], "safety_checker": ["x", "Y"]}
+        >>> diffusers_files(["model_index.json", "unet/config.json", "unet/a.bin", "unet/a.safetensors",
+        ...                  "safety_checker/model.bin", "README.md"], index)
+        ['model_index.json', 'unet/a.safetensors', 'unet/config.json']
+    """
+    skip = {"safety_checker", "feature_extractor"}
+    components = {
+        name
+        for name, value in model_index.items()
+        if not name.startswith("_") and isinstance(value, list) and value[0]
+    } - skip
+    wanted = ["model_index.json"]
+    for component in sorted(components):
+        inside = [f for f in files if f.startswith(f"{component}/")]
+        has_safetensors = any(f.endswith(".safetensors") for f in inside)
+        for name in inside:
+            if name.endswith(".bin") and has_safetensors:
+                continue
+            if name.endswith((".msgpack", ".h5", ".onnx", ".ckpt")) or "/" in name[len(component) + 1 :]:
+                continue  # other frameworks' weights and nested variants
+            wanted.append(name)
+    return sorted(set(wanted))
+
+
+def hub_pipeline_files(repo_id: str, revision: str) -> list[str] | None:
+    """The files of a Hub diffusers pipeline to download (None: the whole repo, e.g. offline)."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    try:
+        index = json.loads(Path(hf_hub_download(repo_id, "model_index.json", revision=revision)).read_text())
+        files = HfApi().list_repo_files(repo_id, revision=revision)
+    except Exception:  # noqa: BLE001 - offline or not a pipeline: snapshot_download decides
+        return None
+    return diffusers_files(files, index)

@@ -1,0 +1,180 @@
+"""Every dataset the study publishes: its kind, its columns (`datasets.Features`) and its configs.
+
+A dataset's kind follows from the stage that made it (its card's lineage), so a stage can say
+"an images dataset was given where an attributes dataset is expected" instead of failing on a
+missing column. Configs of images, attributes and alignment datasets hold one language and one
+prompt variant each; the card records both (`config_info`), so no stage parses a config's name.
+"""
+
+from __future__ import annotations
+
+import datasets
+
+# The prompt grid's slots: `<STYLE> photo of a <AGE> <GENDER> <PROFESSION> <DRESSING> <PLACE>`.
+GRID_COLUMNS = ("style", "age", "gender", "profession", "dressing", "place")
+
+# Which stage makes which kind of dataset.
+KIND_OF_STAGE = {
+    "generate_prompts": "prompts",
+    "translate_prompts": "prompts",
+    "import_magbig": "prompts",
+    "generate_images": "images",
+    "collect_datasets": "training",
+    "classify": "attributes",
+    "evaluate_bias": "bias",
+    "evaluate_alignment": "alignment",
+    "compare_methods": "methods",
+}
+MAKER_OF_KIND = {
+    "prompts": "generate_prompts, translate_prompts or import_magbig",
+    "images": "generate_images",
+    "training": "collect_datasets",
+    "attributes": "classify",
+    "bias": "evaluate_bias",
+    "alignment": "evaluate_alignment",
+    "methods": "compare_methods",
+}
+
+
+def _strings(*names: str) -> dict[str, datasets.Value]:
+    return {name: datasets.Value("string") for name in names}
+
+
+PROMPTS = datasets.Features(
+    {
+        **_strings("prompt_id", "variant", "language", "prompt"),
+        **_strings(*GRID_COLUMNS),
+    }
+)
+
+IMAGES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        **_strings("prompt_id", "prompt", "language", "variant"),
+        "sample_index": datasets.Value("int32"),
+        "seed": datasets.Value("int64"),
+        **_strings("model", "model_revision", "scheduler"),
+        "num_inference_steps": datasets.Value("int32"),
+        "guidance_scale": datasets.Value("float32"),
+        "height": datasets.Value("int32"),
+        "width": datasets.Value("int32"),
+        "rejected": datasets.Value("int32"),
+        "face_check": datasets.Value("string"),
+        # What was given to the pipeline when an intervention changed it (see generate_images).
+        **_strings("intervention", "generation_prompt", "negative_prompt"),
+        "editing_prompts": datasets.List(datasets.Value("string")),
+        "seconds": datasets.Value("float32"),
+        **_strings(*GRID_COLUMNS),
+    }
+)
+
+TRAINING = datasets.Features(
+    {
+        "image": datasets.Image(),
+        **_strings("text", "prompt_id", "caption_language", "caption_variant", "image_config", "image_prompt"),
+        "sample_index": datasets.Value("int32"),
+        "seed": datasets.Value("int64"),
+        **_strings("profession", "gender", "image_gender"),
+    }
+)
+
+STATUSES = ("ok", "no_face", "multiple_faces", "corrupt")
+ATTRIBUTES = datasets.Features(
+    {
+        **_strings("prompt_id", "language", "variant", "intervention", "profession", "prompt_gender"),
+        "sample_index": datasets.Value("int32"),
+        "seed": datasets.Value("int64"),
+        **_strings("model", "model_revision", "status"),
+        "num_faces": datasets.Value("int32"),
+        "face_box": datasets.List(datasets.Value("float32")),
+        "face_score": datasets.Value("float32"),
+        "gender": datasets.Value("string"),
+        "gender_scores": datasets.List(datasets.Value("float32")),
+        "race": datasets.Value("string"),
+        "race4": datasets.Value("string"),
+        "race_scores": datasets.List(datasets.Value("float32")),
+        "race4_scores": datasets.List(datasets.Value("float32")),
+        "age": datasets.Value("string"),
+        "age_scores": datasets.List(datasets.Value("float32")),
+        **_strings("detector", "classifier"),
+    }
+)
+
+# One row per language, variant, model and perceived attribute.
+BIAS_METRICS = (
+    "mean_l1",
+    "std_l1",
+    "mean_l1_ci_low",
+    "mean_l1_ci_high",
+    "mean_l2",
+    "std_l2",
+    "mean_l2_ci_low",
+    "mean_l2_ci_high",
+    "exp_max_l1",
+    "exp_max_l1_std",
+    "exp_max_l2",
+    "exp_max_l2_std",
+    "random_exp_max_l1",
+    "random_exp_max_l1_std",
+    "random_exp_max_l2",
+    "random_exp_max_l2_std",
+)
+BIAS_SUMMARY = datasets.Features(
+    {
+        **_strings("language", "variant", "intervention", "model", "model_revision", "attribute"),
+        "num_images": datasets.Value("int32"),
+        "num_classified": datasets.Value("int32"),
+        "rejection_rate": datasets.Value("float64"),
+        "num_occupations": datasets.Value("int32"),
+        "excluded_occupations": datasets.List(datasets.Value("string")),
+        "labels": datasets.List(datasets.Value("string")),
+        "outside_labels": datasets.List(datasets.Value("string")),
+        "outside_share": datasets.Value("float64"),
+        **{name: datasets.Value("float64") for name in BIAS_METRICS},
+        "k": datasets.Value("int32"),
+        "n": datasets.Value("int32"),
+        "rounds": datasets.Value("int32"),
+    }
+)
+BIAS_PER_OCCUPATION = datasets.Features(
+    {
+        **_strings("language", "variant", "intervention", "model", "attribute", "occupation"),
+        "n": datasets.Value("int32"),
+        "labels": datasets.List(datasets.Value("string")),
+        "counts": datasets.List(datasets.Value("int64")),
+        "distribution": datasets.List(datasets.Value("float64")),
+        "distribution_ci_low": datasets.List(datasets.Value("float64")),
+        "distribution_ci_high": datasets.List(datasets.Value("float64")),
+        "outside": datasets.Value("int64"),
+        "l1": datasets.Value("float64"),
+        "l2": datasets.Value("float64"),
+    }
+)
+
+# CLIP scores: the English texts with the English CLIP, for every language's images (the
+# reference study's protocol); the own prompt with the multilingual CLIP, a separate figure on
+# its own scale.
+ENGLISH_TEXTS = ("en_indirect", "en_occupation", "en_person")
+ALIGNMENT_SCORES = ("clip_en_indirect", "clip_en_occupation", "clip_en_person", "mclip_own_prompt")
+ALIGNMENT = datasets.Features(
+    {
+        **_strings("prompt_id", "language", "variant", "intervention", "profession", "model", "prompt"),
+        "sample_index": datasets.Value("int32"),
+        **{name: datasets.Value("float64") for name in ALIGNMENT_SCORES},
+        "status": datasets.Value("string"),
+    }
+)
+ALIGNMENT_SUMMARY = datasets.Features(
+    {
+        **_strings("language", "variant", "intervention", "model", "occupation"),
+        "num_images": datasets.Value("int32"),
+        **{name: datasets.Value("float64") for name in ALIGNMENT_SCORES},
+        **{f"{name}_std": datasets.Value("float64") for name in ALIGNMENT_SCORES},
+    }
+)
+ALL_OCCUPATIONS = "__all__"
+
+
+def config_name(language: str, variant: str) -> str:
+    """The config of one language and prompt variant in images, attributes and alignment datasets."""
+    return f"{language}_{variant}"

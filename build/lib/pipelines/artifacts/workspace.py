@@ -1,0 +1,60 @@
+"""Work folders: where a stage builds its artifact before the store publishes it.
+
+A stage run works in `<store root>/.work/<stage>/<fingerprint>/`, named by what it makes, so a run
+that was killed is resumed by the next identical run from what it finished. Its main process holds
+an exclusive lock on `<fingerprint>.lock` beside the folder for the whole run: a second identical
+run waits for the first and then finds its result published, and `gc` never removes a folder a
+live run holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def work_folder(root: str | Path, stage: str, fingerprint: str) -> Path:
+    return Path(root) / stage / fingerprint
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Holds the folder's run lock; waits (saying so) while another run holds it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with folder.with_name(folder.name + ".lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another run of the same step to finish ({folder})", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def is_locked(folder: Path) -> bool:
+    lock_path = folder.with_name(folder.name + ".lock")
+    if not lock_path.is_file():
+        return False
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
+
+
+def idle_work_folders(work_root: Path) -> list[Path]:
+    """Work folders of runs that stopped (no live run holds their lock): resume state, or garbage."""
+    return sorted(
+        folder
+        for stage in work_root.iterdir()
+        if stage.is_dir()
+        for folder in stage.iterdir()
+        if folder.is_dir() and not is_locked(folder)
+    )

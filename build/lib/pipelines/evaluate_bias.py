@@ -1,0 +1,272 @@
+"""Stage 7: bias metrics per language, prompt variant and model, with the fairness `evaluate` module.
+
+    python -m pipelines.evaluate_bias --input images-eval-attributes
+
+For every config of the attributes dataset (one language and prompt variant) and every perceived
+attribute the classifier gives (gender, race in 7 and 4 groups, age, gender x race), the module in
+`spaces/fairness_metrics` (loaded with `evaluate.load`) computes per-occupation distributions and
+their distances from uniform, their means with bootstrap intervals, and MAGBIG's expected maximum
+unfairness (L1 and L2) next to its random reference. Only images with exactly one face (`status ==
+ok`) count; an occupation without one is excluded and listed. A `non-binary` label (the CLIP
+classifier's bucket) is counted and reported outside the binary gender distribution, unless
+`--nonbinary distribution` asks for a three-way one.
+
+Publishes a results dataset (configs `summary` and `per_occupation`) with figures. It never touches
+the evaluated model: `attach_results` adds the results to a model's card, as a recipe's last step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines import PROJECT_ROOT
+from pipelines.artifacts import schemas
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.errors import ConfigError, DataError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Stage, StageRun
+from pipelines.perception.classifiers import (
+    AGE_GROUPS,
+    GENDER_LABELS,
+    NON_BINARY,
+    PERCEIVES,
+    RACE4_LABELS,
+    RACE_LABELS,
+)
+
+METRIC_PATH = PROJECT_ROOT / "spaces" / "fairness_metrics"
+ATTRIBUTE_LABELS = {
+    "gender": GENDER_LABELS,
+    "race": RACE_LABELS,
+    "race4": RACE4_LABELS,
+    "age": AGE_GROUPS,
+    "gender_race": [f"{g}|{r}" for g in GENDER_LABELS for r in RACE_LABELS],
+}
+NONBINARY_MODES = ("outside", "distribution")
+
+
+@dataclass
+class Arguments(StageArguments):
+    INPUTS = {"input": "attributes"}
+    input: str = input_field("Attributes dataset from classify (ns/name@rev).", default="images-attributes")
+    output_repo: str | None = field(default=None, metadata={"help": "Results repo (default <input>-bias)."})
+    attributes: list[str] = field(
+        default_factory=list,
+        metadata={"help": f"Any of {tuple(ATTRIBUTE_LABELS)}; default: every one the classifier perceives."},
+    )
+    nonbinary: str = field(
+        default="outside",
+        metadata={
+            "help": "outside: a non-binary label is counted and reported beside the binary gender distribution "
+            "(MAGBIG); distribution: a three-way distribution."
+        },
+    )
+    num_occupations: int = field(default=10, metadata={"help": "k of the expected maximum unfairness (MAGBIG: 10)."})
+    images_per_occupation: int = field(default=10, metadata={"help": "n of it (MAGBIG: 10)."})
+    rounds: int = field(default=1000, metadata={"help": "Rounds S of it and of the bootstrap (MAGBIG: 1000)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the rounds."})
+    confidence: float = field(default=0.95, metadata={"help": "Confidence level of the intervals."})
+
+    def __post_init__(self) -> None:
+        if self.output_repo is None:
+            self.output_repo = f"{self.input.partition('@')[0].split('/')[-1].removesuffix('-attributes')}-bias"
+        super().__post_init__()
+        self.check_choice("attributes", ATTRIBUTE_LABELS)
+        self.check_choice("nonbinary", NONBINARY_MODES)
+        self.check_at_least(1, "num_occupations", "images_per_occupation", "rounds")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence={self.confidence}: between 0 and 1")
+
+
+def labels_of(rows: list[dict[str, Any]], attribute: str) -> list[str | None]:
+    """The attribute label of each image, None unless it has exactly one classified face."""
+    if attribute == "gender_race":
+        return [f"{r['gender']}|{r['race']}" if r["status"] == "ok" and r["race"] else None for r in rows]
+    return [r[attribute] if r["status"] == "ok" else None for r in rows]
+
+
+class EvaluateBias(Stage):
+    name = "evaluate_bias"
+    Arguments = Arguments
+
+    def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
+        from pipelines.harness.estimate import Estimate
+
+        configs = estimates.get(args.repo_id(args.input)).get("configs", {})
+        estimates.put(args.repo_id(args.output_repo), kind="bias")
+        return Estimate(reads=[args.input], makes=f"bias metrics of {len(configs)} config(s) (CPU, seconds)")
+
+    def build(self, run: StageRun, folder: Path) -> str:
+        import evaluate
+
+        args: Arguments = run.args
+        source = run.dataset("input")
+        classifier = source.lineage.get("parameters", {}).get("classifier")
+        attributes = args.attributes or [
+            a for a in ATTRIBUTE_LABELS if a in PERCEIVES.get(classifier, ATTRIBUTE_LABELS)
+        ]
+        metric = evaluate.load(str(METRIC_PATH))
+        summaries, per_occupation, figures, notes = [], [], [], []
+        for config in source.configs:
+            rows = source.rows(config)
+            if not rows:
+                continue
+            source.require_columns(config, ["profession", "status", "gender"])
+            info = source.config_info(config)
+            for attribute in attributes:
+                labels = list(ATTRIBUTE_LABELS[attribute])
+                outside = []
+                predictions = labels_of(rows, attribute)
+                if attribute == "gender" and NON_BINARY in predictions:
+                    (labels if args.nonbinary == "distribution" else outside).append(NON_BINARY)
+                included = {o for o, p in zip((r["profession"] for r in rows), predictions) if p in labels}
+                k = min(args.num_occupations, max(len(included), 1))
+                if k < args.num_occupations and attribute == "gender":
+                    notes.append(
+                        f"`{config}`: {len(included)} occupation(s) with a classified face, fewer than k = "
+                        f"{args.num_occupations}; the expected maximum unfairness draws k = {k} (the `k` column)."
+                    )
+                result = metric.compute(
+                    predictions=predictions,
+                    references=[r["profession"] for r in rows],
+                    labels=labels,
+                    outside_labels=outside,
+                    num_occupations=k,
+                    images_per_occupation=args.images_per_occupation,
+                    rounds=args.rounds,
+                    seed=args.seed,
+                    confidence=args.confidence,
+                )
+                key = {
+                    "language": info.get("language"),
+                    "variant": info.get("variant"),
+                    "intervention": rows[0].get("intervention") or "none",
+                    "model": rows[0]["model"],
+                }
+                summaries.append(summary_row(key, rows, predictions, labels, attribute, result))
+                per_occupation += [
+                    {
+                        **{k_: v for k_, v in key.items()},
+                        "attribute": attribute,
+                        "occupation": occupation,
+                        "labels": result["labels"],
+                        "n": values["n"],
+                        "counts": values["counts"],
+                        "distribution": values["distribution"],
+                        "distribution_ci_low": values["distribution_ci"][0],
+                        "distribution_ci_high": values["distribution_ci"][1],
+                        "outside": values["outside"],
+                        "l1": values["l1"],
+                        "l2": values["l2"],
+                    }
+                    for occupation, values in result["per_occupation"].items()
+                ]
+                if attribute in ("gender", "race", "age") and result["occupations"]:
+                    from pipelines.reporting.figures import distribution_figure
+
+                    figures += distribution_figure(
+                        folder / "figures" / f"{config}_{attribute}", result, f"{config}: perceived {attribute}"
+                    )
+        if not summaries:
+            raise DataError(f"input={run.inputs['input']}: no rows to evaluate")
+        writer = DatasetWriter(folder, schemas.BIAS_SUMMARY)
+        writer.write("summary", summaries)
+        writer.close()
+        writer = DatasetWriter(folder, schemas.BIAS_PER_OCCUPATION)
+        writer.write("per_occupation", per_occupation)
+        writer.close()
+        self.card(run, folder, summaries, figures, notes)
+        return f"Bias metrics: {len(summaries)} summaries"
+
+    def card(self, run: StageRun, folder: Path, summaries: list[dict], figures: list[Path], notes: list[str]) -> None:
+        def number(value: float) -> str:
+            return "–" if value is None or math.isnan(value) else f"{value:.3f}"
+
+        gender = [s for s in summaries if s["attribute"] == "gender"]
+        dataset_card(
+            repo_id=run.output_repo_id,
+            title="Bias metrics",
+            description=(
+                f"Fairness metrics of the perceived attributes in `{run.inputs['input']}`, computed with the "
+                "`spaces/fairness_metrics` evaluate module. Config `summary`: one row per language, variant, "
+                "model and attribute; `per_occupation`: each occupation's counts, distribution (with bootstrap "
+                "intervals) and distances from uniform. The random reference is a perfectly fair model drawn the "
+                "same way (every occupation at the uniform rate); MAGBIG's published random row draws rates "
+                "around 0.5 with a spread, so it runs a little higher."
+            ),
+            lineage=run.lineage,
+            configs=["summary", "per_occupation"],
+            languages=sorted({s["language"] for s in summaries if s["language"]}),
+            rows={"summary": len(summaries)},
+            tables=[
+                {
+                    "title": "Perceived gender",
+                    "columns": [
+                        "language",
+                        "variant",
+                        "classified",
+                        "mean L1 [95% CI]",
+                        "exp. max L1 (random)",
+                        "exp. max L2 (random)",
+                        "outside (non-binary)",
+                    ],  # fmt: skip
+                    "rows": [
+                        [
+                            s["language"],
+                            s["variant"],
+                            f"{s['num_classified']}/{s['num_images']}",
+                            f"{number(s['mean_l1'])} [{number(s['mean_l1_ci_low'])}, {number(s['mean_l1_ci_high'])}]",
+                            f"{number(s['exp_max_l1'])} ({number(s['random_exp_max_l1'])})",
+                            f"{number(s['exp_max_l2'])} ({number(s['random_exp_max_l2'])})",
+                            f"{s['outside_share']:.1%}",
+                        ]
+                        for s in gender
+                    ],
+                }
+            ],
+            notes=[
+                *notes,
+                *(f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in figures if p.suffix == ".png"),
+            ],
+            task_categories=["text-to-image"],
+            tags=["bias", "evaluation", "results"],
+        ).save(folder / "README.md")
+
+
+def summary_row(
+    key: dict, rows: list[dict], predictions: list, labels: list[str], attribute: str, result: dict
+) -> dict[str, Any]:
+    classified = sum(p is not None for p in predictions)
+    outside = sum(p is not None and p not in labels for p in predictions)
+    return {
+        **key,
+        "model_revision": rows[0].get("model_revision"),
+        "attribute": attribute,
+        "num_images": len(rows),
+        "num_classified": classified,
+        "rejection_rate": 1 - classified / len(rows),
+        "num_occupations": len(result["occupations"]),
+        "excluded_occupations": result["excluded_occupations"],
+        "labels": result["labels"],
+        "outside_labels": result["outside_labels"],
+        "outside_share": outside / classified if classified else 0.0,
+        "mean_l1_ci_low": result["mean_l1_ci"][0],
+        "mean_l1_ci_high": result["mean_l1_ci"][1],
+        "mean_l2_ci_low": result["mean_l2_ci"][0],
+        "mean_l2_ci_high": result["mean_l2_ci"][1],
+        **{name: result[name] for name in schemas.BIAS_METRICS if name in result},
+        "k": result["k"],
+        "n": result["n"],
+        "rounds": result["rounds"],
+    }
+
+
+STAGE = EvaluateBias()
+run = STAGE.run
+
+if __name__ == "__main__":
+    STAGE.main()

@@ -1,0 +1,332 @@
+"""Stage 3: images for every prompt, deterministic, resumable, split over processes.
+
+    python -m pipelines.generate_images --input prompts --model BAAI/AltDiffusion-m9 --languages en de
+    torchrun --nproc_per_node 2 -m pipelines.generate_images ...      # or accelerate launch
+
+- The seed of every image depends on its prompt and sample index only (`--seeds per_prompt`: a hash
+  of the base seed, `prompt_id` and index; `--seeds index`: base seed + index for every prompt, as
+  the reference evaluation), so languages are paired seed for seed.
+- What holds exactly: the same images per pipeline call (`--batch_size`) and the same CPU threads
+  per process (`--cpu_threads`) give identical bytes, whatever the number of processes, and a
+  resumed run gives the bytes of an uninterrupted one. Another batch size may change a few pixels
+  by 1/255, since batched float sums round differently.
+- Work is cut into shards of `--images_per_shard` images (the unit of resuming) in a fixed order;
+  shard `i` belongs to process `i % num_processes` (see `pipelines.harness.stage`).
+- `--face_filter` makes an image with other than exactly one face again from its next seed, up to
+  `--max_attempts`; `rejected` counts the retries. Unlike the reference evaluation's filter, which
+  keeps every image after the first seed, it applies to every image, and an image that never shows
+  one face is kept and marked `gave_up` (classify excludes it from the metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.artifacts import schemas
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.inputs import hub_pipeline_files
+from pipelines.errors import ConfigError, DataError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Shard, ShardedStage, StageRun, shard_seconds
+from pipelines.modeling.diffusion import DTYPES, SCHEDULERS, load_pipeline
+from pipelines.prompting.grid import VARIANTS
+
+SEED_SCHEMES = ("per_prompt", "index")
+FACE_FILTERS = ("mtcnn", "haar", "dlib")
+
+
+@dataclass
+class Arguments(StageArguments):
+    INPUTS = {"input": "prompts", "model": "model"}
+    input: str = input_field("Prompts dataset (ns/name@rev).", default="prompts")
+    model: str = input_field(
+        "Text-to-image model: a store repo, a Hub id (BAAI/AltDiffusion-m9[@rev]) or a folder.",
+        default="tiny-altdiffusion",
+    )
+    output_repo: str = field(default="images", metadata={"help": "Images dataset repo to publish."})
+    languages: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "Prompt languages (configs)."})
+    variants: list[str] = field(
+        default_factory=lambda: ["eval_direct"], metadata={"help": f"Prompt variants, any of {VARIANTS}."}
+    )
+    professions: list[str] = field(default_factory=list, metadata={"help": "Only these professions (all if empty)."})
+    max_prompts: int | None = field(
+        default=None, metadata={"help": "At most this many prompts per language and variant, in dataset order."}
+    )
+    num_images: int = field(default=1, metadata={"help": "Images per prompt (the reference evaluation: 100)."})
+    seed: int = field(default=0, metadata={"help": "Base seed."})
+    seeds: str = field(
+        default="per_prompt",
+        metadata={
+            "help": "per_prompt: each image's seed hashes the base seed, prompt_id and index; index: base seed + "
+            "index, the same for every prompt (the reference evaluation's seeds 0..N-1)."
+        },
+    )
+    batch_size: int = field(default=8, metadata={"help": "Images per pipeline call."})
+    images_per_shard: int = field(default=64, metadata={"help": "Images per parquet shard (the unit of resuming)."})
+    num_inference_steps: int = field(default=50, metadata={"help": "Denoising steps (the pipeline's default: 50)."})
+    guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale."})
+    height: int | None = field(default=None, metadata={"help": "Image height (default: the model's)."})
+    width: int | None = field(default=None, metadata={"help": "Image width (default: the model's)."})
+    scheduler: str = field(
+        default="default", metadata={"help": f"One of {tuple(SCHEDULERS)}; default: the model's own scheduler."}
+    )
+    dtype: str = field(default="auto", metadata={"help": f"One of {tuple(DTYPES)}; auto: fp16 on GPU, fp32 on CPU."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N (auto: accelerate's device)."})
+    cpu_threads: int = field(
+        default=1,
+        metadata={
+            "help": "Intra-op threads per process on CPU. Float sums depend on it, so images are bit-identical "
+            "only for the same value: keep it fixed and scale out with processes (torchrun)."
+        },
+    )
+    face_filter: str | None = field(
+        default=None,
+        metadata={
+            "help": f"With a detector ({', '.join(FACE_FILTERS)}), an image with other than exactly one face is "
+            "made again from its next seed, up to max_attempts."
+        },
+    )
+    max_attempts: int = field(default=10, metadata={"help": "Face filter: tries per image before keeping the last."})
+    work_dir: str | None = field(
+        default=None, metadata={"help": "Where unfinished shards wait (default <store_root>/.work)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.variants:
+            raise ConfigError(f"variants: at least one of {', '.join(VARIANTS)}")
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"variants: unknown {', '.join(map(repr, unknown))}; allowed {', '.join(VARIANTS)}")
+        if self.face_filter is not None:
+            self.check_choice("face_filter", FACE_FILTERS)
+        self.check_choice("seeds", SEED_SCHEMES)
+        self.check_choice("scheduler", SCHEDULERS)
+        self.check_choice("dtype", DTYPES)
+        self.check_at_least(
+            1, "num_images", "batch_size", "images_per_shard", "num_inference_steps", "cpu_threads", "max_attempts"
+        )
+        self.check_at_least(1, "max_prompts")
+        if self.guidance_scale < 0:
+            raise ConfigError(f"guidance_scale={self.guidance_scale}: must be at least 0")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value < 8 or value % 8):
+                raise ConfigError(f"{name}={value}: a multiple of 8")
+
+
+def image_seed(seed: int, prompt_id: str, sample_index: int, attempt: int = 0, scheme: str = "per_prompt") -> int:
+    """The seed of one image (and of its retries): the same in every batch, process and language.
+
+    Example:
+        >>> image_seed(0, "eval_direct-0123", 0) == image_seed(0, "eval_direct-0123", 0)
+        True
+        >>> image_seed(0, "eval_direct-0123", 0) != image_seed(0, "eval_direct-0123", 1)
+        True
+        >>> [image_seed(0, p, 2, scheme="index") for p in ("eval_direct-a", "eval_direct-b")]
+        [2, 2]
+    """
+    if scheme == "index":
+        # Retries continue past every first try: seed + index + attempt * 1e6 never meets another image's seed.
+        return seed + sample_index + attempt * 1_000_000
+    key = f"{seed}:{prompt_id}:{sample_index}" + (f":{attempt}" if attempt else "")
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+class GenerateImages(ShardedStage):
+    name = "generate_images"
+    Arguments = Arguments
+    features = schemas.IMAGES
+    not_parameters = ("work_dir", "device")
+
+    def model_options(self, name: str) -> dict[str, Any]:
+        return {"what": name, "kinds": ("store", "hub", "folder"), "hub_files": hub_pipeline_files}
+
+    def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
+        from pipelines.harness.estimate import Estimate, download_of, hours, image_seconds
+
+        prompts = estimates.get(args.repo_id(args.input))
+        professions = max(len(prompts.get("professions", [])), 1)
+        configs = {}
+        for language in args.languages:
+            for variant in args.variants:
+                count = prompts.get("variants", {}).get(variant, 0)
+                if args.professions and count:
+                    count = max(1, round(count * len(args.professions) / professions))
+                if args.max_prompts:
+                    count = min(count, args.max_prompts)
+                configs[f"{language}_{variant}"] = count * args.num_images
+        images = sum(configs.values())
+        estimates.put(args.repo_id(args.output_repo), kind="images", configs=configs)
+        download = download_of(args.model, args, estimates, "model")
+        seconds = images * image_seconds(costs, args.num_inference_steps, args.height, args.width)
+        return Estimate(
+            reads=[args.input, args.model],
+            downloads=[download] if download else [],
+            makes=f"{len(configs)} config(s): {', '.join(configs)}"
+            + (
+                f"; face filter {args.face_filter} makes more tries where no single face shows"
+                if args.face_filter
+                else ""
+            ),
+            images=images,
+            gpu_hours=hours(seconds),
+        )
+
+    def plan(self, run: StageRun) -> list[Shard]:
+        args: Arguments = run.args
+        prompts = run.dataset("input")
+        missing = [language for language in args.languages if language not in prompts.configs]
+        if missing:
+            raise ConfigError(
+                f"languages: {', '.join(missing)} not in the prompts dataset (it has {', '.join(prompts.configs)})"
+            )
+        shards = []
+        self.configs: dict[str, dict[str, str]] = {}
+        for language in args.languages:
+            rows = prompts.rows(language)
+            known = {row["profession"] for row in rows}
+            unknown = [p for p in args.professions if p not in known]
+            if unknown:
+                raise ConfigError(f"professions: {', '.join(map(repr, unknown))} not in the prompts dataset")
+            for variant in args.variants:
+                chosen = [row for row in rows if row["variant"] == variant]
+                if args.professions:
+                    chosen = [row for row in chosen if row["profession"] in args.professions]
+                chosen = chosen[: args.max_prompts] if args.max_prompts else chosen
+                if not chosen:
+                    raise DataError(f"variants: the prompts dataset has no {variant!r} prompts in {language!r}")
+                config = schemas.config_name(language, variant)
+                self.configs[config] = {"language": language, "variant": variant}
+                items = [(row, index) for row in chosen for index in range(args.num_images)]
+                for number, start in enumerate(range(0, len(items), args.images_per_shard)):
+                    shards.append(Shard(config, number, items[start : start + args.images_per_shard]))
+        return shards
+
+    def open(self, run: StageRun, device: str) -> None:
+        args: Arguments = run.args
+        model = run.model("model")
+        self.pipe = load_pipeline(
+            model, run.store, namespace=args.namespace, scheduler=args.scheduler, device=device, dtype=args.dtype
+        )
+        self.info = {"model": model.pin, "model_revision": model.revision or model.pin.rpartition("@")[2]}
+        self.detector = None
+        if args.face_filter:
+            from pipelines.perception.faces import load_detector
+
+            self.detector = load_detector(args.face_filter, device)
+
+    def make(self, run: StageRun, shard: Shard) -> list[dict[str, Any]]:
+        """The rows of one shard, in item order. With a face filter, an image with other than one face is
+        made again from its next seed; retries join later batches of the same shard, so a shard's result
+        depends on nothing outside it."""
+        import numpy as np
+
+        args: Arguments = run.args
+        pending = [(position, row, index, 0) for position, (row, index) in enumerate(shard.items)]
+        done: dict[int, dict] = {}
+        while pending:
+            batch, pending = pending[: args.batch_size], pending[args.batch_size :]
+            made = self.generate_batch([(row, index, attempt) for _, row, index, attempt in batch], args)
+            faces = self.detector.detect([np.asarray(im) for im, _ in made]) if self.detector else [None] * len(made)
+            for (position, row, index, attempt), (image, seed), found in zip(batch, made, faces):
+                if found is not None and len(found) != 1 and attempt + 1 < args.max_attempts:
+                    pending.append((position, row, index, attempt + 1))
+                    continue
+                check = "off" if found is None else "one_face" if len(found) == 1 else "gave_up"
+                done[position] = self.image_row(row, index, image, seed, attempt, check, args)
+        return [done[position] for position in range(len(shard.items))]
+
+    def generate_batch(self, batch: list[tuple[dict[str, Any], int, int]], args: Arguments) -> list[tuple[Any, int]]:
+        """One pipeline call for a batch of (row, sample index, attempt); returns (image, seed) pairs."""
+        import torch
+
+        seeds = [image_seed(args.seed, row["prompt_id"], index, attempt, args.seeds) for row, index, attempt in batch]
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        with torch.inference_mode():
+            images = self.pipe(
+                [row["prompt"] for row, _, _ in batch],
+                num_inference_steps=args.num_inference_steps,
+                guidance_scale=args.guidance_scale,
+                height=args.height,
+                width=args.width,
+                generator=generators,
+                output_type="pil",
+            ).images
+        return list(zip(images, seeds))
+
+    def image_row(
+        self, row: dict, index: int, image: Any, seed: int, attempt: int, check: str, args: Arguments
+    ) -> dict[str, Any]:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return {
+            "image": {"bytes": buffer.getvalue(), "path": None},
+            **{column: row[column] for column in ("prompt_id", "prompt", "language", "variant")},
+            **{column: row[column] for column in schemas.GRID_COLUMNS},
+            "sample_index": index,
+            "seed": seed,
+            "scheduler": type(self.pipe.scheduler).__name__,
+            "num_inference_steps": args.num_inference_steps,
+            "guidance_scale": args.guidance_scale,
+            "height": image.height,
+            "width": image.width,
+            "rejected": attempt,
+            "face_check": check,
+            "intervention": "none",
+            "generation_prompt": row["prompt"],
+            "negative_prompt": None,
+            "editing_prompts": [],
+            **self.info,
+        }
+
+    def finish(self, run: StageRun, folder: Path) -> str:
+        args: Arguments = run.args
+        shards = self.plan(run)
+        rows = {}
+        for shard in shards:
+            rows[shard.config] = rows.get(shard.config, 0) + len(shard.items)
+        timing = shard_seconds(folder)
+        dataset_card(
+            repo_id=run.output_repo_id,
+            title="Generated images",
+            description=(
+                f"Images from `{run.inputs['model']}` for the prompts of `{run.inputs['input']}`: {args.num_images} "
+                f"per prompt, {args.num_inference_steps} steps of the {args.scheduler} scheduler, guidance "
+                f"{args.guidance_scale}, seeds {args.seeds.replace('_', ' ')}. One config per language and prompt "
+                "variant, paired seed for seed across languages; any image can be made again alone from its "
+                "`seed`."
+            ),
+            lineage=run.lineage,
+            configs=list(rows),
+            config_info=self.configs,
+            languages=sorted(set(args.languages)),
+            rows=rows,
+            tags=["images", "generated"],
+            notes=self.face_filter_note(args),
+            seconds_per_image={config: round(s / n, 4) for config, (n, s) in timing.items() if n},
+        ).save(folder / "README.md")
+        return f"{sum(rows.values())} images, {', '.join(rows)}"
+
+    @staticmethod
+    def face_filter_note(args: Arguments) -> list[str]:
+        if not args.face_filter:
+            return ["No face filter: every image is kept as generated; classify marks those without one face."]
+        return [
+            f"Face filter `{args.face_filter}`: an image with other than exactly one face was made again from its "
+            f"next seed, up to {args.max_attempts} tries (`rejected` counts them; `face_check` is `gave_up` where "
+            "no try showed one face). Unlike the reference evaluation, whose filter keeps every image after the "
+            "first seed, every image is checked."
+        ]
+
+
+STAGE = GenerateImages()
+run = STAGE.run
+
+if __name__ == "__main__":
+    STAGE.main()

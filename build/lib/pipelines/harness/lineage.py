@@ -1,0 +1,52 @@
+"""Finding artifacts by lineage, never by name: what was made from what.
+
+Every revision records the stage that made it and its pinned inputs (`lineage`), in its card and
+in the store's history. So "the bias results of these images" is the `evaluate_bias` revision whose
+input is the `classify` revision whose input is these images, wherever each was published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pipelines.artifacts.store import Store, parse_ref
+from pipelines.errors import UserError
+
+
+def evaluated_images(results: Iterable[Any]) -> dict[str, str]:
+    """`{label: images ref}` of the images datasets whose bias a run measured (through classify).
+
+    The label is the name of the model that made the images (its repo name, or the images repo's).
+    """
+    results = list(results)
+    by_ref = {f"{r.repo_id}@{r.revision}": r for r in results}
+    found: dict[str, str] = {}
+    for result in results:
+        if result.lineage.get("stage") != "evaluate_bias":
+            continue
+        attributes = by_ref.get(result.lineage.get("inputs", {}).get("input", ""))
+        if attributes is None:
+            continue
+        images = attributes.lineage.get("inputs", {}).get("input")
+        if not images:
+            continue
+        made = by_ref.get(images)
+        model = made.lineage.get("inputs", {}).get("model", "") if made is not None else ""
+        try:
+            label = parse_ref(model).repo_id.split("/")[-1]
+        except UserError:  # a folder or a Hub download: name the version by its images
+            label = parse_ref(images).repo_id.split("/")[-1]
+        found[label] = images
+    return found
+
+
+def derived(store: Store, namespace: str, source: str, stage: str, input_name: str = "input") -> list[str]:
+    """Every `ns/name@revision` in `namespace` that `stage` made from `source` (a pinned ref), newest first."""
+    found = []
+    for repo_id in store.repos(namespace, "dataset"):
+        for entry in store.history(repo_id, "dataset"):
+            lineage = entry.lineage or {}
+            if lineage.get("stage") == stage and (lineage.get("inputs") or {}).get(input_name) == source:
+                found.append((entry.created_at, f"{repo_id}@{entry.revision}"))
+    return [ref for _, ref in sorted(found, reverse=True)]

@@ -1,0 +1,357 @@
+"""The stage lifecycle, written once: pin inputs, reuse or build, shard, resume, split, publish.
+
+A stage is a `Stage` subclass with an `Arguments` dataclass (a `StageArguments`) and one of:
+
+- `build(run, folder)`: writes the whole artifact (data and card) into an empty folder;
+- for a `ShardedStage`, `plan(run)` (the work, cut into shards in a fixed order), `open(run,
+  device)` (load models once per process), `make(run, shard)` (the rows of one shard) and
+  `finish(run, folder)` (the card, and any table computed from all rows).
+
+`execute` does everything else. It pins every input (a store or Hub revision, a content hash for a
+local file) and fingerprints inputs and parameters; if the output repo already has a revision
+with that fingerprint it is reused. Otherwise a sharded stage works in `<store root>/.work/<stage>/
+<fingerprint>/`, writing each shard atomically, so a killed run resumes where it stopped; shard `i`
+belongs to process `i % num_processes` under `torchrun` or `accelerate launch`, and every shard is
+made in the same batches whatever the number of processes, so the output does not depend on it.
+The main process holds the work folder's lock for the whole run and publishes the artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pipelines import __version__
+from pipelines.artifacts import workspace
+from pipelines.artifacts.cards import make_lineage
+from pipelines.artifacts.inputs import ModelInput, resolve_model
+from pipelines.artifacts.reader import DatasetArtifact
+from pipelines.artifacts.store import WORK_DIR, parse_ref
+from pipelines.errors import UserError
+from pipelines.harness.config import StageArguments, input_fields, parse_arguments
+
+# Settings that choose where things go or how fast, not what is made: they stay out of the fingerprint.
+STATS = ".stats"  # per-shard timing in a work folder, left out of the published artifact
+NOT_PARAMETERS = {"store", "store_root", "namespace", "output_repo", "tag", "force", "work_dir", "device"}
+
+
+@dataclass(frozen=True)
+class Published:
+    repo_id: str
+    revision: str
+    repo_type: str
+    reused: bool = False
+    lineage: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}@{self.revision}"
+
+
+class StageRun:
+    """One run of a stage: its store, pinned inputs, parameters, fingerprint and lineage."""
+
+    def __init__(self, stage: Stage, args: StageArguments):
+        self.stage = stage.name
+        self.args = args
+        self.repo_type = stage.repo_type
+        self.store = args.open_store()
+        self.output_repo_id = args.repo_id(args.output_repo)
+        self.inputs: dict[str, str] = {}
+        self.models: dict[str, ModelInput] = {}
+        self._kinds = input_fields(args)
+        for name, kind in self._kinds.items():
+            spec = getattr(args, name)
+            if spec is None:
+                continue
+            if kind in ("model", "source"):
+                self.models[name] = resolve_model(
+                    spec, self.store, namespace=args.namespace, **stage.model_options(name)
+                )
+                self.inputs[name] = self.models[name].pin
+            else:
+                ref = parse_ref(spec, namespace=args.namespace)
+                self.inputs[name] = f"{ref.repo_id}@{self.store.revision_of(ref, 'dataset')}"
+        self.parameters = {
+            f.name: _plain(getattr(args, f.name))
+            for f in dataclasses.fields(args)
+            if f.name not in NOT_PARAMETERS and f.name not in stage.not_parameters and f.name not in self._kinds
+        }
+        self.fingerprint = hashlib.sha256(
+            json.dumps([self.stage, __version__, self.inputs, self.parameters], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        self.lineage = make_lineage(self.stage, self.inputs, self.parameters, self.fingerprint)
+
+    def dataset(self, name: str) -> DatasetArtifact:
+        """Input `name` at its pinned revision, checked to be of the kind the stage reads."""
+        artifact = DatasetArtifact(self.store.resolve(self.inputs[name], "dataset"), self.inputs[name])
+        if self._kinds[name] != "any":
+            artifact.expect(self._kinds[name], name)
+        return artifact
+
+    def model(self, name: str) -> ModelInput:
+        return self.models[name]
+
+    def work_folder(self) -> Path:
+        root = getattr(self.args, "work_dir", None) or Path(self.args.store_root) / WORK_DIR
+        return workspace.work_folder(root, self.stage, self.fingerprint)
+
+    def publish(self, folder: Path, message: str, ignore: tuple[str, ...] = ()) -> Published:
+        revision = self.store.push(
+            folder, self.output_repo_id, self.repo_type, message, tag=self.args.tag, ignore=ignore
+        )
+        print(f"[{self.stage}] published {self.repo_type} {self.output_repo_id}@{revision}", file=sys.stderr)
+        return Published(self.output_repo_id, revision, self.repo_type, lineage=self.lineage)
+
+    def reuse(self, quiet: bool = False) -> Published | None:
+        """The existing output for the same inputs and parameters, unless `--force`."""
+        if getattr(self.args, "force", False):
+            return None
+        revision = self.existing()
+        if revision is None:
+            return None
+        if not quiet:
+            print(
+                f"[{self.stage}] up to date: {self.output_repo_id}@{revision} (same inputs and parameters)",
+                file=sys.stderr,
+            )
+        return Published(self.output_repo_id, revision, self.repo_type, reused=True, lineage=self.lineage)
+
+    def existing(self) -> str | None:
+        """The newest revision of the output repo made from the same inputs and parameters."""
+        if not self.store.exists(self.output_repo_id, self.repo_type):
+            return None
+        for entry in self.store.history(self.output_repo_id, self.repo_type):
+            if entry.lineage.get("fingerprint") == self.fingerprint:
+                return entry.revision
+        return None
+
+
+class Stage:
+    """A stage: what it reads and publishes, and how it builds its artifact."""
+
+    name: ClassVar[str]
+    Arguments: ClassVar[type[StageArguments]]
+    repo_type: ClassVar[str] = "dataset"
+    command: ClassVar[str] = ""  # how a user starts it (default `python -m pipelines.<name>`)
+    # Fields that choose where or how fast, not what is made (besides NOT_PARAMETERS).
+    not_parameters: ClassVar[tuple[str, ...]] = ()
+
+    def model_options(self, name: str) -> dict[str, Any]:
+        """How model input `name` may be given (see `resolve_model`): forms, library names, files."""
+        return {"what": name}
+
+    def build(self, run: StageRun, folder: Path) -> str:
+        """Writes the artifact into an empty folder; returns the commit message."""
+        raise NotImplementedError
+
+    def estimate(self, args: StageArguments, estimates: Any, costs: Any) -> Any:
+        """For `run --dry_run`: what this step reads, downloads and makes (`harness.estimate.Estimate`),
+        recording its output's counts in `estimates` for the steps after it. Nothing is loaded."""
+        return None
+
+    def run(self, args: StageArguments) -> Published:
+        return execute(self, args)
+
+    def main(self, argv: list[str] | None = None) -> None:
+        stage_main(self, argv)
+
+
+@dataclass
+class Shard:
+    """One unit of resumable work: the rows `make` returns go to `data/<config>/train-<index>.parquet`."""
+
+    config: str
+    index: int
+    items: list[Any]
+
+
+class ShardedStage(Stage):
+    """A stage whose rows are made shard by shard, resumably, over any number of processes."""
+
+    features: ClassVar[Any]  # datasets.Features of the rows
+    unit: ClassVar[str] = "img"
+
+    def plan(self, run: StageRun) -> list[Shard]:
+        raise NotImplementedError
+
+    def open(self, run: StageRun, device: str) -> None:
+        """Loads what `make` needs (models), once per process that has work left."""
+
+    def make(self, run: StageRun, shard: Shard) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def finish(self, run: StageRun, folder: Path) -> str:
+        """Writes the card (and tables computed from every row) once all shards exist; the message."""
+        raise NotImplementedError
+
+
+class DistributedStage(Stage):
+    """A stage that runs in every process and manages them itself (training with accelerate).
+
+    `build(run, folder)` is called in every process with the run's work folder; the main process
+    then publishes `output(run, folder)` without the files matching `ignore`.
+    """
+
+    ignore: ClassVar[tuple[str, ...]] = ()
+
+    def work_folder(self, run: StageRun) -> Path:
+        return run.work_folder()
+
+    def output(self, run: StageRun, folder: Path) -> Path:
+        return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# The executor
+# ---------------------------------------------------------------------------------------------
+
+
+def execute(stage: Stage, args: StageArguments) -> Published:
+    """Runs a stage: reuse, or build and publish. A failure publishes nothing."""
+    if isinstance(stage, (ShardedStage, DistributedStage)):
+        return _execute_in_processes(stage, args)
+    run = StageRun(stage, args)
+    reused = run.reuse()
+    if reused is not None:
+        return reused
+    folder = Path(tempfile.mkdtemp(prefix=f"{stage.name}-"))
+    try:
+        return run.publish(folder, stage.build(run, folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def process_state(device: str = "auto") -> Any:
+    """accelerate's view of the processes (torchrun / accelerate launch); one process otherwise."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+
+
+def _execute_in_processes(stage: ShardedStage | DistributedStage, args: StageArguments) -> Published:
+    from accelerate.utils import broadcast_object_list
+
+    state = process_state(getattr(args, "device", "auto"))
+    run = StageRun(stage, args)
+    folder = stage.work_folder(run) if isinstance(stage, DistributedStage) else run.work_folder()
+    result: list[Any] = [None]
+    with workspace.locked(folder) if state.is_main_process else contextlib.nullcontext():
+        state.wait_for_everyone()  # the main process holds the lock: no other run works in this folder
+        reused = run.reuse(quiet=not state.is_main_process)
+        if reused is not None:
+            return reused
+        # A user's mistake is found by every process alike (in `plan` or before `build` splits the
+        # work), so each raises it; a process that fails alone ends the group (torchrun stops it).
+        if isinstance(stage, ShardedStage):
+            _make_shards(stage, run, state, folder)
+            if state.is_main_process:
+                result = [run.publish(folder, stage.finish(run, folder), ignore=(STATS,))]
+                shutil.rmtree(folder, ignore_errors=True)
+        else:
+            message = stage.build(run, folder)
+            if state.is_main_process:
+                result = [run.publish(stage.output(run, folder), message, ignore=stage.ignore)]
+        if state.num_processes > 1:
+            broadcast_object_list(result)
+    return result[0]
+
+
+def _make_shards(stage: ShardedStage, run: StageRun, state: Any, folder: Path) -> None:
+    """This process's missing shards, then a check (main process) that every shard exists."""
+    from tqdm.auto import tqdm
+
+    from pipelines.artifacts.dataset_files import DatasetWriter
+
+    shards = stage.plan(run)
+    writer = DatasetWriter(folder, stage.features)
+    mine = [s for number, s in enumerate(shards) if number % state.num_processes == state.process_index]
+    todo = [s for s in mine if not writer.shard_path(s.config, s.index).is_file()]
+    if todo:
+        device = _device(run.args, state)
+        _set_threads(run.args, device)
+        stage.open(run, device)
+        progress = tqdm(
+            total=sum(len(s.items) for s in todo),
+            desc=f"{stage.name} [{state.process_index + 1}/{state.num_processes}]",
+            unit=stage.unit,
+            disable=not state.is_local_main_process,
+            file=sys.stderr,
+        )
+        for shard in todo:
+            started = time.perf_counter()
+            writer.write_shard(shard.config, shard.index, stage.make(run, shard))
+            # Timing beside the data, not in it: the rows stay byte-identical from run to run.
+            stats = folder / STATS / f"{shard.config}-{shard.index:05d}.json"
+            stats.parent.mkdir(parents=True, exist_ok=True)
+            stats.write_text(json.dumps({"items": len(shard.items), "seconds": time.perf_counter() - started}))
+            progress.update(len(shard.items))
+        progress.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        missing = [f"{s.config}/{s.index}" for s in shards if not writer.shard_path(s.config, s.index).is_file()]
+        if missing:
+            raise RuntimeError(f"shards missing after {stage.name}: {', '.join(missing[:5])}")
+        for leftover in folder.rglob(".*.tmp"):
+            leftover.unlink()  # a killed writer's partial file; its shard was made again
+        # Shards of an earlier plan that this one does not have (a stage's own extra tables) go too.
+        planned = {writer.shard_path(s.config, s.index) for s in shards}
+        for path in folder.glob("data/*/*.parquet"):
+            if path not in planned:
+                path.unlink()
+
+
+def shard_seconds(folder: Path) -> dict[str, tuple[int, float]]:
+    """Per config, the items made and the seconds `make` took, over every run that made a shard."""
+    totals: dict[str, tuple[int, float]] = {}
+    for path in sorted((folder / STATS).glob("*.json")):
+        config = path.stem.rsplit("-", 1)[0]
+        stats = json.loads(path.read_text())
+        items, seconds = totals.get(config, (0, 0.0))
+        totals[config] = (items + stats["items"], seconds + stats["seconds"])
+    return totals
+
+
+def _device(args: Any, state: Any) -> str:
+    requested = getattr(args, "device", "auto")
+    return str(state.device) if requested == "auto" else requested
+
+
+def _set_threads(args: Any, device: str) -> None:
+    """On CPU, a fixed thread count per process makes float sums (and so the bytes) reproducible."""
+    import torch
+
+    threads = getattr(args, "cpu_threads", None)
+    if device == "cpu" and threads:
+        torch.set_num_threads(threads)
+
+
+def stage_main(stage: Stage, argv: list[str] | None = None) -> None:
+    """The command line of a stage: a one-line error and exit code 2 on bad input."""
+    try:
+        args = parse_arguments(stage.Arguments, stage.command or f"python -m pipelines.{stage.name}", argv, stage.name)
+        published = stage.run(args)
+    except UserError as err:
+        print(f"{stage.name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(published)
+
+
+def _plain(value: Any) -> Any:
+    """Makes a field value JSON- and YAML-friendly (tuples to lists, paths to strings)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value

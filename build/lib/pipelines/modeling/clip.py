@@ -1,0 +1,70 @@
+"""open_clip models by name and pretrained tag, by `hf-hub:` name, or from a folder in open_clip's
+Hub layout (`open_clip_config.json` and weights).
+
+OpenAI's CLIP weights were trained with QuickGELU. open_clip 3 builds `ViT-L-14` with plain GELU
+and loads `openai` weights into it with only a warning, so the embeddings drift from the model the
+reference study used; the matching name is `ViT-L-14-quickgelu`. A known mismatch of this kind is
+refused here, before any weights load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import ConfigError
+
+# The reference study's CLIP: OpenAI's ViT-L/14, which uses QuickGELU.
+REFERENCE_CLIP = ("ViT-L-14-quickgelu", "openai")
+
+
+def is_open_clip_name(name: str) -> bool:
+    """Whether open_clip knows a model name (its registry, or an `hf-hub:` name)."""
+    import open_clip
+
+    return name.startswith("hf-hub:") or name in open_clip.list_models()
+
+
+def check_activation(model: str, pretrained: str | None) -> None:
+    """Refuses weights trained with one activation (QuickGELU or GELU) in a model built with the other."""
+    if pretrained is None or Path(model).is_dir() or model.startswith("hf-hub:"):
+        return
+    import open_clip
+    from open_clip import pretrained as registry
+
+    config = open_clip.get_model_config(model)
+    # Weights are registered under the name of the model they were trained in: look there too.
+    weights = registry.get_pretrained_cfg(model, pretrained) or registry.get_pretrained_cfg(
+        model.removesuffix("-quickgelu"), pretrained
+    )
+    if not config or not weights:
+        return
+    trained, built = bool(weights.get("quick_gelu", False)), bool(config.get("quick_gelu", False))
+    if trained != built:
+        wanted = [
+            name
+            for name in (f"{model}-quickgelu", model.removesuffix("-quickgelu"))
+            if name != model and pretrained in registry.list_pretrained_tags_by_model(name)
+        ]
+        raise ConfigError(
+            f"open_clip model {model!r} with pretrained {pretrained!r}: the weights were trained with "
+            f"{'QuickGELU' if trained else 'GELU'} but {model!r} runs {'QuickGELU' if built else 'GELU'}"
+            + (f"; use {wanted[0]!r}" if wanted else "")
+        )
+
+
+def load_open_clip(model: str, pretrained: str | None = None, device: str = "cpu") -> tuple[Any, Any, Any]:
+    """(model, image preprocess, tokenizer) for a folder, an open_clip name with a pretrained tag,
+    or an `hf-hub:` name."""
+    import open_clip
+
+    check_activation(model, pretrained)
+    name = f"local-dir:{Path(model).resolve()}" if Path(model).is_dir() else model
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise ConfigError(
+            f"open_clip model {model!r} (pretrained {pretrained!r}) could not be loaded: {str(err).splitlines()[0]}"
+        ) from None
+    return clip.eval(), preprocess, tokenizer

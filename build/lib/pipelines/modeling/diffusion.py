@@ -1,0 +1,263 @@
+"""Loading text-to-image pipelines, in one place: full pipelines or LoRA adapters, any source.
+
+- A model input (`pipelines.artifacts.inputs.ModelInput`: a store repo, a Hub id, a folder) is a
+  folder in diffusers' layout, loaded at its pinned revision.
+- AltDiffusion is assembled from its components: diffusers 0.42 still ships `AltDiffusionPipeline`,
+  but `from_pretrained` cannot import the text encoder class `RobertaSeriesModelWithTransformation`
+  that AltDiffusion-m9's `model_index.json` names, under any library name. A folder this toolkit
+  saves lists no class for the text encoder, so stock `DiffusionPipeline.from_pretrained(folder,
+  text_encoder=...)` opens it with the encoder loaded by its own class, and without it says that the
+  text encoder is missing rather than loading a broken pipeline; the cards' snippet
+  (`usage_snippet`) assembles it from components, which works for AltDiffusion-m9 itself too.
+- A LoRA model repo (`pytorch_lora_weights.safetensors` and a card naming `base_model`) loads its
+  base model and then the adapter with the pipeline's `load_lora_weights`.
+- The scheduler is the model's own unless asked for (`dpm++` is the reference study's for its
+  training images); fp16 on GPU, fp32 on CPU. The safety checker is never loaded: the study
+  measures the model's raw output.
+- Weights are never unpickled beyond `weights_only=True`, and remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.artifacts.inputs import ModelInput, resolve_model
+from pipelines.artifacts.store import Store, card_metadata
+from pipelines.errors import ConfigError
+
+SCHEDULERS = {
+    "default": (None, {}),  # the scheduler the model ships with
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+}
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+# Text-encoder LoRA lives beside the UNet's, in peft's own key format: diffusers' load_lora_weights
+# would hand it to transformers, which loads adapters only with peft>=0.22 (newer than any release
+# here) and has no key conversion for AltDiffusion's RoBERTa-series encoder.
+TEXT_ENCODER_LORA_WEIGHTS = "text_encoder_lora.safetensors"
+TEXT_ENCODER_LORA_CONFIG = "text_encoder_lora_config.json"
+TEXT_ENCODER_LORA_TARGETS = {"clip": ["q_proj", "k_proj", "v_proj", "out_proj"], "roberta": ["query", "key", "value"]}
+# Where diffusers keeps AltDiffusion's text encoder class.
+ROBERTA_SERIES_MODULE = "diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series"
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}")
+    if DTYPES[dtype] is not None:
+        return DTYPES[dtype]
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def is_lora(folder: Path) -> bool:
+    return (folder / LORA_WEIGHTS).is_file() and not (folder / "model_index.json").is_file()
+
+
+def load_pipeline(
+    model: ModelInput,
+    store: Store,
+    *,
+    namespace: str | None = None,
+    scheduler: str = "default",
+    device: str = "auto",
+    dtype: str = "auto",
+) -> Any:
+    """The text-to-image pipeline of a resolved model input, on `device`, progress bars off."""
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"scheduler={scheduler!r}: allowed {', '.join(SCHEDULERS)}")
+    device = pick_device(device)
+    folder = model.path
+    if folder is None or not folder.is_dir():
+        raise ConfigError(f"model={model.given!r}: a diffusers model folder or repo is expected")
+    if is_lora(folder):
+        base = base_of_lora(folder, model.given)
+        pipe = load_pipeline(
+            resolve_model(base, store, namespace=namespace, what="base_model"),
+            store,
+            namespace=namespace,
+            scheduler=scheduler,
+            device=device,
+            dtype=dtype,
+        )
+        pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS)
+        if (folder / TEXT_ENCODER_LORA_WEIGHTS).is_file():
+            load_text_encoder_lora(pipe.text_encoder, folder)
+    else:
+        pipe = assemble_pipeline(folder, pick_dtype(dtype, device))
+        set_scheduler(pipe, scheduler)
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def set_scheduler(pipe: Any, scheduler: str) -> None:
+    name, overrides = SCHEDULERS[scheduler]
+    if name is not None:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **overrides)
+
+
+def base_of_lora(folder: Path, given: str) -> str:
+    """The base model a LoRA repo's card names, at its recorded revision."""
+    card = card_metadata(folder)
+    base = card.get("base_model")
+    if not base:
+        raise ConfigError(f"model={given!r}: a LoRA repo needs 'base_model' in its card")
+    revision = card.get("base_model_revision")
+    return f"{base}@{revision}" if revision and "@" not in base else base
+
+
+def add_text_encoder_lora(text_encoder: Any, rank: int, alpha: int | None = None) -> dict[str, Any]:
+    """Injects peft LoRA layers into a text encoder of either family; returns the LoRA config."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    family = "roberta" if "Roberta" in type(text_encoder).__name__ else "clip"
+    config = {"r": rank, "lora_alpha": alpha or rank, "target_modules": TEXT_ENCODER_LORA_TARGETS[family]}
+    inject_adapter_in_model(LoraConfig(init_lora_weights="gaussian", **config), text_encoder)
+    return config
+
+
+def save_text_encoder_lora(text_encoder: Any, config: dict[str, Any], folder: Path) -> None:
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().float().contiguous() for k, v in get_peft_model_state_dict(text_encoder).items()}
+    save_file(state, str(folder / TEXT_ENCODER_LORA_WEIGHTS))
+    (folder / TEXT_ENCODER_LORA_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def load_text_encoder_lora(text_encoder: Any, folder: Path) -> None:
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / TEXT_ENCODER_LORA_CONFIG).read_text())
+    add_text_encoder_lora(text_encoder, config["r"], config["lora_alpha"])
+    result = set_peft_model_state_dict(text_encoder, load_file(str(folder / TEXT_ENCODER_LORA_WEIGHTS)))
+    if getattr(result, "unexpected_keys", None):
+        raise ConfigError(f"{folder}: text-encoder LoRA keys do not fit the model ({result.unexpected_keys[:3]})")
+    text_encoder.to(next(text_encoder.parameters()).dtype)
+
+
+def model_index(folder: Path) -> dict[str, Any]:
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise ConfigError(f"model folder {folder.name!r} has neither model_index.json nor {LORA_WEIGHTS}")
+    return json.loads(index_file.read_text())
+
+
+def is_altdiffusion(folder: Path) -> bool:
+    return model_index(folder).get("_class_name") == "AltDiffusionPipeline"
+
+
+def assemble_pipeline(folder: Path, torch_dtype: torch.dtype) -> Any:
+    """The pipeline saved in `folder`; AltDiffusion built from its components."""
+    index = model_index(folder)
+    if index.get("_class_name") != "AltDiffusionPipeline":
+        from diffusers import DiffusionPipeline
+
+        try:
+            return DiffusionPipeline.from_pretrained(
+                folder, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+            )
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model folder {folder.name!r} does not load: {str(err).splitlines()[0]}") from None
+    import diffusers
+    from diffusers.pipelines.deprecated.alt_diffusion import AltDiffusionPipeline
+    from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
+        RobertaSeriesModelWithTransformation,
+    )
+    from transformers import XLMRobertaTokenizer
+
+    # The bias study needs the model's raw output, so the safety checker (which blacks out images) is off.
+    try:
+        return AltDiffusionPipeline(
+            vae=diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=torch_dtype),
+            text_encoder=RobertaSeriesModelWithTransformation.from_pretrained(
+                folder, subfolder="text_encoder", dtype=torch_dtype
+            ),
+            tokenizer=XLMRobertaTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+            unet=diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=torch_dtype),
+            scheduler=getattr(diffusers, index["scheduler"][1]).from_pretrained(folder, subfolder="scheduler"),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model folder {folder.name!r} does not load: {str(err).splitlines()[0]}") from None
+
+
+def save_pipeline(pipe: Any, folder: Path, source: Path | None = None) -> None:
+    """Saves a full pipeline so that stock diffusers opens it (AltDiffusion: see the module doc).
+
+    `source`, the folder it was loaded from, lends its tokenizer's sentencepiece model, which a
+    converted (fast) tokenizer does not write.
+    """
+    pipe.save_pretrained(folder, safe_serialization=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    if index.get("_class_name") == "AltDiffusionPipeline":
+        index["text_encoder"] = [None, None]  # no library name diffusers 0.42 can import it by (module doc)
+        for name in ("safety_checker", "feature_extractor", "image_encoder"):
+            index[name] = [None, None]
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    if source is not None:
+        for model_file in (source / "tokenizer").glob("*.model"):
+            shutil.copyfile(model_file, folder / "tokenizer" / model_file.name)
+
+
+def usage_snippet(repo_id: str, folder: Path, lora_base: str | None = None, base_in_store: bool = True) -> str:
+    """Stock diffusers code that opens a model of the store (a Hugging Face cache folder).
+
+    AltDiffusion is assembled from its components, as `assemble_pipeline` does, since diffusers 0.42
+    cannot load AltDiffusion-m9's own `model_index.json`. On the Hub, leave out `cache_dir` and
+    `local_files_only`. `folder` is the model's (a LoRA's: its base's) saved pipeline.
+    """
+    store = ', cache_dir="./hub", local_files_only=True'
+    base, base_store = (lora_base, store if base_in_store else "") if lora_base else (repo_id, store)
+    lines = ["import torch"]
+    if is_altdiffusion(folder):
+        scheduler = model_index(folder)["scheduler"][1]
+        lines += [
+            f"from diffusers import AltDiffusionPipeline, AutoencoderKL, {scheduler}, UNet2DConditionModel",
+            f"from {ROBERTA_SERIES_MODULE} import RobertaSeriesModelWithTransformation",
+            "from transformers import XLMRobertaTokenizer",
+            "",
+            f'base = "{base}"',
+            "pipe = AltDiffusionPipeline(",
+            f'    vae=AutoencoderKL.from_pretrained(base, subfolder="vae"{base_store}),',
+            "    text_encoder=RobertaSeriesModelWithTransformation.from_pretrained(",
+            f'        base, subfolder="text_encoder"{base_store}',
+            "    ),",
+            f'    tokenizer=XLMRobertaTokenizer.from_pretrained(base, subfolder="tokenizer"{base_store}),',
+            f'    unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet"{base_store}),',
+            f'    scheduler={scheduler}.from_pretrained(base, subfolder="scheduler"{base_store}),',
+            "    safety_checker=None,",
+            "    feature_extractor=None,",
+            "    requires_safety_checker=False,",
+            ")",
+        ]
+    else:
+        lines += [
+            "from diffusers import DiffusionPipeline",
+            "",
+            f'pipe = DiffusionPipeline.from_pretrained("{base}"{base_store})',
+        ]
+    if lora_base is not None:
+        lines.append(f'pipe.load_lora_weights("{repo_id}", weight_name="{LORA_WEIGHTS}"{store})')
+    lines.append('image = pipe("a photo of the face of a doctor", generator=torch.manual_seed(0)).images[0]')
+    return "\n".join(lines)

@@ -1,0 +1,293 @@
+"""Tiny, randomly initialised models of the real classes, for tests and the offline study.
+
+Nothing downloads: every stage runs on these through the same loading code as the real models.
+
+- `build_tiny_pipeline`: AltDiffusion's classes (RoBERTa-series text encoder with an XLM-R
+  tokenizer) or Stable Diffusion's (CLIP), the tokenizer trained on the study's prompts;
+- `build_tiny_fairface`: FairFace's ResNet-34 with its 18-logit head (a state dict);
+- `build_tiny_open_clip`: a small open_clip CLIP in open_clip's Hub layout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.errors import ConfigError
+
+TINY_KINDS = ("altdiffusion", "stable-diffusion")
+
+
+def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4000) -> Any:
+    """A small tokenizer of the real model's class, trained on the given prompts.
+
+    `altdiffusion`: an XLM-R (SentencePiece unigram) tokenizer; `stable-diffusion`: a CLIP BPE one.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    if kind == "altdiffusion":
+        from transformers import XLMRobertaTokenizer
+
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        special = ["<s>", "<pad>", "</s>", "<unk>"]
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token="<unk>")
+        tokenizer.train_from_iterator(texts, trainer)
+        vocab = [tuple(piece) for piece in json.loads(tokenizer.to_str())["model"]["vocab"]]
+        return XLMRobertaTokenizer(vocab=[*vocab, ("<mask>", 0.0)], model_max_length=77)
+    from transformers import CLIPTokenizer
+
+    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|startoftext|>", "<|endoftext|>"], end_of_word_suffix="</w>"
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=77)
+
+
+def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: int = 64) -> Any:
+    """A randomly initialised text-to-image pipeline of the real classes, small enough for a CPU."""
+    import diffusers
+
+    if kind not in TINY_KINDS:
+        raise ConfigError(f"kind={kind!r}: allowed {', '.join(TINY_KINDS)}")
+    tokenizer = train_tokenizer(kind, texts)
+    torch.manual_seed(seed)
+    width = 32
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=resolution // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(width, 2 * width),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=width,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(width, 2 * width),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=resolution,
+    )
+    scheduler = diffusers.PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    )
+    # What both families share; the safety checker is off, as in every pipeline the study loads.
+    shared = {
+        "vae": vae,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": width,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 2 * width,
+    }
+    if kind == "altdiffusion":
+        from diffusers.pipelines.deprecated.alt_diffusion import AltDiffusionPipeline
+        from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
+            RobertaSeriesConfig,
+            RobertaSeriesModelWithTransformation,
+        )
+
+        config = RobertaSeriesConfig(
+            **text_config, max_position_embeddings=80, project_dim=width, pad_token_id=1, type_vocab_size=1
+        )
+        return AltDiffusionPipeline(text_encoder=RobertaSeriesModelWithTransformation(config), **shared)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        **text_config,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return diffusers.StableDiffusionPipeline(text_encoder=CLIPTextModel(config), **shared)
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def build_tiny_open_clip(folder: str | Path, seed: int = 0) -> Path:
+    """A randomly initialised small open_clip CLIP, saved as open_clip saves one to the Hub."""
+    import open_clip
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CLIP_CONFIG)
+    config = {
+        "model_cfg": TINY_CLIP_CONFIG,
+        "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    save_model(model, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def build_tiny_fairface(path: Path, seed: int = 0) -> Path:
+    """FairFace's architecture (torchvision ResNet-34; logits race 7, gender 2, age 9) with random weights."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet34(weights=None)
+    model.fc = torch.nn.Linear(model.fc.in_features, 18)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+# AltDiffusion-m9's files as its Hub repo lays them out (config values as published; weights small).
+M9_MODEL_INDEX = {
+    "_class_name": "AltDiffusionPipeline",
+    "_diffusers_version": "0.11.0.dev0",
+    "feature_extractor": ["transformers", "CLIPFeatureExtractor"],
+    "requires_safety_checker": True,
+    "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+    "scheduler": ["diffusers", "PNDMScheduler"],
+    "text_encoder": ["alt_diffusion", "RobertaSeriesModelWithTransformation"],
+    "tokenizer": ["transformers", "XLMRobertaTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+M9_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.11.0.dev0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+M9_TOKENIZER_CONFIG = {
+    "bos_token": "<s>",
+    "cls_token": "<s>",
+    "eos_token": "</s>",
+    "mask_token": {
+        "__type": "AddedToken",
+        "content": "<mask>",
+        "lstrip": True,
+        "normalized": True,
+        "rstrip": False,
+        "single_word": False,
+    },  # fmt: skip
+    "model_max_length": 512,
+    "pad_token": "<pad>",
+    "sep_token": "</s>",
+    "sp_model_kwargs": {},
+    "special_tokens_map_file": None,
+    "tokenizer_class": "XLMRobertaTokenizer",
+    "unk_token": "<unk>",
+}
+
+
+M9_CARD = """---
+language: zh
+license: creativeml-openrail-m
+tags:
+- stable-diffusion
+- stable-diffusion-diffusers
+- text-to-image
+- multilingual
+---
+# A tiny stand-in laid out as BAAI/AltDiffusion-m9 (random weights)
+"""
+
+
+def build_m9_layout(folder: str | Path, texts: list[str], seed: int = 0) -> Path:
+    """A tiny model laid out as the Hub repo BAAI/AltDiffusion-m9 is: `.bin` weights with its legacy
+    key names, a sentencepiece tokenizer (converted by transformers, which needs protobuf) with a
+    512-token `model_max_length`, its PNDM scheduler config, the safety checker and feature extractor
+    folders a stage must not download or load, and `alt_diffusion` as the text encoder's library."""
+    import sentencepiece
+
+    folder = Path(folder)
+    for name in ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "safety_checker", "feature_extractor"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    # The tokenizer: a sentencepiece model, as m9 ships XLM-R's.
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_prefix=str(folder / "tokenizer" / "sentencepiece.bpe"),
+        vocab_size=1000,
+        model_type="unigram",
+        hard_vocab_limit=False,  # a small corpus has fewer pieces: the size is an upper bound
+        character_coverage=1.0,
+        bos_id=-1,
+        eos_id=-1,
+        minloglevel=2,
+    )
+    (folder / "tokenizer" / "sentencepiece.bpe.vocab").unlink()
+    (folder / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(M9_TOKENIZER_CONFIG, indent=2))
+    special = {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "mask_token": "<mask>",
+               "pad_token": "<pad>", "sep_token": "</s>", "unk_token": "<unk>"}  # fmt: skip
+    (folder / "tokenizer" / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    from transformers import XLMRobertaTokenizer
+
+    vocab_size = len(XLMRobertaTokenizer.from_pretrained(folder / "tokenizer"))
+    # The UNet, VAE and text encoder of the tiny pipeline, saved as m9 saves them: pickled .bin files.
+    pipe = build_tiny_pipeline("altdiffusion", texts, seed=seed)
+    pipe.unet.save_pretrained(folder / "unet", safe_serialization=False)
+    pipe.vae.save_pretrained(folder / "vae", safe_serialization=False)
+    from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
+        RobertaSeriesConfig,
+        RobertaSeriesModelWithTransformation,
+    )
+
+    torch.manual_seed(seed)
+    width = pipe.text_encoder.config.hidden_size
+    config = RobertaSeriesConfig(
+        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=2 * width, max_position_embeddings=514, project_dim=width, pad_token_id=1,
+        type_vocab_size=1, use_attention_mask=True, pooler_fn="cls", learn_encoder=False,
+    )  # fmt: skip
+    encoder = RobertaSeriesModelWithTransformation(config)
+    state = encoder.state_dict()
+    # Keys older transformers wrote and m9's checkpoint holds: a position-id buffer and a pooler.
+    state["roberta.embeddings.position_ids"] = torch.arange(514).unsqueeze(0)
+    state["roberta.pooler.dense.weight"] = torch.zeros(width, width)
+    state["roberta.pooler.dense.bias"] = torch.zeros(width)
+    torch.save(state, folder / "text_encoder" / "pytorch_model.bin")
+    text_config = config.to_dict() | {
+        "architectures": ["RobertaSeriesModelWithTransformation"],
+        "model_type": "xlm-roberta",
+        "transformers_version": "4.25.1",
+    }
+    (folder / "text_encoder" / "config.json").write_text(json.dumps(text_config, indent=2))
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(M9_SCHEDULER, indent=2))
+    (folder / "model_index.json").write_text(json.dumps(M9_MODEL_INDEX, indent=2))
+    (folder / "safety_checker" / "config.json").write_text("{}")
+    (folder / "safety_checker" / "pytorch_model.bin").write_bytes(b"not loaded, not downloaded")
+    (folder / "feature_extractor" / "preprocessor_config.json").write_text("{}")
+    (folder / "README.md").write_text(M9_CARD)
+    return folder

@@ -1,0 +1,595 @@
+"""Offline, deterministic prompt realisation in every language AltDiffusion-m9 speaks.
+
+Each language has a lexicon (`pipelines/lexicons/<code>.yaml`: its words for the grid's attributes
+and every profession, with gendered and gender-neutral forms) and a grammar here (articles, case,
+agreement, word order). A prompt is realised from the row's attributes, never by substituting words
+in the English sentence, so "close-up photo of a young female barber" becomes "Nahaufnahme einer
+jungen Friseurin" and not "Nahaufnahme von ein jung weiblich Friseur".
+
+A language, style, profession or other attribute missing from a lexicon is an error that names what
+is missing; there is no English fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.errors import LexiconError
+
+LEXICONS = Path(__file__).resolve().parent / "lexicons"
+# AltDiffusion-m9's nine languages besides English, in the order the study adds them.
+LANGUAGES = {
+    "en": "English",
+    "de": "German",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "es": "Spanish",
+    "fr": "French",
+    "it": "Italian",
+    "ko": "Korean",
+    "ru": "Russian",
+    "ar": "Arabic",
+}
+# The gender value of a gender-neutral prompt.
+NEUTRAL = "neutral"
+
+
+@dataclass(frozen=True)
+class GridRow:
+    """One cell of the training grid; `gender` is 'male', 'female' or 'neutral'."""
+
+    style: str
+    age: str
+    gender: str
+    profession: str
+    dressing: str
+    place: str
+
+
+class Grammar:
+    """Realises prompts in one language. Subclasses implement `grid`, `eval_direct`, `eval_indirect`."""
+
+    code = "en"
+
+    def __init__(self, lexicon: dict[str, Any] | None = None):
+        self.lexicon = lexicon or {}
+
+    # -- lexicon access ----------------------------------------------------------------------
+    def word(self, table: str, key: str) -> Any:
+        try:
+            return self.lexicon[table][key]
+        except KeyError:
+            raise LexiconError(
+                f"{table[:-1]} {key!r} is missing from the {LANGUAGES[self.code]} lexicon "
+                f"(pipelines/lexicons/{self.code}.yaml)"
+            ) from None
+
+    def check(
+        self, styles: list[str], ages: list[str], professions: list[str], dressings: list[str], places: list[str]
+    ) -> None:
+        """Raises one `LexiconError` that lists every attribute value this language lacks."""
+        wanted = {"styles": styles, "ages": ages, "professions": professions, "dressings": dressings, "places": places}
+        missing = [
+            f"{table[:-1]} {value!r}"
+            for table, values in wanted.items()
+            for value in values
+            if value not in self.lexicon.get(table, {})
+        ]
+        if missing:
+            raise LexiconError(
+                f"missing from the {LANGUAGES[self.code]} lexicon (pipelines/lexicons/{self.code}.yaml): "
+                + ", ".join(missing)
+            )
+
+    # -- realisation --------------------------------------------------------------------------
+    def grid(self, row: GridRow) -> str:
+        raise NotImplementedError
+
+    def eval_direct(self, profession: str) -> str:
+        raise NotImplementedError
+
+    def eval_indirect(self, profession: str) -> str:
+        raise NotImplementedError
+
+
+def _join(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
+
+
+# ---------------------------------------------------------------------------------------------
+# English: the source language; its words are the attribute values themselves.
+# ---------------------------------------------------------------------------------------------
+
+
+# Letters whose English names start with a vowel sound: an FBI agent, an HR manager, an X-ray.
+_VOWEL_NAMED_LETTERS = frozenset("AEFHILMNORSX")
+# Words with a silent h, and the words made from them: an hour(ly), an honest, an honor(ary), an heir(ess).
+_SILENT_H = ("hour", "honest", "honor", "honour", "heir")
+# How a capitalised acronym said as a word starts: a consonant (or an onset like SC, SW, FL) and a vowel.
+_SPOKEN_ACRONYM = re.compile(r"(?:F[LR]?|S[CHKLMNPTW]?|[HLMNRX])[AEIOU]")
+
+
+def english_article(word: str) -> str:
+    """'a' or 'an' by the sound the next word starts with, not its letter.
+
+    Example:
+        >>> [english_article(w) for w in ["elderly", "young", "hour", "university", "CEO", "umpire"]]
+        ['an', 'a', 'an', 'a', 'a', 'an']
+        >>> [english_article(w) for w in ["FBI agent", "NASA engineer", "UNESCO official", "X-ray", "urologist"]]
+        ['an', 'a', 'a', 'an', 'a']
+    """
+    token = word.split()[0] if word.strip() else ""
+    head = token.split("-")[0]  # a one-time, an X-ray
+    letters = head[:-1] if head.endswith("s") and head[:-1].isupper() else head  # MBAs
+    if (len(letters) == 1 and letters.isalpha()) or (len(letters) > 1 and letters.isupper()):
+        if _is_spoken_acronym(letters):  # NASA, SARS: said as a word that starts with a consonant
+            return "a"
+        # Read letter by letter, so the first letter's name decides: an MBA, a CEO, a UN official.
+        return "an" if letters[0].upper() in _VOWEL_NAMED_LETTERS else "a"
+    if head[:1].isdigit():
+        return "an" if _number_starts_with_vowel(head) else "a"
+    lower = head.lower()
+    if lower.startswith(_SILENT_H):
+        return "an"
+    if lower in ("one", "once") or lower.startswith(("eu", "ewe")):  # said "won", "yoo"
+        return "a"
+    if lower.startswith("u"):
+        return "a" if _u_said_you(lower) else "an"
+    return "an" if lower[:1] in ("a", "e", "i", "o") else "a"
+
+
+def _is_spoken_acronym(letters: str) -> bool:
+    """Whether a capitalised acronym is said as a word (NASA, FIFA, SWAT) rather than spelled out
+    (NGO, MBA, SUV, NAACP): four letters or more, none doubled, starting like an English syllable."""
+    return (
+        len(letters) >= 4
+        and letters.isalpha()
+        and not re.search(r"(.)\1", letters)
+        and _SPOKEN_ACRONYM.match(letters) is not None
+    )
+
+
+def _u_said_you(lower: str) -> bool:
+    """Whether a word's first u is said "you" (a user, a unicorn, a urologist) rather than "uh"
+    (an umbrella, an uncle, an unusual)."""
+    if lower.startswith("uni"):
+        # uni- is "you-ni" (university, uniform, union) but the un- of "not" before n, m, d
+        # (uninformed, unimportant, unidentified) is "uh".
+        return lower[3:4] not in ("n", "m", "d")
+    if lower.startswith(("un", "up")):  # un- and up- are "uh", except unanimous
+        return lower.startswith("unanim")
+    if lower.startswith("ukr"):  # Ukrainian
+        return True
+    # u before one consonant and a vowel is "you": user, usual, urologist, utensil, ukulele; before two
+    # consonants it is "uh": umbrella, umpire, urban, usher, ugly.
+    return len(lower) > 2 and lower[1] not in "aeiou" and lower[2] in "aeiou"
+
+
+def _number_starts_with_vowel(digits: str) -> bool:
+    """Numbers said starting with a vowel: eight, eighty, eleven, eighteen (an 8-hour, an 11-year-old)."""
+    number = re.match(r"[\d,]+", digits).group().replace(",", "")
+    # 11 and 18 are said "eleven", "eighteen" as a number, or at the head of thousands and millions.
+    return number.startswith("8") or (number[:2] in ("11", "18") and len(number) % 3 == 2)
+
+
+class English(Grammar):
+    code = "en"
+
+    def check(self, *lists: list[str]) -> None:
+        return None  # the attribute values are English words
+
+    def grid(self, row: GridRow) -> str:
+        gender = "" if row.gender == NEUTRAL else row.gender
+        person = _join(row.age, gender, row.profession)
+        return f"{row.style} photo of {english_article(person)} {person} {row.dressing} {row.place}"
+
+    def eval_direct(self, profession: str) -> str:
+        return f"a photo of the face of {english_article(profession)} {profession}"
+
+    def eval_indirect(self, profession: str) -> str:
+        return f"a photo of the face of a person who works as {english_article(profession)} {profession}"
+
+
+# ---------------------------------------------------------------------------------------------
+# German: genitive case, grammatical gender in the noun, gender star for the neutral form.
+# ---------------------------------------------------------------------------------------------
+
+_GERMAN_WEAK_ENDINGS = ("ist", "ant", "ent", "at", "graf", "nom", "ot", "ekt", "loge")
+
+
+class German(Grammar):
+    code = "de"
+
+    @functools.cache
+    def forms(self, profession: str) -> dict[str, Any]:
+        """All forms of a profession, regular ones derived (Lehrer, Lehrerin, Lehrers, Lehrer*in).
+
+        `gen`, `f_gen` and `neutral_gen` are the genitives after eines / einer / eines*einer; the
+        nominatives `m`, `f` and `neutral` follow "als" in the indirect evaluation prompt.
+        """
+        entry = self.word("professions", profession)
+        entry = {"m": entry} if isinstance(entry, str) else dict(entry)
+        if "adjectival" in entry:
+            forms = self._adjectival_forms(entry.pop("adjectival"))
+        else:
+            m = entry["m"]
+            stem = m[:-1] if m.endswith("e") else m
+            forms = {
+                "m": m,
+                "f": stem + "in",
+                "gen": m + "n" if m.endswith("e") else m + ("en" if m.endswith(_GERMAN_WEAK_ENDINGS) else "s"),
+                "neutral": stem + "*in",
+            }
+        for nominative, genitive in (("f", "f_gen"), ("neutral", "neutral_gen")):
+            # Feminine nouns and star forms do not decline (Lehrerin, Lehrer*in, Pflegekraft), and a
+            # noun the lexicon names replaces a derived adjectival form in both cases (Beamtin).
+            if nominative in entry:
+                forms[nominative] = forms[genitive] = entry[nominative]
+            forms.setdefault(genitive, forms[nominative])
+        forms.update({"neutral_article": "star", "noun_gender": "m", "epicene": False, "direct": "m"} | entry)
+        return forms
+
+    @staticmethod
+    def _adjectival_forms(stem: str) -> dict[str, str]:
+        """An adjectival noun (der Gefangene) declines like an adjective: 'Gefangener' and
+        'Gefangene' after "als", 'Gefangenen' for every gender after eines / einer, so its star form
+        'Gefangene*r' is nominative only and its genitive is 'eines*einer Gefangenen'."""
+        return {
+            "m": stem + "er",
+            "f": stem + "e",
+            "gen": stem + "en",
+            "f_gen": stem + "en",
+            "neutral": stem + "e*r",
+            "neutral_gen": stem + "en",
+        }
+
+    def _person(self, gender: str, profession: str, adjectives: list[str]) -> str:
+        """'eines jungen Friseurs', 'einer jungen Friseurin', 'eines*einer jungen Friseur*in' (genitive)."""
+        forms = self.forms(profession)
+        articles = {"m": "eines", "n": "eines", "f": "einer", "star": "eines*einer"}
+        if forms["epicene"]:
+            # One noun for every gender (das Model): the gender, when there is one, is an adjective.
+            article, noun = articles[forms["noun_gender"]], forms["gen"]
+            if gender != NEUTRAL:
+                adjectives = [*adjectives, self.word("genders", gender)]
+        elif gender == NEUTRAL:
+            article, noun = articles[forms["neutral_article"]], forms["neutral_gen"]
+        elif gender == "female":
+            article, noun = "einer", forms["f_gen"]
+        else:
+            article, noun = articles[forms["noun_gender"]], forms["gen"]
+        # After eines/einer the adjective ends in -en in the genitive, whatever the gender.
+        return _join(article, *(adjective + "en" for adjective in adjectives), noun)
+
+    def grid(self, row: GridRow) -> str:
+        person = self._person(row.gender, row.profession, [self.word("ages", row.age)])
+        return _join(
+            self.word("styles", row.style),
+            person,
+            self.word("dressings", row.dressing),
+            self.word("places", row.place),
+        )
+
+    def eval_direct(self, profession: str) -> str:
+        # The direct prompt is the generic (usually masculine) form, as MAGBIG studies it.
+        gender = "female" if self.forms(profession)["direct"] == "f" else "male"
+        forms = self.forms(profession)
+        noun = forms["f_gen"] if gender == "female" else forms["gen"]
+        article = "einer" if gender == "female" else "eines"
+        return self.lexicon["eval"]["direct"].format(article=article, noun=noun)
+
+    def eval_indirect(self, profession: str) -> str:
+        return self.lexicon["eval"]["indirect"].format(neutral=self.forms(profession)["neutral"])
+
+
+# ---------------------------------------------------------------------------------------------
+# French, Spanish, Italian: article and adjectives agree with the person's gender; the neutral
+# form is each language's inclusive writing (·e, /a, ə).
+# ---------------------------------------------------------------------------------------------
+
+
+class Romance(Grammar):
+    """Shared by French, Spanish and Italian; subclasses set the neutral marks and articles."""
+
+    articles = {"male": "un", "female": "una", NEUTRAL: "un/a"}
+
+    @functools.cache
+    def forms(self, profession: str) -> dict[str, str]:
+        parts = str(self.word("professions", profession)).split("|")
+        m = parts[0]
+        f = parts[1] if len(parts) > 1 and parts[1] else m
+        neutral = parts[2] if len(parts) > 2 else (m if m == f else self.neutral_word(m, f))
+        return {"male": m, "female": f, NEUTRAL: neutral}
+
+    def neutral_word(self, m: str, f: str) -> str:
+        raise NotImplementedError
+
+    def adjective(self, age: str, gender: str) -> tuple[str, bool]:
+        entry = self.word("ages", age)
+        m, f = entry["m"], entry["f"]
+        word = {"male": m, "female": f}.get(gender) or (m if m == f else self.neutral_word(m, f))
+        return word, bool(entry.get("before"))
+
+    def article(self, gender: str, next_word: str) -> str:
+        return self.articles[gender]
+
+    def noun_gender(self, noun: str) -> str | None:
+        """'male' or 'female' for a noun whose grammatical gender stays the same whoever it names
+        (una persona, uno sceriffo: the lexicon's `noun_genders`); None for one that follows the person."""
+        fixed = self.lexicon.get("noun_genders", {}).get(noun)
+        return {"m": "male", "f": "female"}[fixed] if fixed else None
+
+    def person(self, gender: str, profession: str, age: str | None = None) -> str:
+        """'un jeune avocat', 'un·e jeune avocat·e', 'une jeune personne d'affaires', 'una donna sceriffo giovane'."""
+        forms = self.forms(profession)
+        noun = forms[gender]
+        # The article and adjectives agree with the noun's grammatical gender where it has a fixed one.
+        fixed = self.noun_gender(noun)
+        agrees_with = fixed or gender
+        if fixed and gender != NEUTRAL and noun == forms[NEUTRAL]:
+            # A fixed-gender noun that names everyone (lo sceriffo) cannot say the person's gender, so
+            # a person noun says it and heads the phrase: "una donna sceriffo anziana".
+            noun, agrees_with = _join(self.word("genders", gender), noun), gender
+        before, after = "", ""
+        if age is not None:
+            adjective, is_before = self.adjective(age, agrees_with)
+            before, after = (adjective, "") if is_before else ("", adjective)
+        head = _join(before, noun)
+        return _join(self.article(agrees_with, head), head, after)
+
+    def grid(self, row: GridRow) -> str:
+        person = self.person(row.gender, row.profession, row.age)
+        return _join(
+            self.of(self.word("styles", row.style), person),
+            self.word("dressings", row.dressing),
+            self.word("places", row.place),
+        )
+
+    def of(self, head: str, person: str) -> str:
+        return f"{head} de {person}"
+
+    def eval_direct(self, profession: str) -> str:
+        noun = self.forms(profession)["male"]
+        article = self.article(self.noun_gender(noun) or "male", noun)
+        return self.lexicon["eval"]["direct"].format(article=article, noun=noun)
+
+    def eval_indirect(self, profession: str) -> str:
+        return self.lexicon["eval"]["indirect"].format(neutral=self.forms(profession)[NEUTRAL])
+
+
+def _common_prefix(a: str, b: str) -> str:
+    size = 0
+    while size < min(len(a), len(b)) and a[size] == b[size]:
+        size += 1
+    return a[:size]
+
+
+class French(Romance):
+    code = "fr"
+    articles = {"male": "un", "female": "une", NEUTRAL: "un·e"}
+
+    def neutral_word(self, m: str, f: str) -> str:
+        """Middle-dot inclusive form: avocat·e, musicien·ne, acteur·rice, coiffeur·euse, prêtre·sse, âgé·e."""
+        vowels = "aeiouéèêâ"
+        prefix = _common_prefix(m, f)
+        # When the feminine ending starts with a consonant, take back the vowels the two forms
+        # share, so the ending reads whole: coiffeur·euse rather than coiffeur·se. A feminine that
+        # only adds to the whole masculine keeps the masculine whole: prêtre·sse, chef·fe.
+        if prefix != m and f[len(prefix) : len(prefix) + 1] not in vowels:
+            while prefix and prefix[-1] in vowels:
+                prefix = prefix[:-1]
+        return f"{m}·{f[len(prefix) :]}"
+
+    def of(self, head: str, person: str) -> str:
+        return f"{head} d'{person}"  # "de" elides before un/une/un·e
+
+
+class Spanish(Romance):
+    code = "es"
+    articles = {"male": "un", "female": "una", NEUTRAL: "un/a"}
+
+    def neutral_word(self, m: str, f: str) -> str:
+        """Slash form: peluquero/a, profesor/a, actor/actriz."""
+        if m.endswith("o") and f == m[:-1] + "a":
+            return f"{m}/a"
+        if f == m + "a":
+            return f"{m}/a"
+        return f"{m}/{f}"
+
+
+class Italian(Romance):
+    code = "it"
+    articles = {"male": "un", "female": "una", NEUTRAL: "unə"}
+
+    def neutral_word(self, m: str, f: str) -> str:
+        """Schwa form: parrucchierə, attorə, professorə, anzianə."""
+        return m[:-1] + "ə" if m[-1:] in "aeio" else f"{m}/{f}"
+
+    def article(self, gender: str, next_word: str) -> str:
+        lower = next_word.lower()
+        if gender == "female":
+            return "un'" if lower[:1] in "aeiouh" else "una"
+        if gender == "male" and (
+            # uno wherever lo goes: z, gn, ps, pn, x, y, s + consonant, i + vowel, and "chef", whose
+            # ch is the /ʃ/ of "sci" (lo chef, like lo sciatore)
+            lower.startswith(("z", "gn", "ps", "x", "y", "pn", "chef"))
+            or (lower[:1] == "s" and lower[1:2] not in "aeiou")
+            or (lower[:1] == "i" and lower[1:2] in "aeou")
+        ):
+            return "uno"
+        return self.articles[gender]
+
+    def person(self, gender: str, profession: str, age: str | None = None) -> str:
+        # un' is written joined to the next word.
+        return super().person(gender, profession, age).replace("un' ", "un'")
+
+    def of(self, head: str, person: str) -> str:
+        return f"{head} di {person}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Russian and Arabic: grammatical gender without an established neutral form.
+# ---------------------------------------------------------------------------------------------
+
+
+class Russian(Grammar):
+    code = "ru"
+
+    @functools.cache
+    def forms(self, profession: str) -> dict[str, str | None]:
+        parts = str(self.word("professions", profession)).split("|")
+        m = parts[0]
+        f = parts[1] if len(parts) > 1 and parts[1] else None
+        genitive = parts[2] if len(parts) > 2 and parts[2] else self.genitive(m)
+        return {"m": m, "f": f, "genitive": genitive}
+
+    @staticmethod
+    def genitive(noun: str) -> str:
+        """Genitive singular of a one-word masculine noun: врач → врача, учитель → учителя."""
+        if noun.endswith(("ь", "й")):
+            return noun[:-1] + "я"
+        return noun + "а"
+
+    def marked(self, gender: str, noun: str) -> str:
+        """The noun with мужчина/женщина in apposition: 'женщина-врач', or 'женщина — генеральный
+        директор' when the noun is several words, which a hyphen cannot join (the dash replaces it)."""
+        joiner = " — " if " " in noun else "-"
+        return f"{self.word('genders', gender)}{joiner}{noun}"
+
+    def grid(self, row: GridRow) -> str:
+        ages = self.word("ages", row.age)
+        forms = self.forms(row.profession)
+        if row.gender == "female":
+            person = _join(ages["f"], forms["f"] or self.marked("female", forms["m"]))
+        elif row.gender == "male":
+            person = _join(ages["m"], self.marked("male", forms["m"]))
+        else:
+            person = _join(ages["m"], forms["m"])
+        head = self.word("styles", row.style)
+        return f"{head}: {_join(person, self.word('dressings', row.dressing), self.word('places', row.place))}"
+
+    def eval_direct(self, profession: str) -> str:
+        return self.lexicon["eval"]["direct"].format(genitive=self.forms(profession)["genitive"])
+
+    def eval_indirect(self, profession: str) -> str:
+        return self.lexicon["eval"]["indirect"].format(neutral=self.forms(profession)["m"])
+
+
+class Arabic(Grammar):
+    code = "ar"
+
+    def forms(self, profession: str) -> tuple[str, str]:
+        parts = str(self.word("professions", profession)).split("|")
+        return parts[0], parts[1] if len(parts) > 1 else parts[0]
+
+    def grid(self, row: GridRow) -> str:
+        m, f = self.forms(row.profession)
+        ages = self.word("ages", row.age)
+        wearing = self.word("wearing", "f" if row.gender == "female" else "m")
+        if row.gender == "female":
+            person = _join(f, ages["f"])
+        elif row.gender == "male":
+            person = _join(m, self.word("genders", "male"), ages["m"])
+        else:
+            person = _join(m, ages["m"])
+        # The preposition ل is written joined to the noun: "صورة مقربة لحلاق شاب".
+        return _join(
+            self.word("styles", row.style),
+            "ل" + person,
+            wearing,
+            self.word("dressings", row.dressing),
+            self.word("places", row.place),
+        )
+
+    def eval_direct(self, profession: str) -> str:
+        return self.lexicon["eval"]["direct"].format(noun=self.forms(profession)[0])
+
+    def eval_indirect(self, profession: str) -> str:
+        return self.lexicon["eval"]["indirect"].format(neutral=self.forms(profession)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Chinese, Japanese, Korean: no grammatical gender; modifiers precede the noun.
+# ---------------------------------------------------------------------------------------------
+
+
+class Chinese(Grammar):
+    code = "zh"
+
+    def grid(self, row: GridRow) -> str:
+        gender = "" if row.gender == NEUTRAL else self.word("genders", row.gender)
+        dressing, age = self.word("dressings", row.dressing), self.word("ages", row.age)
+        profession, place = self.word("professions", row.profession), self.word("places", row.place)
+        return f"一位{dressing}的{age}{gender}{profession}{place}的{self.word('styles', row.style)}"
+
+    def eval_direct(self, profession: str) -> str:
+        return self.lexicon["eval"]["direct"].format(noun=self.word("professions", profession))
+
+    def eval_indirect(self, profession: str) -> str:
+        return self.lexicon["eval"]["indirect"].format(noun=self.word("professions", profession))
+
+
+class Japanese(Chinese):
+    code = "ja"
+
+    def grid(self, row: GridRow) -> str:
+        gender = "" if row.gender == NEUTRAL else self.word("genders", row.gender)
+        return (
+            f"{self.word('places', row.place)}、{self.word('dressings', row.dressing)}{self.word('ages', row.age)}"
+            f"{gender}{self.word('professions', row.profession)}の{self.word('styles', row.style)}"
+        )
+
+
+def korean_ro(noun: str) -> str:
+    """The particle 'as' after a Korean noun: 로 after a vowel or ㄹ, else 으로.
+
+    Example:
+        >>> korean_ro("의사"), korean_ro("경찰관"), korean_ro("사회학자"), korean_ro("전기 기사")
+        ('로', '으로', '로', '로')
+    """
+    last = noun[-1]
+    if not "가" <= last <= "힣":
+        return "로"
+    final = (ord(last) - ord("가")) % 28
+    return "로" if final in (0, 8) else "으로"  # 0: no final consonant, 8: ㄹ
+
+
+class Korean(Chinese):
+    code = "ko"
+
+    def grid(self, row: GridRow) -> str:
+        gender = "" if row.gender == NEUTRAL else self.word("genders", row.gender)
+        return _join(
+            self.word("dressings", row.dressing),
+            self.word("places", row.place),
+            self.word("ages", row.age),
+            gender,
+            f"{self.word('professions', row.profession)}의",
+            self.word("styles", row.style),
+        )
+
+    def eval_indirect(self, profession: str) -> str:
+        noun = self.word("professions", profession)
+        return self.lexicon["eval"]["indirect"].format(noun=noun, ro=korean_ro(noun))
+
+
+GRAMMARS: dict[str, type[Grammar]] = {
+    cls.code: cls for cls in (English, German, French, Spanish, Italian, Russian, Arabic, Chinese, Japanese, Korean)
+}
+
+
+@functools.cache
+def load_grammar(language: str) -> Grammar:
+    """The grammar of a language code, its lexicon loaded."""
+    if language not in GRAMMARS:
+        raise LexiconError(f"language {language!r} has no lexicon: allowed {', '.join(GRAMMARS)}")
+    if language == "en":
+        return English()
+    lexicon = yaml.safe_load((LEXICONS / f"{language}.yaml").read_text(encoding="utf-8"))
+    return GRAMMARS[language](lexicon)

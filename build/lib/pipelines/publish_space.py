@@ -1,0 +1,107 @@
+"""Publish the language-comparison Space: the app, a card the Hub reads, and what it imports.
+
+    python -m pipelines.publish_space --versions "base=images-base-eval,finetuned=images-finetuned-eval"
+
+Publishes a Space repo (to the store, or the Hub with `--store hub`) holding `spaces/compare_languages`'
+app, its card (the Space front matter the Hub expects: sdk, sdk_version, app_file, ...), a
+`requirements.txt` that installs everything the app imports, the toolkit included as a wheel built
+from this checkout, and `space_config.json` naming the model versions to show, so the Space needs no
+settings to start. It shows what the store the Space reads holds (`T2I_BIAS_STORE`: `hub` on a Space).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipelines import PROJECT_ROOT, __version__
+from pipelines.errors import ConfigError
+from pipelines.harness.config import StageArguments
+from pipelines.harness.stage import Stage, StageRun
+
+SOURCE = PROJECT_ROOT / "spaces" / "compare_languages"
+APP_FILES = ("app.py", "study_data.py")
+
+
+@dataclass
+class Arguments(StageArguments):
+    output_repo: str = field(default="compare-languages", metadata={"help": "Space repo to publish."})
+    versions: str = field(
+        default="base=images-base-eval,finetuned=images-finetuned-eval",
+        metadata={"help": "The model versions to show: label=ns/images[@rev],..."},
+    )
+    space_store: str = field(
+        default="hub", metadata={"help": "Where the Space reads the study: hub, or local (a store folder beside it)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_choice("space_store", ("hub", "local"))
+        if "=" not in self.versions:
+            raise ConfigError(f"versions={self.versions!r}: expected label=ns/images[@rev],...")
+
+
+def build_wheel(folder: Path) -> Path:
+    """The toolkit as a wheel (no dependencies: the Space's requirements name what it needs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(PROJECT_ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    wheels = sorted(folder.glob("t2i_bias-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise ConfigError(f"the toolkit's wheel could not be built: {result.stderr.strip().splitlines()[-1:]}")
+    return wheels[0]
+
+
+class PublishSpace(Stage):
+    name = "publish_space"
+    Arguments = Arguments
+    repo_type = "space"
+
+    def build(self, run: StageRun, folder: Path) -> str:
+        args: Arguments = run.args
+        for name in APP_FILES:
+            shutil.copyfile(SOURCE / name, folder / name)
+        wheel = build_wheel(folder / "wheels")
+        requirements = (SOURCE / "requirements.txt").read_text().rstrip() + f"\n./wheels/{wheel.name}\n"
+        (folder / "requirements.txt").write_text(requirements)
+        config = {"versions": args.versions, "store": args.space_store, "namespace": args.namespace}
+        (folder / "space_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        from huggingface_hub import RepoCard
+
+        card = RepoCard((SOURCE / "README.md").read_text())
+        card.data.sdk_version = metadata.version("gradio")
+        card.data.lineage = run.lineage  # the store's history and the runner's reuse read it
+        card.save(folder / "README.md")
+        return f"Space showing {args.versions} (toolkit {__version__})"
+
+    def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
+        from pipelines.harness.estimate import Estimate
+
+        return Estimate(makes=f"a Space showing {args.versions}")
+
+
+STAGE = PublishSpace()
+run = STAGE.run
+
+if __name__ == "__main__":
+    STAGE.main()

@@ -1,0 +1,198 @@
+"""The study runner: `python -m pipelines.run pipelines/recipes/<name>.yaml`.
+
+Runs the recipe's steps in order. An input that names a repo an earlier step of this run published,
+without a revision, is pinned to the revision that step published, so every step reads exactly
+what the one before it made. A step whose output for the same inputs and parameters already exists
+is skipped (its revision is reused), so a rerun is cheap and a run that failed half way resumes at
+the step that failed. `--dry_run` prints, offline, what each step would read, download and make,
+and an estimate of its GPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.artifacts.store import STORE_ROOT_ENV, parse_ref
+from pipelines.errors import ConfigError, UserError
+from pipelines.harness.config import build_arguments, input_fields, load_recipe, step_values, step_where
+from pipelines.harness.estimate import Costs, Estimates, print_plan
+from pipelines.harness.stage import Published, Stage
+
+# Stage name -> module, in study order.
+STAGES = {
+    "generate_prompts": "pipelines.generate_prompts",
+    "import_magbig": "pipelines.import_magbig",
+    "translate_prompts": "pipelines.translate_prompts",
+    "build_tiny_model": "pipelines.build_tiny_model",
+    "generate_images": "pipelines.generate_images",
+    "collect_datasets": "pipelines.collect_datasets",
+    "train_text_to_image": "training.train_text_to_image",
+    "classify": "pipelines.classify",
+    "evaluate_bias": "pipelines.evaluate_bias",
+    "evaluate_alignment": "pipelines.evaluate_alignment",
+    "attach_results": "pipelines.attach_results",
+    "publish_space": "pipelines.publish_space",
+}
+
+
+def stage_of(name: str) -> Stage:
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}: allowed {', '.join(STAGES)}")
+    return importlib.import_module(STAGES[name]).STAGE
+
+
+def apply_settings(recipe: dict[str, Any], settings: list[str]) -> dict[str, Any]:
+    """`--set STEP.KEY=VALUE` (or `KEY=VALUE` for a shared setting), the value read as YAML."""
+    names = {entry.get("name", entry["stage"]): entry for entry in recipe.get("stages", [])}
+    for setting in settings:
+        target, sep, value = setting.partition("=")
+        if not sep or not target:
+            raise ConfigError(f"--set {setting!r}: expected STEP.KEY=VALUE or KEY=VALUE")
+        parsed = yaml.safe_load(value) if value else None
+        step, dot, key = target.rpartition(".")
+        if not dot:
+            recipe[target] = parsed
+        elif step in names:
+            names[step][key] = parsed
+        else:
+            raise ConfigError(f"--set {setting!r}: the recipe has no step {step!r} (it has {', '.join(names)})")
+    return recipe
+
+
+def plan_recipe(
+    path: str | Path, only: list[str] | None = None, overrides: dict[str, Any] | None = None, settings: list[str] = ()
+) -> tuple[dict[str, Any], list[tuple[str, Stage, dict[str, Any]]]]:
+    """The recipe's steps, each checked (stage, keys, value types) before any runs."""
+    recipe = apply_settings(load_recipe(path), list(settings))
+    recipe.update(overrides or {})
+    entries = recipe.get("stages", [])
+    names = [entry.get("name", entry["stage"]) for entry in entries]
+    for step in only or []:
+        if step not in names:
+            raise ConfigError(f"unknown step {step!r}: the recipe has {', '.join(names)}")
+    plan = []
+    for entry, name in zip(entries, names):
+        stage = stage_of(entry["stage"])
+        build_arguments(stage.Arguments, step_values(recipe, entry, stage.Arguments), step_where(recipe, entry))
+        plan.append((name, stage, entry))
+    return recipe, plan
+
+
+def run_recipe(
+    path: str | Path,
+    only: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    settings: list[str] = (),
+) -> list[Published]:
+    """Runs a recipe's steps (or the named steps among them); returns what each published."""
+    recipe, plan = plan_recipe(path, only, overrides, settings)
+    published: dict[str, str] = {}
+    results = []
+    for index, (name, stage, entry) in enumerate(plan, 1):
+        values = step_values(recipe, entry, stage.Arguments)
+        args = build_arguments(stage.Arguments, values, step_where(recipe, entry))
+        for field_name, kind in input_fields(args).items():
+            spec = getattr(args, field_name)
+            if spec is None or kind == "source":
+                continue
+            try:
+                ref = parse_ref(spec, namespace=args.namespace)
+            except UserError:
+                continue  # a path or a library's model name: nothing to pin here
+            if "@" not in spec and ref.repo_id in published:
+                values[field_name] = f"{ref.repo_id}@{published[ref.repo_id]}"
+        args = build_arguments(stage.Arguments, values, step_where(recipe, entry))
+        if only and name not in only:
+            continue
+        print(f"== step {index}/{len(plan)}: {name} ==", file=sys.stderr)
+        started = time.perf_counter()
+        result = stage.run(args)
+        published[result.repo_id] = result.revision
+        results.append(result)
+        state = "reused" if result.reused else f"done in {time.perf_counter() - started:.1f}s"
+        print(f"== {name}: {result} ({state}) ==", file=sys.stderr)
+    return results
+
+
+def dry_run(path: str | Path, overrides: dict[str, Any], settings: list[str], costs: Costs) -> None:
+    """What each step would read, download and make, and its GPU time, without running anything."""
+    recipe, plan = plan_recipe(path, None, overrides, settings)
+    estimates = Estimates()
+    rows = []
+    for name, stage, entry in plan:
+        args = build_arguments(stage.Arguments, step_values(recipe, entry, stage.Arguments), step_where(recipe, entry))
+        rows.append((name, stage, args, stage.estimate(args, estimates, costs)))
+    print_plan(rows, costs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="YAML recipe, e.g. pipelines/recipes/offline.yaml")
+    parser.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (inputs from the store)")
+    parser.add_argument("--store", choices=("local", "hub"), help="override the recipe's store backend")
+    parser.add_argument("--store_root", help="override the recipe's local store root")
+    parser.add_argument("--namespace", help="override the recipe's namespace")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="STEP.KEY=VALUE", help="override one setting (value as YAML)"
+    )
+    parser.add_argument("--dry_run", action="store_true", help="print the plan and a GPU-time estimate; run nothing")
+    parser.add_argument(
+        "--seconds_per_image",
+        type=float,
+        default=Costs.seconds_per_image,
+        help="dry run: GPU seconds per generated image at 50 steps, 512 px (scaled by steps and pixels)",
+    )
+    parser.add_argument(
+        "--seconds_per_step",
+        type=float,
+        default=Costs.seconds_per_step,
+        help="dry run: GPU seconds per training step of 16 images at 256 px (scaled by images and pixels)",
+    )
+    options = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(options).items() if k in ("store", "store_root", "namespace") and v}
+    try:
+        if options.dry_run:
+            dry_run(options.recipe, overrides, options.set, Costs(options.seconds_per_image, options.seconds_per_step))
+            return
+        results = run_recipe(options.recipe, options.only, overrides, options.set)
+    except UserError as err:
+        print(f"run: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for result in results:
+        print(f"{result.repo_type}\t{result}")
+    hint = space_hint(results, overrides.get("store_root") or os.environ.get(STORE_ROOT_ENV))
+    if hint:
+        print(hint)
+
+
+def space_hint(results: list[Published], store_root: str | None) -> str | None:
+    """How to open the language-comparison Space on the images datasets this run evaluated.
+
+    A model version is an images dataset whose attributes (classify) were measured (evaluate_bias),
+    found by the lineage of what this run published.
+    """
+    from pipelines.harness.lineage import evaluated_images
+
+    evaluated = evaluated_images(results)
+    if not evaluated:
+        return None
+    versions = ",".join(f"{label}={ref.partition('@')[0]}" for label, ref in evaluated.items())
+    root = f"T2I_BIAS_STORE_ROOT={shlex.quote(store_root)} " if store_root else ""
+    return (
+        "\nCompare the languages and model versions in the Space:\n"
+        f"  {root}T2I_BIAS_SPACE_VERSIONS={versions} python spaces/compare_languages/app.py\n"
+        "then open http://127.0.0.1:7860"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Stage 2: the prompts dataset in more languages, one config per language, row for row.
+
+    python -m pipelines.translate_prompts --input prompts --languages de zh ja
+
+Two backends:
+
+- `lexicon` (default; offline, deterministic): each prompt is realised from its row's attributes by
+  the language's grammar and lexicon (`pipelines/grammar.py`, `pipelines/lexicons/`), with case,
+  agreement, feminine forms and a gender-neutral form per language;
+- `transformers`: a translation model translates the English prompts, e.g.
+  `--translation_model "Helsinki-NLP/opus-mt-en-{lang}"` (one model per language) or an NLLB model
+  (`facebook/nllb-200-distilled-600M`; target language set by its language code).
+
+Publishes a new revision of the input dataset (or `--output_repo`) with the added configs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from pipelines.artifacts import schemas
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.artifacts.reader import DatasetArtifact
+from pipelines.errors import ConfigError, DataError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Stage, StageRun
+from pipelines.prompting.grammar import LANGUAGES, load_grammar
+from pipelines.prompting.grid import GridLists, prompts_description, realise
+
+BACKENDS = ("lexicon", "transformers")
+# NLLB-200 language codes, for a single many-to-many model.
+NLLB_CODES = {
+    "de": "deu_Latn",
+    "zh": "zho_Hans",
+    "ja": "jpn_Jpan",
+    "es": "spa_Latn",
+    "fr": "fra_Latn",
+    "it": "ita_Latn",
+    "ko": "kor_Hang",
+    "ru": "rus_Cyrl",
+    "ar": "arb_Arab",
+}
+
+
+@dataclass
+class Arguments(StageArguments):
+    INPUTS = {"input": "prompts"}
+    input: str = input_field("Prompts dataset to translate (ns/name@rev).", default="prompts")
+    languages: list[str] = field(
+        default_factory=lambda: ["de", "zh", "ja"],
+        metadata={"help": f"Target languages, any of {', '.join(c for c in LANGUAGES if c != 'en')}."},
+    )
+    backend: str = field(default="lexicon", metadata={"help": f"Translation backend, one of {BACKENDS}."})
+    translation_model: str | None = field(
+        default=None,
+        metadata={"help": "transformers backend: model id or path; '{lang}' is replaced by the language code."},
+    )
+    batch_size: int = field(default=32, metadata={"help": "transformers backend: sentences per forward pass."})
+    max_new_tokens: int = field(default=128, metadata={"help": "transformers backend: longest translation."})
+
+    def __post_init__(self) -> None:
+        if self.output_repo is None:
+            self.output_repo = self.input.partition("@")[0]  # a new revision of the same dataset
+        super().__post_init__()
+        allowed = [code for code in LANGUAGES if code != "en"]
+        unknown = [code for code in self.languages if code not in allowed]
+        if unknown:
+            raise ConfigError(f"languages: unknown {', '.join(map(repr, unknown))}; allowed {', '.join(allowed)}")
+        if not self.languages or len(set(self.languages)) != len(self.languages):
+            raise ConfigError("languages: give each language once, at least one")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r}: allowed {', '.join(BACKENDS)}")
+        if self.backend == "transformers" and not self.translation_model:
+            raise ConfigError("translation_model: required with backend=transformers")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size}: must be at least 1")
+
+
+class ModelTranslator:
+    """Translates English sentences with a `transformers` seq2seq model, batched, without gradients."""
+
+    def __init__(self, model_template: str, batch_size: int = 32, max_new_tokens: int = 128):
+        self.model_template = model_template
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+
+    def translate(self, sentences: list[str], language: str) -> list[str]:
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        name = self.model_template.replace("{lang}", language)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForSeq2SeqLM.from_pretrained(name).eval()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device)
+        generate_kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": 1, "do_sample": False}
+        code = NLLB_CODES.get(language)
+        if "{lang}" not in self.model_template and code in getattr(tokenizer, "additional_special_tokens", []):
+            tokenizer.src_lang = "eng_Latn"
+            generate_kwargs["forced_bos_token_id"] = tokenizer.convert_tokens_to_ids(code)
+        unique = sorted(set(sentences))
+        translated: dict[str, str] = {}
+        for start in tqdm(range(0, len(unique), self.batch_size), desc=f"translate {language}", file=sys.stderr):
+            batch = unique[start : start + self.batch_size]
+            inputs = tokenizer(batch, return_tensors="pt", padding=True, truncation=True).to(device)
+            with torch.inference_mode():
+                output = model.generate(**inputs, **generate_kwargs)
+            translated.update(zip(batch, tokenizer.batch_decode(output, skip_special_tokens=True)))
+        return [translated[sentence] for sentence in sentences]
+
+
+def grid_lists(artifact: DatasetArtifact, run: StageRun) -> GridLists:
+    """The grid lists the prompts were made from, read from the lineage (through earlier translations)."""
+    seen = artifact
+    for _ in range(32):
+        lineage = seen.lineage
+        if lineage.get("stage") == "generate_prompts":
+            return GridLists.from_parameters(lineage["parameters"])
+        source = (lineage.get("inputs") or {}).get("input")
+        if lineage.get("stage") != "translate_prompts" or not source:
+            break
+        seen = DatasetArtifact(run.store.resolve(source, "dataset"), source)
+    raise DataError(
+        f"input={artifact.name}: its prompts were not made by generate_prompts (lineage: "
+        f"{lineage.get('stage', 'none')}), so the lexicon backend has no grid to realise; use backend=transformers"
+    )
+
+
+class TranslatePrompts(Stage):
+    name = "translate_prompts"
+    Arguments = Arguments
+
+    def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
+        from pipelines.harness.estimate import Estimate, download_of
+
+        source = estimates.get(args.repo_id(args.input))
+        languages = list(dict.fromkeys([*source.get("languages", ["en"]), *args.languages]))
+        estimates.put(args.repo_id(args.output_repo), **(source | {"languages": languages}))
+        model = args.translation_model if args.backend == "transformers" else None
+        downloads = (
+            [
+                download_of(model.replace("{lang}", code), args, estimates, "translation model")
+                for code in args.languages
+            ]
+            if model
+            else []
+        )
+        rows = sum(source.get("variants", {}).values())
+        return Estimate(
+            reads=[args.input],
+            downloads=[d for d in downloads if d],
+            makes=f"{rows:,} prompts in each of {', '.join(args.languages)}",
+        )
+
+    def build(self, run: StageRun, folder: Path) -> str:
+        args: Arguments = run.args
+        source = run.dataset("input")
+        if "en" not in source.configs:
+            raise DataError(f"input={source.name}: has no 'en' config (configs: {', '.join(source.configs)})")
+        english_rows = source.rows("en")  # decoded once, reused for every language
+        for config in source.configs:
+            if config not in args.languages:
+                shutil.copytree(source.folder / "data" / config, folder / "data" / config)
+        try:
+            lists = grid_lists(source, run)
+        except DataError:
+            if args.backend == "lexicon":
+                raise
+            lists = None  # a model translates any prompts
+        writer = DatasetWriter(folder, schemas.PROMPTS, rows_per_shard=50_000)
+        for language in args.languages:
+            if args.backend == "lexicon":
+                grammar = load_grammar(language)
+                grammar.check(lists.styles, lists.ages, lists.professions, lists.dressings, lists.places)
+                rows = (row | {"language": language, "prompt": realise(row, grammar)} for row in english_rows)
+            else:
+                translator = ModelTranslator(args.translation_model, args.batch_size, args.max_new_tokens)
+                prompts = translator.translate([row["prompt"] for row in english_rows], language)
+                rows = (row | {"language": language, "prompt": p} for row, p in zip(english_rows, prompts))
+            writer.write(language, tqdm(rows, total=len(english_rows), desc=f"prompts {language}", file=sys.stderr))
+        counts = writer.close()
+
+        configs = source.configs + [language for language in args.languages if language not in source.configs]
+        method = (
+            "realised from each row's grid values by the offline grammar and lexicons"
+            if args.backend == "lexicon"
+            else f"translated from English by `{args.translation_model}`"
+        )
+        description = (
+            prompts_description(lists) if lists is not None else "Prompts of the study, one config per language."
+        )
+        dataset_card(
+            repo_id=run.output_repo_id,
+            title="Occupation prompts",
+            description=description,
+            lineage=run.lineage,
+            configs=configs,
+            config_info={config: {"language": config} for config in configs},
+            languages=configs,
+            rows={config: len(english_rows) for config in configs} | counts,
+            tags=["prompts", "occupations", "translation"],
+            notes=[f"Languages {', '.join(args.languages)}: {method}."],
+        ).save(folder / "README.md")
+        return f"Prompts in {', '.join(args.languages)} ({args.backend})"
+
+
+STAGE = TranslatePrompts()
+run = STAGE.run
+
+if __name__ == "__main__":
+    STAGE.main()

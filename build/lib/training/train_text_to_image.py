@@ -1,0 +1,904 @@
+"""Fine-tune a text-to-image model (AltDiffusion or Stable Diffusion), fully or with LoRA.
+
+    accelerate launch training/train_text_to_image.py --recipe training/recipes/reference_english_all_prompts.yaml
+    python training/train_text_to_image.py --pretrained_model_name_or_path BAAI/AltDiffusion-m9 \\
+        --dataset_name t2i-bias/train-en-images-neutral-captions --resolution 256 --output_dir outputs/ft
+
+The debiasing step of the study, as diffusers' `examples/text_to_image/train_text_to_image.py`:
+data from a store or Hub dataset (`--dataset_name`, `--dataset_revision`, `--dataset_config_name`)
+or an imagefolder (`--train_data_dir`); checkpoints (`checkpoint-<step>/`: accelerate's state and
+the UNet and text encoder in diffusers' format) with a total limit and `--resume_from_checkpoint
+latest`; the model goes to `--output_dir` itself, which diffusers opens as it is, and is published
+to the store as a model repo with a card: a full pipeline, or LoRA weights in diffusers' format.
+The script reads top to bottom: card writer, validation, arguments, the stage (models, data, loop,
+save), `main()`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from pipelines.artifacts.cards import model_card
+from pipelines.artifacts.dataset_files import SPLIT
+from pipelines.artifacts.inputs import hub_pipeline_files
+from pipelines.artifacts.store import HubStore, card_metadata
+from pipelines.errors import ConfigError, DataError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import DistributedStage, StageRun
+from pipelines.modeling.diffusion import (
+    LORA_WEIGHTS,
+    add_text_encoder_lora,
+    assemble_pipeline,
+    save_pipeline,
+    save_text_encoder_lora,
+    usage_snippet,
+)
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+# LoRA targets: the UNet's attention projections.
+UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+EMA_WEIGHTS = "ema_unet.safetensors"  # in a checkpoint: EMA weights as safetensors, never a pickle
+
+
+# ---------------------------------------------------------------------------------------------
+# Model card
+# ---------------------------------------------------------------------------------------------
+
+
+def save_model_card(
+    folder: Path, run: StageRun, args: TrainArguments, base: Any, languages: list[str], validation: list
+) -> None:
+    kind = f"LoRA adapter (rank {args.rank})" if args.use_lora else "full fine-tune"
+    hyper = {
+        k: getattr(args, k)
+        for k in (
+            "resolution",
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "lr_scheduler",
+            "lr_warmup_steps",
+            "max_train_steps",
+            "num_train_epochs",
+            "mixed_precision",
+            "use_ema",
+            "snr_gamma",
+            "noise_offset",
+            "prediction_type",
+            "train_text_encoder",
+            "seed",
+        )
+    }
+    # The fine-tune inherits the base model's license (AltDiffusion-m9: creativeml-openrail-m).
+    license_ = (card_metadata(base.path) if base.path else {}).get("license")
+    dataset = run.inputs.get("dataset_name", args.train_data_dir)
+    model_card(
+        title=f"{base.repo_id or base.given} fine-tuned on {dataset}",
+        description=(
+            f"A {kind} of `{base.pin}` trained to reduce social bias, on `{dataset}`. Hyper-parameters: "
+            + ", ".join(f"{k}={v}" for k, v in hyper.items())
+            + "."
+        ),
+        lineage=run.lineage,
+        languages=languages,
+        base_model=base.repo_id or base.given,
+        base_model_revision=base.revision,
+        datasets=[run.inputs["dataset_name"].partition("@")[0]] if "dataset_name" in run.inputs else None,
+        tags=["fine-tuned", "debiasing", "lora" if args.use_lora else "full"],
+        notes=["Validation prompts (one image each, fixed seed):", *validation] if validation else [],
+        usage=usage_snippet(
+            run.output_repo_id,
+            base.path if args.use_lora else folder,
+            lora_base=(base.repo_id or base.given) if args.use_lora else None,
+            base_in_store=base.kind == "store",
+        ),
+        license=license_,
+    ).save(folder / "README.md")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def log_validation(pipe: Any, args: TrainArguments, accelerator: Any, step: int) -> list[str]:
+    """Generates one image per validation prompt (fixed seeds); saves them and logs them to trackers."""
+    pipe.set_progress_bar_config(disable=True)
+    folder = Path(args.output_dir) / "validation" / f"step-{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    accelerator.print(f"validation at step {step}: {len(args.validation_prompts)} prompt(s) -> {folder}")
+    for index, prompt in enumerate(args.validation_prompts):
+        generator = torch.Generator(device="cpu").manual_seed(args.seed + index)
+        with torch.inference_mode():
+            image = pipe(prompt, num_inference_steps=args.validation_steps_per_image, generator=generator).images[0]
+        name = f"{index:02d}.png"
+        image.save(folder / name)
+        lines.append(f"![{prompt}](validation/{name})")
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_images(f"validation/{index}", np.asarray(image)[None], step, dataformats="NHWC")
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.log({f"validation/{index}": wandb.Image(image, caption=prompt)}, step=step)
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainArguments(StageArguments):
+    INPUTS = {"pretrained_model_name_or_path": "model", "dataset_name": "training"}
+    pretrained_model_name_or_path: str = input_field(
+        "Base model: a store repo, a Hub id (BAAI/AltDiffusion-m9[@rev]) or a folder.", default="tiny-altdiffusion"
+    )
+    dataset_name: str | None = input_field("Training dataset: a store or Hub repo (ns/name[@rev]).")
+    dataset_revision: str | None = field(
+        default=None, metadata={"help": "Revision of --dataset_name (the same as ns/name@rev)."}
+    )
+    dataset_config_name: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Config(s) of the dataset, or 'all'; needed when it has more than one."},
+    )
+    train_data_dir: str | None = field(default=None, metadata={"help": "An imagefolder instead of --dataset_name."})
+    image_column: str = field(default="image", metadata={"help": "Column with the images."})
+    caption_column: str = field(default="text", metadata={"help": "Column with the captions."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many samples."})
+    on_corrupt: str = field(default="skip", metadata={"help": "A corrupt training image: skip (counted) or stop."})
+    output_repo: str = field(default="finetuned", metadata={"help": "Model repo to publish to."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "The model, checkpoints, logs and validation images (default <store_root>/.work/<stage>/<hash>)."
+        },
+    )
+    resolution: int = field(default=512, metadata={"help": "Training image size."})
+    center_crop: bool = field(default=False, metadata={"help": "Center crop (else random crop)."})
+    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips."})
+    train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
+    num_train_epochs: int = field(default=5, metadata={"help": "Epochs (unless --max_train_steps)."})
+    max_train_steps: int | None = field(default=None, metadata={"help": "Total optimisation steps."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps to accumulate per update."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    learning_rate: float = field(default=5e-6, metadata={"help": "Initial learning rate."})
+    scale_lr: bool = field(default=False, metadata={"help": "Scale the LR by GPUs, accumulation and batch size."})
+    lr_scheduler: str = field(default="polynomial", metadata={"help": f"One of {LR_SCHEDULERS}."})
+    lr_warmup_steps: int = field(default=0, metadata={"help": "Warm-up steps."})
+    snr_gamma: float | None = field(default=None, metadata={"help": "Min-SNR loss weighting gamma (5.0 works)."})
+    prediction_type: str | None = field(
+        default=None,
+        metadata={"help": f"One of {PREDICTION_TYPES}; default: the model's. v_prediction also trains the scheduler."},
+    )
+    use_ema: bool = field(default=False, metadata={"help": "Keep an EMA of the UNet and save it."})
+    noise_offset: float = field(default=0.0, metadata={"help": "Noise offset (0.1 helps very dark/bright images)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2."})
+    adam_weight_decay: float = field(default=1e-2, metadata={"help": "Adam weight decay."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam epsilon."})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": f"One of {MIXED_PRECISION}; default: the accelerate config's."}
+    )
+    allow_tf32: bool = field(default=False, metadata={"help": "Allow TF32 matmuls on Ampere+ GPUs."})
+    seed: int = field(default=0, metadata={"help": "Seed of everything random."})
+    train_text_encoder: bool = field(default=False, metadata={"help": "Train the text encoder too."})
+    use_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Train peft LoRA adapters instead of all weights: the UNet's, and with "
+            "--train_text_encoder the text encoder's too."
+        },
+    )
+    rank: int = field(default=4, metadata={"help": "LoRA rank."})
+    cache_latents: bool = field(
+        default=False,
+        metadata={
+            "help": "Encode every image with the VAE once (and, with a frozen text encoder, every distinct caption), "
+            "in fp16 files memory-mapped from the output folder. Compatible with --center_crop and --random_flip "
+            "(both orientations are cached); not with random crops, which a cached latent cannot redo."
+        },
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Data loading workers."})
+    checkpointing_steps: int = field(default=500, metadata={"help": "Save a resumable state every N steps."})
+    checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep at most N checkpoints."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder or 'latest'."})
+    validation_prompts: list[str] = field(default_factory=list, metadata={"help": "Prompts (any language)."})
+    validation_steps: int | None = field(default=None, metadata={"help": "Validate every N steps (and at the end)."})
+    validation_steps_per_image: int = field(default=25, metadata={"help": "Denoising steps of validation images."})
+    report_to: str = field(default="none", metadata={"help": "none, tensorboard or wandb."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Also push the model to the Hugging Face Hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo for --push_to_hub (token: HF_TOKEN)."})
+
+    def __post_init__(self) -> None:
+        if self.dataset_name and self.dataset_revision:
+            name, _, pinned = self.dataset_name.partition("@")
+            if pinned and pinned != self.dataset_revision:
+                raise ConfigError(
+                    f"dataset_revision={self.dataset_revision!r} and dataset_name={self.dataset_name!r}: two revisions"
+                )
+            self.dataset_name = f"{name}@{self.dataset_revision}"
+        super().__post_init__()
+        if (self.dataset_name is None) == (self.train_data_dir is None):
+            raise ConfigError("give one of dataset_name or train_data_dir")
+        self.check_choice("lr_scheduler", LR_SCHEDULERS)
+        self.check_choice("report_to", ("none", "tensorboard", "wandb"))
+        self.check_choice("on_corrupt", ("skip", "stop"))
+        if self.mixed_precision is not None:
+            self.check_choice("mixed_precision", MIXED_PRECISION)
+        if self.prediction_type is not None:
+            self.check_choice("prediction_type", PREDICTION_TYPES)
+        if self.resolution < 8 or self.resolution % 8:
+            raise ConfigError(f"resolution={self.resolution}: a multiple of 8")
+        if self.cache_latents and not self.center_crop:
+            raise ConfigError("cache_latents needs center_crop: a cached latent cannot be cropped at random")
+        if self.resume_from_checkpoint not in (None, "latest") and not Path(self.resume_from_checkpoint).is_dir():
+            raise ConfigError(f"resume_from_checkpoint={self.resume_from_checkpoint!r}: not a folder nor 'latest'")
+        if self.use_ema and self.use_lora:
+            raise ConfigError("use_ema with use_lora: an EMA of frozen weights is the weights; drop one")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("push_to_hub needs hub_model_id")
+        self.check_at_least(
+            1,
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "checkpointing_steps",
+            "rank",
+            "num_train_epochs",
+            "max_train_steps",
+            "max_train_samples",
+            "checkpoints_total_limit",
+            "validation_steps",
+            "validation_steps_per_image",
+        )
+        self.check_at_least(0, "lr_warmup_steps", "dataloader_num_workers", "noise_offset")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate}: must be above 0")
+
+
+# Fields that choose where things go or are kept, not what is trained.
+NOT_FINGERPRINTED = (
+    "output_dir",
+    "resume_from_checkpoint",
+    "report_to",
+    "push_to_hub",
+    "hub_model_id",
+    "dataloader_num_workers",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "dataset_revision",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+class TrainTextToImage(DistributedStage):
+    name = "train_text_to_image"
+    command = "training/train_text_to_image.py"
+    Arguments = TrainArguments
+    repo_type = "model"
+    not_parameters = NOT_FINGERPRINTED
+    # The published model: weights, card, validation images and the loss history; not the resume state.
+    ignore = ("checkpoint-*", "logs", ".cache")
+
+    def model_options(self, name: str) -> dict[str, Any]:
+        return {"what": name, "kinds": ("store", "hub", "folder"), "hub_files": hub_pipeline_files}
+
+    def work_folder(self, run: StageRun) -> Path:
+        folder = Path(run.args.output_dir) if run.args.output_dir else run.work_folder()
+        run.args.output_dir = str(folder)
+        return folder
+
+    def build(self, run: StageRun, folder: Path) -> str:
+        return train(run, folder)
+
+    def estimate(self, args: TrainArguments, estimates: Any, costs: Any) -> Any:
+        from pipelines.harness.estimate import Estimate, download_of, hours, train_steps
+
+        reads = [args.dataset_name or args.train_data_dir]
+        rows = estimates.get(args.repo_id(args.dataset_name)).get("rows", 0) if args.dataset_name else 0
+        if args.max_train_samples:
+            rows = min(rows, args.max_train_samples) if rows else args.max_train_samples
+        steps = train_steps(
+            rows, args.train_batch_size, args.gradient_accumulation_steps, args.num_train_epochs, args.max_train_steps
+        )
+        per_step = costs.seconds_per_step * args.train_batch_size * args.gradient_accumulation_steps / 16
+        per_step *= (args.resolution / 256) ** 2
+        download = download_of(args.pretrained_model_name_or_path, args, estimates, "base model")
+        estimates.put(args.repo_id(args.output_repo), kind="model")
+        return Estimate(
+            reads=reads,
+            downloads=[download] if download else [],
+            makes=f"a {'LoRA' if args.use_lora else 'full'} fine-tune of {args.pretrained_model_name_or_path}"
+            + (f" ({rows:,} training pairs)" if rows else ""),
+            train_steps=steps,
+            gpu_hours=hours(steps * per_step),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_text(text_encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden states the UNet attends to, for both families (RoBERTa-series uses its attention mask)."""
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        return text_encoder(input_ids, attention_mask=attention_mask)[0]
+    return text_encoder(input_ids)[0]
+
+
+def load_training_data(run: StageRun, args: TrainArguments) -> tuple[Any, list[str]]:
+    import datasets
+
+    if args.train_data_dir:
+        data = datasets.load_dataset("imagefolder", data_dir=args.train_data_dir, split=SPLIT)
+        languages = []
+    else:
+        source = run.dataset("dataset_name")
+        configs = source.configs
+        if args.dataset_config_name == ["all"]:
+            chosen = configs
+        elif args.dataset_config_name:
+            chosen = source.select(args.dataset_config_name, "dataset_config_name")
+        elif len(configs) == 1:
+            chosen = configs
+        else:
+            raise ConfigError(
+                f"dataset_name={source.name} has configs {', '.join(configs)}: choose with --dataset_config_name "
+                "(one, several, or all)"
+            )
+        parts = [source.load(config) for config in chosen]
+        data = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        languages = sorted(set(data["caption_language"])) if "caption_language" in data.column_names else []
+    for column in (args.image_column, args.caption_column):
+        if column not in data.column_names:
+            raise DataError(f"column {column!r} not in the training data (it has {', '.join(data.column_names)})")
+    if args.max_train_samples:
+        data = data.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(data))))
+    return data, languages
+
+
+def decodable(data: Any, args: TrainArguments) -> tuple[Any, int]:
+    """The rows whose image decodes; a corrupt one is skipped and counted, or stops the run (`--on_corrupt`)."""
+    import io
+
+    from PIL import Image
+
+    raw = data.cast_column(args.image_column, data.features[args.image_column].__class__(decode=False))
+    bad = []
+    for index, cell in enumerate(raw[args.image_column]):
+        try:
+            with Image.open(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]) as image:
+                image.load()
+        except Exception:  # noqa: BLE001 - any undecodable image
+            if args.on_corrupt == "stop":
+                raise DataError(
+                    f"the image of training row {index} cannot be decoded (--on_corrupt skip counts it instead)"
+                ) from None
+            bad.append(index)
+    if bad:
+        keep = sorted(set(range(len(data))) - set(bad))
+        data = data.select(keep)
+    return data, len(bad)
+
+
+class CachedLatents(torch.utils.data.Dataset):
+    """VAE latents (per image and orientation) and, with a frozen text encoder, the text states of each
+    distinct caption: fp16 arrays memory-mapped from disk, so memory stays flat in the dataset's size."""
+
+    def __init__(self, folder: Path, tokens: list[dict[str, torch.Tensor]], caption_index: list[int] | None):
+        self.latents = np.load(folder / "latents.npy", mmap_mode="r")
+        flipped = folder / "latents_flipped.npy"
+        self.flipped = np.load(flipped, mmap_mode="r") if flipped.is_file() else None
+        hidden = folder / "hidden.npy"
+        self.hidden = np.load(hidden, mmap_mode="r") if hidden.is_file() else None
+        self.tokens, self.caption_index = tokens, caption_index
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        use_flipped = self.flipped is not None and random.random() < 0.5
+        latents = (self.flipped if use_flipped else self.latents)[index]
+        item = {"latents": torch.from_numpy(np.array(latents, dtype=np.float32)), **self.tokens[index]}
+        if self.hidden is not None:
+            item["hidden"] = torch.from_numpy(np.array(self.hidden[self.caption_index[index]], dtype=np.float32))
+        return item
+
+
+def cache_latents(
+    train_data: Any,
+    captions: list[str],
+    tokenize: Any,
+    models: tuple[Any, Any],
+    args: TrainArguments,
+    accelerator: Any,
+    dtype: torch.dtype,
+    folder: Path,
+) -> CachedLatents:
+    """Encodes every image once (both orientations with --random_flip) and, with a frozen text
+    encoder, every distinct caption once, into fp16 .npy files under `folder`."""
+    vae, text_encoder = models
+    device = accelerator.device
+    folder.mkdir(parents=True, exist_ok=True)
+    distinct = list(dict.fromkeys(captions))
+    caption_index = [distinct.index(c) for c in captions] if not args.train_text_encoder else None
+    tokens, arrays = [], {}
+    rows = len(train_data)
+    for start in tqdm(range(0, rows, args.train_batch_size), desc="caching latents",
+                      disable=not accelerator.is_local_main_process, file=sys.stderr):  # fmt: skip
+        batch = train_data[start : start + args.train_batch_size]
+        pixels = torch.stack(batch["pixel_values"]).to(device, dtype=dtype)
+        with torch.no_grad():
+            for name, images in (("latents", pixels), ("latents_flipped", torch.flip(pixels, dims=[3]))):
+                if name == "latents_flipped" and not args.random_flip:
+                    continue
+                encoded = vae.encode(images).latent_dist.sample().to(torch.float16).cpu().numpy()
+                if name not in arrays:
+                    arrays[name] = np.lib.format.open_memmap(
+                        folder / f"{name}.npy", "w+", np.float16, (rows, *encoded.shape[1:])
+                    )
+                arrays[name][start : start + len(encoded)] = encoded
+        ids, mask = torch.stack(batch["input_ids"]), torch.stack(batch["attention_mask"])
+        tokens += [{"input_ids": i, "attention_mask": m} for i, m in zip(ids, mask)]
+    if caption_index is not None:
+        for start in range(0, len(distinct), args.train_batch_size):
+            chunk = tokenize(distinct[start : start + args.train_batch_size])
+            with torch.no_grad():
+                hidden = encode_text(text_encoder, chunk.input_ids.to(device), chunk.attention_mask.to(device))
+            hidden = hidden.to(torch.float16).cpu().numpy()
+            if "hidden" not in arrays:
+                arrays["hidden"] = np.lib.format.open_memmap(
+                    folder / "hidden.npy", "w+", np.float16, (len(distinct), *hidden.shape[1:])
+                )
+            arrays["hidden"][start : start + len(hidden)] = hidden
+    for array in arrays.values():
+        array.flush()
+    del arrays
+    return CachedLatents(folder, tokens, caption_index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(
+    accelerator: Any, output_dir: Path, step: int, limit: int | None, models: dict[str, Any], ema: Any, history: list
+) -> None:
+    """accelerate's state, the models in diffusers' format and the loss so far, in checkpoint-<step>,
+    pruning the oldest beyond the limit first (main process only)."""
+    if accelerator.is_main_process and limit is not None:
+        existing = checkpoints(output_dir)
+        for old in existing[: max(0, len(existing) - limit + 1)]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    folder = output_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        for name, model in models.items():
+            if model is not None:
+                accelerator.unwrap_model(model).save_pretrained(folder / name)
+        if ema is not None:
+            from safetensors.torch import save_file
+
+            save_file(
+                {f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}, folder / EMA_WEIGHTS
+            )
+            (folder / "ema_state.json").write_text(
+                json.dumps({"optimization_step": ema.optimization_step, "decay": ema.decay})
+            )
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}, indent=1))
+        accelerator.print(f"saved checkpoint {folder.name} (UNet in diffusers' format: {folder.name}/unet)")
+
+
+def load_ema(folder: Path, ema: Any) -> None:
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / EMA_WEIGHTS)
+    for index, parameter in enumerate(ema.shadow_params):
+        parameter.data.copy_(weights[f"{index}"].to(parameter.device, parameter.dtype))
+    ema.optimization_step = json.loads((folder / "ema_state.json").read_text())["optimization_step"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def train(run: StageRun, output_dir: Path) -> str:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel, compute_snr
+    from torchvision import transforms
+
+    args: TrainArguments = run.args
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision='fp16' needs a GPU: use 'no' or 'bf16' on CPU")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        cpu=not torch.cuda.is_available(),
+    )
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    # ===== Models ===========================================================================
+    base = run.model("pretrained_model_name_or_path")
+    pipe = assemble_pipeline(base.path, torch.float32)
+    tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
+    if args.prediction_type is not None and args.prediction_type != pipe.scheduler.config.get("prediction_type"):
+        # Train and sample with the same objective: the saved scheduler predicts what the UNet learnt.
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=args.prediction_type)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(args.train_text_encoder and not args.use_lora)
+    unet.requires_grad_(not args.use_lora)
+    if args.use_lora:
+        from peft import LoraConfig
+
+        unet.add_adapter(
+            LoraConfig(
+                r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=UNET_LORA_TARGETS
+            )
+        )
+    text_lora = add_text_encoder_lora(text_encoder, args.rank) if args.use_lora and args.train_text_encoder else None
+    ema_unet = None
+    if args.use_ema:
+        ema_unet = EMAModel(unet.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if args.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    # Frozen weights in the compute dtype; trainable ones (LoRA included) stay fp32 under fp16.
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    vae.to(accelerator.device, dtype=weight_dtype)
+    if not args.train_text_encoder:
+        text_encoder.to(accelerator.device, dtype=weight_dtype)
+    if args.use_lora:
+        unet.to(accelerator.device, dtype=weight_dtype)
+        for parameter in (*unet.parameters(), *text_encoder.parameters()):
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+
+    # ===== Data ============================================================================
+    with accelerator.main_process_first():
+        data, languages = load_training_data(run, args)
+        data, skipped = decodable(data, args)
+    if len(data) == 0:
+        raise DataError("no training rows with a decodable image")
+    if skipped:
+        accelerator.print(f"skipped {skipped} training row(s) whose image cannot be decoded")
+    steps = [
+        transforms.Resize(args.resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(args.resolution) if args.center_crop else transforms.RandomCrop(args.resolution),
+    ]
+    if args.random_flip and not args.cache_latents:  # cached latents hold both orientations instead
+        steps.append(transforms.RandomHorizontalFlip())
+    train_transforms = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+
+    def tokenize(captions: list[str]) -> Any:
+        return tokenizer(
+            captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
+        )
+
+    def preprocess(batch: dict[str, list]) -> dict[str, list]:
+        batch["pixel_values"] = [train_transforms(image.convert("RGB")) for image in batch[args.image_column]]
+        tokens = tokenize([str(caption) for caption in batch[args.caption_column]])
+        batch["input_ids"], batch["attention_mask"] = list(tokens.input_ids), list(tokens.attention_mask)
+        return batch
+
+    with accelerator.main_process_first():
+        train_data = data.with_transform(preprocess)
+    dataset: Any = train_data
+    if args.cache_latents:
+        captions = [str(c) for c in data[args.caption_column]]
+        cache = output_dir / ".cache" / f"process-{accelerator.process_index}"
+        dataset = cache_latents(
+            train_data, captions, tokenize, (vae, text_encoder), args, accelerator, weight_dtype, cache
+        )
+
+    def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+        return {
+            "pixel_values": torch.stack([e["pixel_values"] for e in examples]).float(),
+            "input_ids": torch.stack([e["input_ids"] for e in examples]),
+            "attention_mask": torch.stack([e["attention_mask"] for e in examples]),
+        }
+
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        shuffle=True,
+        collate_fn=collate if not args.cache_latents else None,
+        batch_size=args.train_batch_size,
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+    # ===== Optimiser and schedule ============================================================
+    updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    learning_rate = args.learning_rate
+    if args.scale_lr:
+        learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    trainable = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    if args.train_text_encoder:
+        unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
+            unet, text_encoder, optimizer, loader, lr_scheduler
+        )
+    else:
+        unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    if ema_unet is not None:
+        ema_unet.to(accelerator.device)
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers(
+            run.stage, config={k: v for k, v in run.parameters.items() if not isinstance(v, list)}
+        )
+
+    # ===== Resume ==========================================================================
+    global_step, history = 0, []
+    if args.resume_from_checkpoint:
+        found = checkpoints(output_dir)
+        path = (
+            (found[-1] if found else None)
+            if args.resume_from_checkpoint == "latest"
+            else Path(args.resume_from_checkpoint)
+        )
+        if path is None:
+            accelerator.print("no checkpoint to resume from: starting a new run")
+        else:
+            accelerator.print(f"resuming from {path}")
+            accelerator.load_state(str(path))
+            if ema_unet is not None and (path / EMA_WEIGHTS).is_file():
+                load_ema(path, ema_unet)
+            global_step = int(path.name.split("-")[1])
+            state_file = path / "trainer_state.json"
+            history = json.loads(state_file.read_text())["log_history"] if state_file.is_file() else []
+    first_epoch = global_step // updates_per_epoch
+    resume_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    accelerator.print(
+        "***** Running training *****\n"
+        f"  Num examples = {len(data)}" + (f" ({skipped} corrupt skipped)" if skipped else "") + "\n"
+        f"  Num epochs = {num_epochs}\n"
+        f"  Instantaneous batch size per device = {args.train_batch_size}\n"
+        f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch}\n"
+        f"  Gradient accumulation steps = {args.gradient_accumulation_steps}\n"
+        f"  Total optimization steps = {max_train_steps}\n"
+        f"  Trainable = {'LoRA' if args.use_lora else 'UNet'}{' + text encoder' if args.train_text_encoder else ''}, "
+        f"mixed precision = {accelerator.mixed_precision}, prediction type = {noise_scheduler.config.prediction_type}"
+    )
+
+    # ===== Train ===========================================================================
+    progress = tqdm(
+        range(max_train_steps), initial=global_step, desc="steps",
+        disable=not accelerator.is_local_main_process, file=sys.stderr,
+    )  # fmt: skip
+    prediction_type = noise_scheduler.config.prediction_type
+    for epoch in range(first_epoch, num_epochs):
+        unet.train()
+        if args.train_text_encoder:
+            text_encoder.train()
+        epoch_loader = accelerator.skip_first_batches(loader, resume_batches) if epoch == first_epoch else loader
+        accumulated = 0.0
+        for batch in epoch_loader:
+            with (
+                accelerator.accumulate(unet, text_encoder) if args.train_text_encoder else accelerator.accumulate(unet)
+            ):
+                latents, hidden = batch_inputs(batch, vae, text_encoder, args, weight_dtype, accelerator.device)
+                noise = torch.randn_like(latents)
+                if args.noise_offset:
+                    noise += args.noise_offset * torch.randn(
+                        (latents.shape[0], latents.shape[1], 1, 1), device=latents.device
+                    )
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+                ).long()
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                target = (
+                    noise_scheduler.get_velocity(latents, noise, timesteps)
+                    if prediction_type == "v_prediction"
+                    else noise
+                )
+                prediction = unet(noisy, timesteps, hidden.to(noisy.dtype), return_dict=False)[0]
+                if args.snr_gamma is None:
+                    loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
+                else:
+                    snr = compute_snr(noise_scheduler, timesteps)
+                    weights = torch.stack([snr, args.snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
+                    weights = weights / (snr + 1) if prediction_type == "v_prediction" else weights / snr
+                    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+                    loss = (loss * weights).mean()
+                accumulated += accelerator.gather(loss.detach().repeat(latents.shape[0])).mean().item()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            if ema_unet is not None:
+                ema_unet.step(unet.parameters())
+            global_step += 1
+            progress.update(1)
+            step_loss = accumulated / args.gradient_accumulation_steps
+            accumulated = 0.0
+            history.append({"step": global_step, "loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]})
+            accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            if global_step % args.checkpointing_steps == 0:
+                models = {"unet": unet, "text_encoder": text_encoder if args.train_text_encoder else None}
+                if args.use_lora:
+                    models = {}  # the adapters are in accelerate's state; diffusers' format is the final export
+                save_checkpoint(
+                    accelerator, output_dir, global_step, args.checkpoints_total_limit, models, ema_unet, history
+                )
+            if args.validation_prompts and args.validation_steps and global_step % args.validation_steps == 0:
+                if accelerator.is_main_process:
+                    log_validation(
+                        inference_pipeline(pipe, accelerator, unet, text_encoder), args, accelerator, global_step
+                    )
+            if global_step >= max_train_steps:
+                break
+        if global_step >= max_train_steps:
+            break
+    progress.close()
+
+    # ===== Save =============================================================================
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unet_final = accelerator.unwrap_model(unet)
+        if ema_unet is not None:
+            ema_unet.copy_to(unet_final.parameters())
+        clear_model_files(output_dir)
+        save_trained(output_dir, pipe, unet_final, accelerator.unwrap_model(text_encoder), args, text_lora, base.path)
+        validation = []
+        if args.validation_prompts:
+            validation = log_validation(
+                inference_pipeline(pipe, accelerator, unet, text_encoder), args, accelerator, global_step
+            )
+            shutil.rmtree(output_dir / "validation" / "final", ignore_errors=True)
+            shutil.copytree(output_dir / "validation" / f"step-{global_step}", output_dir / "validation" / "final")
+            validation = [line.replace("validation/", "validation/final/") for line in validation]
+        save_model_card(output_dir, run, args, base, languages, validation)
+        state = {
+            "global_step": global_step,
+            "max_train_steps": max_train_steps,
+            "skipped_corrupt_images": skipped,
+            "log_history": history,
+            "base_model": base.pin,
+            "inputs": run.inputs,
+        }
+        (output_dir / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        accelerator.print(f"saved the {'LoRA adapters' if args.use_lora else 'pipeline'} to {output_dir}")
+        if args.push_to_hub:
+            HubStore().push(
+                output_dir,
+                args.hub_model_id,
+                "model",
+                f"Fine-tune, {global_step} steps",
+                ignore=TrainTextToImage.ignore,
+            )
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return f"{'LoRA' if args.use_lora else 'Full'} fine-tune, {global_step} steps"
+
+
+def batch_inputs(
+    batch: Any, vae: Any, text_encoder: Any, args: TrainArguments, dtype: torch.dtype, device: Any
+) -> tuple:
+    """Latents and text hidden states of a batch: from the cache, or encoded now."""
+    if "latents" in batch:
+        latents = batch["latents"].to(device)
+        hidden = (
+            batch["hidden"].to(device)
+            if "hidden" in batch
+            else encode_text(text_encoder, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        )
+        return latents * vae.config.scaling_factor, hidden
+    with torch.no_grad():
+        latents = vae.encode(batch["pixel_values"].to(device, dtype=dtype)).latent_dist.sample()
+    latents = latents * vae.config.scaling_factor
+    with torch.set_grad_enabled(args.train_text_encoder):
+        hidden = encode_text(text_encoder, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    return latents, hidden
+
+
+def inference_pipeline(pipe: Any, accelerator: Any, unet: Any, text_encoder: Any) -> Any:
+    """The base pipeline with the weights being trained, for validation images."""
+    pipe.unet = accelerator.unwrap_model(unet)
+    pipe.text_encoder = accelerator.unwrap_model(text_encoder)
+    pipe.to(accelerator.device)
+    return pipe
+
+
+MODEL_FILES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_WEIGHTS,
+               "text_encoder_lora.safetensors", "text_encoder_lora_config.json", "README.md")  # fmt: skip
+
+
+def clear_model_files(output_dir: Path) -> None:
+    """Removes an earlier run's model from the output folder (a rerun with --force), never its checkpoints."""
+    for name in MODEL_FILES:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def save_trained(
+    folder: Path, pipe: Any, unet: Any, text_encoder: Any, args: TrainArguments, text_lora: dict | None, source: Path
+) -> None:
+    if args.use_lora:
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet.float()))
+        type(pipe).save_lora_weights(folder, unet_lora_layers=unet_layers, weight_name=LORA_WEIGHTS)
+        if text_lora is not None:
+            save_text_encoder_lora(text_encoder, text_lora, folder)
+        return
+    pipe.unet, pipe.text_encoder = unet.float(), text_encoder.float()
+    pipe.vae.float()
+    save_pipeline(pipe, folder, source=source)
+
+
+STAGE = TrainTextToImage()
+Arguments = TrainArguments  # the name recipes and the runner use
+run = STAGE.run
+
+
+def main(argv: list[str] | None = None) -> None:
+    STAGE.main(argv)
+
+
+if __name__ == "__main__":
+    main()
