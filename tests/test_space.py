@@ -74,7 +74,9 @@ def test_space_api_gives_the_study_s_own_figures(space: dict) -> None:
     attributes = published(store, "t2i-bias/images-base-eval-attributes", "de_eval_direct")
     metrics = client.predict("tiny-altdiffusion", "de", "nurse", api_name="/metrics")
     nurse = attributes[attributes["profession"] == "nurse"]
-    assert metrics["images"] == len(nurse) and metrics["rejection_rate"] == pytest.approx((nurse["status"] != "ok").mean())
+    assert metrics["images"] == len(nurse) and metrics["rejection_rate"] == pytest.approx(
+        (nurse["status"] != "ok").mean()
+    )
     for attribute in ("gender", "race", "age"):
         row = per[(per["language"] == "de") & (per["attribute"] == attribute) & (per["occupation"] == "nurse")].iloc[0]
         assert metrics[f"{attribute}_l1"] == pytest.approx(row["l1"])
@@ -99,7 +101,9 @@ def test_space_api_gives_the_study_s_own_figures(space: dict) -> None:
     assert german["exp. max L2"] == pytest.approx(row["exp_max_l2"], abs=1e-4)
     heat = client.predict("tiny-altdiffusion-debiased", api_name="/heatmap")
     assert sorted(heat) == ["Chinese", "English", "German", "Japanese"] and len(heat["German"]) == 6
-    shown = client.predict("tiny-altdiffusion", "tiny-altdiffusion-debiased", "teacher", ["en", "ja"], api_name="/show")
+    shown = client.predict(
+        "tiny-altdiffusion", "tiny-altdiffusion-debiased", "teacher", ["en", "ja"], api_name="/show"
+    )
     assert sorted(shown) == ["en", "ja"]
     assert [len(urls) for urls in shown["ja"]["images"].values()] == [4, 4]  # the four teacher images, each version
     assert shown["ja"]["prompt"] == space["app"].STUDY.prompt("tiny-altdiffusion", "ja", "teacher")
@@ -141,8 +145,10 @@ def test_space_soak_while_a_stage_republishes(space: dict, offline_study: dict) 
         with httpx.Client(timeout=30) as http:
             while time.monotonic() < stop:
                 try:
-                    shown = client.predict("tiny-altdiffusion", "tiny-altdiffusion-debiased",
-                                           occupations[number % len(occupations)], ["en", "de"], api_name="/show")  # fmt: skip
+                    job = occupations[number % len(occupations)]
+                    shown = client.predict(
+                        "tiny-altdiffusion", "tiny-altdiffusion-debiased", job, ["en", "de"], api_name="/show"
+                    )
                     for language in shown.values():
                         for url in (u for urls in language["images"].values() for u in urls):
                             response = http.get(space["url"] + url)
@@ -152,7 +158,9 @@ def test_space_soak_while_a_stage_republishes(space: dict, offline_study: dict) 
                 except Exception as err:  # noqa: BLE001 - every failure is counted
                     failures.append(repr(err)[:200])
 
-    threads = [threading.Thread(target=republish)] + [threading.Thread(target=client_loop, args=(i,)) for i in range(16)]
+    threads = [threading.Thread(target=republish)] + [
+        threading.Thread(target=client_loop, args=(i,)) for i in range(16)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -252,7 +260,9 @@ def test_clip_score_widget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     try:
         Image.fromarray(np.full((64, 64, 3), 120, dtype=np.uint8)).save(tmp_path / "grey.png")
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        result = client.predict(handle_file(str(tmp_path / "grey.png")), "a grey square", "cosine", api_name="/compute")
+        result = client.predict(
+            handle_file(str(tmp_path / "grey.png")), "a grey square", "cosine", api_name="/compute"
+        )
         import evaluate
 
         direct = evaluate.load(str(REPO_ROOT / "spaces" / "clip_score")).compute(
@@ -282,7 +292,9 @@ def test_space_in_a_real_browser(space: dict) -> None:
         first_image = page.locator("#gallery-en img").first.get_attribute("src")
         first_metrics = page.locator("#metrics-en").inner_text()
         # The prompt in each language above its images; intervals in the numbers.
-        assert page.locator("#prompt-de").inner_text().strip() == study.prompt("tiny-altdiffusion", "de", study.occupations[0])
+        assert page.locator("#prompt-de").inner_text().strip() == study.prompt(
+            "tiny-altdiffusion", "de", study.occupations[0]
+        )
         assert "[" in first_metrics and "perceived-female share" in first_metrics
         # One series before comparing ...
         assert page.locator("#plot-en g[id^='bar-tiny-altdiffusion-gender-']").count() == 2
