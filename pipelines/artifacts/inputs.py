@@ -8,8 +8,9 @@ A model input may be:
 - a folder or a file, absolute or relative (`weights/res34_fair_align_multi_7_20190809.pt`):
   pinned by a hash of its content, so changed weights are a new input, and recorded by name only,
   never by an absolute path;
-- a library's own model name (open_clip's `ViT-L-14-quickgelu` or `hf-hub:org/name`), resolved
-  by that library when the model is loaded.
+- open_clip's `hf-hub:org/name[@revision]`: downloaded (config and weights) and pinned to its commit;
+- a library's own model name (open_clip's `ViT-L-14-quickgelu`), resolved by that library when the
+  model is loaded.
 
 Anything else is a one-line error naming the input: "no such model", never "malformed repo id".
 """
@@ -100,7 +101,15 @@ def resolve_model(
             raise ConfigError(f"{what}={spec!r} is a file; a model folder or repo is expected")
         kind = "folder" if path.is_dir() else "file"
         return ModelInput(spec, kind, f"{kind}:{path.resolve().name}@sha256:{content_hash(path)}", path.resolve())
-    if "name" in kinds and (spec.startswith("hf-hub:") or (is_library_name is not None and is_library_name(spec))):
+    if "name" in kinds and spec.startswith("hf-hub:"):
+        # open_clip's Hub names: fetched here so the lineage pins the commit and a typo fails now.
+        try:
+            ref = parse_ref(spec.removeprefix("hf-hub:"))
+        except StoreError:
+            raise ConfigError(f"{what}={spec!r}: no such model (hf-hub: needs an org/name Hub id)") from None
+        found = _from_hub(spec, ref.repo_id, ref.revision, what, open_clip_hub_files)
+        return ModelInput(spec, "hub", f"hf-hub:{found.pin}", found.path, found.repo_id, found.revision)
+    if "name" in kinds and is_library_name is not None and is_library_name(spec):
         return ModelInput(spec, "name", spec)
     if _looks_like_path(spec):
         raise ConfigError(f"{what}={spec!r}: no such file or folder")
@@ -173,6 +182,24 @@ def diffusers_files(files: list[str], model_index: dict) -> list[str]:
                 continue  # other frameworks' weights and nested variants
             wanted.append(name)
     return sorted(set(wanted))
+
+
+OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def open_clip_hub_files(repo_id: str, revision: str) -> list[str]:
+    """The files open_clip loads from an `hf-hub:` repo: its config and one weights file, safetensors
+    over `.bin` when both exist (offline, whichever the cache holds)."""
+    from huggingface_hub import HfApi
+
+    try:
+        files = set(HfApi().list_repo_files(repo_id, revision=revision))
+    except Exception:  # noqa: BLE001 - offline: the cache decides
+        return list(OPEN_CLIP_FILES)
+    weights = (
+        "open_clip_model.safetensors" if "open_clip_model.safetensors" in files else "open_clip_pytorch_model.bin"
+    )
+    return ["open_clip_config.json", weights]
 
 
 def hub_pipeline_files(repo_id: str, revision: str) -> list[str] | None:
