@@ -88,6 +88,8 @@ class Arguments(StageArguments):
         self.check_choice("detector", DETECTORS)
         self.check_choice("classifier", CLASSIFIERS)
         self.check_at_least(1, "batch_size", "chip_size", "cpu_threads", "dlib_max_size")
+        if not 0 <= self.chip_padding <= 1:
+            raise ConfigError(f"chip_padding={self.chip_padding}: between 0 and 1 (a share of the face's size)")
         if self.nonbinary_margin is not None and not 0 < self.nonbinary_margin < 1:
             raise ConfigError(f"nonbinary_margin={self.nonbinary_margin}: between 0 and 1")
         if self.nonbinary_margin is not None and self.classifier != "clip":

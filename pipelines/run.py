@@ -10,7 +10,6 @@ and an estimate of its GPU time.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import shlex
@@ -23,7 +22,7 @@ import yaml
 
 from pipelines.artifacts.store import STORE_ROOT_ENV, parse_ref
 from pipelines.errors import ConfigError, UserError
-from pipelines.harness.config import build_arguments, input_fields, load_recipe, step_values, step_where
+from pipelines.harness.config import OneLineError, build_arguments, input_fields, load_recipe, step_values, step_where
 from pipelines.harness.estimate import Costs, Estimates, print_plan
 from pipelines.harness.stage import Published, Stage
 
@@ -135,7 +134,7 @@ def dry_run(path: str | Path, overrides: dict[str, Any], settings: list[str], co
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.splitlines()[0])
+    parser = OneLineError(prog="python -m pipelines.run", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("recipe", help="YAML recipe, e.g. pipelines/recipes/offline.yaml")
     parser.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (inputs from the store)")
     parser.add_argument("--store", choices=("local", "hub"), help="override the recipe's store backend")
@@ -157,9 +156,9 @@ def main(argv: list[str] | None = None) -> None:
         default=Costs.seconds_per_step,
         help="dry run: GPU seconds per training step of 16 images at 256 px (scaled by images and pixels)",
     )
-    options = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(options).items() if k in ("store", "store_root", "namespace") and v}
     try:
+        options = parser.parse_args(argv)
+        overrides = {k: v for k, v in vars(options).items() if k in ("store", "store_root", "namespace") and v}
         if options.dry_run:
             dry_run(options.recipe, overrides, options.set, Costs(options.seconds_per_image, options.seconds_per_step))
             return

@@ -1,23 +1,19 @@
-"""Image generation: deterministic, paired across languages, resumable, the same on 1 or 2 processes."""
+"""Image generation: deterministic and paired across languages (one or two processes, and resuming
+after a kill, are tested for every sharded stage in test_sharded_stages.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import datasets
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines import collect_datasets, generate_images
 from pipelines.artifacts.store import LocalStore
 from pipelines.errors import ConfigError
 
-from .conftest import REPO_ROOT, image_arguments
+from .conftest import image_arguments
 
 
 def data_digest(folder: Path) -> dict[str, str]:
@@ -26,35 +22,6 @@ def data_digest(folder: Path) -> dict[str, str]:
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted((folder / "data").rglob("*.parquet"))
     }
-
-
-def cli(study: dict, output_repo: str, extra: list[str] | None = None) -> list[str]:
-    return [
-        "--store_root",
-        study["store_root"],
-        "--namespace",
-        study["namespace"],
-        "--input",
-        study["prompts"],
-        "--model",
-        study["model"],
-        "--languages",
-        "en",
-        "de",
-        "--variants",
-        "eval_direct",
-        "--num_images",
-        "2",
-        "--num_inference_steps",
-        "2",
-        "--batch_size",
-        "3",
-        "--images_per_shard",
-        "4",
-        "--output_repo",
-        output_repo,
-        *(extra or []),
-    ]
 
 
 def test_images_dataset_deterministic_and_paired(tiny_study: dict) -> None:
@@ -117,76 +84,6 @@ def test_bad_generation_arguments(tiny_study: dict) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_make_the_same_bytes_as_one(tiny_study: dict) -> None:
-    store = LocalStore(tiny_study["store_root"])
-    one = subprocess.run(
-        [sys.executable, "-m", "pipelines.generate_images", *cli(tiny_study, "one-process")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert one.returncode == 0, one.stderr[-2000:]
-    torchrun = Path(sys.executable).with_name("torchrun")
-    two = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "pipelines.generate_images", *cli(tiny_study, "two-processes")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert two.returncode == 0, two.stderr[-2000:]
-    a = store.resolve("study/one-process", "dataset")
-    b = store.resolve("study/two-processes", "dataset")
-    assert data_digest(a) == data_digest(b)
-    assert "[2/2]" in two.stderr or "[1/2]" in two.stderr  # really two ranks
-
-
-@pytest.mark.slow
-def test_killed_generation_resumes_without_gaps_or_duplicates(tiny_study: dict, tmp_path: Path) -> None:
-    store = LocalStore(tiny_study["store_root"])
-    work = tmp_path / "work"
-    args = cli(tiny_study, "resumed", ["--work_dir", str(work), "--num_images", "3"])
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.generate_images", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(work.rglob("train-*.parquet"))) < 2:
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
-    written = list(work.rglob("train-*.parquet"))
-    assert 2 <= len(written) < 6, "the kill should land mid-run"  # 2 configs x 12 images / 4 = 6 shards
-    assert not store.exists("study/resumed", "dataset")
-
-    rerun = subprocess.run(
-        [sys.executable, "-m", "pipelines.generate_images", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    straight = subprocess.run(
-        [sys.executable, "-m", "pipelines.generate_images", *cli(tiny_study, "straight", ["--num_images", "3"])],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    resumed = store.resolve("study/resumed", "dataset")
-    assert data_digest(resumed) == data_digest(store.resolve("study/straight", "dataset"))
-    for config in ("en_eval_direct", "de_eval_direct"):
-        table = pq.read_table(sorted((resumed / "data" / config).glob("*.parquet"))).to_pylist()
-        keys = [(row["prompt_id"], row["sample_index"]) for row in table]
-        assert len(keys) == len(set(keys)) == 12  # complete, no duplicates
-    assert not work.exists() or not any(work.rglob("*.parquet"))  # the work folder is cleaned after publishing
-
-
 def test_collect_datasets_captions_gendered_images_with_their_neutral_twins(tiny_study: dict) -> None:
     store = LocalStore(tiny_study["store_root"])
     images = generate_images.run(

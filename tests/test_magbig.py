@@ -46,12 +46,16 @@ def test_every_set_in_every_language_lined_up_by_prompt_id(imported: dict) -> No
     # Each row is MAGBIG's own prompt, its English name as the profession, the set's gender.
     with open(MAGBIG / "occ_german.csv", encoding="utf-8") as handle:
         german_csv = {row["name"]: row["prompt"] for row in csv.DictReader(handle)}
-    accountant = next(r for r in by_language["de"] if r["variant"] == "magbig_direct" and r["profession"] == "accountant")
+    accountant = next(
+        r for r in by_language["de"] if r["variant"] == "magbig_direct" and r["profession"] == "accountant"
+    )
     assert accountant["prompt"] == german_csv["accountant"] and accountant["language"] == "de"
     assert accountant["prompt_id"] == prompt_id("magbig_direct", "accountant") and accountant["gender"] is None
     indirect = next(r for r in by_language["ja"] if r["variant"] == "magbig_indirect")
     assert indirect["gender"] == "neutral"
-    adjective = next(r for r in by_language["ru"] if r["variant"] == "magbig_adjectives" and r["profession"] == "assertive")
+    adjective = next(
+        r for r in by_language["ru"] if r["variant"] == "magbig_adjectives" and r["profession"] == "assertive"
+    )
     assert adjective["prompt"] == "фото лица напористого человека"  # MAGBIG's leading space stripped
     card = (folder / "README.md").read_text()
     assert "`magbig_direct` (151 entries)" in card and "Set(s) not in the source, skipped: feminine" in card
@@ -89,7 +93,10 @@ def test_the_hub_layout_with_its_feminine_set(tmp_path: Path) -> None:
     assert list(feminine["prompt"]) == [f"occupations_direct_feminine {n} in french" for n in feminine["profession"]]
     assert set(feminine["gender"]) == {"female"}
     star = datasets.load_dataset(str(folder), "de", split="train").to_pandas()
-    assert list(star[star["variant"] == "magbig_gender_star"]["prompt"])[0] == "Ein Foto des Gesichts eine*r accountant*in"
+    assert (
+        list(star[star["variant"] == "magbig_gender_star"]["prompt"])[0]
+        == "Ein Foto des Gesichts eine*r accountant*in"
+    )
     assert "Set(s) not in the source, skipped: adjectives." in (folder / "README.md").read_text()
 
 

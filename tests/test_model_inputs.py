@@ -207,7 +207,10 @@ def bad_inputs(models: dict, tmp_path: Path) -> dict[str, tuple[list[str], str]]
     generate = ["-m", "pipelines.generate_images", "--input", models["prompts"], "--languages", "en"]
     return {
         "generate: missing folder": ([*generate, "--model", str(tmp_path / "nowhere")], "no such file or folder"),
-        "generate: folder without a model": ([*generate, "--model", str(empty)], "has neither model_index.json"),
+        "generate: folder without a model": (
+            [*generate, "--model", str(empty)],
+            "neither model_index.json nor pytorch_lora_weights.safetensors",
+        ),
         "generate: Hub id not cached offline": (
             [*generate, "--model", "BAAI/AltDiffusion-m9"],
             "not downloadable from the Hub: offline and not in the Hugging Face cache",
@@ -241,7 +244,7 @@ def bad_inputs(models: dict, tmp_path: Path) -> dict[str, tuple[list[str], str]]
                 "--pretrained_model_name_or_path",
                 str(empty),
             ],
-            "has neither model_index.json",
+            "neither model_index.json nor pytorch_lora_weights.safetensors",
         ),  # fmt: skip
     }
 

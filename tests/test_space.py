@@ -173,7 +173,7 @@ def test_space_requirements_install_what_it_imports_and_the_toolkit_publishes_it
 
     store_root = tmp_path / "hub"
     space_ref = publish_space.run(
-        publish_space.Arguments(store_root=str(store_root), versions=VERSIONS, space_store="local")
+        publish_space.Arguments(store_root=str(store_root), versions=VERSIONS, space_store="hub")
     )
     folder = LocalStore(store_root).resolve(str(space_ref), "space")
     front = (folder / "README.md").read_text().split("---")[1]

@@ -427,7 +427,7 @@ def test_a_full_disk_leaves_the_store_as_it_was(store: LocalStore, make_folder, 
 
 def test_unwritable_and_misplaced_store_roots_are_one_line_errors(tmp_path: Path, make_folder, monkeypatch) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    with pytest.raises(StoreError, match="store root '.*a-file' is a file, not a folder"):
+    with pytest.raises(StoreError, match="store root '.*a-file': '.*a-file' is a file, not a folder"):
         LocalStore(tmp_path / "a-file")
     store = LocalStore(tmp_path / "hub")
 

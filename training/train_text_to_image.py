@@ -302,7 +302,14 @@ class TrainTextToImage(DistributedStage):
     ignore = ("checkpoint-*", "logs", ".cache")
 
     def model_options(self, name: str) -> dict[str, Any]:
-        return {"what": name, "kinds": ("store", "hub", "folder"), "hub_files": hub_pipeline_files}
+        from pipelines.modeling.diffusion import pipeline_problem
+
+        return {
+            "what": name,
+            "kinds": ("store", "hub", "folder"),
+            "hub_files": hub_pipeline_files,
+            "check": pipeline_problem,
+        }
 
     def work_folder(self, run: StageRun) -> Path:
         folder = Path(run.args.output_dir) if run.args.output_dir else run.work_folder()
@@ -533,14 +540,61 @@ def load_ema(folder: Path, ema: Any) -> None:
 
 
 def train(run: StageRun, output_dir: Path) -> str:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel, compute_snr
-    from torchvision import transforms
+    """The whole fine-tune: data first (a bad dataset is refused before a model loads), then the
+    models, the loader, the optimiser, a resume, the loop, and the saved model."""
+    from accelerate.utils import set_seed
 
     args: TrainArguments = run.args
+    accelerator = make_accelerator(args, output_dir)
+    set_seed(args.seed)
+    with accelerator.main_process_first():
+        data, languages = load_training_data(run, args)
+        data, skipped = decodable(data, args)
+    if len(data) == 0:
+        raise DataError("no training rows with a decodable image")
+    if skipped:
+        accelerator.print(f"skipped {skipped} training row(s) whose image cannot be decoded")
+    base = run.model("pretrained_model_name_or_path")
+    parts = load_models(base.path, args, accelerator)
+    loader = make_loader(data, parts, args, accelerator, output_dir)
+    loop = make_optimizer(loader, parts, args, accelerator)
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers(
+            run.stage, config={k: v for k, v in run.parameters.items() if not isinstance(v, list)}
+        )
+    global_step, history = resume(output_dir, args, accelerator, parts.ema_unet)
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    accelerator.print(
+        "***** Running training *****\n"
+        f"  Num examples = {len(data)}" + (f" ({skipped} corrupt skipped)" if skipped else "") + "\n"
+        f"  Num epochs = {loop.num_epochs}\n"
+        f"  Instantaneous batch size per device = {args.train_batch_size}\n"
+        f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch}\n"
+        f"  Gradient accumulation steps = {args.gradient_accumulation_steps}\n"
+        f"  Total optimization steps = {loop.max_train_steps}\n"
+        f"  Trainable = {'LoRA' if args.use_lora else 'UNet'}{' + text encoder' if args.train_text_encoder else ''}, "
+        f"mixed precision = {accelerator.mixed_precision}, "
+        f"prediction type = {parts.noise_scheduler.config.prediction_type}"
+    )
+    global_step = training_loop(parts, loop, args, accelerator, output_dir, global_step, history)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        trained = {
+            "global_step": global_step,
+            "max_train_steps": loop.max_train_steps,
+            "skipped_corrupt_images": skipped,
+            "log_history": history,
+        }
+        save_outputs(run, output_dir, parts, accelerator, base, languages, trained)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return f"{'LoRA' if args.use_lora else 'Full'} fine-tune, {global_step} steps"
+
+
+def make_accelerator(args: TrainArguments, output_dir: Path) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision='fp16' needs a GPU: use 'no' or 'bf16' on CPU")
     accelerator = Accelerator(
@@ -552,18 +606,45 @@ def train(run: StageRun, output_dir: Path) -> str:
     )
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
-    set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+    return accelerator
 
-    # ===== Models ===========================================================================
-    base = run.model("pretrained_model_name_or_path")
-    pipe = assemble_pipeline(base.path, torch.float32)
-    tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
+
+@dataclass
+class Parts:
+    """The pipeline's parts as training uses them."""
+
+    pipe: Any
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    noise_scheduler: Any
+    weight_dtype: torch.dtype
+    ema_unet: Any = None
+    text_lora: dict | None = None
+
+    def tokenize(self, captions: list[str]) -> Any:
+        return self.tokenizer(
+            captions,
+            max_length=self.tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        )
+
+
+def load_models(base: Path, args: TrainArguments, accelerator: Any) -> Parts:
+    """The base pipeline's parts: frozen ones in the compute dtype, adapters and EMA added as asked."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers.training_utils import EMAModel
+
+    pipe = assemble_pipeline(base, torch.float32)
     if args.prediction_type is not None and args.prediction_type != pipe.scheduler.config.get("prediction_type"):
         # Train and sample with the same objective: the saved scheduler predicts what the UNet learnt.
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=args.prediction_type)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    text_encoder, vae, unet = pipe.text_encoder, pipe.vae, pipe.unet
     vae.requires_grad_(False)
     text_encoder.requires_grad_(args.train_text_encoder and not args.use_lora)
     unet.requires_grad_(not args.use_lora)
@@ -593,15 +674,23 @@ def train(run: StageRun, output_dir: Path) -> str:
         for parameter in (*unet.parameters(), *text_encoder.parameters()):
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
+    return Parts(
+        pipe=pipe,
+        tokenizer=pipe.tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        unet=unet,
+        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+        weight_dtype=weight_dtype,
+        ema_unet=ema_unet,
+        text_lora=text_lora,
+    )
 
-    # ===== Data ============================================================================
-    with accelerator.main_process_first():
-        data, languages = load_training_data(run, args)
-        data, skipped = decodable(data, args)
-    if len(data) == 0:
-        raise DataError("no training rows with a decodable image")
-    if skipped:
-        accelerator.print(f"skipped {skipped} training row(s) whose image cannot be decoded")
+
+def make_loader(data: Any, parts: Parts, args: TrainArguments, accelerator: Any, output_dir: Path) -> Any:
+    """Batches of pixels and tokens, or of cached latents (and text states) with --cache_latents."""
+    from torchvision import transforms
+
     steps = [
         transforms.Resize(args.resolution, interpolation=transforms.InterpolationMode.BILINEAR),
         transforms.CenterCrop(args.resolution) if args.center_crop else transforms.RandomCrop(args.resolution),
@@ -610,14 +699,9 @@ def train(run: StageRun, output_dir: Path) -> str:
         steps.append(transforms.RandomHorizontalFlip())
     train_transforms = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
 
-    def tokenize(captions: list[str]) -> Any:
-        return tokenizer(
-            captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
-        )
-
     def preprocess(batch: dict[str, list]) -> dict[str, list]:
         batch["pixel_values"] = [train_transforms(image.convert("RGB")) for image in batch[args.image_column]]
-        tokens = tokenize([str(caption) for caption in batch[args.caption_column]])
+        tokens = parts.tokenize([str(caption) for caption in batch[args.caption_column]])
         batch["input_ids"], batch["attention_mask"] = list(tokens.input_ids), list(tokens.attention_mask)
         return batch
 
@@ -628,8 +712,9 @@ def train(run: StageRun, output_dir: Path) -> str:
         captions = [str(c) for c in data[args.caption_column]]
         cache = output_dir / ".cache" / f"process-{accelerator.process_index}"
         dataset = cache_latents(
-            train_data, captions, tokenize, (vae, text_encoder), args, accelerator, weight_dtype, cache
-        )
+            train_data, captions, parts.tokenize, (parts.vae, parts.text_encoder), args, accelerator,
+            parts.weight_dtype, cache,
+        )  # fmt: skip
 
     def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
         return {
@@ -638,7 +723,7 @@ def train(run: StageRun, output_dir: Path) -> str:
             "attention_mask": torch.stack([e["attention_mask"] for e in examples]),
         }
 
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         dataset,
         shuffle=True,
         collate_fn=collate if not args.cache_latents else None,
@@ -647,14 +732,30 @@ def train(run: StageRun, output_dir: Path) -> str:
         generator=torch.Generator().manual_seed(args.seed),
     )
 
-    # ===== Optimiser and schedule ============================================================
+
+@dataclass
+class Loop:
+    """The optimiser, schedule and loader, prepared by accelerate, and the run's length."""
+
+    optimizer: Any
+    lr_scheduler: Any
+    loader: Any
+    trainable: list
+    max_train_steps: int
+    num_epochs: int
+    updates_per_epoch: int
+
+
+def make_optimizer(loader: Any, parts: Parts, args: TrainArguments, accelerator: Any) -> Loop:
+    """AdamW over the trainable weights, the learning-rate schedule, all prepared by accelerate."""
+    from diffusers.optimization import get_scheduler
+
     updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     learning_rate = args.learning_rate
     if args.scale_lr:
         learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
-    trainable = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
+    trainable = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable,
         lr=learning_rate,
@@ -669,167 +770,153 @@ def train(run: StageRun, output_dir: Path) -> str:
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
     if args.train_text_encoder:
-        unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
-            unet, text_encoder, optimizer, loader, lr_scheduler
+        parts.unet, parts.text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
+            parts.unet, parts.text_encoder, optimizer, loader, lr_scheduler
         )
     else:
-        unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    if ema_unet is not None:
-        ema_unet.to(accelerator.device)
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers(
-            run.stage, config={k: v for k, v in run.parameters.items() if not isinstance(v, list)}
-        )
-
-    # ===== Resume ==========================================================================
-    global_step, history = 0, []
-    if args.resume_from_checkpoint:
-        found = checkpoints(output_dir)
-        path = (
-            (found[-1] if found else None)
-            if args.resume_from_checkpoint == "latest"
-            else Path(args.resume_from_checkpoint)
-        )
-        if path is None:
-            accelerator.print("no checkpoint to resume from: starting a new run")
-        else:
-            accelerator.print(f"resuming from {path}")
-            accelerator.load_state(str(path))
-            if ema_unet is not None and (path / EMA_WEIGHTS).is_file():
-                load_ema(path, ema_unet)
-            global_step = int(path.name.split("-")[1])
-            state_file = path / "trainer_state.json"
-            history = json.loads(state_file.read_text())["log_history"] if state_file.is_file() else []
-    first_epoch = global_step // updates_per_epoch
-    resume_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
-
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    accelerator.print(
-        "***** Running training *****\n"
-        f"  Num examples = {len(data)}" + (f" ({skipped} corrupt skipped)" if skipped else "") + "\n"
-        f"  Num epochs = {num_epochs}\n"
-        f"  Instantaneous batch size per device = {args.train_batch_size}\n"
-        f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch}\n"
-        f"  Gradient accumulation steps = {args.gradient_accumulation_steps}\n"
-        f"  Total optimization steps = {max_train_steps}\n"
-        f"  Trainable = {'LoRA' if args.use_lora else 'UNet'}{' + text encoder' if args.train_text_encoder else ''}, "
-        f"mixed precision = {accelerator.mixed_precision}, prediction type = {noise_scheduler.config.prediction_type}"
+        parts.unet, optimizer, loader, lr_scheduler = accelerator.prepare(parts.unet, optimizer, loader, lr_scheduler)
+    if parts.ema_unet is not None:
+        parts.ema_unet.to(accelerator.device)
+    return Loop(
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        loader=loader,
+        trainable=trainable,
+        max_train_steps=max_train_steps,
+        num_epochs=math.ceil(max_train_steps / updates_per_epoch),
+        updates_per_epoch=updates_per_epoch,
     )
 
-    # ===== Train ===========================================================================
+
+def resume(output_dir: Path, args: TrainArguments, accelerator: Any, ema_unet: Any) -> tuple[int, list]:
+    """The step and loss history to continue from (`--resume_from_checkpoint`), state loaded."""
+    if not args.resume_from_checkpoint:
+        return 0, []
+    found = checkpoints(output_dir)
+    latest = args.resume_from_checkpoint == "latest"
+    path = (found[-1] if found else None) if latest else Path(args.resume_from_checkpoint)
+    if path is None:
+        accelerator.print("no checkpoint to resume from: starting a new run")
+        return 0, []
+    accelerator.print(f"resuming from {path}")
+    accelerator.load_state(str(path))
+    if ema_unet is not None and (path / EMA_WEIGHTS).is_file():
+        load_ema(path, ema_unet)
+    state_file = path / "trainer_state.json"
+    history = json.loads(state_file.read_text())["log_history"] if state_file.is_file() else []
+    return int(path.name.split("-")[1]), history
+
+
+def training_loss(parts: Parts, batch: Any, args: TrainArguments, accelerator: Any) -> tuple[torch.Tensor, int]:
+    """The denoising loss of one batch (epsilon or v-prediction, optionally min-SNR weighted)."""
+    from diffusers.training_utils import compute_snr
+
+    noise_scheduler = parts.noise_scheduler
+    prediction_type = noise_scheduler.config.prediction_type
+    latents, hidden = batch_inputs(batch, parts.vae, parts.text_encoder, args, parts.weight_dtype, accelerator.device)
+    noise = torch.randn_like(latents)
+    if args.noise_offset:
+        noise += args.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), device=latents.device)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+    ).long()
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    target = noise_scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
+    prediction = parts.unet(noisy, timesteps, hidden.to(noisy.dtype), return_dict=False)[0]
+    if args.snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float(), reduction="mean"), latents.shape[0]
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.stack([snr, args.snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
+    weights = weights / (snr + 1) if prediction_type == "v_prediction" else weights / snr
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+    return (loss * weights).mean(), latents.shape[0]
+
+
+def training_loop(
+    parts: Parts, loop: Loop, args: TrainArguments, accelerator: Any, output_dir: Path, global_step: int, history: list
+) -> int:
+    """Optimisation steps from `global_step` to the end, with checkpoints and validation; the last step."""
+    first_epoch = global_step // loop.updates_per_epoch
+    resume_batches = (global_step % loop.updates_per_epoch) * args.gradient_accumulation_steps
     progress = tqdm(
-        range(max_train_steps), initial=global_step, desc="steps",
+        range(loop.max_train_steps), initial=global_step, desc="steps",
         disable=not accelerator.is_local_main_process, file=sys.stderr,
     )  # fmt: skip
-    prediction_type = noise_scheduler.config.prediction_type
-    for epoch in range(first_epoch, num_epochs):
-        unet.train()
-        if args.train_text_encoder:
-            text_encoder.train()
-        epoch_loader = accelerator.skip_first_batches(loader, resume_batches) if epoch == first_epoch else loader
+    trained = (parts.unet, parts.text_encoder) if args.train_text_encoder else (parts.unet,)
+    for epoch in range(first_epoch, loop.num_epochs):
+        for model in trained:
+            model.train()
+        epoch_loader = (
+            accelerator.skip_first_batches(loop.loader, resume_batches) if epoch == first_epoch else loop.loader
+        )
         accumulated = 0.0
         for batch in epoch_loader:
-            with (
-                accelerator.accumulate(unet, text_encoder) if args.train_text_encoder else accelerator.accumulate(unet)
-            ):
-                latents, hidden = batch_inputs(batch, vae, text_encoder, args, weight_dtype, accelerator.device)
-                noise = torch.randn_like(latents)
-                if args.noise_offset:
-                    noise += args.noise_offset * torch.randn(
-                        (latents.shape[0], latents.shape[1], 1, 1), device=latents.device
-                    )
-                timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-                ).long()
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                target = (
-                    noise_scheduler.get_velocity(latents, noise, timesteps)
-                    if prediction_type == "v_prediction"
-                    else noise
-                )
-                prediction = unet(noisy, timesteps, hidden.to(noisy.dtype), return_dict=False)[0]
-                if args.snr_gamma is None:
-                    loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
-                else:
-                    snr = compute_snr(noise_scheduler, timesteps)
-                    weights = torch.stack([snr, args.snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
-                    weights = weights / (snr + 1) if prediction_type == "v_prediction" else weights / snr
-                    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
-                    loss = (loss * weights).mean()
-                accumulated += accelerator.gather(loss.detach().repeat(latents.shape[0])).mean().item()
+            with accelerator.accumulate(*trained):
+                loss, size = training_loss(parts, batch, args, accelerator)
+                accumulated += accelerator.gather(loss.detach().repeat(size)).mean().item()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
+                    accelerator.clip_grad_norm_(loop.trainable, args.max_grad_norm)
+                loop.optimizer.step()
+                loop.lr_scheduler.step()
+                loop.optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
-            if ema_unet is not None:
-                ema_unet.step(unet.parameters())
+            if parts.ema_unet is not None:
+                parts.ema_unet.step(parts.unet.parameters())
             global_step += 1
             progress.update(1)
-            step_loss = accumulated / args.gradient_accumulation_steps
-            accumulated = 0.0
-            history.append({"step": global_step, "loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]})
-            accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            step_loss, accumulated = accumulated / args.gradient_accumulation_steps, 0.0
+            learning_rate = loop.lr_scheduler.get_last_lr()[0]
+            history.append({"step": global_step, "loss": step_loss, "lr": learning_rate})
+            accelerator.log({"train_loss": step_loss, "lr": learning_rate}, step=global_step)
             progress.set_postfix(loss=f"{step_loss:.4f}")
             if global_step % args.checkpointing_steps == 0:
-                models = {"unet": unet, "text_encoder": text_encoder if args.train_text_encoder else None}
-                if args.use_lora:
-                    models = {}  # the adapters are in accelerate's state; diffusers' format is the final export
+                # LoRA adapters live in accelerate's state; diffusers' format is the final export.
+                models = {} if args.use_lora else {"unet": parts.unet, "text_encoder": parts.text_encoder}
+                if not args.train_text_encoder:
+                    models.pop("text_encoder", None)
                 save_checkpoint(
-                    accelerator, output_dir, global_step, args.checkpoints_total_limit, models, ema_unet, history
+                    accelerator, output_dir, global_step, args.checkpoints_total_limit, models, parts.ema_unet, history
                 )
             if args.validation_prompts and args.validation_steps and global_step % args.validation_steps == 0:
                 if accelerator.is_main_process:
-                    log_validation(
-                        inference_pipeline(pipe, accelerator, unet, text_encoder), args, accelerator, global_step
-                    )
-            if global_step >= max_train_steps:
+                    log_validation(inference_pipeline(parts, accelerator), args, accelerator, global_step)
+            if global_step >= loop.max_train_steps:
                 break
-        if global_step >= max_train_steps:
+        if global_step >= loop.max_train_steps:
             break
     progress.close()
+    return global_step
 
-    # ===== Save =============================================================================
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unet_final = accelerator.unwrap_model(unet)
-        if ema_unet is not None:
-            ema_unet.copy_to(unet_final.parameters())
-        clear_model_files(output_dir)
-        save_trained(output_dir, pipe, unet_final, accelerator.unwrap_model(text_encoder), args, text_lora, base.path)
-        validation = []
-        if args.validation_prompts:
-            validation = log_validation(
-                inference_pipeline(pipe, accelerator, unet, text_encoder), args, accelerator, global_step
-            )
-            shutil.rmtree(output_dir / "validation" / "final", ignore_errors=True)
-            shutil.copytree(output_dir / "validation" / f"step-{global_step}", output_dir / "validation" / "final")
-            validation = [line.replace("validation/", "validation/final/") for line in validation]
-        save_model_card(output_dir, run, args, base, languages, validation)
-        state = {
-            "global_step": global_step,
-            "max_train_steps": max_train_steps,
-            "skipped_corrupt_images": skipped,
-            "log_history": history,
-            "base_model": base.pin,
-            "inputs": run.inputs,
-        }
-        (output_dir / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        accelerator.print(f"saved the {'LoRA adapters' if args.use_lora else 'pipeline'} to {output_dir}")
-        if args.push_to_hub:
-            HubStore().push(
-                output_dir,
-                args.hub_model_id,
-                "model",
-                f"Fine-tune, {global_step} steps",
-                ignore=TrainTextToImage.ignore,
-            )
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return f"{'LoRA' if args.use_lora else 'Full'} fine-tune, {global_step} steps"
+
+def save_outputs(
+    run: StageRun, output_dir: Path, parts: Parts, accelerator: Any, base: Any, languages: list[str], trained: dict
+) -> None:
+    """The trained model in diffusers' format (EMA weights when kept), validation images, the card
+    and the trainer state, in `output_dir` itself (main process only); pushed with --push_to_hub."""
+    args: TrainArguments = run.args
+    global_step = trained["global_step"]
+    unet = accelerator.unwrap_model(parts.unet)
+    if parts.ema_unet is not None:
+        parts.ema_unet.copy_to(unet.parameters())
+    clear_model_files(output_dir)
+    save_trained(output_dir, parts.pipe, unet, accelerator.unwrap_model(parts.text_encoder), args, parts.text_lora,
+                 base.path)  # fmt: skip
+    validation = []
+    if args.validation_prompts:
+        validation = log_validation(inference_pipeline(parts, accelerator), args, accelerator, global_step)
+        shutil.rmtree(output_dir / "validation" / "final", ignore_errors=True)
+        shutil.copytree(output_dir / "validation" / f"step-{global_step}", output_dir / "validation" / "final")
+        validation = [line.replace("validation/", "validation/final/") for line in validation]
+    save_model_card(output_dir, run, args, base, languages, validation)
+    state = {**trained, "base_model": base.pin, "inputs": run.inputs}
+    (output_dir / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    accelerator.print(f"saved the {'LoRA adapters' if args.use_lora else 'pipeline'} to {output_dir}")
+    if args.push_to_hub:
+        HubStore().push(
+            output_dir, args.hub_model_id, "model", f"Fine-tune, {global_step} steps", ignore=TrainTextToImage.ignore
+        )
 
 
 def batch_inputs(
@@ -852,10 +939,11 @@ def batch_inputs(
     return latents, hidden
 
 
-def inference_pipeline(pipe: Any, accelerator: Any, unet: Any, text_encoder: Any) -> Any:
+def inference_pipeline(parts: Parts, accelerator: Any) -> Any:
     """The base pipeline with the weights being trained, for validation images."""
-    pipe.unet = accelerator.unwrap_model(unet)
-    pipe.text_encoder = accelerator.unwrap_model(text_encoder)
+    pipe = parts.pipe
+    pipe.unet = accelerator.unwrap_model(parts.unet)
+    pipe.text_encoder = accelerator.unwrap_model(parts.text_encoder)
     pipe.to(accelerator.device)
     return pipe
 

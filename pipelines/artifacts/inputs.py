@@ -76,6 +76,7 @@ def resolve_model(
     is_library_name: Callable[[str], bool] | None = None,
     hub_files: Callable[[str, str], list[str] | None] | None = None,
     repo_type: str = "model",
+    check: Callable[[Path], str | None] | None = None,
 ) -> ModelInput:
     """Finds a model input, in this order: a path, a library name, a store repo, a Hub repo.
 
@@ -88,8 +89,26 @@ def resolve_model(
         hub_files (`Callable`, *optional*): given a Hub repo id and revision, the files to download
             (None: all), so a stage fetches only what it loads.
         repo_type (`str`): `model`, or `dataset` for a data source given the same ways (MAGBIG's files).
+        check (`Callable`, *optional*): given the resolved folder or file, what is wrong with it for
+            this stage (None: nothing), so a folder without a model is refused before any work.
     """
-    kinds = tuple(kinds)
+    found = _resolve(spec, store, namespace, what, tuple(kinds), is_library_name, hub_files, repo_type)
+    problem = check(found.path) if check is not None and found.path is not None else None
+    if problem:
+        raise ConfigError(f"{what}={spec.strip()!r}: {problem}")
+    return found
+
+
+def _resolve(
+    spec: str,
+    store: Store,
+    namespace: str | None,
+    what: str,
+    kinds: tuple[str, ...],
+    is_library_name: Callable[[str], bool] | None,
+    hub_files: Callable[[str, str], list[str] | None] | None,
+    repo_type: str,
+) -> ModelInput:
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"{what}: empty model input")
     spec = spec.strip()

@@ -226,8 +226,11 @@ class LocalStore:
 
     def __init__(self, root: str | Path = DEFAULT_STORE_ROOT):
         self.root = Path(root).resolve()
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"store root {str(self.root)!r} is a file, not a folder")
+        for path in (self.root, *self.root.parents):  # the root, or a folder it would be made in
+            if path.exists():
+                if not path.is_dir():
+                    raise StoreError(f"store root {str(self.root)!r}: {str(path)!r} is a file, not a folder")
+                break
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"

@@ -58,6 +58,8 @@ def load_open_clip(model: str, pretrained: str | None = None, device: str = "cpu
     or an `hf-hub:` name."""
     import open_clip
 
+    if Path(model).is_dir():
+        pretrained = None  # a folder (a store repo, an hf-hub download) holds its own weights
     check_activation(model, pretrained)
     name = f"local-dir:{Path(model).resolve()}" if Path(model).is_dir() else model
     try:

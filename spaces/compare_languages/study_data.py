@@ -24,8 +24,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipelines.artifacts.reader import DatasetArtifact
-from pipelines.artifacts.store import HubStore, Store, open_store, parse_ref
-from pipelines.harness.lineage import derived
+from pipelines.artifacts.store import HubStore, Store, open_store
+from pipelines.errors import UserError
+from pipelines.harness import lineage
+from pipelines.harness.lineage import version_refs
 from pipelines.prompting.grammar import LANGUAGES
 
 VERSIONS_ENV = "T2I_BIAS_SPACE_VERSIONS"
@@ -90,28 +92,20 @@ class Study:
         )
 
     def _load(self, name: str, spec: str) -> Version:
-        ref = parse_ref(spec, namespace=self.namespace)
-        images_ref = f"{ref.repo_id}@{self.store.revision_of(ref, 'dataset')}"
-        images = DatasetArtifact(self.store.resolve(images_ref, "dataset"), images_ref)
-        found = derived(self.store, ref.repo_id.split("/")[0], images_ref, "classify")
-        if not found:
-            raise StudyError(f"version {name!r}: no attributes made by classify from {images_ref}")
-        attributes = DatasetArtifact(self.store.resolve(found[0], "dataset"), found[0])
-        bias_found = derived(self.store, ref.repo_id.split("/")[0], found[0], "evaluate_bias")
-        if not bias_found:
-            raise StudyError(f"version {name!r}: no bias results made by evaluate_bias from {found[0]}")
-        bias = DatasetArtifact(self.store.resolve(bias_found[0], "dataset"), bias_found[0])
-        alignment_found = derived(self.store, ref.repo_id.split("/")[0], images_ref, "evaluate_alignment")
+        try:
+            refs = version_refs(self.store, self.namespace, name, spec)
+        except UserError as err:
+            raise StudyError(str(err)) from None
+        images = DatasetArtifact(self.store.resolve(refs["images"], "dataset"), refs["images"])
+        attributes = DatasetArtifact(self.store.resolve(refs["attributes"], "dataset"), refs["attributes"])
+        bias = DatasetArtifact(self.store.resolve(refs["bias"], "dataset"), refs["bias"])
         alignment = (
-            DatasetArtifact(self.store.resolve(alignment_found[0], "dataset"), alignment_found[0])
-            if alignment_found
+            DatasetArtifact(self.store.resolve(refs["alignment"], "dataset"), refs["alignment"])
+            if "alignment" in refs
             else None
         )
         columns = ["prompt_id", "language", "variant", "profession", "sample_index", "status"] + list(ATTRIBUTES)
         frames = [read_config(attributes, config, columns) for config in attributes.configs]
-        refs = {"images": images_ref, "attributes": found[0], "bias": bias_found[0]}
-        if alignment_found:
-            refs["alignment"] = alignment_found[0]
         return Version(
             name=name,
             images=images,
@@ -302,13 +296,10 @@ class Study:
 
 def parse_versions(text: str) -> dict[str, str]:
     """`base=ns/images-base-eval,finetuned=ns/images-finetuned-eval@v1` as a dict."""
-    versions = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, spec = item.partition("=")
-        if not name or not spec:
-            raise ValueError(f"{VERSIONS_ENV}: {item!r} is not name=repo[@revision]")
-        versions[name.strip()] = spec.strip()
-    return versions
+    try:
+        return lineage.parse_versions(text, VERSIONS_ENV)
+    except UserError as err:
+        raise StudyError(str(err)) from None
 
 
 def load_study_from_env() -> Study:

@@ -145,7 +145,14 @@ class GenerateImages(ShardedStage):
     not_parameters = ("work_dir", "device")
 
     def model_options(self, name: str) -> dict[str, Any]:
-        return {"what": name, "kinds": ("store", "hub", "folder"), "hub_files": hub_pipeline_files}
+        from pipelines.modeling.diffusion import pipeline_problem
+
+        return {
+            "what": name,
+            "kinds": ("store", "hub", "folder"),
+            "hub_files": hub_pipeline_files,
+            "check": pipeline_problem,
+        }
 
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
         from pipelines.harness.estimate import Estimate, download_of, hours, image_seconds

@@ -23,6 +23,7 @@ from typing import Any
 from pipelines import PROJECT_ROOT, __version__
 from pipelines.errors import ConfigError
 from pipelines.harness.config import StageArguments
+from pipelines.harness.lineage import parse_versions, version_refs
 from pipelines.harness.stage import Stage, StageRun
 
 SOURCE = PROJECT_ROOT / "spaces" / "compare_languages"
@@ -43,8 +44,7 @@ class Arguments(StageArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_choice("space_store", ("hub", "local"))
-        if "=" not in self.versions:
-            raise ConfigError(f"versions={self.versions!r}: expected label=ns/images[@rev],...")
+        parse_versions(self.versions)
 
 
 def build_wheel(folder: Path) -> Path:
@@ -79,6 +79,11 @@ class PublishSpace(Stage):
 
     def build(self, run: StageRun, folder: Path) -> str:
         args: Arguments = run.args
+        if args.space_store == "local" or args.store == "hub":
+            # The Space will read this very store: each version must have what the Space shows,
+            # or the Space would publish fine and fail on its first start.
+            for label, spec in parse_versions(args.versions).items():
+                version_refs(run.store, args.namespace, label, spec)
         for name in APP_FILES:
             shutil.copyfile(SOURCE / name, folder / name)
         wheel = build_wheel(folder / "wheels")

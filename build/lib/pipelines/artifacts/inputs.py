@@ -8,8 +8,9 @@ A model input may be:
 - a folder or a file, absolute or relative (`weights/res34_fair_align_multi_7_20190809.pt`):
   pinned by a hash of its content, so changed weights are a new input, and recorded by name only,
   never by an absolute path;
-- a library's own model name (open_clip's `ViT-L-14-quickgelu` or `hf-hub:org/name`), resolved
-  by that library when the model is loaded.
+- open_clip's `hf-hub:org/name[@revision]`: downloaded (config and weights) and pinned to its commit;
+- a library's own model name (open_clip's `ViT-L-14-quickgelu`), resolved by that library when the
+  model is loaded.
 
 Anything else is a one-line error naming the input: "no such model", never "malformed repo id".
 """
@@ -75,6 +76,7 @@ def resolve_model(
     is_library_name: Callable[[str], bool] | None = None,
     hub_files: Callable[[str, str], list[str] | None] | None = None,
     repo_type: str = "model",
+    check: Callable[[Path], str | None] | None = None,
 ) -> ModelInput:
     """Finds a model input, in this order: a path, a library name, a store repo, a Hub repo.
 
@@ -87,8 +89,26 @@ def resolve_model(
         hub_files (`Callable`, *optional*): given a Hub repo id and revision, the files to download
             (None: all), so a stage fetches only what it loads.
         repo_type (`str`): `model`, or `dataset` for a data source given the same ways (MAGBIG's files).
+        check (`Callable`, *optional*): given the resolved folder or file, what is wrong with it for
+            this stage (None: nothing), so a folder without a model is refused before any work.
     """
-    kinds = tuple(kinds)
+    found = _resolve(spec, store, namespace, what, tuple(kinds), is_library_name, hub_files, repo_type)
+    problem = check(found.path) if check is not None and found.path is not None else None
+    if problem:
+        raise ConfigError(f"{what}={spec.strip()!r}: {problem}")
+    return found
+
+
+def _resolve(
+    spec: str,
+    store: Store,
+    namespace: str | None,
+    what: str,
+    kinds: tuple[str, ...],
+    is_library_name: Callable[[str], bool] | None,
+    hub_files: Callable[[str, str], list[str] | None] | None,
+    repo_type: str,
+) -> ModelInput:
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"{what}: empty model input")
     spec = spec.strip()
@@ -100,7 +120,15 @@ def resolve_model(
             raise ConfigError(f"{what}={spec!r} is a file; a model folder or repo is expected")
         kind = "folder" if path.is_dir() else "file"
         return ModelInput(spec, kind, f"{kind}:{path.resolve().name}@sha256:{content_hash(path)}", path.resolve())
-    if "name" in kinds and (spec.startswith("hf-hub:") or (is_library_name is not None and is_library_name(spec))):
+    if "name" in kinds and spec.startswith("hf-hub:"):
+        # open_clip's Hub names: fetched here so the lineage pins the commit and a typo fails now.
+        try:
+            ref = parse_ref(spec.removeprefix("hf-hub:"))
+        except StoreError:
+            raise ConfigError(f"{what}={spec!r}: no such model (hf-hub: needs an org/name Hub id)") from None
+        found = _from_hub(spec, ref.repo_id, ref.revision, what, open_clip_hub_files)
+        return ModelInput(spec, "hub", f"hf-hub:{found.pin}", found.path, found.repo_id, found.revision)
+    if "name" in kinds and is_library_name is not None and is_library_name(spec):
         return ModelInput(spec, "name", spec)
     if _looks_like_path(spec):
         raise ConfigError(f"{what}={spec!r}: no such file or folder")
@@ -173,6 +201,24 @@ def diffusers_files(files: list[str], model_index: dict) -> list[str]:
                 continue  # other frameworks' weights and nested variants
             wanted.append(name)
     return sorted(set(wanted))
+
+
+OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def open_clip_hub_files(repo_id: str, revision: str) -> list[str]:
+    """The files open_clip loads from an `hf-hub:` repo: its config and one weights file, safetensors
+    over `.bin` when both exist (offline, whichever the cache holds)."""
+    from huggingface_hub import HfApi
+
+    try:
+        files = set(HfApi().list_repo_files(repo_id, revision=revision))
+    except Exception:  # noqa: BLE001 - offline: the cache decides
+        return list(OPEN_CLIP_FILES)
+    weights = (
+        "open_clip_model.safetensors" if "open_clip_model.safetensors" in files else "open_clip_pytorch_model.bin"
+    )
+    return ["open_clip_config.json", weights]
 
 
 def hub_pipeline_files(repo_id: str, revision: str) -> list[str] | None:

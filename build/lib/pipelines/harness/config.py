@@ -79,6 +79,11 @@ class StoreArguments:
     )
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            # On a command line an optional setting is unset with `none` (a recipe writes null).
+            value = getattr(self, f.name)
+            if isinstance(value, str) and value.lower() in ("none", "null") and str(f.type).endswith("| None"):
+                setattr(self, f.name, None)
         if self.store not in BACKENDS:
             raise ConfigError(f"store={self.store!r}: allowed {', '.join(BACKENDS)}")
         try:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipelines.artifacts.store import Store, parse_ref
-from pipelines.errors import UserError
+from pipelines.errors import ConfigError, DataError, UserError
 
 
 def evaluated_images(results: Iterable[Any]) -> dict[str, str]:
@@ -50,3 +50,44 @@ def derived(store: Store, namespace: str, source: str, stage: str, input_name: s
             if lineage.get("stage") == stage and (lineage.get("inputs") or {}).get(input_name) == source:
                 found.append((entry.created_at, f"{repo_id}@{entry.revision}"))
     return [ref for _, ref in sorted(found, reverse=True)]
+
+
+def parse_versions(text: str, what: str = "versions") -> dict[str, str]:
+    """Model versions to compare, `label=ns/images[@rev],...`, as `{label: images}`.
+
+    Example:
+        >>> parse_versions("base=study/images-base, finetuned=images-ft@v1")
+        {'base': 'study/images-base', 'finetuned': 'images-ft@v1'}
+    """
+    versions: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in str(text).split(","))):
+        label, _, spec = item.partition("=")
+        if not label.strip() or not spec.strip():
+            raise ConfigError(f"{what}: {item!r} is not label=ns/images[@revision]")
+        if label.strip() in versions:
+            raise ConfigError(f"{what}: the label {label.strip()!r} is given twice")
+        versions[label.strip()] = spec.strip()
+    if not versions:
+        raise ConfigError(f"{what}: no model version given (label=ns/images[@revision],...)")
+    return versions
+
+
+def version_refs(store: Store, namespace: str, label: str, spec: str) -> dict[str, str]:
+    """A model version's pinned artifacts, found by lineage from its images: `images`, `attributes`
+    (classify), `bias` (evaluate_bias) and, when measured, `alignment` (evaluate_alignment)."""
+    ref = parse_ref(spec, namespace=namespace)
+    if not store.exists(ref.repo_id, "dataset"):
+        raise DataError(f"version {label!r}: no images dataset {ref.repo_id} in the store")
+    images = f"{ref.repo_id}@{store.revision_of(ref, 'dataset')}"
+    owner = ref.repo_id.split("/")[0]
+    attributes = derived(store, owner, images, "classify")
+    if not attributes:
+        raise DataError(f"version {label!r}: no attributes made by classify from {images}")
+    bias = derived(store, owner, attributes[0], "evaluate_bias")
+    if not bias:
+        raise DataError(f"version {label!r}: no bias results made by evaluate_bias from {attributes[0]}")
+    refs = {"images": images, "attributes": attributes[0], "bias": bias[0]}
+    alignment = derived(store, owner, images, "evaluate_alignment")
+    if alignment:
+        refs["alignment"] = alignment[0]
+    return refs

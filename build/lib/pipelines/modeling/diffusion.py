@@ -64,6 +64,15 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.float16 if device.startswith("cuda") else torch.float32
 
 
+def pipeline_problem(folder: Path) -> str | None:
+    """What keeps a folder from being a diffusers pipeline or LoRA weights (None: nothing)."""
+    if not folder.is_dir():
+        return "a diffusers model folder or repo is expected, not a file"
+    if not (folder / "model_index.json").is_file() and not (folder / LORA_WEIGHTS).is_file():
+        return f"the folder has neither model_index.json nor {LORA_WEIGHTS} (not a diffusers pipeline)"
+    return None
+
+
 def is_lora(folder: Path) -> bool:
     return (folder / LORA_WEIGHTS).is_file() and not (folder / "model_index.json").is_file()
 
@@ -87,7 +96,7 @@ def load_pipeline(
     if is_lora(folder):
         base = base_of_lora(folder, model.given)
         pipe = load_pipeline(
-            resolve_model(base, store, namespace=namespace, what="base_model"),
+            resolve_model(base, store, namespace=namespace, what="base_model", check=pipeline_problem),
             store,
             namespace=namespace,
             scheduler=scheduler,

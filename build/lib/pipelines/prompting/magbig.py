@@ -123,15 +123,19 @@ def read_set(folder: Path, name: str) -> dict[str, dict[str, str]] | None:
 
 
 def check_aligned(name: str, prompts: dict[str, dict[str, str]]) -> list[str]:
-    """The set's names (English's order); every language must have exactly the same names."""
-    reference = prompts.get("en") or next(iter(prompts.values()))
-    names = list(reference)
-    for language, by_name in prompts.items():
-        missing, extra = sorted(set(names) - set(by_name)), sorted(set(by_name) - set(names))
-        if missing or extra:
+    """The set's names (English's order first); every language must have a prompt for every name.
+
+    The reference is the union over languages, so a prompt missing from English itself is
+    reported against English rather than as an "extra" name in every other language.
+    """
+    first = prompts.get("en") or next(iter(prompts.values()))
+    names = list(dict.fromkeys([*first, *(entry for by_name in prompts.values() for entry in by_name)]))
+    for language, by_name in sorted(prompts.items(), key=lambda item: item[0] != "en"):
+        missing = [entry for entry in names if entry not in by_name]
+        if missing:
             raise DataError(
-                f"MAGBIG {name}: the {language} prompts do not line up with the English names "
-                f"(missing: {', '.join(missing[:5]) or 'none'}; extra: {', '.join(extra[:5]) or 'none'})"
+                f"MAGBIG {name}: the {language} prompts do not line up with the other languages' names "
+                f"(missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})"
             )
     return names
 

@@ -1,0 +1,229 @@
+"""The bad-input battery: every stage, the training script and the runner, given what a hurried or
+hostile user types. Each case must end with exit code 2 and one line naming the input (never a
+traceback), and leave the store exactly as it was: no new revision, no leftover file.
+
+One table drives it: (command, arguments, a fragment of the expected message). Arguments may name
+the study's artifacts as `{prompts}`, `{images}`, `{attributes}`, `{bias}`, `{train}`, `{model}`,
+files the fixture makes as `{tmp}/...`, and the store root as `{root}`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from pipelines import build_tiny_model, classify, collect_datasets, evaluate_bias, generate_images, generate_prompts
+
+from .conftest import image_arguments
+
+# (command, arguments, message fragment). A command is a stage's module name, "train" or "run".
+CASES: list[tuple[str, list[str], str]] = [
+    # Any stage: flags, recipes, stores.
+    ("generate_prompts", ["--profesions", "nurse"], "--profesions: did you mean --professions?"),
+    ("generate_prompts", ["--professions"], "--professions: expected at least one argument"),
+    ("generate_prompts", ["--recipe", "{tmp}/missing.yaml"], "missing.yaml"),
+    ("generate_prompts", ["--recipe", "{tmp}/broken.yaml"], "broken.yaml', line 4, column 1: YAML syntax error"),
+    ("generate_prompts", ["--recipe", "{tmp}/string_list.yaml"], "professions"),
+    ("generate_prompts", ["--recipe", "{tmp}/recipe.yaml", "--step", "nosuch"], "nosuch"),
+    ("generate_prompts", ["--store_root", "{tmp}/a_file"], "a_file"),
+    ("generate_prompts", ["--store_root", "{tmp}/a_file/hub"], "a_file"),
+    # generate_prompts
+    ("generate_prompts", ["--genders", "robot"], "genders"),
+    ("generate_prompts", ["--ages", "young", "old", "young"], "ages: duplicate value(s) 'young'"),
+    ("generate_prompts", ["--styles", ""], "styles"),
+    # translate_prompts
+    ("translate_prompts", ["--input", "{prompts}", "--languages", "pt"], "languages"),
+    ("translate_prompts", ["--input", "{prompts}", "--backend", "google"], "backend"),
+    ("translate_prompts", ["--input", "no-such-prompts"], "no-such-prompts"),
+    ("translate_prompts", ["--input", "{images}"], "prompts"),
+    ("translate_prompts", ["--input", "{prompts}", "--batch_size", "0"], "batch_size=0"),
+    (
+        "translate_prompts",
+        ["--input", "{custom}", "--languages", "de"],
+        "German lexicon (pipelines/lexicons/de.yaml): profession 'zeppelin pilot'",
+    ),
+    # import_magbig
+    ("import_magbig", ["--sets", "directt"], "sets"),
+    ("import_magbig", ["--languages", "pt"], "languages"),
+    ("import_magbig", ["--source", "{tmp}/nowhere"], "nowhere"),
+    # build_tiny_model
+    ("build_tiny_model", ["--kind", "sdxl"], "kind='sdxl'"),
+    ("build_tiny_model", ["--resolution", "30"], "resolution=30"),
+    ("build_tiny_model", ["--input", "{attributes}"], "prompts"),
+    # generate_images
+    ("generate_images", ["--input", "{prompts}", "--languages", "pt"], "pt"),
+    ("generate_images", ["--input", "{prompts}", "--variants", "eval_directt"], "eval_directt"),
+    ("generate_images", ["--input", "{prompts}", "--num_images", "0"], "num_images=0"),
+    ("generate_images", ["--input", "{prompts}", "--seeds", "random"], "seeds='random'"),
+    ("generate_images", ["--input", "{prompts}", "--scheduler", "euler_x"], "euler_x"),
+    ("generate_images", ["--input", "{prompts}", "--dtype", "fp8"], "dtype='fp8'"),
+    ("generate_images", ["--input", "{prompts}", "--guidance_scale", "lots"], "guidance_scale"),
+    ("generate_images", ["--input", "{prompts}", "--professions", "astronaut"], "astronaut"),
+    ("generate_images", ["--input", "{attributes}"], "prompts"),
+    ("generate_images", ["--input", "{prompts}", "--height", "30"], "height=30"),
+    ("generate_images", ["--input", "{prompts}", "--face_filter", "yolo"], "face_filter"),
+    ("generate_images", ["--input", "study/prompts@deadbeef"], "deadbeef"),
+    # collect_datasets
+    (
+        "collect_datasets",
+        ["--prompts", "{prompts}", "--images", "{images}", "--caption_variant", "x"],
+        "caption_variant",
+    ),
+    (
+        "collect_datasets",
+        ["--prompts", "{prompts}", "--images", "{images}", "--gendered_share", "1.5"],
+        "gendered_share",
+    ),
+    ("collect_datasets", ["--prompts", "{prompts}", "--images", "{images}", "--caption_languages", "pt"], "pt"),
+    ("collect_datasets", ["--prompts", "{prompts}", "--images", "{prompts}"], "images"),
+    ("collect_datasets", ["--prompts", "{prompts}", "--images", "{images}", "--image_configs", "xx_eval"], "xx_eval"),
+    # classify
+    ("classify", ["--input", "{images}", "--detector", "yolo"], "detector='yolo'"),
+    ("classify", ["--input", "{images}", "--classifier", "resnet"], "classifier='resnet'"),
+    ("classify", ["--input", "{images}", "--chip_size", "0"], "chip_size=0"),
+    ("classify", ["--input", "{images}", "--chip_padding", "-1"], "chip_padding"),
+    ("classify", ["--input", "{images}", "--configs", "fr_eval_direct"], "fr_eval_direct"),
+    ("classify", ["--input", "{prompts}"], "images"),
+    # evaluate_bias
+    ("evaluate_bias", ["--input", "{images}"], "a dataset of attributes (made by classify) is expected"),
+    ("evaluate_bias", ["--input", "{attributes}", "--attributes", "height"], "height"),
+    ("evaluate_bias", ["--input", "{attributes}", "--nonbinary", "x"], "nonbinary='x'"),
+    ("evaluate_bias", ["--input", "{attributes}", "--confidence", "1.5"], "confidence=1.5"),
+    ("evaluate_bias", ["--input", "{attributes}", "--rounds", "0"], "rounds=0"),
+    ("evaluate_bias", ["--input", "{attributes}", "--num_occupations", "0"], "num_occupations=0"),
+    # evaluate_alignment
+    ("evaluate_alignment", ["--input", "{images}", "--convention", "x"], "convention='x'"),
+    ("evaluate_alignment", ["--input", "{images}", "--on_corrupt", "ignore"], "on_corrupt='ignore'"),
+    ("evaluate_alignment", ["--input", "{images}", "--configs", "xx_eval_direct"], "xx_eval_direct"),
+    ("evaluate_alignment", ["--input", "{attributes}"], "images"),
+    ("evaluate_alignment", ["--input", "{images}", "--clip_model", "ViT-L-14"], "QuickGELU"),
+    # attach_results
+    ("attach_results", ["--bias", "{images}"], "bias"),
+    ("attach_results", ["--bias", "no-such-bias"], "no-such-bias"),
+    # publish_space
+    ("publish_space", ["--versions", "base"], "versions"),
+    ("publish_space", ["--space_store", "ftp"], "space_store='ftp'"),
+    (
+        "publish_space",
+        ["--versions", "base=no-such-images", "--space_store", "local"],
+        "no images dataset study/no-such-images",
+    ),
+    ("publish_space", ["--versions", "base={prompts}", "--space_store", "local"], "no attributes made by classify"),
+    ("publish_space", ["--versions", "base={images},base={images}"], "the label 'base' is given twice"),
+    # The training script.
+    ("train", ["--dataset_name", "{train}", "--mixed_precision", "fp8"], "mixed_precision='fp8'"),
+    ("train", ["--dataset_name", "{train}", "--max_train_steps", "-1"], "max_train_steps=-1"),
+    ("train", ["--dataset_name", "{train_name}", "--dataset_revision", "nope"], "'nope'"),
+    ("train", ["--dataset_name", "{prompts}"], "dataset_name"),
+    ("train", ["--dataset_name", "{train}", "--resolution", "0"], "resolution=0"),
+    ("train", ["--dataset_name", "{train}", "--learnig_rate", "1"], "did you mean --learning_rate?"),
+    ("train", ["--dataset_name", "{train}", "--dataset_config_name", "xx"], "xx"),
+    ("train", ["--dataset_name", "{train}", "--pretrained_model_name_or_path", "{tmp}/nowhere"], "nowhere"),
+    # The runner.
+    ("run", ["{tmp}/missing.yaml"], "missing.yaml"),
+    ("run", ["{tmp}/recipe.yaml", "--bogus"], "--bogus"),
+    ("run", ["{tmp}/recipe.yaml", "--set", "nostep.professions=[nurse]"], "nostep"),
+    ("run", ["{tmp}/recipe.yaml", "--set", "generate_prompts.professions"], "STEP.KEY=VALUE"),
+    ("run", ["{tmp}/broken.yaml"], "broken.yaml', line 4, column 1: YAML syntax error"),
+    ("run", ["{tmp}/string_list.yaml"], "professions"),
+    ("run", ["{tmp}/unknown_stage.yaml"], "make_coffee"),
+]
+
+
+@pytest.fixture(scope="module")
+def study(tiny_study: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The session study with images, attributes, bias results and a training set; and bad files."""
+    common = {"store_root": tiny_study["store_root"], "namespace": "study"}
+    fairface = build_tiny_model.run(build_tiny_model.Arguments(**common, kind="fairface"))
+    images = generate_images.run(image_arguments(tiny_study, output_repo="battery-images", languages=["en"]))
+    attributes = classify.run(
+        classify.Arguments(**common, input=str(images), detector="none", classifier_model=str(fairface))
+    )
+    bias = evaluate_bias.run(evaluate_bias.Arguments(**common, input=str(attributes), rounds=10))
+    custom = generate_prompts.run(
+        generate_prompts.Arguments(**common, professions=["zeppelin pilot", "nurse"], output_repo="battery-custom")
+    )
+    train = collect_datasets.run(
+        collect_datasets.Arguments(
+            **common, prompts=tiny_study["prompts"], images=str(images), output_repo="battery-train"
+        )
+    )
+    tmp = tmp_path_factory.mktemp("battery")
+    (tmp / "a_file").write_text("not a folder")
+    (tmp / "nowhere").mkdir()  # exists, holds nothing a stage can read
+    (tmp / "recipe.yaml").write_text("stages:\n  - stage: generate_prompts\n    professions: [nurse]\n")
+    (tmp / "broken.yaml").write_text("stages:\n  - stage: generate_prompts\n    professions: [nurse\n")
+    (tmp / "string_list.yaml").write_text("stages:\n  - stage: generate_prompts\n    professions: nurse\n")
+    (tmp / "unknown_stage.yaml").write_text("stages:\n  - stage: make_coffee\n")
+    values = {
+        "prompts": tiny_study["prompts"],
+        "model": tiny_study["model"],
+        "images": str(images),
+        "attributes": str(attributes),
+        "bias": str(bias),
+        "train": str(train),
+        "custom": str(custom),
+        "train_name": train.repo_id,
+        "tmp": str(tmp),
+        "root": tiny_study["store_root"],
+    }
+    return values
+
+
+def call(command: str, argv: list[str]) -> int:
+    """Runs a command line in this process; returns its exit code."""
+    if command == "run":
+        from pipelines import run
+
+        main = run.main
+    elif command == "train":
+        main = importlib.import_module("training.train_text_to_image").main
+    else:
+        main = importlib.import_module(f"pipelines.{command}").STAGE.main
+    try:
+        main(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0
+
+
+def store_files(root: str) -> dict[str, int]:
+    """Every file under the store (locks aside) with its size: what a failed run must not change."""
+    return {
+        str(path.relative_to(root)): path.stat().st_size
+        for path in Path(root).rglob("*")
+        if path.is_file() and not path.name.endswith(".lock")
+    }
+
+
+@pytest.mark.parametrize(("command", "argv", "fragment"), CASES, ids=[f"{c}:{' '.join(a)}" for c, a, _ in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    study: dict, command: str, argv: list[str], fragment: str, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    argv = [part.format(**study) for part in argv]
+    defaults = {"--store_root": study["root"], "--namespace": "study"}
+    if command == "train":
+        defaults |= {"--pretrained_model_name_or_path": study["model"], "--resolution": "64"}
+    for flag, value in defaults.items():
+        if flag not in argv:
+            argv += [flag, value]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = store_files(study["root"])
+    code = call(command, argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2, err[-3000:]
+    assert len(lines) == 1, err[-3000:]
+    assert fragment in lines[0], lines[0]
+    assert lines[0].startswith(f"{'train_text_to_image' if command == 'train' else command}: error: "), lines[0]
+    assert store_files(study["root"]) == before
+
+
+def test_the_battery_covers_every_stage_the_training_script_and_the_runner() -> None:
+    from pipelines.run import STAGES
+
+    covered = {"train_text_to_image" if command == "train" else command for command, _, _ in CASES}
+    assert covered == set(STAGES) | {"run"}
+    assert len(CASES) >= 40
