@@ -48,24 +48,24 @@ class Arguments(StageArguments):
 
 
 def build_wheel(folder: Path) -> Path:
-    """The toolkit as a wheel (no dependencies: the Space's requirements name what it needs)."""
+    """The toolkit as a wheel (no dependencies: the Space's requirements name what it needs), built
+    from a copy of its sources so the checkout gains no build/ or egg-info folders."""
+    import tempfile
+
     folder.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            str(PROJECT_ROOT),
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(folder),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    with tempfile.TemporaryDirectory(prefix="t2i-bias-wheel-") as tmp:
+        source = Path(tmp) / "source"
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for name in ("pipelines", "training"):
+            shutil.copytree(PROJECT_ROOT / name, source / name, ignore=skip)
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copyfile(PROJECT_ROOT / name, source / name)
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
+             "-w", str(folder)],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
     wheels = sorted(folder.glob("t2i_bias-*.whl"))
     if result.returncode != 0 or not wheels:
         raise ConfigError(f"the toolkit's wheel could not be built: {result.stderr.strip().splitlines()[-1:]}")

@@ -5,7 +5,7 @@
 Two backends:
 
 - `lexicon` (default; offline, deterministic): each prompt is realised from its row's attributes by
-  the language's grammar and lexicon (`pipelines/grammar.py`, `pipelines/lexicons/`), with case,
+  the language's grammar and lexicon (`pipelines/grammar.py`, `pipelines/prompting/lexicons/`), with case,
   agreement, feminine forms and a gender-neutral form per language;
 - `transformers`: a translation model translates the English prompts, e.g.
   `--translation_model "Helsinki-NLP/opus-mt-en-{lang}"` (one model per language) or an NLLB model

@@ -42,7 +42,7 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "translate_prompts",
         ["--input", "{custom}", "--languages", "de"],
-        "German lexicon (pipelines/lexicons/de.yaml): profession 'zeppelin pilot'",
+        "German lexicon (pipelines/prompting/lexicons/de.yaml): profession 'zeppelin pilot'",
     ),
     # import_magbig
     ("import_magbig", ["--sets", "directt"], "sets"),

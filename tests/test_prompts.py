@@ -442,7 +442,7 @@ def test_missing_words_are_named() -> None:
             ["close-up", "drone shot"], ["young"], ["doctor", "astronaut"], ["wearing work clothes"], ["at work"]
         )
     assert str(caught.value) == (
-        "missing from the German lexicon (pipelines/lexicons/de.yaml): style 'drone shot', profession 'astronaut'"
+        "missing from the German lexicon (pipelines/prompting/lexicons/de.yaml): style 'drone shot', profession 'astronaut'"
     )
     with pytest.raises(LexiconError, match="profession 'astronaut' is missing from the Japanese lexicon"):
         load_grammar("ja").eval_direct("astronaut")

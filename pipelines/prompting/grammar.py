@@ -1,6 +1,6 @@
 """Offline, deterministic prompt realisation in every language AltDiffusion-m9 speaks.
 
-Each language has a lexicon (`pipelines/lexicons/<code>.yaml`: its words for the grid's attributes
+Each language has a lexicon (`pipelines/prompting/lexicons/<code>.yaml`: its words for the grid's attributes
 and every profession, with gendered and gender-neutral forms) and a grammar here (articles, case,
 agreement, word order). A prompt is realised from the row's attributes, never by substituting words
 in the English sentence, so "close-up photo of a young female barber" becomes "Nahaufnahme einer
@@ -67,7 +67,7 @@ class Grammar:
         except KeyError:
             raise LexiconError(
                 f"{table[:-1]} {key!r} is missing from the {LANGUAGES[self.code]} lexicon "
-                f"(pipelines/lexicons/{self.code}.yaml)"
+                f"(pipelines/prompting/lexicons/{self.code}.yaml)"
             ) from None
 
     def check(
@@ -83,7 +83,7 @@ class Grammar:
         ]
         if missing:
             raise LexiconError(
-                f"missing from the {LANGUAGES[self.code]} lexicon (pipelines/lexicons/{self.code}.yaml): "
+                f"missing from the {LANGUAGES[self.code]} lexicon (pipelines/prompting/lexicons/{self.code}.yaml): "
                 + ", ".join(missing)
             )
 
