@@ -11,7 +11,10 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="t2i-bias-hf-home-"))
+if "HF_HOME" not in os.environ:
+    os.environ["HF_HOME"] = _HF_HOME = tempfile.mkdtemp(prefix="t2i-bias-hf-home-")
+else:
+    _HF_HOME = None
 for variable in ("T2I_BIAS_STORE", "T2I_BIAS_STORE_ROOT", "T2I_BIAS_NAMESPACE"):
     os.environ.pop(variable, None)
 
@@ -20,6 +23,14 @@ import pytest  # noqa: E402
 from pipelines.artifacts.store import LocalStore  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The Hugging Face cache made for this session goes with it."""
+    import shutil
+
+    if _HF_HOME is not None and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(_HF_HOME, ignore_errors=True)
 
 
 @pytest.fixture

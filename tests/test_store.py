@@ -162,7 +162,7 @@ import sys, tempfile, pathlib
 from pipelines.artifacts.store import LocalStore
 store = LocalStore(sys.argv[1])
 for i in range(int(sys.argv[3])):
-    folder = pathlib.Path(tempfile.mkdtemp())
+    folder = pathlib.Path(tempfile.mkdtemp(dir=sys.argv[1] + "-sources"))
     (folder / "who.txt").write_text(f"{sys.argv[2]}-{i}")
     for j in range(20):
         (folder / f"pad{j}.txt").write_text("x" * 1000)
@@ -172,6 +172,7 @@ for i in range(int(sys.argv[3])):
 
 def test_concurrent_pushes_all_land(store: LocalStore) -> None:
     pushes = 6
+    Path(f"{store.root}-sources").mkdir()  # the writers' folders, beside the store in the test's tmp_path
     writers = [
         subprocess.Popen(
             [sys.executable, "-c", _PUSHER, str(store.root), name, str(pushes)],
