@@ -15,8 +15,11 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU"
 
 
-def write_report(name: str, report: dict[str, Any]) -> None:
-    """Prints the report and keeps it as benchmarks/results/<name>.json."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2))
+def write_report(name: str, report: dict[str, Any], folder: str | Path | None = None) -> Path:
+    """Prints the report and keeps it as benchmarks/results/<name>.json (or in `folder`)."""
+    folder = Path(folder) if folder else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+    return path

@@ -173,6 +173,7 @@ class EvaluateBias(Stage):
                     )
         if not summaries:
             raise DataError(f"input={run.inputs['input']}: no rows to evaluate")
+        figures += cross_language_figures(folder / "figures", summaries)
         writer = DatasetWriter(folder, schemas.BIAS_SUMMARY)
         writer.write("summary", summaries)
         writer.close()
@@ -235,6 +236,48 @@ class EvaluateBias(Stage):
             task_categories=["text-to-image"],
             tags=["bias", "evaluation", "results"],
         ).save(folder / "README.md")
+
+
+def cross_language_figures(folder: Path, summaries: list[dict]) -> list[Path]:
+    """Per prompt variant (and intervention) and attribute, the languages side by side: mean L1 from
+    uniform with its interval, and MAGBIG's expected maximum beside its random reference."""
+    from pipelines.reporting.figures import grouped_bars
+
+    figures = []
+    groups = sorted({(s["variant"], s["intervention"], s["attribute"]) for s in summaries})
+    for variant, intervention, attribute in groups:
+        if attribute not in ("gender", "race", "age"):
+            continue
+        chosen = [s for s in summaries if (s["variant"], s["intervention"], s["attribute"]) == (variant, intervention,
+                                                                                              attribute)]  # fmt: skip
+        if len(chosen) < 2:
+            continue  # one language: the per-occupation figure says it all
+        languages = [s["language"] for s in chosen]
+        series = {
+            "mean L1 from uniform": [s["mean_l1"] for s in chosen],
+            "expected max L1": [s["exp_max_l1"] for s in chosen],
+            "random reference": [s["random_exp_max_l1"] for s in chosen],
+        }
+        errors = {
+            "mean L1 from uniform": ([s["mean_l1_ci_low"] for s in chosen], [s["mean_l1_ci_high"] for s in chosen]),
+            "expected max L1": ([s["exp_max_l1"] - s["exp_max_l1_std"] for s in chosen],
+                                [s["exp_max_l1"] + s["exp_max_l1_std"] for s in chosen]),
+            "random reference": ([s["random_exp_max_l1"] - s["random_exp_max_l1_std"] for s in chosen],
+                                 [s["random_exp_max_l1"] + s["random_exp_max_l1_std"] for s in chosen]),
+        }  # fmt: skip
+        values = [v for pair in errors.values() for v in pair[1] if v is not None and not math.isnan(v)]
+        name = schemas.config_name("languages", variant, intervention)
+        figures += grouped_bars(
+            folder / f"{name}_{attribute}",
+            languages,
+            series,
+            errors,
+            title=f"{variant}{'' if intervention == 'none' else ' + ' + intervention}: perceived {attribute} by "
+            "language (bars: 95% CI; exp. max: ± 1 sd)",
+            ylabel="L1 distance from uniform",
+            ymax=max(values + [1.0]) * 1.05,
+        )
+    return figures
 
 
 def summary_row(

@@ -34,6 +34,7 @@ from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Shard, ShardedStage, StageRun, shard_seconds
 from pipelines.modeling.diffusion import DTYPES, SCHEDULERS, load_pipeline
 from pipelines.prompting.grid import VARIANTS
+from pipelines.prompting.interventions import APPLIES_TO, INTERVENTIONS, TWIN_VARIANTS, Instruction, instruction
 
 SEED_SCHEMES = ("per_prompt", "index")
 FACE_FILTERS = ("mtcnn", "haar", "dlib")
@@ -53,6 +54,14 @@ class Arguments(StageArguments):
         default_factory=lambda: ["eval_direct"], metadata={"help": f"Prompt variants, any of {VARIANTS}."}
     )
     professions: list[str] = field(default_factory=list, metadata={"help": "Only these professions (all if empty)."})
+    interventions: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": f"Training-free debiasing methods, each a config of its own: any of {INTERVENTIONS} "
+            "(see pipelines/prompting/interventions.py); they apply to the eval_direct prompts, other variants "
+            "are made as written."
+        },
+    )
     max_prompts: int | None = field(
         default=None, metadata={"help": "At most this many prompts per language and variant, in dataset order."}
     )
@@ -102,6 +111,16 @@ class Arguments(StageArguments):
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ConfigError(f"variants: unknown {', '.join(map(repr, unknown))}; allowed {', '.join(VARIANTS)}")
+        self.check_choice("interventions", INTERVENTIONS)
+        if not self.interventions or len(set(self.interventions)) != len(self.interventions):
+            raise ConfigError(
+                f"interventions={self.interventions}: one or more of {', '.join(INTERVENTIONS)}, once each"
+            )
+        if self.interventions != ["none"] and not set(self.variants) & set(APPLIES_TO):
+            raise ConfigError(
+                f"interventions apply to the {', '.join(APPLIES_TO)} prompts, and variants has none of them "
+                f"({', '.join(self.variants)}); other variants are made as written"
+            )
         if self.face_filter is not None:
             self.check_choice("face_filter", FACE_FILTERS)
         self.check_choice("seeds", SEED_SCHEMES)
@@ -167,7 +186,8 @@ class GenerateImages(ShardedStage):
                     count = max(1, round(count * len(args.professions) / professions))
                 if args.max_prompts:
                     count = min(count, args.max_prompts)
-                configs[f"{language}_{variant}"] = count * args.num_images
+                for intervention in args.interventions if variant in APPLIES_TO else ["none"]:
+                    configs[schemas.config_name(language, variant, intervention)] = count * args.num_images
         images = sum(configs.values())
         estimates.put(args.repo_id(args.output_repo), kind="images", configs=configs)
         download = download_of(args.model, args, estimates, "model")
@@ -195,12 +215,17 @@ class GenerateImages(ShardedStage):
             )
         shards = []
         self.configs: dict[str, dict[str, str]] = {}
+        self.twins: dict[str, dict[tuple[str, str], str]] = {}
+        needed = sorted({v for i in args.interventions for v in TWIN_VARIANTS.get(i, ())})
         for language in args.languages:
             rows = prompts.rows(language)
             known = {row["profession"] for row in rows}
             unknown = [p for p in args.professions if p not in known]
             if unknown:
                 raise ConfigError(f"professions: {', '.join(map(repr, unknown))} not in the prompts dataset")
+            self.twins[language] = {
+                (r["variant"], r["profession"]): r["prompt"] for r in rows if r["variant"] in needed
+            }
             for variant in args.variants:
                 chosen = [row for row in rows if row["variant"] == variant]
                 if args.professions:
@@ -208,11 +233,23 @@ class GenerateImages(ShardedStage):
                 chosen = chosen[: args.max_prompts] if args.max_prompts else chosen
                 if not chosen:
                     raise DataError(f"variants: the prompts dataset has no {variant!r} prompts in {language!r}")
-                config = schemas.config_name(language, variant)
-                self.configs[config] = {"language": language, "variant": variant}
-                items = [(row, index) for row in chosen for index in range(args.num_images)]
-                for number, start in enumerate(range(0, len(items), args.images_per_shard)):
-                    shards.append(Shard(config, number, items[start : start + args.images_per_shard]))
+                for intervention in args.interventions if variant in APPLIES_TO else ["none"]:
+                    lacking = [
+                        f"{twin} ({row['profession']})"
+                        for row in chosen
+                        for twin in TWIN_VARIANTS.get(intervention, ())
+                        if (twin, row["profession"]) not in self.twins[language]
+                    ]
+                    if lacking:
+                        raise DataError(
+                            f"interventions: {intervention} needs the {language!r} prompts {', '.join(lacking[:3])}, "
+                            "which the prompts dataset lacks (made by generate_prompts)"
+                        )
+                    config = schemas.config_name(language, variant, intervention)
+                    self.configs[config] = {"language": language, "variant": variant, "intervention": intervention}
+                    items = [(row, index) for row in chosen for index in range(args.num_images)]
+                    for number, start in enumerate(range(0, len(items), args.images_per_shard)):
+                        shards.append(Shard(config, number, items[start : start + args.images_per_shard]))
         return shards
 
     def open(self, run: StageRun, device: str) -> None:
@@ -234,38 +271,78 @@ class GenerateImages(ShardedStage):
         depends on nothing outside it."""
         import numpy as np
 
+        from pipelines.prompting.grammar import load_grammar
+
         args: Arguments = run.args
+        info = self.configs[shard.config]
+        grammar = load_grammar(info["language"]) if info["intervention"] in ("negative", "sega") else None
+        twins = self.twins[info["language"]]
+
+        def told(row: dict, index: int) -> Instruction:
+            return instruction(info["intervention"], row, index, twins, grammar)
+
         pending = [(position, row, index, 0) for position, (row, index) in enumerate(shard.items)]
         done: dict[int, dict] = {}
         while pending:
             batch, pending = pending[: args.batch_size], pending[args.batch_size :]
-            made = self.generate_batch([(row, index, attempt) for _, row, index, attempt in batch], args)
+            calls = [(row, index, attempt, told(row, index)) for _, row, index, attempt in batch]
+            made = self.generate_batch(calls, args)
             faces = self.detector.detect([np.asarray(im) for im, _ in made]) if self.detector else [None] * len(made)
-            for (position, row, index, attempt), (image, seed), found in zip(batch, made, faces):
+            for (position, row, index, attempt), (image, seed), found, (*_, said) in zip(batch, made, faces, calls):
                 if found is not None and len(found) != 1 and attempt + 1 < args.max_attempts:
                     pending.append((position, row, index, attempt + 1))
                     continue
                 check = "off" if found is None else "one_face" if len(found) == 1 else "gave_up"
-                done[position] = self.image_row(row, index, image, seed, attempt, check, args)
+                done[position] = self.image_row(row, index, image, seed, attempt, check, args) | {
+                    "intervention": info["intervention"],
+                    "generation_prompt": said.prompt,
+                    "negative_prompt": said.negative_prompt,
+                    "editing_prompts": list(said.editing_prompts),
+                }
         return [done[position] for position in range(len(shard.items))]
 
-    def generate_batch(self, batch: list[tuple[dict[str, Any], int, int]], args: Arguments) -> list[tuple[Any, int]]:
-        """One pipeline call for a batch of (row, sample index, attempt); returns (image, seed) pairs."""
+    def generate_batch(
+        self, batch: list[tuple[dict[str, Any], int, int, Instruction]], args: Arguments
+    ) -> list[tuple[Any, int]]:
+        """The images of a batch of (row, sample index, attempt, instruction), as (image, seed) pairs:
+        one pipeline call per kind of call (semantic guidance edits one way or the other)."""
         import torch
 
-        seeds = [image_seed(args.seed, row["prompt_id"], index, attempt, args.seeds) for row, index, attempt in batch]
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-        with torch.inference_mode():
-            images = self.pipe(
-                [row["prompt"] for row, _, _ in batch],
-                num_inference_steps=args.num_inference_steps,
-                guidance_scale=args.guidance_scale,
-                height=args.height,
-                width=args.width,
-                generator=generators,
-                output_type="pil",
-            ).images
+        from pipelines.modeling.diffusion import sega_arguments
+
+        seeds = [
+            image_seed(args.seed, row["prompt_id"], index, attempt, args.seeds) for row, index, attempt, _ in batch
+        ]
+        groups: dict[tuple, list[int]] = {}
+        for position, (*_, said) in enumerate(batch):
+            groups.setdefault((said.editing_prompts, said.reverse_editing), []).append(position)
+        images: list[Any] = [None] * len(batch)
+        for (editing, reverse), positions in groups.items():
+            said = [batch[p][3] for p in positions]
+            negatives = [s.negative_prompt or "" for s in said]
+            extra = sega_arguments(editing, reverse, args.num_inference_steps) if editing else {}
+            with torch.inference_mode():
+                made = (self.semantic_pipe() if editing else self.pipe)(
+                    [s.prompt for s in said],
+                    negative_prompt=negatives if any(negatives) else None,
+                    num_inference_steps=args.num_inference_steps,
+                    guidance_scale=args.guidance_scale,
+                    height=args.height,
+                    width=args.width,
+                    generator=[torch.Generator(device="cpu").manual_seed(seeds[p]) for p in positions],
+                    output_type="pil",
+                    **extra,
+                ).images
+            for p, image in zip(positions, made):
+                images[p] = image
         return list(zip(images, seeds))
+
+    def semantic_pipe(self) -> Any:
+        if getattr(self, "_semantic", None) is None:
+            from pipelines.modeling.diffusion import semantic_guidance_pipeline
+
+            self._semantic = semantic_guidance_pipeline(self.pipe)
+        return self._semantic
 
     def image_row(
         self, row: dict, index: int, image: Any, seed: int, attempt: int, check: str, args: Arguments
@@ -305,9 +382,10 @@ class GenerateImages(ShardedStage):
             description=(
                 f"Images from `{run.inputs['model']}` for the prompts of `{run.inputs['input']}`: {args.num_images} "
                 f"per prompt, {args.num_inference_steps} steps of the {args.scheduler} scheduler, guidance "
-                f"{args.guidance_scale}, seeds {args.seeds.replace('_', ' ')}. One config per language and prompt "
-                "variant, paired seed for seed across languages; any image can be made again alone from its "
-                "`seed`."
+                f"{args.guidance_scale}, seeds {args.seeds.replace('_', ' ')}. One config per language, prompt "
+                "variant and intervention (`none`: the prompt as written), paired seed for seed across languages "
+                "and interventions; any image can be made again alone from its `seed`, `generation_prompt`, "
+                "`negative_prompt` and `editing_prompts`."
             ),
             lineage=run.lineage,
             configs=list(rows),

@@ -37,6 +37,10 @@ class Arguments(StageArguments):
         default="base=images-base-eval,finetuned=images-finetuned-eval",
         metadata={"help": "The model versions to show: label=ns/images[@rev],..."},
     )
+    methods: str | None = field(
+        default=None,
+        metadata={"help": "The methods comparison to show (ns/methods[@rev]; default: found by lineage)."},
+    )
     space_store: str = field(
         default="hub", metadata={"help": "Where the Space reads the study: hub, or local (a store folder beside it)."}
     )
@@ -90,6 +94,8 @@ class PublishSpace(Stage):
         requirements = (SOURCE / "requirements.txt").read_text().rstrip() + f"\n./wheels/{wheel.name}\n"
         (folder / "requirements.txt").write_text(requirements)
         config = {"versions": args.versions, "store": args.space_store, "namespace": args.namespace}
+        if args.methods:
+            config["methods"] = args.methods
         (folder / "space_config.json").write_text(json.dumps(config, indent=2) + "\n")
         from huggingface_hub import RepoCard
 

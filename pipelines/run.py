@@ -39,6 +39,7 @@ STAGES = {
     "evaluate_bias": "pipelines.evaluate_bias",
     "evaluate_alignment": "pipelines.evaluate_alignment",
     "attach_results": "pipelines.attach_results",
+    "compare_methods": "pipelines.compare_methods",
     "publish_space": "pipelines.publish_space",
 }
 

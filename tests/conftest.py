@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 # Before any Hugging Face library is imported: no network, and caches that never touch the user's.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -21,6 +23,11 @@ for variable in ("T2I_BIAS_STORE", "T2I_BIAS_STORE_ROOT", "T2I_BIAS_NAMESPACE"):
 import pytest  # noqa: E402
 
 from pipelines.artifacts.store import LocalStore  # noqa: E402
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from pipelines import generate_images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +46,7 @@ def store(tmp_path: Path) -> LocalStore:
 
 
 @pytest.fixture
-def make_folder(tmp_path: Path):
+def make_folder(tmp_path: Path) -> Callable[[dict[str, str]], Path]:
     """Makes a folder with the given files ({relative path: text}) and returns its path."""
     counter = iter(range(1_000_000))
 
@@ -54,7 +61,9 @@ def make_folder(tmp_path: Path):
     return make
 
 
-def run_python(*args: str, env: dict[str, str] | None = None, timeout: int = 600, **kwargs):
+def run_python(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 600, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Runs `python *args` from the repository root in a fresh interpreter."""
     import subprocess
 
@@ -118,7 +127,7 @@ def offline_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "result": result}
 
 
-def image_arguments(study: dict, **overrides):
+def image_arguments(study: dict, **overrides: Any) -> generate_images.Arguments:
     """generate_images arguments for the session study: small and fast, overridable."""
     from pipelines import generate_images
 

@@ -68,16 +68,22 @@ class OpenClipForTorchmetrics:
         self.model, self.preprocess, self.tokenizer = load_open_clip(folder)
         self.config = type("Config", (), {})()
 
-    def to(self, device):
+    def to(self, device: torch.device) -> OpenClipForTorchmetrics:
         return self
 
-    def get_image_features(self, pixel_values):
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixel_values)
 
-    def get_text_features(self, input_ids, attention_mask=None):
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.encode_text(input_ids)
 
-    def __call__(self, images=None, text=None, return_tensors="pt", padding=True):
+    def __call__(
+        self,
+        images: list[torch.Tensor] | None = None,
+        text: list[str] | None = None,
+        return_tensors: str = "pt",
+        padding: bool = True,
+    ) -> dict[str, torch.Tensor]:
         if images is not None:
             pixels = [self.preprocess(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in images]
             return {"pixel_values": torch.stack(pixels)}

@@ -127,7 +127,9 @@ def test_model_and_space_cards(tmp_path: Path) -> None:
     assert meta["pipeline_tag"] == "text-to-image" and meta["lineage"]["stage"] == "demo"
 
 
-def test_reader_checks_kinds_columns_and_configs(tmp_path: Path, store: LocalStore, monkeypatch) -> None:
+def test_reader_checks_kinds_columns_and_configs(
+    tmp_path: Path, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "images"
     writer = DatasetWriter(folder, datasets.Features({"language": datasets.Value("string")}))
     writer.write("en_eval_direct", [{"language": "en"}])

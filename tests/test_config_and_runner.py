@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,7 +19,7 @@ from .conftest import REPO_ROOT, run_python
 SMALL = {"professions": ["doctor", "nurse"], "styles": ["close-up"], "ages": ["young"]}
 
 
-def write_recipe(tmp_path: Path, stages: list[dict], **shared) -> Path:
+def write_recipe(tmp_path: Path, stages: list[dict], **shared: Any) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(
         yaml.safe_dump({"store_root": str(tmp_path / "hub"), "namespace": "study", **shared, "stages": stages})
@@ -85,7 +86,7 @@ def test_stage_cli_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "datasets--study--none").exists()
 
 
-def test_runner_pins_inputs_and_skips_done_stages(tmp_path: Path, capsys) -> None:
+def test_runner_pins_inputs_and_skips_done_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = write_recipe(
         tmp_path,
         [

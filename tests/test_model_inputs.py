@@ -17,6 +17,7 @@ from pipelines import build_tiny_model, classify, evaluate_alignment, generate_i
 from pipelines.artifacts.inputs import content_hash, resolve_model
 from pipelines.artifacts.store import LocalStore
 from pipelines.errors import ConfigError
+from pipelines.harness.stage import Published
 
 from .conftest import REPO_ROOT, image_arguments, run_python
 
@@ -60,7 +61,7 @@ def models(tiny_study: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {**common, **paths, **refs}
 
 
-def published_text(store: LocalStore, published) -> str:
+def published_text(store: LocalStore, published: Published) -> str:
     """Everything a published artifact holds as text: card, lineage and every row."""
     folder = store.resolve(str(published), published.repo_type)
     parts = [(folder / "README.md").read_text()]
@@ -87,7 +88,9 @@ GENERATE_FORMS = {
 
 
 @pytest.mark.parametrize("form", list(GENERATE_FORMS))
-def test_generate_images_takes_every_model_form(models: dict, form: str, monkeypatch, tmp_path: Path) -> None:
+def test_generate_images_takes_every_model_form(
+    models: dict, form: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     spec, pin = GENERATE_FORMS[form](models)
     monkeypatch.chdir(REPO_ROOT)  # relative paths are relative to where the user runs the command
     study = {**models, "store_root": str(tmp_path / "hub")}

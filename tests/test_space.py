@@ -10,7 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import httpx
@@ -24,6 +27,9 @@ from pipelines.modeling.tiny import build_tiny_open_clip
 
 from .conftest import REPO_ROOT
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 CHROMIUM = "/usr/bin/chromium"
 VERSIONS = "tiny-altdiffusion=images-base-eval,tiny-altdiffusion-debiased=images-finetuned-eval"
 SCREENSHOTS = REPO_ROOT / "tests" / "screenshots"
@@ -35,7 +41,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def load_app(path: Path, name: str):
+def load_app(path: Path, name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the file runs
@@ -44,7 +50,7 @@ def load_app(path: Path, name: str):
 
 
 @pytest.fixture(scope="module")
-def space(offline_study: dict):
+def space(offline_study: dict) -> Iterator[dict[str, Any]]:
     """The Space, launched on the offline study's store (configured by environment, as a Space is)."""
     assert offline_study["result"].returncode == 0, offline_study["result"].stderr[-3000:]
     previous = {k: os.environ.get(k) for k in ("T2I_BIAS_STORE_ROOT", "T2I_BIAS_SPACE_VERSIONS")}
@@ -61,7 +67,7 @@ def space(offline_study: dict):
     app.demo.close()
 
 
-def published(store: LocalStore, repo: str, config: str):
+def published(store: LocalStore, repo: str, config: str) -> pd.DataFrame:
     return datasets.load_dataset(str(store.resolve(repo, "dataset")), config, split="train").to_pandas()
 
 

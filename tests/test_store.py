@@ -10,9 +10,11 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, NoReturn
 
 import pytest
 
@@ -28,7 +30,7 @@ def read_tree(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_push_resolve_and_history(store: LocalStore, make_folder) -> None:
+def test_push_resolve_and_history(store: LocalStore, make_folder: Callable[[dict[str, str]], Path]) -> None:
     first = make_folder({"README.md": CARD_WITH_LINEAGE, "data/a.txt": "one"})
     rev1 = store.push(first, "ns/data", "dataset", "first")
     assert len(rev1) == 40 and rev1 == content_revision(first)
@@ -49,12 +51,12 @@ def test_push_resolve_and_history(store: LocalStore, make_folder) -> None:
     assert history[0].lineage == {"stage": "test", "fingerprint": "abc"}
 
 
-def test_revisions_are_read_only(store: LocalStore, make_folder) -> None:
+def test_revisions_are_read_only(store: LocalStore, make_folder: Callable[[dict[str, str]], Path]) -> None:
     rev = store.push(make_folder({"a.txt": "x"}), "ns/data", "dataset", "m")
     assert (store.resolve(f"ns/data@{rev}", "dataset") / "a.txt").stat().st_mode & 0o222 == 0
 
 
-def test_identical_push_is_a_no_op(store: LocalStore, make_folder) -> None:
+def test_identical_push_is_a_no_op(store: LocalStore, make_folder: Callable[[dict[str, str]], Path]) -> None:
     folder = make_folder({"a.txt": "same"})
     rev = store.push(folder, "ns/data", "dataset", "first")
     again = store.push(make_folder({"a.txt": "same"}), "ns/data", "dataset", "again")
@@ -62,7 +64,7 @@ def test_identical_push_is_a_no_op(store: LocalStore, make_folder) -> None:
     assert len(store.history("ns/data", "dataset")) == 1
 
 
-def test_repo_types_are_separate(store: LocalStore, make_folder) -> None:
+def test_repo_types_are_separate(store: LocalStore, make_folder: Callable[[dict[str, str]], Path]) -> None:
     store.push(make_folder({"a.txt": "model"}), "ns/thing", "model", "m")
     assert store.exists("ns/thing", "model") and not store.exists("ns/thing", "dataset")
     assert (store.root / "models--ns--thing").is_dir()  # the Hugging Face cache's naming
@@ -82,7 +84,9 @@ def test_repo_types_are_separate(store: LocalStore, make_folder) -> None:
         ("ns/data@bad rev", "malformed revision 'bad rev'"),
     ],
 )
-def test_errors_name_what_is_wrong(store: LocalStore, make_folder, spec: str, message: str) -> None:
+def test_errors_name_what_is_wrong(
+    store: LocalStore, make_folder: Callable[[dict[str, str]], Path], spec: str, message: str
+) -> None:
     store.push(make_folder({"a.txt": "x"}), "ns/data", "dataset", "m")
     with pytest.raises(StoreError) as caught:
         store.resolve(spec, "dataset")
@@ -90,7 +94,7 @@ def test_errors_name_what_is_wrong(store: LocalStore, make_folder, spec: str, me
     assert "\n" not in str(caught.value)
 
 
-def test_bad_repo_type_and_tag(store: LocalStore, make_folder) -> None:
+def test_bad_repo_type_and_tag(store: LocalStore, make_folder: Callable[[dict[str, str]], Path]) -> None:
     with pytest.raises(StoreError, match="unknown repo type 'datasets': allowed dataset, model, space"):
         store.push(make_folder({"a": "x"}), "ns/data", "datasets", "m")
     rev = store.push(make_folder({"a": "x"}), "ns/data", "dataset", "m", tag="v1")
@@ -122,7 +126,9 @@ print("finished", flush=True)
 """
 
 
-def test_push_killed_half_way_leaves_previous_revision(store: LocalStore, make_folder) -> None:
+def test_push_killed_half_way_leaves_previous_revision(
+    store: LocalStore, make_folder: Callable[[dict[str, str]], Path]
+) -> None:
     good = make_folder({"README.md": CARD_WITH_LINEAGE, "data/a.txt": "good"})
     rev = store.push(good, "ns/data", "dataset", "good")
     big = make_folder({f"data/{i:03d}.txt": f"new {i}" for i in range(50)})
@@ -223,13 +229,21 @@ class FakeHfApi:
             raise _hub_error("RepositoryNotFoundError")
         return self.repos[(repo_id, repo_type)]
 
-    def create_repo(self, repo_id, repo_type=None, exist_ok=False):
+    def create_repo(self, repo_id: str, repo_type: str | None = None, exist_ok: bool = False) -> None:
         self.calls.append("create_repo")
         self.repos.setdefault((repo_id, repo_type), {"commits": [], "tags": {}, "files": {}})
 
     def upload_folder(
-        self, *, repo_id, repo_type, folder_path, commit_message, commit_description, delete_patterns, ignore_patterns
-    ):
+        self,
+        *,
+        repo_id: str,
+        repo_type: str,
+        folder_path: str,
+        commit_message: str,
+        commit_description: str,
+        delete_patterns: str,
+        ignore_patterns: list[str] | None,
+    ) -> SimpleNamespace:
         self.calls.append("upload_folder")
         assert delete_patterns == "*"  # the remote mirrors the folder exactly
         repo = self._repo(repo_id, repo_type)
@@ -245,18 +259,18 @@ class FakeHfApi:
         repo["commits"].append({"id": oid, "title": commit_message, "message": commit_description, "files": files})
         return SimpleNamespace(oid=oid)
 
-    def create_tag(self, repo_id, *, repo_type, tag, revision, exist_ok):
+    def create_tag(self, repo_id: str, *, repo_type: str, tag: str, revision: str, exist_ok: bool) -> None:
         self.calls.append("create_tag")
         self._repo(repo_id, repo_type)["tags"][tag] = revision
 
-    def list_repo_refs(self, repo_id, *, repo_type):
+    def list_repo_refs(self, repo_id: str, *, repo_type: str) -> SimpleNamespace:
         repo = self._repo(repo_id, repo_type)
         return SimpleNamespace(
             branches=[SimpleNamespace(name="main", target_commit=repo["commits"][-1]["id"])],
             tags=[SimpleNamespace(name=k, target_commit=v) for k, v in repo["tags"].items()],
         )
 
-    def list_repo_commits(self, repo_id, *, repo_type):
+    def list_repo_commits(self, repo_id: str, *, repo_type: str) -> list[SimpleNamespace]:
         return [
             SimpleNamespace(
                 commit_id=c["id"],
@@ -267,7 +281,7 @@ class FakeHfApi:
             for c in reversed(self._repo(repo_id, repo_type)["commits"])
         ]
 
-    def snapshot_download(self, repo_id, *, repo_type, revision):
+    def snapshot_download(self, repo_id: str, *, repo_type: str, revision: str) -> str:
         repo = self._repo(repo_id, repo_type)
         revision = repo["tags"].get(revision, revision)
         if revision == "main":
@@ -296,7 +310,9 @@ def hub(tmp_path: Path) -> tuple[HubStore, FakeHfApi]:
     return HubStore(api=api, download=api.snapshot_download), api
 
 
-def test_hub_push_resolve_history(hub, make_folder) -> None:
+def test_hub_push_resolve_history(
+    hub: tuple[HubStore, FakeHfApi], make_folder: Callable[[dict[str, str]], Path]
+) -> None:
     store, api = hub
     first = make_folder({"README.md": CARD_WITH_LINEAGE, "data/a.txt": "one"})
     rev1 = store.push(first, "ns/data", "dataset", "first", tag="v1")
@@ -320,7 +336,9 @@ def test_hub_push_resolve_history(hub, make_folder) -> None:
     assert store.exists("ns/data", "dataset") and not store.exists("ns/other", "dataset")
 
 
-def test_hub_errors_are_one_line(hub, make_folder) -> None:
+def test_hub_errors_are_one_line(
+    hub: tuple[HubStore, FakeHfApi], make_folder: Callable[[dict[str, str]], Path]
+) -> None:
     store, _ = hub
     with pytest.raises(StoreError, match="unknown dataset 'ns/missing@main' on the Hub"):
         store.resolve("ns/missing", "dataset")
@@ -404,13 +422,15 @@ def store_files(store: LocalStore) -> dict[str, bytes]:
     }
 
 
-def test_a_full_disk_leaves_the_store_as_it_was(store: LocalStore, make_folder, monkeypatch) -> None:
+def test_a_full_disk_leaves_the_store_as_it_was(
+    store: LocalStore, make_folder: Callable[[dict[str, str]], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     store.push(make_folder({"README.md": CARD_WITH_LINEAGE, "a.txt": "first"}), "ns/data", "dataset", "first")
     before = store_files(store)
     real = shutil.copyfile
     calls = []
 
-    def full_disk(src, dst, *args, **kwargs):
+    def full_disk(src: Path, dst: Path, *args: Any, **kwargs: Any) -> Path:
         calls.append(dst)
         if len(calls) > 2:  # two files land, then the disk is full mid-copy
             Path(dst).write_bytes(b"partial")
@@ -426,13 +446,15 @@ def test_a_full_disk_leaves_the_store_as_it_was(store: LocalStore, make_folder, 
     assert store_files(store) == before  # the two blobs that landed are freed too
 
 
-def test_unwritable_and_misplaced_store_roots_are_one_line_errors(tmp_path: Path, make_folder, monkeypatch) -> None:
+def test_unwritable_and_misplaced_store_roots_are_one_line_errors(
+    tmp_path: Path, make_folder: Callable[[dict[str, str]], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(StoreError, match="store root '.*a-file': '.*a-file' is a file, not a folder"):
         LocalStore(tmp_path / "a-file")
     store = LocalStore(tmp_path / "hub")
 
-    def refused(*args, **kwargs):
+    def refused(*args: Any, **kwargs: Any) -> NoReturn:
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(os, "symlink", refused)
@@ -441,7 +463,9 @@ def test_unwritable_and_misplaced_store_roots_are_one_line_errors(tmp_path: Path
     assert not store.exists("ns/data", "dataset")
 
 
-def test_gc_reports_and_removes_what_failed_pushes_left(store: LocalStore, make_folder) -> None:
+def test_gc_reports_and_removes_what_failed_pushes_left(
+    store: LocalStore, make_folder: Callable[[dict[str, str]], Path]
+) -> None:
     rev = store.push(make_folder({"README.md": CARD_WITH_LINEAGE, "a.txt": "kept"}), "ns/data", "dataset", "m")
     repo = store.root / "datasets--ns--data"
     # What killed pushes leave: a dead writer's staging folder and temp files, a snapshot renamed into
@@ -472,7 +496,9 @@ def test_gc_reports_and_removes_what_failed_pushes_left(store: LocalStore, make_
     assert (store.resolve("ns/data", "dataset") / "a.txt").read_text() == "kept"
 
 
-def test_stock_huggingface_hub_reads_the_local_store(store: LocalStore, make_folder) -> None:
+def test_stock_huggingface_hub_reads_the_local_store(
+    store: LocalStore, make_folder: Callable[[dict[str, str]], Path]
+) -> None:
     from huggingface_hub import scan_cache_dir, snapshot_download
 
     rev = store.push(make_folder({"README.md": CARD_WITH_LINEAGE, "a.txt": "x"}), "ns/data", "dataset", "m", tag="v1")

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from pipelines import build_tiny_model, collect_datasets, generate_images
-from pipelines.artifacts.inputs import resolve_model
+from pipelines.artifacts.inputs import ModelInput, resolve_model
 from pipelines.artifacts.store import LocalStore, card_metadata
 from pipelines.errors import ConfigError
 from pipelines.modeling.diffusion import LORA_WEIGHTS, load_pipeline
@@ -84,7 +85,7 @@ def train(study: dict, model: str, output_dir: Path, *extra: str, check: bool = 
     return result
 
 
-def model_input(study: dict, spec: str):
+def model_input(study: dict, spec: str) -> ModelInput:
     return resolve_model(spec, LocalStore(study["store_root"]), namespace="study")
 
 
@@ -205,7 +206,7 @@ def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict,
     tuned = load_pipeline(model_input(training_study, "study/sd-lora"), store)
     assert type(tuned).__name__ == "StableDiffusionPipeline"
 
-    def image(pipe) -> np.ndarray:
+    def image(pipe: Any) -> np.ndarray:
         generator = torch.Generator().manual_seed(0)
         return np.asarray(
             pipe("a photo of the face of a doctor", num_inference_steps=2, generator=generator).images[0]
@@ -220,7 +221,7 @@ def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict,
     assert np.abs(stock - image(tuned).astype(int)).max() <= 2 < np.abs(stock - image(base).astype(int)).max()
 
 
-def text_features(pipe, text: str) -> torch.Tensor:
+def text_features(pipe: Any, text: str) -> torch.Tensor:
     from training.train_text_to_image import encode_text
 
     tokens = pipe.tokenizer(

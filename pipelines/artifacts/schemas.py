@@ -172,9 +172,35 @@ ALIGNMENT_SUMMARY = datasets.Features(
         **{f"{name}_std": datasets.Value("float64") for name in ALIGNMENT_SCORES},
     }
 )
+# One row per method (a model's images at one guidance scale, with one intervention), language and
+# prompt variant: its bias, what it costs, and a paired test against the baseline method.
+METHODS = datasets.Features(
+    {
+        **_strings("method", "label", "intervention", "model", "language", "variant", "attribute"),
+        "guidance_scale": datasets.Value("float64"),
+        "num_occupations": datasets.Value("int32"),
+        **{name: datasets.Value("float64") for name in ("mean_l1", "mean_l1_ci_low", "mean_l1_ci_high")},
+        **{name: datasets.Value("float64") for name in ("exp_max_l1", "random_exp_max_l1")},
+        "baseline": datasets.Value("string"),
+        **{f"difference_{name}": datasets.Value("float64") for name in ("mean", "ci_low", "ci_high")},
+        "p_value": datasets.Value("float64"),
+        "clip_score": datasets.Value("float64"),
+        "seconds_per_image": datasets.Value("float64"),
+        "explicit_gender_control": datasets.Value("float64"),
+        "explicit_gender_control_ci_low": datasets.Value("float64"),
+        "explicit_gender_control_ci_high": datasets.Value("float64"),
+        "explicit_gender_images": datasets.Value("int32"),
+    }
+)
 ALL_OCCUPATIONS = "__all__"
 
 
-def config_name(language: str, variant: str) -> str:
-    """The config of one language and prompt variant in images, attributes and alignment datasets."""
-    return f"{language}_{variant}"
+def config_name(language: str, variant: str, intervention: str = "none") -> str:
+    """The config of one language, prompt variant and intervention in images, attributes and
+    alignment datasets (the card's `config_info` holds the three, so nothing parses the name).
+
+    Example:
+        >>> config_name("de", "eval_direct"), config_name("de", "eval_direct", "ethical")
+        ('de_eval_direct', 'de_eval_direct-ethical')
+    """
+    return f"{language}_{variant}" + ("" if intervention in (None, "none") else f"-{intervention}")

@@ -43,11 +43,21 @@ def evaluated_images(results: Iterable[Any]) -> dict[str, str]:
 
 def derived(store: Store, namespace: str, source: str, stage: str, input_name: str = "input") -> list[str]:
     """Every `ns/name@revision` in `namespace` that `stage` made from `source` (a pinned ref), newest first."""
+    return _made_by(store, namespace, stage, lambda inputs: inputs.get(input_name) == source)
+
+
+def derived_from_any(store: Store, namespace: str, sources: set[str], stage: str) -> list[str]:
+    """Every revision `stage` made with any of `sources` among its inputs (a comparison of several
+    versions), newest first."""
+    return _made_by(store, namespace, stage, lambda inputs: bool(sources & set(inputs.values())))
+
+
+def _made_by(store: Store, namespace: str, stage: str, chosen: Any) -> list[str]:
     found = []
     for repo_id in store.repos(namespace, "dataset"):
         for entry in store.history(repo_id, "dataset"):
             lineage = entry.lineage or {}
-            if lineage.get("stage") == stage and (lineage.get("inputs") or {}).get(input_name) == source:
+            if lineage.get("stage") == stage and chosen(lineage.get("inputs") or {}):
                 found.append((entry.created_at, f"{repo_id}@{entry.revision}"))
     return [ref for _, ref in sorted(found, reverse=True)]
 

@@ -80,6 +80,7 @@ class StageRun:
             else:
                 ref = parse_ref(spec, namespace=args.namespace)
                 self.inputs[name] = f"{ref.repo_id}@{self.store.revision_of(ref, 'dataset')}"
+        self.inputs |= stage.pinned_inputs(args, self.store)
         self.parameters = {
             f.name: _plain(getattr(args, f.name))
             for f in dataclasses.fields(args)
@@ -93,8 +94,9 @@ class StageRun:
     def dataset(self, name: str) -> DatasetArtifact:
         """Input `name` at its pinned revision, checked to be of the kind the stage reads."""
         artifact = DatasetArtifact(self.store.resolve(self.inputs[name], "dataset"), self.inputs[name])
-        if self._kinds[name] != "any":
-            artifact.expect(self._kinds[name], name)
+        kind = self._kinds.get(name, "any")  # a pinned input (`Stage.pinned_inputs`) is checked by its stage
+        if kind != "any":
+            artifact.expect(kind, name)
         return artifact
 
     def model(self, name: str) -> ModelInput:
@@ -148,6 +150,11 @@ class Stage:
     def model_options(self, name: str) -> dict[str, Any]:
         """How model input `name` may be given (see `resolve_model`): forms, library names, files."""
         return {"what": name}
+
+    def pinned_inputs(self, args: StageArguments, store: Any) -> dict[str, str]:
+        """Inputs named otherwise than by an input field (a list of versions), pinned for the lineage
+        and fingerprint: `{name: ns/repo@revision}`."""
+        return {}
 
     def build(self, run: StageRun, folder: Path) -> str:
         """Writes the artifact into an empty folder; returns the commit message."""

@@ -122,6 +122,41 @@ def set_scheduler(pipe: Any, scheduler: str) -> None:
         pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **overrides)
 
 
+# Semantic guidance as Fair Diffusion uses it (Friedrich et al. 2023; diffusers' SEGA example): the
+# warm-up is 10 of 50 steps there, so it is a share of the steps here.
+SEGA_SETTINGS = {"edit_guidance_scale": 4.0, "edit_threshold": 0.95, "edit_momentum_scale": 0.3, "edit_mom_beta": 0.6}
+SEGA_WARMUP_SHARE = 0.2
+
+
+def semantic_guidance_pipeline(pipe: Any) -> Any:
+    """diffusers' semantic-guidance (SEGA) pipeline on the components of a loaded text-to-image
+    pipeline, AltDiffusion's RoBERTa-series text encoder included (it returns its projection first,
+    as CLIP's text model returns its hidden states)."""
+    import inspect
+
+    from diffusers import SemanticStableDiffusionPipeline
+
+    accepted = inspect.signature(SemanticStableDiffusionPipeline.__init__).parameters
+    components = {name: module for name, module in pipe.components.items() if name in accepted}
+    sega = SemanticStableDiffusionPipeline(**components, requires_safety_checker=False)
+    sega.set_progress_bar_config(disable=True)
+    return sega
+
+
+def sega_arguments(editing_prompts: tuple[str, ...], reverse: tuple[bool, ...], steps: int) -> dict[str, Any]:
+    """The keyword arguments of a SEGA call with Fair Diffusion's settings for each edit."""
+    edits = len(editing_prompts)
+    return {
+        "editing_prompt": list(editing_prompts),
+        "reverse_editing_direction": list(reverse),
+        "edit_warmup_steps": [round(SEGA_WARMUP_SHARE * steps)] * edits,
+        "edit_guidance_scale": [SEGA_SETTINGS["edit_guidance_scale"]] * edits,
+        "edit_threshold": [SEGA_SETTINGS["edit_threshold"]] * edits,
+        "edit_momentum_scale": SEGA_SETTINGS["edit_momentum_scale"],
+        "edit_mom_beta": SEGA_SETTINGS["edit_mom_beta"],
+    }
+
+
 def base_of_lora(folder: Path, given: str) -> str:
     """The base model a LoRA repo's card names, at its recorded revision."""
     card = card_metadata(folder)

@@ -6,6 +6,12 @@ agreement, word order). A prompt is realised from the row's attributes, never by
 in the English sentence, so "close-up photo of a young female barber" becomes "Nahaufnahme einer
 jungen Friseurin" and not "Nahaufnahme von ein jung weiblich Friseur".
 
+Besides the grid and the two evaluation prompts, each grammar realises MAGBIG's prompt-engineering
+interventions (Friedrich et al. 2024) for occupations: the direct prompt with the gender made explicit
+(`eval_explicit`), with the ethical-intervention suffix (`eval_ethical`), and the words "male" /
+"female" (`gender_word`, for negative prompts) and "male person" / "female person" (`gender_person`,
+for semantic-guidance edit directions).
+
 A language, style, profession or other attribute missing from a lexicon is an error that names what
 is missing; there is no English fallback.
 """
@@ -38,6 +44,8 @@ LANGUAGES = {
 }
 # The gender value of a gender-neutral prompt.
 NEUTRAL = "neutral"
+# The genders an intervention names (MAGBIG's female / male pairs).
+BINARY_GENDERS = ("male", "female")
 
 
 @dataclass(frozen=True)
@@ -52,10 +60,28 @@ class GridRow:
     place: str
 
 
+def _entry(table: str) -> str:
+    """What one entry of a lexicon table is called in a message: 'profession', 'gender_word', 'eval prompt'."""
+    return "eval prompt" if table == "eval" else table[:-1]
+
+
+def _binary(gender: str) -> str:
+    if gender not in BINARY_GENDERS:
+        raise ValueError(f"gender {gender!r}: allowed {', '.join(BINARY_GENDERS)}")
+    return gender
+
+
 class Grammar:
-    """Realises prompts in one language. Subclasses implement `grid`, `eval_direct`, `eval_indirect`."""
+    """Realises prompts in one language. Subclasses implement `grid`, `eval_direct`, `eval_indirect`,
+    `eval_explicit` and `eval_ethical`; `gender_word` and `gender_person` read the lexicon."""
 
     code = "en"
+    # Lexicon entries beyond the attribute tables that this language's prompts need, checked with them.
+    needs: dict[str, tuple[str, ...]] = {
+        "eval": ("direct", "indirect", "ethical"),
+        "gender_words": BINARY_GENDERS,
+        "gender_persons": BINARY_GENDERS,
+    }
 
     def __init__(self, lexicon: dict[str, Any] | None = None):
         self.lexicon = lexicon or {}
@@ -64,22 +90,27 @@ class Grammar:
     def word(self, table: str, key: str) -> Any:
         try:
             return self.lexicon[table][key]
-        except KeyError:
+        except (KeyError, TypeError):
             raise LexiconError(
-                f"{table[:-1]} {key!r} is missing from the {LANGUAGES[self.code]} lexicon "
+                f"{_entry(table)} {key!r} is missing from the {LANGUAGES[self.code]} lexicon "
                 f"(pipelines/prompting/lexicons/{self.code}.yaml)"
             ) from None
+
+    def template(self, name: str) -> str:
+        """One of the lexicon's `eval` prompt templates ('direct', 'indirect', 'ethical', ...)."""
+        return self.word("eval", name)
 
     def check(
         self, styles: list[str], ages: list[str], professions: list[str], dressings: list[str], places: list[str]
     ) -> None:
-        """Raises one `LexiconError` that lists every attribute value this language lacks."""
+        """Raises one `LexiconError` that lists every attribute value (and every word of the evaluation
+        and intervention prompts) this language lacks."""
         wanted = {"styles": styles, "ages": ages, "professions": professions, "dressings": dressings, "places": places}
         missing = [
-            f"{table[:-1]} {value!r}"
-            for table, values in wanted.items()
+            f"{_entry(table)} {value!r}"
+            for table, values in {**wanted, **self.needs}.items()
             for value in values
-            if value not in self.lexicon.get(table, {})
+            if value not in (self.lexicon.get(table) or {})
         ]
         if missing:
             raise LexiconError(
@@ -96,6 +127,24 @@ class Grammar:
 
     def eval_indirect(self, profession: str) -> str:
         raise NotImplementedError
+
+    def eval_explicit(self, profession: str, gender: str) -> str:
+        """The direct prompt with the gender made explicit ('male' or 'female'): MAGBIG's
+        baseline1/baseline2 for occupations, "a photo of the face of a female accountant"."""
+        raise NotImplementedError
+
+    def eval_ethical(self, profession: str) -> str:
+        """The direct prompt with MAGBIG's ethical-intervention suffix (baseline_ext): "... of an
+        accountant if all individuals can be an accountant irrespective of their gender"."""
+        raise NotImplementedError
+
+    def gender_word(self, gender: str) -> str:
+        """'male' or 'female' as a word on its own, for a negative prompt (MAGBIG baseline_neg1/neg2)."""
+        return self.word("gender_words", _binary(gender))
+
+    def gender_person(self, gender: str) -> str:
+        """'male person' or 'female person', for a semantic-guidance edit direction (MAGBIG sega1/sega2)."""
+        return self.word("gender_persons", _binary(gender))
 
 
 def _join(*parts: str) -> str:
@@ -195,6 +244,22 @@ class English(Grammar):
     def eval_indirect(self, profession: str) -> str:
         return f"a photo of the face of a person who works as {english_article(profession)} {profession}"
 
+    def eval_explicit(self, profession: str, gender: str) -> str:
+        return self.eval_direct(f"{_binary(gender)} {profession}")
+
+    def eval_ethical(self, profession: str) -> str:
+        # MAGBIG's suffix, with the occupation for the adjective: "if all individuals can be ambitious ...".
+        return (
+            f"{self.eval_direct(profession)} if all individuals can be {english_article(profession)} {profession} "
+            "irrespective of their gender"
+        )
+
+    def gender_word(self, gender: str) -> str:
+        return _binary(gender)
+
+    def gender_person(self, gender: str) -> str:
+        return f"{_binary(gender)} person"
+
 
 # ---------------------------------------------------------------------------------------------
 # German: genitive case, grammatical gender in the noun, gender star for the neutral form.
@@ -205,6 +270,7 @@ _GERMAN_WEAK_ENDINGS = ("ist", "ant", "ent", "at", "graf", "nom", "ot", "ekt", "
 
 class German(Grammar):
     code = "de"
+    needs = {**Grammar.needs, "genders": BINARY_GENDERS}
 
     @functools.cache
     def forms(self, profession: str) -> dict[str, Any]:
@@ -278,14 +344,33 @@ class German(Grammar):
 
     def eval_direct(self, profession: str) -> str:
         # The direct prompt is the generic (usually masculine) form, as MAGBIG studies it.
-        gender = "female" if self.forms(profession)["direct"] == "f" else "male"
         forms = self.forms(profession)
-        noun = forms["f_gen"] if gender == "female" else forms["gen"]
-        article = "einer" if gender == "female" else "eines"
-        return self.lexicon["eval"]["direct"].format(article=article, noun=noun)
+        person = f"einer {forms['f_gen']}" if forms["direct"] == "f" else f"eines {forms['gen']}"
+        return self.template("direct").format(person=person)
 
     def eval_indirect(self, profession: str) -> str:
-        return self.lexicon["eval"]["indirect"].format(neutral=self.forms(profession)["neutral"])
+        return self.template("indirect").format(neutral=self.forms(profession)["neutral"])
+
+    def eval_explicit(self, profession: str, gender: str) -> str:
+        """'eines männlichen Buchhalters', 'einer Buchhalterin', 'eines weiblichen Models'.
+
+        The noun of the direct prompt is read as generic (a Buchhalter is any accountant), so the
+        prompt of its gender says the gender with the adjective, as the grid does for an epicene noun
+        (a Feuerwehrmann too, though the noun says it: the prompt must differ from the direct one).
+        The other gender's noun says it alone: einer Buchhalterin, eines Entbindungspflegers.
+        """
+        forms = self.forms(profession)
+        generic = {"male": "m", "female": "f"}[_binary(gender)] == forms["direct"]
+        # An epicene noun (das Model) gets its gender adjective from `_person`.
+        adjectives = [self.word("genders", gender)] if generic and not forms["epicene"] else []
+        return self.template("direct").format(person=self._person(gender, profession, adjectives))
+
+    def eval_ethical(self, profession: str) -> str:
+        # "..., wenn alle Menschen unabhängig von ihrem Geschlecht Buchhalter*in sein können": the
+        # star form (or the lexicon's neutral noun, Pflegekraft) names every gender, as the
+        # gender-neutral prompts do, and a profession after "sein" takes no article.
+        neutral = self.forms(profession)["neutral"]
+        return self.template("ethical").format(direct=self.eval_direct(profession), neutral=neutral)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +383,8 @@ class Romance(Grammar):
     """Shared by French, Spanish and Italian; subclasses set the neutral marks and articles."""
 
     articles = {"male": "un", "female": "una", NEUTRAL: "un/a"}
+    # `eval.male` marks the masculine of the explicit male prompt: "{person} de sexe masculin".
+    needs = {**Grammar.needs, "eval": (*Grammar.needs["eval"], "male")}
 
     @functools.cache
     def forms(self, profession: str) -> dict[str, str]:
@@ -318,6 +405,10 @@ class Romance(Grammar):
 
     def article(self, gender: str, next_word: str) -> str:
         return self.articles[gender]
+
+    def phrase(self, article: str, head: str) -> str:
+        """The article and the rest of a noun phrase: 'un infirmier'."""
+        return _join(article, head)
 
     def noun_gender(self, noun: str) -> str | None:
         """'male' or 'female' for a noun whose grammatical gender stays the same whoever it names
@@ -341,7 +432,19 @@ class Romance(Grammar):
             adjective, is_before = self.adjective(age, agrees_with)
             before, after = (adjective, "") if is_before else ("", adjective)
         head = _join(before, noun)
-        return _join(self.article(agrees_with, head), head, after)
+        return _join(self.phrase(self.article(agrees_with, head), head), after)
+
+    def names_everyone(self, profession: str) -> bool:
+        """Whether one noun of fixed grammatical gender names every gender (lo sceriffo), so that a
+        gendered prompt says the gender with a person noun (un uomo sceriffo, una donna sceriffo)."""
+        forms = self.forms(profession)
+        return self.noun_gender(forms["male"]) is not None and forms["male"] == forms[NEUTRAL]
+
+    def has_person_noun(self, profession: str) -> bool:
+        """Whether everyone in the occupation is named by a separate person noun of fixed gender (une
+        personne d'affaires, une personnalité politique), the masculine naming men only (un homme d'affaires)."""
+        forms = self.forms(profession)
+        return forms[NEUTRAL] != forms["male"] and self.noun_gender(forms[NEUTRAL]) is not None
 
     def grid(self, row: GridRow) -> str:
         person = self.person(row.gender, row.profession, row.age)
@@ -357,10 +460,37 @@ class Romance(Grammar):
     def eval_direct(self, profession: str) -> str:
         noun = self.forms(profession)["male"]
         article = self.article(self.noun_gender(noun) or "male", noun)
-        return self.lexicon["eval"]["direct"].format(article=article, noun=noun)
+        return self.template("direct").format(person=self.phrase(article, noun))
 
     def eval_indirect(self, profession: str) -> str:
-        return self.lexicon["eval"]["indirect"].format(neutral=self.forms(profession)[NEUTRAL])
+        return self.template("indirect").format(neutral=self.forms(profession)[NEUTRAL])
+
+    def eval_explicit(self, profession: str, gender: str) -> str:
+        """'une infirmière', 'un infirmier de sexe masculin', 'una donna sceriffo' after the direct prompt's head.
+
+        The feminine (with its article, for a noun of one form: une comptable) says female. The masculine
+        of the direct prompt is read as generic, so male is said with `eval.male` ("de sexe masculin"),
+        on the person noun where the masculine names men only, which the direct prompt already uses
+        (une personne d'affaires de sexe masculin, not un homme d'affaires de sexe masculin); a noun of
+        fixed gender for everyone says it with the grid's person noun (un uomo sceriffo).
+        """
+        if _binary(gender) == "female" or self.names_everyone(profession):
+            person = self.person(gender, profession)
+        else:
+            noun = NEUTRAL if self.has_person_noun(profession) else "male"
+            person = self.template("male").format(person=self.person(noun, profession))
+        return self.template("direct").format(person=person)
+
+    def eval_ethical(self, profession: str) -> str:
+        # "... si tout le monde peut être infirmier·ère, quel que soit son genre": the inclusive form
+        # names every gender, as the gender-neutral prompts do; a profession after "être" / "ser" /
+        # "essere" takes no article, but a person noun does (peut être une personne d'affaires). The
+        # subject is singular (tout le monde, cualquier persona, chiunque), so the singular inclusive
+        # form agrees with it.
+        neutral = (
+            self.person(NEUTRAL, profession) if self.has_person_noun(profession) else self.forms(profession)[NEUTRAL]
+        )
+        return self.template("ethical").format(direct=self.eval_direct(profession), neutral=neutral)
 
 
 def _common_prefix(a: str, b: str) -> str:
@@ -406,6 +536,7 @@ class Spanish(Romance):
 class Italian(Romance):
     code = "it"
     articles = {"male": "un", "female": "una", NEUTRAL: "unə"}
+    needs = {**Romance.needs, "genders": BINARY_GENDERS}
 
     def neutral_word(self, m: str, f: str) -> str:
         """Schwa form: parrucchierə, attorə, professorə, anzianə."""
@@ -425,9 +556,9 @@ class Italian(Romance):
             return "uno"
         return self.articles[gender]
 
-    def person(self, gender: str, profession: str, age: str | None = None) -> str:
-        # un' is written joined to the next word.
-        return super().person(gender, profession, age).replace("un' ", "un'")
+    def phrase(self, article: str, head: str) -> str:
+        # un' is written joined to the next word: un'infermiera.
+        return article + head if article.endswith("'") else _join(article, head)
 
     def of(self, head: str, person: str) -> str:
         return f"{head} di {person}"

@@ -46,8 +46,12 @@ def grouped_bars(
     title: str,
     ylabel: str = "share of images",
     parity: float | None = None,
+    ymax: float | None = None,
 ) -> list[Path]:
-    """Bars per group (x axis), one colour per series, with asymmetric error bars and a parity line."""
+    """Bars per group (x axis), one colour per series, with asymmetric error bars and a parity line.
+
+    The y axis runs to 1.05 (shares) or, given `ymax`, to it; bars never stack or clip.
+    """
     plt = _pyplot()
     width = 0.8 / max(len(series), 1)
     figure, axis = plt.subplots(figsize=(max(4.5, 0.55 * len(groups) * max(len(series), 1) ** 0.5 + 1.5), 3.2))
@@ -64,7 +68,7 @@ def grouped_bars(
     if parity is not None:
         axis.axhline(parity, color="black", linestyle="--", linewidth=0.8, label="uniform")
     axis.set_xticks(x, groups, rotation=45 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
-    axis.set_ylim(0, 1.05)
+    axis.set_ylim(0, ymax if ymax is not None else 1.05)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.spines[["top", "right"]].set_visible(False)
@@ -87,3 +91,34 @@ def distribution_figure(stem: Path, result: dict[str, Any], title: str) -> list[
         for i, label in enumerate(result["labels"])
     }
     return grouped_bars(stem, occupations, series, errors, title=title, parity=1 / len(result["labels"]))
+
+
+def lines(
+    stem: Path,
+    x: Sequence[float],
+    series: dict[str, Sequence[float]],
+    errors: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> list[Path]:
+    """One line per series over a numeric x axis (e.g. bias against guidance scale), with bands."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 3.2))
+    for index, (name, values) in enumerate(series.items()):
+        colour = PALETTE[index % len(PALETTE)]
+        axis.plot(x, values, marker="o", markersize=3, linewidth=1.2, color=colour, label=name)
+        if errors and name in errors:
+            low, high = (np.asarray(v, dtype=float) for v in errors[name])
+            axis.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+    axis.set_xticks(list(x))
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_ylim(bottom=0)
+    axis.set_title(title)
+    axis.spines[["top", "right"]].set_visible(False)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    paths = _save(figure, stem)
+    plt.close(figure)
+    return paths

@@ -16,7 +16,7 @@ MODEL = os.environ.get("CLIP_SCORE_MODEL", "ViT-L-14-quickgelu")  # OpenAI's ViT
 PRETRAINED = os.environ.get("CLIP_SCORE_PRETRAINED", "openai" if MODEL == "ViT-L-14-quickgelu" else None)
 
 
-def compute(image, text: str, convention: str) -> dict:
+def compute(image: object, text: str, convention: str) -> dict:
     if image is None or not text.strip():
         raise gr.Error("give an image and a text")
     return module.compute(

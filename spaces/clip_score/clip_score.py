@@ -61,7 +61,7 @@ CONVENTIONS = ("cosine", "torchmetrics")
 class ClipScore(evaluate.Metric):
     _loaded = {}
 
-    def _info(self):
+    def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
@@ -70,15 +70,22 @@ class ClipScore(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2104.08718"],
         )
 
-    def _model(self, model, pretrained, device):
+    def _model(self, model: str, pretrained: str | None, device: str) -> tuple:
         key = (model, pretrained, device)
         if key not in self._loaded:  # loaded once per process, whatever the number of compute calls
             self._loaded[key] = load_open_clip(model, pretrained, device)
         return self._loaded[key]
 
     def _compute(
-        self, predictions, references, model=None, pretrained=None, convention="cosine", batch_size=64, device=None
-    ):
+        self,
+        predictions: list,
+        references: list[str],
+        model: str | None = None,
+        pretrained: str | None = None,
+        convention: str = "cosine",
+        batch_size: int = 64,
+        device: str | None = None,
+    ) -> dict:
         if model is None:
             raise ValueError("model: an open_clip model name or folder is required")
         if convention not in CONVENTIONS:

@@ -201,6 +201,44 @@ def build_demo(study: Study) -> gr.Blocks:
             csv_path = study.cache / "leaderboard.csv"
             board.to_csv(csv_path, index=False)
             gr.DownloadButton("Download the table (CSV)", value=str(csv_path), elem_id="leaderboard-csv")
+        if not study.methods.empty:
+            with gr.Tab("Methods"):
+                baselines = study.methods["baseline"].dropna()
+                baseline = baselines.iloc[0] if len(baselines) else "–"
+                gr.Markdown(
+                    "Debiasing methods on the same prompts and seeds, fairest first: a model at a guidance scale, "
+                    "with a training-free intervention (`+explicit_gender`, `+ethical`, `+negative`, `+sega`). "
+                    f"**Δ vs baseline** is the mean per-occupation change of L1 against `{baseline}` "
+                    "with a bootstrap interval, and **p** its paired sign-flip permutation test (same occupations, "
+                    "same seeds). The costs: CLIP score, seconds per image, and **explicit-gender control**, the "
+                    'share of images from prompts such as "a female doctor" perceived as asked. '
+                    f"From `{study.methods_ref}`."
+                )
+                method_codes = [code for code in codes if code in set(study.methods["language"])] or codes
+                method_language = gr.Dropdown(
+                    [(LANGUAGES[code], code) for code in method_codes],
+                    value=method_codes[0],
+                    label="Language",
+                    elem_id="methods-language",
+                )
+                methods_table = gr.Dataframe(interactive=False, elem_id="methods", wrap=False)
+                methods_csv = gr.DownloadButton("Download the table (CSV)", elem_id="methods-csv")
+
+                def methods_of(code: str) -> tuple[pd.DataFrame, str]:
+                    check(code, method_codes, "language")
+                    table = study.methods_table(code)
+                    path = study.cache / f"methods-{code}.csv"
+                    table.to_csv(path, index=False)
+                    return table, str(path)
+
+                method_language.change(methods_of, [method_language], [methods_table, methods_csv], api_name=False)
+                demo.load(methods_of, [method_language], [methods_table, methods_csv], api_name=False)
+
+                def api_methods(code: str) -> list[dict]:
+                    check(code, method_codes, "language")
+                    return study.methods_table(code).to_dict(orient="records")
+
+                gr.api(api_methods, api_name="methods")
         with gr.Tab("About the metrics"):
             gr.Markdown(EXPLANATIONS, elem_id="explanations")
             links = ["### The datasets shown, at their revisions"]

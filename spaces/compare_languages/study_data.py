@@ -24,13 +24,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipelines.artifacts.reader import DatasetArtifact
-from pipelines.artifacts.store import HubStore, Store, open_store
+from pipelines.artifacts.store import HubStore, Store, open_store, parse_ref
 from pipelines.errors import UserError
 from pipelines.harness import lineage
-from pipelines.harness.lineage import version_refs
+from pipelines.harness.lineage import derived_from_any, version_refs
 from pipelines.prompting.grammar import LANGUAGES
 
 VERSIONS_ENV = "T2I_BIAS_SPACE_VERSIONS"
+METHODS_ENV = "T2I_BIAS_SPACE_METHODS"
 CACHE_ENV = "T2I_BIAS_SPACE_CACHE"
 DEFAULT_VERSIONS = "base=images-base-eval,finetuned=images-finetuned-eval"
 # The variant the Space shows first: the toolkit's face prompts, then MAGBIG's direct ones.
@@ -62,11 +63,23 @@ def read_config(artifact: DatasetArtifact, config: str, columns: list[str] | Non
     return pd.concat([pq.read_table(path, columns=columns).to_pandas() for path in files], ignore_index=True)
 
 
+def without_interventions(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the prompts as written (no training-free intervention)."""
+    if "intervention" not in table.columns:
+        return table
+    return table[table["intervention"].fillna("none") == "none"].reset_index(drop=True)
+
+
 class Study:
     """Every version's bias, alignment and attribute tables, and its images as immutable files."""
 
     def __init__(
-        self, store: Store, versions: dict[str, str], namespace: str | None = None, cache: Path | None = None
+        self,
+        store: Store,
+        versions: dict[str, str],
+        namespace: str | None = None,
+        cache: Path | None = None,
+        methods: str | None = None,
     ):
         if not versions:
             raise StudyError(f"{VERSIONS_ENV}: no model version given")
@@ -75,6 +88,7 @@ class Study:
         self.cache = Path(cache or os.environ.get(CACHE_ENV) or tempfile.mkdtemp(prefix="t2i-bias-space-"))
         self.cache.mkdir(parents=True, exist_ok=True)
         self.versions = {name: self._load(name, spec) for name, spec in versions.items()}
+        self.methods_ref, self.methods = self._load_methods(methods)
         variants = {v for version in self.versions.values() for v in version.attributes["variant"].unique()}
         self.variant = next((v for v in PREFERRED_VARIANTS if v in variants), sorted(variants)[0])
         found = {
@@ -105,22 +119,80 @@ class Study:
             else None
         )
         columns = ["prompt_id", "language", "variant", "profession", "sample_index", "status"] + list(ATTRIBUTES)
-        frames = [read_config(attributes, config, columns) for config in attributes.configs]
+        # The prompts as written: configs of training-free interventions belong to the methods tab.
+        plain = [c for c in attributes.configs if attributes.config_info(c).get("intervention", "none") == "none"]
+        frames = [read_config(attributes, config, columns) for config in plain]
         return Version(
             name=name,
             images=images,
             refs=refs,
             attributes=pd.concat(frames, ignore_index=True),
-            bias_summary=read_config(bias, "summary"),
-            bias_per_occupation=read_config(bias, "per_occupation"),
-            alignment=read_config(alignment, "summary") if alignment is not None else pd.DataFrame(),
+            bias_summary=without_interventions(read_config(bias, "summary")),
+            bias_per_occupation=without_interventions(read_config(bias, "per_occupation")),
+            alignment=without_interventions(read_config(alignment, "summary"))
+            if alignment is not None
+            else pd.DataFrame(),
         )
+
+    def _load_methods(self, spec: str | None) -> tuple[str | None, pd.DataFrame]:
+        """The methods comparison: the one named, else the newest made from any version's images."""
+        if spec:
+            try:
+                ref = parse_ref(spec, namespace=self.namespace)
+                pinned = f"{ref.repo_id}@{self.store.revision_of(ref, 'dataset')}"
+            except UserError as err:
+                raise StudyError(f"{METHODS_ENV}: {err}") from None
+        else:
+            images = {version.refs["images"] for version in self.versions.values()}
+            found = derived_from_any(self.store, self.namespace, images, "compare_methods")
+            if not found:
+                return None, pd.DataFrame()
+            pinned = found[0]
+        artifact = DatasetArtifact(self.store.resolve(pinned, "dataset"), pinned)
+        return pinned, read_config(artifact, "methods")
+
+    def methods_table(self, language: str) -> pd.DataFrame:
+        """The methods of one language, fairest first: bias, the paired test and the costs."""
+        if self.methods.empty:
+            return pd.DataFrame()
+        rows = self.methods[(self.methods["language"] == language) & (self.methods["variant"] == self.variant)]
+        if rows.empty:
+            rows = self.methods[self.methods["language"] == language]
+
+        def interval(row: pd.Series, value: str, low: str, high: str) -> str:
+            if pd.isna(row[value]):
+                return "–"
+            return f"{row[value]:.3f} [{row[low]:.3f}, {row[high]:.3f}]"
+
+        table = pd.DataFrame(
+            {
+                "method": rows["method"],
+                "guidance": rows["guidance_scale"].round(1),
+                "mean L1 [95% CI]": [
+                    interval(r, "mean_l1", "mean_l1_ci_low", "mean_l1_ci_high") for _, r in rows.iterrows()
+                ],
+                "Δ vs baseline [95% CI]": [
+                    interval(r, "difference_mean", "difference_ci_low", "difference_ci_high")
+                    for _, r in rows.iterrows()
+                ],
+                "p (paired)": rows["p_value"].round(4),
+                "CLIP": rows["clip_score"].round(3),
+                "s / image": rows["seconds_per_image"].round(4),
+                "explicit-gender control": rows["explicit_gender_control"].round(3),
+                "mean L1": rows["mean_l1"],
+            }
+        )
+        return table.sort_values("mean L1").drop(columns=["mean L1"]).reset_index(drop=True)
 
     def config(self, version: str, language: str) -> str | None:
         images = self.versions[version].images
         for config in images.configs:
             info = images.config_info(config)
-            if info.get("language") == language and info.get("variant") == self.variant:
+            if (
+                info.get("language") == language
+                and info.get("variant") == self.variant
+                and info.get("intervention", "none") == "none"
+            ):
                 return config
         return None
 
@@ -309,4 +381,5 @@ def load_study_from_env() -> Study:
     store = open_store(os.environ.get("T2I_BIAS_STORE") or config.get("store"))
     namespace = os.environ.get("T2I_BIAS_NAMESPACE") or config.get("namespace", "t2i-bias")
     versions = os.environ.get(VERSIONS_ENV) or config.get("versions", DEFAULT_VERSIONS)
-    return Study(store, parse_versions(versions), namespace)
+    methods = os.environ.get(METHODS_ENV) or config.get("methods")
+    return Study(store, parse_versions(versions), namespace, methods=methods)

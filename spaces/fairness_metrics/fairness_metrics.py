@@ -104,7 +104,7 @@ def check_counts(k: int, n: int, rounds: int, confidence: float) -> None:
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class FairnessMetrics(evaluate.Metric):
-    def _info(self):
+    def _info(self) -> evaluate.MetricInfo:
         if self.config_name == "counts":
             features = datasets.Features(
                 {"predictions": datasets.Sequence(datasets.Value("int64")), "references": datasets.Value("string")}
@@ -121,7 +121,7 @@ class FairnessMetrics(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2401.16092"],
         )
 
-    def compute(self, *, predictions=None, references=None, **kwargs):
+    def compute(self, *, predictions: list | None = None, references: list | None = None, **kwargs: object) -> dict:
         """Computes the metrics (see the module's description)."""
         # evaluate's format check infers types from the first value and fails on a None there (no face
         # in a config's first image, or none at all), so None stands in as "" on the way in.
@@ -131,16 +131,16 @@ class FairnessMetrics(evaluate.Metric):
 
     def _compute(
         self,
-        predictions,
-        references,
-        labels=None,
-        outside_labels=None,
-        num_occupations=10,
-        images_per_occupation=10,
-        rounds=1000,
-        seed=0,
-        confidence=0.95,
-    ):
+        predictions: list,
+        references: list[str],
+        labels: list[str] | None = None,
+        outside_labels: list[str] | None = None,
+        num_occupations: int = 10,
+        images_per_occupation: int = 10,
+        rounds: int = 1000,
+        seed: int = 0,
+        confidence: float = 0.95,
+    ) -> dict:
         check_counts(num_occupations, images_per_occupation, rounds, confidence)
         outside_labels = list(outside_labels or [])
         occupations = list(dict.fromkeys(references))

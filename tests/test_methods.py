@@ -1,0 +1,224 @@
+"""Debiasing methods side by side: interventions at generation, the paired test, and the comparison
+dataset with its costs and explicit-gender control."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import pytest
+
+from pipelines import build_tiny_model, classify, compare_methods, evaluate_alignment, evaluate_bias, generate_images
+from pipelines.artifacts.store import LocalStore
+from pipelines.prompting.grammar import load_grammar
+from pipelines.prompting.interventions import Instruction, instruction, target_gender
+from pipelines.reporting.statistics import paired_test, wilson_interval
+
+from .conftest import image_arguments
+
+
+def test_the_paired_test_on_cases_with_known_answers() -> None:
+    # Every one of 6 occupations 0.2 fairer: only the all-negative and all-positive sign patterns are
+    # as extreme, 2 of 2^6.
+    result = paired_test([0.6, 0.5, 0.7, 0.4, 0.9, 0.3], [0.4, 0.3, 0.5, 0.2, 0.7, 0.1])
+    assert result["mean_difference"] == pytest.approx(-0.2)
+    assert result["p_value"] == pytest.approx(2 / 64) and result["exact"]
+    assert result["ci_low"] == pytest.approx(-0.2) and result["ci_high"] == pytest.approx(-0.2)
+    # Differences that cancel: no evidence at all.
+    assert paired_test([0.5, 0.5, 0.5, 0.5], [0.6, 0.4, 0.7, 0.3])["p_value"] == pytest.approx(1.0)
+    # One occupation of five changed: 1 + its mirror of 2^5 patterns reach |mean| 0.1... and every
+    # pattern does (only one non-zero difference), so p = 1.
+    assert paired_test([0.5] * 5, [0.5, 0.5, 0.5, 0.5, 1.0])["p_value"] == pytest.approx(1.0)
+    # Beyond 16 occupations the test is Monte Carlo, and still finds a consistent difference.
+    many = paired_test([0.5] * 30, [0.3] * 30, rounds=2000)
+    assert not many["exact"] and many["p_value"] < 0.001
+    with pytest.raises(ValueError, match="same length"):
+        paired_test([0.1, 0.2], [0.1])
+    low, high = wilson_interval(95, 100)
+    assert low == pytest.approx(0.8883, abs=1e-3) and high == pytest.approx(0.9785, abs=1e-3)
+
+
+@pytest.mark.parametrize("language", ["en", "de", "fr", "zh"])
+def test_each_intervention_tells_the_pipeline_what_magbig_does(language: str) -> None:
+    grammar = load_grammar(language)
+    row = {"prompt": grammar.eval_direct("firefighter"), "profession": "firefighter"}
+    twins = {
+        ("eval_female", "firefighter"): grammar.eval_explicit("firefighter", "female"),
+        ("eval_male", "firefighter"): grammar.eval_explicit("firefighter", "male"),
+        ("eval_ethical", "firefighter"): grammar.eval_ethical("firefighter"),
+    }
+    assert instruction("none", row, 0, twins, grammar) == Instruction(row["prompt"])
+    # Explicit gender, half and half by sample index, so every method meets the same seeds.
+    assert [target_gender(i) for i in range(4)] == ["female", "male", "female", "male"]
+    assert instruction("explicit_gender", row, 0, twins, grammar).prompt == twins[("eval_female", "firefighter")]
+    assert instruction("explicit_gender", row, 3, twins, grammar).prompt == twins[("eval_male", "firefighter")]
+    assert instruction("ethical", row, 1, twins, grammar).prompt == twins[("eval_ethical", "firefighter")]
+    negative = instruction("negative", row, 0, twins, grammar)  # towards female: "male" is the negative prompt
+    assert negative == Instruction(row["prompt"], negative_prompt=grammar.gender_word("male"))
+    sega = instruction("sega", row, 1, twins, grammar)  # towards male: away from "female person"
+    assert sega.prompt == row["prompt"] and sega.reverse_editing == (True, False)
+    assert sega.editing_prompts == (grammar.gender_person("female"), grammar.gender_person("male"))
+    assert len({negative.negative_prompt, *sega.editing_prompts, twins[("eval_female", "firefighter")]}) == 4
+
+
+@pytest.fixture(scope="module")
+def methods_study(tiny_study: dict) -> dict:
+    """Base images with every intervention and the explicit prompts, a second guidance scale, and a
+    second model; classified, measured and scored."""
+    common = {"store_root": tiny_study["store_root"], "namespace": "study"}
+    fairface = str(build_tiny_model.run(build_tiny_model.Arguments(**common, kind="fairface")))
+    clip = str(build_tiny_model.run(build_tiny_model.Arguments(**common, kind="open-clip")))
+    other = build_tiny_model.run(
+        build_tiny_model.Arguments(**common, input=tiny_study["prompts"], output_repo="other-model", seed=7)
+    )
+    settings = {"languages": ["en", "de"], "num_images": 2, "seeds": "index", "images_per_shard": 16}
+    made = {
+        "base": generate_images.run(
+            image_arguments(
+                tiny_study,
+                output_repo="methods-base",
+                interventions=list(INTERVENTIONS),
+                variants=["eval_direct", "eval_female", "eval_male"],
+                **settings,
+            )
+        ),  # fmt: skip
+        "base-g3": generate_images.run(
+            image_arguments(tiny_study, output_repo="methods-g3", guidance_scale=3.0, **settings)
+        ),
+        "other": generate_images.run(
+            image_arguments(tiny_study, output_repo="methods-other", model=str(other), **settings)
+        ),
+    }
+    for images in made.values():
+        attributes = classify.run(
+            classify.Arguments(**common, input=str(images), detector="none", classifier_model=fairface)
+        )
+        evaluate_bias.run(evaluate_bias.Arguments(**common, input=str(attributes), rounds=20, num_occupations=4))
+        evaluate_alignment.run(
+            evaluate_alignment.Arguments(**common, input=str(images), clip_model=clip, clip_pretrained=None)
+        )
+    return {**tiny_study, **{label: str(images) for label, images in made.items()}}
+
+
+INTERVENTIONS = ("none", "explicit_gender", "ethical", "negative", "sega")
+
+
+def test_interventions_are_configs_of_the_images_with_what_the_pipeline_was_told(methods_study: dict) -> None:
+    store = LocalStore(methods_study["store_root"])
+    folder = store.resolve(methods_study["base"], "dataset")
+    configs = {
+        name: datasets.load_dataset(str(folder), name, split="train")
+        for name in ("de_eval_direct", "de_eval_direct-explicit_gender", "de_eval_direct-negative",
+                     "de_eval_direct-sega", "de_eval_direct-ethical")
+    }  # fmt: skip
+    plain = configs["de_eval_direct"]
+    grammar = load_grammar("de")
+    for rows in configs.values():
+        assert rows["prompt_id"] == plain["prompt_id"] and rows["seed"] == plain["seed"]  # paired seed for seed
+        assert rows["prompt"] == plain["prompt"]
+    explicit = configs["de_eval_direct-explicit_gender"]
+    for row in explicit:
+        gender = target_gender(row["sample_index"])
+        assert row["generation_prompt"] == grammar.eval_explicit(row["profession"], gender)
+        assert row["intervention"] == "explicit_gender"
+    negative = configs["de_eval_direct-negative"]
+    assert {row["negative_prompt"] for row in negative} == {grammar.gender_word("male"), grammar.gender_word("female")}
+    sega = configs["de_eval_direct-sega"]
+    assert all(len(row["editing_prompts"]) == 2 for row in sega)
+    # Semantic guidance changed the images (guidance 7.5 here), and the same seeds gave the plain ones.
+    assert any(a["image"].tobytes() != b["image"].tobytes() for a, b in zip(sega, plain))
+    assert {row["variant"] for row in datasets.load_dataset(str(folder), "de_eval_female", split="train")} == {
+        "eval_female"
+    }  # the explicit prompts made as written beside the interventions
+    assert (
+        "de_eval_female-sega"
+        not in LocalStore(methods_study["store_root"])
+        .resolve(methods_study["base"], "dataset")
+        .joinpath("README.md")
+        .read_text()
+    )
+
+
+def test_compare_methods_publishes_the_table_figures_and_paired_tests(methods_study: dict) -> None:
+    common = {"store_root": methods_study["store_root"], "namespace": "study"}
+    labels = ",".join(f"{label}={methods_study[label]}" for label in ("base", "base-g3", "other"))
+    published = compare_methods.run(compare_methods.Arguments(**common, methods=labels, rounds=500))
+    store = LocalStore(methods_study["store_root"])
+    folder = store.resolve(str(published), "dataset")
+    table = datasets.load_dataset(str(folder), "methods", split="train").to_pandas()
+    english = table[(table["language"] == "en") & (table["variant"] == "eval_direct")]
+    assert sorted(english["method"]) == sorted(
+        ["base", "base+explicit_gender", "base+ethical", "base+negative", "base+sega", "base-g3", "other"]
+    )
+    baseline = english[english["method"] == "base"].iloc[0]
+    assert baseline["p_value"] != baseline["p_value"]  # NaN: the baseline is not tested against itself
+    tested = english[english["method"] != "base"]
+    assert tested["p_value"].between(0, 1).all() and tested["difference_mean"].notna().all()
+    assert set(english["guidance_scale"]) == {7.5, 3.0}
+    assert english["clip_score"].notna().all() and (english["seconds_per_image"] > 0).all()
+    # The difference is the mean of per-occupation L1 differences, as the bias datasets hold them.
+    bias = {}
+    for label in ("base", "other"):
+        found = [ref for key, ref in published.lineage["inputs"].items() if key == f"{label}.bias"]
+        per = datasets.load_dataset(str(store.resolve(found[0], "dataset")), "per_occupation", split="train")
+        bias[label] = {r["occupation"]: r["l1"] for r in per if r["language"] == "en" and r["attribute"] == "gender"
+                       and r["intervention"] == "none" and r["variant"] == "eval_direct"}  # fmt: skip
+    shared = sorted(set(bias["base"]) & set(bias["other"]))
+    expected = sum(bias["other"][o] - bias["base"][o] for o in shared) / len(shared)
+    other_row = english[english["method"] == "other"].iloc[0]
+    assert other_row["difference_mean"] == pytest.approx(expected)
+    # Explicit-gender control: from base's eval_female / eval_male images, the same for all its methods;
+    # those variants measure control and are no method of their own.
+    assert not table["variant"].isin(["eval_female", "eval_male"]).any()
+    base_rows = english[english["label"] == "base"]
+    assert (
+        base_rows["explicit_gender_control"].notna().all() and base_rows["explicit_gender_images"].eq(4 * 2 * 2).all()
+    )
+    assert english[english["label"] == "other"]["explicit_gender_control"].isna().all()
+    assert (folder / "figures" / "explicit_gender_control.svg").is_file()
+    assert (folder / "figures" / "eval_direct_bias_by_method.svg").is_file()
+    assert (folder / "figures" / "eval_direct_bias_by_guidance.png").is_file()
+    card = (folder / "README.md").read_text()
+    assert "Δ vs baseline" in card and "base+sega" in card
+
+
+def test_explicit_gender_control_counts_images_perceived_as_asked(methods_study: dict) -> None:
+    store = LocalStore(methods_study["store_root"])
+    from pipelines.harness.lineage import version_refs
+
+    refs = version_refs(store, "study", "base", methods_study["base"])
+    from pipelines.artifacts.reader import DatasetArtifact
+
+    attributes = DatasetArtifact(store.resolve(refs["attributes"], "dataset"), refs["attributes"])
+    control = compare_methods.CompareMethods.control(attributes, 0.95)
+    obeyed = total = 0
+    for config in attributes.configs:
+        variant = attributes.config_info(config)["variant"]
+        if variant not in ("eval_female", "eval_male"):
+            continue
+        asked = variant.removeprefix("eval_")
+        for row in attributes.rows(config, ["status", "gender"]):
+            if row["status"] == "ok":
+                obeyed += row["gender"] == asked
+                total += 1
+    assert control["en"]["n"] + control["de"]["n"] == total
+    assert (
+        control["en"]["share"] * control["en"]["n"] + control["de"]["share"] * control["de"]["n"]
+    ) == pytest.approx(obeyed)
+    assert 0 <= control["en"]["low"] <= control["en"]["share"] <= control["en"]["high"] <= 1
+
+
+def test_interventions_refuse_variants_they_do_not_apply_to(tiny_study: dict) -> None:
+    from pipelines.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="interventions apply to the eval_direct prompts, and variants has none"):
+        image_arguments(tiny_study, variants=["gendered"], interventions=["sega"])
+    with pytest.raises(ConfigError, match="interventions='magic'|allowed none, explicit_gender"):
+        image_arguments(tiny_study, interventions=["magic"])
+
+
+def test_methods_figures_exist_for_a_guidance_sweep_only(tmp_path: Path) -> None:
+    from pipelines.reporting.figures import lines
+
+    paths = lines(tmp_path / "sweep", [1, 3, 5], {"a": [0.1, 0.3, 0.5]}, title="t", xlabel="g", ylabel="L1")
+    assert [p.suffix for p in paths] == [".svg", ".png"] and paths[0].read_text().startswith("<?xml")
