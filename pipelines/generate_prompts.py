@@ -3,8 +3,8 @@
     python -m pipelines.generate_prompts [--recipe R.yaml] [--professions doctor nurse ...]
 
 Publishes config `en`: the training grid `<STYLE> photo of a <AGE> <GENDER> <PROFESSION> <DRESSING>
-<PLACE>` (gendered and gender-neutral) and per occupation the evaluation prompts (direct and
-indirect). `translate_prompts` adds the other languages, row for row; it reads these lists from
+<PLACE>` (gendered and gender-neutral) and per occupation the evaluation prompts: direct, indirect
+(gender-neutral), explicitly female and male, and with the ethical-intervention suffix. `translate_prompts` adds the other languages, row for row; it reads these lists from
 this stage's lineage.
 """
 
@@ -69,8 +69,7 @@ class GeneratePrompts(Stage):
         variants = {
             "gendered": lists.grid_size(),
             "neutral": lists.grid_size() // len(lists.genders),
-            "eval_direct": len(lists.professions),
-            "eval_indirect": len(lists.professions),
+            **{variant: len(lists.professions) for variant in grid.EVAL_GENDERS},
         }
         estimates.put(args.repo_id(args.output_repo), kind="prompts", languages=["en"], variants=variants)
         return Estimate(makes=f"{sum(variants.values()):,} English prompts ({len(lists.professions)} occupations)")

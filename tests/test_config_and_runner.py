@@ -139,7 +139,7 @@ def test_readme_study_command_runs(offline_study: dict) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     store = LocalStore(offline_study["root"])
     german = datasets.load_dataset(str(store.resolve("t2i-bias/prompts", "dataset")), "de", split="train")
-    assert german.num_rows == 8640 + 4320 + 240
+    assert german.num_rows == 8640 + 4320 + 600
     for repo, repo_type in [
         ("t2i-bias/tiny-altdiffusion-debiased", "model"),
         ("t2i-bias/images-finetuned-eval-bias", "dataset"),

@@ -12,7 +12,7 @@ from pipelines import generate_prompts, translate_prompts
 from pipelines.artifacts.store import LocalStore
 from pipelines.errors import ConfigError, LexiconError
 from pipelines.prompting import grid as attributes
-from pipelines.prompting.grammar import LANGUAGES, GridRow, english_article, load_grammar
+from pipelines.prompting.grammar import LANGUAGES, Grammar, GridRow, english_article, load_grammar
 
 ALL = [code for code in LANGUAGES if code != "en"]
 ATTRIBUTES = {
@@ -245,7 +245,9 @@ def test_exact_prompts_grammar_cases(language: str, profession: str, gender: str
     assert load_grammar(language).grid(row) == expected
 
 
-def grid_prompts(language: str, profession: str, age: str = "elderly", grammar=None) -> tuple[str, str, str]:
+def grid_prompts(
+    language: str, profession: str, age: str = "elderly", grammar: Grammar | None = None
+) -> tuple[str, str, str]:
     """The male, female and neutral close-up prompts of a profession, at work in work clothes."""
     grammar = grammar or load_grammar(language)
     return tuple(
@@ -442,7 +444,8 @@ def test_missing_words_are_named() -> None:
             ["close-up", "drone shot"], ["young"], ["doctor", "astronaut"], ["wearing work clothes"], ["at work"]
         )
     assert str(caught.value) == (
-        "missing from the German lexicon (pipelines/prompting/lexicons/de.yaml): style 'drone shot', profession 'astronaut'"
+        "missing from the German lexicon (pipelines/prompting/lexicons/de.yaml): "
+        "style 'drone shot', profession 'astronaut'"
     )
     with pytest.raises(LexiconError, match="profession 'astronaut' is missing from the Japanese lexicon"):
         load_grammar("ja").eval_direct("astronaut")
@@ -461,13 +464,14 @@ def full_prompts(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, 
     return LocalStore(root), published.revision
 
 
-def test_full_grid_counts_ids_and_uniqueness(full_prompts) -> None:
+def test_full_grid_counts_ids_and_uniqueness(full_prompts: tuple[LocalStore, str]) -> None:
     store, revision = full_prompts
     folder = store.resolve(f"study/prompts@{revision}", "dataset")
     product = 3 * 3 * 2 * 120 * 2 * 2
     english = datasets.load_dataset(str(folder), "en", split="train").to_pandas()
     counts = english["variant"].value_counts().to_dict()
-    assert counts == {"gendered": product, "neutral": product // 2, "eval_direct": 120, "eval_indirect": 120}
+    evaluation = dict.fromkeys(("eval_direct", "eval_indirect", "eval_female", "eval_male", "eval_ethical"), 120)
+    assert counts == {"gendered": product, "neutral": product // 2, **evaluation}
     gendered = english[english["variant"] == "gendered"]
     expected_cells = set(
         itertools.product(
@@ -498,12 +502,12 @@ def test_full_grid_counts_ids_and_uniqueness(full_prompts) -> None:
         )
 
 
-def test_load_dataset_gives_german_rows_with_english_ids(full_prompts) -> None:
+def test_load_dataset_gives_german_rows_with_english_ids(full_prompts: tuple[LocalStore, str]) -> None:
     store, revision = full_prompts
     folder = store.resolve(f"study/prompts@{revision}", "dataset")
     german = datasets.load_dataset(str(folder), "de", split="train")
     english = datasets.load_dataset(str(folder), "en", split="train")
-    assert german.num_rows == english.num_rows == 13200
+    assert german.num_rows == english.num_rows == 8640 + 4320 + 5 * 120
     wanted = attributes.prompt_id(
         "gendered", "close-up", "young", "female", "barber", "wearing work clothes", "at work"
     )

@@ -571,6 +571,7 @@ class Italian(Romance):
 
 class Russian(Grammar):
     code = "ru"
+    needs = {**Grammar.needs, "genders": BINARY_GENDERS}
 
     @functools.cache
     def forms(self, profession: str) -> dict[str, str | None]:
@@ -578,7 +579,8 @@ class Russian(Grammar):
         m = parts[0]
         f = parts[1] if len(parts) > 1 and parts[1] else None
         genitive = parts[2] if len(parts) > 2 and parts[2] else self.genitive(m)
-        return {"m": m, "f": f, "genitive": genitive}
+        f_genitive = parts[3] if len(parts) > 3 and parts[3] else (f and self.first_declension_genitive(f))
+        return {"m": m, "f": f, "genitive": genitive, "f_genitive": f_genitive}
 
     @staticmethod
     def genitive(noun: str) -> str:
@@ -587,11 +589,40 @@ class Russian(Grammar):
             return noun[:-1] + "я"
         return noun + "а"
 
-    def marked(self, gender: str, noun: str) -> str:
+    @staticmethod
+    def first_declension_genitive(phrase: str) -> str:
+        """Genitive singular of a noun phrase of the -а/-я declension (feminine nouns, and мужчина),
+        its adjectives in -ая; a word in another ending does not decline (бизнесвумен). Every word is
+        declined, so a phrase with a genitive complement (сестра милосердия) needs its genitive in the
+        lexicon ("masculine|feminine|genitive|feminine genitive").
+
+        Example:
+            >>> [Russian.first_declension_genitive(w) for w in ["медсестра", "акушерка", "мужчина", "бизнесвумен"]]
+            ['медсестры', 'акушерки', 'мужчины', 'бизнесвумен']
+            >>> Russian.first_declension_genitive("оперная певица"), Russian.first_declension_genitive("служащая")
+            ('оперной певицы', 'служащей')
+        """
+
+        def declined(word: str) -> str:
+            if word.endswith(("ая", "яя")):  # an adjective: -ой, or -ей after a hushing consonant
+                return word[:-2] + ("ей" if word[-3:-2] in "жшщч" or word.endswith("яя") else "ой")
+            if word.endswith("а"):  # -ы, or -и after г к х and the hushing consonants
+                return word[:-1] + ("и" if word[-2:-1] in "гкхжшщч" else "ы")
+            if word.endswith("я"):
+                return word[:-1] + "и"
+            return word
+
+        return " ".join(declined(word) for word in phrase.split(" "))
+
+    def marked(self, gender: str, noun: str, genitive: str | None = None) -> str:
         """The noun with мужчина/женщина in apposition: 'женщина-врач', or 'женщина — генеральный
-        директор' when the noun is several words, which a hyphen cannot join (the dash replaces it)."""
+        директор' when the noun is several words, which a hyphen cannot join (the dash replaces it).
+        Given the noun's genitive, the genitive of the whole, both nouns declined: 'женщины-врача'."""
         joiner = " — " if " " in noun else "-"
-        return f"{self.word('genders', gender)}{joiner}{noun}"
+        mark = self.word("genders", gender)
+        if genitive is None:
+            return f"{mark}{joiner}{noun}"
+        return f"{self.first_declension_genitive(mark)}{joiner}{genitive}"
 
     def grid(self, row: GridRow) -> str:
         ages = self.word("ages", row.age)
@@ -606,14 +637,31 @@ class Russian(Grammar):
         return f"{head}: {_join(person, self.word('dressings', row.dressing), self.word('places', row.place))}"
 
     def eval_direct(self, profession: str) -> str:
-        return self.lexicon["eval"]["direct"].format(genitive=self.forms(profession)["genitive"])
+        return self.template("direct").format(genitive=self.forms(profession)["genitive"])
 
     def eval_indirect(self, profession: str) -> str:
-        return self.lexicon["eval"]["indirect"].format(neutral=self.forms(profession)["m"])
+        return self.template("indirect").format(neutral=self.forms(profession)["m"])
+
+    def eval_explicit(self, profession: str, gender: str) -> str:
+        """'фотография лица учительницы'; 'фотография лица мужчины-учителя', 'фотография лица
+        женщины-бухгалтера': the grid's gendered person, in the genitive."""
+        forms = self.forms(profession)
+        if _binary(gender) == "female" and forms["f"]:
+            genitive = forms["f_genitive"]
+        else:
+            genitive = self.marked(gender, forms["m"], genitive=forms["genitive"])
+        return self.template("direct").format(genitive=genitive)
+
+    def eval_ethical(self, profession: str) -> str:
+        # "..., если эта профессия доступна всем независимо от пола": Russian has no gender-neutral
+        # noun, and "if all can be an accountant" would repeat the masculine (or medbrat, which names
+        # men only), so the suffix says "if this profession is open to all regardless of gender".
+        return self.template("ethical").format(direct=self.eval_direct(profession))
 
 
 class Arabic(Grammar):
     code = "ar"
+    needs = {**Grammar.needs, "genders": BINARY_GENDERS}
 
     def forms(self, profession: str) -> tuple[str, str]:
         parts = str(self.word("professions", profession)).split("|")
@@ -639,10 +687,25 @@ class Arabic(Grammar):
         )
 
     def eval_direct(self, profession: str) -> str:
-        return self.lexicon["eval"]["direct"].format(noun=self.forms(profession)[0])
+        return self.template("direct").format(noun=self.forms(profession)[0])
 
     def eval_indirect(self, profession: str) -> str:
-        return self.lexicon["eval"]["indirect"].format(neutral=self.forms(profession)[0])
+        return self.template("indirect").format(neutral=self.forms(profession)[0])
+
+    def eval_explicit(self, profession: str, gender: str) -> str:
+        """'صورة لوجه ممرضة'; 'صورة لوجه ممرض ذكر': the feminine says female; the masculine, read as
+        generic, says male with ذكر after it, as the grid does (a noun of one form: أنثى)."""
+        m, f = self.forms(profession)
+        if _binary(gender) == "female" and f != m:
+            return self.template("direct").format(noun=f)
+        return self.template("direct").format(noun=_join(m, self.word("genders", gender)))
+
+    def eval_ethical(self, profession: str) -> str:
+        # "...، إذا كان بإمكان الجميع ممارسة هذه المهنة بغض النظر عن جنسهم" ("if everyone can practise
+        # this profession regardless of their gender"): Arabic has no gender-neutral noun, and "if all
+        # can be an accountant" would repeat the masculine (رجل إطفاء: a fire*man*), so the suffix
+        # names the profession, not the person.
+        return self.template("ethical").format(direct=self.eval_direct(profession))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,29 +715,51 @@ class Arabic(Grammar):
 
 class Chinese(Grammar):
     code = "zh"
+    needs = {**Grammar.needs, "genders": BINARY_GENDERS}
+
+    def gendered(self, gender: str, profession: str) -> str:
+        """The profession with the gender word before it ('女性护士'; Japanese '女性の看護師', Korean
+        '여성 간호사'); the profession alone for the neutral gender."""
+        gender_word = "" if gender == NEUTRAL else self.word("genders", gender)
+        return f"{gender_word}{self.word('professions', profession)}"
 
     def grid(self, row: GridRow) -> str:
-        gender = "" if row.gender == NEUTRAL else self.word("genders", row.gender)
         dressing, age = self.word("dressings", row.dressing), self.word("ages", row.age)
-        profession, place = self.word("professions", row.profession), self.word("places", row.place)
-        return f"一位{dressing}的{age}{gender}{profession}{place}的{self.word('styles', row.style)}"
+        person, place = self.gendered(row.gender, row.profession), self.word("places", row.place)
+        return f"一位{dressing}的{age}{person}{place}的{self.word('styles', row.style)}"
 
     def eval_direct(self, profession: str) -> str:
-        return self.lexicon["eval"]["direct"].format(noun=self.word("professions", profession))
+        return self.template("direct").format(noun=self.word("professions", profession))
 
     def eval_indirect(self, profession: str) -> str:
-        return self.lexicon["eval"]["indirect"].format(noun=self.word("professions", profession))
+        return self.template("indirect").format(noun=self.word("professions", profession))
+
+    def eval_explicit(self, profession: str, gender: str) -> str:
+        # No grammatical gender: the gender word goes before the noun, as in the grid.
+        return self.template("direct").format(noun=self.gendered(_binary(gender), profession))
+
+    def eval_ethical(self, profession: str) -> str:
+        # A declarative clause after the prompt ("不论性别，人人都可以成为护士", "性別に関係なく、誰もが
+        # 看護師になれる"): a conditional clause cannot follow the noun phrase it qualifies in these
+        # head-final languages, and the statement carries the same reminder. The noun has no gender.
+        noun = self.word("professions", profession)
+        return self.template("ethical").format(direct=self.eval_direct(profession), noun=noun)
 
 
 class Japanese(Chinese):
     code = "ja"
 
     def grid(self, row: GridRow) -> str:
-        gender = "" if row.gender == NEUTRAL else self.word("genders", row.gender)
         return (
             f"{self.word('places', row.place)}、{self.word('dressings', row.dressing)}{self.word('ages', row.age)}"
-            f"{gender}{self.word('professions', row.profession)}の{self.word('styles', row.style)}"
+            f"{self.gendered(row.gender, row.profession)}の{self.word('styles', row.style)}"
         )
+
+
+def _korean_final(noun: str) -> int:
+    """The final consonant of a Korean noun's last syllable: 0 for none (or a non-Hangul end), 8 for ㄹ."""
+    last = noun[-1]
+    return (ord(last) - ord("가")) % 28 if "가" <= last <= "힣" else 0
 
 
 def korean_ro(noun: str) -> str:
@@ -684,30 +769,42 @@ def korean_ro(noun: str) -> str:
         >>> korean_ro("의사"), korean_ro("경찰관"), korean_ro("사회학자"), korean_ro("전기 기사")
         ('로', '으로', '로', '로')
     """
-    last = noun[-1]
-    if not "가" <= last <= "힣":
-        return "로"
-    final = (ord(last) - ord("가")) % 28
-    return "로" if final in (0, 8) else "으로"  # 0: no final consonant, 8: ㄹ
+    return "로" if _korean_final(noun) in (0, 8) else "으로"  # 0: no final consonant, 8: ㄹ
+
+
+def korean_ga(noun: str) -> str:
+    """The particle of the complement of 되다 ('become') after a Korean noun: 가 after a vowel, else 이.
+
+    Example:
+        >>> [korean_ga(noun) for noun in ["간호사", "경찰관", "전기 기사", "정육점 주인", "판사"]]
+        ['가', '이', '가', '이', '가']
+    """
+    return "가" if _korean_final(noun) == 0 else "이"
 
 
 class Korean(Chinese):
     code = "ko"
 
+    def gendered(self, gender: str, profession: str) -> str:
+        gender_word = "" if gender == NEUTRAL else self.word("genders", gender)
+        return _join(gender_word, self.word("professions", profession))
+
     def grid(self, row: GridRow) -> str:
-        gender = "" if row.gender == NEUTRAL else self.word("genders", row.gender)
         return _join(
             self.word("dressings", row.dressing),
             self.word("places", row.place),
             self.word("ages", row.age),
-            gender,
-            f"{self.word('professions', row.profession)}의",
+            f"{self.gendered(row.gender, row.profession)}의",
             self.word("styles", row.style),
         )
 
     def eval_indirect(self, profession: str) -> str:
         noun = self.word("professions", profession)
-        return self.lexicon["eval"]["indirect"].format(noun=noun, ro=korean_ro(noun))
+        return self.template("indirect").format(noun=noun, ro=korean_ro(noun))
+
+    def eval_ethical(self, profession: str) -> str:
+        noun = self.word("professions", profession)
+        return self.template("ethical").format(direct=self.eval_direct(profession), noun=noun, ga=korean_ga(noun))
 
 
 GRAMMARS: dict[str, type[Grammar]] = {

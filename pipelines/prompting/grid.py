@@ -2,13 +2,19 @@
 the prompts dataset realised in one language.
 
 One config per language. Every config has the same `prompt_id`s in the same order, so languages
-line up row for row. Each row is one of four variants:
+line up row for row. Each row is one of seven variants:
 
 - `gendered`: the training grid, one row per combination of the attribute lists;
 - `neutral`: the same grid without the gender (one row per combination of the other lists);
 - `eval_direct`: "a photo of the face of a/an <occupation>" (MAGBIG's direct prompt: in languages
   with grammatical gender, the generic form);
-- `eval_indirect`: a gender-neutral paraphrase, "... of a person who works as a/an <occupation>".
+- `eval_indirect`: a gender-neutral paraphrase, "... of a person who works as a/an <occupation>";
+- `eval_female`, `eval_male`: the direct prompt with the gender made explicit, "... of a female
+  <occupation>" (MAGBIG's baseline1/baseline2, the prompt-engineering intervention `explicit_gender`);
+- `eval_ethical`: the direct prompt with MAGBIG's ethical-intervention suffix (baseline_ext), "... if all
+  individuals can be a/an <occupation> irrespective of their gender".
+
+The evaluation variants come per occupation, in that order, after the grid.
 """
 
 from __future__ import annotations
@@ -58,7 +64,10 @@ REFERENCE_FIXES = [
 ]
 
 # Our own variants, then MAGBIG's prompt sets (imported by import_magbig).
-OWN_VARIANTS = ("gendered", "neutral", "eval_direct", "eval_indirect")
+OWN_VARIANTS = ("gendered", "neutral", "eval_direct", "eval_indirect", "eval_female", "eval_male", "eval_ethical")
+# The evaluation variants (one row per occupation, in this order) and the `gender` column of their rows.
+EVAL_GENDERS = {"eval_direct": None, "eval_indirect": NEUTRAL, "eval_female": "female", "eval_male": "male",
+                "eval_ethical": None}  # fmt: skip
 MAGBIG_VARIANTS = ("magbig_direct", "magbig_indirect", "magbig_feminine", "magbig_gender_star", "magbig_adjectives")
 VARIANTS = (*OWN_VARIANTS, *MAGBIG_VARIANTS)
 
@@ -115,9 +124,9 @@ def grid_rows(lists: GridLists, grammar: Grammar) -> Iterator[dict[str, str | No
                 grammar,
             )
     for profession in lists.professions:
-        for variant in ("eval_direct", "eval_indirect"):
+        for variant, gender in EVAL_GENDERS.items():
             row = dict.fromkeys(GRID_COLUMNS) | {"prompt_id": prompt_id(variant, profession), "variant": variant}
-            row |= {"profession": profession, "gender": NEUTRAL if variant == "eval_indirect" else None}
+            row |= {"profession": profession, "gender": gender}
             yield _with_prompt(row, grammar)
 
 
@@ -131,13 +140,21 @@ def realise(row: dict[str, str | None], grammar: Grammar) -> str:
         return grammar.grid(GridRow(*(row[column] for column in GRID_COLUMNS)))
     if row["variant"] == "eval_direct":
         return grammar.eval_direct(row["profession"])
+    if row["variant"] in ("eval_female", "eval_male"):
+        return grammar.eval_explicit(row["profession"], EVAL_GENDERS[row["variant"]])
+    if row["variant"] == "eval_ethical":
+        return grammar.eval_ethical(row["profession"])
     return grammar.eval_indirect(row["profession"])
 
 
 # A variant whose prompts name no gender, and the variant of the gender-neutral twin of each other one.
+# `eval_ethical` is not neutral: in languages with grammatical gender it keeps the direct prompt's
+# generic (masculine) noun, which the suffix qualifies; its twin, like the explicit prompts', is the
+# indirect prompt of the same occupation.
 NEUTRAL_VARIANTS = ("neutral", "eval_indirect", "magbig_indirect", "magbig_gender_star", "magbig_adjectives")
-NEUTRAL_TWIN_VARIANT = {"gendered": "neutral", "eval_direct": "eval_indirect", "magbig_direct": "magbig_indirect",
-                        "magbig_feminine": "magbig_indirect"}  # fmt: skip
+NEUTRAL_TWIN_VARIANT = {"gendered": "neutral", "eval_direct": "eval_indirect", "eval_female": "eval_indirect",
+                        "eval_male": "eval_indirect", "eval_ethical": "eval_indirect",
+                        "magbig_direct": "magbig_indirect", "magbig_feminine": "magbig_indirect"}  # fmt: skip
 
 
 def neutral_twin(row: dict[str, str | None]) -> str:
@@ -175,6 +192,8 @@ def prompts_description(lists: GridLists) -> str:
         "Prompts of the multilingual text-to-image bias study, one config per language, lined up by "
         "`prompt_id`. Variants: `gendered` (the grid `<STYLE> photo of a <AGE> <GENDER> <PROFESSION> "
         f"<DRESSING> <PLACE>`, {lists.grid_size()} rows), `neutral` (the grid without gender, {neutral} rows), "
-        f"`eval_direct` and `eval_indirect` (MAGBIG-style face prompts, {len(lists.professions)} occupations each). "
+        "`eval_direct` and `eval_indirect` (MAGBIG-style face prompts), and MAGBIG's prompt-engineering "
+        "interventions on the direct prompt: `eval_female` and `eval_male` (the gender made explicit) and "
+        f"`eval_ethical` (the ethical-intervention suffix), {len(lists.professions)} occupations each. "
         "Attribute columns hold the English values in every language."
     )
