@@ -4,8 +4,9 @@
 
 Publishes config `en`: the training grid `<STYLE> photo of a <AGE> <GENDER> <PROFESSION> <DRESSING>
 <PLACE>` (gendered and gender-neutral) and per occupation the evaluation prompts: direct, indirect
-(gender-neutral), explicitly female and male, and with the ethical-intervention suffix. `translate_prompts` adds the other languages, row for row; it reads these lists from
-this stage's lineage.
+(gender-neutral), explicitly female and male, and with the ethical-intervention suffix.
+`translate_prompts` adds the other languages, row for row; it reads these lists from this stage's
+lineage.
 """
 
 from __future__ import annotations
