@@ -64,6 +64,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("generate_images", ["--input", "{attributes}"], "prompts"),
     ("generate_images", ["--input", "{prompts}", "--height", "30"], "height=30"),
     ("generate_images", ["--input", "{prompts}", "--face_filter", "yolo"], "face_filter"),
+    ("generate_images", ["--input", "{prompts}", "--interventions", "magic"], "interventions"),
+    (
+        "generate_images",
+        ["--input", "{prompts}", "--interventions", "sega", "--variants", "gendered"],
+        "interventions apply to the eval_direct prompts",
+    ),
     ("generate_images", ["--input", "study/prompts@deadbeef"], "deadbeef"),
     # collect_datasets
     (
@@ -102,6 +108,13 @@ CASES: list[tuple[str, list[str], str]] = [
     # attach_results
     ("attach_results", ["--bias", "{images}"], "bias"),
     ("attach_results", ["--bias", "no-such-bias"], "no-such-bias"),
+    # compare_methods
+    ("compare_methods", ["--methods", "base"], "methods: 'base' is not label=ns/images[@revision]"),
+    ("compare_methods", ["--methods", "base={images}", "--baseline", "other"], "baseline='other'"),
+    ("compare_methods", ["--methods", "base=no-such-images"], "no images dataset study/no-such-images"),
+    ("compare_methods", ["--methods", "base={prompts}"], "no attributes made by classify"),
+    ("compare_methods", ["--methods", "base={images}", "--confidence", "2"], "confidence=2.0"),
+    ("compare_methods", ["--methods", "base={images}", "--attribute", "height"], "no 'height' results"),
     # publish_space
     ("publish_space", ["--versions", "base"], "versions"),
     ("publish_space", ["--space_store", "ftp"], "space_store='ftp'"),

@@ -3,6 +3,7 @@ dataset with its costs and explicit-gender control."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import datasets
@@ -222,3 +223,24 @@ def test_methods_figures_exist_for_a_guidance_sweep_only(tmp_path: Path) -> None
 
     paths = lines(tmp_path / "sweep", [1, 3, 5], {"a": [0.1, 0.3, 0.5]}, title="t", xlabel="g", ylabel="L1")
     assert [p.suffix for p in paths] == [".svg", ".png"] and paths[0].read_text().startswith("<?xml")
+
+
+def test_an_intervention_without_its_prompts_names_what_is_missing(tiny_study: dict, tmp_path: Path) -> None:
+    """Prompts made without the explicit and ethical variants (an older or foreign dataset)."""
+    import pyarrow.parquet as pq
+
+    from pipelines.errors import DataError
+
+    store = LocalStore(tiny_study["store_root"])
+    folder = tmp_path / "prompts"
+    shutil.copytree(store.resolve(tiny_study["prompts"], "dataset"), folder)
+    for path in folder.glob("data/*/*.parquet"):
+        table = pq.read_table(path)
+        keep = [
+            variant not in ("eval_female", "eval_male", "eval_ethical") for variant in table["variant"].to_pylist()
+        ]
+        pq.write_table(table.filter(keep), path)
+    revision = store.push(folder, "study/prompts-without-twins", "dataset", "no explicit prompts")
+    arguments = image_arguments(tiny_study, input=f"study/prompts-without-twins@{revision}", interventions=["ethical"])
+    with pytest.raises(DataError, match=r"interventions: ethical needs the 'en' prompts eval_ethical \(doctor\)"):
+        generate_images.run(arguments)
