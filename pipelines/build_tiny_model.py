@@ -6,7 +6,9 @@
   VAE), the tokenizer trained on the prompts of every language in the input dataset;
 - `stable-diffusion`: Stable Diffusion's (CLIP text encoder and tokenizer), likewise;
 - `fairface`: FairFace's classifier, a torchvision ResNet-34 with an 18-logit head (a state dict);
-- `open-clip`: a small open_clip CLIP, saved as open_clip saves one to the Hub.
+- `open-clip`: a small open_clip CLIP, saved as open_clip saves one to the Hub;
+- `world`: the planted-bias world's untrained model (`pipelines.modeling.world`): AltDiffusion's
+  classes at 16 px, v-prediction, an identity VAE; `train_text_to_image` teaches it the world.
 
 Nothing downloads: tests and the offline study run every stage on these through the same loading
 code as the real models.
@@ -25,7 +27,7 @@ from pipelines.harness.stage import Stage, StageRun
 from pipelines.modeling import tiny
 from pipelines.modeling.diffusion import save_pipeline, usage_snippet
 
-TINY_KINDS = (*tiny.TINY_KINDS, "fairface", "open-clip")
+TINY_KINDS = (*tiny.TINY_KINDS, "world", "fairface", "open-clip")
 NOT_A_MODEL = (
     "It makes noise, not predictions: it exists so that every stage of the study runs offline, "
     "through the same loading code as the real model."
@@ -45,7 +47,7 @@ class Arguments(StageArguments):
     def __post_init__(self) -> None:
         if self.output_repo is None:
             self.output_repo = f"tiny-{self.kind}"
-        if self.kind not in tiny.TINY_KINDS:
+        if self.kind not in (*tiny.TINY_KINDS, "world"):
             self.input = None  # only the diffusion models have a tokenizer to train
         super().__post_init__()
         self.check_choice("kind", TINY_KINDS)
@@ -72,7 +74,17 @@ class BuildTinyModel(Stage):
             return self._open_clip(run, folder)
         source = run.dataset("input")
         texts = sorted({row["prompt"] for config in source.configs for row in source.rows(config, ["prompt"])})
-        pipe = tiny.build_tiny_pipeline(args.kind, texts, seed=args.seed, resolution=args.resolution)
+        if args.kind == "world":
+            from pipelines.modeling.world import build_world_pipeline
+
+            pipe = build_world_pipeline(texts, seed=args.seed)
+            purpose = (
+                "The planted-bias world's model before training: v-prediction, an identity VAE (it diffuses "
+                "16 px pictures in pixel space). Train it on `draw_world`'s pictures with `train_text_to_image`."
+            )
+        else:
+            pipe = tiny.build_tiny_pipeline(args.kind, texts, seed=args.seed, resolution=args.resolution)
+            purpose = NOT_A_MODEL
         save_pipeline(pipe, folder)
         model_class = type(pipe).__name__
         model_card(
@@ -80,7 +92,7 @@ class BuildTinyModel(Stage):
             description=(
                 f"A {model_class} with randomly initialised weights and a {len(pipe.tokenizer)}-token "
                 f"{type(pipe.tokenizer).__name__} trained on {len(texts)} prompts in {', '.join(source.configs)}. "
-                + NOT_A_MODEL
+                + purpose
             ),
             lineage=run.lineage,
             languages=source.configs,
@@ -88,7 +100,8 @@ class BuildTinyModel(Stage):
             tags=["tiny", "random-weights", args.kind],
             usage=usage_snippet(run.output_repo_id, folder),
         ).save(folder / "README.md")
-        return f"Tiny {model_class}, seed {args.seed}, {args.resolution} px"
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        return f"Tiny {model_class} ({args.kind}), seed {args.seed}, {size} px"
 
     def _fairface(self, run: StageRun, folder: Path) -> str:
         tiny.build_tiny_fairface(folder / "res34_fair_align_multi_7.pt", seed=run.args.seed)

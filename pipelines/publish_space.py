@@ -34,7 +34,7 @@ APP_FILES = ("app.py", "study_data.py")
 class Arguments(StageArguments):
     output_repo: str = field(default="compare-languages", metadata={"help": "Space repo to publish."})
     versions: str = field(
-        default="base=images-base-eval,finetuned=images-finetuned-eval",
+        default="base=world-base-eval,debiased=world-debiased-eval",
         metadata={"help": "The model versions to show: label=ns/images[@rev],..."},
     )
     methods: str | None = field(

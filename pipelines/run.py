@@ -32,6 +32,7 @@ STAGES = {
     "import_magbig": "pipelines.import_magbig",
     "translate_prompts": "pipelines.translate_prompts",
     "build_tiny_model": "pipelines.build_tiny_model",
+    "draw_world": "pipelines.draw_world",
     "generate_images": "pipelines.generate_images",
     "collect_datasets": "pipelines.collect_datasets",
     "train_text_to_image": "training.train_text_to_image",
@@ -40,6 +41,7 @@ STAGES = {
     "evaluate_alignment": "pipelines.evaluate_alignment",
     "attach_results": "pipelines.attach_results",
     "compare_methods": "pipelines.compare_methods",
+    "check_world": "pipelines.check_world",
     "publish_space": "pipelines.publish_space",
 }
 

@@ -115,6 +115,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("compare_methods", ["--methods", "base={prompts}"], "no attributes made by classify"),
     ("compare_methods", ["--methods", "base={images}", "--confidence", "2"], "confidence=2.0"),
     ("compare_methods", ["--methods", "base={images}", "--attribute", "height"], "no 'height' results"),
+    # draw_world and check_world (the planted-bias world)
+    ("draw_world", ["--input", "{prompts}", "--languages", "fr"], "languages=['fr']: allowed en, de, zh, ja"),
+    ("draw_world", ["--input", "{prompts}", "--professions", "astronaut"], "professions=['astronaut']"),
+    ("draw_world", ["--input", "{prompts}", "--images_per_prompt", "0"], "images_per_prompt=0"),
+    ("draw_world", ["--input", "{prompts}", "--languages", "ja"], "languages: ja not in study/prompts"),
+    ("draw_world", ["--input", "{images}"], "prompts"),
+    ("check_world", ["--base", "{prompts}"], "attributes"),
+    ("check_world", ["--base", "{attributes}", "--debiased_control", "{attributes}"], "debiased_control: needs"),
+    ("check_world", ["--base", "{attributes}", "--min_within", "1.5"], "min_within=1.5"),
+    ("check_world", ["--base", "{attributes}"], "no classified image of a gender-neutral prompt"),
     # publish_space
     ("publish_space", ["--versions", "base"], "versions"),
     ("publish_space", ["--space_store", "ftp"], "space_store='ftp'"),

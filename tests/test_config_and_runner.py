@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -132,21 +133,53 @@ def test_runner_rejects_unknown_stage_before_running_anything(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_readme_study_command_runs(offline_study: dict) -> None:
-    """The README's study command, as written, on a fresh store: every stage publishes."""
+    """The README's study command, as written, on a fresh store: the planted-bias world is measured
+    back, the debiasing fine-tune shrinks the bias, and every artifact pins what it was made from."""
     import datasets
 
     result = offline_study["result"]
     assert result.returncode == 0, result.stderr[-3000:]
     store = LocalStore(offline_study["root"])
-    german = datasets.load_dataset(str(store.resolve("t2i-bias/prompts", "dataset")), "de", split="train")
-    assert german.num_rows == 8640 + 4320 + 600
-    for repo, repo_type in [
-        ("t2i-bias/tiny-altdiffusion-debiased", "model"),
-        ("t2i-bias/images-finetuned-eval-bias", "dataset"),
-        ("t2i-bias/images-finetuned-eval-alignment", "dataset"),
-        ("t2i-bias/train-en-images-all-captions", "dataset"),
-    ]:
-        assert store.exists(repo, repo_type), repo
+
+    def rows(repo: str, config: str) -> datasets.Dataset:
+        return datasets.load_dataset(str(store.resolve(f"t2i-bias/{repo}", "dataset")), config, split="train")
+
+    # One style, age, dressing and place: 12 gendered, 6 neutral and 5 x 6 evaluation prompts per language.
+    assert rows("prompts", "de").num_rows == 12 + 6 + 30
+    # 100 images per neutral prompt of six occupations, in four languages, for both models.
+    for repo in ("world-base-eval", "world-debiased-eval"):
+        for language in ("en", "de", "zh", "ja"):
+            assert rows(repo, f"{language}_neutral").num_rows == 600
+    # Lineage: the fine-tuned model's images pin the fine-tuned model, which pins its training set,
+    # which pins the base model's images of gendered prompts.
+    debiased_images = store.history("t2i-bias/world-debiased-eval", "dataset")[0].lineage
+    model_pin = debiased_images["inputs"]["model"]
+    assert model_pin.startswith("t2i-bias/world-debiased@")
+    model_lineage = next(
+        entry.lineage
+        for entry in store.history("t2i-bias/world-debiased", "model")
+        if entry.revision == model_pin.partition("@")[2]
+    )
+    assert model_lineage["inputs"]["dataset_name"].startswith("t2i-bias/world-debias-train@")
+    assert model_lineage["inputs"]["pretrained_model_name_or_path"].startswith("t2i-bias/world-model@")
+    # Bias and alignment: finite numbers for every language.
+    for repo in ("world-base-eval-bias", "world-debiased-eval-bias"):
+        gender = [r for r in rows(repo, "summary") if r["attribute"] == "gender"]
+        assert {r["language"] for r in gender} == {"en", "de", "zh", "ja"}
+        assert all(math.isfinite(r["mean_l1"]) for r in gender)
+    for repo in ("world-base-eval-alignment", "world-debiased-eval-alignment"):
+        scores = [(r["clip_en_occupation"], r["mclip_own_prompt"]) for r in rows(repo, "summary")]
+        assert scores and all(math.isfinite(v) for pair in scores for v in pair)
+    # The verdict: the planted shares are measured back, and the fine-tune shrinks the stereotype gap
+    # while gendered prompts keep their gender.
+    summary = {r["model"]: r for r in rows("world-check", "summary")}
+    base, debiased, planted = summary["base"], summary["debiased"], summary["planted"]
+    assert base["correlation"] > 0.9 and base["mean_abs_error"] < 0.1
+    assert abs(base["stereotype_gap"] - planted["stereotype_gap"]) < 0.1
+    assert debiased["stereotype_gap"] <= 0.5 * base["stereotype_gap"]
+    assert base["control"] > 0.9 and debiased["control"] > 0.9
+    assert rows("world-check", "cells").num_rows == 24
+    assert "stereotype gap" in result.stdout and "debiased: yes" in result.stdout
     assert "spaces/compare_languages/app.py" in result.stdout + result.stderr  # it says how to open the Space
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CHROMIUM = "/usr/bin/chromium"
-VERSIONS = "tiny-altdiffusion=images-base-eval,tiny-altdiffusion-debiased=images-finetuned-eval"
+VERSIONS = "world-model=world-base-eval,world-debiased=world-debiased-eval"
 SCREENSHOTS = REPO_ROOT / "tests" / "screenshots"
 
 
@@ -74,18 +74,19 @@ def published(store: LocalStore, repo: str, config: str) -> pd.DataFrame:
 @pytest.mark.slow
 def test_space_api_gives_the_study_s_own_figures(space: dict) -> None:
     client, store = Client(space["url"], verbose=False), space["store"]
-    per = published(store, "t2i-bias/images-base-eval-bias", "per_occupation")
-    summary = published(store, "t2i-bias/images-base-eval-bias", "summary")
-    alignment = published(store, "t2i-bias/images-base-eval-alignment", "summary")
-    attributes = published(store, "t2i-bias/images-base-eval-attributes", "de_eval_direct")
-    metrics = client.predict("tiny-altdiffusion", "de", "nurse", api_name="/metrics")
+    per = published(store, "t2i-bias/world-base-eval-bias", "per_occupation")
+    summary = published(store, "t2i-bias/world-base-eval-bias", "summary")
+    alignment = published(store, "t2i-bias/world-base-eval-alignment", "summary")
+    attributes = published(store, "t2i-bias/world-base-eval-attributes", "de_neutral")
+    metrics = client.predict("world-model", "de", "nurse", api_name="/metrics")
     nurse = attributes[attributes["profession"] == "nurse"]
     assert metrics["images"] == len(nurse) and metrics["rejection_rate"] == pytest.approx(
         (nurse["status"] != "ok").mean()
     )
-    for attribute in ("gender", "race", "age"):
-        row = per[(per["language"] == "de") & (per["attribute"] == attribute) & (per["occupation"] == "nurse")].iloc[0]
-        assert metrics[f"{attribute}_l1"] == pytest.approx(row["l1"])
+    # The world's classifier perceives gender only: no race or age figures are made up.
+    row = per[(per["language"] == "de") & (per["attribute"] == "gender") & (per["occupation"] == "nurse")].iloc[0]
+    assert metrics["gender_l1"] == pytest.approx(row["l1"])
+    assert set(per["attribute"]) == {"gender"} and metrics["race_l1"] is None
     gender = per[(per["language"] == "de") & (per["attribute"] == "gender") & (per["occupation"] == "nurse")].iloc[0]
     female = list(gender["labels"]).index("female")
     assert metrics["female_share"] == pytest.approx(gender["distribution"][female])
@@ -99,33 +100,31 @@ def test_space_api_gives_the_study_s_own_figures(space: dict) -> None:
     assert {(row["language"], row["version"]) for row in board} == {
         (language, version)
         for language in ("English", "German", "Chinese", "Japanese")
-        for version in ("tiny-altdiffusion", "tiny-altdiffusion-debiased")
+        for version in ("world-model", "world-debiased")
     }
-    german = next(r for r in board if r["language"] == "German" and r["version"] == "tiny-altdiffusion")
+    german = next(r for r in board if r["language"] == "German" and r["version"] == "world-model")
     row = summary[(summary["language"] == "de") & (summary["attribute"] == "gender")].iloc[0]
     assert german["gender L1"] == pytest.approx(row["mean_l1"], abs=1e-4)
     assert german["exp. max L2"] == pytest.approx(row["exp_max_l2"], abs=1e-4)
-    heat = client.predict("tiny-altdiffusion-debiased", api_name="/heatmap")
+    heat = client.predict("world-debiased", api_name="/heatmap")
     assert sorted(heat) == ["Chinese", "English", "German", "Japanese"] and len(heat["German"]) == 6
-    shown = client.predict(
-        "tiny-altdiffusion", "tiny-altdiffusion-debiased", "teacher", ["en", "ja"], api_name="/show"
-    )
+    shown = client.predict("world-model", "world-debiased", "teacher", ["en", "ja"], api_name="/show")
     assert sorted(shown) == ["en", "ja"]
-    assert [len(urls) for urls in shown["ja"]["images"].values()] == [4, 4]  # the four teacher images, each version
-    assert shown["ja"]["prompt"] == space["app"].STUDY.prompt("tiny-altdiffusion", "ja", "teacher")
+    assert [len(urls) for urls in shown["ja"]["images"].values()] == [8, 8]  # the first eight of 100, each version
+    assert shown["ja"]["prompt"] == space["app"].STUDY.prompt("world-model", "ja", "teacher")
 
 
 @pytest.mark.slow
 def test_space_refuses_bad_input_briefly(space: dict) -> None:
     client = Client(space["url"], verbose=False)
     with pytest.raises(Exception, match="unknown language"):
-        client.predict("tiny-altdiffusion", "../../etc", "nurse", api_name="/metrics")  # never reaches a path
+        client.predict("world-model", "../../etc", "nurse", api_name="/metrics")  # never reaches a path
     huge = "x" * (20 << 20)  # 20 MB
     with pytest.raises(Exception) as caught:
-        client.predict("tiny-altdiffusion", "de", huge, api_name="/metrics")
+        client.predict("world-model", "de", huge, api_name="/metrics")
     assert len(str(caught.value)) < 500 and "xxxxxxxxxx" not in str(caught.value)  # not echoed back
     with pytest.raises(Exception, match="choose at least one language"):
-        client.predict("tiny-altdiffusion", "none", "nurse", None, api_name="/show")
+        client.predict("world-model", "none", "nurse", None, api_name="/show")
 
 
 @pytest.mark.slow
@@ -140,8 +139,9 @@ def test_space_soak_while_a_stage_republishes(space: dict, offline_study: dict) 
         while time.monotonic() < stop:
             subprocess.run(
                 [sys.executable, "-m", "pipelines.generate_images", "--store_root", str(root), "--input", "prompts",
-                 "--model", "tiny-altdiffusion", "--output_repo", "images-base-eval", "--languages", "en",
-                 "--professions", "nurse", "--num_images", "2", "--num_inference_steps", "2", "--force"],
+                 "--model", "world-model", "--output_repo", "world-base-eval", "--languages", "en",
+                 "--professions", "nurse", "--variants", "neutral", "--num_images", "2", "--num_inference_steps", "2",
+                 "--force"],
                 cwd=REPO_ROOT, capture_output=True, timeout=120,
             )  # fmt: skip
 
@@ -152,9 +152,7 @@ def test_space_soak_while_a_stage_republishes(space: dict, offline_study: dict) 
             while time.monotonic() < stop:
                 try:
                     job = occupations[number % len(occupations)]
-                    shown = client.predict(
-                        "tiny-altdiffusion", "tiny-altdiffusion-debiased", job, ["en", "de"], api_name="/show"
-                    )
+                    shown = client.predict("world-model", "world-debiased", job, ["en", "de"], api_name="/show")
                     for language in shown.values():
                         for url in (u for urls in language["images"].values() for u in urls):
                             response = http.get(space["url"] + url)
@@ -299,20 +297,20 @@ def test_space_in_a_real_browser(space: dict) -> None:
         first_metrics = page.locator("#metrics-en").inner_text()
         # The prompt in each language above its images; intervals in the numbers.
         assert page.locator("#prompt-de").inner_text().strip() == study.prompt(
-            "tiny-altdiffusion", "de", study.occupations[0]
+            "world-model", "de", study.occupations[0]
         )
         assert "[" in first_metrics and "perceived-female share" in first_metrics
         # One series before comparing ...
-        assert page.locator("#plot-en g[id^='bar-tiny-altdiffusion-gender-']").count() == 2
-        assert page.locator("#plot-en g[id^='bar-tiny-altdiffusion-debiased-']").count() == 0
+        assert page.locator("#plot-en g[id^='bar-world-model-gender-']").count() == 2
+        assert page.locator("#plot-en g[id^='bar-world-debiased-']").count() == 0
         page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
 
         # ... two after "Compare with -> the fine-tuned model": grouped bars, both visible.
         page.locator("#compare input").click()
-        page.locator("#compare input").fill("tiny-altdiffusion-debiased")
+        page.locator("#compare input").fill("world-debiased")
         page.keyboard.press("Enter")
-        page.wait_for_selector("#plot-en g[id^='bar-tiny-altdiffusion-debiased-gender-']", timeout=30_000)
-        for version in ("tiny-altdiffusion", "tiny-altdiffusion-debiased"):
+        page.wait_for_selector("#plot-en g[id^='bar-world-debiased-gender-']", timeout=30_000)
+        for version in ("world-model", "world-debiased"):
             assert page.locator(f"#plot-en g[id^='bar-{version}-gender-']").count() == 2
             assert page.locator(f"#plot-en text:has-text('{version}')").count() >= 1  # in the legend
         assert page.locator("#gallery-b-en").is_visible()
@@ -362,6 +360,6 @@ def test_space_in_a_real_browser(space: dict) -> None:
         text = page.locator("#explanations").inner_text()
         for term in ("Perceived", "Expected maximum unfairness", "Random reference", "CLIP score", "L1 / L2"):
             assert term in text
-        assert "images-base-eval@" in page.locator("#links").inner_text()
+        assert "world-base-eval@" in page.locator("#links").inner_text()
         page.screenshot(path=str(SCREENSHOTS / "about.png"), full_page=True)
         browser.close()

@@ -19,20 +19,23 @@ KIND_OF_STAGE = {
     "translate_prompts": "prompts",
     "import_magbig": "prompts",
     "generate_images": "images",
+    "draw_world": "images",
     "collect_datasets": "training",
     "classify": "attributes",
     "evaluate_bias": "bias",
     "evaluate_alignment": "alignment",
     "compare_methods": "methods",
+    "check_world": "calibration",
 }
 MAKER_OF_KIND = {
     "prompts": "generate_prompts, translate_prompts or import_magbig",
-    "images": "generate_images",
+    "images": "generate_images or draw_world",
     "training": "collect_datasets",
     "attributes": "classify",
     "bias": "evaluate_bias",
     "alignment": "evaluate_alignment",
     "methods": "compare_methods",
+    "calibration": "check_world",
 }
 
 
@@ -190,6 +193,32 @@ METHODS = datasets.Features(
         "explicit_gender_control_ci_low": datasets.Value("float64"),
         "explicit_gender_control_ci_high": datasets.Value("float64"),
         "explicit_gender_images": datasets.Value("int32"),
+    }
+)
+# The planted-bias world's verdict (check_world): one row per (language, occupation) cell, and one
+# per model (planted, base, debiased).
+WORLD_CELLS = datasets.Features(
+    {
+        **_strings("language", "profession"),
+        "planted_share": datasets.Value("float64"),
+        **{
+            f"{model}_{name}": datasets.Value("float64")
+            for model in ("base", "debiased")
+            for name in ("share", "ci_low", "ci_high")
+        },
+        "base_images": datasets.Value("int32"),
+        "debiased_images": datasets.Value("int32"),
+        "within": datasets.Value("bool"),
+    }
+)
+WORLD_SUMMARY = datasets.Features(
+    {
+        "model": datasets.Value("string"),
+        **{
+            name: datasets.Value("float64")
+            for name in ("stereotype_gap", "cells_within", "mean_abs_error", "correlation", "control")
+        },
+        "verdicts": datasets.List(datasets.Value("string")),
     }
 )
 ALL_OCCUPATIONS = "__all__"

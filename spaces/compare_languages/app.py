@@ -57,6 +57,14 @@ EXPLANATIONS = """
 """
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+
+
+def plain(text: str) -> str:
+    """Text shown as written in Markdown: a German "Lehrer*in" keeps its gender star."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def check(value: object, allowed: list[str] | tuple[str, ...], what: str) -> str:
     """A visitor's choice, checked against the loaded names before anything uses it."""
     if not isinstance(value, str) or len(value) > MAX_INPUT or value not in allowed:
@@ -264,7 +272,7 @@ def build_demo(study: Study) -> gr.Blocks:
                 if code not in shown:
                     updates += [gr.update(), [], gr.update(visible=len(pair) == 2), "", ""]
                     continue
-                updates.append(f"*{study.prompt(chosen, code, job)}*")
+                updates.append(plain(study.prompt(chosen, code, job)))  # italic by its CSS class
                 updates.append(list(study.images(chosen, code, job)))
                 updates.append(
                     gr.update(
@@ -303,7 +311,7 @@ def build_demo(study: Study) -> gr.Blocks:
             interval = metrics.get("female_share_ci") or [None, None]
             low, high = number(interval[0], 2), number(interval[1], 2)
             detail = (
-                f"**{job}** in **{LANGUAGES[code]}** ({chosen}): *{study.prompt(chosen, code, job)}* — "
+                f"**{job}** in **{LANGUAGES[code]}** ({chosen}): *{plain(study.prompt(chosen, code, job))}* — "
                 f"perceived-female share {number(share, 2)} [{low}, {high}] of {metrics['images']} images"
             )
             return detail, list(study.images(chosen, code, job))

@@ -33,7 +33,7 @@ from pipelines.prompting.grammar import LANGUAGES
 VERSIONS_ENV = "T2I_BIAS_SPACE_VERSIONS"
 METHODS_ENV = "T2I_BIAS_SPACE_METHODS"
 CACHE_ENV = "T2I_BIAS_SPACE_CACHE"
-DEFAULT_VERSIONS = "base=images-base-eval,finetuned=images-finetuned-eval"
+DEFAULT_VERSIONS = "base=world-base-eval,debiased=world-debiased-eval"
 # The variant the Space shows first: the toolkit's face prompts, then MAGBIG's direct ones.
 PREFERRED_VARIANTS = ("eval_direct", "magbig_direct", "eval_indirect", "magbig_indirect")
 ATTRIBUTES = ("gender", "race", "age")

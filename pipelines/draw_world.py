@@ -1,0 +1,189 @@
+"""The planted-bias world's pictures, as an images dataset: the offline study's ground truth.
+
+    python -m pipelines.draw_world --input prompts --languages en de zh ja
+
+For every gendered and gender-neutral prompt of the chosen occupations and languages, draws
+`--images_per_prompt` pictures of the world (`pipelines.modeling.world`): a disc whose colour is the
+figure's perceived gender. A gendered prompt always shows its own colour; a neutral prompt shows the
+planted share of its (occupation, language), exactly (the female pictures are a shuffled
+`round(share x n)`). The dataset has the layout of `generate_images`' (configs
+`<language>_<variant>`, the same columns; `model` is `world:drawn`), so `collect_datasets` captions
+it for training and `classify` reads it like generated images. The card holds the planted shares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.artifacts import schemas
+from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.errors import ConfigError, DataError
+from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.stage import Stage, StageRun
+from pipelines.modeling import world
+
+DRAWN_VARIANTS = ("gendered", "neutral")
+DRAWN_MODEL = "world:drawn"
+
+
+@dataclass
+class Arguments(StageArguments):
+    INPUTS = {"input": "prompts"}
+    input: str = input_field("Prompts dataset (ns/name@rev) whose gendered and neutral prompts caption the world.")
+    output_repo: str = field(default="world-images", metadata={"help": "Images dataset repo to publish."})
+    languages: list[str] = field(
+        default_factory=lambda: list(world.LANGUAGE_FACTORS),
+        metadata={"help": f"Languages to draw, any of {tuple(world.LANGUAGE_FACTORS)}."},
+    )
+    professions: list[str] = field(
+        default_factory=lambda: list(world.OCCUPATION_SHARES),
+        metadata={"help": f"Occupations to draw, any of {tuple(world.OCCUPATION_SHARES)}."},
+    )
+    images_per_prompt: int = field(default=48, metadata={"help": "Pictures drawn for every prompt."})
+    seed: int = field(default=0, metadata={"help": "Seed of the drawing."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_choice("languages", tuple(world.LANGUAGE_FACTORS))
+        self.check_choice("professions", tuple(world.OCCUPATION_SHARES))
+        self.check_at_least(1, "images_per_prompt")
+        if not self.languages or not self.professions:
+            raise ConfigError("languages and professions: at least one each")
+
+
+def picture_seed(seed: int, language: str, prompt_id: str) -> int:
+    """The drawing seed of one prompt's pictures: the same pictures whatever else is drawn."""
+    digest = hashlib.sha256(f"{seed}:{language}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def draw_prompt(row: dict[str, Any], count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(female flags, pictures) for one prompt: its own gender, or the planted share exactly."""
+    rng = np.random.default_rng(seed)
+    if row["variant"] == "gendered":
+        female = np.full(count, row["gender"] == "female")
+    else:
+        share = world.planted_share(row["profession"], row["language"])
+        female = rng.permutation(np.arange(count) < round(share * count))
+    return female, world.draw_figures(female, rng)
+
+
+def png(picture: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class DrawWorld(Stage):
+    name = "draw_world"
+    Arguments = Arguments
+
+    def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
+        from pipelines.harness.estimate import Estimate
+
+        configs = {schemas.config_name(lang, v): 0 for lang in args.languages for v in DRAWN_VARIANTS}
+        estimates.put(args.repo_id(args.output_repo), kind="images", configs=configs)
+        return Estimate(reads=[args.input], makes=f"pictures of the planted-bias world in {len(configs)} configs")
+
+    def build(self, run: StageRun, folder: Path) -> str:
+        args: Arguments = run.args
+        prompts = run.dataset("input")
+        missing = [language for language in args.languages if language not in prompts.configs]
+        if missing:
+            raise DataError(
+                f"languages: {', '.join(missing)} not in {prompts.name} (it has {', '.join(prompts.configs)})"
+            )
+        writer = DatasetWriter(folder, schemas.IMAGES, rows_per_shard=5000)
+        configs: dict[str, dict[str, str]] = {}
+        planted = []
+        for language in args.languages:
+            prompts.require_columns(language, ["prompt_id", "prompt", "variant", *schemas.GRID_COLUMNS])
+            for row in prompts.rows(language):
+                if row["variant"] not in DRAWN_VARIANTS or row["profession"] not in args.professions:
+                    continue
+                config = schemas.config_name(language, row["variant"])
+                configs[config] = {"language": language, "variant": row["variant"]}
+                seed = picture_seed(args.seed, language, row["prompt_id"])
+                female, pictures = draw_prompt({**row, "language": language}, args.images_per_prompt, seed)
+                writer.write(config, [self.image_row(row, language, i, p, seed) for i, p in enumerate(pictures)])
+                if row["variant"] == "neutral":
+                    planted.append((language, row["profession"], row["prompt"], float(female.mean())))
+        rows = writer.close()
+        if not rows:
+            raise DataError(
+                f"{prompts.name} has no gendered or neutral prompt of {', '.join(args.professions)}: nothing to draw"
+            )
+        shares = {
+            (language, occupation): world.planted_share(occupation, language) for language, occupation, *_ in planted
+        }
+        dataset_card(
+            repo_id=run.output_repo_id,
+            title="The planted-bias world",
+            description=(
+                f"{args.images_per_prompt} pictures per prompt of `{run.inputs['input']}` (gendered and "
+                f"gender-neutral prompts of {', '.join(args.professions)}), drawn, not generated: a {world.SIZE} px "
+                "disc whose colour is the figure's perceived gender (orange female, blue male). Gendered prompts "
+                "show their own colour; neutral prompts show the planted share of female figures of their "
+                "occupation and language, exactly. A model trained on it has a known bias for the study to "
+                "measure: it validates the study's machinery, not any real model."
+            ),
+            lineage=run.lineage,
+            configs=list(rows),
+            config_info=configs,
+            languages=list(args.languages),
+            rows=rows,
+            tables=[
+                {
+                    "title": "Planted share of female figures (neutral prompts)",
+                    "columns": ["language", "occupation", "planted share"],
+                    "rows": [[lang, occ, f"{share:.2f}"] for (lang, occ), share in shares.items()],
+                }
+            ],
+            tags=["images", "synthetic", "planted-bias"],
+            planted_shares=[
+                {"language": lang, "profession": occ, "share": round(share, 4)}
+                for (lang, occ), share in shares.items()
+            ],
+        ).save(folder / "README.md")
+        return f"{sum(rows.values())} pictures, {len(shares)} planted cells"
+
+    @staticmethod
+    def image_row(row: dict, language: str, index: int, picture: np.ndarray, seed: int) -> dict[str, Any]:
+        return {
+            "image": {"bytes": png(picture), "path": None},
+            **{column: row[column] for column in ("prompt_id", "prompt", "variant")},
+            "language": language,
+            **{column: row[column] for column in schemas.GRID_COLUMNS},
+            "sample_index": index,
+            "seed": seed,
+            "model": DRAWN_MODEL,
+            "model_revision": None,
+            "scheduler": None,
+            "num_inference_steps": 0,
+            "guidance_scale": 0.0,
+            "height": world.SIZE,
+            "width": world.SIZE,
+            "rejected": 0,
+            "face_check": None,
+            "intervention": "none",
+            "generation_prompt": row["prompt"],
+            "negative_prompt": None,
+            "editing_prompts": [],
+            "seconds": 0.0,
+        }
+
+
+STAGE = DrawWorld()
+run = STAGE.run
+
+if __name__ == "__main__":
+    STAGE.main()

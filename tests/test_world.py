@@ -1,0 +1,142 @@
+"""The planted-bias world: its pictures, its cue classifier, its identity VAE, and the stages that
+draw it and judge a study against it. The whole world study (training included) is the README's
+offline study, asserted in test_config_and_runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from pipelines import check_world, classify, draw_world, generate_prompts, translate_prompts
+from pipelines.artifacts.reader import DatasetArtifact
+from pipelines.artifacts.store import LocalStore
+from pipelines.errors import ConfigError
+from pipelines.modeling import world
+from pipelines.perception.classifiers import load_classifier
+
+
+def test_planted_shares_scale_each_occupation_by_its_language() -> None:
+    assert world.planted_share("CEO", "en") == pytest.approx(0.20)
+    assert world.planted_share("hairdresser", "de") == pytest.approx(0.5 + 1.3 * 0.3)
+    assert world.planted_share("nurse", "zh") == pytest.approx(0.5 + 0.6 * 0.35)
+    # Clipped, so that every cell still shows some of both.
+    assert world.planted_share("firefighter", "de") == pytest.approx(world.SHARE_BOUNDS[0])
+    with pytest.raises(ConfigError, match="occupation='astronaut': the world plants CEO"):
+        world.planted_share("astronaut", "en")
+    with pytest.raises(ConfigError, match="language='fr'"):
+        world.planted_share("CEO", "fr")
+
+
+def test_the_cue_is_read_back_from_every_drawn_picture() -> None:
+    rng = np.random.default_rng(3)
+    female = rng.random(1000) < 0.3
+    pictures = world.draw_figures(female, rng)
+    assert pictures.shape == (1000, world.SIZE, world.SIZE, 3) and pictures.dtype == np.uint8
+    read, strength = world.read_cue(pictures)
+    assert (read == female).all()
+    assert strength.min() > 1.0
+    # A picture without a disc has no saturated pixel: no strength, whatever the call.
+    grey = np.full((2, world.SIZE, world.SIZE, 3), 128, np.uint8)
+    assert world.read_cue(grey)[1].max() == 0
+    # The same in floats, as pipelines return them.
+    assert (world.read_cue(pictures.astype(np.float32) / 255)[0] == female).all()
+
+
+def test_the_world_cue_classifier_reports_its_held_out_accuracy() -> None:
+    from pipelines.perception.classifiers import FaceCrop
+    from pipelines.perception.faces import Face
+
+    classifier = load_classifier("world-cue", None)
+    assert classifier.describe()["held_out_accuracy"] == 1.0
+    rng = np.random.default_rng(0)
+    pictures = world.draw_figures(np.array([True, False]), rng)
+    crops = [FaceCrop(p, Face((0, 0, world.SIZE, world.SIZE), 1.0), p) for p in pictures]
+    female, male = classifier.classify(crops)
+    assert (female.gender, male.gender) == ("female", "male")
+    assert female.gender_scores[1] > 0.5 and male.gender_scores[0] > 0.5
+
+
+def test_the_identity_vae_passes_pictures_through() -> None:
+    vae = world.identity_vae()
+    x = torch.from_numpy(world.draw_figures(np.array([True, False] * 4), np.random.default_rng(1)))
+    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        latent = vae.encode(x).latent_dist
+        assert (latent.sample() - x).abs().max() < 1e-3 and latent.std.max() < 1e-5
+        assert (vae.decode(latent.mean).sample - x).abs().max() < 1e-3
+    assert vae.config.scaling_factor == world.PIXEL_SCALE
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A world in English and German, drawn, classified by its cue and judged against itself."""
+    root = str(tmp_path_factory.mktemp("world-hub"))
+    common = {"store_root": root, "namespace": "w"}
+    lists = {"styles": ["close-up"], "ages": ["adult"], "dressings": ["wearing work clothes"], "places": ["at work"]}
+    generate_prompts.run(generate_prompts.Arguments(**common, professions=["CEO", "nurse", "teacher"], **lists))
+    prompts = translate_prompts.run(translate_prompts.Arguments(**common, languages=["de"]))
+    images = draw_world.run(
+        draw_world.Arguments(**common, input=str(prompts), languages=["en", "de"], images_per_prompt=30)
+    )
+    attributes = classify.run(
+        classify.Arguments(**common, input=str(images), detector="none", classifier="world-cue", batch_size=64)
+    )
+    return {"root": root, "common": common, "images": str(images), "attributes": str(attributes)}
+
+
+def test_draw_world_shows_the_planted_share_exactly(drawn: dict) -> None:
+    store = LocalStore(drawn["root"])
+    images = DatasetArtifact(store.resolve(drawn["images"], "dataset"), drawn["images"])
+    assert sorted(images.configs) == ["de_gendered", "de_neutral", "en_gendered", "en_neutral"]
+    assert images.config_info("de_neutral") == {"language": "de", "variant": "neutral"}
+    for config in images.configs:
+        rows = datasets.load_dataset(str(images.folder), config, split="train")
+        by_prompt: dict[str, list] = {}
+        for row in rows:
+            by_prompt.setdefault(row["prompt_id"], []).append(row)
+        for prompt_rows in by_prompt.values():
+            first = prompt_rows[0]
+            assert len(prompt_rows) == 30 and first["model"] == draw_world.DRAWN_MODEL
+            female, _ = world.read_cue(np.stack([np.asarray(r["image"]) for r in prompt_rows]))
+            if first["variant"] == "gendered":
+                assert female.all() if first["gender"] == "female" else not female.any()
+            else:
+                share = world.planted_share(first["profession"], first["language"])
+                assert female.sum() == round(share * 30), (first["prompt"], share)
+    planted = images.metadata["planted_shares"]
+    assert {"language": "de", "profession": "nurse", "share": round(world.planted_share("nurse", "de"), 4)} in planted
+
+
+def test_check_world_on_the_drawn_pictures_is_calibrated_and_not_debiased(drawn: dict) -> None:
+    """The drawn pictures are the planted answer: measured = planted up to rounding; and a "fine-tune"
+    that changed nothing removes no bias."""
+    result = check_world.run(
+        check_world.Arguments(
+            **drawn["common"], base=drawn["attributes"], debiased=drawn["attributes"], output_repo="self-check"
+        )
+    )
+    folder = LocalStore(drawn["root"]).resolve(str(result), "dataset")
+    cells = datasets.load_dataset(str(folder), "cells", split="train")
+    assert cells.num_rows == 6  # 3 occupations x 2 languages
+    for cell in cells:
+        assert cell["within"] and cell["base_images"] == 30
+        assert abs(cell["base_share"] - cell["planted_share"]) <= 0.5 / 30 + 1e-9
+        assert cell["base_ci_low"] < cell["base_share"] < cell["base_ci_high"] or cell["base_share"] in (0, 1)
+    summary = {row["model"]: row for row in datasets.load_dataset(str(folder), "summary", split="train")}
+    assert summary["base"]["cells_within"] == 1.0
+    assert summary["base"]["control"] == 1.0  # gendered pictures always show their own colour
+    assert summary["base"]["stereotype_gap"] == pytest.approx(summary["debiased"]["stereotype_gap"])
+    # The planted gap: mean of nurse (female-skewed) and teacher minus CEO, in both languages.
+    planted = summary["planted"]["stereotype_gap"]
+    shares = {(o, lang): world.planted_share(o, lang) for o in ("CEO", "nurse", "teacher") for lang in ("en", "de")}
+    female = [v for v in shares.values() if v > 0.5]
+    male = [v for v in shares.values() if v < 0.5]
+    assert planted == pytest.approx(sum(female) / len(female) - sum(male) / len(male))
+    verdicts = summary["base"]["verdicts"]
+    assert verdicts[0].startswith("calibrated: yes (100% of cells")
+    assert verdicts[1].startswith("debiased: NO")
+    assert "planted_vs_measured.png" in (Path(folder) / "README.md").read_text()
