@@ -23,18 +23,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines.modeling.clip import build_tiny_open_clip, load_open_clip  # noqa: E402
+from pipelines.modeling.clip import load_open_clip  # noqa: E402
+from pipelines.modeling.tiny import build_tiny_open_clip  # noqa: E402
 
 MODULE = str(Path(__file__).resolve().parent.parent / "spaces" / "clip_score")
 from benchmarks.common import machine, write_report  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--occupations", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=64)
-    options = parser.parse_args()
+    parser.add_argument("--results_dir", default=None)
+    options = parser.parse_args(argv)
     folder = str(build_tiny_open_clip(tempfile.mkdtemp()))
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(options.images)]
@@ -66,7 +68,8 @@ def main() -> None:
         "module_images_per_second": round(options.images / batched, 1),
         "speedup": round(reference / batched, 2),
     }
-    write_report("alignment", report)
+    write_report("alignment", report, options.results_dir)
+    return report
 
 
 if __name__ == "__main__":

@@ -16,15 +16,20 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import pyarrow.parquet as pq  # noqa: E402
+
 from benchmarks.common import machine, write_report  # noqa: E402
 from pipelines import generate_prompts, translate_prompts  # noqa: E402
+from pipelines.artifacts.reader import DatasetArtifact  # noqa: E402
+from pipelines.artifacts.store import LocalStore  # noqa: E402
 from pipelines.prompting.grammar import LANGUAGES  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    options = parser.parse_args()
+    parser.add_argument("--results_dir", default=None)
+    options = parser.parse_args(argv)
     languages = [code for code in LANGUAGES if code != "en"]
     timings: dict[str, list[float]] = {"generate_prompts": [], "translate_prompts": []}
     for _ in range(options.repeats):
@@ -34,10 +39,12 @@ def main() -> None:
         generate_prompts.run(generate_prompts.Arguments(**common))
         timings["generate_prompts"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        translate_prompts.run(translate_prompts.Arguments(**common, languages=languages))
+        published = translate_prompts.run(translate_prompts.Arguments(**common, languages=languages))
         timings["translate_prompts"].append(time.perf_counter() - started)
-    rows_per_language = 3 * 3 * 2 * 120 * 2 * 2 * 3 // 2 + 2 * 120
-    rows = {"generate_prompts": rows_per_language, "translate_prompts": rows_per_language * len(languages)}
+    # The rows the stages made, as the card counts them (not a formula that could go stale).
+    artifact = DatasetArtifact(LocalStore(root).resolve(str(published), "dataset"), str(published))
+    counts = {c: sum(pq.ParquetFile(f).metadata.num_rows for f in artifact.files(c)) for c in artifact.configs}
+    rows = {"generate_prompts": counts["en"], "translate_prompts": sum(n for c, n in counts.items() if c != "en")}
     report = {
         "benchmark": "prompt grid, ten languages",
         "machine": machine(),
@@ -47,7 +54,8 @@ def main() -> None:
             for stage, best in ((stage, min(times)) for stage, times in timings.items())
         },
     }
-    write_report("prompts", report)
+    write_report("prompts", report, options.results_dir)
+    return report
 
 
 if __name__ == "__main__":

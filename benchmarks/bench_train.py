@@ -22,12 +22,13 @@ from pipelines import build_tiny_model, collect_datasets, generate_images, gener
 from training.train_text_to_image import TrainArguments, run  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=64)
-    options = parser.parse_args()
+    parser.add_argument("--results_dir", default=None)
+    options = parser.parse_args(argv)
     root = tempfile.mkdtemp(prefix="bench-train-")
     common = {"store_root": root, "namespace": "bench"}
     prompts = generate_prompts.run(generate_prompts.Arguments(**common, professions=["doctor", "nurse", "CEO"]))
@@ -72,7 +73,8 @@ def main() -> None:
         "samples_per_second_cached": round(samples / timings[True], 2),
         "speedup": round(timings[False] / timings[True], 2),
     }
-    write_report("train", report)
+    write_report("train", report, options.results_dir)
+    return report
 
 
 if __name__ == "__main__":

@@ -161,8 +161,10 @@ def classification(options: argparse.Namespace, device: str, dtype: torch.dtype)
     images = torch.randint(0, 255, (count, size, size, 3), dtype=torch.uint8).numpy()
     detector = MTCNN(keep_all=True, device=device)
     classifier = fairface_resnet34(device, dtype)
-    chips = torch.randn(count, 3, 300, 300, device=device, dtype=dtype) if not options.smoke else torch.randn(
-        count, 3, 64, 64, device=device, dtype=dtype
+    chips = (
+        torch.randn(count, 3, 300, 300, device=device, dtype=dtype)
+        if not options.smoke
+        else torch.randn(count, 3, 64, 64, device=device, dtype=dtype)
     )
 
     def batched() -> None:

@@ -1,0 +1,62 @@
+"""The benchmarks run, at a tiny size, and report what the README's table quotes: every ratio is
+measured against its baseline in the same run. Speed itself is never asserted here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+SPEEDUPS = ["speedup_threads", "speedup_processes"]
+
+
+def positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_gpu_benchmark_smoke_runs_every_code_path_on_the_cpu(tmp_path: Path) -> None:
+    from benchmarks import gpu
+
+    report = gpu.main(["--smoke", "--results_dir", str(tmp_path)])
+    assert json.loads((tmp_path / "gpu.json").read_text()) == report
+    assert report["smoke"] and report["dtype"] == "float32" and positive(report["matmul_peak_tflops"])
+    generation = report["generation"]
+    assert [entry["batch_size"] for entry in generation["batch_sweep"]] == [1, 2]
+    assert generation["batch_sweep"][0]["speedup_vs_one_per_call"] == 1.0
+    assert all(positive(e["images_per_second"]) and positive(e["share_of_peak"]) for e in generation["batch_sweep"])
+    assert positive(generation["flops_per_image"])
+    names = [entry["name"] for entry in generation["optimisations"]]
+    assert names == ["SDPA attention", "channels-last UNet", "batched VAE decoding"]  # compile: GPU only
+    for section in ("classification", "clip_scoring"):
+        assert positive(report[section]["speedup"]) and report[section]["images"] == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "ratios"),
+    [
+        (
+            "bench_generate",
+            ["--images", "4", "--steps", "2", "--batch_size", "2"],
+            ["speedup_threads", "speedup_processes"],
+        ),
+        ("bench_classify", ["--images", "4", "--occupations", "2", "--dlib_images", "1"], ["speedup"]),
+        ("bench_train", ["--steps", "2"], ["speedup"]),
+        ("bench_alignment", ["--images", "8", "--occupations", "2", "--batch_size", "4"], ["speedup"]),
+        ("bench_prompts", ["--repeats", "1"], []),
+    ],
+)
+def test_cpu_benchmarks_report_their_ratios(tmp_path: Path, name: str, argv: list[str], ratios: list[str]) -> None:
+    import importlib
+
+    report = importlib.import_module(f"benchmarks.{name}").main([*argv, "--results_dir", str(tmp_path)])
+    written = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert written == report and "cores" in report["machine"]
+    for ratio in ratios:
+        assert positive(report[ratio]), (ratio, report)
+    if name == "bench_classify":
+        dlib = report["dlib"]
+        assert positive(dlib["dlib_images_per_second"]) and dlib["faces_found_by_both"] == 1
+        assert dlib["gender_agreement_dlib_vs_mtcnn"] in (0.0, 1.0)
