@@ -41,7 +41,8 @@ from pipelines.harness.lineage import parse_versions, version_refs
 from pipelines.harness.stage import Stage, StageRun
 from pipelines.reporting.statistics import paired_test, wilson_interval
 
-CONTROL_VARIANTS = {"eval_female": "female", "eval_male": "male"}
+# Explicitly gendered prompts, and the gender they ask for (None: each row's own, the grid's gendered prompts).
+CONTROL_VARIANTS = {"eval_female": "female", "eval_male": "male", "gendered": None}
 ALIGNMENT_SCORE = "clip_en_occupation"
 
 
@@ -103,6 +104,12 @@ class CompareMethods(Stage):
         l1 = {label: measured[label]["l1"] for label in labels}
         for row in rows:
             reference = l1[base_label].get((base_intervention, row["language"], row["variant"]), {})
+            reference_name = baseline
+            if not reference and row["intervention"] != "none":
+                # The baseline has no images of these prompts: an intervention is then tested against
+                # its own model's unchanged prompts, on the same seeds.
+                reference = l1[row["label"]].get(("none", row["language"], row["variant"]), {})
+                reference_name = f"{row['label']}+none"
             own = l1[row["label"]].get((row["intervention"], row["language"], row["variant"]), {})
             shared = sorted(set(reference) & set(own))
             test = paired_test(
@@ -114,7 +121,7 @@ class CompareMethods(Stage):
             )
             is_baseline = row["label"] == base_label and row["intervention"] == base_intervention
             row |= {
-                "baseline": baseline if reference else None,
+                "baseline": reference_name if reference else None,
                 "difference_mean": None if is_baseline or not shared else test["mean_difference"],
                 "difference_ci_low": None if is_baseline or not shared else test["ci_low"],
                 "difference_ci_high": None if is_baseline or not shared else test["ci_high"],
@@ -194,11 +201,12 @@ class CompareMethods(Stage):
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for config in attributes.configs:
             info = attributes.config_info(config)
-            asked = CONTROL_VARIANTS.get(info.get("variant", ""))
-            if asked is None or (info.get("intervention") or "none") != "none":
+            variant = info.get("variant", "")
+            if variant not in CONTROL_VARIANTS or (info.get("intervention") or "none") != "none":
                 continue
-            for row in attributes.rows(config, ["status", "gender"]):
-                if row["status"] == "ok" and row["gender"] is not None:
+            for row in attributes.rows(config, ["status", "gender", "prompt_gender"]):
+                asked = CONTROL_VARIANTS[variant] or row["prompt_gender"]
+                if row["status"] == "ok" and row["gender"] is not None and asked:
                     counts[info["language"]][0] += row["gender"] == asked
                     counts[info["language"]][1] += 1
         out = {}

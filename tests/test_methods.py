@@ -244,3 +244,56 @@ def test_an_intervention_without_its_prompts_names_what_is_missing(tiny_study: d
     arguments = image_arguments(tiny_study, input=f"study/prompts-without-twins@{revision}", interventions=["ethical"])
     with pytest.raises(DataError, match=r"interventions: ethical needs the 'en' prompts eval_ethical \(doctor\)"):
         generate_images.run(arguments)
+
+
+@pytest.mark.slow
+def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_study: dict) -> None:
+    """The comparison recipe, offline, on the planted-bias world (reusing the offline study's steps):
+    one table with guidance, prompt interventions and fine-tuning variants, and the findings the world
+    was planted to show."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO_ROOT
+
+    assert offline_study["result"].returncode == 0, offline_study["result"].stderr[-3000:]
+    root = offline_study["root"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.run", "pipelines/recipes/methods_offline.yaml", "--store_root", str(root)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train_mixed: t2i-bias/world-debiased@" in result.stdout and "(reused)" in result.stdout
+    store = LocalStore(root)
+    table = datasets.load_dataset(str(store.resolve("t2i-bias/world-methods", "dataset")), "methods", split="train")
+    rows = {(r["method"], r["language"]): r for r in table}
+    languages = ["en", "de", "zh", "ja"]
+    methods = {r["method"] for r in table}
+    assert methods == {
+        "base", "base-g3", "base-g5", "neutral-ft", "mixed-ft", "mixed-lora", "prompts-g3",
+        *(f"prompts-g3+{i}" for i in ("explicit_gender", "ethical", "negative", "sega")),
+    }  # fmt: skip
+    for language in languages:
+        base = rows[("base", language)]
+        assert base["guidance_scale"] == 1.0 and base["p_value"] is None
+        # Guidance amplifies the planted bias.
+        assert rows[("base-g5", language)]["mean_l1"] > base["mean_l1"]
+        assert rows[("base-g5", language)]["baseline"] == "base" and rows[("base-g5", language)]["p_value"] <= 0.1
+        # Interventions are tested against the unchanged prompt of their own images, same seeds.
+        assert rows[("prompts-g3+sega", language)]["baseline"] == "prompts-g3+none"
+        explicit = rows[("prompts-g3+explicit_gender", language)]  # half asked for women, half for men
+        assert explicit["mean_l1"] <= rows[("prompts-g3", language)]["mean_l1"]
+        # Neutral captions alone cost the control of gendered prompts; mixing gendered captions back keeps it.
+        neutral, mixed = rows[("neutral-ft", language)], rows[("mixed-ft", language)]
+        assert mixed["explicit_gender_control"] > neutral["explicit_gender_control"]
+        assert mixed["explicit_gender_control"] > 0.9
+        for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
+            assert rows[(method, language)]["mean_l1"] < base["mean_l1"], method
+            assert (
+                rows[(method, language)]["seconds_per_image"] > 0
+                and rows[(method, language)]["clip_score"] is not None
+            )
