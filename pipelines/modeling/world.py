@@ -156,7 +156,7 @@ def build_world_pipeline(texts: list[str], seed: int = 0, width: int = 64) -> An
     from pipelines.modeling.tiny import train_tokenizer
 
     tokenizer = train_tokenizer("altdiffusion", texts)
-    tokenizer.model_max_length = 64  # the longest prompts (the ethical suffix) are about 60 tokens
+    tokenizer.model_max_length = 48  # the world's prompts are at most 37 tokens; longer ones are cut
     torch.manual_seed(seed)
     text_encoder = RobertaSeriesModelWithTransformation(
         RobertaSeriesConfig(
