@@ -140,3 +140,16 @@ def test_check_world_on_the_drawn_pictures_is_calibrated_and_not_debiased(drawn:
     assert verdicts[0].startswith("calibrated: yes (100% of cells")
     assert verdicts[1].startswith("debiased: NO")
     assert "planted_vs_measured.png" in (Path(folder) / "README.md").read_text()
+
+
+def test_compare_methods_counts_the_grid_s_gendered_prompts_as_explicit_gender_control(drawn: dict) -> None:
+    from pipelines.compare_methods import CompareMethods
+
+    store = LocalStore(drawn["root"])
+    attributes = DatasetArtifact(store.resolve(drawn["attributes"], "dataset"), drawn["attributes"])
+    control = CompareMethods.control(attributes, 0.95)
+    # Drawn gendered pictures always show their own colour: 3 occupations x 2 genders x 30 per language.
+    assert control.keys() == {"en", "de"}
+    for language in ("en", "de"):
+        assert control[language]["share"] == 1.0 and control[language]["n"] == 180
+        assert control[language]["low"] > 0.97
