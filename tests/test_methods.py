@@ -298,3 +298,18 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
     for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
         after = sum(rows[(method, language)]["mean_l1"] for language in languages)
         assert after < sum(rows[("base", language)]["mean_l1"] for language in languages), method
+    # The Space finds the comparison by lineage and ranks the methods per language, fairest first
+    # within each prompt set, its own (the neutral prompts) on top.
+    sys.path.insert(0, str(REPO_ROOT / "spaces" / "compare_languages"))
+    try:
+        from study_data import Study
+    finally:
+        sys.path.pop(0)
+    study = Study(store, {"world-model": "t2i-bias/world-base-eval", "world-debiased": "t2i-bias/world-debiased-eval"})
+    assert study.methods_ref.startswith("t2i-bias/world-methods@")
+    shown = study.methods_table("de")
+    assert set(shown["method"]) == methods and len(shown) == len(methods)
+    neutral = shown[shown["prompts"] == "neutral"]
+    assert list(neutral.index) == list(range(len(neutral)))  # the Space's own prompts first
+    expected = sorted((rows[(m, "de")]["mean_l1"], m) for m in neutral["method"])
+    assert list(neutral["method"]) == [m for _, m in expected]

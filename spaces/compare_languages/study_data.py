@@ -152,12 +152,11 @@ class Study:
         return pinned, read_config(artifact, "methods")
 
     def methods_table(self, language: str) -> pd.DataFrame:
-        """The methods of one language, fairest first: bias, the paired test and the costs."""
+        """The methods of one language, fairest first within each prompt set (the Space's own prompt
+        variant first): bias, the paired test and the costs."""
         if self.methods.empty:
             return pd.DataFrame()
-        rows = self.methods[(self.methods["language"] == language) & (self.methods["variant"] == self.variant)]
-        if rows.empty:
-            rows = self.methods[self.methods["language"] == language]
+        rows = self.methods[self.methods["language"] == language]
 
         def interval(row: pd.Series, value: str, low: str, high: str) -> str:
             if pd.isna(row[value]):
@@ -167,6 +166,7 @@ class Study:
         table = pd.DataFrame(
             {
                 "method": rows["method"],
+                "prompts": rows["variant"],
                 "guidance": rows["guidance_scale"].round(1),
                 "mean L1 [95% CI]": [
                     interval(r, "mean_l1", "mean_l1_ci_low", "mean_l1_ci_high") for _, r in rows.iterrows()
@@ -182,7 +182,8 @@ class Study:
                 "mean L1": rows["mean_l1"],
             }
         )
-        return table.sort_values("mean L1").drop(columns=["mean L1"]).reset_index(drop=True)
+        table["own"] = rows["variant"] != self.variant  # False sorts first: the Space's variant on top
+        return table.sort_values(["own", "prompts", "mean L1"]).drop(columns=["mean L1", "own"]).reset_index(drop=True)
 
     def config(self, version: str, language: str) -> str | None:
         images = self.versions[version].images
