@@ -104,7 +104,7 @@ class DrawWorld(Stage):
             )
         writer = DatasetWriter(folder, schemas.IMAGES, rows_per_shard=5000)
         configs: dict[str, dict[str, str]] = {}
-        planted = []
+        shares: dict[tuple[str, str], float] = {}  # (language, occupation) -> planted share, for the card
         for language in args.languages:
             prompts.require_columns(language, ["prompt_id", "prompt", "variant", *schemas.GRID_COLUMNS])
             for row in prompts.rows(language):
@@ -113,18 +113,15 @@ class DrawWorld(Stage):
                 config = schemas.config_name(language, row["variant"])
                 configs[config] = {"language": language, "variant": row["variant"]}
                 seed = picture_seed(args.seed, language, row["prompt_id"])
-                female, pictures = draw_prompt({**row, "language": language}, args.images_per_prompt, seed)
+                _, pictures = draw_prompt({**row, "language": language}, args.images_per_prompt, seed)
                 writer.write(config, [self.image_row(row, language, i, p, seed) for i, p in enumerate(pictures)])
                 if row["variant"] == "neutral":
-                    planted.append((language, row["profession"], row["prompt"], float(female.mean())))
+                    shares[(language, row["profession"])] = world.planted_share(row["profession"], language)
         rows = writer.close()
         if not rows:
             raise DataError(
                 f"{prompts.name} has no gendered or neutral prompt of {', '.join(args.professions)}: nothing to draw"
             )
-        shares = {
-            (language, occupation): world.planted_share(occupation, language) for language, occupation, *_ in planted
-        }
         dataset_card(
             repo_id=run.output_repo_id,
             title="The planted-bias world",
