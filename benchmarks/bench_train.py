@@ -88,6 +88,21 @@ def rss() -> dict[str, int]:
 
 
 def text_state_memory(captions: int, tokens: int = 512, width: int = 1024) -> dict:
+    """`measure_text_state_memory` in a fresh process: memory the training run freed would otherwise
+    be reused by the allocator and hide what a cache costs."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from benchmarks.bench_train import measure_text_state_memory as m; "
+        f"print(json.dumps(m({captions}, {tokens}, {width})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_text_state_memory(captions: int, tokens: int, width: int) -> dict:
     """Memory of cached text states with AltDiffusion-m9's encoder (512 tokens, width 1024), per
     10,000 captions: held in memory as fp32 tensors (before), and as the training script caches
     them (fp16, on disk, memory-mapped, read through its `CachedLatents`). Measured on `captions`
