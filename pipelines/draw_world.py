@@ -97,11 +97,7 @@ class DrawWorld(Stage):
     def build(self, run: StageRun, folder: Path) -> str:
         args: Arguments = run.args
         prompts = run.dataset("input")
-        missing = [language for language in args.languages if language not in prompts.configs]
-        if missing:
-            raise DataError(
-                f"languages: {', '.join(missing)} not in {prompts.name} (it has {', '.join(prompts.configs)})"
-            )
+        prompts.select(args.languages, "languages")  # each language a config of the prompts, else one line
         writer = DatasetWriter(folder, schemas.IMAGES, rows_per_shard=5000)
         configs: dict[str, dict[str, str]] = {}
         shares: dict[tuple[str, str], float] = {}  # (language, occupation) -> planted share, for the card
