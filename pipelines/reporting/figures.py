@@ -37,6 +37,16 @@ def _save(figure: Any, stem: Path) -> list[Path]:
     return paths
 
 
+def _finish(plt: Any, figure: Any, axis: Any, stem: Path, title: str) -> list[Path]:
+    """The house style every figure ends with: title, open top and right, legend outside; saved, closed."""
+    axis.set_title(title)
+    axis.spines[["top", "right"]].set_visible(False)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    paths = _save(figure, stem)
+    plt.close(figure)
+    return paths
+
+
 def grouped_bars(
     stem: Path,
     groups: Sequence[str],
@@ -70,12 +80,7 @@ def grouped_bars(
     axis.set_xticks(x, groups, rotation=45 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     axis.set_ylim(0, ymax if ymax is not None else 1.05)
     axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    axis.spines[["top", "right"]].set_visible(False)
-    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    paths = _save(figure, stem)
-    plt.close(figure)
-    return paths
+    return _finish(plt, figure, axis, stem, title)
 
 
 def distribution_figure(stem: Path, result: dict[str, Any], title: str) -> list[Path]:
@@ -116,9 +121,4 @@ def lines(
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_ylim(bottom=0)
-    axis.set_title(title)
-    axis.spines[["top", "right"]].set_visible(False)
-    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    paths = _save(figure, stem)
-    plt.close(figure)
-    return paths
+    return _finish(plt, figure, axis, stem, title)
