@@ -18,8 +18,10 @@ The main process holds the work folder's lock for the whole run and publishes th
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -242,7 +244,20 @@ def process_state(device: str = "auto") -> Any:
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    if state.num_processes > 1:
+        _close_group_at_exit(state)
+    return state
+
+
+@functools.cache
+def _close_group_at_exit(state: Any) -> None:
+    """Closes the process group while Python still runs, once per process.
+
+    Left to the interpreter's teardown, gloo's threads can outlive the group and abort a process
+    that has already published (`terminate called without an active exception`, SIGABRT).
+    """
+    atexit.register(state.destroy_process_group)
 
 
 def _execute_in_processes(stage: ShardedStage | DistributedStage, args: StageArguments) -> Published:
