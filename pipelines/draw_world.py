@@ -2,13 +2,14 @@
 
     python -m pipelines.draw_world --input prompts --languages en de zh ja
 
-For every gendered and gender-neutral prompt of the chosen occupations and languages, draws
-`--images_per_prompt` pictures of the world (`pipelines.modeling.world`): a disc whose colour is the
-figure's perceived gender. A gendered prompt always shows its own colour; a neutral prompt shows the
-planted share of its (occupation, language), exactly (the female pictures are a shuffled
-`round(share x n)`). The dataset has the layout of `generate_images`' (configs
-`<language>_<variant>`, the same columns; `model` is `world:drawn`), so `collect_datasets` captions
-it for training and `classify` reads it like generated images. The card holds the planted shares.
+For every gender-neutral prompt of the chosen occupations and languages, draws `--images_per_prompt`
+pictures of the world (`pipelines.modeling.world`), and `--images_per_gendered_prompt` for every
+gendered one: a disc whose colour is the figure's perceived gender. A gendered prompt always shows
+its own colour; a neutral prompt shows the planted share of its (occupation, language), exactly
+(the female pictures are a shuffled `round(share x n)`). The dataset has the layout of
+`generate_images`' (configs `<language>_<variant>`, the same columns; `model` is `world:drawn`), so
+`collect_datasets` captions it for training and `classify` reads it like generated images. The card
+holds the planted shares.
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ class Arguments(StageArguments):
         default_factory=lambda: list(world.OCCUPATION_SHARES),
         metadata={"help": f"Occupations to draw, any of {tuple(world.OCCUPATION_SHARES)}."},
     )
-    images_per_prompt: int = field(default=48, metadata={"help": "Pictures drawn for every prompt."})
+    images_per_prompt: int = field(default=48, metadata={"help": "Pictures drawn for every neutral prompt."})
+    # Fewer for gendered prompts: each has one answer, learnt from a few pictures, while a neutral
+    # prompt's share must be learnt exactly; more gendered pictures pull the neutral shares off theirs.
+    images_per_gendered_prompt: int = field(
+        default=16, metadata={"help": "Pictures drawn for every gendered prompt (each shows its own gender)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the drawing."})
 
     def __post_init__(self) -> None:
@@ -54,6 +60,7 @@ class Arguments(StageArguments):
         self.check_choice("languages", tuple(world.LANGUAGE_FACTORS))
         self.check_choice("professions", tuple(world.OCCUPATION_SHARES))
         self.check_at_least(1, "images_per_prompt")
+        self.check_at_least(1, "images_per_gendered_prompt")
         if not self.languages or not self.professions:
             raise ConfigError("languages and professions: at least one each")
 
@@ -109,7 +116,8 @@ class DrawWorld(Stage):
                 config = schemas.config_name(language, row["variant"])
                 configs[config] = {"language": language, "variant": row["variant"]}
                 seed = picture_seed(args.seed, language, row["prompt_id"])
-                _, pictures = draw_prompt({**row, "language": language}, args.images_per_prompt, seed)
+                count = args.images_per_prompt if row["variant"] == "neutral" else args.images_per_gendered_prompt
+                _, pictures = draw_prompt({**row, "language": language}, count, seed)
                 writer.write(config, [self.image_row(row, language, i, p, seed) for i, p in enumerate(pictures)])
                 if row["variant"] == "neutral":
                     shares[(language, row["profession"])] = world.planted_share(row["profession"], language)
@@ -122,8 +130,9 @@ class DrawWorld(Stage):
             repo_id=run.output_repo_id,
             title="The planted-bias world",
             description=(
-                f"{args.images_per_prompt} pictures per prompt of `{run.inputs['input']}` (gendered and "
-                f"gender-neutral prompts of {', '.join(args.professions)}), drawn, not generated: a {world.SIZE} px "
+                f"{args.images_per_prompt} pictures per gender-neutral prompt and "
+                f"{args.images_per_gendered_prompt} per gendered prompt of `{run.inputs['input']}` (prompts of "
+                f"{', '.join(args.professions)}), drawn, not generated: a {world.SIZE} px "
                 "disc whose colour is the figure's perceived gender (orange female, blue male). Gendered prompts "
                 "show their own colour; neutral prompts show the planted share of female figures of their "
                 "occupation and language, exactly. A model trained on it has a known bias for the study to "

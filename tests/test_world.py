@@ -80,7 +80,9 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> dict:
     generate_prompts.run(generate_prompts.Arguments(**common, professions=["CEO", "nurse", "teacher"], **lists))
     prompts = translate_prompts.run(translate_prompts.Arguments(**common, languages=["de"]))
     images = draw_world.run(
-        draw_world.Arguments(**common, input=str(prompts), languages=["en", "de"], images_per_prompt=30)
+        draw_world.Arguments(
+            **common, input=str(prompts), languages=["en", "de"], images_per_prompt=30, images_per_gendered_prompt=7
+        )
     )
     attributes = classify.run(
         classify.Arguments(**common, input=str(images), detector="none", classifier="world-cue", batch_size=64)
@@ -100,7 +102,8 @@ def test_draw_world_shows_the_planted_share_exactly(drawn: dict) -> None:
             by_prompt.setdefault(row["prompt_id"], []).append(row)
         for prompt_rows in by_prompt.values():
             first = prompt_rows[0]
-            assert len(prompt_rows) == 30 and first["model"] == draw_world.DRAWN_MODEL
+            assert len(prompt_rows) == (30 if first["variant"] == "neutral" else 7)
+            assert first["model"] == draw_world.DRAWN_MODEL
             female, _ = world.read_cue(np.stack([np.asarray(r["image"]) for r in prompt_rows]))
             if first["variant"] == "gendered":
                 assert female.all() if first["gender"] == "female" else not female.any()
