@@ -46,6 +46,7 @@ def test_gpu_benchmark_smoke_runs_every_code_path_on_the_cpu(tmp_path: Path) -> 
         ("bench_train", ["--steps", "2", "--memory_captions", "20"], ["speedup"]),
         ("bench_alignment", ["--images", "8", "--occupations", "2", "--batch_size", "4"], ["speedup"]),
         ("bench_prompts", ["--repeats", "1"], []),
+        ("bench_memory", ["--small", "10", "--large", "30"], []),
     ],
 )
 def test_cpu_benchmarks_report_their_ratios(tmp_path: Path, name: str, argv: list[str], ratios: list[str]) -> None:
@@ -64,3 +65,9 @@ def test_cpu_benchmarks_report_their_ratios(tmp_path: Path, name: str, argv: lis
         dlib = report["dlib"]
         assert positive(dlib["dlib_images_per_second"]) and dlib["faces_found_by_both"] == 1
         assert dlib["gender_agreement_dlib_vs_mtcnn"] in (0.0, 1.0)
+    if name == "bench_memory":  # each stage's own peak, in its own process, at both sizes
+        stages = report["stages"]
+        assert sorted(stages) == ["classify", "evaluate_alignment", "generate_images"]
+        for peaks in stages.values():
+            assert 100 < peaks["peak_mib_small"] < 20_000 and 100 < peaks["peak_mib_large"] < 20_000
+            assert peaks["growth"] == pytest.approx(peaks["peak_mib_large"] / peaks["peak_mib_small"] - 1, abs=2e-3)

@@ -151,8 +151,8 @@ def test_compare_methods_counts_the_grid_s_gendered_prompts_as_explicit_gender_c
     store = LocalStore(drawn["root"])
     attributes = DatasetArtifact(store.resolve(drawn["attributes"], "dataset"), drawn["attributes"])
     control = CompareMethods.control(attributes, 0.95)
-    # Drawn gendered pictures always show their own colour: 3 occupations x 2 genders x 30 per language.
+    # Drawn gendered pictures always show their own colour: 3 occupations x 2 genders x 7 per language.
     assert control.keys() == {"en", "de"}
     for language in ("en", "de"):
-        assert control[language]["share"] == 1.0 and control[language]["n"] == 180
-        assert control[language]["low"] > 0.97
+        assert control[language]["share"] == 1.0 and control[language]["n"] == 42
+        assert control[language]["low"] > 0.9
