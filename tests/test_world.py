@@ -4,6 +4,7 @@ offline study, asserted in test_config_and_runner."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -17,6 +18,8 @@ from pipelines.artifacts.store import LocalStore
 from pipelines.errors import ConfigError
 from pipelines.modeling import world
 from pipelines.perception.classifiers import load_classifier
+
+from .conftest import run_python
 
 
 def test_planted_shares_scale_each_occupation_by_its_language() -> None:
@@ -156,3 +159,25 @@ def test_compare_methods_counts_the_grid_s_gendered_prompts_as_explicit_gender_c
     for language in ("en", "de"):
         assert control[language]["share"] == 1.0 and control[language]["n"] == 42
         assert control[language]["low"] > 0.9
+
+
+@pytest.mark.parametrize("kind", ["altdiffusion", "stable-diffusion"])
+def test_tiny_tokenizers_give_the_same_token_ids_in_every_process(kind: str) -> None:
+    """The tokenizer trainers work in a hash map's order, which differs from process to process; the
+    tokenizer built from the same prompts must still give the same ids, or the same recipe trains a
+    different model each run (the world's calibration moved by three cells between runs)."""
+    code = (
+        "import json, sys\n"
+        "from pipelines.modeling.tiny import train_tokenizer\n"
+        "texts = [f'a {s} photo of a {a} {g} {p}' for s in ('close-up', 'wide') for a in ('young', 'old')\n"
+        "         for g in ('female', 'male', '') for p in ('CEO', 'nurse', 'firefighter', 'teacher')]\n"
+        "texts += ['Ein Foto einer Ärztin', '一张女性护士的照片', '女性の看護師の写真', 'Фото медсестры', 'Zebra']\n"
+        f"tokenizer = train_tokenizer({kind!r}, texts, vocab_size=400)\n"
+        "print(json.dumps([tokenizer(texts)['input_ids'], sorted(tokenizer.get_vocab().items())]))\n"
+    )
+    runs = [run_python("-c", code) for _ in range(3)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:]
+    outputs = [json.loads(run.stdout.strip().splitlines()[-1]) for run in runs]
+    assert outputs[0] == outputs[1] == outputs[2]
+    ids, vocab = outputs[0]
+    assert len(vocab) > 40 and len(ids) > 50

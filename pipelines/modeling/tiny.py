@@ -38,20 +38,26 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4000) -> Any:
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token="<unk>")
         tokenizer.train_from_iterator(texts, trainer)
         vocab = [tuple(piece) for piece in json.loads(tokenizer.to_str())["model"]["vocab"]]
-        return XLMRobertaTokenizer(vocab=[*vocab, ("<mask>", 0.0)], model_max_length=77)
+        # The trainer works in a hash map's order, which changes from process to process: the same
+        # pieces come back in another order (other ids) with scores a last digit apart, and the rarest
+        # pieces' scores, which the trainer makes from that order, differ a little more. Ids in
+        # alphabetical order make the same prompts give the same token ids, and so the same model.
+        pieces = sorted((piece, round(score, 8)) for piece, score in vocab[len(special) :])
+        return XLMRobertaTokenizer(vocab=[*vocab[: len(special)], *pieces, ("<mask>", 0.0)], model_max_length=77)
     from transformers import CLIPTokenizer
 
     tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|startoftext|>", "<|endoftext|>"], end_of_word_suffix="</w>"
-    )
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, end_of_word_suffix="</w>")
     tokenizer.train_from_iterator(texts, trainer)
     model = json.loads(tokenizer.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=77)
+    # As above: the same pieces in another order from run to run; alphabetical ids after the specials.
+    pieces = specials + sorted(piece for piece in model["vocab"] if piece not in specials)
+    return CLIPTokenizer(vocab={piece: i for i, piece in enumerate(pieces)}, merges=merges, model_max_length=77)
 
 
 def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: int = 64) -> Any:
