@@ -176,9 +176,9 @@ def test_readme_study_command_runs(offline_study: dict) -> None:
     base, debiased, planted = summary["base"], summary["debiased"], summary["planted"]
     # Two minutes of training learn the planted shares closely (runs here: r 0.99, mean error 0.04).
     assert base["correlation"] > 0.95 and base["mean_abs_error"] < 0.06
-    # The planted share in its 95% interval: 19 to 22 of the 24 cells in the runs made here (the
-    # issue's goal is 90%, which some runs reach and some miss); 70% keeps two cells of margin.
-    assert base["cells_within"] >= 0.7
+    # The planted share in its 95% interval: 21 of the 24 cells here, every run (the goal, 90%,
+    # is just missed). 75% leaves room for another CPU's float rounding.
+    assert base["cells_within"] >= 0.75
     assert abs(base["stereotype_gap"] - planted["stereotype_gap"]) < 0.15
     assert debiased["stereotype_gap"] <= 0.5 * base["stereotype_gap"]
     assert base["control"] > 0.9 and debiased["control"] > 0.9
