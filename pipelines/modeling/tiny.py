@@ -34,16 +34,16 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4000) -> Any:
         tokenizer = Tokenizer(models.Unigram())
         tokenizer.normalizer = normalizers.NFKC()
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-        special = ["<s>", "<pad>", "</s>", "<unk>"]
-        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token="<unk>")
+        specials = ["<s>", "<pad>", "</s>", "<unk>"]
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
         tokenizer.train_from_iterator(texts, trainer)
         vocab = [tuple(piece) for piece in json.loads(tokenizer.to_str())["model"]["vocab"]]
         # The trainer works in a hash map's order, which changes from process to process: the same
         # pieces come back in another order (other ids) with scores a last digit apart, and the rarest
         # pieces' scores, which the trainer makes from that order, differ a little more. Ids in
         # alphabetical order make the same prompts give the same token ids, and so the same model.
-        pieces = sorted((piece, round(score, 8)) for piece, score in vocab[len(special) :])
-        return XLMRobertaTokenizer(vocab=[*vocab[: len(special)], *pieces, ("<mask>", 0.0)], model_max_length=77)
+        pieces = sorted((piece, round(score, 8)) for piece, score in vocab[len(specials) :])
+        return XLMRobertaTokenizer(vocab=[*vocab[: len(specials)], *pieces, ("<mask>", 0.0)], model_max_length=77)
     from transformers import CLIPTokenizer
 
     tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
