@@ -363,11 +363,60 @@ def test_multi_config_data_is_never_silently_the_first_config(training_study: di
         ({"learning_rate": 0.0}, "learning_rate=0.0: must be above 0"),
         ({"on_corrupt": "ignore"}, "on_corrupt='ignore': allowed skip, stop"),
         ({"dataset_name": "train@v1", "dataset_revision": "v2"}, "dataset_revision='v2' and dataset_name='train@v1'"),
+        ({"timestep_bias_strategy": "middle"}, "timestep_bias_strategy='middle': allowed none, earlier, later, range"),
+        ({"timestep_bias_multiplier": 0.0}, "timestep_bias_multiplier=0.0: must be above 0"),
+        ({"timestep_bias_portion": 1.5}, "timestep_bias_portion=1.5: above 0 and at most 1"),
+        ({"timestep_bias_begin": 500, "timestep_bias_end": 400}, "timestep_bias_begin=500, timestep_bias_end=400"),
     ],
 )
 def test_bad_training_arguments(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         TrainArguments(**({"dataset_name": "train"} | overrides))
+
+
+def drawn_timesteps(args: TrainArguments, draws: int = 20_000) -> torch.Tensor:
+    """The timesteps `training_loss` draws for a batch of `draws` latents under `args`."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from training.train_text_to_image import Parts, timestep_weights, training_loss
+
+    seen = []
+
+    def unet(noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor, return_dict: bool) -> tuple:
+        seen.append(timesteps)
+        return (torch.zeros_like(noisy),)
+
+    parts = Parts(
+        pipe=None, tokenizer=None, text_encoder=None, vae=SimpleNamespace(config=SimpleNamespace(scaling_factor=1.0)),
+        unet=unet, noise_scheduler=DDPMScheduler(), weight_dtype=torch.float32,
+        timestep_weights=timestep_weights(args, 1000),
+    )  # fmt: skip
+    batch = {"latents": torch.zeros(draws, 1, 1, 1), "hidden": torch.zeros(draws, 1, 1)}
+    torch.manual_seed(0)
+    training_loss(parts, batch, args, SimpleNamespace(device="cpu"))
+    return seen[0]
+
+
+def test_timestep_bias_draws_the_biased_timesteps_that_much_more_often() -> None:
+    plain = drawn_timesteps(TrainArguments(dataset_name="train"))
+    assert (plain >= 700).float().mean() == pytest.approx(0.3, abs=0.02)
+    # The last 30% drawn ten times as often: 3,000 of 3,700 parts of the weight.
+    later = TrainArguments(
+        dataset_name="train", timestep_bias_strategy="later", timestep_bias_portion=0.3, timestep_bias_multiplier=10
+    )
+    assert (drawn_timesteps(later) >= 700).float().mean() == pytest.approx(3000 / 3700, abs=0.02)
+    earlier = TrainArguments(dataset_name="train", timestep_bias_strategy="earlier", timestep_bias_multiplier=0.5)
+    assert (drawn_timesteps(earlier) < 250).float().mean() == pytest.approx(125 / 875, abs=0.02)
+    only = TrainArguments(
+        dataset_name="train", timestep_bias_strategy="range", timestep_bias_begin=900, timestep_bias_multiplier=1e9
+    )
+    drawn = drawn_timesteps(only)
+    assert drawn.min() >= 900 and len(drawn.unique()) == 100
+    with pytest.raises(ConfigError, match="timestep_bias_end=1200: the model has 1000 timesteps"):
+        drawn_timesteps(TrainArguments(dataset_name="train", timestep_bias_strategy="range", timestep_bias_end=1200,
+                                       timestep_bias_multiplier=2))  # fmt: skip
 
 
 def test_training_cli_errors_are_one_line_and_publish_nothing(training_study: dict, tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ from pipelines.modeling.diffusion import (
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+TIMESTEP_BIAS_STRATEGIES = ("none", "earlier", "later", "range")
 # LoRA targets: the UNet's attention projections.
 UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 EMA_WEIGHTS = "ema_unet.safetensors"  # in a checkpoint: EMA weights as safetensors, never a pickle
@@ -77,6 +78,8 @@ def save_model_card(
             "mixed_precision",
             "use_ema",
             "snr_gamma",
+            "timestep_bias_strategy",
+            "timestep_bias_multiplier",
             "noise_offset",
             "prediction_type",
             "train_text_encoder",
@@ -187,6 +190,21 @@ class TrainArguments(StageArguments):
         default=None,
         metadata={"help": f"One of {PREDICTION_TYPES}; default: the model's. v_prediction also trains the scheduler."},
     )
+    timestep_bias_strategy: str = field(
+        default="none",
+        metadata={
+            "help": f"One of {TIMESTEP_BIAS_STRATEGIES}: draw the training timesteps more often early (low "
+            "noise), late (high noise) or in a range, as diffusers' SDXL script does."
+        },
+    )
+    timestep_bias_multiplier: float = field(
+        default=1.0, metadata={"help": "How much more often the biased timesteps are drawn (above 0)."}
+    )
+    timestep_bias_portion: float = field(
+        default=0.25, metadata={"help": "The share of the timesteps biased by 'earlier' or 'later'."}
+    )
+    timestep_bias_begin: int = field(default=0, metadata={"help": "First biased timestep of 'range'."})
+    timestep_bias_end: int = field(default=1000, metadata={"help": "End (excluded) of the biased range of 'range'."})
     use_ema: bool = field(default=False, metadata={"help": "Keep an EMA of the UNet and save it."})
     noise_offset: float = field(default=0.0, metadata={"help": "Noise offset (0.1 helps very dark/bright images)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
@@ -245,6 +263,16 @@ class TrainArguments(StageArguments):
             self.check_choice("mixed_precision", MIXED_PRECISION)
         if self.prediction_type is not None:
             self.check_choice("prediction_type", PREDICTION_TYPES)
+        self.check_choice("timestep_bias_strategy", TIMESTEP_BIAS_STRATEGIES)
+        if self.timestep_bias_multiplier <= 0:
+            raise ConfigError(f"timestep_bias_multiplier={self.timestep_bias_multiplier}: must be above 0")
+        if not 0 < self.timestep_bias_portion <= 1:
+            raise ConfigError(f"timestep_bias_portion={self.timestep_bias_portion}: above 0 and at most 1")
+        if not 0 <= self.timestep_bias_begin < self.timestep_bias_end:
+            raise ConfigError(
+                f"timestep_bias_begin={self.timestep_bias_begin}, timestep_bias_end={self.timestep_bias_end}: "
+                "0 <= begin < end"
+            )
         if self.resolution < 8 or self.resolution % 8:
             raise ConfigError(f"resolution={self.resolution}: a multiple of 8")
         if self.cache_latents and not self.center_crop:
@@ -624,6 +652,7 @@ class Parts:
     weight_dtype: torch.dtype
     ema_unet: Any = None
     text_lora: dict | None = None
+    timestep_weights: torch.Tensor | None = None  # None: every training timestep equally often
 
     def tokenize(self, captions: list[str]) -> Any:
         return self.tokenizer(
@@ -684,7 +713,30 @@ def load_models(base: Path, args: TrainArguments, accelerator: Any) -> Parts:
         weight_dtype=weight_dtype,
         ema_unet=ema_unet,
         text_lora=text_lora,
+        timestep_weights=timestep_weights(args, pipe.scheduler.config.num_train_timesteps),
     )
+
+
+def timestep_weights(args: TrainArguments, num_timesteps: int) -> torch.Tensor | None:
+    """How often each training timestep is drawn under --timestep_bias_strategy (diffusers' SDXL script's rule).
+
+    The biased timesteps (the first or last `portion` of them, or `begin` to `end`) are drawn `multiplier`
+    times as often as the others; None when nothing is biased.
+    """
+    strategy = args.timestep_bias_strategy
+    if strategy == "none" or args.timestep_bias_multiplier == 1:
+        return None
+    if strategy == "range" and args.timestep_bias_end > num_timesteps:
+        raise ConfigError(f"timestep_bias_end={args.timestep_bias_end}: the model has {num_timesteps} timesteps")
+    count = max(1, int(args.timestep_bias_portion * num_timesteps))
+    biased = {
+        "earlier": slice(0, count),
+        "later": slice(num_timesteps - count, None),
+        "range": slice(args.timestep_bias_begin, args.timestep_bias_end),
+    }[strategy]
+    weights = torch.ones(num_timesteps)
+    weights[biased] *= args.timestep_bias_multiplier
+    return weights / weights.sum()
 
 
 def make_loader(data: Any, parts: Parts, args: TrainArguments, accelerator: Any, output_dir: Path) -> Any:
@@ -817,9 +869,12 @@ def training_loss(parts: Parts, batch: Any, args: TrainArguments, accelerator: A
     noise = torch.randn_like(latents)
     if args.noise_offset:
         noise += args.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), device=latents.device)
-    timesteps = torch.randint(
-        0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-    ).long()
+    if parts.timestep_weights is None:
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+        ).long()
+    else:
+        timesteps = torch.multinomial(parts.timestep_weights, latents.shape[0], replacement=True).to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
     prediction = parts.unet(noisy, timesteps, hidden.to(noisy.dtype), return_dict=False)[0]
