@@ -174,16 +174,15 @@ def test_readme_study_command_runs(offline_study: dict) -> None:
     # while gendered prompts keep their gender.
     summary = {r["model"]: r for r in rows("world-check", "summary")}
     base, debiased, planted = summary["base"], summary["debiased"], summary["planted"]
-    # Two minutes of training learn the planted shares closely (runs here: r 0.99, mean error 0.04).
-    assert base["correlation"] > 0.95 and base["mean_abs_error"] < 0.06
-    # The planted share in its 95% interval: 21 of the 24 cells here, every run (the goal, 90%,
-    # is just missed). 75% leaves room for another CPU's float rounding.
-    assert base["cells_within"] >= 0.75
+    # Under three minutes of training learn the planted shares closely (here: r 0.99, mean error 0.03).
+    assert base["correlation"] > 0.95 and base["mean_abs_error"] < 0.05
+    # The planted share in its 95% interval in at least 90% of the cells: 23 of 24 here, every run.
+    assert base["cells_within"] >= 0.9
     assert abs(base["stereotype_gap"] - planted["stereotype_gap"]) < 0.15
     assert debiased["stereotype_gap"] <= 0.5 * base["stereotype_gap"]
     assert base["control"] > 0.9 and debiased["control"] > 0.9
     assert rows("world-check", "cells").num_rows == 24
-    assert "calibrated: " in result.stdout and "debiased: yes" in result.stdout
+    assert "calibrated: yes" in result.stdout and "debiased: yes" in result.stdout
     assert "spaces/compare_languages/app.py" in result.stdout + result.stderr  # it says how to open the Space
 
 

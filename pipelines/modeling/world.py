@@ -24,7 +24,7 @@ import torch
 
 from pipelines.errors import ConfigError
 
-SIZE = 16  # pixels: small enough for a 2-core CPU to train on in a minute or two
+SIZE = 16  # pixels: small enough for a 2-core CPU to train on in a few minutes
 FEMALE_COLOUR = (0.95, 0.55, 0.10)  # orange
 MALE_COLOUR = (0.10, 0.45, 0.95)  # blue
 # The share of female figures each occupation's neutral prompt shows in English; strongly skewed
