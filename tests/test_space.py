@@ -237,6 +237,33 @@ def imports_of(files: list[Path]) -> set[str]:
     return found
 
 
+def test_methods_as_fair_as_each_other_are_listed_by_name_whatever_the_table_order() -> None:
+    """The Space ranks methods fairest first; a tie in mean L1 must not leave the order to the sort."""
+    import pandas as pd
+
+    sys.path.insert(0, str(REPO_ROOT / "spaces" / "compare_languages"))
+    try:
+        from study_data import Study
+    finally:
+        sys.path.pop(0)
+    l1 = {"base": 0.75, "neutral-ft": 0.2, "mixed-ft": 0.2, "lora": 0.5, "g3": 0.93, "a-ft": 0.2}
+    rows = pd.DataFrame(
+        [
+            {"method": m, "language": "de", "variant": "neutral", "guidance_scale": 1.0, "mean_l1": v}
+            | dict.fromkeys(["mean_l1_ci_low", "mean_l1_ci_high", "difference_mean", "difference_ci_low"], 0.0)
+            | dict.fromkeys(["difference_ci_high", "p_value", "clip_score", "seconds_per_image"], 0.0)
+            | {"explicit_gender_control": 1.0}
+            for m, v in l1.items()
+        ]
+    )
+    study = Study.__new__(Study)
+    study.variant = "neutral"
+    for seed in range(5):
+        study.methods = rows.sample(frac=1, random_state=seed).reset_index(drop=True)
+        shown = list(study.methods_table("de")["method"])
+        assert shown == ["a-ft", "mixed-ft", "neutral-ft", "lora", "base", "g3"]
+
+
 def test_fairness_widget(tmp_path: Path) -> None:
     app = load_app(REPO_ROOT / "spaces" / "fairness_metrics" / "app.py", "fairness_widget")
     port = free_port()

@@ -183,7 +183,9 @@ class Study:
             }
         )
         table["own"] = rows["variant"] != self.variant  # False sorts first: the Space's variant on top
-        return table.sort_values(["own", "prompts", "mean L1"]).drop(columns=["mean L1", "own"]).reset_index(drop=True)
+        # Methods as fair as each other (a tie in mean L1) in the order of their names, every time.
+        order = ["own", "prompts", "mean L1", "method"]
+        return table.sort_values(order).drop(columns=["mean L1", "own"]).reset_index(drop=True)
 
     def config(self, version: str, language: str) -> str | None:
         images = self.versions[version].images
