@@ -47,8 +47,8 @@ class Arguments(StageArguments):
         default_factory=lambda: list(world.OCCUPATION_SHARES),
         metadata={"help": f"Occupations to draw, any of {tuple(world.OCCUPATION_SHARES)}."},
     )
-    # Many pictures per neutral prompt: with 48, the same two cells came out 0.07 off in every training
-    # tried (quirks of those pictures); 192 cost no training time (steps are what cost) and remove it.
+    # Many pictures per neutral prompt: with 48, the Chinese firefighter came out 0.07-0.11 low in every
+    # training tried (quirks of its pictures); 192 cost no training time (steps are what cost).
     images_per_prompt: int = field(default=192, metadata={"help": "Pictures drawn for every neutral prompt."})
     # A third as many for gendered prompts: each has one answer, learnt from a few pictures, while a
     # neutral prompt's share must be learnt exactly; more gendered pictures pull the neutral shares off.
