@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from benchmarks.architectures import REAL_RESOLUTION, clip_vit_l14, fairface_resnet34, m9_pipeline
-from benchmarks.common import machine, write_report
+from benchmarks.common import count_flops, machine, write_report
 
 
 @contextlib.contextmanager
@@ -64,14 +64,6 @@ def matmul_peak(device: str, dtype: torch.dtype, size: int) -> float:
     b = torch.randn(size, size, device=device, dtype=dtype)
     seconds = timed(lambda: a @ b, device, repeats=20)
     return 2 * size**3 / seconds / 1e12
-
-
-def count_flops(function: Callable[[], Any]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        function()
-    return counter.get_total_flops()
 
 
 def generation(options: argparse.Namespace, device: str, dtype: torch.dtype, peak: float) -> dict[str, Any]:
