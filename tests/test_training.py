@@ -419,6 +419,20 @@ def test_timestep_bias_draws_the_biased_timesteps_that_much_more_often() -> None
                                        timestep_bias_multiplier=2))  # fmt: skip
 
 
+def test_the_card_names_the_timestep_bias_settings_that_shaped_the_draw() -> None:
+    from training.train_text_to_image import timestep_bias_settings
+
+    def named(**given: object) -> list[str]:
+        return timestep_bias_settings(TrainArguments(dataset_name="train", **given))
+
+    assert named() == []
+    assert named(timestep_bias_strategy="later") == ["timestep_bias_multiplier", "timestep_bias_portion"]
+    assert named(timestep_bias_strategy="earlier") == ["timestep_bias_multiplier", "timestep_bias_portion"]
+    assert named(timestep_bias_strategy="range") == [
+        "timestep_bias_multiplier", "timestep_bias_begin", "timestep_bias_end",
+    ]  # fmt: skip
+
+
 def test_training_cli_errors_are_one_line_and_publish_nothing(training_study: dict, tmp_path: Path) -> None:
     store = LocalStore(training_study["store_root"])
     unpinned = {**training_study, "train": training_study["train"].partition("@")[0]}

@@ -60,6 +60,14 @@ EMA_WEIGHTS = "ema_unet.safetensors"  # in a checkpoint: EMA weights as safetens
 # ---------------------------------------------------------------------------------------------
 
 
+def timestep_bias_settings(args: TrainArguments) -> list[str]:
+    """The --timestep_bias_* settings that shape the draw under the chosen strategy."""
+    if args.timestep_bias_strategy == "none":
+        return []
+    where = ["timestep_bias_begin", "timestep_bias_end"] if args.timestep_bias_strategy == "range" else []
+    return ["timestep_bias_multiplier", *(where or ["timestep_bias_portion"])]
+
+
 def save_model_card(
     folder: Path, run: StageRun, args: TrainArguments, base: Any, languages: list[str], validation: list
 ) -> None:
@@ -79,7 +87,7 @@ def save_model_card(
             "use_ema",
             "snr_gamma",
             "timestep_bias_strategy",
-            "timestep_bias_multiplier",
+            *timestep_bias_settings(args),
             "noise_offset",
             "prediction_type",
             "train_text_encoder",
