@@ -64,8 +64,9 @@ def timestep_bias_settings(args: TrainArguments) -> list[str]:
     """The --timestep_bias_* settings that shape the draw under the chosen strategy."""
     if args.timestep_bias_strategy == "none":
         return []
-    where = ["timestep_bias_begin", "timestep_bias_end"] if args.timestep_bias_strategy == "range" else []
-    return ["timestep_bias_multiplier", *(where or ["timestep_bias_portion"])]
+    if args.timestep_bias_strategy == "range":
+        return ["timestep_bias_multiplier", "timestep_bias_begin", "timestep_bias_end"]
+    return ["timestep_bias_multiplier", "timestep_bias_portion"]
 
 
 def save_model_card(
