@@ -125,6 +125,86 @@ def test_a_chip_without_landmarks_is_a_padded_square_and_a_whole_image_face_is_r
     assert whole.shape == (100, 100, 3) and whole[50, 50].tolist() == [255, 255, 255]
 
 
+def lfw_mosaic(side: int, size: int, seed: int) -> np.ndarray:
+    """side x side different people from skimage's LFW subset (real faces, 25 px), each resized to
+    `size` px: an image with many faces, for non-maximum suppression and several pyramid levels."""
+    import skimage.transform
+
+    people = np.random.default_rng(seed).choice(100, side * side, replace=False)  # the first 100 are faces
+    tiles = [skimage.transform.resize(skimage.data.lfw_subset()[i], (size, size)) for i in people]
+    gray = np.block([[tiles[r * side + c] for c in range(side)] for r in range(side)])
+    return np.repeat((gray * 255).astype(np.uint8)[..., None], 3, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "upsample"),
+    [
+        ("astronaut", 0),
+        ("cameraman", 0),
+        ("crowd_of_9", 0),
+        ("crowd_of_16", 0),
+        ("portrait_crop", 0),
+        ("noise", 0),
+        ("crowd_of_4", 1),
+    ],
+)
+def test_dlib_detector_in_pytorch_finds_exactly_what_dlib_finds(name: str, upsample: int) -> None:
+    """The port against dlib's wheel itself: the same boxes to the pixel, the same scores to float
+    rounding, on real photos with one face, many faces, none."""
+    import dlib
+
+    from pipelines.perception.mmod import MMODDetector
+
+    photo = skimage.data.astronaut()
+    image = {
+        "astronaut": photo,
+        "cameraman": np.repeat(skimage.data.camera()[..., None], 3, 2),
+        "crowd_of_9": lfw_mosaic(3, 100, seed=0),
+        "crowd_of_16": lfw_mosaic(4, 90, seed=1),
+        "crowd_of_4": lfw_mosaic(2, 110, seed=2),
+        "portrait_crop": np.ascontiguousarray(photo[50:400, 100:380]),  # not square
+        "noise": np.random.default_rng(0).integers(0, 256, (200, 260, 3), dtype=np.uint8),
+    }[name]
+    path = faces.dlib_model_file("mmod_human_face_detector.dat")
+    expected = [
+        ((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()), d.confidence)
+        for d in dlib.cnn_face_detection_model_v1(str(path))(image, upsample)
+    ]
+    (found,) = MMODDetector(path)([image], upsample)
+    assert [tuple(int(v) for v in f[:4]) for f in found] == [box for box, _ in expected]
+    assert np.allclose([f[4] for f in found], [score for _, score in expected], atol=1e-3)
+    if name.startswith("crowd_of_"):  # every face of the crowd, each once (suppression kept one box each)
+        assert len(found) == int(name.rpartition("_")[2])
+
+
+def test_the_dlib_model_file_is_read_as_its_network_and_its_pyramid_tiles_do_not_overlap(tmp_path: Path) -> None:
+    from pipelines.perception.mmod import read_mmod, tiled_pyramid_rects
+
+    model = read_mmod(faces.dlib_model_file("mmod_human_face_detector.dat"))
+    channels = [(16, 3), (32, 16), (32, 32), (45, 32), (45, 45), (45, 45), (1, 45)]  # dlib's net_type
+    assert [w.shape[:2] for w, *_ in model.layers] == channels
+    assert [(s, p) for _, _, s, p in model.layers] == [(2, 0)] * 3 + [(1, 2)] * 3 + [(1, 4)]
+    assert model.window == (80, 80) and 0 < model.nms_iou < 1
+    for rows, cols in [(1601, 1602), (1067, 1602), (300, 451), (37, 800)]:
+        rects, tiled_rows, tiled_cols = tiled_pyramid_rects(rows, cols, *model.padding)
+        assert rects[0][2:] == [11 + cols - 1, 11 + rows - 1]  # the image itself, after the outer padding
+        for (left, top, right, bottom), (left2, top2, right2, bottom2) in zip(rects, rects[1:]):
+            # each level 5/6 of the one before, both ways
+            assert (right2 - left2 + 1, bottom2 - top2 + 1) == (
+                int(5 / 6 * (right - left + 1)),
+                int(5 / 6 * (bottom - top + 1)),
+            )
+        for i, a in enumerate(rects):
+            assert 0 <= a[0] <= a[2] < tiled_cols and 0 <= a[1] <= a[3] < tiled_rows
+            for b in rects[i + 1 :]:
+                assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (rows, cols, a, b)
+    (tmp_path / "not_dlib.dat").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="dlib model file: no 'loss_mmod_'"):
+        read_mmod(tmp_path / "not_dlib.dat")
+    with pytest.raises(ConfigError, match="engine='onnx': allowed torch, dlib"):
+        faces.DlibDetector(engine="onnx")
+
+
 def test_detector_errors_name_the_input_and_the_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="detector='retina': allowed dlib, mtcnn, haar, none"):
         load_detector("retina")
