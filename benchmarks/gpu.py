@@ -14,7 +14,9 @@ memory do not depend on the weights. Measured in one run:
    channels-last UNet, `torch.compile` of the UNet (compile time reported apart), and batched VAE
    decoding (against decoding one image at a time);
 3. classification at the real size: MTCNN face detection (its packaged weights) and FairFace's
-   ResNet-34 on 300-px chips, batched against one image at a time;
+   ResNet-34 on 300-px chips, batched against one image at a time; and the reference's detector,
+   dlib's CNN face detector run in PyTorch (`pipelines.perception.mmod`, dlib's own model file) at
+   FairFace's settings (800 px, one upsampling), in batches;
 4. CLIP ViT-L/14 scoring, batched against one image at a time.
 """
 
@@ -176,7 +178,23 @@ def classification(options: argparse.Namespace, device: str, dtype: torch.dtype)
         "batched_images_per_second": round(count / fast, 2),
         "one_at_a_time_images_per_second": round(count / slow, 2),
         "speedup": round(slow / fast, 2),
+        "dlib_detector": dlib_detector(options, device, images[: options.dlib_images]),
     }
+
+
+def dlib_detector(options: argparse.Namespace, device: str, images: Any) -> dict[str, Any]:
+    """dlib's CNN face detector in PyTorch, float32 as dlib computes it, at FairFace's settings: each
+    image resized (dlib's resampling) so its longer side is 800 px, then upsampled once (1,600 px)."""
+    import dlib
+
+    from pipelines.perception.faces import dlib_model_file
+    from pipelines.perception.mmod import MMODDetector
+
+    side = 96 if options.smoke else 800
+    resized = [dlib.resize_image(image, rows=side, cols=side) for image in images]
+    detector = MMODDetector(dlib_model_file("mmod_human_face_detector.dat"), device=device, batch_size=8)
+    seconds = timed(lambda: detector(resized, 1), device)
+    return {"images": len(resized), "side": side, "upsample": 1, "images_per_second": round(len(resized) / seconds, 2)}
 
 
 def clip_scoring(options: argparse.Namespace, device: str, dtype: torch.dtype) -> dict[str, Any]:
@@ -220,13 +238,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no_compile", dest="compile", action="store_false", help="skip torch.compile")
     parser.add_argument("--classify_images", type=int, default=None, help="default 256; smoke 4")
     parser.add_argument("--clip_images", type=int, default=None, help="default 256; smoke 4")
+    parser.add_argument("--dlib_images", type=int, default=None, help="default 64; smoke 2")
     parser.add_argument("--output", default="gpu", help="report name")
     parser.add_argument("--results_dir", default=None, help="where the report goes (default benchmarks/results)")
     options = parser.parse_args(argv)
     smoke = options.smoke
     defaults = {"steps": 2 if smoke else 20, "batch_sizes": [1, 2] if smoke else [1, 2, 4, 8, 16, 32],
                 "images": 2 if smoke else 32, "toggle_batch": 2 if smoke else 8, "toggle_repeats": 1 if smoke else 2,
-                "classify_images": 4 if smoke else 256, "clip_images": 4 if smoke else 256}  # fmt: skip
+                "classify_images": 4 if smoke else 256, "clip_images": 4 if smoke else 256,
+                "dlib_images": 2 if smoke else 64}  # fmt: skip
     for name, value in defaults.items():
         if getattr(options, name) is None:
             setattr(options, name, value)

@@ -32,6 +32,8 @@ def test_gpu_benchmark_smoke_runs_every_code_path_on_the_cpu(tmp_path: Path) -> 
     assert names == ["SDPA attention", "channels-last UNet", "batched VAE decoding"]  # compile: GPU only
     for section in ("classification", "clip_scoring"):
         assert positive(report[section]["speedup"]) and report[section]["images"] == 4
+    dlib = report["classification"]["dlib_detector"]  # the reference's detector, in PyTorch on the device
+    assert dlib["images"] == 2 and dlib["upsample"] == 1 and positive(dlib["images_per_second"])
 
 
 @pytest.mark.parametrize(
