@@ -5,7 +5,7 @@ Backends (`DETECTORS`):
   reference study's): the image is first resized with `dlib.resize_image` so its longer side is
   800 px, as FairFace's `predict.py` does (`--dlib_max_size`). The models are those of the
   `face_recognition_models` package; the detector's network runs in PyTorch (`mmod.py`: the same
-  detections as the prebuilt `dlib-bin` wheel, 15-20x faster on a CPU, and on a GPU), the
+  detections as the prebuilt `dlib-bin` wheel, 16x faster per CPU core, and on a GPU), the
   landmarks in dlib;
 - `mtcnn`: facenet-pytorch's MTCNN (its weights ship in the wheel), with 5 landmarks;
 - `haar`: OpenCV's frontal-face Haar cascade (ships with OpenCV 4.x); dlib's 5-point predictor
