@@ -177,7 +177,7 @@ def test_dlib_detector_in_pytorch_finds_exactly_what_dlib_finds(name: str, upsam
         assert len(found) == int(name.rpartition("_")[2])
 
 
-def test_the_dlib_model_file_is_read_as_its_network_and_its_pyramid_tiles_do_not_overlap(tmp_path: Path) -> None:
+def test_the_dlib_model_file_its_pyramid_tiles_and_images_of_any_size_in_one_call(tmp_path: Path) -> None:
     from pipelines.perception.mmod import read_mmod, tiled_pyramid_rects
 
     model = read_mmod(faces.dlib_model_file("mmod_human_face_detector.dat"))
@@ -198,6 +198,16 @@ def test_the_dlib_model_file_is_read_as_its_network_and_its_pyramid_tiles_do_not
             assert 0 <= a[0] <= a[2] < tiled_cols and 0 <= a[1] <= a[3] < tiled_rows
             for b in rects[i + 1 :]:
                 assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (rows, cols, a, b)
+    # Images of mixed sizes in one call: each its own faces, in order; images too small for the
+    # network's field of view (where dlib's wheel fails) have none.
+    from pipelines.perception.mmod import MMODDetector
+
+    detector = MMODDetector(faces.dlib_model_file("mmod_human_face_detector.dat"))
+    crowd, photo = lfw_mosaic(2, 100, seed=3), skimage.data.astronaut()
+    tiny = [np.zeros(shape, np.uint8) for shape in [(1, 1, 3), (8, 30, 3), (3, 200, 3)]]
+    together = detector([photo, *tiny, crowd, photo[:300]], 0)
+    assert together == [detector([image], 0)[0] for image in (photo, *tiny, crowd, photo[:300])]
+    assert [len(found) for found in together] == [1, 0, 0, 0, 4, 1]
     (tmp_path / "not_dlib.dat").write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="dlib model file: no 'loss_mmod_'"):
         read_mmod(tmp_path / "not_dlib.dat")

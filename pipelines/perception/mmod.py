@@ -268,12 +268,21 @@ class MMODDetector:
             by_size.setdefault(image.shape[:2], []).append(index)
         for (rows, cols), indices in by_size.items():
             rects, tiled_rows, tiled_cols = tiled_pyramid_rects(rows, cols, *self.model.padding)
+            if not self.fits(tiled_rows, tiled_cols):
+                continue  # smaller than the network's field of view: no window fits (dlib fails here)
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 scores = self.scores(np.stack([prepared[i] for i in chunk]), rects, tiled_rows, tiled_cols)
                 for index, score in zip(chunk, scores):
                     found[index] = self.detections(score, rects, upsample)
         return found
+
+    def fits(self, rows: int, cols: int) -> bool:
+        """Whether the network gives at least one score on a tiled image of this size."""
+        for weight, _, stride, padding in self.model.layers:
+            kernel = weight.shape[-1]
+            rows, cols = (rows + 2 * padding - kernel) // stride + 1, (cols + 2 * padding - kernel) // stride + 1
+        return rows > 0 and cols > 0
 
     def scores(self, images: np.ndarray, rects: list[list[int]], rows: int, cols: int) -> np.ndarray:
         """The network's score map for a batch of same-sized images (N, H, W, 3 uint8)."""
