@@ -103,9 +103,12 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             flags = [f"--{key}={value}" for key, value in given.items()]
             flags += ["--variants", "gendered", f"--output_repo={name}", "--cpu_threads=1", "--force"]
-            launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+            # --standalone: a free port per launch (the default 29500 can still be held by the run before)
+            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
             command = [sys.executable, *launcher, "-m", "pipelines.generate_images", *flags]
-            subprocess.run(command, check=True, capture_output=True)
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode:
+                raise RuntimeError(f"bench_generate: the {name} run failed:\n{result.stderr[-3000:]}")
         return time.perf_counter() - started
 
     runs = {

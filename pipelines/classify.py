@@ -278,13 +278,6 @@ def classify_rows(rows: list[dict[str, Any]], detector: Any, classifier: Any, ar
     return out
 
 
-STAGE = Classify()
-run = STAGE.run
-
-if __name__ == "__main__":
-    STAGE.main()
-
-
 def detector_note(args: Arguments) -> str:
     """How the detector ran, where its name alone does not say it (for the card)."""
     if args.detector != "dlib":
@@ -294,3 +287,10 @@ def detector_note(args: Arguments) -> str:
         " (dlib's CNN face detector `mmod_human_face_detector`, its network run in PyTorch with dlib's own "
         f"detections, on {size} upsampled once, as FairFace's script does)"
     )
+
+
+STAGE = Classify()
+run = STAGE.run
+
+if __name__ == "__main__":
+    STAGE.main()

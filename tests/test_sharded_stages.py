@@ -75,7 +75,8 @@ def command_line(stage: str, study: dict, output_repo: str, *extra: str) -> list
 
 def run_stage(stage: str, argv: list[str], processes: int = 1) -> subprocess.CompletedProcess:
     launcher = (
-        [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(processes)]
+        # --standalone: a free port per launch (the default 29500 can still be held by the run before)
+        [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", str(processes)]
         if processes > 1
         else [sys.executable]
     )
