@@ -9,8 +9,8 @@ classify with the same ResNet-34 (FairFace-shaped, random weights) on the CPU, i
 
 - with the reference's own detector, dlib's CNN detector at FairFace's settings (longer side
   800 px, one upsampling): the reference calls dlib's wheel (one thread), the stage runs the same
-  model in PyTorch, batched (`pipelines.perception.mmod`), on `--dlib_images` images; the report
-  counts the images where both found the same boxes;
+  model file in PyTorch (`pipelines.perception.mmod`, torch's threads), on `--dlib_images` images;
+  the report counts the images where both found the same boxes;
 - with MTCNN for both, on `--images` images: what the stage's batching alone is worth;
 - the fast path: the stage with MTCNN against the reference with dlib; and what it costs in
   fidelity: how often the perceived gender (dlib-models' network) of the face dlib found and of
