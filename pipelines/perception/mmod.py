@@ -287,6 +287,18 @@ class MMODDetector:
     def scores(self, images: np.ndarray, rects: list[list[int]], rows: int, cols: int) -> np.ndarray:
         """The network's score map for a batch of same-sized images (N, H, W, 3 uint8)."""
         import torch
+
+        # Full float32 convolutions on a GPU too, as dlib computes them: cuDNN's default TF32 keeps
+        # 10 bits of mantissa, enough to move a score near the threshold across it.
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            return self._scores(images, rects, rows, cols)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+
+    def _scores(self, images: np.ndarray, rects: list[list[int]], rows: int, cols: int) -> np.ndarray:
+        import torch
         import torch.nn.functional as F
 
         with torch.inference_mode():
