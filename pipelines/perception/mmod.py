@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-PYRAMID_RATE = 5 / 6  # dlib's pyramid_down<6>: each level 5/6 of the one above
+PYRAMID_N = 6  # dlib's pyramid_down<6>: each level (N - 1) / N of the one above
+PYRAMID_RATE = (PYRAMID_N - 1) / PYRAMID_N
 PYRAMID_PADDING, PYRAMID_OUTER_PADDING = 10, 11  # dlib's defaults, where the file does not store them
 MIN_LEVEL_HEIGHT = 5
 
@@ -57,9 +58,6 @@ class _Reader:
         if exponent >= 32000:  # dlib's codes for inf, -inf, nan
             return (math.inf, -math.inf, math.nan)[exponent - 32000]
         return math.ldexp(mantissa, exponent)
-
-    def string(self) -> str:
-        return self.take(self.integer()).decode()
 
     def tensor(self) -> np.ndarray:
         if self.integer() != 2:
@@ -91,7 +89,8 @@ class _Reader:
 @dataclass
 class MMODModel:
     """dlib's face detector, as read from its file: convolutions (weight, bias, stride, padding),
-    batch norms folded in; the detection window; the non-maximum suppression thresholds."""
+    batch norms folded in; the detection window (width, height); the non-maximum suppression
+    thresholds; the input's channel means and its pyramid's paddings (inner, outer)."""
 
     layers: list[tuple[np.ndarray, np.ndarray, int, int]]
     window: tuple[int, int]
@@ -338,7 +337,7 @@ class MMODDetector:
         boxes = boxes - np.tile(table[level, :2], 2)
         for step in range(int(level.max()) + 1):  # pyramid_down<6>.point_up, once per level
             lift = level > step
-            boxes[lift] = boxes[lift] * (6 / 5.0) + 0.3
+            boxes[lift] = boxes[lift] * (PYRAMID_N / (PYRAMID_N - 1.0)) + 0.3
         boxes = _round(boxes)
         kept: list[np.ndarray] = []
         confidences: list[float] = []
