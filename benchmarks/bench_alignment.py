@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from pipelines.modeling.clip import load_open_clip  # noqa: E402
 from pipelines.modeling.tiny import build_tiny_open_clip  # noqa: E402
 
 MODULE = str(Path(__file__).resolve().parent.parent / "spaces" / "clip_score")
-from benchmarks.common import machine, write_report  # noqa: E402
+from benchmarks.common import machine, scratch, write_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--results_dir", default=None)
     options = parser.parse_args(argv)
-    folder = str(build_tiny_open_clip(tempfile.mkdtemp()))
+    folder = str(build_tiny_open_clip(scratch()))
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(options.images)]
     texts = [f"a photo of the face of a worker {i % options.occupations}" for i in range(options.images)]

@@ -22,7 +22,6 @@ Writes benchmarks/results/classify.json.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import skimage.transform
 import torch
 from PIL import Image
 
-from benchmarks.common import machine, write_report  # noqa: E402
+from benchmarks.common import machine, scratch, write_report  # noqa: E402
 from pipelines.perception.classifiers import AgeAndGenderClassifier, FaceCrop, FairFaceClassifier
 from pipelines.perception.faces import DlibDetector, Face, FaceDetector, face_chip, load_detector
 
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = torchvision.models.resnet34(weights=None)
     model.fc = torch.nn.Linear(model.fc.in_features, 18)
-    weights = Path(tempfile.mkdtemp()) / "fairface.pt"
+    weights = scratch() / "fairface.pt"
     torch.save(model.state_dict(), weights)
     # A real face (512 px), shifted and mirrored so that every image differs.
     base = skimage.data.astronaut()
@@ -101,7 +100,7 @@ def reference_way(
 ) -> tuple[float, list[list[Face]]]:
     """Seconds of the reference's loop over `images` (split into `occupations`), and the faces found:
     per occupation the classifier loaded again, each face chip through a JPEG file, one per forward."""
-    chips_dir = Path(tempfile.mkdtemp())
+    chips_dir = scratch()
     found: list[list[Face]] = []
     started = time.perf_counter()
     for occupation, indices in enumerate(np.array_split(np.arange(len(images)), occupations)):

@@ -28,9 +28,7 @@ import io
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -38,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.common import machine, write_report  # noqa: E402
+from benchmarks.common import machine, scratch, write_report  # noqa: E402
 from pipelines import build_tiny_model, generate_images, generate_prompts  # noqa: E402
 from pipelines.artifacts.inputs import resolve_model  # noqa: E402
 from pipelines.artifacts.reader import DatasetArtifact  # noqa: E402
@@ -54,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results_dir", default=None)
     options = parser.parse_args(argv)
     cores = os.cpu_count() or 1
-    root = tempfile.mkdtemp(prefix="bench-generate-")
+    root = str(scratch("bench-generate-"))
     common = {"store_root": root, "namespace": "bench"}
     professions = ["doctor", "nurse", "CEO", "firefighter", "teacher", "pilot"]
     prompts = generate_prompts.run(generate_prompts.Arguments(**common, professions=professions))
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(rows) < options.images:
         raise SystemExit(f"--images={options.images}: the benchmark's prompts give at most {len(rows)}")
     pipe = load_pipeline(resolve_model(str(model), store, namespace="bench"), store, device="cpu")
-    out = Path(tempfile.mkdtemp())
+    out = scratch()
 
     def reference_loop(part: list[dict]) -> float:
         started = time.perf_counter()

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import machine, write_report  # noqa: E402
+from benchmarks.common import machine, scratch, write_report  # noqa: E402
 from pipelines import build_tiny_model, generate_prompts  # noqa: E402
 
 PROMPTS = 10  # the images of a run are PROMPTS prompts x (images / PROMPTS) seeds
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
     if options.small % PROMPTS or options.large % PROMPTS or options.small >= options.large:
         parser.error(f"--small and --large: multiples of {PROMPTS}, small below large")
-    root = tempfile.mkdtemp(prefix="bench-memory-")
+    root = str(scratch("bench-memory-"))
     common = {"store_root": root, "namespace": "bench"}
     prompts = generate_prompts.run(generate_prompts.Arguments(**common, professions=["doctor", "nurse", "CEO"]))
     model = build_tiny_model.run(build_tiny_model.Arguments(**common, input=str(prompts)))
@@ -91,7 +90,6 @@ def main(argv: list[str] | None = None) -> dict:
         "goal_growth_below": 0.10,
     }
     write_report("memory", report, options.results_dir)
-    shutil.rmtree(root, ignore_errors=True)
     return report
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from benchmarks.common import machine, write_report  # noqa: E402
+from benchmarks.common import machine, scratch, write_report  # noqa: E402
 from pipelines import generate_prompts, translate_prompts  # noqa: E402
 from pipelines.artifacts.reader import DatasetArtifact  # noqa: E402
 from pipelines.artifacts.store import LocalStore  # noqa: E402
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     languages = [code for code in LANGUAGES if code != "en"]
     timings: dict[str, list[float]] = {"generate_prompts": [], "translate_prompts": []}
     for _ in range(options.repeats):
-        root = tempfile.mkdtemp(prefix="bench-prompts-")
+        root = str(scratch("bench-prompts-"))
         common = {"store_root": root, "namespace": "bench", "force": True}
         started = time.perf_counter()
         generate_prompts.run(generate_prompts.Arguments(**common))

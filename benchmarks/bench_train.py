@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import machine, write_report  # noqa: E402
+from benchmarks.common import machine, scratch, write_report  # noqa: E402
 from pipelines import build_tiny_model, collect_datasets, generate_images, generate_prompts  # noqa: E402
 from training.train_text_to_image import TrainArguments, run  # noqa: E402
 
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--memory_captions", type=int, default=1000, help="captions for the text-state memory line")
     parser.add_argument("--results_dir", default=None)
     options = parser.parse_args(argv)
-    root = tempfile.mkdtemp(prefix="bench-train-")
+    root = str(scratch("bench-train-"))
     common = {"store_root": root, "namespace": "bench"}
     prompts = generate_prompts.run(generate_prompts.Arguments(**common, professions=["doctor", "nurse", "CEO"]))
     model = build_tiny_model.run(build_tiny_model.Arguments(**common, input=str(prompts)))
@@ -164,7 +163,7 @@ def measure_text_state_memory(captions: int, tokens: int, width: int) -> dict:
     before = rss()["RssAnon"] - start["RssAnon"]
     del held
     gc.collect()
-    folder = Path(tempfile.mkdtemp(prefix="bench-text-states-"))
+    folder = scratch("bench-text-states-")
     np.save(folder / "latents.npy", np.zeros((captions, 4, 8, 8), np.float16))
     hidden = np.lib.format.open_memmap(
         folder / "hidden.npy", mode="w+", dtype=np.float16, shape=(captions, tokens, width)

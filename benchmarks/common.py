@@ -1,10 +1,14 @@
-"""What every benchmark shares: the machine it ran on, writing its report, counting FLOPs."""
+"""What every benchmark shares: the machine it ran on, writing its report, counting FLOPs, and
+scratch folders that do not outlive the process."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU"
+
+
+def scratch(prefix: str = "bench-") -> Path:
+    """A new temporary folder, removed when the process exits: the benchmarks write stores, model
+    weights and gigabytes of cached text states, and run in every CI run on the same machine."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def write_report(name: str, report: dict[str, Any], folder: str | Path | None = None) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,15 @@ SPEEDUPS = ["speedup_threads", "speedup_processes"]
 
 def positive(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_scratch_folders_are_gone_when_the_benchmark_process_exits() -> None:
+    """Benchmarks write stores, weights and gigabytes of text states, in every CI run on one machine."""
+    code = "from benchmarks.common import scratch; f = scratch(); (f / 'w.pt').write_bytes(bytes(1024)); print(f)"
+    root = Path(__file__).resolve().parents[1]
+    made = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    folder = Path(made.stdout.strip())
+    assert folder.name.startswith("bench-") and folder.parent.is_dir() and not folder.exists()
 
 
 def test_gpu_benchmark_smoke_runs_every_code_path_on_the_cpu(tmp_path: Path) -> None:
