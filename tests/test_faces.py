@@ -178,7 +178,7 @@ def test_dlib_detector_in_pytorch_finds_exactly_what_dlib_finds(name: str, upsam
 
 
 def test_the_dlib_model_file_its_pyramid_tiles_and_images_of_any_size_in_one_call(tmp_path: Path) -> None:
-    from pipelines.perception.mmod import read_mmod, tiled_pyramid_rects
+    from pipelines.perception.mmod import MMODDetector, read_mmod, tiled_pyramid_rects
 
     model = read_mmod(faces.dlib_model_file("mmod_human_face_detector.dat"))
     channels = [(16, 3), (32, 16), (32, 32), (45, 32), (45, 45), (45, 45), (1, 45)]  # dlib's net_type
@@ -200,8 +200,6 @@ def test_the_dlib_model_file_its_pyramid_tiles_and_images_of_any_size_in_one_cal
                 assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (rows, cols, a, b)
     # Images of mixed sizes in one call: each its own faces, in order; images too small for the
     # network's field of view (where dlib's wheel fails) have none.
-    from pipelines.perception.mmod import MMODDetector
-
     detector = MMODDetector(faces.dlib_model_file("mmod_human_face_detector.dat"))
     crowd, photo = lfw_mosaic(2, 100, seed=3), skimage.data.astronaut()
     tiny = [np.zeros(shape, np.uint8) for shape in [(1, 1, 3), (8, 30, 3), (3, 200, 3)]]
