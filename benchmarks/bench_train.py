@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import machine, scratch, write_report  # noqa: E402
+from benchmarks.common import count_flops, machine, scratch, write_report  # noqa: E402
 from pipelines import build_tiny_model, collect_datasets, generate_images, generate_prompts  # noqa: E402
 from training.train_text_to_image import TrainArguments, run  # noqa: E402
 
@@ -93,7 +93,6 @@ def caching_ceiling() -> dict:
     import torch
 
     from benchmarks.architectures import M9_PROMPT_TOKENS, REAL_RESOLUTION, m9_pipeline
-    from benchmarks.common import count_flops
 
     pipe = m9_pipeline("real", torch.float32, "meta")
     side = REAL_RESOLUTION // pipe.vae_scale_factor

@@ -5,7 +5,7 @@ Backends (`DETECTORS`):
   reference study's): the image is first resized with `dlib.resize_image` so its longer side is
   800 px, as FairFace's `predict.py` does (`--dlib_max_size`). The models are those of the
   `face_recognition_models` package; the detector's network runs in PyTorch (`mmod.py`: the same
-  detections as the prebuilt `dlib-bin` wheel, 16x faster per CPU core, and on a GPU), the
+  detections as the prebuilt `dlib-bin` wheel on a CPU, 16x faster per core; it runs on a GPU too), the
   landmarks in dlib;
 - `mtcnn`: facenet-pytorch's MTCNN (its weights ship in the wheel), with 5 landmarks;
 - `haar`: OpenCV's frontal-face Haar cascade (ships with OpenCV 4.x); dlib's 5-point predictor
@@ -165,9 +165,9 @@ class DlibDetector:
     """dlib's CNN face detector and 5-point predictor, as FairFace's predict.py runs them.
 
     `engine="torch"` (the default) runs dlib's own model file in PyTorch (`pipelines.perception.mmod`):
-    the same boxes and scores, batched, on every core or a GPU. `engine="dlib"` calls dlib's wheel
-    itself (one thread, about 10 s per image at FairFace's settings): the reference the port is
-    tested and benchmarked against."""
+    the same boxes and scores as dlib's wheel (tested on the CPU), on every core or a GPU.
+    `engine="dlib"` calls dlib's wheel itself (one thread, about 10 s per image at FairFace's
+    settings): the reference the port is tested and benchmarked against."""
 
     name = "dlib"
     ENGINES = ("torch", "dlib")

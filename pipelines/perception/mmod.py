@@ -16,7 +16,8 @@ batched, on every core or on a GPU:
    non-maximum suppression with the model's own overlap rule (dlib's `test_box_overlap`: the
    intersection over the box enclosing both, or one box covered entirely).
 
-Boxes equal dlib's to the pixel and scores to float rounding (tests compare the two on real photos).
+Boxes equal dlib's to the pixel and scores to float rounding (tests compare the two on real photos,
+on the CPU; on a GPU it runs the same float32 arithmetic, not yet compared there).
 The file format is dlib's serialization (integers: a size byte and little-endian bytes; tensors:
 raw float32), read here for the layers this one network has.
 """
