@@ -4,39 +4,54 @@
 
 Reads the perceived attributes (from `classify --classifier world-cue`) of images a world model made
 for the gender-neutral and gendered prompts, before and after the debiasing fine-tune, and sets
-them against the planted shares (`pipelines.modeling.world.planted_share`):
+them against the planted shares that the world's own card records (`draw_world`'s
+`planted_shares`, found through the lineage of what it reads; an input without them is refused):
 
 - **calibration**: per (occupation, language), the measured share of female figures of the neutral
-  prompts, its Wilson 95% interval, and whether the planted share lies in it; the study is calibrated
-  when at least `--min_within` of the cells do;
-- **debiasing**: the stereotype gap, the mean share of the cells planted female-skewed minus that of
-  the cells planted male-skewed (planted: the world's own gap), before and after; the fine-tune
-  debiases when the gap after is at most `--max_gap_ratio` of the gap before;
-- **control**: the share of images of gendered prompts that show the gender asked for, before and
-  after (a fine-tune that forgets "a female nurse" is not a fix).
+  prompts and its Wilson interval; over all cells at once, a goodness-of-fit test of the counts
+  against the planted shares. The study is calibrated unless the test rejects at `--alpha`: a model
+  whose shares are exactly the planted ones is called NO with probability `alpha` (0.1% by
+  default), whatever the number of cells and images. Beside it, the slope of measured on planted
+  share (1: no amplification) and the error from the planted shares, corrected for sampling.
+- **debiasing**: the distance of each cell's share from the target (parity unless `--target` says
+  otherwise), estimated without the upward bias sampling gives a raw distance (`distance_sq` of the
+  `spaces/fairness_metrics` module: (p̂ - t)² - p̂(1 - p̂)/(n - 1) per label), root mean square over
+  cells. The fine-tune debiases when there was measurable bias before (the interval of the distance
+  before excludes 0), the distance after is at most `--max_distance_ratio` of the distance before,
+  **and** gendered prompts still show their own gender in at least `--min_control` of images.
+  Overshooting the target counts as bias; so do a common shift, a reversal, or skews that cancel
+  across languages, since every cell is measured on its own.
 
-Prints the table and the verdicts, and publishes them (configs `cells`, `summary`) with a figure.
-It validates the study's machinery on a known answer, not any real model.
+Prints the table and the verdicts, and publishes them (configs `cells`, `summary`, `verdicts`) with a
+figure. A NO verdict ends the command (and `pipelines.run`) with exit code 1, the verdicts as the
+last lines. It validates the study's machinery on a known answer, not any real model.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines import PROJECT_ROOT
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
 from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.artifacts.reader import DatasetArtifact
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
-from pipelines.harness.stage import Stage, StageRun
-from pipelines.modeling import world
-from pipelines.reporting.statistics import wilson_interval
+from pipelines.harness.lineage import upstream_metadata
+from pipelines.harness.stage import Published, Stage, StageRun, Verdict
+from pipelines.reporting.statistics import goodness_of_fit, parse_distribution, slope, wilson_interval
 
 MODELS = ("base", "debiased")
+GENDERS = ["male", "female"]  # the order of perception.classifiers.GENDER_LABELS
 ATTRIBUTE_COLUMNS = ["language", "variant", "profession", "prompt_gender", "status", "gender"]
+METRIC_PATH = PROJECT_ROOT / "spaces" / "fairness_metrics"
+# Two labels: the L2 distance of (1 - p, p) from (1 - t, t) is sqrt(2) |p - t|; the check reports |p - t|.
+SHARE_UNITS = math.sqrt(2)
 
 
 @dataclass
@@ -49,68 +64,76 @@ class Arguments(StageArguments):
     )
     debiased_control: str | None = input_field("The same after the fine-tune (optional).", default=None)
     output_repo: str = field(default="world-check", metadata={"help": "Results repo to publish."})
-    min_within: float = field(
-        default=0.9,
-        metadata={"help": "Calibrated: at least this share of cells hold the planted share in their interval."},
+    target: str = field(
+        default="female=0.5,male=0.5",
+        metadata={"help": "The share of each perceived gender a debiased model shows (label=share,...): parity."},
     )
-    max_gap_ratio: float = field(
-        default=0.5, metadata={"help": "Debiased: the stereotype gap after is at most this share of the gap before."}
+    max_distance_ratio: float = field(
+        default=0.5,
+        metadata={"help": "Debiased: the distance from the target after is at most this share of the one before."},
     )
-    confidence: float = field(default=0.95, metadata={"help": "Confidence level of the per-cell intervals."})
+    min_control: float = field(
+        default=0.9, metadata={"help": "Debiased: gendered prompts show their own gender in at least this share."}
+    )
+    alpha: float = field(
+        default=0.001,
+        metadata={
+            "help": "Calibrated unless the goodness-of-fit test rejects at this level: how often a model with "
+            "exactly the planted shares is called NO."
+        },
+    )
+    confidence: float = field(default=0.95, metadata={"help": "Confidence level of the intervals."})
+    rounds: int = field(default=20_000, metadata={"help": "Monte Carlo draws of the test and the bootstrap."})
+    seed: int = field(default=0, metadata={"help": "Seed of the draws."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.debiased_control and not self.debiased:
             raise ConfigError("debiased_control: needs debiased (the neutral prompts' images after the fine-tune)")
-        for name in ("min_within", "max_gap_ratio", "confidence"):
+        for name in ("max_distance_ratio", "min_control", "confidence"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: between 0 and 1")
+        if not 0 < self.alpha < 0.5:
+            raise ConfigError(f"alpha={self.alpha}: between 0 and 0.5")
+        self.check_at_least(100, "rounds")
+        parse_distribution(self.target, GENDERS, "target")
 
 
-def measure(rows: list[dict[str, Any]], confidence: float) -> tuple[dict[tuple[str, str], dict], float | None]:
-    """Per (language, occupation) of the neutral prompts: counts and interval; and the gendered prompts' control."""
-    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    obeyed = asked = 0
+def measure(rows: list[dict[str, Any]]) -> tuple[dict[tuple[str, str], list[int]], list[int]]:
+    """Per (language, occupation) of the neutral prompts, [male, female] counts; and the gendered
+    prompts' control, [images showing the gender asked for, images]."""
+    cells: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    control = [0, 0]
     for row in rows:
-        if row["status"] != "ok" or row["gender"] not in ("male", "female"):
+        if row["status"] != "ok" or row["gender"] not in GENDERS:
             continue
         if row["variant"] == "neutral":
-            cell = counts[(row["language"], row["profession"])]
-            cell[0] += row["gender"] == "female"
-            cell[1] += 1
-        elif row["variant"] == "gendered" and row["prompt_gender"] in ("male", "female"):
-            asked += 1
-            obeyed += row["gender"] == row["prompt_gender"]
-    cells = {}
-    for (language, occupation), (female, total) in counts.items():
-        low, high = wilson_interval(female, total, confidence)
-        cells[(language, occupation)] = {
-            "female": female,
-            "total": total,
-            "share": female / total,
-            "low": low,
-            "high": high,
-        }
-    return cells, (obeyed / asked if asked else None)
+            cells[(row["language"], row["profession"])][GENDERS.index(row["gender"])] += 1
+        elif row["variant"] == "gendered" and row["prompt_gender"] in GENDERS:
+            control[0] += row["gender"] == row["prompt_gender"]
+            control[1] += 1
+    return dict(cells), control
 
 
-def stereotype_gap(shares: dict[tuple[str, str], float]) -> float | None:
-    """Mean share of the cells planted female-skewed minus that of those planted male-skewed."""
-    planted = {cell: world.planted_share(cell[1], cell[0]) for cell in shares}
-    female = [shares[c] for c, p in planted.items() if p > 0.5]
-    male = [shares[c] for c, p in planted.items() if p < 0.5]
-    if not female or not male:
-        return None
-    return sum(female) / len(female) - sum(male) / len(male)
-
-
-def correlation(measured: list[float], planted: list[float]) -> float | None:
-    """Pearson's r between measured and planted shares: does the study rank the cells as planted?"""
-    import numpy as np
-
-    if len(measured) < 2 or np.std(measured) == 0 or np.std(planted) == 0:
-        return None
-    return float(np.corrcoef(measured, planted)[0, 1])
+def planted_shares(run: StageRun, name: str) -> dict[tuple[str, str], float]:
+    """The planted shares that the world's card records, found through the lineage of input `name`."""
+    found = upstream_metadata(run.store, run.inputs[name], "planted_shares")
+    if not found:
+        raise DataError(
+            f"{name}: nothing upstream of {run.inputs[name]} records planted shares (draw_world's card does); "
+            "check_world judges only images of a planted-bias world"
+        )
+    tables = {}
+    for ref, entries in found:
+        try:
+            tables[ref] = {(e["language"], e["profession"]): float(e["share"]) for e in entries}
+        except (TypeError, KeyError, ValueError):
+            raise DataError(f"{ref}: its card's planted_shares are not [{{language, profession, share}}]") from None
+        if not all(0 <= share <= 1 for share in tables[ref].values()):
+            raise DataError(f"{ref}: its card's planted shares must lie between 0 and 1")
+    if len({tuple(sorted(t.items())) for t in tables.values()}) > 1:
+        raise DataError(f"{name}: its lineage holds worlds with different planted shares: {', '.join(tables)}")
+    return next(iter(tables.values()))
 
 
 class CheckWorld(Stage):
@@ -125,75 +148,41 @@ class CheckWorld(Stage):
         return Estimate(reads=reads, makes="the world's calibration and debiasing verdicts (CPU, seconds)")
 
     def build(self, run: StageRun, folder: Path) -> str:
+        import evaluate
+
         args: Arguments = run.args
+        planted = planted_shares(run, "base")
+        metric = evaluate.load(str(METRIC_PATH), "counts")
+        target = parse_distribution(args.target, GENDERS, "target")
         measured = {}
         for name in MODELS:
             if name == "debiased" and not args.debiased:
                 continue
-            source = run.dataset(name)
+            if planted_shares(run, name) != planted:
+                raise DataError(f"{name}: its world has other planted shares than base's")
             rows = []
             for part in [name, f"{name}_control"] if getattr(args, f"{name}_control") else [name]:
                 dataset = run.dataset(part)
                 for config in dataset.configs:
                     dataset.require_columns(config, ATTRIBUTE_COLUMNS)
                     rows += dataset.rows(config, ATTRIBUTE_COLUMNS)
-            cells, control = measure(rows, args.confidence)
-            unplanted = sorted(
-                f"{lang}/{occ}"
-                for lang, occ in cells
-                if lang not in world.LANGUAGE_FACTORS or occ not in world.OCCUPATION_SHARES
-            )
+            cells, control = measure(rows)
+            source = run.dataset(name).name
+            unplanted = sorted(f"{lang}/{occ}" for lang, occ in cells if (lang, occ) not in planted)
             if unplanted:
-                raise DataError(f"{name}: {source.name} has cells the world plants nothing in: {', '.join(unplanted)}")
+                raise DataError(f"{name}: {source} has cells its world plants nothing in: {', '.join(unplanted)}")
             if not cells:
-                raise DataError(f"{name}: {source.name} has no classified image of a gender-neutral prompt")
-            measured[name] = {"cells": cells, "control": control}
+                raise DataError(f"{name}: {source} has no classified image of a gender-neutral prompt")
+            measured[name] = self.judge(metric, cells, control, planted, target, args)
 
-        base_cells = measured["base"]["cells"]
-        cell_rows = []
-        for language, occupation in sorted(base_cells):
-            planted = world.planted_share(occupation, language)
-            row = {"language": language, "profession": occupation, "planted_share": planted}
-            for name in MODELS:
-                result = measured.get(name, {"cells": {}})
-                cell = result["cells"].get((language, occupation))
-                row |= {
-                    f"{name}_share": cell["share"] if cell else None,
-                    f"{name}_ci_low": cell["low"] if cell else None,
-                    f"{name}_ci_high": cell["high"] if cell else None,
-                    f"{name}_images": cell["total"] if cell else 0,
-                }
-            row["within"] = bool(row["base_ci_low"] <= planted <= row["base_ci_high"])
-            cell_rows.append(row)
-        within = sum(r["within"] for r in cell_rows) / len(cell_rows)
-        summary = [
-            {
-                "model": "planted",
-                "stereotype_gap": stereotype_gap({c: world.planted_share(c[1], c[0]) for c in base_cells}),
-                "cells_within": None,
-                "mean_abs_error": 0.0,
-                "correlation": 1.0,
-                "control": 1.0,
-            }
-        ]
-        for name, result in measured.items():
-            shares = {cell: value["share"] for cell, value in result["cells"].items()}
-            planted = [world.planted_share(c[1], c[0]) for c in shares]
-            errors = [abs(v - p) for v, p in zip(shares.values(), planted)]
-            summary.append(
-                {
-                    "model": name,
-                    "stereotype_gap": stereotype_gap(shares),
-                    "cells_within": within if name == "base" else None,
-                    "mean_abs_error": sum(errors) / len(errors),
-                    "correlation": correlation(list(shares.values()), planted),
-                    "control": result["control"],
-                }
-            )
-        verdicts = self.verdicts(summary, within, args)
+        cell_rows = self.cell_rows(measured, planted, args.confidence)
+        summary = [self.planted_row(planted, measured["base"]["cells"], target)]
+        summary += [{"model": name, **result["summary"]} for name, result in measured.items()]
+        verdicts = self.verdicts(measured, args)
         for config, features, rows in [
             ("cells", schemas.WORLD_CELLS, cell_rows),
-            ("summary", schemas.WORLD_SUMMARY, [s | {"verdicts": verdicts} for s in summary]),
+            ("summary", schemas.WORLD_SUMMARY, summary),
+            ("verdicts", schemas.WORLD_VERDICTS, verdicts),
         ]:
             writer = DatasetWriter(folder, features)
             writer.write(config, rows)
@@ -202,30 +191,148 @@ class CheckWorld(Stage):
         print(report, flush=True)
         figures = self.figure(folder, cell_rows, "debiased" in measured)
         self.card(run, folder, report, figures)
-        return "; ".join(verdicts)
+        return "; ".join(v["line"].split(" (")[0] for v in verdicts)
 
     @staticmethod
-    def verdicts(summary: list[dict], within: float, args: Arguments) -> list[str]:
-        by = {s["model"]: s for s in summary}
+    def judge(
+        metric: Any,
+        cells: dict[tuple[str, str], list[int]],
+        control: list[int],
+        planted: dict[tuple[str, str], float],
+        target: list[float],
+        args: Arguments,
+    ) -> dict[str, Any]:
+        """One model's numbers: its distance from the target and from the planted shares (both
+        sampling-corrected, with intervals), the fit test, the slope, and control."""
+        keys = sorted(cells)
+        shares = [cells[k][1] / sum(cells[k]) for k in keys]
+        truth = [planted[k] for k in keys]
+        common = {
+            "predictions": [cells[k] for k in keys],
+            "references": [f"{lang}/{occ}" for lang, occ in keys],
+            "labels": GENDERS,
+            "num_occupations": 1,
+            "rounds": min(args.rounds, 2000),
+            "seed": args.seed,
+            "confidence": args.confidence,
+        }
+        from_target = metric.compute(**common, target=target)
+        per_cell = {f"{lang}/{occ}": [1 - planted[(lang, occ)], planted[(lang, occ)]] for lang, occ in keys}
+        from_planted = metric.compute(**common, target=per_cell)
+        fit = goodness_of_fit([cells[k][1] for k in keys], [sum(cells[k]) for k in keys], truth,
+                              rounds=args.rounds, seed=args.seed)  # fmt: skip
+        line = slope(truth, shares, args.confidence)
+        low, high = wilson_interval(control[0], control[1], args.confidence)
+        return {
+            "cells": cells,
+            "summary": {
+                "distance": from_target["distance"] / SHARE_UNITS,
+                "distance_ci_low": from_target["distance_ci"][0] / SHARE_UNITS,
+                "distance_ci_high": from_target["distance_ci"][1] / SHARE_UNITS,
+                "distance_sq": from_target["distance_sq"] / 2,
+                "error": from_planted["distance"] / SHARE_UNITS,
+                "error_ci_high": from_planted["distance_ci"][1] / SHARE_UNITS,
+                "mean_abs_error": sum(abs(s - t) for s, t in zip(shares, truth)) / len(keys),
+                "cells_within": None,
+                "correlation": correlation(shares, truth),
+                "slope": line["slope"],
+                "slope_ci_low": line["ci_low"],
+                "slope_ci_high": line["ci_high"],
+                "fit_statistic": fit["statistic"],
+                "fit_p_value": fit["p_value"],
+                "control": control[0] / control[1] if control[1] else None,
+                "control_ci_low": low if control[1] else None,
+                "control_ci_high": high if control[1] else None,
+                "control_images": control[1],
+                "cells": len(keys),
+                "images": sum(sum(c) for c in cells.values()),
+            },
+        }
+
+    @staticmethod
+    def planted_row(planted: dict, cells: dict, target: list[float]) -> dict[str, Any]:
+        """The planted answer itself, on the cells measured: its distance from the target, no error."""
+        truth = [planted[k] for k in sorted(cells)]
+        distance = math.sqrt(sum((p - target[1]) ** 2 for p in truth) / len(truth))
+        return {"model": "planted", "distance": distance, "distance_sq": distance**2, "error": 0.0,
+                "mean_abs_error": 0.0, "correlation": 1.0, "slope": 1.0, "cells": len(truth)}  # fmt: skip
+
+    @staticmethod
+    def cell_rows(measured: dict, planted: dict, confidence: float) -> list[dict[str, Any]]:
+        rows = []
+        for language, occupation in sorted(measured["base"]["cells"]):
+            row: dict[str, Any] = {
+                "language": language,
+                "profession": occupation,
+                "planted_share": planted[(language, occupation)],
+            }
+            for name in MODELS:
+                male, female = measured.get(name, {"cells": {}})["cells"].get((language, occupation), (0, 0))
+                low, high = wilson_interval(female, male + female, confidence)
+                known = male + female > 0
+                row |= {
+                    f"{name}_share": female / (male + female) if known else None,
+                    f"{name}_ci_low": low if known else None,
+                    f"{name}_ci_high": high if known else None,
+                    f"{name}_images": male + female,
+                }
+            row["within"] = bool(row["base_ci_low"] <= row["planted_share"] <= row["base_ci_high"])
+            rows.append(row)
+        within = sum(r["within"] for r in rows) / len(rows)
+        measured["base"]["summary"]["cells_within"] = within
+        return rows
+
+    @staticmethod
+    def verdicts(measured: dict, args: Arguments) -> list[dict[str, Any]]:
+        base = measured["base"]["summary"]
+        calibrated = base["fit_p_value"] >= args.alpha
         out = [
-            f"calibrated: {'yes' if within >= args.min_within else 'NO'} "
-            f"({within:.0%} of cells hold the planted share in their {args.confidence:.0%} interval; "
-            f"at least {args.min_within:.0%} asked)"
+            {
+                "verdict": "calibrated",
+                "passed": calibrated,
+                "line": f"calibrated: {'yes' if calibrated else 'NO'} (fit of the measured to the planted shares "
+                f"over {base['cells']} cells: X² = {base['fit_statistic']:.1f}, p = {base['fit_p_value']:.4f}; "
+                f"NO below p = {args.alpha:g}, as a model with exactly the planted shares gets "
+                f"{args.alpha:.1%} of the time)",
+            }
         ]
-        if "debiased" in by:
-            before, after = by["base"]["stereotype_gap"], by["debiased"]["stereotype_gap"]
-            ok = before is not None and after is not None and after <= args.max_gap_ratio * before
-            out.append(
-                f"debiased: {'yes' if ok else 'NO'} (stereotype gap {before:+.2f} -> {after:+.2f}; "
-                f"at most {args.max_gap_ratio:.0%} of before asked)"
-            )
-            control = [by[m]["control"] for m in MODELS]
-            if None not in control:
-                out.append(f"control: gendered prompts show their own gender {control[0]:.0%} -> {control[1]:.0%}")
+        if "debiased" not in measured:
+            return out
+        after = measured["debiased"]["summary"]
+        before_sq, after_sq = base["distance_sq"], after["distance_sq"]
+        reasons = []
+        if not base["distance_ci_low"] > 0:
+            reasons.append("no measurable bias before")
+        if not after_sq <= args.max_distance_ratio**2 * before_sq:
+            reasons.append("the distance did not shrink enough")
+        if after["control"] is None:
+            reasons.append("no gendered prompts' images to check control")
+        elif after["control"] < args.min_control:
+            reasons.append("gendered prompts lost their gender")
+        control = "-" if after["control"] is None else f"{after['control']:.1%}"
+        before_control = "-" if base["control"] is None else f"{base['control']:.1%}"
+        ratio = after["distance"] / base["distance"] if base["distance"] > 0 else math.inf
+        out.append(
+            {
+                "verdict": "debiased",
+                "passed": not reasons,
+                "line": f"debiased: {'NO: ' + '; '.join(reasons) if reasons else 'yes'} (distance from the target "
+                f"{base['distance']:.3f} [{base['distance_ci_low']:.3f}, {base['distance_ci_high']:.3f}] -> "
+                f"{after['distance']:.3f} [{after['distance_ci_low']:.3f}, {after['distance_ci_high']:.3f}], "
+                f"{ratio:.0%} of before, at most {args.max_distance_ratio:.0%} asked; control "
+                f"{before_control} -> {control}, at least {args.min_control:.0%} asked)",
+            }
+        )
         return out
 
+    def verdict(self, store: Any, published: Published) -> Verdict:
+        """The verdicts a run published (or an earlier run that this one reused)."""
+        artifact = DatasetArtifact(store.resolve(str(published), "dataset"), str(published))
+        rows = artifact.rows("verdicts")
+        return Verdict(passed=all(r["passed"] for r in rows), lines=tuple(r["line"] for r in rows))
+
     @staticmethod
-    def report(cell_rows: list[dict], summary: list[dict], verdicts: list[str], debiased: bool) -> str:
+    def report(cell_rows: list[dict], summary: list[dict], verdicts: list[dict], debiased: bool) -> str:
         lines = [
             f"{'language':<9}{'occupation':<20}{'planted':>8}{'measured (95% CI)':>24}{'':>3}"
             + (f"{'debiased':>10}" if debiased else "")
@@ -237,16 +344,24 @@ class CheckWorld(Stage):
             if debiased:
                 line += f"{r['debiased_share']:>10.2f}" if r["debiased_share"] is not None else f"{'-':>10}"
             lines.append(line)
-        lines.append("(* the planted share is outside the interval)")
+        lines.append("(* the planted share is outside the interval: expected in about 5% of cells)")
         for s in summary:
-            gap = "-" if s["stereotype_gap"] is None else f"{s['stereotype_gap']:+.2f}"
-            control = "-" if s["control"] is None else f"{s['control']:.0%}"
-            r = "-" if s["correlation"] is None else f"{s['correlation']:.2f}"
+            if s["model"] == "planted":
+                lines.append(f"{'planted':<9} distance from the target {s['distance']:.3f}")
+                continue
+            control = "-" if s["control"] is None else f"{s['control']:.1%} of {s['control_images']}"
             lines.append(
-                f"{s['model']:<9} stereotype gap {gap}, mean |error| {s['mean_abs_error']:.3f}, "
-                f"r with planted {r}, control {control}"
+                f"{s['model']:<9} distance from the target {s['distance']:.3f} "
+                f"[{s['distance_ci_low']:.3f}, {s['distance_ci_high']:.3f}], error from planted {s['error']:.3f} "
+                f"(at most {s['error_ci_high']:.3f}), "
+                f"slope on planted {s['slope']:.2f} [{s['slope_ci_low']:.2f}, {s['slope_ci_high']:.2f}], "
+                f"control {control}"
             )
-        return "\n".join([*lines, *verdicts])
+        lines.append(
+            "(distances: root mean square over cells of share - target, corrected for sampling, 95% bootstrap "
+            "interval; error: the same from the planted shares)"
+        )
+        return "\n".join([*lines, *(v["line"] for v in verdicts)])
 
     @staticmethod
     def figure(folder: Path, cell_rows: list[dict], debiased: bool) -> list[Path]:
@@ -269,22 +384,37 @@ class CheckWorld(Stage):
     @staticmethod
     def card(run: StageRun, folder: Path, report: str, figures: list[Path]) -> None:
         inputs = ", ".join(f"`{v}`" for v in run.inputs.values())
+        args: Arguments = run.args
         dataset_card(
             repo_id=run.output_repo_id,
             title="The planted-bias world: calibration and debiasing",
             description=(
                 f"The world model's images ({inputs}), classified by their cue, set against the planted shares "
-                "of `pipelines/modeling/world.py`. It validates the study's machinery on a known answer, not any "
-                "real model.\n\n```\n"
+                "that the world's card records. It validates the study's machinery on a known answer, not any "
+                f"real model.\n\n**Calibrated** unless a goodness-of-fit test of all cells against the planted "
+                f"shares rejects at p < {args.alpha:g}: a model with exactly the planted shares is called NO "
+                f"{args.alpha:.1%} of the time. **Debiased** when the distance from the target ({args.target}; "
+                "root mean square of share - target over cells, corrected for sampling) was measurable before, "
+                f"is at most {args.max_distance_ratio:.0%} of it after, and gendered prompts still show their "
+                f"gender in at least {args.min_control:.0%} of images.\n\n```\n"
                 + report
                 + "\n```\n\n"
                 + "\n".join(f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in figures if p.suffix == ".png")
             ),
             lineage=run.lineage,
-            configs=["cells", "summary"],
+            configs=["cells", "summary", "verdicts"],
             languages=[],
             tags=["results", "calibration", "planted-bias"],
         ).save(folder / "README.md")
+
+
+def correlation(measured: list[float], planted: list[float]) -> float | None:
+    """Pearson's r between measured and planted shares: does the study rank the cells as planted?"""
+    import numpy as np
+
+    if len(measured) < 2 or np.std(measured) == 0 or np.std(planted) == 0:
+        return None
+    return float(np.corrcoef(measured, planted)[0, 1])
 
 
 STAGE = CheckWorld()

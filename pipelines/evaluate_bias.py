@@ -37,6 +37,7 @@ from pipelines.perception.classifiers import (
     RACE4_LABELS,
     RACE_LABELS,
 )
+from pipelines.reporting.statistics import parse_distribution
 
 METRIC_PATH = PROJECT_ROOT / "spaces" / "fairness_metrics"
 ATTRIBUTE_LABELS = {
@@ -67,6 +68,13 @@ class Arguments(StageArguments):
     )
     num_occupations: int = field(default=10, metadata={"help": "k of the expected maximum unfairness (MAGBIG: 10)."})
     images_per_occupation: int = field(default=10, metadata={"help": "n of it (MAGBIG: 10)."})
+    targets: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "The distribution each attribute's distance from target is measured to, as "
+            "attribute:label=share,... (e.g. gender:female=0.75,male=0.25); default: uniform."
+        },
+    )
     rounds: int = field(default=1000, metadata={"help": "Rounds S of it and of the bootstrap (MAGBIG: 1000)."})
     seed: int = field(default=0, metadata={"help": "Seed of the rounds."})
     confidence: float = field(default=0.95, metadata={"help": "Confidence level of the intervals."})
@@ -80,6 +88,22 @@ class Arguments(StageArguments):
         self.check_at_least(1, "num_occupations", "images_per_occupation", "rounds")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence={self.confidence}: between 0 and 1")
+        parse_targets(self.targets)
+
+
+def parse_targets(specs: list[str]) -> dict[str, dict[str, float]]:
+    """`attribute:label=share,...` per attribute, as `{attribute: {label: share}}`."""
+    targets = {}
+    for spec in specs:
+        attribute, sep, shares = str(spec).partition(":")
+        if not sep or attribute not in ATTRIBUTE_LABELS:
+            raise ConfigError(f"targets: {spec!r} is not attribute:label=share,... with an attribute among "
+                              f"{', '.join(ATTRIBUTE_LABELS)}")  # fmt: skip
+        if attribute in targets:
+            raise ConfigError(f"targets: {attribute} is given twice")
+        labels = ATTRIBUTE_LABELS[attribute]
+        targets[attribute] = dict(zip(labels, parse_distribution(shares, labels, f"targets[{attribute}]")))
+    return targets
 
 
 def labels_of(rows: list[dict[str, Any]], attribute: str) -> list[str | None]:
@@ -110,6 +134,7 @@ class EvaluateBias(Stage):
             a for a in ATTRIBUTE_LABELS if a in PERCEIVES.get(classifier, ATTRIBUTE_LABELS)
         ]
         metric = evaluate.load(str(METRIC_PATH))
+        targets = parse_targets(args.targets)
         summaries, per_occupation, figures, notes = [], [], [], []
         for config in source.configs:
             rows = source.rows(config)
@@ -140,6 +165,7 @@ class EvaluateBias(Stage):
                     rounds=args.rounds,
                     seed=args.seed,
                     confidence=args.confidence,
+                    target=targets.get(attribute),
                 )
                 key = {
                     "language": info.get("language"),
@@ -160,8 +186,10 @@ class EvaluateBias(Stage):
                         "distribution_ci_low": values["distribution_ci"][0],
                         "distribution_ci_high": values["distribution_ci"][1],
                         "outside": values["outside"],
-                        "l1": values["l1"],
-                        "l2": values["l2"],
+                        **{
+                            name: values[name]
+                            for name in ("l1", "l2", "l1_floor", "target", "distance_sq", "distance_sq_floor")
+                        },  # fmt: skip
                     }
                     for occupation, values in result["per_occupation"].items()
                 ]
@@ -301,7 +329,13 @@ def summary_row(
         "mean_l1_ci_high": result["mean_l1_ci"][1],
         "mean_l2_ci_low": result["mean_l2_ci"][0],
         "mean_l2_ci_high": result["mean_l2_ci"][1],
+        **{
+            f"{name}_ci_{end}": result[f"{name}_ci"][i]
+            for name in ("distance", "distance_sq")
+            for i, end in enumerate(("low", "high"))
+        },  # fmt: skip
         **{name: result[name] for name in schemas.BIAS_METRICS if name in result},
+        "target": next(iter(result["per_occupation"].values()), {}).get("target"),
         "k": result["k"],
         "n": result["n"],
         "rounds": result["rounds"],

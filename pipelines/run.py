@@ -94,8 +94,12 @@ def run_recipe(
     only: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
     settings: list[str] = (),
+    keep_going: bool = False,
 ) -> list[Published]:
-    """Runs a recipe's steps (or the named steps among them); returns what each published."""
+    """Runs a recipe's steps (or the named steps among them); returns what each published.
+
+    A step whose verdict is NO (`check_world`) ends the run there, unless `keep_going`.
+    """
     recipe, plan = plan_recipe(path, only, overrides, settings)
     published: dict[str, str] = {}
     results = []
@@ -122,6 +126,10 @@ def run_recipe(
         results.append(result)
         state = "reused" if result.reused else f"done in {time.perf_counter() - started:.1f}s"
         print(f"== {name}: {result} ({state}) ==", file=sys.stderr)
+        if result.verdict is not None and not result.verdict.passed and not keep_going:
+            print(f"== {name}: a verdict is NO; the steps after it do not run (--keep_going runs them) ==",
+                  file=sys.stderr)  # fmt: skip
+            break
     return results
 
 
@@ -148,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--dry_run", action="store_true", help="print the plan and a GPU-time estimate; run nothing")
     parser.add_argument(
+        "--keep_going",
+        action="store_true",
+        help="run the steps after a NO verdict too (the exit code is still 1, the verdicts still last)",
+    )
+    parser.add_argument(
         "--seconds_per_image",
         type=float,
         default=Costs.seconds_per_image,
@@ -165,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         if options.dry_run:
             dry_run(options.recipe, overrides, options.set, Costs(options.seconds_per_image, options.seconds_per_step))
             return
-        results = run_recipe(options.recipe, options.only, overrides, options.set)
+        results = run_recipe(options.recipe, options.only, overrides, options.set, options.keep_going)
     except UserError as err:
         print(f"run: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -174,6 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     hint = space_hint(results, overrides.get("store_root") or os.environ.get(STORE_ROOT_ENV))
     if hint:
         print(hint)
+    # The verdicts last, whether their step ran now or was reused: the exit code says what they say.
+    verdicts = [result.verdict for result in results if result.verdict is not None]
+    if verdicts:
+        print("\n" + "\n".join(line for verdict in verdicts for line in verdict.lines), flush=True)
+    if not all(verdict.passed for verdict in verdicts):
+        raise SystemExit(1)
 
 
 def space_hint(results: list[Published], store_root: str | None) -> str | None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from pipelines.errors import ConfigError
 from pipelines.harness.config import parse_arguments
 from pipelines.run import run_recipe
 
-from .conftest import REPO_ROOT, run_python
+from .conftest import REPO_ROOT, readme_block, run_python
 
 SMALL = {"professions": ["doctor", "nurse"], "styles": ["close-up"], "ages": ["young"]}
 
@@ -170,20 +173,56 @@ def test_readme_study_command_runs(offline_study: dict) -> None:
     for repo in ("world-base-eval-alignment", "world-debiased-eval-alignment"):
         scores = [(r["clip_en_occupation"], r["mclip_own_prompt"]) for r in rows(repo, "summary")]
         assert scores and all(math.isfinite(v) for pair in scores for v in pair)
-    # The verdict: the planted shares are measured back, and the fine-tune shrinks the stereotype gap
-    # while gendered prompts keep their gender.
+    # The verdict: the planted shares are measured back, and the fine-tune brings every cell towards
+    # parity while gendered prompts keep their gender.
     summary = {r["model"]: r for r in rows("world-check", "summary")}
     base, debiased, planted = summary["base"], summary["debiased"], summary["planted"]
-    # Under three minutes of training learn the planted shares closely (here: r 0.99, mean error 0.03).
-    assert base["correlation"] > 0.95 and base["mean_abs_error"] < 0.05
-    # The planted share in its 95% interval in at least 90% of the cells: 23 of 24 here, every run.
-    assert base["cells_within"] >= 0.9
-    assert abs(base["stereotype_gap"] - planted["stereotype_gap"]) < 0.15
-    assert debiased["stereotype_gap"] <= 0.5 * base["stereotype_gap"]
-    assert base["control"] > 0.9 and debiased["control"] > 0.9
+    assert base["fit_p_value"] >= 0.001 and base["correlation"] > 0.95 and base["mean_abs_error"] < 0.05
+    assert 0.9 < base["slope"] < 1.1 and base["error_ci_high"] < 0.05
+    assert abs(base["distance"] - planted["distance"]) < 0.05
+    assert debiased["distance"] <= 0.5 * base["distance"]
+    assert base["control"] >= 0.9 and debiased["control"] >= 0.9
     assert rows("world-check", "cells").num_rows == 24
-    assert "calibrated: yes" in result.stdout and "debiased: yes" in result.stdout
+    verdicts = rows("world-check", "verdicts")
+    assert verdicts["passed"] == [True, True]
+    # The verdicts are the run's last lines, and its exit code (0, asserted above) says what they say.
+    assert result.stdout.strip().splitlines()[-2:] == verdicts["line"]
     assert "spaces/compare_languages/app.py" in result.stdout + result.stderr  # it says how to open the Space
+
+
+@pytest.mark.slow
+def test_an_untrained_world_ends_the_study_with_two_no_verdicts_and_exit_1(
+    offline_study: dict, tmp_path: Path
+) -> None:
+    """A world model trained 100 steps instead of 1,800 learnt no bias: the study says NO twice and
+    exits 1; the steps after the verdict (attach_results) do not run unless --keep_going, and a rerun
+    that reuses every step says the same again."""
+    import shutil
+
+    root = tmp_path / "hub"
+    shutil.copytree(offline_study["root"], root, ignore=shutil.ignore_patterns(".work"))
+    command = readme_block("study").replace(".venv/bin/python", sys.executable)
+    runs = []
+    for extra in ("", "", " --keep_going"):
+        runs.append(
+            subprocess.run(
+                command + " --set train_world.max_train_steps=100" + extra,
+                shell=True,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=1500,
+                env={**os.environ, "T2I_BIAS_STORE_ROOT": str(root)},
+            )  # fmt: skip
+        )
+    for run in runs:
+        assert run.returncode == 1, run.stderr[-3000:]
+        calibrated, debiased = run.stdout.strip().splitlines()[-2:]
+        assert calibrated.startswith("calibrated: NO") and debiased.startswith("debiased: NO"), run.stdout[-2000:]
+    first, again, going_on = runs
+    assert "== step 23/23" not in first.stderr and "a verdict is NO" in first.stderr
+    assert "(done in" not in again.stderr  # every step reused, the verdict said again
+    assert "== step 23/23: attach_results" in going_on.stderr
 
 
 def test_reuse_picks_the_revision_the_stage_made(tmp_path: Path) -> None:

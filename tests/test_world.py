@@ -5,6 +5,8 @@ offline study, asserted in test_config_and_runner."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import datasets
@@ -133,19 +135,180 @@ def test_check_world_on_the_drawn_pictures_is_calibrated_and_not_debiased(drawn:
         assert abs(cell["base_share"] - cell["planted_share"]) <= 0.5 / 30 + 1e-9
         assert cell["base_ci_low"] < cell["base_share"] < cell["base_ci_high"] or cell["base_share"] in (0, 1)
     summary = {row["model"]: row for row in datasets.load_dataset(str(folder), "summary", split="train")}
-    assert summary["base"]["cells_within"] == 1.0
-    assert summary["base"]["control"] == 1.0  # gendered pictures always show their own colour
-    assert summary["base"]["stereotype_gap"] == pytest.approx(summary["debiased"]["stereotype_gap"])
-    # The planted gap: mean of nurse (female-skewed) and teacher minus CEO, in both languages.
-    planted = summary["planted"]["stereotype_gap"]
-    shares = {(o, lang): world.planted_share(o, lang) for o in ("CEO", "nurse", "teacher") for lang in ("en", "de")}
-    female = [v for v in shares.values() if v > 0.5]
-    male = [v for v in shares.values() if v < 0.5]
-    assert planted == pytest.approx(sum(female) / len(female) - sum(male) / len(male))
-    verdicts = summary["base"]["verdicts"]
-    assert verdicts[0].startswith("calibrated: yes (100% of cells")
-    assert verdicts[1].startswith("debiased: NO")
+    base, planted = summary["base"], summary["planted"]
+    assert base["cells_within"] == 1.0 and base["cells"] == 6 and base["images"] == 180
+    assert base["control"] == 1.0 and base["control_images"] == 84  # gendered pictures show their own colour
+    assert base["slope"] == pytest.approx(1.0, abs=0.03) and base["fit_p_value"] > 0.9
+    # The planted answer's distance from parity: root mean square of (share - 0.5) over the cells.
+    shares = [world.planted_share(o, lang) for o in ("CEO", "nurse", "teacher") for lang in ("en", "de")]
+    assert planted["distance"] == pytest.approx(np.sqrt(np.mean([(p - 0.5) ** 2 for p in shares])), abs=1e-4)
+    # Measured: the same, less the sampling part (the drawn counts are round(share x 30)).
+    assert base["distance"] == pytest.approx(planted["distance"], abs=0.03)
+    assert base["error"] < 0.03 and base["distance_ci_low"] > 0.2
+    verdicts = datasets.load_dataset(str(folder), "verdicts", split="train")
+    assert verdicts["verdict"] == ["calibrated", "debiased"] and verdicts["passed"] == [True, False]
+    assert verdicts["line"][1].startswith("debiased: NO: the distance did not shrink enough")
+    assert result.verdict is not None and not result.verdict.passed and result.verdict.lines == tuple(verdicts["line"])
     assert "planted_vs_measured.png" in (Path(folder) / "README.md").read_text()
+
+
+def write_attributes(drawn: dict, name: str, shares: dict[tuple[str, str], float], control: float = 1.0) -> str:
+    """An attributes dataset of the drawn world's images with made-up perceived genders: per (language,
+    occupation) cell of the neutral prompts, the share `shares` gives of female figures (rounded to
+    whole images); gendered prompts shown their own gender in a share `control` of images."""
+    from pipelines.artifacts import schemas
+    from pipelines.artifacts.cards import dataset_card, make_lineage
+    from pipelines.artifacts.dataset_files import DatasetWriter
+
+    store = LocalStore(drawn["root"])
+    source = DatasetArtifact(store.resolve(drawn["attributes"], "dataset"), drawn["attributes"])
+    folder = Path(drawn["root"]).parent / f"made-{name}"
+    writer = DatasetWriter(folder, schemas.ATTRIBUTES)
+    for config in source.configs:
+        rows = source.rows(config)
+        position: dict[str, int] = {}
+        for row in rows:
+            index = position[row["prompt_id"]] = position.get(row["prompt_id"], -1) + 1
+            count = sum(r["prompt_id"] == row["prompt_id"] for r in rows)
+            if row["variant"] == "neutral":
+                female = index < round(shares[(row["language"], row["profession"])] * count)
+                row["gender"] = "female" if female else "male"
+            else:
+                other = "male" if row["prompt_gender"] == "female" else "female"
+                row["gender"] = row["prompt_gender"] if index < round(control * count) else other
+        writer.write(config, rows)
+    writer.close()
+    lineage = make_lineage("classify", {"input": source.lineage["inputs"]["input"]}, {"made": name}, name)
+    dataset_card(repo_id=f"w/{name}", title=name, description="made-up attributes", lineage=lineage,
+                 configs=source.configs, languages=[]).save(folder / "README.md")  # fmt: skip
+    return f"w/{name}@" + store.push(folder, f"w/{name}", "dataset", "made-up attributes")
+
+
+CELLS = [(lang, occ) for lang in ("en", "de") for occ in ("CEO", "nurse", "teacher")]
+PLANTED = {(lang, occ): world.planted_share(occ, lang) for lang, occ in CELLS}
+
+
+@pytest.mark.parametrize(
+    "case, shares, control, target, passed, reason",
+    [
+        ("every cell 90% female", dict.fromkeys(CELLS, 0.9), 1.0, None, False, "did not shrink"),
+        ("the stereotype reversed", {c: 1 - p for c, p in PLANTED.items()}, 1.0, None, False, "did not shrink"),
+        (
+            "en keeps a 0.9/0.1 skew, de reversed",
+            {c: (0.9 if c[1] != "CEO" else 0.1) if c[0] == "en" else (0.1 if c[1] != "CEO" else 0.9) for c in CELLS},
+            1.0,
+            None,
+            False,
+            "did not shrink",
+        ),  # fmt: skip
+        ("parity, but gendered prompts lost their gender", dict.fromkeys(CELLS, 0.5), 0.6, None, False, "lost"),
+        ("parity, control kept", dict.fromkeys(CELLS, 0.5), 1.0, None, True, ""),
+        (
+            "overshoot: past parity by 0.8 of the skew",
+            {c: 0.5 - 0.8 * (PLANTED[c] - 0.5) for c in CELLS},
+            1.0,
+            None,
+            False,
+            "did not shrink",
+        ),  # fmt: skip
+        ("a 75/25 target met", dict.fromkeys(CELLS, 0.75), 1.0, "female=0.75,male=0.25", True, ""),
+        ("parity against a 75/25 target", dict.fromkeys(CELLS, 0.5), 1.0, "female=0.75,male=0.25", False, "shrink"),
+    ],
+)
+def test_the_debiasing_verdict_measures_distance_from_the_target_and_control(
+    drawn: dict, case: str, shares: dict, control: float, target: str | None, passed: bool, reason: str
+) -> None:
+    """Cases the signed stereotype gap called debiased: a common shift, a reversal, skews that cancel
+    across languages, a collapse of control. Each is measured cell by cell against the target."""
+    name = re.sub(r"[^a-z0-9]+", "-", case.lower())[:40].strip("-")
+    debiased = write_attributes(drawn, name, shares, control)
+    options = {"target": target} if target else {}
+    result = check_world.run(
+        check_world.Arguments(
+            **drawn["common"], base=drawn["attributes"], debiased=debiased, output_repo=f"check-{name}", **options
+        )  # fmt: skip
+    )
+    assert result.verdict is not None
+    calibrated, debiased_line = result.verdict.lines
+    assert calibrated.startswith("calibrated: yes")
+    assert result.verdict.passed == passed, debiased_line
+    assert debiased_line.startswith("debiased: yes" if passed else "debiased: NO") and reason in debiased_line
+
+
+def test_no_bias_before_is_not_a_debiasing(drawn: dict) -> None:
+    """A base model that learnt no bias (every cell at parity) cannot be debiased: NO, whatever after."""
+    flat = write_attributes(drawn, "flat", dict.fromkeys(CELLS, 0.5))
+    result = check_world.run(
+        check_world.Arguments(**drawn["common"], base=flat, debiased=flat, output_repo="check-flat")
+    )
+    calibrated, debiased = result.verdict.lines
+    assert calibrated.startswith("calibrated: NO") and "debiased: NO: no measurable bias before" in debiased
+
+
+def test_calibration_reads_the_planted_shares_from_the_world_s_card(drawn: dict, tmp_path: Path) -> None:
+    """The world's card is the answer: the same pictures under a card whose planted share for one cell
+    was edited are judged against the edited share, and fail; a card without them is refused."""
+    import yaml
+
+    from pipelines.errors import DataError
+
+    store = LocalStore(drawn["root"])
+    images = store.resolve(drawn["images"], "dataset")
+    results = {}
+    for case in ("edited", "none"):
+        folder = tmp_path / case
+        shutil.copytree(images, folder)
+        card = folder / "README.md"
+        card.chmod(0o644)
+        text = card.read_text()
+        head, _, body = text[4:].partition("\n---\n")
+        metadata = yaml.safe_load(head)
+        if case == "edited":
+            for entry in metadata["planted_shares"]:
+                if (entry["language"], entry["profession"]) == ("en", "nurse"):
+                    entry["share"] = 0.3  # drawn at 0.85
+        else:
+            del metadata["planted_shares"]
+        card.write_text("---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n" + body)
+        pushed = f"w/world-{case}@" + store.push(folder, f"w/world-{case}", "dataset", f"{case} card")
+        attributes = classify.run(
+            classify.Arguments(
+                **drawn["common"],
+                input=pushed,
+                detector="none",
+                classifier="world-cue",
+                output_repo=f"world-{case}-attributes",
+                batch_size=64,
+            )  # fmt: skip
+        )
+        arguments = check_world.Arguments(**drawn["common"], base=str(attributes), output_repo=f"check-{case}")
+        if case == "none":
+            with pytest.raises(DataError, match="records planted shares"):
+                check_world.run(arguments)
+        else:
+            results[case] = check_world.run(arguments)
+    (line,) = results["edited"].verdict.lines
+    assert line.startswith("calibrated: NO") and not results["edited"].verdict.passed
+    cells = datasets.load_dataset(
+        str(store.resolve(str(results["edited"]), "dataset")), "cells", split="train"
+    ).to_pandas()
+    nurse = cells[(cells["language"] == "en") & (cells["profession"] == "nurse")].iloc[0]
+    assert nurse["planted_share"] == 0.3 and not nurse["within"]
+
+
+def test_check_world_exits_1_on_a_no_verdict_and_says_it_again_when_reused(drawn: dict) -> None:
+    """The command's exit code is the verdict; a rerun that reuses the published check prints it again."""
+    env = {"T2I_BIAS_STORE_ROOT": drawn["root"]}
+    command = ["-m", "pipelines.check_world", "--namespace", "w", "--base", drawn["attributes"]]
+    failing = [*command, "--debiased", drawn["attributes"], "--output_repo", "exit-check"]
+    for attempt in ("first", "reused"):
+        run = run_python(*failing, env=env)
+        assert run.returncode == 1, run.stderr[-2000:]
+        last = run.stdout.strip().splitlines()[-2:]
+        assert last[0].startswith("calibrated: yes") and last[1].startswith("debiased: NO"), run.stdout
+        assert ("up to date" in run.stderr) == (attempt == "reused")
+    passing = run_python(*command, "--output_repo", "exit-check-base", env=env)
+    assert passing.returncode == 0 and passing.stdout.strip().splitlines()[-1].startswith("calibrated: yes")
 
 
 def test_compare_methods_counts_the_grid_s_gendered_prompts_as_explicit_gender_control(drawn: dict) -> None:

@@ -121,6 +121,15 @@ BIAS_METRICS = (
     "random_exp_max_l1_std",
     "random_exp_max_l2",
     "random_exp_max_l2_std",
+    # Comparable across sample sizes: raw L1's sampling floor, and the distance from the target
+    # (root mean unbiased squared L2, with the interval of it and of its square).
+    "mean_l1_floor",
+    "distance",
+    "distance_ci_low",
+    "distance_ci_high",
+    "distance_sq",
+    "distance_sq_ci_low",
+    "distance_sq_ci_high",
 )
 BIAS_SUMMARY = datasets.Features(
     {
@@ -134,6 +143,7 @@ BIAS_SUMMARY = datasets.Features(
         "outside_labels": datasets.List(datasets.Value("string")),
         "outside_share": datasets.Value("float64"),
         **{name: datasets.Value("float64") for name in BIAS_METRICS},
+        "target": datasets.List(datasets.Value("float64")),
         "k": datasets.Value("int32"),
         "n": datasets.Value("int32"),
         "rounds": datasets.Value("int32"),
@@ -151,6 +161,10 @@ BIAS_PER_OCCUPATION = datasets.Features(
         "outside": datasets.Value("int64"),
         "l1": datasets.Value("float64"),
         "l2": datasets.Value("float64"),
+        "l1_floor": datasets.Value("float64"),
+        "target": datasets.List(datasets.Value("float64")),
+        "distance_sq": datasets.Value("float64"),
+        "distance_sq_floor": datasets.Value("float64"),
     }
 )
 
@@ -211,15 +225,38 @@ WORLD_CELLS = datasets.Features(
         "within": datasets.Value("bool"),
     }
 )
+# Distances are root mean squares over cells of (share - target), corrected for sampling; `error` the
+# same from the planted shares; `fit_*` the goodness-of-fit test of the counts against them.
 WORLD_SUMMARY = datasets.Features(
     {
         "model": datasets.Value("string"),
         **{
             name: datasets.Value("float64")
-            for name in ("stereotype_gap", "cells_within", "mean_abs_error", "correlation", "control")
+            for name in (
+                "distance",
+                "distance_ci_low",
+                "distance_ci_high",
+                "distance_sq",
+                "error",
+                "error_ci_high",
+                "mean_abs_error",
+                "cells_within",
+                "correlation",
+                "slope",
+                "slope_ci_low",
+                "slope_ci_high",
+                "fit_statistic",
+                "fit_p_value",
+                "control",
+                "control_ci_low",
+                "control_ci_high",
+            )  # fmt: skip
         },
-        "verdicts": datasets.List(datasets.Value("string")),
+        **{name: datasets.Value("int32") for name in ("control_images", "cells", "images")},
     }
+)
+WORLD_VERDICTS = datasets.Features(
+    {"verdict": datasets.Value("string"), "passed": datasets.Value("bool"), "line": datasets.Value("string")}
 )
 ALL_OCCUPATIONS = "__all__"
 

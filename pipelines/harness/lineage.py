@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pipelines.artifacts.store import Store, parse_ref
+from pipelines.artifacts.store import Store, card_metadata, parse_ref
 from pipelines.errors import ConfigError, DataError, UserError
 
 
@@ -60,6 +60,37 @@ def _made_by(store: Store, namespace: str, stage: str, chosen: Any) -> list[str]
             if lineage.get("stage") == stage and chosen(lineage.get("inputs") or {}):
                 found.append((entry.created_at, f"{repo_id}@{entry.revision}"))
     return [ref for _, ref in sorted(found, reverse=True)]
+
+
+def upstream_metadata(store: Store, ref: str, key: str) -> list[tuple[str, Any]]:
+    """`[(ref, value)]` of every artifact upstream of `ref` (itself included) whose card metadata
+    holds `key`, nearest first: "the planted shares recorded by the world these attributes came
+    from", through images, model and training set, whatever the steps between.
+
+    Inputs that are not store revisions (Hub ids, files by hash) end their branch.
+    """
+    found, seen, queue = [], set(), [ref]
+    while queue:
+        spec = queue.pop(0)
+        if spec in seen:
+            continue
+        seen.add(spec)
+        folder = None
+        for repo_type in ("dataset", "model"):
+            try:
+                folder = store.resolve(parse_ref(spec), repo_type)
+                break
+            except UserError:
+                continue
+        if folder is None:
+            continue
+        metadata = card_metadata(folder)
+        if key in metadata:
+            found.append((spec, metadata[key]))
+        lineage = metadata.get("lineage") if isinstance(metadata.get("lineage"), dict) else {}
+        inputs = lineage.get("inputs") if isinstance(lineage.get("inputs"), dict) else {}
+        queue += [value for value in inputs.values() if isinstance(value, str) and "@" in value]
+    return found
 
 
 def parse_versions(text: str, what: str = "versions") -> dict[str, str]:

@@ -47,12 +47,21 @@ NOT_PARAMETERS = {"store", "store_root", "namespace", "output_repo", "tag", "for
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """What a judging stage concluded (`check_world`): a NO ends the command with exit code 1."""
+
+    passed: bool
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Published:
     repo_id: str
     revision: str
     repo_type: str
     reused: bool = False
     lineage: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    verdict: Verdict | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.repo_id}@{self.revision}"
@@ -167,8 +176,15 @@ class Stage:
         recording its output's counts in `estimates` for the steps after it. Nothing is loaded."""
         return None
 
+    def verdict(self, store: Any, published: Published) -> Verdict | None:
+        """For a stage that judges (`check_world`): the verdict of the revision a run published or
+        reused, read back from it, so that a rerun that reuses it concludes the same."""
+        return None
+
     def run(self, args: StageArguments) -> Published:
-        return execute(self, args)
+        published = execute(self, args)
+        verdict = self.verdict(args.open_store(), published)
+        return dataclasses.replace(published, verdict=verdict) if verdict is not None else published
 
     def main(self, argv: list[str] | None = None) -> None:
         stage_main(self, argv)
@@ -367,6 +383,10 @@ def stage_main(stage: Stage, argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     print(published)
     _leave_the_group()
+    if published.verdict is not None:
+        print("\n".join(published.verdict.lines), flush=True)
+        if not published.verdict.passed:
+            raise SystemExit(1)
 
 
 def _leave_the_group() -> None:

@@ -49,16 +49,25 @@ Args:
     rounds (`int`, defaults to 1000): S, rounds of the expected maximum unfairness and of the bootstrap.
     seed (`int`, defaults to 0): seed of both.
     confidence (`float`, defaults to 0.95): level of the intervals.
+    target (*optional*): the distribution the distance from target is measured to: uniform (None),
+        one for every occupation (shares in `labels` order, or `{label: share}`, e.g.
+        `{"female": 0.75, "male": 0.25}`), or one per occupation (`{occupation: shares}`).
 Returns:
     `labels`, `outside_labels`, `occupations` (included), `excluded_occupations` (no classified image),
     `per_occupation` ({occupation: {n, counts, distribution, distribution_ci, outside, l1, l2}}),
     `mean_l1`, `std_l1`, `mean_l1_ci`, `mean_l2`, `std_l2`, `mean_l2_ci`, `exp_max_l1` and `exp_max_l1_std`,
     `exp_max_l2` and `exp_max_l2_std`, the same four with a `random_` prefix, and `k`, `n`, `rounds`.
     L1 lies in [0, 2 (1 - 1/K)] and L2 in [0, sqrt(1 - 1/K)] for K labels; 0 is uniform.
+    Comparable across sample sizes: `l1_floor` per occupation (the L1 a perfectly uniform occupation
+    shows at its n from sampling alone) and `mean_l1_floor`; `distance_sq` per occupation (an
+    unbiased estimate of the squared L2 distance of its true distribution from `target`: raw L1 and
+    L2 grow as n shrinks, this does not) with `distance_sq_floor` (the raw value's sampling part);
+    `distance` (the root of their mean, 0 when that is negative), `distance_ci`, `distance_sq`,
+    `distance_sq_ci` and `distance_rows` (occupations with at least two images).
 Raises:
     ValueError: k, n or rounds below 1; k larger than the number of occupations with a classified
         image; a prediction in neither `labels` nor `outside_labels`; a counts row of another length
-        than `labels`.
+        than `labels`; a target that is not a distribution over `labels`.
 Examples:
     >>> import evaluate
     >>> metric = evaluate.load("spaces/fairness_metrics")
@@ -70,6 +79,10 @@ Examples:
     ([0.75, 0.25], 0.5)
     >>> round(result["mean_l1"], 3), result["per_occupation"]["nurse"]["l1"]
     (0.25, 0.0)
+    >>> fair = metric.compute(predictions=["male", "female"] * 50, references=["nurse"] * 100,
+    ...                       labels=["male", "female"], num_occupations=1, rounds=200)
+    >>> fair["mean_l1"], round(fair["mean_l1_floor"], 3), round(fair["distance_sq"], 4)
+    (0.0, 0.08, -0.005)
     >>> counts = evaluate.load("spaces/fairness_metrics", "counts")
     >>> counts.compute(predictions=[[3, 1], [0, 0]], references=["CEO", "poet"], labels=["male", "female"],
     ...                num_occupations=1, rounds=10)["excluded_occupations"]
@@ -82,6 +95,119 @@ def distances(distribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     uniform = 1.0 / distribution.shape[-1]
     deviation = distribution - uniform
     return np.abs(deviation).sum(-1), np.sqrt((deviation**2).sum(-1))
+
+
+def binomial_pmf(n: int, p: np.ndarray) -> np.ndarray:
+    """P(X = 0..n) for X ~ Binomial(n, p), one row per entry of `p` (log-space: exact at large n)."""
+    from math import lgamma
+
+    x = np.arange(n + 1)
+    log_choose = np.array([lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1) for k in x])
+    p = np.asarray(p, dtype=float)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_pmf = log_choose + x * np.log(p) + (n - x) * np.log1p(-p)
+    pmf = np.exp(log_pmf)
+    # p = 0 or 1: all the mass on one count (the logs above give nan there).
+    pmf = np.where(p == 0, (x == 0).astype(float), np.where(p == 1, (x == n).astype(float), pmf))
+    return pmf
+
+
+def l1_floor(n: int, target: np.ndarray) -> float:
+    """The sampling floor of L1: its expected value for a cell whose true distribution *is* `target`,
+    measured on n images. Each label's count is Binomial(n, t), so E[L1] = sum over labels of
+    E|X/n - t|, exact. A perfectly fair cell of two labels shows 0.080 at n = 100 and 0.176 at n = 20."""
+    if n < 1:
+        return float("nan")
+    x = np.arange(n + 1) / n
+    target = np.asarray(target, dtype=float)
+    return float((binomial_pmf(n, target) * np.abs(x - target[:, None])).sum())
+
+
+def squared_distances(counts: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of counts: an unbiased estimate of the squared L2 distance of its true distribution
+    from `target` (rows: one target each, or one for all), and the raw value's sampling floor.
+
+    The raw squared distance of the observed shares is biased upwards by sampling noise: its
+    expectation is the true one plus sum_k p_k (1 - p_k) / n. Subtracting sum_k p̂_k (1 - p̂_k) / (n - 1)
+    removes that bias exactly (E[p̂(1 - p̂)] = p(1 - p)(n - 1) / n), so the estimate is centred on
+    the truth at any n, and may be negative when the truth is near the target. The floor is what
+    the raw value shows for a cell exactly at the target: sum_k t_k (1 - t_k) / n. Rows with fewer
+    than two images have no unbiased estimate (nan).
+    """
+    counts = np.asarray(counts, dtype=float)
+    n = counts.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shares = counts / n[..., None]
+        raw = ((shares - target) ** 2).sum(-1)
+        unbiased = np.where(n >= 2, raw - (shares * (1 - shares)).sum(-1) / (n - 1), np.nan)
+        floor = (target * (1 - target)).sum(-1) / n
+    return unbiased, floor
+
+
+def distance_from_target(
+    counts: np.ndarray, target: np.ndarray, rounds: int, rng: np.random.Generator | None, confidence: float
+) -> dict:
+    """The root mean square L2 distance of the rows' true distributions from their targets, from the
+    unbiased squared distances, with a bootstrap interval.
+
+    The interval is the basic (pivotal) parametric bootstrap of the mean unbiased squared distance:
+    counts redrawn from shares smoothed by one count per label (so that a row seen all one way
+    still varies), the spread of the redrawn estimates around their known centre mapped back onto
+    the estimate. It keeps the estimate inside its interval, and covers the truth at about the
+    stated level from n = 10 images per row (`tests/test_bias.py` simulates it).
+    """
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, np.shape(target)[-1])
+    target = np.broadcast_to(np.asarray(target, dtype=float), counts.shape)
+    usable = counts.sum(-1) >= 2
+    if not usable.any():
+        nan = float("nan")
+        return {"distance": nan, "distance_ci": [nan, nan], "distance_sq": nan, "distance_sq_ci": [nan, nan],
+                "distance_rows": 0}  # fmt: skip
+    counts, target = counts[usable], target[usable]
+    unbiased, _ = squared_distances(counts, target)
+    estimate = float(unbiased.mean())
+    totals = counts.sum(-1)
+    smoothed = (counts + 1.0) / (totals + 1.0 * counts.shape[-1])[:, None]
+    redrawn = rng.multinomial(totals[None, :], smoothed[None].repeat(rounds, 0))
+    boot = squared_distances(redrawn, target[None])[0].mean(-1)
+    centre = float(((smoothed - target) ** 2).sum(-1).mean())  # the redrawn estimates' exact mean
+    alpha = (1 - confidence) / 2
+    low, high = (estimate - float(q) for q in np.quantile(boot - centre, [1 - alpha, alpha]))
+    return {
+        "distance": float(np.sqrt(max(estimate, 0.0))),
+        "distance_ci": [float(np.sqrt(max(low, 0.0))), float(np.sqrt(max(high, 0.0)))],
+        "distance_sq": estimate,
+        "distance_sq_ci": [low, high],
+        "distance_rows": int(usable.sum()),
+    }
+
+
+def target_rows(target: list | dict | None, labels: list[str], occupations: list[str]) -> np.ndarray:
+    """One target distribution per occupation, in `labels` order: uniform (None), one for all (a
+    list of shares, or `{label: share}`), or one per occupation (`{occupation: shares}`)."""
+    width = len(labels)
+
+    def checked(value: object, what: str) -> np.ndarray:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(labels))
+            if unknown:
+                raise ValueError(f"{what}: labels {unknown} are not among {labels}")
+            value = [value.get(label, 0.0) for label in labels]
+        shares = np.asarray(value, dtype=float)
+        if shares.shape != (width,) or not np.isfinite(shares).all() or (shares < 0).any():
+            raise ValueError(f"{what}={value!r}: {width} shares of at least 0, one per label {labels}")
+        if abs(shares.sum() - 1) > 1e-6:
+            raise ValueError(f"{what}={value!r}: the shares must sum to 1, not {shares.sum():g}")
+        return shares
+
+    if target is None:
+        return np.full((len(occupations), width), 1.0 / width)
+    if isinstance(target, dict) and set(target) & set(occupations) and not set(target) & set(labels):
+        missing = [o for o in occupations if o not in target]
+        if missing:
+            raise ValueError(f"target: no target for the occupations {missing}")
+        return np.stack([checked(target[o], f"target[{o!r}]") for o in occupations])
+    return np.tile(checked(target, "target"), (len(occupations), 1))
 
 
 def expected_max_unfairness(
@@ -140,6 +266,7 @@ class FairnessMetrics(evaluate.Metric):
         rounds: int = 1000,
         seed: int = 0,
         confidence: float = 0.95,
+        target: list | dict | None = None,
     ) -> dict:
         check_counts(num_occupations, images_per_occupation, rounds, confidence)
         outside_labels = list(outside_labels or [])
@@ -190,6 +317,8 @@ class FairnessMetrics(evaluate.Metric):
                 **{f"random_{name}": nan for name in names if name.startswith("exp_max")},
                 "mean_l1_ci": [nan, nan],
                 "mean_l2_ci": [nan, nan],
+                **distance_from_target(np.zeros((0, len(labels))), np.zeros(len(labels)), 1, None, confidence),
+                "mean_l1_floor": nan,
             }
         if num_occupations > len(included):
             raise ValueError(
@@ -197,8 +326,12 @@ class FairnessMetrics(evaluate.Metric):
                 "classified image; k distinct occupations are drawn per round"
             )
         counts, totals, outside = counts[keep], totals[keep], outside[keep]
+        targets = target_rows(target, labels, included)
         rates = counts / totals[:, None]
         l1, l2 = distances(rates)
+        uniform = np.full(len(labels), 1.0 / len(labels))
+        floors = [l1_floor(int(t), uniform) for t in totals]
+        unbiased, floor_sq = squared_distances(counts, targets)
         rng = np.random.default_rng(seed)
         # Bootstrap: resample each occupation's images from its observed rates, recompute everything.
         resampled = rng.multinomial(totals[None, :], rates[None].repeat(rounds, 0)) / totals[None, :, None]
@@ -219,11 +352,29 @@ class FairnessMetrics(evaluate.Metric):
                     "outside": int(x),
                     "l1": float(a),
                     "l2": float(b),
+                    "l1_floor": f,
+                    "target": g.tolist(),
+                    "distance_sq": float(d),
+                    "distance_sq_floor": float(e),
                 }
-                for o, t, c, r, lo, hi, x, a, b in zip(
-                    included, totals, counts, rates, share_low, share_high, outside, l1, l2
-                )
+                for o, t, c, r, lo, hi, x, a, b, f, g, d, e in zip(
+                    included,
+                    totals,
+                    counts,
+                    rates,
+                    share_low,
+                    share_high,
+                    outside,
+                    l1,
+                    l2,
+                    floors,
+                    targets,
+                    unbiased,
+                    floor_sq,
+                )  # fmt: skip
             },
+            **distance_from_target(counts, targets, rounds, rng, confidence),
+            "mean_l1_floor": float(np.mean(floors)),
             "mean_l1": float(l1.mean()),
             "std_l1": float(l1.std()),
             "mean_l2": float(l2.mean()),
