@@ -7,13 +7,14 @@ import shutil
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 
 from pipelines import build_tiny_model, classify, compare_methods, evaluate_alignment, evaluate_bias, generate_images
 from pipelines.artifacts.store import LocalStore
 from pipelines.prompting.grammar import load_grammar
 from pipelines.prompting.interventions import Instruction, instruction, target_gender
-from pipelines.reporting.statistics import paired_test, wilson_interval
+from pipelines.reporting.statistics import goodness_of_fit, paired_test, slope, wilson_interval
 
 from .conftest import image_arguments
 
@@ -37,6 +38,58 @@ def test_the_paired_test_on_cases_with_known_answers() -> None:
         paired_test([0.1, 0.2], [0.1])
     low, high = wilson_interval(95, 100)
     assert low == pytest.approx(0.8883, abs=1e-3) and high == pytest.approx(0.9785, abs=1e-3)
+
+
+# The offline study's design: 24 cells of 100 images at the world's planted shares.
+DESIGN_SHARES = np.clip(0.5 + np.outer([1.0, 1.3, 0.6, 1.15], [-0.3, 0.35, -0.25, 0.3, -0.4, 0.1]), 0.05, 0.95).ravel()
+
+
+def test_the_fit_test_fails_a_perfect_model_at_its_stated_rate_and_catches_wrong_ones() -> None:
+    """Its size: a model whose shares are exactly the planted ones is called NO at rate alpha, here
+    checked at alpha 5% and 1% over 1,500 simulated studies (the study uses 0.1%, too rare to see).
+    Its power: a skew learnt by half and a common shift of 0.08 are caught, one cell 0.25 off nine
+    times in ten."""
+    rng = np.random.default_rng(11)
+    n = np.full(len(DESIGN_SHARES), 100)
+    p_values = np.array(
+        [goodness_of_fit(rng.binomial(n, DESIGN_SHARES), n, DESIGN_SHARES, rounds=1000, seed=i)["p_value"]
+         for i in range(1500)]
+    )  # fmt: skip
+    # 1,500 draws: the rate's standard error is 0.56% at 5% and 0.26% at 1%.
+    assert 0.035 <= (p_values < 0.05).mean() <= 0.065 and 0.003 <= (p_values < 0.01).mean() <= 0.018
+    # Its power at the study's alpha (0.1%), over 40 studies each.
+    half = 0.5 + (DESIGN_SHARES - 0.5) / 2
+    one_off = DESIGN_SHARES.copy()
+    one_off[3] -= 0.25
+    for wrong, power in [
+        (half, 1.0),
+        (one_off, 0.85),  # one cell 0.25 off: its draw lands 0.15 off now and then
+        (np.clip(DESIGN_SHARES + 0.08, 0, 1), 0.95),
+        (np.clip(DESIGN_SHARES + 0.05, 0, 1), 0.6),  # a small common shift: caught about 4 times in 5
+    ]:
+        caught = [goodness_of_fit(rng.binomial(n, wrong), n, DESIGN_SHARES, seed=i)["p_value"] < 0.001
+                  for i in range(40)]  # fmt: skip
+        assert np.mean(caught) >= power
+    # Exact shares fit; a share of 0 with a count above it cannot.
+    assert goodness_of_fit([0, 50], [100, 100], [0.0, 0.5])["p_value"] == 1.0
+    assert goodness_of_fit([1, 50], [100, 100], [0.0, 0.5])["p_value"] < 0.001
+
+
+def test_the_slope_says_what_a_correlation_hides() -> None:
+    """A model that learnt half of every skew ranks the cells perfectly (r = 1) but has slope 0.5;
+    an amplifying one has slope above 1; the interval covers the truth."""
+    planted = DESIGN_SHARES
+    half = slope(planted, 0.5 + (planted - 0.5) / 2)
+    assert half["slope"] == pytest.approx(0.5) and np.corrcoef(planted, 0.5 + (planted - 0.5) / 2)[0, 1] > 0.999
+    assert slope(planted, np.clip(0.5 + 1.4 * (planted - 0.5), 0, 1))["slope"] > 1.2
+    rng = np.random.default_rng(3)
+    covered = 0
+    for _ in range(400):
+        measured = rng.binomial(100, planted) / 100
+        fit = slope(planted, measured)
+        covered += fit["ci_low"] <= 1.0 <= fit["ci_high"]
+    assert covered / 400 >= 0.92
+    assert np.isnan(slope([0.5, 0.5, 0.5], [0.1, 0.2, 0.3])["slope"])  # no spread in x: no slope
 
 
 @pytest.mark.parametrize("language", ["en", "de", "fr", "zh"])

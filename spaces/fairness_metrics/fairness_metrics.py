@@ -153,8 +153,9 @@ def distance_from_target(
     The interval is the basic (pivotal) parametric bootstrap of the mean unbiased squared distance:
     counts redrawn from shares smoothed by one count per label (so that a row seen all one way
     still varies), the spread of the redrawn estimates around their known centre mapped back onto
-    the estimate. It keeps the estimate inside its interval, and covers the truth at about the
-    stated level from n = 10 images per row (`tests/test_bias.py` simulates it).
+    the estimate. It keeps the estimate inside its interval. Simulated at 95% (`tests/test_bias.py`),
+    it covered the truth in 93-95% of studies of 24 cells of 100 images and in 90-93% with 3 to 6
+    cells of 10 to 50 images: with few cells it runs a little narrow.
     """
     counts = np.asarray(counts, dtype=np.int64).reshape(-1, np.shape(target)[-1])
     target = np.broadcast_to(np.asarray(target, dtype=float), counts.shape)
