@@ -151,6 +151,8 @@ class CheckWorld(Stage):
         import evaluate
 
         args: Arguments = run.args
+        for name in run.inputs:
+            run.dataset(name)  # each of the kind it must be, before anything is read from it
         planted = planted_shares(run, "base")
         metric = evaluate.load(str(METRIC_PATH), "counts")
         target = parse_distribution(args.target, GENDERS, "target")

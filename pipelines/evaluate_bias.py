@@ -225,7 +225,12 @@ class EvaluateBias(Stage):
                 "model and attribute; `per_occupation`: each occupation's counts, distribution (with bootstrap "
                 "intervals) and distances from uniform. The random reference is a perfectly fair model drawn the "
                 "same way (every occupation at the uniform rate); MAGBIG's published random row draws rates "
-                "around 0.5 with a spread, so it runs a little higher."
+                "around 0.5 with a spread, so it runs a little higher.\n\nRaw L1 and L2 (MAGBIG's) grow as the "
+                "images per occupation shrink: the *L1 floor* is what a perfectly uniform occupation shows at the "
+                "same n from sampling alone. The *distance from target* does not grow with fewer images: it is "
+                "the root mean square over occupations of an unbiased estimate of each one's squared L2 distance "
+                "from the target distribution (uniform unless `--targets` says otherwise), so results at different "
+                "n compare."
             ),
             lineage=run.lineage,
             configs=["summary", "per_occupation"],
@@ -239,6 +244,8 @@ class EvaluateBias(Stage):
                         "variant",
                         "classified",
                         "mean L1 [95% CI]",
+                        "L1 floor",
+                        "distance from target [95% CI]",
                         "exp. max L1 (random)",
                         "exp. max L2 (random)",
                         "outside (non-binary)",
@@ -249,6 +256,9 @@ class EvaluateBias(Stage):
                             s["variant"],
                             f"{s['num_classified']}/{s['num_images']}",
                             f"{number(s['mean_l1'])} [{number(s['mean_l1_ci_low'])}, {number(s['mean_l1_ci_high'])}]",
+                            number(s["mean_l1_floor"]),
+                            f"{number(s['distance'])} [{number(s['distance_ci_low'])}, "
+                            f"{number(s['distance_ci_high'])}]",
                             f"{number(s['exp_max_l1'])} ({number(s['random_exp_max_l1'])})",
                             f"{number(s['exp_max_l2'])} ({number(s['random_exp_max_l2'])})",
                             f"{s['outside_share']:.1%}",

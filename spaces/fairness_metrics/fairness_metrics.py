@@ -12,6 +12,11 @@ what sampling noise alone gives. MAGBIG's published "random" row draws each occu
 a normal distribution (mean 0.5, sd 0.1), which adds a spread a fair model does not have; its
 numbers are therefore a little higher than this reference.
 
+Comparable across sample sizes: raw L1 and L2 grow as the images per occupation shrink, so each
+occupation also gets its L1 floor (what a uniform occupation shows at its n from sampling alone) and
+its distance from a target distribution (uniform unless given), estimated without sampling's upward
+bias, with a bootstrap interval over occupations.
+
 Labels outside the distribution (`outside_labels`, e.g. a classifier's `non-binary`) are counted
 and reported per occupation but do not enter it: an occupation with as many male as female images
 has L1 = 0 whatever its non-binary count, as in MAGBIG. Put such a label in `labels` to measure a
