@@ -67,7 +67,7 @@ def test_the_fit_test_fails_a_perfect_model_at_its_stated_rate_and_catches_wrong
         (np.clip(DESIGN_SHARES + 0.08, 0, 1), 0.95),
         (np.clip(DESIGN_SHARES + 0.05, 0, 1), 0.6),  # a small common shift: caught about 4 times in 5
     ]:
-        caught = [goodness_of_fit(rng.binomial(n, wrong), n, DESIGN_SHARES, seed=i)["p_value"] < 0.001
+        caught = [goodness_of_fit(rng.binomial(n, wrong), n, DESIGN_SHARES, rounds=4000, seed=i)["p_value"] < 0.001
                   for i in range(40)]  # fmt: skip
         assert np.mean(caught) >= power
     # Exact shares fit; a share of 0 with a count above it cannot.

@@ -189,7 +189,9 @@ def goodness_of_fit(
             pmf = np.exp(np.asarray(log) + k * np.log(share) + (size - k) * np.log1p(-share))
         pmf = np.nan_to_num(pmf) if 0 < share < 1 else (k == round(share * size)).astype(float)
         distance = np.abs(k - size * share)
-        tails.append(np.array([pmf[distance >= d - 1e-9].sum() for d in distance]))
+        order = np.argsort(-distance, kind="stable")
+        farther = np.searchsorted(-distance[order], -distance + 1e-9, side="right")  # counts at least as far
+        tails.append(np.cumsum(pmf[order])[farther - 1])
     cells = np.arange(len(n))
 
     def statistics(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

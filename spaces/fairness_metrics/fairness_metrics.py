@@ -87,7 +87,7 @@ Examples:
     >>> fair = metric.compute(predictions=["male", "female"] * 50, references=["nurse"] * 100,
     ...                       labels=["male", "female"], num_occupations=1, rounds=200)
     >>> fair["mean_l1"], round(fair["mean_l1_floor"], 3), round(fair["distance_sq"], 4)
-    (0.0, 0.08, -0.005)
+    (0.0, 0.08, -0.0051)
     >>> counts = evaluate.load("spaces/fairness_metrics", "counts")
     >>> counts.compute(predictions=[[3, 1], [0, 0]], references=["CEO", "poet"], labels=["male", "female"],
     ...                num_occupations=1, rounds=10)["excluded_occupations"]
