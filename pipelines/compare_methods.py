@@ -39,7 +39,7 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments
 from pipelines.harness.lineage import parse_versions, version_refs
 from pipelines.harness.stage import Stage, StageRun
-from pipelines.reporting.statistics import paired_test, wilson_interval
+from pipelines.reporting.statistics import holm, paired_test, wilson_interval
 
 # Explicitly gendered prompts, and the gender they ask for (None: each row's own, the grid's gendered prompts).
 CONTROL_VARIANTS = {"eval_female": "female", "eval_male": "male", "gendered": None}
@@ -101,41 +101,81 @@ class CompareMethods(Stage):
         baseline = args.baseline or labels[0]
         base_label, _, base_intervention = baseline.partition("+")
         base_intervention = base_intervention or "none"
-        l1 = {label: measured[label]["l1"] for label in labels}
+        cells = {label: measured[label]["cells"] for label in labels}
         for row in rows:
-            reference = l1[base_label].get((base_intervention, row["language"], row["variant"]), {})
+            reference = cells[base_label].get((base_intervention, row["language"], row["variant"]), {})
             reference_name = baseline
             if not reference and row["intervention"] != "none":
                 # The baseline has no images of these prompts: an intervention is then tested against
                 # its own model's unchanged prompts, on the same seeds.
-                reference = l1[row["label"]].get(("none", row["language"], row["variant"]), {})
+                reference = cells[row["label"]].get(("none", row["language"], row["variant"]), {})
                 reference_name = f"{row['label']}+none"
-            own = l1[row["label"]].get((row["intervention"], row["language"], row["variant"]), {})
-            shared = sorted(set(reference) & set(own))
-            test = paired_test(
-                [reference[o] for o in shared],
-                [own[o] for o in shared],
-                rounds=args.rounds,
-                seed=args.seed,
-                confidence=args.confidence,
-            )
+            own = cells[row["label"]].get((row["intervention"], row["language"], row["variant"]), {})
             is_baseline = row["label"] == base_label and row["intervention"] == base_intervention
+            test = self.test(reference, own, args) if reference and not is_baseline else None
             row |= {
                 "baseline": reference_name if reference else None,
-                "difference_mean": None if is_baseline or not shared else test["mean_difference"],
-                "difference_ci_low": None if is_baseline or not shared else test["ci_low"],
-                "difference_ci_high": None if is_baseline or not shared else test["ci_high"],
-                "p_value": None if is_baseline or not shared else test["p_value"],
+                **{f"difference_{k}": test and test[k] for k in ("mean", "ci_low", "ci_high")},
+                "p_value": test and test["p_value"],
             }
-        writer = DatasetWriter(folder, schemas.METHODS)
-        writer.write("methods", rows)
-        writer.close()
+        comparisons = self.comparisons(rows, cells, baseline, args)
+        # One family: every test the table reports, corrected together.
+        tested = [r for r in [*rows, *comparisons] if r["p_value"] is not None]
+        for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
+            row["p_holm"] = adjusted
+        for row in [*rows, *comparisons]:
+            row.setdefault("p_holm", None)
+        for config, features, table in [
+            ("methods", schemas.METHODS, rows),
+            ("comparisons", schemas.METHOD_COMPARISONS, comparisons),
+        ]:
+            writer = DatasetWriter(folder, features)
+            writer.write(config, table)
+            writer.close()
+        print(self.report(rows, comparisons, baseline), flush=True)
         figures = self.figures(folder, rows, args)
-        self.card(run, folder, rows, figures, baseline)
+        self.card(run, folder, rows, comparisons, figures, baseline)
         return f"{len({r['method'] for r in rows})} methods compared on {args.attribute}"
 
+    @staticmethod
+    def test(reference: dict[Any, float], own: dict[Any, float], args: Arguments) -> dict[str, float] | None:
+        """The paired test of `own - reference` on the cells both have; None when they share none."""
+        shared = sorted(set(reference) & set(own))
+        if not shared:
+            return None
+        test = paired_test([reference[c] for c in shared], [own[c] for c in shared], rounds=args.rounds,
+                           seed=args.seed, confidence=args.confidence)  # fmt: skip
+        return {"mean": test["mean_difference"], "ci_low": test["ci_low"], "ci_high": test["ci_high"],
+                "p_value": test["p_value"], "cells": len(shared)}  # fmt: skip
+
+    def comparisons(self, rows: list[dict], cells: dict, baseline: str, args: Arguments) -> list[dict[str, Any]]:
+        """Every pair of methods measured on the same prompts, pooled over the (language, occupation)
+        cells both have: the baseline against each, and the others against one another."""
+        out = []
+        methods = list(dict.fromkeys((r["method"], r["label"], r["intervention"], r["variant"]) for r in rows))
+        methods.sort(key=lambda m: m[0] != baseline)  # the baseline first: it is the `versus` of its pairs
+        for variant in sorted({m[3] for m in methods}):
+            chosen = [m for m in methods if m[3] == variant]
+            pooled = {
+                name: {(language, occupation): value
+                       for (intervention, language, kind), values in cells[label].items()
+                       if intervention == own and kind == variant
+                       for occupation, value in values.items()}
+                for name, label, own, _ in chosen
+            }  # fmt: skip
+            for index, (versus, *_) in enumerate(chosen):
+                for method, *_ in chosen[index + 1 :]:
+                    test = self.test(pooled[versus], pooled[method], args)
+                    if test is not None:
+                        out.append({"variant": variant, "method": method, "versus": versus,
+                                    "attribute": args.attribute, "cells": test.pop("cells"),
+                                    **{f"difference_{k}": test[k] for k in ("mean", "ci_low", "ci_high")},
+                                    "p_value": test["p_value"]})  # fmt: skip
+        return out
+
     def measure(self, run: StageRun, label: str, args: Arguments) -> dict[str, Any]:
-        """One label's rows (per intervention, language and variant) and per-occupation L1."""
+        """One label's rows (per intervention, language and variant) and, per cell, the unbiased
+        squared distance from the target (`distance_sq` of the bias results)."""
         images = run.dataset(f"{label}.images").expect("images", label)
         bias = run.dataset(f"{label}.bias").expect("bias", label)
         parameters = images.lineage.get("parameters", {})
@@ -149,10 +189,14 @@ class CompareMethods(Stage):
             for config in images.configs
             for info in [images.config_info(config)]
         }
-        l1: dict[tuple, dict[str, float]] = defaultdict(dict)
+        cells: dict[tuple, dict[str, float]] = defaultdict(dict)
+        sizes: dict[tuple, list[int]] = defaultdict(list)
+        bias.require_columns("per_occupation", ["distance_sq"])  # made before it existed: run evaluate_bias again
         for row in bias.rows("per_occupation"):
-            if row["attribute"] == args.attribute:
-                l1[(row["intervention"] or "none", row["language"], row["variant"])][row["occupation"]] = row["l1"]
+            if row["attribute"] == args.attribute and row["distance_sq"] is not None:
+                key = (row["intervention"] or "none", row["language"], row["variant"])
+                cells[key][row["occupation"]] = row["distance_sq"]
+                sizes[key].append(row["n"])
         rows = []
         for summary in bias.rows("summary"):
             key = (summary["intervention"] or "none", summary["language"], summary["variant"])
@@ -173,6 +217,9 @@ class CompareMethods(Stage):
                     "num_occupations": summary["num_occupations"],
                     **{name: summary[name] for name in ("mean_l1", "mean_l1_ci_low", "mean_l1_ci_high")},
                     **{name: summary[name] for name in ("exp_max_l1", "random_exp_max_l1")},
+                    "l1_floor": summary["mean_l1_floor"],
+                    **{name: summary[name] for name in ("distance", "distance_ci_low", "distance_ci_high")},
+                    "images_per_occupation": _mean(sizes.get(key, [])),
                     "clip_score": alignment.get(key),
                     "seconds_per_image": seconds.get(per_config.get(key, ""), None),
                     "explicit_gender_control": own_control.get("share"),
@@ -181,7 +228,39 @@ class CompareMethods(Stage):
                     "explicit_gender_images": own_control.get("n", 0),
                 }
             )
-        return {"rows": rows, "l1": l1}
+        return {"rows": rows, "cells": cells}
+
+    @staticmethod
+    def report(rows: list[dict], comparisons: list[dict], baseline: str) -> str:
+        """The table as the run prints it: each method's distance from the target beside raw L1 and
+        its floor, and the tests that survive Holm's correction."""
+
+        def number(value: Any, digits: int = 3) -> str:
+            return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+        lines = [f"{'method':<28}{'lang':<6}{'n/cell':>7}{'distance [95% CI]':>24}{'L1 (floor)':>16}"
+                 f"{'p vs ' + baseline:>16}{'Holm':>8}"]  # fmt: skip
+        for r in rows:
+            distance = f"{number(r['distance'])} [{number(r['distance_ci_low'])}, {number(r['distance_ci_high'])}]"
+            lines.append(
+                f"{r['method']:<28}{r['language']:<6}{number(r['images_per_occupation'], 0):>7}{distance:>24}"
+                f"{number(r['mean_l1']) + ' (' + number(r['l1_floor']) + ')':>16}{number(r['p_value'], 4):>16}"
+                f"{number(r['p_holm'], 4):>8}"
+            )
+        lines.append(
+            "(distance: root mean square over occupations of the L2 distance from the target, corrected "
+            "for sampling; p: paired sign-flip test of the squared distances on the same occupations)"
+        )
+        significant = [c for c in comparisons if c["p_holm"] is not None and c["p_holm"] < 0.05]
+        lines.append(f"pooled over languages x occupations: {len(comparisons)} comparisons, {len(significant)} "
+                     "differ after Holm's correction (p < 0.05):")  # fmt: skip
+        for c in significant:
+            lines.append(
+                f"  {c['method']} vs {c['versus']} ({c['variant']}, {c['cells']} cells): squared distance "
+                f"{c['difference_mean']:+.4f} [{c['difference_ci_low']:+.4f}, {c['difference_ci_high']:+.4f}], "
+                f"Holm p {c['p_holm']:.4f}"
+            )
+        return "\n".join(lines)
 
     @staticmethod
     def alignment(run: StageRun, label: str) -> dict[tuple, float]:
@@ -274,25 +353,48 @@ class CompareMethods(Stage):
                 )
         return figures
 
-    def card(self, run: StageRun, folder: Path, rows: list[dict], figures: list[Path], baseline: str) -> None:
+    def card(
+        self,
+        run: StageRun,
+        folder: Path,
+        rows: list[dict],
+        comparisons: list[dict],
+        figures: list[Path],
+        baseline: str,
+    ) -> None:
         def number(value: Any, digits: int = 3) -> str:
             return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+        def interval(row: dict, name: str, digits: int = 3) -> str:
+            """`value [low, high]` of `distance` (its `_ci_low`/`_ci_high`) or `difference` (`_mean`, ...)."""
+            value, low, high = (f"{name}_mean", f"{name}_ci_low", f"{name}_ci_high") if name == "difference" else (
+                name, f"{name}_ci_low", f"{name}_ci_high")  # fmt: skip
+            if row[value] is None:
+                return "–"
+            return f"{number(row[value], digits)} [{number(row[low], digits)}, {number(row[high], digits)}]"
 
         dataset_card(
             repo_id=run.output_repo_id,
             title="Debiasing methods compared",
             description=(
                 f"Methods (a model at a guidance scale, with a training-free intervention) compared on perceived "
-                f"{run.args.attribute}, on the same prompts and seeds, against `{baseline}`: mean L1 distance from "
-                "uniform over occupations (lower is fairer) with its bootstrap interval; the paired difference "
-                "from the baseline on the same occupations with its interval and sign-flip permutation p-value; "
-                f"and what each method costs: the CLIP score (`{ALIGNMENT_SCORE}`), seconds per image, and the "
-                "share of explicitly gendered prompts' images perceived as asked (explicit-gender control)."
+                f"{run.args.attribute}, on the same prompts and seeds, against `{baseline}`. Bias is the *distance "
+                "from the target* (uniform unless the bias results say otherwise): per occupation an unbiased "
+                "estimate of the squared L2 distance, whose root mean square over occupations compares at any "
+                "number of images; raw mean L1 (MAGBIG's) is beside it with its *floor*, what a perfectly fair "
+                "occupation shows at the same n. Tests are paired on the same occupations (sign-flip permutation "
+                "of the squared distances, Student's t interval): per language against the baseline (config "
+                "`methods`), and pooled over languages x occupations for every pair of methods on the same "
+                "prompts (config `comparisons`). Every p-value of both is also given Holm-adjusted over the whole "
+                "table. Beside them, what each method costs: the CLIP score "
+                f"(`{ALIGNMENT_SCORE}`), seconds per image, and the share of explicitly gendered prompts' images "
+                "perceived as asked (explicit-gender control). Methods measured at different n per occupation "
+                "compare through the distance, not through raw L1."
             ),
             lineage=run.lineage,
-            configs=["methods"],
+            configs=["methods", "comparisons"],
             languages=sorted({r["language"] for r in rows if r["language"]}),
-            rows={"methods": len(rows)},
+            rows={"methods": len(rows), "comparisons": len(comparisons)},
             tables=[
                 {
                     "title": "Methods",
@@ -301,9 +403,12 @@ class CompareMethods(Stage):
                         "language",
                         "variant",
                         "guidance",
-                        "mean L1 [95% CI]",
-                        "Δ vs baseline [95% CI]",
+                        "n / occupation",
+                        "distance [95% CI]",
+                        "mean L1 (floor)",
+                        "Δ squared distance vs baseline [95% CI]",
                         "p",
+                        "p (Holm)",
                         "CLIP",
                         "s/image",
                         "control",
@@ -314,19 +419,43 @@ class CompareMethods(Stage):
                             r["language"],
                             r["variant"],
                             number(r["guidance_scale"], 1),
-                            f"{number(r['mean_l1'])} [{number(r['mean_l1_ci_low'])}, {number(r['mean_l1_ci_high'])}]",
-                            "–"
-                            if r["difference_mean"] is None
-                            else f"{number(r['difference_mean'])} [{number(r['difference_ci_low'])}, "
-                            f"{number(r['difference_ci_high'])}]",
-                            number(r["p_value"]),
+                            number(r["images_per_occupation"], 0),
+                            interval(r, "distance"),
+                            f"{number(r['mean_l1'])} ({number(r['l1_floor'])})",
+                            interval(r, "difference", 4),
+                            number(r["p_value"], 4),
+                            number(r["p_holm"], 4),
                             number(r["clip_score"], 2),
                             number(r["seconds_per_image"], 3),
                             number(r["explicit_gender_control"], 2),
                         ]
                         for r in rows
                     ],
-                }
+                },
+                {
+                    "title": "Pairs of methods, pooled over languages and occupations",
+                    "columns": [
+                        "prompts",
+                        "method",
+                        "versus",
+                        "cells",
+                        "Δ squared distance [95% CI]",
+                        "p",
+                        "p (Holm)",
+                    ],
+                    "rows": [
+                        [
+                            c["variant"],
+                            c["method"],
+                            c["versus"],
+                            c["cells"],
+                            interval(c, "difference", 4),
+                            number(c["p_value"], 4),
+                            number(c["p_holm"], 4),
+                        ]
+                        for c in comparisons
+                    ],
+                },
             ],  # fmt: skip
             notes=[f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in figures if p.suffix == ".png"],
             tags=["bias", "debiasing", "comparison", "results"],

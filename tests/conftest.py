@@ -98,6 +98,18 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"store_root": root, "namespace": "study", "prompts": str(prompts), "model": str(model)}
 
 
+def fairness_module() -> Any:
+    """The fairness `evaluate` module's file as a plain Python module, for its numpy functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "fairness_metrics", REPO_ROOT / "spaces" / "fairness_metrics" / "fairness_metrics.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def readme_block(name: str) -> str:
     """The command in the README's fenced block marked <!-- ci:NAME -->."""
     import re

@@ -24,7 +24,7 @@ from pipelines.artifacts.store import LocalStore
 from pipelines.errors import DataError
 from pipelines.perception.classifiers import GENDER_LABELS
 
-from .conftest import REPO_ROOT, image_arguments
+from .conftest import REPO_ROOT, fairness_module, image_arguments
 
 METRIC = str(REPO_ROOT / "spaces" / "fairness_metrics")
 
@@ -226,11 +226,7 @@ def test_the_distance_interval_covers_the_truth_at_the_stated_level(cells: int, 
     the mean squared distance from parity covers the truth in 90-95% of 300 studies here (the
     coverage's standard error is 1.3%), and never leaves out its own estimate. With few cells it runs
     a little narrower than stated, as the module's docstring says."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fairness_metrics", Path(METRIC) / "fairness_metrics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = fairness_module()
     shares = np.resize([0.2, 0.85, 0.25, 0.8, 0.1, 0.6], cells)
     truth = np.mean(2 * (shares - 0.5) ** 2)
     rng = np.random.default_rng(cells * n)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines import build_tiny_model, classify, compare_methods, evaluate_alignment, evaluate_bias, generate_images
@@ -16,7 +17,7 @@ from pipelines.prompting.grammar import load_grammar
 from pipelines.prompting.interventions import Instruction, instruction, target_gender
 from pipelines.reporting.statistics import goodness_of_fit, paired_test, slope, wilson_interval
 
-from .conftest import image_arguments
+from .conftest import fairness_module, image_arguments
 
 
 def test_the_paired_test_on_cases_with_known_answers() -> None:
@@ -38,6 +39,39 @@ def test_the_paired_test_on_cases_with_known_answers() -> None:
         paired_test([0.1, 0.2], [0.1])
     low, high = wilson_interval(95, 100)
     assert low == pytest.approx(0.8883, abs=1e-3) and high == pytest.approx(0.9785, abs=1e-3)
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order() -> None:
+    from pipelines.reporting.statistics import holm
+
+    assert holm([0.01, 0.04, 0.03, None]) == [0.03, 0.06, 0.06, None]
+    assert holm([0.5, 0.001]) == [0.5, 0.002] and holm([]) == []
+    assert holm([0.02, 0.02, 0.02]) == [0.06, 0.06, 0.06]
+
+
+@pytest.mark.parametrize("cells, n", [(24, 100), (6, 100), (24, 20)])
+def test_the_paired_interval_covers_and_the_test_keeps_its_size_at_the_table_s_design(cells: int, n: int) -> None:
+    """Two methods measured on the same cells (a planted-like base and a half-debiased one), each cell's
+    bias the unbiased squared distance from parity: the 95% t interval of the mean difference covers
+    the true difference in at least 93% of 400 simulated tables; and where the two have the same true
+    shares, the sign-flip test says p < 0.05 in about 5% of them, never much more."""
+    module = fairness_module()
+
+    def squared(female: np.ndarray) -> np.ndarray:
+        return module.squared_distances(np.stack([n - female, female], -1), np.array([0.5, 0.5]))[0]
+
+    base = DESIGN_SHARES[:cells] if cells <= len(DESIGN_SHARES) else np.resize(DESIGN_SHARES, cells)
+    debiased = 0.5 + (base - 0.5) / 2
+    truth = np.mean(2 * (debiased - 0.5) ** 2 - 2 * (base - 0.5) ** 2)
+    rng = np.random.default_rng(cells + n)
+    covered = rejected = 0
+    for i in range(400):
+        a, b, same = (squared(rng.binomial(n, shares)) for shares in (base, debiased, base))
+        result = paired_test(a, b, rounds=1000, seed=i)
+        covered += result["ci_low"] <= truth <= result["ci_high"]
+        rejected += paired_test(a, same, rounds=1000, seed=i)["p_value"] < 0.05
+    assert covered / 400 >= 0.93
+    assert rejected / 400 <= 0.075  # 5% expected; the rate's standard error is 1.1%
 
 
 # The offline study's design: 24 cells of 100 images at the world's planted shares.
@@ -210,17 +244,38 @@ def test_compare_methods_publishes_the_table_figures_and_paired_tests(methods_st
     assert tested["p_value"].between(0, 1).all() and tested["difference_mean"].notna().all()
     assert set(english["guidance_scale"]) == {7.5, 3.0}
     assert english["clip_score"].notna().all() and (english["seconds_per_image"] > 0).all()
-    # The difference is the mean of per-occupation L1 differences, as the bias datasets hold them.
+    # The difference is the mean of per-occupation differences of the unbiased squared distance from
+    # the target, as the bias datasets hold them.
     bias = {}
     for label in ("base", "other"):
         found = [ref for key, ref in published.lineage["inputs"].items() if key == f"{label}.bias"]
         per = datasets.load_dataset(str(store.resolve(found[0], "dataset")), "per_occupation", split="train")
-        bias[label] = {r["occupation"]: r["l1"] for r in per if r["language"] == "en" and r["attribute"] == "gender"
-                       and r["intervention"] == "none" and r["variant"] == "eval_direct"}  # fmt: skip
-    shared = sorted(set(bias["base"]) & set(bias["other"]))
-    expected = sum(bias["other"][o] - bias["base"][o] for o in shared) / len(shared)
+        bias[label] = {(r["language"], r["occupation"]): r["distance_sq"] for r in per
+                       if r["attribute"] == "gender" and r["intervention"] == "none"
+                       and r["variant"] == "eval_direct"}  # fmt: skip
+    english_cells = sorted(c for c in set(bias["base"]) & set(bias["other"]) if c[0] == "en")
+    expected = sum(bias["other"][c] - bias["base"][c] for c in english_cells) / len(english_cells)
     other_row = english[english["method"] == "other"].iloc[0]
     assert other_row["difference_mean"] == pytest.approx(expected)
+    assert other_row["difference_ci_low"] <= other_row["difference_mean"] <= other_row["difference_ci_high"]
+    assert other_row["images_per_occupation"] == 2 and other_row["l1_floor"] == pytest.approx(0.5)  # n = 2
+    # Pooled over both languages: every pair of methods on the same prompts, once.
+    pairs = datasets.load_dataset(str(folder), "comparisons", split="train").to_pandas()
+    methods = set(english["method"])
+    assert len(pairs) == len(methods) * (len(methods) - 1) // 2
+    assert {frozenset(p) for p in zip(pairs["method"], pairs["versus"])} == {
+        frozenset((a, b)) for a in methods for b in methods if a < b
+    }
+    pooled = pairs[(pairs["method"] == "other") & (pairs["versus"] == "base")].iloc[0]
+    shared = sorted(set(bias["base"]) & set(bias["other"]))
+    assert pooled["cells"] == len(shared) == 8
+    assert pooled["difference_mean"] == pytest.approx(sum(bias["other"][c] - bias["base"][c] for c in shared) / 8)
+    # Holm over the whole table: each adjusted p at least its raw p, and the ordering kept.
+    tested = pd.concat([table[table["p_value"].notna()][["p_value", "p_holm"]], pairs[["p_value", "p_holm"]]])
+    assert (tested["p_holm"] >= tested["p_value"] - 1e-12).all() and (tested["p_holm"] <= 1).all()
+    ordered = tested.sort_values("p_value")
+    assert ordered["p_holm"].is_monotonic_increasing
+    assert min(tested["p_holm"]) == pytest.approx(min(1.0, len(tested) * min(tested["p_value"])))
     # Explicit-gender control: from base's eval_female / eval_male images, the same for all its methods;
     # those variants measure control and are no method of their own.
     assert not table["variant"].isin(["eval_female", "eval_male"]).any()
@@ -233,7 +288,7 @@ def test_compare_methods_publishes_the_table_figures_and_paired_tests(methods_st
     assert (folder / "figures" / "eval_direct_bias_by_method.svg").is_file()
     assert (folder / "figures" / "eval_direct_bias_by_guidance.png").is_file()
     card = (folder / "README.md").read_text()
-    assert "Δ vs baseline" in card and "base+sega" in card
+    assert "Δ squared distance vs baseline" in card and "base+sega" in card and "p (Holm)" in card
 
 
 def test_explicit_gender_control_counts_images_perceived_as_asked(methods_study: dict) -> None:
@@ -335,7 +390,7 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
         base = rows[("base", language)]
         assert base["guidance_scale"] == 1.0 and base["p_value"] is None
         # Guidance amplifies the planted bias, in every language.
-        assert rows[("base-g5", language)]["mean_l1"] > base["mean_l1"]
+        assert rows[("base-g5", language)]["distance"] > base["distance"]
         assert rows[("base-g5", language)]["baseline"] == "base" and rows[("base-g5", language)]["p_value"] is not None
         # Interventions are tested against the unchanged prompt of their own images, same seeds.
         for intervention in ("explicit_gender", "ethical", "negative", "sega"):
@@ -347,10 +402,18 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
         for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
             costs = rows[(method, language)]
             assert costs["seconds_per_image"] > 0 and costs["clip_score"] is not None
-    # Every fine-tune lowers the bias of the neutral prompts, over the four languages.
+    # Every fine-tune lowers the bias of the neutral prompts, over the four languages, and the pooled
+    # comparisons (Holm-corrected over the whole table) say so.
     for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
-        after = sum(rows[(method, language)]["mean_l1"] for language in languages)
-        assert after < sum(rows[("base", language)]["mean_l1"] for language in languages), method
+        after = sum(rows[(method, language)]["distance"] for language in languages)
+        assert after < sum(rows[("base", language)]["distance"] for language in languages), method
+    pairs = datasets.load_dataset(
+        str(store.resolve("t2i-bias/world-methods", "dataset")), "comparisons", split="train"
+    )
+    pooled = {(r["method"], r["versus"]): r for r in pairs}
+    for method in ("neutral-ft", "mixed-ft"):
+        assert pooled[(method, "base")]["cells"] == 24 and pooled[(method, "base")]["difference_mean"] < 0
+        assert pooled[(method, "base")]["p_holm"] < 0.05, method
     # The Space finds the comparison by lineage and ranks the methods per language, fairest first
     # within each prompt set, its own (the neutral prompts) on top.
     sys.path.insert(0, str(REPO_ROOT / "spaces" / "compare_languages"))
@@ -364,5 +427,5 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
     assert set(shown["method"]) == methods and len(shown) == len(methods)
     neutral = shown[shown["prompts"] == "neutral"]
     assert list(neutral.index) == list(range(len(neutral)))  # the Space's own prompts first
-    expected = sorted((rows[(m, "de")]["mean_l1"], m) for m in neutral["method"])
+    expected = sorted((rows[(m, "de")]["distance"], m) for m in neutral["method"])
     assert list(neutral["method"]) == [m for _, m in expected]

@@ -197,16 +197,30 @@ METHODS = datasets.Features(
         "guidance_scale": datasets.Value("float64"),
         "num_occupations": datasets.Value("int32"),
         **{name: datasets.Value("float64") for name in ("mean_l1", "mean_l1_ci_low", "mean_l1_ci_high")},
-        **{name: datasets.Value("float64") for name in ("exp_max_l1", "random_exp_max_l1")},
+        **{name: datasets.Value("float64") for name in ("exp_max_l1", "random_exp_max_l1", "l1_floor")},
+        **{name: datasets.Value("float64") for name in ("distance", "distance_ci_low", "distance_ci_high")},
+        "images_per_occupation": datasets.Value("float64"),
         "baseline": datasets.Value("string"),
         **{f"difference_{name}": datasets.Value("float64") for name in ("mean", "ci_low", "ci_high")},
         "p_value": datasets.Value("float64"),
+        "p_holm": datasets.Value("float64"),
         "clip_score": datasets.Value("float64"),
         "seconds_per_image": datasets.Value("float64"),
         "explicit_gender_control": datasets.Value("float64"),
         "explicit_gender_control_ci_low": datasets.Value("float64"),
         "explicit_gender_control_ci_high": datasets.Value("float64"),
         "explicit_gender_images": datasets.Value("int32"),
+    }
+)
+# Pooled comparisons of two methods on the same prompts: every (language, occupation) cell both
+# measured, the mean difference of their squared distances from the target (method - versus).
+METHOD_COMPARISONS = datasets.Features(
+    {
+        **_strings("variant", "method", "versus", "attribute"),
+        "cells": datasets.Value("int32"),
+        **{f"difference_{name}": datasets.Value("float64") for name in ("mean", "ci_low", "ci_high")},
+        "p_value": datasets.Value("float64"),
+        "p_holm": datasets.Value("float64"),
     }
 )
 # The planted-bias world's verdict (check_world): one row per (language, occupation) cell, and one

@@ -216,9 +216,12 @@ def build_demo(study: Study) -> gr.Blocks:
                 gr.Markdown(
                     "Debiasing methods on the same prompts and seeds, fairest first: a model at a guidance scale, "
                     "with a training-free intervention (`+explicit_gender`, `+ethical`, `+negative`, `+sega`). "
-                    f"**Δ vs baseline** is the mean per-occupation change of L1 against `{baseline}` "
-                    "with a bootstrap interval, and **p** its paired sign-flip permutation test (same occupations, "
-                    "same seeds). The costs: CLIP score, seconds per image, and **explicit-gender control**, the "
+                    "**distance** is the root mean square distance of the occupations' perceived shares from the "
+                    "target, corrected for sampling, so it compares at any number of images (raw mean L1 is beside "
+                    f"it). **Δ vs baseline** is the mean per-occupation change of the squared distance against "
+                    f"`{baseline}` with a t interval, **p** its paired sign-flip permutation test (same occupations, "
+                    "same seeds), and **p (Holm)** the same corrected for every test in the table. The costs: CLIP "
+                    "score, seconds per image, and **explicit-gender control**, the "
                     'share of images from prompts such as "a female doctor" perceived as asked. '
                     f"From `{study.methods_ref}`."
                 )

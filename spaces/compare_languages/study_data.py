@@ -152,8 +152,8 @@ class Study:
         return pinned, read_config(artifact, "methods")
 
     def methods_table(self, language: str) -> pd.DataFrame:
-        """The methods of one language, fairest first within each prompt set (the Space's own prompt
-        variant first): bias, the paired test and the costs."""
+        """The methods of one language, fairest first (by distance from the target) within each prompt
+        set (the Space's own prompt variant first): bias, the paired tests and the costs."""
         if self.methods.empty:
             return pd.DataFrame()
         rows = self.methods[self.methods["language"] == language]
@@ -168,6 +168,9 @@ class Study:
                 "method": rows["method"],
                 "prompts": rows["variant"],
                 "guidance": rows["guidance_scale"].round(1),
+                "distance [95% CI]": [
+                    interval(r, "distance", "distance_ci_low", "distance_ci_high") for _, r in rows.iterrows()
+                ],
                 "mean L1 [95% CI]": [
                     interval(r, "mean_l1", "mean_l1_ci_low", "mean_l1_ci_high") for _, r in rows.iterrows()
                 ],
@@ -176,16 +179,18 @@ class Study:
                     for _, r in rows.iterrows()
                 ],
                 "p (paired)": rows["p_value"].round(4),
+                "p (Holm)": rows["p_holm"].round(4),
                 "CLIP": rows["clip_score"].round(3),
                 "s / image": rows["seconds_per_image"].round(4),
                 "explicit-gender control": rows["explicit_gender_control"].round(3),
-                "mean L1": rows["mean_l1"],
+                "rank by": rows["distance"],
             }
         )
         table["own"] = rows["variant"] != self.variant  # False sorts first: the Space's variant on top
-        # Methods as fair as each other (a tie in mean L1) in the order of their names, every time.
-        order = ["own", "prompts", "mean L1", "method"]
-        return table.sort_values(order).drop(columns=["mean L1", "own"]).reset_index(drop=True)
+        # Ranked by the distance from the target (raw L1 would rank by sample size too); methods as fair
+        # as each other in the order of their names, every time.
+        order = ["own", "prompts", "rank by", "method"]
+        return table.sort_values(order).drop(columns=["rank by", "own"]).reset_index(drop=True)
 
     def config(self, version: str, language: str) -> str | None:
         images = self.versions[version].images
