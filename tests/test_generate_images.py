@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines import collect_datasets, generate_images
@@ -72,6 +73,42 @@ def test_what_determinism_holds(tiny_study: dict) -> None:
         - np.stack([np.asarray(r["image"], dtype=int) for r in alone])
     )
     assert difference.max() <= 2  # same seeds; only batched float sums round differently
+
+
+def test_two_models_with_sega_in_one_process_each_publish_their_own_images(tiny_study: dict) -> None:
+    """A run is a value: the SEGA pipeline one run builds goes with it. Run in one process, as a recipe
+    does: model A, then model B, then A again into another repo. B's images are B's (not A's), and
+    A's second run makes A's bytes again; the module's STAGE keeps nothing of any run."""
+    from pipelines import build_tiny_model
+
+    common = {"store_root": tiny_study["store_root"], "namespace": "study"}
+    other = build_tiny_model.run(
+        build_tiny_model.Arguments(**common, input=tiny_study["prompts"], seed=7, output_repo="tiny-sega-other")
+    )
+    store = LocalStore(tiny_study["store_root"])
+    made, pixels = {}, {}
+    for name, model in [("a", tiny_study["model"]), ("b", str(other)), ("a-again", tiny_study["model"])]:
+        arguments = image_arguments(tiny_study, model=model, interventions=["sega"], output_repo=f"sega-{name}",
+                                    guidance_scale=3.0)  # fmt: skip
+        folder = store.resolve(str(generate_images.run(arguments)), "dataset")
+        made[name] = data_digest(folder)
+        # The images alone (the rows also name the model, which differs whatever the pixels).
+        pixels[name] = [
+            row["image"]["bytes"] for row in pq.read_table(next(folder.glob("data/*-sega/*.parquet"))).to_pylist()
+        ]
+        assert vars(generate_images.STAGE) == {}, name
+    assert made["a-again"] == made["a"]
+    assert pixels["a"] and all(b != a for a, b in zip(pixels["a"], pixels["b"]))
+
+
+@pytest.mark.parametrize("stage", ["classify", "evaluate_alignment", "generate_images", "check_world"])
+def test_no_stage_keeps_run_state_on_its_module(stage: str) -> None:
+    """Loaded models and caches live on a run's own instance: the module-level STAGE has none, and
+    `run` works on a fresh one every time."""
+    import importlib
+
+    module = importlib.import_module(f"pipelines.{stage}")
+    assert vars(module.STAGE) == {}
 
 
 def test_bad_generation_arguments(tiny_study: dict) -> None:

@@ -182,8 +182,12 @@ class Stage:
         return None
 
     def run(self, args: StageArguments) -> Published:
-        published = execute(self, args)
-        verdict = self.verdict(args.open_store(), published)
+        # Each run works on an instance of its own: whatever it loads or caches in `open` (a pipeline,
+        # a SEGA pipeline, a classifier) lives there and goes with it. On the module's `STAGE` it
+        # outlived the run, and a second run in the same process (a recipe) reused the first one's.
+        fresh = type(self)()
+        published = execute(fresh, args)
+        verdict = fresh.verdict(args.open_store(), published)
         return dataclasses.replace(published, verdict=verdict) if verdict is not None else published
 
     def main(self, argv: list[str] | None = None) -> None:
