@@ -100,7 +100,10 @@ def test_bad_repo_type_and_tag(store: LocalStore, make_folder: Callable[[dict[st
     rev = store.push(make_folder({"a": "x"}), "ns/data", "dataset", "m", tag="v1")
     with pytest.raises(StoreError, match="tag 'v1' of 'ns/data' already names revision"):
         store.push(make_folder({"a": "y"}), "ns/data", "dataset", "m", tag="v1")
+    # The refused push changed nothing: main, the history and the tag are where they were.
     assert store.tags("ns/data", "dataset") == {"v1": rev}
+    assert store.revision_of("ns/data", "dataset") == rev and store.revisions("ns/data", "dataset") == [rev]
+    assert store.garbage(store.root / "datasets--ns--data") == []
     assert store.tag("ns/data", "dataset", "first", rev) == rev
 
 
@@ -261,7 +264,10 @@ class FakeHfApi:
 
     def create_tag(self, repo_id: str, *, repo_type: str, tag: str, revision: str, exist_ok: bool) -> None:
         self.calls.append("create_tag")
-        self._repo(repo_id, repo_type)["tags"][tag] = revision
+        tags = self._repo(repo_id, repo_type)["tags"]
+        if tag in tags and not exist_ok:
+            raise _hub_error("HfHubHTTPError")  # the Hub answers 409 Conflict
+        tags[tag] = revision
 
     def list_repo_refs(self, repo_id: str, *, repo_type: str) -> SimpleNamespace:
         repo = self._repo(repo_id, repo_type)
@@ -334,6 +340,19 @@ def test_hub_push_resolve_history(
     assert [(e.revision, e.message) for e in history] == [(rev2, "second"), (rev1, "first")]
     assert history[1].lineage == {"stage": "test", "fingerprint": "abc"}
     assert store.exists("ns/data", "dataset") and not store.exists("ns/other", "dataset")
+
+
+def test_a_refused_tag_on_the_hub_uploads_nothing(
+    hub: tuple[HubStore, FakeHfApi], make_folder: Callable[[dict[str, str]], Path]
+) -> None:
+    """The upload moves `main`, so a tag that already names a revision is refused before it."""
+    store, api = hub
+    rev1 = store.push(make_folder({"data/a.txt": "one"}), "ns/data", "dataset", "first", tag="v1")
+    api.calls.clear()
+    with pytest.raises(StoreError, match="tag 'v1' of 'ns/data' already names revision"):
+        store.push(make_folder({"data/a.txt": "two"}), "ns/data", "dataset", "second", tag="v1")
+    assert api.calls == [] and store.revision_of("ns/data", "dataset") == rev1
+    assert store.tags("ns/data", "dataset") == {"v1": rev1}
 
 
 def test_hub_errors_are_one_line(

@@ -343,6 +343,10 @@ class LocalStore:
                 for path in self.garbage(repo_dir):
                     _force_unlink(path)
                 history = self._history(repo_dir)
+                # Every check before any write: a refused tag leaves `main` and the history as they were.
+                current_tag = self._ref(repo_dir, tag) if tag is not None else None
+                if current_tag is not None and current_tag != revision:
+                    raise StoreError(f"tag {tag!r} of {repo_id!r} already names revision {current_tag}")
                 if not target.is_dir():
                     self._restore_blobs(folder, staging)
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -357,12 +361,8 @@ class LocalStore:
                     # History first: a revision named by a ref is always in the history.
                     self._write_atomic(repo_dir / self.HISTORY, json.dumps([*history, asdict(entry)], indent=1))
                     self._write_atomic(repo_dir / "refs" / "main", revision)
-                if tag is not None:
-                    current = self._ref(repo_dir, tag)
-                    if current is not None and current != revision:
-                        raise StoreError(f"tag {tag!r} of {repo_id!r} already names revision {current}")
-                    if current is None:
-                        self._write_atomic(repo_dir / "refs" / tag, revision)
+                if tag is not None and current_tag is None:
+                    self._write_atomic(repo_dir / "refs" / tag, revision)
         except BaseException:
             # A failed push (a full disk, say) leaves the store as it was: its staging folder, and the
             # blobs and snapshot it added that no revision uses, are removed now, not at the next push.
@@ -575,6 +575,13 @@ class HubStore:
         folder = Path(folder)
         if not folder.is_dir():
             raise StoreError(f"cannot push {folder}: not a folder")
+        if tag is not None and self.exists(repo_id, repo_type):
+            # Checked before the upload, which moves `main`: the commit's id is known only after it, so
+            # a tag that names any revision already is refused (a rerun that makes the same artifact
+            # reuses it and never pushes).
+            current = self.tags(repo_id, repo_type).get(tag)
+            if current is not None:
+                raise StoreError(f"tag {tag!r} of {repo_id!r} already names revision {current}")
         with self._errors(f"{repo_type} {repo_id!r}"):
             self.api.create_repo(repo_id, repo_type=repo_type, exist_ok=True)
             # One commit per push: the Hub applies it atomically, and an unchanged folder makes no commit.
@@ -589,7 +596,7 @@ class HubStore:
             )
             revision = info.oid
             if tag is not None:
-                self.api.create_tag(repo_id, repo_type=repo_type, tag=tag, revision=revision, exist_ok=True)
+                self.api.create_tag(repo_id, repo_type=repo_type, tag=tag, revision=revision, exist_ok=False)
         return revision
 
     def resolve(self, spec: str | RepoRef, repo_type: str) -> Path:
