@@ -123,6 +123,68 @@ def test_misaligned_or_missing_sets_are_one_line_errors(tmp_path: Path) -> None:
     assert not LocalStore(tmp_path / "hub").exists("t2i-bias/magbig-prompts", "dataset")
 
 
+def _break(path: Path, how: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    header, *rows = text.splitlines()
+    if how == "empty":
+        path.write_text("")
+    elif how == "header only":
+        path.write_text(header + "\n")
+    elif how == "latin-1":
+        path.write_bytes((text + "x,Ein Foto eines Bäckers\n").encode("latin-1", errors="replace"))
+    elif how == "binary":
+        path.write_bytes(b"PK\x03\x04\x00\x00" + bytes(range(256)))
+    elif how == "no name column":
+        path.write_text(text.replace("name,", "occupation,", 1), encoding="utf-8")
+    elif how == "a 1 MB field":
+        path.write_text(text + rows[0].split(",")[0] + "-long," + "x" * 1_000_000 + "\n", encoding="utf-8")
+    elif how == "a 20 kB field":
+        path.write_text(text + rows[0].split(",")[0] + "-long," + "x" * 20_000 + "\n", encoding="utf-8")
+    elif how == "a name twice":
+        path.write_text(text + rows[0].split(",")[0] + ",another prompt\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "layout, how, message",
+    [
+        ("repo", "empty", "no column 'name', 'prompt'"),
+        ("repo", "header only", "no rows"),
+        ("repo", "latin-1", "not UTF-8 text"),
+        ("repo", "binary", "not UTF-8 text"),
+        ("repo", "no name column", "no column 'name'"),
+        ("repo", "a 1 MB field", "field larger than field limit"),
+        ("repo", "a 20 kB field", "a field of 20,000 characters"),
+        ("repo", "a name twice", "is given twice, with different prompts"),
+        ("hub", "header only", "no rows"),
+        ("hub", "binary", "not UTF-8 text"),
+        ("hub", "a name twice", "is given twice, with different prompts"),
+    ],
+)
+def test_a_broken_prompt_file_is_one_line_and_publishes_nothing(
+    tmp_path: Path, layout: str, how: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prompt file that is empty, not UTF-8, binary, without MAGBIG's columns, with a huge field or a
+    name twice: one line naming the file, exit 2, and no dataset (an empty import once became the
+    `main` of the repo that held the real one)."""
+    import shutil
+
+    if layout == "repo":
+        source = tmp_path / "MAGBIG"
+        shutil.copytree(MAGBIG, source)
+        path = source / "occ_english.csv"
+    else:
+        source = write_hub_layout(tmp_path / "MAGBIG")
+        path = source / "data" / "occupations_direct-00000-of-00001.csv"
+    _break(path, how)
+    with pytest.raises(SystemExit) as exited:
+        import_magbig.STAGE.main(["--store_root", str(tmp_path / "hub"), "--source", str(source)])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert exited.value.code == 2 and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith("import_magbig: error: ") and message in lines[0] and path.name in lines[0], lines[0]
+    assert not (tmp_path / "hub").exists() or not any((tmp_path / "hub").glob("datasets--*"))
+
+
 @pytest.mark.slow
 def test_the_magbig_recipe_runs_offline_on_the_tiny_models(tmp_path: Path) -> None:
     recipe = REPO_ROOT / "pipelines" / "recipes" / "magbig_offline.yaml"

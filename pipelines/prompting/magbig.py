@@ -58,9 +58,45 @@ HUB_FILES = {
 }
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(handle)]
+MAX_FIELD = 10_000  # characters: a prompt is a sentence; a longer field is not a prompt file
+
+
+def _read_csv(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """The rows of a CSV file, each a `{column: value}`; a file that is not UTF-8 CSV text with the
+    `required` columns, or that has no rows, is one line naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; MAGBIG's prompt files are UTF-8 CSV") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror})") from None
+    if "\x00" in text:
+        raise DataError(f"{path}: a binary file, not CSV text")
+    try:
+        reader = csv.DictReader(text.splitlines(), strict=True)
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except csv.Error as err:
+        raise DataError(f"{path}: not a CSV file MAGBIG's way ({err})") from None
+    columns = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DataError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(columns) or 'none'})")
+    if not rows:
+        raise DataError(f"{path}: no rows; a prompt file has one row per occupation or adjective")
+    longest = max((len(value) for row in rows for value in row.values() if isinstance(value, str)), default=0)
+    if longest > MAX_FIELD:
+        raise DataError(f"{path}: a field of {longest:,} characters; a prompt holds at most {MAX_FIELD:,}")
+    return rows
+
+
+def _by_name(rows: list[dict[str, str]], key: str, column: str, path: Path) -> dict[str, str]:
+    """`{name: prompt}`; a name given twice is an error, never a silent replacement."""
+    found: dict[str, str] = {}
+    for row in rows:
+        if row[key] in found and found[row[key]] != row[column]:
+            raise DataError(f"{path}: {row[key]!r} is given twice, with different prompts")
+        found[row[key]] = row[column]
+    return found
 
 
 def _language_code(column: str) -> str | None:
@@ -77,12 +113,12 @@ def read_repo_layout(folder: Path, name: str) -> dict[str, dict[str, str]] | Non
         if "{language}" not in pattern:
             path = folder / pattern
             if path.is_file():
-                found["de"] = {row["name"]: row["prompt"] for row in _read_csv(path)}
+                found["de"] = _by_name(_read_csv(path, ("name", "prompt")), "name", "prompt", path)
             continue
         for language_name, code in LANGUAGE_NAMES.items():
             path = folder / pattern.format(language=language_name)
             if path.is_file():
-                found[code] = {row["name"]: row["prompt"] for row in _read_csv(path)}
+                found[code] = _by_name(_read_csv(path, ("name", "prompt")), "name", "prompt", path)
     return found or None
 
 
@@ -94,8 +130,6 @@ def read_hub_layout(folder: Path, name: str) -> dict[str, dict[str, str]] | None
     if not files:
         return None
     rows = [row for path in files for row in _read_csv(path)]
-    if not rows:
-        return None
     columns = list(rows[0])
     key = "name" if "name" in columns else columns[0]
     found: dict[str, dict[str, str]] = {}
@@ -104,14 +138,17 @@ def read_hub_layout(folder: Path, name: str) -> dict[str, dict[str, str]] | None
             code = _language_code(row["language"])
             if code is None:
                 raise DataError(f"MAGBIG {name}: unknown language {row['language']!r} in {files[0].name}")
-            found.setdefault(code, {})[row[key]] = row["prompt"]
+            found.setdefault(code, {})
+            if found[code].get(row[key], row["prompt"]) != row["prompt"]:
+                raise DataError(f"MAGBIG {name}: {row[key]!r} in {code} is given twice, with different prompts")
+            found[code][row[key]] = row["prompt"]
         return found
     for column in columns:
         code = _language_code(column)
         if code is not None and column != key:
-            found[code] = {row[key]: row[column] for row in rows if row[column]}
+            found[code] = _by_name([row for row in rows if row[column]], key, column, files[0])
     if name == "gender_star" and not found and "prompt" in columns:
-        found["de"] = {row[key]: row["prompt"] for row in rows}
+        found["de"] = _by_name(rows, key, "prompt", files[0])
     if not found:
         raise DataError(f"MAGBIG {name}: no language columns in {files[0].name} (columns: {', '.join(columns)})")
     return found
