@@ -98,6 +98,23 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"store_root": root, "namespace": "study", "prompts": str(prompts), "model": str(model)}
 
 
+def machine_paths_in(root: str | Path, *extra: str | Path) -> list[str]:
+    """Every published file under a store (its revisions, blobs and history; not the `.work` folder
+    of unfinished runs, nor lock files) that names the store root, the home directory, the working
+    directory, the repository or any of `extra`: what nothing published may hold."""
+    root = Path(root)
+    needles = {str(root), str(root.resolve()), str(Path.home()), os.getcwd(), str(REPO_ROOT), *map(str, extra)}
+    needles = {n.encode() for n in needles if len(n) > 1}
+    found = []
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if not path.is_file() or path.is_symlink() or ".work" in relative.parts or path.name.endswith(".lock"):
+            continue
+        data = path.read_bytes()
+        found += [f"{relative}: {n.decode()}" for n in needles if n in data]
+    return found
+
+
 def fairness_module() -> Any:
     """The fairness `evaluate` module's file as a plain Python module, for its numpy functions."""
     import importlib.util

@@ -18,7 +18,7 @@ from pipelines.errors import ConfigError
 from pipelines.harness.config import parse_arguments
 from pipelines.run import run_recipe
 
-from .conftest import REPO_ROOT, readme_block, run_python
+from .conftest import REPO_ROOT, machine_paths_in, readme_block, run_python
 
 SMALL = {"professions": ["doctor", "nurse"], "styles": ["close-up"], "ages": ["young"]}
 
@@ -187,6 +187,8 @@ def test_readme_study_command_runs(offline_study: dict) -> None:
     assert verdicts["passed"] == [True, True]
     # The verdicts are the run's last lines, and its exit code (0, asserted above) says what they say.
     assert result.stdout.strip().splitlines()[-2:] == verdicts["line"]
+    # Nothing published names this machine: not the store, the home or working directory, the checkout.
+    assert machine_paths_in(offline_study["root"]) == []
     assert "spaces/compare_languages/app.py" in result.stdout + result.stderr  # it says how to open the Space
 
 

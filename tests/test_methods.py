@@ -17,7 +17,7 @@ from pipelines.prompting.grammar import load_grammar
 from pipelines.prompting.interventions import Instruction, instruction, target_gender
 from pipelines.reporting.statistics import goodness_of_fit, paired_test, slope, wilson_interval
 
-from .conftest import fairness_module, image_arguments
+from .conftest import fairness_module, image_arguments, machine_paths_in
 
 
 def test_the_paired_test_on_cases_with_known_answers() -> None:
@@ -377,6 +377,7 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "train_mixed: t2i-bias/world-debiased@" in output and "(reused)" in output
+    assert machine_paths_in(root) == []  # the methods' models and tables name no path of this machine
     store = LocalStore(root)
     table = datasets.load_dataset(str(store.resolve("t2i-bias/world-methods", "dataset")), "methods", split="train")
     rows = {(r["method"], r["language"]): r for r in table}

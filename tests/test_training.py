@@ -178,6 +178,36 @@ def test_full_finetune_to_output_dir_checkpoints_resume_and_stock_loading(
     assert rows.num_rows == 1 and rows[0]["model"].startswith("study/debiased@")
 
 
+@pytest.mark.slow
+def test_the_same_training_in_two_store_folders_publishes_the_same_revision(
+    training_study: dict, tmp_path: Path
+) -> None:
+    """Published models name no path of the machine (diffusers writes each component's `_name_or_path`),
+    so the same training gives the same revision id wherever the store lives; a base given as a
+    folder that is no repo is not named in the card at all."""
+    import shutil
+
+    from .conftest import machine_paths_in
+
+    revisions = []
+    for root in (tmp_path / "one" / "hub", tmp_path / "two" / "deeper" / "hub"):
+        shutil.copytree(training_study["store_root"], root, ignore=shutil.ignore_patterns(".work", "*.lock"))
+        study = {**training_study, "store_root": str(root)}
+        train(study, training_study["model"], root.parent / "out", "--max_train_steps", "2", "--output_repo",
+              "portable")  # fmt: skip
+        revisions.append(LocalStore(root).revision_of("study/portable", "model"))
+        assert machine_paths_in(root, root.parent / "out") == []
+    assert revisions[0] == revisions[1]
+    # From a folder: the card has no base_model, and the title no path.
+    folder = LocalStore(tmp_path / "one" / "hub").resolve(training_study["model"], "model")
+    local = tmp_path / "a-local-model"
+    shutil.copytree(folder, local)
+    study = {**training_study, "store_root": str(tmp_path / "one" / "hub")}
+    train(study, str(local), tmp_path / "from-folder", "--max_train_steps", "1", "--output_repo", "from-folder")
+    published = LocalStore(tmp_path / "one" / "hub").resolve("study/from-folder", "model")
+    assert "base_model" not in card_metadata(published) and str(tmp_path) not in (published / "README.md").read_text()
+
+
 def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict, tmp_path: Path) -> None:
     out = tmp_path / "lora"
     train(

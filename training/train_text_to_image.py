@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from pipelines.artifacts.cards import model_card
 from pipelines.artifacts.dataset_files import SPLIT
-from pipelines.artifacts.inputs import hub_pipeline_files
+from pipelines.artifacts.inputs import hub_pipeline_files, published_name
 from pipelines.artifacts.store import HubStore, card_metadata
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
@@ -98,24 +98,27 @@ def save_model_card(
     # The fine-tune inherits the base model's license (AltDiffusion-m9: creativeml-openrail-m).
     license_ = (card_metadata(base.path) if base.path else {}).get("license")
     dataset = run.inputs.get("dataset_name", args.train_data_dir)
+    # Named by its repo id, never by a path of this machine; a folder that is no repo stays unnamed.
+    base_name = published_name(base)
     model_card(
-        title=f"{base.repo_id or base.given} fine-tuned on {dataset}",
+        title=f"{base_name or 'A local model'} fine-tuned on {dataset}",
         description=(
-            f"A {kind} of `{base.pin}` trained to reduce social bias, on `{dataset}`. Hyper-parameters: "
+            f"A {kind} of `{base.pin}`, trained on `{dataset}` by the toolkit's training script (whether it "
+            "debiases depends on that dataset's captions: see its card). Hyper-parameters: "
             + ", ".join(f"{k}={v}" for k, v in hyper.items())
             + "."
         ),
         lineage=run.lineage,
         languages=languages,
-        base_model=base.repo_id or base.given,
-        base_model_revision=base.revision,
+        base_model=base_name,
+        base_model_revision=base.revision if base_name else None,
         datasets=[run.inputs["dataset_name"].partition("@")[0]] if "dataset_name" in run.inputs else None,
-        tags=["fine-tuned", "debiasing", "lora" if args.use_lora else "full"],
+        tags=["fine-tuned", "lora" if args.use_lora else "full"],
         notes=["Validation prompts (one image each, fixed seed):", *validation] if validation else [],
         usage=usage_snippet(
             run.output_repo_id,
             base.path if args.use_lora else folder,
-            lora_base=(base.repo_id or base.given) if args.use_lora else None,
+            lora_base=(base_name or "<the base model>") if args.use_lora else None,
             base_in_store=base.kind == "store",
         ),
         license=license_,

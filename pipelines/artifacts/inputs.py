@@ -46,6 +46,27 @@ class ModelInput:
         return self.pin
 
 
+def published_name(model: ModelInput) -> str | None:
+    """The name a published card may give a model: its store or Hub repo id, the repo id of a Hugging
+    Face cache snapshot (`models--org--name/snapshots/<revision>`), or None for any other folder or
+    file, whose path belongs to one machine and means nothing on another.
+
+    Example:
+        >>> snapshot = Path("/c/models--BAAI--AltDiffusion-m9/snapshots/1f")
+        >>> published_name(ModelInput("x", "folder", "folder:ab", snapshot))
+        'BAAI/AltDiffusion-m9'
+        >>> published_name(ModelInput("./mine", "folder", "folder:ab", Path("/home/me/mine"))) is None
+        True
+    """
+    if model.repo_id:
+        return model.repo_id
+    if model.path is not None and model.path.parent.name == "snapshots":
+        kind, _, name = model.path.parent.parent.name.partition("--")
+        if kind in ("models", "datasets", "spaces") and "--" in name:
+            return name.replace("--", "/", 1)
+    return None
+
+
 def content_hash(path: Path) -> str:
     """sha256 of a file, or of a folder's relative paths and file hashes; 16 hex digits."""
     if path.is_file():

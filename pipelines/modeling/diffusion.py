@@ -253,6 +253,13 @@ def save_pipeline(pipe: Any, folder: Path, source: Path | None = None) -> None:
     converted (fast) tokenizer does not write.
     """
     pipe.save_pretrained(folder, safe_serialization=True)
+    for config in folder.glob("*/config.json"):
+        # diffusers writes where a component was loaded from (`_name_or_path`, an absolute path on
+        # this machine): published, it would name a folder elsewhere and make the revision id depend
+        # on where the store lives.
+        values = json.loads(config.read_text())
+        if values.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
     index = json.loads((folder / "model_index.json").read_text())
     if index.get("_class_name") == "AltDiffusionPipeline":
         index["text_encoder"] = [None, None]  # no library name diffusers 0.42 can import it by (module doc)
