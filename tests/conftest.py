@@ -140,12 +140,17 @@ def readme_block(name: str) -> str:
 @pytest.fixture(scope="session")
 def offline_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The README's study command, as written, run once into a fresh store; returns its output."""
+    root = tmp_path_factory.mktemp("offline-study") / "hub"
+    return {"root": root, "result": run_study(root)}
+
+
+def run_study(root: Path, extra: str = "") -> subprocess.CompletedProcess[str]:
+    """The README's study command, as written (with `extra` options), into the store at `root`."""
     import subprocess
 
-    root = tmp_path_factory.mktemp("offline-study") / "hub"
     command = readme_block("study").replace(".venv/bin/python", sys.executable)
-    result = subprocess.run(
-        command,
+    return subprocess.run(
+        command + extra,
         shell=True,
         cwd=REPO_ROOT,
         capture_output=True,
@@ -153,7 +158,6 @@ def offline_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         timeout=1500,
         env={**os.environ, "T2I_BIAS_STORE_ROOT": str(root)},
     )
-    return {"root": root, "result": result}
 
 
 def image_arguments(study: dict, **overrides: Any) -> generate_images.Arguments:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from pipelines.errors import ConfigError
 from pipelines.harness.config import parse_arguments
 from pipelines.run import run_recipe
 
-from .conftest import REPO_ROOT, machine_paths_in, readme_block, run_python
+from .conftest import REPO_ROOT, machine_paths_in, run_python, run_study
 
 SMALL = {"professions": ["doctor", "nurse"], "styles": ["close-up"], "ages": ["young"]}
 
@@ -203,20 +202,7 @@ def test_an_untrained_world_ends_the_study_with_two_no_verdicts_and_exit_1(
 
     root = tmp_path / "hub"
     shutil.copytree(offline_study["root"], root, ignore=shutil.ignore_patterns(".work"))
-    command = readme_block("study").replace(".venv/bin/python", sys.executable)
-    runs = []
-    for extra in ("", "", " --keep_going"):
-        runs.append(
-            subprocess.run(
-                command + " --set train_world.max_train_steps=100" + extra,
-                shell=True,
-                cwd=REPO_ROOT,
-                capture_output=True,
-                text=True,
-                timeout=1500,
-                env={**os.environ, "T2I_BIAS_STORE_ROOT": str(root)},
-            )  # fmt: skip
-        )
+    runs = [run_study(root, " --set train_world.max_train_steps=100" + extra) for extra in ("", "", " --keep_going")]
     for run in runs:
         assert run.returncode == 1, run.stderr[-3000:]
         calibrated, debiased = run.stdout.strip().splitlines()[-2:]
@@ -347,8 +333,6 @@ def test_every_offline_study_artifact_opens_by_reference_and_by_its_card(offline
     """Each dataset the offline study published opens by `ns/name@revision` through the one call, and
     a card's own stock-code snippet, run as written against the local store, opens its dataset."""
     import re
-    import subprocess
-    import sys
 
     from pipelines.artifacts.reader import load_artifact
 

@@ -99,7 +99,9 @@ def save_model_card(
     license_ = (card_metadata(base.path) if base.path else {}).get("license")
     dataset = run.inputs.get("dataset_name", args.train_data_dir)
     # Named by its repo id, never by a path of this machine; a folder that is no repo stays unnamed.
-    base_name = published_name(base)
+    # A LoRA is loaded through its card's base, so a LoRA of such a folder still names the folder as
+    # given (machine-specific, and open in issue #29: it needs another way to find its base).
+    base_name = published_name(base) or (base.given if args.use_lora else None)
     model_card(
         title=f"{base_name or 'A local model'} fine-tuned on {dataset}",
         description=(
@@ -118,7 +120,7 @@ def save_model_card(
         usage=usage_snippet(
             run.output_repo_id,
             base.path if args.use_lora else folder,
-            lora_base=(base_name or "<the base model>") if args.use_lora else None,
+            lora_base=base_name if args.use_lora else None,
             base_in_store=base.kind == "store",
         ),
         license=license_,
