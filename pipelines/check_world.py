@@ -178,6 +178,7 @@ class CheckWorld(Stage):
             measured[name] = self.judge(metric, cells, control, planted, target, args)
 
         cell_rows = self.cell_rows(measured, planted, args.confidence)
+        measured["base"]["summary"]["cells_within"] = sum(r["within"] for r in cell_rows) / len(cell_rows)
         summary = [self.planted_row(planted, measured["base"]["cells"], target)]
         summary += [{"model": name, **result["summary"]} for name, result in measured.items()]
         verdicts = self.verdicts(measured, args)
@@ -280,8 +281,6 @@ class CheckWorld(Stage):
                 }
             row["within"] = bool(row["base_ci_low"] <= row["planted_share"] <= row["base_ci_high"])
             rows.append(row)
-        within = sum(r["within"] for r in rows) / len(rows)
-        measured["base"]["summary"]["cells_within"] = within
         return rows
 
     @staticmethod
