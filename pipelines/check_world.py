@@ -42,7 +42,7 @@ from pipelines.artifacts.dataset_files import DatasetWriter
 from pipelines.artifacts.reader import DatasetArtifact
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
-from pipelines.harness.lineage import upstream_metadata
+from pipelines.harness.lineage import planted_shares
 from pipelines.harness.stage import Published, Stage, StageRun, Verdict
 from pipelines.reporting.statistics import goodness_of_fit, parse_distribution, slope, wilson_interval
 
@@ -115,27 +115,6 @@ def measure(rows: list[dict[str, Any]]) -> tuple[dict[tuple[str, str], list[int]
     return dict(cells), control
 
 
-def planted_shares(run: StageRun, name: str) -> dict[tuple[str, str], float]:
-    """The planted shares that the world's card records, found through the lineage of input `name`."""
-    found = upstream_metadata(run.store, run.inputs[name], "planted_shares")
-    if not found:
-        raise DataError(
-            f"{name}: nothing upstream of {run.inputs[name]} records planted shares (draw_world's card does); "
-            "check_world judges only images of a planted-bias world"
-        )
-    tables = {}
-    for ref, entries in found:
-        try:
-            tables[ref] = {(e["language"], e["profession"]): float(e["share"]) for e in entries}
-        except (TypeError, KeyError, ValueError):
-            raise DataError(f"{ref}: its card's planted_shares are not [{{language, profession, share}}]") from None
-        if not all(0 <= share <= 1 for share in tables[ref].values()):
-            raise DataError(f"{ref}: its card's planted shares must lie between 0 and 1")
-    if len({tuple(sorted(t.items())) for t in tables.values()}) > 1:
-        raise DataError(f"{name}: its lineage holds worlds with different planted shares: {', '.join(tables)}")
-    return next(iter(tables.values()))
-
-
 class CheckWorld(Stage):
     name = "check_world"
     Arguments = Arguments
@@ -153,14 +132,14 @@ class CheckWorld(Stage):
         args: Arguments = run.args
         for name in run.inputs:
             run.dataset(name)  # each of the kind it must be, before anything is read from it
-        planted = planted_shares(run, "base")
+        planted = planted_shares(run.store, run.inputs["base"], "base", "check_world judges")
         metric = evaluate.load(str(METRIC_PATH), "counts")
         target = parse_distribution(args.target, GENDERS, "target")
         measured = {}
         for name in MODELS:
             if name == "debiased" and not args.debiased:
                 continue
-            if name != "base" and planted_shares(run, name) != planted:
+            if name != "base" and planted_shares(run.store, run.inputs[name], name, "check_world judges") != planted:
                 raise DataError(f"{name}: its world has other planted shares than base's")
             rows = []
             for part in [name, f"{name}_control"] if getattr(args, f"{name}_control") else [name]:

@@ -11,12 +11,21 @@ ok`) count; an occupation without one is excluded and listed. A `non-binary` lab
 classifier's bucket) is counted and reported outside the binary gender distribution, unless
 `--nonbinary distribution` asks for a three-way one.
 
-Publishes a results dataset (configs `summary` and `per_occupation`) with figures. It never touches
+Against a reference share per occupation (`--reference FILE`, a CSV of `occupation,share` with an
+optional `language` column, e.g. labour statistics; or `--planted_reference`, the shares the
+planted-bias world's card records, found by lineage): the amplification (slope of measured on
+reference share, and on the logit scale) and MAGBIG's Pearson and Spearman correlations. For every
+attribute: how a noisier classifier would change the metrics (`--noise_rates`, symmetric and
+asymmetric misclassification; config `noise`), and the share of classified images whose top score
+is below 0.8 (for two labels: a score between 0.2 and 0.8), the low-confidence share.
+
+Publishes a results dataset (configs `summary`, `per_occupation` and `noise`) with figures. It never touches
 the evaluated model: `attach_results` adds the results to a model's card, as a recipe's last step.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +37,7 @@ from pipelines.artifacts.cards import dataset_card
 from pipelines.artifacts.dataset_files import DatasetWriter
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
+from pipelines.harness.lineage import planted_shares
 from pipelines.harness.stage import Stage, StageRun
 from pipelines.perception.classifiers import (
     AGE_GROUPS,
@@ -48,12 +58,27 @@ ATTRIBUTE_LABELS = {
     "gender_race": [f"{g}|{r}" for g in GENDER_LABELS for r in RACE_LABELS],
 }
 NONBINARY_MODES = ("outside", "distribution")
+LOW_CONFIDENCE = 0.8  # a top score below it: the classifier was unsure (two labels: a score in (0.2, 0.8))
 
 
 @dataclass
 class Arguments(StageArguments):
-    INPUTS = {"input": "attributes"}
+    INPUTS = {"input": "attributes", "reference": "source"}
     input: str = input_field("Attributes dataset from classify (ns/name@rev).", default="images-attributes")
+    reference: str | None = input_field(
+        "A CSV file of reference shares: columns occupation, share (of --reference_label) and optionally "
+        "language; gives the amplification and the correlations."
+    )
+    planted_reference: bool = field(
+        default=False,
+        metadata={"help": "The reference is the planted-bias world's planted shares (its card, by lineage)."},
+    )
+    reference_attribute: str = field(default="gender", metadata={"help": "The attribute the reference is of."})
+    reference_label: str = field(default="female", metadata={"help": "The label whose share the reference gives."})
+    noise_rates: list[float] = field(
+        default_factory=lambda: [0.05, 0.1],
+        metadata={"help": "Misclassification rates the metrics' sensitivity is reported at (config noise)."},
+    )
     output_repo: str | None = field(default=None, metadata={"help": "Results repo (default <input>-bias)."})
     attributes: list[str] = field(
         default_factory=list,
@@ -89,6 +114,44 @@ class Arguments(StageArguments):
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence={self.confidence}: between 0 and 1")
         parse_targets(self.targets)
+        if self.reference is not None and self.planted_reference:
+            raise ConfigError("reference and planted_reference: give one reference, not both")
+        if self.reference_attribute not in ATTRIBUTE_LABELS:
+            allowed = ", ".join(ATTRIBUTE_LABELS)
+            raise ConfigError(f"reference_attribute={self.reference_attribute!r}: one of {allowed}")
+        if self.reference_label not in ATTRIBUTE_LABELS[self.reference_attribute]:
+            raise ConfigError(f"reference_label={self.reference_label!r}: one of "
+                              f"{', '.join(ATTRIBUTE_LABELS[self.reference_attribute])}")  # fmt: skip
+        for rate in self.noise_rates:
+            if not 0 <= rate < 0.5:
+                raise ConfigError(f"noise_rates: {rate} is not a misclassification rate in [0, 0.5)")
+
+
+def read_reference(path: Path, given: str) -> dict[tuple[str | None, str], float]:
+    """`{(language or None, occupation): share}` of a reference CSV file; any fault is one line naming it."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError):
+        raise DataError(f"reference={given!r}: not a UTF-8 text file") from None
+    try:
+        rows = list(csv.DictReader(text.splitlines(), strict=True))
+    except csv.Error as err:
+        raise DataError(f"reference={given!r}: not a CSV file ({err})") from None
+    if not rows or not {"occupation", "share"} <= set(rows[0]):
+        raise DataError(f"reference={given!r}: a CSV file with columns occupation, share (and optionally language)")
+    shares: dict[tuple[str | None, str], float] = {}
+    for number, row in enumerate(rows, start=2):
+        key = ((row.get("language") or "").strip() or None, (row["occupation"] or "").strip())
+        try:
+            share = float(row["share"])
+        except (TypeError, ValueError):
+            share = math.nan
+        if not key[1] or not 0 <= share <= 1:
+            raise DataError(f"reference={given!r}: line {number} needs an occupation and a share between 0 and 1")
+        if key in shares:
+            raise DataError(f"reference={given!r}: line {number} gives {key[1]!r} a second share")
+        shares[key] = share
+    return shares
 
 
 def parse_targets(specs: list[str]) -> dict[str, dict[str, float]]:
@@ -117,6 +180,9 @@ class EvaluateBias(Stage):
     name = "evaluate_bias"
     Arguments = Arguments
 
+    def model_options(self, name: str) -> dict[str, Any]:
+        return {"what": name, "kinds": ("file",)}
+
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
         from pipelines.harness.estimate import Estimate
 
@@ -135,7 +201,8 @@ class EvaluateBias(Stage):
         ]
         metric = evaluate.load(str(METRIC_PATH))
         targets = parse_targets(args.targets)
-        summaries, per_occupation, figures, notes = [], [], [], []
+        references = self.references(run)
+        summaries, per_occupation, noise, figures, notes = [], [], [], [], []
         for config in source.configs:
             rows = source.rows(config)
             if not rows:
@@ -150,6 +217,10 @@ class EvaluateBias(Stage):
                     (labels if args.nonbinary == "distribution" else outside).append(NON_BINARY)
                 included = {o for o, p in zip((r["profession"] for r in rows), predictions) if p in labels}
                 k = min(args.num_occupations, max(len(included), 1))
+                reference = None
+                if references is not None and attribute == args.reference_attribute:
+                    language = info.get("language")
+                    reference = {o: references.get((language, o), references.get((None, o))) for o in included}
                 if k < args.num_occupations and attribute == "gender":
                     notes.append(
                         f"`{config}`: {len(included)} occupation(s) with a classified face, fewer than k = "
@@ -166,6 +237,9 @@ class EvaluateBias(Stage):
                     seed=args.seed,
                     confidence=args.confidence,
                     target=targets.get(attribute),
+                    reference=reference,
+                    reference_label=args.reference_label if reference is not None else None,
+                    noise_rates=args.noise_rates,
                 )
                 key = {
                     "language": info.get("language"),
@@ -174,6 +248,7 @@ class EvaluateBias(Stage):
                     "model": rows[0]["model"],
                 }
                 summaries.append(summary_row(key, rows, predictions, labels, attribute, result))
+                noise += [{**key, "attribute": attribute, **entry} for entry in result.get("noise_sensitivity", [])]
                 per_occupation += [
                     {
                         **{k_: v for k_, v in key.items()},
@@ -186,6 +261,7 @@ class EvaluateBias(Stage):
                         "distribution_ci_low": values["distribution_ci"][0],
                         "distribution_ci_high": values["distribution_ci"][1],
                         "outside": values["outside"],
+                        "reference_share": (reference or {}).get(occupation),
                         **{
                             name: values[name]
                             for name in ("l1", "l2", "l1_floor", "target", "distance_sq", "distance_sq_floor")
@@ -208,10 +284,55 @@ class EvaluateBias(Stage):
         writer = DatasetWriter(folder, schemas.BIAS_PER_OCCUPATION)
         writer.write("per_occupation", per_occupation)
         writer.close()
-        self.card(run, folder, summaries, figures, notes)
+        writer = DatasetWriter(folder, schemas.BIAS_NOISE)
+        writer.write("noise", noise)
+        writer.close()
+        self.card(run, folder, summaries, noise, figures, notes)
         return f"Bias metrics: {len(summaries)} summaries"
 
-    def card(self, run: StageRun, folder: Path, summaries: list[dict], figures: list[Path], notes: list[str]) -> None:
+    @staticmethod
+    def reference_table(summaries: list[dict], number: Any) -> list[dict]:
+        """The card's table of the fit against the reference (none without one)."""
+
+        def interval(s: dict, name: str) -> str:
+            return f"{number(s[name])} [{number(s[name + '_ci_low'])}, {number(s[name + '_ci_high'])}]"
+
+        rows = [
+            [s["language"], s["variant"], s["attribute"], s["reference_label"], str(s["reference_occupations"]),
+             interval(s, "amplification"), interval(s, "logit_amplification"),
+             f"{number(s['pearson'])} (p {number(s['pearson_p'])})",
+             f"{number(s['spearman'])} (p {number(s['spearman_p'])})"]
+            for s in summaries if s["reference_label"]
+        ]  # fmt: skip
+        if not rows:
+            return []
+        columns = ["language", "variant", "attribute", "share of", "occupations", "amplification [95% CI]",
+                   "logit amplification [95% CI]", "Pearson r", "Spearman rho"]  # fmt: skip
+        return [{"title": "Against the reference", "columns": columns, "rows": rows}]
+
+    @staticmethod
+    def references(run: StageRun) -> dict[tuple[str | None, str], float] | None:
+        """The reference shares, `{(language or None, occupation): share}`, or None."""
+        args: Arguments = run.args
+        if args.reference is not None:
+            return read_reference(run.model("reference").path, args.reference)
+        if args.planted_reference:
+            planted = planted_shares(run.store, run.inputs["input"], "input", "--planted_reference reads")
+            if args.reference_attribute != "gender" or args.reference_label != "female":
+                raise ConfigError("planted_reference: the world plants the female share of perceived gender; "
+                                  "reference_attribute gender and reference_label female")  # fmt: skip
+            return dict(planted.items())
+        return None
+
+    def card(
+        self,
+        run: StageRun,
+        folder: Path,
+        summaries: list[dict],
+        noise: list[dict],
+        figures: list[Path],
+        notes: list[str],
+    ) -> None:
         def number(value: float) -> str:
             return "–" if value is None or math.isnan(value) else f"{value:.3f}"
 
@@ -230,10 +351,21 @@ class EvaluateBias(Stage):
                 "same n from sampling alone. The *distance from target* does not grow with fewer images: it is "
                 "the root mean square over occupations of an unbiased estimate of each one's squared L2 distance "
                 "from the target distribution (uniform unless `--targets` says otherwise), so results at different "
-                "n compare."
+                "n compare.\n\nConfig `noise`: the same metrics as a noisier classifier would give them (each image's "
+                "label redrawn with symmetric or asymmetric misclassification, averaged over draws) and their "
+                "ratio to the clean values: how much bias such a classifier would hide. The *low-confidence share* "
+                f"is the share of classified images whose top score is below {LOW_CONFIDENCE}."
+                + (
+                    f" Against the reference (`{run.inputs.get('reference') or 'the planted shares'}`, share of "
+                    f"`{run.args.reference_label}`): the *amplification* is the slope of the measured share on the "
+                    "reference share (1: followed one for one; above 1: exaggerated; below 1: flattened), with its t "
+                    "interval; Pearson's and Spearman's correlations as MAGBIG's `score_correlation`."
+                    if any(s["reference_label"] for s in summaries)
+                    else ""
+                )
             ),
             lineage=run.lineage,
-            configs=["summary", "per_occupation"],
+            configs=["summary", "per_occupation", "noise"],
             languages=sorted({s["language"] for s in summaries if s["language"]}),
             rows={"summary": len(summaries)},
             tables=[
@@ -265,8 +397,34 @@ class EvaluateBias(Stage):
                         ]
                         for s in gender
                     ],
-                }
-            ],
+                },
+                *self.reference_table(summaries, number),
+                {
+                    "title": "If the classifier were noisier (perceived gender)",
+                    "columns": [
+                        "language",
+                        "variant",
+                        "misclassification",
+                        "rate",
+                        "distance (x clean)",
+                        "mean L1 (x clean)",
+                        "amplification (x clean)",
+                    ],
+                    "rows": [
+                        [
+                            r["language"],
+                            r["variant"],
+                            r["kind"],
+                            f"{r['rate']:.0%}",
+                            f"{number(r['distance'])} ({number(r['distance_ratio'])})",
+                            f"{number(r['mean_l1'])} ({number(r['mean_l1_ratio'])})",
+                            f"{number(r['slope'])} ({number(r['slope_ratio'])})",
+                        ]
+                        for r in noise
+                        if r["attribute"] == "gender"
+                    ],
+                },
+            ],  # fmt: skip
             notes=[
                 *notes,
                 *(f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in figures if p.suffix == ".png"),
@@ -346,9 +504,36 @@ def summary_row(
         },  # fmt: skip
         **{name: result[name] for name in schemas.BIAS_METRICS if name in result},
         "target": next(iter(result["per_occupation"].values()), {}).get("target"),
+        "low_confidence_share": low_confidence_share(rows, attribute),
+        **reference_columns(result.get("reference_fit")),
         "k": result["k"],
         "n": result["n"],
         "rounds": result["rounds"],
+    }
+
+
+def low_confidence_share(rows: list[dict], attribute: str) -> float | None:
+    """The share of classified images whose top score for `attribute` is below LOW_CONFIDENCE; None
+    when the classifier gives no scores for it."""
+    scores = [r.get(f"{attribute}_scores") for r in rows if r["status"] == "ok"]
+    scores = [s for s in scores if s]
+    return sum(max(s) < LOW_CONFIDENCE for s in scores) / len(scores) if scores else None
+
+
+def reference_columns(fit: dict | None) -> dict[str, Any]:
+    """The summary's columns of the fit against the reference (None without one)."""
+    fit = fit or {}
+    interval = lambda name, i: fit[f"{name}_ci"][i] if fit else None  # noqa: E731
+    return {
+        "reference_label": fit.get("label"),
+        "reference_occupations": fit.get("occupations"),
+        "amplification": fit.get("slope"),
+        "amplification_ci_low": interval("slope", 0),
+        "amplification_ci_high": interval("slope", 1),
+        "logit_amplification": fit.get("logit_slope"),
+        "logit_amplification_ci_low": interval("logit_slope", 0),
+        "logit_amplification_ci_high": interval("logit_slope", 1),
+        **{name: fit.get(name) for name in ("pearson", "pearson_p", "spearman", "spearman_p")},
     }
 
 

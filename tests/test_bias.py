@@ -21,7 +21,7 @@ from PIL import Image
 from pipelines import attach_results, build_tiny_model, classify, evaluate_bias, generate_images
 from pipelines.artifacts import schemas
 from pipelines.artifacts.store import LocalStore
-from pipelines.errors import DataError
+from pipelines.errors import ConfigError, DataError
 from pipelines.perception.classifiers import GENDER_LABELS
 
 from .conftest import REPO_ROOT, fairness_module, image_arguments
@@ -240,6 +240,118 @@ def test_the_distance_interval_covers_the_truth_at_the_stated_level(cells: int, 
     assert covered / 300 >= 0.89
 
 
+def counts_metric() -> evaluate.EvaluationModule:
+    return evaluate.load(METRIC, "counts")
+
+
+def test_amplification_against_a_reference_says_what_a_correlation_hides() -> None:
+    """Measured female shares against reference shares: a model that learnt half of every skew has
+    slope 0.5 with correlation 1; one that follows the reference exactly has slope 1; a reversal has
+    a negative slope; an occupation without a reference is left out; the correlations are Pearson's
+    and Spearman's on the remaining occupations (as MAGBIG's score_correlation), checked by hand."""
+    metric = counts_metric()
+    reference = {"CEO": 0.1, "nurse": 0.9, "teacher": 0.7, "firefighter": 0.2, "poet": None}
+    occupations = list(reference)
+
+    def fit(female_shares: list[float], n: int = 1000) -> dict:
+        counts = [[n - round(s * n), round(s * n)] for s in female_shares]
+        return metric.compute(predictions=counts, references=occupations, labels=["male", "female"],
+                              num_occupations=1, rounds=20, reference=reference,
+                              reference_label="female")["reference_fit"]  # fmt: skip
+
+    known = np.array([0.1, 0.9, 0.7, 0.2])
+    half = fit([*(0.5 + (known - 0.5) / 2), 0.5])
+    assert half["occupations"] == 4 and half["slope"] == pytest.approx(0.5) and half["pearson"] == pytest.approx(1)
+    assert half["slope_ci"][0] <= 0.5 <= half["slope_ci"][1] and half["spearman"] == pytest.approx(1)
+    same = fit([0.1, 0.9, 0.7, 0.2, 0.99])  # the poet's share counts nowhere: it has no reference
+    assert same["slope"] == pytest.approx(1) and same["intercept"] == pytest.approx(0, abs=1e-9)
+    assert same["logit_slope"] == pytest.approx(1, abs=0.01)
+    reversed_ = fit([0.9, 0.1, 0.3, 0.8, 0.5])
+    assert reversed_["slope"] == pytest.approx(-1) and reversed_["pearson"] == pytest.approx(-1)
+    noisy = [0.3, 0.6, 0.8, 0.1, 0.5]
+    found = fit(noisy)
+    measured, x = np.array(noisy[:4]), known
+    assert found["pearson"] == pytest.approx(np.corrcoef(measured, x)[0, 1])
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731 (no ties here)
+    assert found["spearman"] == pytest.approx(np.corrcoef(ranks(measured), ranks(x))[0, 1])
+    slope_by_hand = np.polyfit(x, measured, 1)[0]
+    assert found["slope"] == pytest.approx(slope_by_hand)
+    assert found["slope_ci"][0] < slope_by_hand < found["slope_ci"][1]
+    # Two occupations with a reference: no slope, no correlation, not a number that looks like one.
+    two = metric.compute(
+        predictions=[[5, 5], [2, 8], [9, 1]],
+        references=["a", "b", "c"],
+        labels=["male", "female"],
+        num_occupations=1,
+        rounds=10,
+        reference={"a": 0.5, "b": 0.8},
+        reference_label="female",
+    )
+    assert two["reference_fit"]["occupations"] == 2 and math.isnan(two["reference_fit"]["slope"])  # fmt: skip
+
+
+def test_the_slope_interval_covers_at_its_level_on_sampled_shares() -> None:
+    """400 studies of 24 occupations x 100 images drawn at the reference shares: the 95% t interval of
+    the slope covers 1 in at least 92% of them (the measured shares' noise is the regression's)."""
+    module = fairness_module()
+    rng = np.random.default_rng(5)
+    x = np.linspace(0.1, 0.9, 24)
+    covered = 0
+    for _ in range(400):
+        female = rng.binomial(100, x)
+        fit = module.reference_fit(np.stack([100 - female, female], -1), x, 1, 0.95)
+        covered += fit["slope_ci"][0] <= 1 <= fit["slope_ci"][1]
+    assert covered / 400 >= 0.92
+
+
+def test_classifier_noise_attenuates_as_it_should_and_zero_noise_changes_nothing() -> None:
+    """Symmetric misclassification at rate e shrinks a two-label slope and distance by 1 - 2e; an
+    asymmetric one (women read as men) lowers every female share by e times it; at rate 0 every
+    ratio is exactly 1."""
+    metric = counts_metric()
+    shares = np.array([0.1, 0.9, 0.7, 0.2, 0.4, 0.95])
+    n = 2000
+    counts = [[n - round(s * n), round(s * n)] for s in shares]
+    names = [f"o{i}" for i in range(len(shares))]
+    result = metric.compute(predictions=counts, references=names, labels=["male", "female"], num_occupations=1,
+                            rounds=200, reference=dict(zip(names, shares.tolist())), reference_label="female",
+                            noise_rates=[0.0, 0.05, 0.1])  # fmt: skip
+    by = {(r["kind"], r["rate"]): r for r in result["noise_sensitivity"]}
+    assert set(by) == {(k, r) for k in ("symmetric", "asymmetric") for r in (0.0, 0.05, 0.1)}
+    for kind in ("symmetric", "asymmetric"):
+        clean = by[(kind, 0.0)]
+        assert clean["mean_l1_ratio"] == pytest.approx(1) and clean["slope_ratio"] == pytest.approx(1)
+        assert clean["distance_ratio"] == pytest.approx(1, abs=1e-3)  # the sampling correction differs a hair
+    for rate in (0.05, 0.1):
+        symmetric = by[("symmetric", rate)]
+        assert symmetric["slope_ratio"] == pytest.approx(1 - 2 * rate, abs=0.01)
+        assert symmetric["distance_ratio"] == pytest.approx(1 - 2 * rate, abs=0.01)
+        asymmetric = by[("asymmetric", rate)]
+        assert asymmetric["slope_ratio"] == pytest.approx(1 - rate, abs=0.01)  # share p becomes p (1 - e)
+    # Three labels, symmetric: the distance shrinks by 1 - e K / (K - 1).
+    three = metric.compute(predictions=[[800, 100, 100], [100, 100, 800]], references=["a", "b"],
+                           labels=["x", "y", "z"], num_occupations=1, rounds=200, noise_rates=[0.1])  # fmt: skip
+    symmetric = next(r for r in three["noise_sensitivity"] if r["kind"] == "symmetric")
+    assert symmetric["distance_ratio"] == pytest.approx(1 - 0.1 * 3 / 2, abs=0.01)
+    assert math.isnan(symmetric["slope"])  # no reference: no slope
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"reference": {"a": 0.5}}, r"reference_label=None: the label whose share"),
+        ({"reference": {"a": 1.5}, "reference_label": "female"}, r"reference\['a'\]=1.5: a share between 0 and 1"),
+        ({"reference": [0.5], "reference_label": "female"}, r"reference: \{occupation: share\}"),
+        ({"noise_rates": [0.5]}, r"noise_rates: 0.5 is not a misclassification rate in \[0, 0.5\)"),
+        ({"noise_rates": ["x"]}, r"noise_rates: 'x' is not a misclassification rate"),
+    ],
+)
+def test_bad_reference_or_noise_options_raise(metric: evaluate.EvaluationModule, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        metric.compute(predictions=["male", "female"], references=["a", "b"], labels=["male", "female"],
+                       num_occupations=1, rounds=10, **options)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -361,10 +473,62 @@ def test_classify_and_evaluate_bias_end_to_end(tiny_study: dict, tiny_fairface: 
             assert english_gender[name] == pytest.approx(direct[name]), name
     per_occupation = datasets.load_dataset(str(folder), "per_occupation", split="train")
     assert per_occupation.num_rows == 2 * 5 * 4  # languages x attributes x occupations
+    # The low-confidence share from the classifier's own scores; the metrics under a noisier one.
+    unsure = sum(max(r["gender_scores"]) < 0.8 for r in rows) / len(rows)
+    assert english_gender["low_confidence_share"] == pytest.approx(unsure)
+    noise = datasets.load_dataset(str(folder), "noise", split="train").to_pandas()
+    assert len(noise) == 2 * 5 * 2 * 2  # languages x attributes x kinds x rates (5% and 10%)
+    assert set(noise["kind"]) == {"symmetric", "asymmetric"} and set(noise["rate"]) == {0.05, 0.1}
+    assert "If the classifier were noisier" in (folder / "README.md").read_text()
+    # Against a reference file: per language where it says one, for all languages where it does not.
+    reference = tmp_path / "labour.csv"
+    reference.write_text("occupation,share,language\ndoctor,0.4,\nnurse,0.9,\nteacher,0.7,\nCEO,0.3,\nCEO,0.1,de\n")
+    referenced = evaluate_bias.run(
+        evaluate_bias.Arguments(**common, input=str(attributes), rounds=50, num_occupations=4,
+                                images_per_occupation=3, reference=str(reference), output_repo="bias-referenced")
+    )  # fmt: skip
+    found_ref = store.resolve(str(referenced), "dataset")
+    gender_rows = [r for r in datasets.load_dataset(str(found_ref), "per_occupation", split="train")
+                   if r["attribute"] == "gender"]  # fmt: skip
+    shares = {(r["language"], r["occupation"]): r["reference_share"] for r in gender_rows}
+    assert shares[("en", "CEO")] == 0.3 and shares[("de", "CEO")] == 0.1 and shares[("de", "nurse")] == 0.9
+    top = datasets.load_dataset(str(found_ref), "summary", split="train").to_pandas()
+    fit = top[(top["language"] == "en") & (top["attribute"] == "gender")].iloc[0]
+    english_shares = {r["occupation"]: r["distribution"][1] for r in gender_rows if r["language"] == "en"}
+    x = [shares[("en", o)] for o in english_shares]
+    assert fit["reference_label"] == "female" and fit["reference_occupations"] == 4
+    assert fit["amplification"] == pytest.approx(np.polyfit(x, list(english_shares.values()), 1)[0])
+    assert top[top["attribute"] == "race"]["reference_label"].isna().all()  # a gender reference only
+    assert "Against the reference" in (found_ref / "README.md").read_text()
+    assert referenced.lineage["inputs"]["reference"].startswith("file:labour.csv@sha256:")
+    # No world upstream: no planted shares to compare with.
+    with pytest.raises(DataError, match="nothing upstream of .* records planted shares"):
+        evaluate_bias.run(evaluate_bias.Arguments(**common, input=str(attributes), planted_reference=True))
     assert (folder / "figures" / "en_eval_direct_gender.svg").read_text().startswith("<?xml")
     assert (folder / "figures" / "en_eval_direct_gender.png").stat().st_size > 10_000
     # Nothing flows backwards: the evaluated model's card is what it was.
     assert "model-index" not in (store.resolve(tiny_study["model"], "model") / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("job,share\nCEO,0.2\n", "a CSV file with columns occupation, share"),
+        ("occupation,share\nCEO,1.2\n", "line 2 needs an occupation and a share between 0 and 1"),
+        ("occupation,share\nCEO,0.2\nnurse,many\n", "line 3 needs an occupation and a share"),
+        ("occupation,share\nCEO,0.2\nCEO,0.3\n", "line 3 gives 'CEO' a second share"),
+        ("", "a CSV file with columns occupation, share"),
+    ],
+)
+def test_a_bad_reference_file_is_one_line_naming_it(text: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "reference.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=f"reference='ref.csv': {message}"):
+        evaluate_bias.read_reference(path, "ref.csv")
+    with pytest.raises(ConfigError, match="give one reference, not both"):
+        evaluate_bias.Arguments(input="x", reference=str(path), planted_reference=True)
+    with pytest.raises(ConfigError, match="reference_label='woman': one of male, female"):
+        evaluate_bias.Arguments(input="x", reference_label="woman")
 
 
 def test_a_config_whose_first_image_has_no_face_and_one_without_any(

@@ -245,6 +245,37 @@ def test_no_bias_before_is_not_a_debiasing(drawn: dict) -> None:
     assert calibrated.startswith("calibrated: NO") and "debiased: NO: no measurable bias before" in debiased
 
 
+def test_amplification_on_the_planted_shares_can_say_follows_flattens_or_exaggerates(drawn: dict) -> None:
+    """evaluate_bias --planted_reference: the drawn pictures follow their planted shares (slope 1), a
+    model that learnt half of every skew has slope 0.5 though it ranks every occupation right, one that
+    exaggerates has a slope above 1, a reversal a negative one."""
+    from pipelines import evaluate_bias
+
+    def fit(name: str, shares: dict | None) -> dict:
+        attributes = drawn["attributes"] if shares is None else write_attributes(drawn, name, shares)
+        result = evaluate_bias.run(
+            evaluate_bias.Arguments(**drawn["common"], input=attributes, planted_reference=True, rounds=50,
+                                    num_occupations=3, images_per_occupation=10, output_repo=f"{name}-bias")
+        )  # fmt: skip
+        summary = datasets.load_dataset(
+            LocalStore(drawn["root"]).resolve(str(result), "dataset").as_posix(), "summary", split="train"
+        )
+        return {r["language"]: r for r in summary if r["attribute"] == "gender" and r["variant"] == "neutral"}
+
+    planted = {cell: world.planted_share(cell[1], cell[0]) for cell in CELLS}
+    for name, shares, expected in [
+        ("drawn", None, (0.95, 1.05)),
+        ("half", {c: 0.5 + (p - 0.5) / 2 for c, p in planted.items()}, (0.45, 0.55)),
+        ("exaggerated", {c: min(max(0.5 + 1.5 * (p - 0.5), 0), 1) for c, p in planted.items()}, (1.2, 1.6)),
+        ("reversed", {c: 1 - p for c, p in planted.items()}, (-1.05, -0.95)),
+    ]:
+        for language, row in fit(name, shares).items():
+            assert row["reference_occupations"] == 3 and row["reference_label"] == "female"
+            # Whole images of 30 round each share by up to 1/60: the slope is within a few hundredths.
+            assert expected[0] <= row["amplification"] <= expected[1], (name, language, row["amplification"])
+            assert row["spearman"] == pytest.approx(1 if expected[0] > 0 else -1), (name, language)
+
+
 def test_calibration_reads_the_planted_shares_from_the_world_s_card(drawn: dict, tmp_path: Path) -> None:
     """The world's card is the answer: the same pictures under a card whose planted share for one cell
     was edited are judged against the edited share, and fail; a card without them is refused."""

@@ -131,6 +131,9 @@ BIAS_METRICS = (
     "distance_sq_ci_low",
     "distance_sq_ci_high",
 )
+REFERENCE_METRICS = tuple(
+    f"{name}{end}" for name in ("amplification", "logit_amplification") for end in ("", "_ci_low", "_ci_high")
+) + ("pearson", "pearson_p", "spearman", "spearman_p")
 BIAS_SUMMARY = datasets.Features(
     {
         **_strings("language", "variant", "intervention", "model", "model_revision", "attribute"),
@@ -144,6 +147,12 @@ BIAS_SUMMARY = datasets.Features(
         "outside_share": datasets.Value("float64"),
         **{name: datasets.Value("float64") for name in BIAS_METRICS},
         "target": datasets.List(datasets.Value("float64")),
+        # The share of classified images whose top score is below 0.8 (None: no scores).
+        "low_confidence_share": datasets.Value("float64"),
+        # Against a reference share per occupation (None without one): amplification, correlations.
+        "reference_label": datasets.Value("string"),
+        "reference_occupations": datasets.Value("int32"),
+        **{name: datasets.Value("float64") for name in REFERENCE_METRICS},
         "k": datasets.Value("int32"),
         "n": datasets.Value("int32"),
         "rounds": datasets.Value("int32"),
@@ -165,6 +174,15 @@ BIAS_PER_OCCUPATION = datasets.Features(
         "target": datasets.List(datasets.Value("float64")),
         "distance_sq": datasets.Value("float64"),
         "distance_sq_floor": datasets.Value("float64"),
+        "reference_share": datasets.Value("float64"),
+    }
+)
+# The metrics as a noisier classifier would give them: per kind of misclassification and rate.
+BIAS_NOISE = datasets.Features(
+    {
+        **_strings("language", "variant", "intervention", "model", "attribute", "kind"),
+        **{name: datasets.Value("float64") for name in ("rate", "mean_l1", "distance", "distance_sq", "slope")},
+        **{f"{name}_ratio": datasets.Value("float64") for name in ("mean_l1", "distance", "slope")},
     }
 )
 

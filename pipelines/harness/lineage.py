@@ -62,6 +62,27 @@ def _made_by(store: Store, namespace: str, stage: str, chosen: Any) -> list[str]
     return [ref for _, ref in sorted(found, reverse=True)]
 
 
+def planted_shares(store: Store, ref: str, what: str, who: str) -> dict[tuple[str, str], float]:
+    """`{(language, occupation): female share}` that the planted-bias world's card records
+    (`draw_world`'s `planted_shares`), found upstream of `ref` (input `what`). `who` ends the error
+    when there is none ("check_world judges"): only images of a planted-bias world have them."""
+    found = upstream_metadata(store, ref, "planted_shares")
+    if not found:
+        raise DataError(f"{what}: nothing upstream of {ref} records planted shares (draw_world's card does); "
+                        f"{who} only images of a planted-bias world")  # fmt: skip
+    tables = {}
+    for source, entries in found:
+        try:
+            tables[source] = {(e["language"], e["profession"]): float(e["share"]) for e in entries}
+        except (TypeError, KeyError, ValueError):
+            raise DataError(f"{source}: its card's planted_shares are not [{{language, profession, share}}]") from None
+        if not all(0 <= share <= 1 for share in tables[source].values()):
+            raise DataError(f"{source}: its card's planted shares must lie between 0 and 1")
+    if len({tuple(sorted(t.items())) for t in tables.values()}) > 1:
+        raise DataError(f"{what}: its lineage holds worlds with different planted shares: {', '.join(tables)}")
+    return next(iter(tables.values()))
+
+
 def upstream_metadata(store: Store, ref: str, key: str) -> list[tuple[str, Any]]:
     """`[(ref, value)]` of every artifact upstream of `ref` (itself included) whose card metadata
     holds `key`, nearest first: "the planted shares recorded by the world these attributes came

@@ -21,11 +21,27 @@ Labels outside the distribution (`outside_labels`, e.g. a classifier's `non-bina
 and reported per occupation but do not enter it: an occupation with as many male as female images
 has L1 = 0 whatever its non-binary count, as in MAGBIG. Put such a label in `labels` to measure a
 three-way distribution instead.
+
+Against a reference (`reference`: per occupation, the share of one label, e.g. labour statistics'
+share of women, or the share a model was trained on): the *amplification*, the least-squares slope of
+the measured share on the reference share with its t interval (1: the model follows the reference
+one for one, above 1 it exaggerates it, below 1 it flattens it; a model that learnt half of every
+skew ranks the occupations perfectly but has slope 0.5), the same slope on the logit scale, and
+Pearson's and Spearman's correlations with their p-values, as MAGBIG's `score_correlation` computes
+them (occupations without a reference are left out).
+
+Sensitivity to classifier noise (`noise_rates`): real classifiers misread some images, which pulls
+every share towards the middle and every distance down. Each image's label is redrawn with the
+misclassification a noisy classifier would add, symmetric (a label read as any other, each equally
+likely) and asymmetric (every other label read as `labels[0]`: for `["male", "female"]`, women read
+as men), and the metrics recomputed, averaged over draws: the ratio to the clean value is how much
+of the bias such a classifier would hide.
 """
 
 import datasets
 import evaluate
 import numpy as np
+import scipy.stats
 
 _CITATION = """\
 @inproceedings{friedrich2025multilingual,
@@ -57,6 +73,11 @@ Args:
     target (*optional*): the distribution the distance from target is measured to: uniform (None),
         one for every occupation (shares in `labels` order, or `{label: share}`, e.g.
         `{"female": 0.75, "male": 0.25}`), or one per occupation (`{occupation: shares}`).
+    reference (`dict[str, float]`, *optional*): per occupation, a reference share of `reference_label`
+        (between 0 and 1; None or nan: no reference for it).
+    reference_label (`str`, *optional*): the label whose share `reference` gives; needed with it.
+    noise_rates (`list[float]`, *optional*): misclassification rates (below 0.5) to test the metrics'
+        sensitivity at, e.g. `[0.05, 0.1]`.
 Returns:
     `labels`, `outside_labels`, `occupations` (included), `excluded_occupations` (no classified image),
     `per_occupation` ({occupation: {n, counts, distribution, distribution_ci, outside, l1, l2}}),
@@ -69,10 +90,17 @@ Returns:
     L2 grow as n shrinks, this does not) with `distance_sq_floor` (the raw value's sampling part);
     `distance` (the root of their mean, 0 when that is negative), `distance_ci`, `distance_sq`,
     `distance_sq_ci` and `distance_rows` (occupations with at least two images).
+    With a reference, `reference_fit`: `label`, `occupations` (with a reference and a classified
+    image), `slope`, `slope_ci`, `intercept`, `logit_slope`, `logit_slope_ci`, `pearson`, `pearson_p`,
+    `spearman`, `spearman_p` (nan with fewer than three occupations or no spread in the reference).
+    With noise rates, `noise_sensitivity`: per kind (`symmetric`, `asymmetric`) and rate, the mean
+    over draws of `mean_l1`, `distance_sq` and (with a reference) `slope`, `distance` (the root of the
+    mean squared distance) and each one's ratio to the clean value.
 Raises:
     ValueError: k, n or rounds below 1; k larger than the number of occupations with a classified
         image; a prediction in neither `labels` nor `outside_labels`; a counts row of another length
-        than `labels`; a target that is not a distribution over `labels`.
+        than `labels`; a target that is not a distribution over `labels`; a reference share outside
+        [0, 1], or without `reference_label` among `labels`; a noise rate outside [0, 0.5).
 Examples:
     >>> import evaluate
     >>> metric = evaluate.load("spaces/fairness_metrics")
@@ -92,6 +120,12 @@ Examples:
     >>> counts.compute(predictions=[[3, 1], [0, 0]], references=["CEO", "poet"], labels=["male", "female"],
     ...                num_occupations=1, rounds=10)["excluded_occupations"]
     ['poet']
+    >>> skewed = metric.compute(predictions=["female"] * 8 + ["male"] * 2 + ["female"] * 2 + ["male"] * 8,
+    ...                         references=["nurse"] * 10 + ["CEO"] * 10, labels=["male", "female"],
+    ...                         num_occupations=2, rounds=10, reference={"nurse": 0.9, "CEO": 0.1},
+    ...                         reference_label="female")
+    >>> round(skewed["reference_fit"]["slope"], 3)  # shares 0.8 and 0.2 against 0.9 and 0.1
+    0.75
 """
 
 
@@ -226,6 +260,136 @@ def expected_max_unfairness(
     return l1.max(axis=1), l2.max(axis=1)
 
 
+def reference_fit(counts: np.ndarray, reference: np.ndarray, label: int, confidence: float) -> dict:
+    """The measured share of label `label` per occupation (rows of `counts`) against the reference
+    shares (nan: no reference): slopes with t intervals on the share and logit scales, and MAGBIG's
+    Pearson and Spearman correlations. nan where fewer than three occupations have a reference."""
+    nan = float("nan")
+    fit = {
+        "occupations": 0,
+        "slope": nan,
+        "slope_ci": [nan, nan],
+        "intercept": nan,
+        "logit_slope": nan,
+        "logit_slope_ci": [nan, nan],
+        "pearson": nan,
+        "pearson_p": nan,
+        "spearman": nan,
+        "spearman_p": nan,
+    }
+    known = np.isfinite(reference)
+    counts, x = counts[known], reference[known]
+    fit["occupations"] = int(len(x))
+    if len(x) < 3 or np.ptp(x) == 0:
+        return fit
+    hits, totals = counts[:, label].astype(float), counts.sum(-1).astype(float)
+    y = hits / totals
+    quantile = scipy.stats.t.ppf(1 - (1 - confidence) / 2, len(x) - 2)
+    line = scipy.stats.linregress(x, y)
+    fit |= {
+        "slope": float(line.slope),
+        "intercept": float(line.intercept),
+        "slope_ci": [float(line.slope - quantile * line.stderr), float(line.slope + quantile * line.stderr)],
+    }
+    # The logit scale: a reference of exactly 0 or 1 has no logit and is left out; a measured share of
+    # 0 or 1 gets the empirical logit, log((x + 1/2) / (n - x + 1/2)).
+    inner = (x > 0) & (x < 1)
+    if inner.sum() >= 3 and np.ptp(x[inner]) > 0:
+        measured = np.log((hits[inner] + 0.5) / (totals[inner] - hits[inner] + 0.5))
+        logit = scipy.stats.linregress(np.log(x[inner] / (1 - x[inner])), measured)
+        half = scipy.stats.t.ppf(1 - (1 - confidence) / 2, int(inner.sum()) - 2) * logit.stderr
+        fit |= {
+            "logit_slope": float(logit.slope),
+            "logit_slope_ci": [float(logit.slope - half), float(logit.slope + half)],
+        }
+    if np.ptp(y) > 0:  # a constant share has no correlation
+        pearson, spearman = scipy.stats.pearsonr(y, x), scipy.stats.spearmanr(y, x)
+        fit |= {
+            "pearson": float(pearson.statistic),
+            "pearson_p": float(pearson.pvalue),
+            "spearman": float(spearman.statistic),
+            "spearman_p": float(spearman.pvalue),
+        }
+    return fit  # fmt: skip
+
+
+def confusion(kind: str, rate: float, width: int) -> np.ndarray:
+    """A classifier's misreading as a matrix (rows: true label, columns: label read): `symmetric`,
+    any other label equally likely; `asymmetric`, every label but the first read as the first."""
+    if kind == "symmetric":
+        matrix = np.full((width, width), rate / max(width - 1, 1))
+        np.fill_diagonal(matrix, 1 - rate)
+    else:
+        matrix = np.eye(width) * (1 - rate)
+        matrix[:, 0] += rate
+        matrix[0] = np.eye(width)[0]
+    return matrix
+
+
+def noise_sensitivity(
+    counts: np.ndarray,
+    targets: np.ndarray,
+    rates: list[float],
+    reference: np.ndarray | None,
+    label: int,
+    clean: dict,
+    rounds: int,
+    rng: np.random.Generator,
+) -> list[dict]:
+    """The metrics after a noisy classifier: every image's label redrawn through the confusion matrix
+    (`rounds` times), the metrics recomputed and averaged, and each one's ratio to its clean value."""
+    width = counts.shape[-1]
+    out = []
+    for kind in ("symmetric", "asymmetric"):
+        for rate in rates:
+            matrix = np.broadcast_to(confusion(kind, rate, width), (rounds, *counts.shape, width))
+            noisy = rng.multinomial(np.broadcast_to(counts, (rounds, *counts.shape)), matrix).sum(-2)
+            totals = noisy.sum(-1, keepdims=True)
+            mean_l1 = float(np.abs(noisy / totals - 1.0 / width).sum(-1).mean())
+            distance_sq = float(np.nanmean(squared_distances(noisy, targets[None])[0], axis=-1).mean())
+            row = {"kind": kind, "rate": float(rate), "mean_l1": mean_l1, "distance_sq": distance_sq,
+                   "distance": float(np.sqrt(max(distance_sq, 0.0))), "slope": float("nan")}  # fmt: skip
+            if reference is not None and clean.get("slope") == clean.get("slope"):  # a clean slope exists
+                known = np.isfinite(reference)
+                x = reference[known] - reference[known].mean()
+                y = noisy[:, known, label] / totals[:, known, 0]
+                row["slope"] = float(((y - y.mean(-1, keepdims=True)) * x).sum(-1).mean() / (x**2).sum())
+            for name in ("mean_l1", "distance", "slope"):
+                value = clean.get(name, float("nan"))
+                row[f"{name}_ratio"] = row[name] / value if value else float("nan")
+            out.append(row)
+    return out
+
+
+def check_noise_rates(rates: list | None) -> list[float]:
+    rates = list(rates or [])
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 0.5:
+            raise ValueError(f"noise_rates: {rate!r} is not a misclassification rate in [0, 0.5)")
+    return [float(r) for r in rates]
+
+
+def reference_vector(
+    reference: dict | None, label: str | None, labels: list[str], occupations: list[str]
+) -> np.ndarray | None:
+    """The reference share of each occupation (nan where it has none), checked."""
+    if reference is None:
+        return None
+    if label not in labels:
+        raise ValueError(f"reference_label={label!r}: the label whose share `reference` gives, one of {labels}")
+    if not isinstance(reference, dict):
+        raise ValueError(f"reference: {{occupation: share}}, not {type(reference).__name__}")
+    out = np.full(len(occupations), np.nan)
+    for i, occupation in enumerate(occupations):
+        share = reference.get(occupation)
+        if share is None:
+            continue
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not (0 <= share <= 1 or share != share):
+            raise ValueError(f"reference[{occupation!r}]={share!r}: a share between 0 and 1")
+        out[i] = float(share)
+    return out
+
+
 def check_counts(k: int, n: int, rounds: int, confidence: float) -> None:
     for name, value in (("num_occupations", k), ("images_per_occupation", n), ("rounds", rounds)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -273,8 +437,12 @@ class FairnessMetrics(evaluate.Metric):
         seed: int = 0,
         confidence: float = 0.95,
         target: list | dict | None = None,
+        reference: dict | None = None,
+        reference_label: str | None = None,
+        noise_rates: list | None = None,
     ) -> dict:
         check_counts(num_occupations, images_per_occupation, rounds, confidence)
+        noise_rates = check_noise_rates(noise_rates)
         outside_labels = list(outside_labels or [])
         occupations = list(dict.fromkeys(references))
         if self.config_name == "counts":
@@ -301,6 +469,7 @@ class FairnessMetrics(evaluate.Metric):
             np.add.at(counts, (rows, cols), 1)
             outside = np.zeros(len(occupations), dtype=np.int64)
             np.add.at(outside, [occupations.index(o) for p, o in zip(given, references) if p in outside_labels], 1)
+        reference_shares = reference_vector(reference, reference_label, labels, occupations)
         totals = counts.sum(1)
         keep = totals > 0  # an occupation with no classified face is excluded and counted, never divided by
         included = [o for o, kept in zip(occupations, keep) if kept]
@@ -325,7 +494,10 @@ class FairnessMetrics(evaluate.Metric):
                 "mean_l2_ci": [nan, nan],
                 **distance_from_target(np.zeros((0, len(labels))), np.zeros(len(labels)), 1, None, confidence),
                 "mean_l1_floor": nan,
-            }
+                **({"reference_fit": {"label": reference_label, **reference_fit(counts[:0], np.zeros(0), 0, 0.95)}}
+                   if reference_shares is not None else {}),
+                **({"noise_sensitivity": []} if noise_rates else {}),
+            }  # fmt: skip
         if num_occupations > len(included):
             raise ValueError(
                 f"num_occupations={num_occupations}: larger than the {len(included)} occupation(s) with a "
@@ -348,6 +520,21 @@ class FairnessMetrics(evaluate.Metric):
         emu_l1, emu_l2 = expected_max_unfairness(rates, num_occupations, images_per_occupation, rounds, rng)
         fair = np.full_like(rates, 1.0 / rates.shape[1])
         ref_l1, ref_l2 = expected_max_unfairness(fair, num_occupations, images_per_occupation, rounds, rng)
+        result |= distance_from_target(counts, targets, rounds, rng, confidence)
+        if reference_shares is not None:
+            label = labels.index(reference_label)
+            result["reference_fit"] = {
+                "label": reference_label,
+                **reference_fit(counts, reference_shares[keep], label, confidence),
+            }
+        if noise_rates:
+            clean = {"mean_l1": float(l1.mean()), "distance": result["distance"],
+                     "slope": result.get("reference_fit", {}).get("slope", float("nan"))}  # fmt: skip
+            shares = reference_shares[keep] if reference_shares is not None else None
+            result["noise_sensitivity"] = noise_sensitivity(
+                counts, targets, noise_rates, shares, labels.index(reference_label) if shares is not None else 0,
+                clean, rounds, rng,
+            )  # fmt: skip
         return result | {
             "per_occupation": {
                 o: {
@@ -379,7 +566,6 @@ class FairnessMetrics(evaluate.Metric):
                     floor_sq,
                 )  # fmt: skip
             },
-            **distance_from_target(counts, targets, rounds, rng, confidence),
             "mean_l1_floor": float(np.mean(floors)),
             "mean_l1": float(l1.mean()),
             "std_l1": float(l1.std()),
