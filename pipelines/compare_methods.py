@@ -1,23 +1,37 @@
 """Debiasing methods side by side: bias, alignment, speed and explicit-gender control in one table.
 
     python -m pipelines.compare_methods \\
-        --methods "base=images-base,base-g3=images-base-g3,finetuned=images-finetuned" --baseline base
+        --methods "base=images-base,base-g3=images-base-g3,finetuned=images-ft-s0|images-ft-s1" --baseline base
 
 A method is what made a set of images: a model at one guidance scale (an images dataset, named by a
 label), with one of the training-free interventions (`none`, `explicit_gender`, `ethical`,
 `negative`, `sega`; each a config of the images dataset, see `pipelines/prompting/interventions.py`).
 Everything else is found by lineage from each images dataset: its attributes (classify), bias
-results (evaluate_bias) and CLIP scores (evaluate_alignment). For every method, language and prompt
-variant the table gives:
+results (evaluate_bias) and CLIP scores (evaluate_alignment). A method trained with several seeds
+gives one images dataset per seed, `label=images-s0|images-s1|images-s2`.
 
-- the bias: mean L1 distance from uniform of the perceived attribute (with its bootstrap interval)
-  and MAGBIG's expected maximum unfairness beside its random reference;
-- a paired comparison with the baseline method on the same occupations and seeds: the mean
-  per-occupation difference of L1, its bootstrap interval and the sign-flip permutation p-value
-  (`pipelines/reporting/statistics.py`);
-- what it costs: the CLIP score (English CLIP, the occupation text), seconds per image (the images
-  dataset's own timing), and explicit-gender control, the share of images from explicitly gendered
-  prompts (`eval_female`, `eval_male`) perceived as the gender asked for, when the images have them.
+A matched design: every method is measured on the same prompts, the same image seeds and the same
+number of images per cell (`--images_per_cell`; default the most that every method has): images
+with sample index below n, so image i of one method and image i of another come from the same
+noise. For every method, language and prompt variant the table gives:
+
+- the bias: the distance from the target (per occupation an unbiased squared L2 distance, root mean
+  square over occupations, with its interval; the target the bias results used), raw mean L1 beside
+  its sampling floor, and MAGBIG's expected maximum unfairness beside its random reference; with
+  seeds, the mean over seeds, the seeds' range, and an interval over seeds;
+- the amplification, when the images come from the planted-bias world: the slope of the measured
+  share on the planted one (1: no amplification);
+- a paired test against the baseline on the same occupations and seeds, and, pooled over languages
+  and occupations, every pair of methods on the same prompts; Holm-adjusted over the whole table;
+  with seeds, how many seeds alone are fairer than the baseline;
+- explicit-gender control, the share of explicitly gendered prompts' images (`eval_female`,
+  `eval_male`, or the grid's gendered prompts) perceived as asked: a row whose control is below
+  `--min_control` is *not measurable* (the model does not obey gender words on that template, so its
+  neutral prompts' shares say little about a debiasing method), and is left out of the tests;
+- what it costs, as work rather than time taken under whatever load: UNet evaluations per image
+  (denoising steps x the batch classifier-free guidance or SEGA runs) and images seen in training
+  for a model trained for the method; and the CLIP score (English CLIP, the occupation text) when
+  measured.
 
 Publishes a results dataset (config `methods`) with figures: bias per method and language (the
 base-vs-fine-tuned figure when the methods are models), bias against guidance scale, and control.
@@ -31,19 +45,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines import PROJECT_ROOT
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
 from pipelines.artifacts.dataset_files import DatasetWriter
-from pipelines.artifacts.reader import DatasetArtifact
-from pipelines.errors import ConfigError, DataError
+from pipelines.artifacts.store import card_metadata
+from pipelines.errors import ConfigError, DataError, UserError
 from pipelines.harness.config import StageArguments
-from pipelines.harness.lineage import parse_versions, version_refs
+from pipelines.harness.lineage import parse_versions, planted_shares, version_refs
 from pipelines.harness.stage import Stage, StageRun
-from pipelines.reporting.statistics import holm, paired_test, wilson_interval
+from pipelines.reporting.statistics import holm, mean_interval, paired_test, wilson_interval
 
 # Explicitly gendered prompts, and the gender they ask for (None: each row's own, the grid's gendered prompts).
 CONTROL_VARIANTS = {"eval_female": "female", "eval_male": "male", "gendered": None}
 ALIGNMENT_SCORE = "clip_en_occupation"
+METRIC_PATH = PROJECT_ROOT / "spaces" / "fairness_metrics"
 
 
 @dataclass
@@ -62,11 +78,24 @@ class Arguments(StageArguments):
     rounds: int = field(default=10_000, metadata={"help": "Bootstrap (and Monte Carlo permutation) rounds."})
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
     confidence: float = field(default=0.95, metadata={"help": "Interval level."})
+    images_per_cell: int | None = field(
+        default=None,
+        metadata={"help": "n: images per (prompt, occupation) cell, the first n seeds of every method (default: "
+                  "the most that every method has)."},
+    )  # fmt: skip
+    min_control: float = field(
+        default=0.9,
+        metadata={"help": "Explicit-gender control below which a row is not measurable."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         labels = parse_versions(self.methods, "methods")
         self.check_at_least(1, "rounds")
+        if self.images_per_cell is not None:
+            self.check_at_least(2, "images_per_cell")
+        if not 0 <= self.min_control <= 1:
+            raise ConfigError(f"min_control={self.min_control}: a share between 0 and 1")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence={self.confidence}: between 0 and 1")
         if self.baseline is not None and self.baseline.partition("+")[0] not in labels:
@@ -80,8 +109,9 @@ class CompareMethods(Stage):
     def pinned_inputs(self, args: Arguments, store: Any) -> dict[str, str]:
         pinned = {}
         for label, spec in parse_versions(args.methods, "methods").items():
-            for kind, ref in version_refs(store, args.namespace, label, spec).items():
-                pinned[f"{label}.{kind}"] = ref
+            for name, one in seed_specs(label, spec).items():
+                for kind, ref in version_refs(store, args.namespace, label, one).items():
+                    pinned[f"{name}.{kind}"] = ref
         return pinned
 
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
@@ -92,15 +122,26 @@ class CompareMethods(Stage):
         return Estimate(reads=list(labels.values()), makes=f"a comparison of {len(labels)} method(s) (CPU, seconds)")
 
     def build(self, run: StageRun, folder: Path) -> str:
+        import evaluate
+
         args: Arguments = run.args
         labels = list(parse_versions(args.methods, "methods"))
-        measured = {label: self.measure(run, label, args) for label in labels}
-        rows = [row for label in labels for row in measured[label]["rows"]]
-        if not rows:
-            raise DataError(f"methods: no {args.attribute!r} results in the bias datasets of {', '.join(labels)}")
+        seeds = {label: [n for n in seed_specs(label, spec)] for label, spec in parse_versions(args.methods).items()}
+        loaded = {name: self.load(run, name, args) for label in labels for name in seeds[label]}
+        n = self.images_per_cell(loaded, args)
+        metric = evaluate.load(str(METRIC_PATH), "counts")
+        planted = self.planted(run, [name for label in labels for name in seeds[label]])
         baseline = args.baseline or labels[0]
         base_label, _, base_intervention = baseline.partition("+")
         base_intervention = base_intervention or "none"
+        base_model = loaded[seeds[base_label][0]]["model"]
+        measured = {
+            label: self.measure(label, [loaded[name] for name in seeds[label]], n, metric, planted, base_model, args)
+            for label in labels
+        }
+        rows = [row for label in labels for row in measured[label]["rows"]]
+        if not rows:
+            raise DataError(f"methods: no {args.attribute!r} results in the bias datasets of {', '.join(labels)}")
         cells = {label: measured[label]["cells"] for label in labels}
         for row in rows:
             reference = cells[base_label].get((base_intervention, row["language"], row["variant"]), {})
@@ -112,13 +153,13 @@ class CompareMethods(Stage):
                 reference_name = f"{row['label']}+none"
             own = cells[row["label"]].get((row["intervention"], row["language"], row["variant"]), {})
             is_baseline = row["label"] == base_label and row["intervention"] == base_intervention
-            test = self.test(reference, own, args) if reference and not is_baseline else None
+            test = self.test(reference, own, args) if reference and row["measurable"] and not is_baseline else None
             row |= {
                 "baseline": reference_name if reference else None,
                 **{f"difference_{k}": test and test[k] for k in ("mean", "ci_low", "ci_high")},
                 "p_value": test and test["p_value"],
             }
-        comparisons = self.comparisons(rows, cells, baseline, args)
+        comparisons = self.comparisons(rows, measured, baseline, args)
         # One family: every test the table reports, corrected together.
         tested = [r for r in [*rows, *comparisons] if r["p_value"] is not None]
         for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
@@ -132,10 +173,10 @@ class CompareMethods(Stage):
             writer = DatasetWriter(folder, features)
             writer.write(config, table)
             writer.close()
-        print(self.report(rows, comparisons, baseline), flush=True)
+        print(self.report(rows, comparisons, baseline, n), flush=True)
         figures = self.figures(folder, rows, args)
-        self.card(run, folder, rows, comparisons, figures, baseline)
-        return f"{len({r['method'] for r in rows})} methods compared on {args.attribute}"
+        self.card(run, folder, rows, comparisons, figures, baseline, n)
+        return f"{len({r['method'] for r in rows})} methods compared on {args.attribute} at {n} images per cell"
 
     @staticmethod
     def test(reference: dict[Any, float], own: dict[Any, float], args: Arguments) -> dict[str, float] | None:
@@ -148,117 +189,291 @@ class CompareMethods(Stage):
         return {"mean": test["mean_difference"], "ci_low": test["ci_low"], "ci_high": test["ci_high"],
                 "p_value": test["p_value"], "cells": len(shared)}  # fmt: skip
 
-    def comparisons(self, rows: list[dict], cells: dict, baseline: str, args: Arguments) -> list[dict[str, Any]]:
-        """Every pair of methods measured on the same prompts, pooled over the (language, occupation)
-        cells both have: the baseline against each, and the others against one another."""
+    def comparisons(self, rows: list[dict], measured: dict, baseline: str, args: Arguments) -> list[dict[str, Any]]:
+        """Every pair of measurable methods on the same prompts, pooled over the (language, occupation)
+        cells both have: the baseline against each, and the others against one another. With seeds,
+        how many of a method's seeds alone are fairer than the other method (p < 0.05, one test each)."""
         out = []
         methods = list(dict.fromkeys((r["method"], r["label"], r["intervention"], r["variant"]) for r in rows))
         methods.sort(key=lambda m: m[0] != baseline)  # the baseline first: it is the `versus` of its pairs
+        unmeasurable = {(r["method"], r["variant"], r["language"]) for r in rows if not r["measurable"]}
+
+        def pooled(values: dict, own: str, variant: str, name: str) -> dict:
+            return {(language, occupation): value
+                    for (intervention, language, kind), by_occupation in values.items()
+                    if intervention == own and kind == variant and (name, variant, language) not in unmeasurable
+                    for occupation, value in by_occupation.items()}  # fmt: skip
+
         for variant in sorted({m[3] for m in methods}):
             chosen = [m for m in methods if m[3] == variant]
-            pooled = {
-                name: {(language, occupation): value
-                       for (intervention, language, kind), values in cells[label].items()
-                       if intervention == own and kind == variant
-                       for occupation, value in values.items()}
+            mean = {name: pooled(measured[label]["cells"], own, variant, name) for name, label, own, _ in chosen}
+            per_seed = {
+                name: [pooled(cells, own, variant, name) for cells in measured[label]["seed_cells"]]
                 for name, label, own, _ in chosen
-            }  # fmt: skip
+            }
             for index, (versus, *_) in enumerate(chosen):
                 for method, *_ in chosen[index + 1 :]:
-                    test = self.test(pooled[versus], pooled[method], args)
-                    if test is not None:
-                        out.append({"variant": variant, "method": method, "versus": versus,
-                                    "attribute": args.attribute, "cells": test.pop("cells"),
-                                    **{f"difference_{k}": test[k] for k in ("mean", "ci_low", "ci_high")},
-                                    "p_value": test["p_value"]})  # fmt: skip
+                    test = self.test(mean[versus], mean[method], args)
+                    if test is None:
+                        continue
+                    alone = [self.test(mean[versus], seed, args) for seed in per_seed[method]]
+                    out.append({"variant": variant, "method": method, "versus": versus,
+                                "attribute": args.attribute, "cells": test.pop("cells"),
+                                **{f"difference_{k}": test[k] for k in ("mean", "ci_low", "ci_high")},
+                                "p_value": test["p_value"], "seeds": len(alone),
+                                "seeds_better": sum(t is not None and t["mean"] < 0 and t["p_value"] < 0.05
+                                                    for t in alone)})  # fmt: skip
         return out
 
-    def measure(self, run: StageRun, label: str, args: Arguments) -> dict[str, Any]:
-        """One label's rows (per intervention, language and variant) and, per cell, the unbiased
-        squared distance from the target (`distance_sq` of the bias results)."""
-        images = run.dataset(f"{label}.images").expect("images", label)
-        bias = run.dataset(f"{label}.bias").expect("bias", label)
+    def load(self, run: StageRun, name: str, args: Arguments) -> dict[str, Any]:
+        """One images dataset's model, settings and perceived labels: `{key: {occupation: {sample
+        index: label}}}` per (intervention, language, variant), with the bias results' labels and
+        targets, so that every method is measured the same way on the same images."""
+        images = run.dataset(f"{name}.images").expect("images", name)
+        bias = run.dataset(f"{name}.bias").expect("bias", name)
+        attributes = run.dataset(f"{name}.attributes")
         parameters = images.lineage.get("parameters", {})
-        guidance = float(parameters.get("guidance_scale", math.nan))
-        model = images.lineage.get("inputs", {}).get("model", "")
-        seconds = images.metadata.get("seconds_per_image") or {}
-        alignment = self.alignment(run, label)
-        control = self.control(run.dataset(f"{label}.attributes"), args.confidence)
-        per_config = {
-            (info.get("intervention") or "none", info.get("language"), info.get("variant")): config
-            for config in images.configs
-            for info in [images.config_info(config)]
-        }
-        cells: dict[tuple, dict[str, float]] = defaultdict(dict)
-        sizes: dict[tuple, list[int]] = defaultdict(list)
-        bias.require_columns("per_occupation", ["distance_sq"])  # made before it existed: run evaluate_bias again
-        for row in bias.rows("per_occupation"):
-            if row["attribute"] == args.attribute and row["distance_sq"] is not None:
-                key = (row["intervention"] or "none", row["language"], row["variant"])
-                cells[key][row["occupation"]] = row["distance_sq"]
-                sizes[key].append(row["n"])
-        rows = []
+        labels, size = None, {}
         for summary in bias.rows("summary"):
-            key = (summary["intervention"] or "none", summary["language"], summary["variant"])
-            if summary["attribute"] != args.attribute or summary["variant"] in CONTROL_VARIANTS:
-                continue
-            intervention = key[0]
-            own_control = control.get(summary["language"], {})
-            rows.append(
-                {
-                    "method": label if intervention == "none" else f"{label}+{intervention}",
-                    "label": label,
-                    "intervention": intervention,
-                    "model": model,
-                    "language": summary["language"],
-                    "variant": summary["variant"],
-                    "attribute": args.attribute,
-                    "guidance_scale": guidance,
-                    "num_occupations": summary["num_occupations"],
-                    **{name: summary[name] for name in ("mean_l1", "mean_l1_ci_low", "mean_l1_ci_high")},
-                    **{name: summary[name] for name in ("exp_max_l1", "random_exp_max_l1")},
-                    "l1_floor": summary["mean_l1_floor"],
-                    **{name: summary[name] for name in ("distance", "distance_ci_low", "distance_ci_high")},
-                    "images_per_occupation": _mean(sizes.get(key, [])),
-                    "clip_score": alignment.get(key),
-                    "seconds_per_image": seconds.get(per_config.get(key, ""), None),
-                    "explicit_gender_control": own_control.get("share"),
-                    "explicit_gender_control_ci_low": own_control.get("low"),
-                    "explicit_gender_control_ci_high": own_control.get("high"),
-                    "explicit_gender_images": own_control.get("n", 0),
-                }
-            )
-        return {"rows": rows, "cells": cells}
+            if summary["attribute"] == args.attribute:
+                labels = list(summary["labels"])
+                size = {"k": summary["k"], "n": summary["n"]}
+        if labels is None:
+            raise DataError(f"methods: {run.inputs[f'{name}.bias']} has no {args.attribute!r} results")
+        targets = {
+            (row["intervention"] or "none", row["language"], row["variant"], row["occupation"]): row["target"]
+            for row in bias.rows("per_occupation")
+            if row["attribute"] == args.attribute
+        }
+        perceived: dict[tuple, dict[str, dict[int, str | None]]] = defaultdict(lambda: defaultdict(dict))
+        control: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        columns = ["profession", "sample_index", "status", "intervention", "prompt_gender", args.attribute]
+        if args.attribute == "gender":
+            columns = list(dict.fromkeys(columns))
+        for config in attributes.configs:
+            info = attributes.config_info(config)
+            language, variant = info.get("language"), info.get("variant")
+            for row in attributes.rows(config, columns):
+                intervention = row["intervention"] or "none"
+                label = row[args.attribute] if row["status"] == "ok" else None
+                if variant in CONTROL_VARIANTS:
+                    asked = CONTROL_VARIANTS[variant] or row["prompt_gender"]
+                    if intervention == "none" and asked and label is not None and args.attribute == "gender":
+                        control[language][0] += label == asked
+                        control[language][1] += 1
+                    continue
+                perceived[(intervention, language, variant)][row["profession"]][row["sample_index"]] = label
+        return {
+            "name": name,
+            "model": images.lineage.get("inputs", {}).get("model", ""),
+            "guidance": float(parameters.get("guidance_scale", math.nan)),
+            "steps": parameters.get("num_inference_steps"),
+            "labels": labels,
+            "size": size,
+            "targets": targets,
+            "perceived": perceived,
+            "control": control,
+            "alignment": self.alignment(run, name),
+            "training_images": model_training(run, images.lineage.get("inputs", {}).get("model", "")),
+        }
 
     @staticmethod
-    def report(rows: list[dict], comparisons: list[dict], baseline: str) -> str:
-        """The table as the run prints it: each method's distance from the target beside raw L1 and
-        its floor, and the tests that survive Holm's correction."""
+    def images_per_cell(loaded: dict[str, dict], args: Arguments) -> int:
+        """n: the images per cell every method is measured on (the first n sample indices)."""
+        have = {
+            name: min(len(indices) for cells in found["perceived"].values() for indices in cells.values())
+            for name, found in loaded.items()
+            if found["perceived"]
+        }
+        if not have:
+            raise DataError("methods: no images of prompts without an explicit gender to compare")
+        fewest = min(have, key=have.get)
+        if args.images_per_cell is None:
+            return have[fewest]
+        if args.images_per_cell > have[fewest]:
+            raise ConfigError(f"images_per_cell={args.images_per_cell}: {fewest} has {have[fewest]} images in "
+                              "some cell; every method must have n")  # fmt: skip
+        return args.images_per_cell
 
-        def number(value: Any, digits: int = 3) -> str:
-            return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    @staticmethod
+    def planted(run: StageRun, names: list[str]) -> dict[tuple[str, str], float] | None:
+        """The planted shares when every method's images come from the planted-bias world, else None."""
+        try:
+            tables = [planted_shares(run.store, run.inputs[f"{n}.images"], n, "") for n in names]
+        except DataError:
+            return None
+        return tables[0] if all(t == tables[0] for t in tables) else None
 
-        lines = [f"{'method':<28}{'lang':<6}{'n/cell':>7}{'distance [95% CI]':>24}{'L1 (floor)':>16}"
-                 f"{'p vs ' + baseline:>16}{'Holm':>8}"]  # fmt: skip
+    def measure(
+        self,
+        label: str,
+        seeds: list[dict[str, Any]],
+        n: int,
+        metric: Any,
+        planted: dict | None,
+        base_model: str,
+        args: Arguments,
+    ) -> dict[str, Any]:
+        """One label's rows (per intervention, language and variant) on the first n images of every
+        cell; its cells' squared distances, averaged over seeds and per seed."""
+        first = seeds[0]
+        rows, cells, seed_cells = [], defaultdict(dict), [defaultdict(dict) for _ in seeds]
+        for key in sorted(first["perceived"]):
+            intervention, language, variant = key
+            results, pooled = [], None
+            for index, found in enumerate(seeds):
+                by_occupation = found["perceived"].get(key, {})
+                occupations = sorted(by_occupation)
+                counts = [[sum(by_occupation[o].get(i) == lab for i in range(n)) for lab in found["labels"]]
+                          for o in occupations]  # fmt: skip
+                usable = [o for o, c in zip(occupations, counts) if sum(c) > 0]
+                if not usable:
+                    continue
+                pooled = counts if pooled is None else [[a + b for a, b in zip(x, y)] for x, y in zip(pooled, counts)]
+                result = metric.compute(
+                    predictions=counts, references=occupations, labels=found["labels"],
+                    num_occupations=min(found["size"].get("k") or len(usable), len(usable)),
+                    images_per_occupation=found["size"].get("n") or 10, rounds=args.rounds, seed=args.seed,
+                    confidence=args.confidence,
+                    target={o: found["targets"].get((*key, o)) or [1 / len(found["labels"])] * len(found["labels"])
+                            for o in occupations},
+                )  # fmt: skip
+                results.append(result)
+                for occupation, values in result["per_occupation"].items():
+                    if values["distance_sq"] == values["distance_sq"]:
+                        seed_cells[index][key][occupation] = values["distance_sq"]
+            if not results:
+                continue
+            shared = set.intersection(*(set(c[key]) for c in seed_cells[: len(results)]))
+            cells[key] = {o: _mean([c[key][o] for c in seed_cells[: len(results)]]) for o in sorted(shared)}
+            fit = self.amplification(metric, pooled, sorted(first["perceived"][key]), first["labels"], planted,
+                                     language, args)  # fmt: skip
+            control = self.control_share(seeds, language, args.confidence)
+            rows.append(self.row(label, first, key, n, results, fit, control, base_model, args))
+        return {"rows": rows, "cells": dict(cells), "seed_cells": [dict(c) for c in seed_cells]}
+
+    def row(
+        self,
+        label: str,
+        first: dict,
+        key: tuple,
+        n: int,
+        results: list[dict],
+        fit: dict,
+        control: dict,
+        base_model: str,
+        args: Arguments,
+    ) -> dict[str, Any]:
+        intervention, language, variant = key
+        squared = [r["distance_sq"] for r in results]
+        if len(results) == 1:
+            (one,) = results
+            low, high = one["distance_ci"]
+            l1_low, l1_high = one["mean_l1_ci"]
+        else:  # over seeds: training randomness and sampling together
+            low, high = (math.sqrt(max(v, 0.0)) for v in mean_interval(squared, args.confidence))
+            l1_low, l1_high = mean_interval([r["mean_l1"] for r in results], args.confidence)
+        measurable = control["share"] is None or control["share"] >= args.min_control
+        return {
+            "method": label if intervention == "none" else f"{label}+{intervention}",
+            "label": label,
+            "intervention": intervention,
+            "model": first["model"],
+            "language": language,
+            "variant": variant,
+            "attribute": args.attribute,
+            "guidance_scale": first["guidance"],
+            "num_occupations": len(results[0]["occupations"]),
+            "images_per_occupation": float(n),
+            "seeds": len(results),
+            "mean_l1": _mean([r["mean_l1"] for r in results]),
+            "mean_l1_ci_low": l1_low,
+            "mean_l1_ci_high": l1_high,
+            "exp_max_l1": _mean([r["exp_max_l1"] for r in results]),
+            "random_exp_max_l1": _mean([r["random_exp_max_l1"] for r in results]),
+            "l1_floor": _mean([r["mean_l1_floor"] for r in results]),
+            "distance": math.sqrt(max(_mean(squared), 0.0)),
+            "distance_ci_low": low,
+            "distance_ci_high": high,
+            "seed_distance_low": min(r["distance"] for r in results),
+            "seed_distance_high": max(r["distance"] for r in results),
+            "amplification": fit.get("slope"),
+            "amplification_ci_low": fit.get("slope_ci", [None, None])[0],
+            "amplification_ci_high": fit.get("slope_ci", [None, None])[1],
+            "measurable": measurable,
+            "clip_score": first["alignment"].get(key),
+            "unet_passes_per_image": unet_passes(first["steps"], first["guidance"], intervention),
+            "training_images": training_images(first, base_model),
+            "explicit_gender_control": control["share"],
+            "explicit_gender_control_ci_low": control["low"],
+            "explicit_gender_control_ci_high": control["high"],
+            "explicit_gender_images": control["n"],
+        }
+
+    @staticmethod
+    def amplification(
+        metric: Any,
+        counts: list,
+        occupations: list[str],
+        labels: list[str],
+        planted: dict | None,
+        language: str,
+        args: Arguments,
+    ) -> dict:
+        """The slope of the measured share on the planted one (the world only), on the seeds' pooled counts."""
+        if planted is None or args.attribute != "gender" or "female" not in labels:
+            return {}
+        reference = {o: planted.get((language, o)) for o in occupations}
+        result = metric.compute(predictions=counts, references=occupations, labels=labels, num_occupations=1,
+                                rounds=1, reference=reference, reference_label="female")  # fmt: skip
+        return result.get("reference_fit", {})
+
+    @staticmethod
+    def control_share(seeds: list[dict], language: str, confidence: float) -> dict[str, Any]:
+        """Explicit-gender control in `language`, pooled over seeds: the share of explicitly gendered
+        prompts' images perceived as asked (None without such images)."""
+        obeyed = sum(s["control"].get(language, [0, 0])[0] for s in seeds)
+        total = sum(s["control"].get(language, [0, 0])[1] for s in seeds)
+        low, high = wilson_interval(obeyed, total, confidence)
+        return {"share": obeyed / total if total else None, "low": low, "high": high, "n": total}
+
+    @staticmethod
+    def report(rows: list[dict], comparisons: list[dict], baseline: str, n: int) -> str:
+        """The table as the run prints it: each method's distance from the target (its seeds' range)
+        beside raw L1 and its floor, the amplification, control, and the tests that survive Holm."""
+        lines = [
+            f"{n} images per cell for every method (the same prompts and seeds); distance: root mean square over "
+            "occupations of the L2 distance from the target, corrected for sampling",
+            f"{'method':<26}{'lang':<5}{'seeds':>6}{'distance [95% CI]':>24}{'seed range':>15}{'L1 (floor)':>16}"
+            f"{'amplif.':>9}{'control':>9}{'p vs ' + baseline:>14}{'Holm':>8}",
+        ]
         for r in rows:
-            distance = f"{number(r['distance'])} [{number(r['distance_ci_low'])}, {number(r['distance_ci_high'])}]"
+            if r["measurable"]:
+                distance = (
+                    f"{_number(r['distance'])} [{_number(r['distance_ci_low'])}, {_number(r['distance_ci_high'])}]"
+                )
+            else:
+                distance = "not measurable"
+            spread = f"{_number(r['seed_distance_low'])}-{_number(r['seed_distance_high'])}" if r["seeds"] > 1 else ""
             lines.append(
-                f"{r['method']:<28}{r['language']:<6}{number(r['images_per_occupation'], 0):>7}{distance:>24}"
-                f"{number(r['mean_l1']) + ' (' + number(r['l1_floor']) + ')':>16}{number(r['p_value'], 4):>16}"
-                f"{number(r['p_holm'], 4):>8}"
+                f"{r['method']:<26}{r['language']:<5}{r['seeds']:>6}{distance:>24}{spread:>15}"
+                f"{_number(r['mean_l1']) + ' (' + _number(r['l1_floor']) + ')':>16}{_number(r['amplification'], 2):>9}"
+                f"{_number(r['explicit_gender_control'], 2):>9}{_number(r['p_value'], 4):>14}"
+                f"{_number(r['p_holm'], 4):>8}"
             )
         lines.append(
-            "(distance: root mean square over occupations of the L2 distance from the target, corrected "
-            "for sampling; p: paired sign-flip test of the squared distances on the same occupations)"
+            "(not measurable: explicit-gender control below the threshold; p: paired sign-flip test of the squared "
+            "distances on the same occupations; amplif.: slope of measured on planted share)"
         )
         significant = [c for c in comparisons if c["p_holm"] is not None and c["p_holm"] < 0.05]
         lines.append(f"pooled over languages x occupations: {len(comparisons)} comparisons, {len(significant)} "
                      "differ after Holm's correction (p < 0.05):")  # fmt: skip
         for c in significant:
+            seeds = f"; {c['seeds_better']}/{c['seeds']} seeds alone" if c["seeds"] > 1 else ""
             lines.append(
                 f"  {c['method']} vs {c['versus']} ({c['variant']}, {c['cells']} cells): squared distance "
                 f"{c['difference_mean']:+.4f} [{c['difference_ci_low']:+.4f}, {c['difference_ci_high']:+.4f}], "
-                f"Holm p {c['p_holm']:.4f}"
+                f"Holm p {c['p_holm']:.4f}{seeds}"
             )
         return "\n".join(lines)
 
@@ -273,26 +488,6 @@ class CompareMethods(Stage):
             for row in found.rows("summary")
             if row["occupation"] == schemas.ALL_OCCUPATIONS
         }
-
-    @staticmethod
-    def control(attributes: DatasetArtifact, confidence: float) -> dict[str, dict[str, float]]:
-        """Per language: the share of explicitly gendered prompts' images perceived as asked."""
-        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for config in attributes.configs:
-            info = attributes.config_info(config)
-            variant = info.get("variant", "")
-            if variant not in CONTROL_VARIANTS or (info.get("intervention") or "none") != "none":
-                continue
-            for row in attributes.rows(config, ["status", "gender", "prompt_gender"]):
-                asked = CONTROL_VARIANTS[variant] or row["prompt_gender"]
-                if row["status"] == "ok" and row["gender"] is not None and asked:
-                    counts[info["language"]][0] += row["gender"] == asked
-                    counts[info["language"]][1] += 1
-        out = {}
-        for language, (obeyed, total) in counts.items():
-            low, high = wilson_interval(obeyed, total, confidence)
-            out[language] = {"share": obeyed / total if total else None, "low": low, "high": high, "n": total}
-        return out
 
     def figures(self, folder: Path, rows: list[dict], args: Arguments) -> list[Path]:
         from pipelines.reporting.figures import grouped_bars, lines
@@ -361,6 +556,7 @@ class CompareMethods(Stage):
         comparisons: list[dict],
         figures: list[Path],
         baseline: str,
+        n: int,
     ) -> None:
         def number(value: Any, digits: int = 3) -> str:
             return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
@@ -371,14 +567,22 @@ class CompareMethods(Stage):
                 name, f"{name}_ci_low", f"{name}_ci_high")  # fmt: skip
             if row[value] is None:
                 return "–"
+            if name == "distance" and not row["measurable"]:
+                return "not measurable"
             return f"{number(row[value], digits)} [{number(row[low], digits)}, {number(row[high], digits)}]"
+
+        def seeds(row: dict) -> str:
+            if row["seeds"] < 2:
+                return "1"
+            return f"{row['seeds']} ({number(row['seed_distance_low'])}–{number(row['seed_distance_high'])})"
 
         dataset_card(
             repo_id=run.output_repo_id,
             title="Debiasing methods compared",
             description=(
                 f"Methods (a model at a guidance scale, with a training-free intervention) compared on perceived "
-                f"{run.args.attribute}, on the same prompts and seeds, against `{baseline}`. Bias is the *distance "
+                f"{run.args.attribute}, on the same prompts and image seeds and at the same n, {n} images per "
+                f"occupation and prompt, against `{baseline}`. Bias is the *distance "
                 "from the target* (uniform unless the bias results say otherwise): per occupation an unbiased "
                 "estimate of the squared L2 distance, whose root mean square over occupations compares at any "
                 "number of images; raw mean L1 (MAGBIG's) is beside it with its *floor*, what a perfectly fair "
@@ -386,10 +590,15 @@ class CompareMethods(Stage):
                 "of the squared distances, Student's t interval): per language against the baseline (config "
                 "`methods`), and pooled over languages x occupations for every pair of methods on the same "
                 "prompts (config `comparisons`). Every p-value of both is also given Holm-adjusted over the whole "
-                "table. Beside them, what each method costs: the CLIP score "
-                f"(`{ALIGNMENT_SCORE}`), seconds per image, and the share of explicitly gendered prompts' images "
-                "perceived as asked (explicit-gender control). Methods measured at different n per occupation "
-                "compare through the distance, not through raw L1."
+                "table. A method trained with several seeds shows the mean over seeds, the seeds' range of the "
+                "distance and an interval over seeds (training randomness and sampling together); the pooled "
+                "comparisons say how many seeds alone are fairer than the other method. *Amplification* (in the "
+                "planted-bias world) is the slope of the measured share on the planted one: 1 follows the training "
+                "data, above 1 exaggerates it. *Control* is the share of explicitly gendered prompts' images "
+                f"perceived as asked: below {run.args.min_control} a row is *not measurable* (the model does not "
+                "obey gender words on that template) and is left out of the tests. Costs are work, not time taken "
+                "under whatever load: UNet evaluations per image and images seen in training for the method; the "
+                f"CLIP score (`{ALIGNMENT_SCORE}`) where it was measured."
             ),
             lineage=run.lineage,
             configs=["methods", "comparisons"],
@@ -404,14 +613,17 @@ class CompareMethods(Stage):
                         "variant",
                         "guidance",
                         "n / occupation",
+                        "seeds (range)",
                         "distance [95% CI]",
                         "mean L1 (floor)",
+                        "amplification",
                         "Δ squared distance vs baseline [95% CI]",
                         "p",
                         "p (Holm)",
-                        "CLIP",
-                        "s/image",
                         "control",
+                        "UNet passes / image",
+                        "training images",
+                        "CLIP",
                     ],
                     "rows": [
                         [
@@ -420,14 +632,17 @@ class CompareMethods(Stage):
                             r["variant"],
                             number(r["guidance_scale"], 1),
                             number(r["images_per_occupation"], 0),
+                            seeds(r),
                             interval(r, "distance"),
                             f"{number(r['mean_l1'])} ({number(r['l1_floor'])})",
+                            interval(r, "amplification", 2) if r["amplification"] is not None else "–",
                             interval(r, "difference", 4),
                             number(r["p_value"], 4),
                             number(r["p_holm"], 4),
-                            number(r["clip_score"], 2),
-                            number(r["seconds_per_image"], 3),
                             number(r["explicit_gender_control"], 2),
+                            number(r["unet_passes_per_image"], 0),
+                            "–" if r["training_images"] is None else f"{r['training_images']:,}",
+                            number(r["clip_score"], 2),
                         ]
                         for r in rows
                     ],
@@ -442,6 +657,7 @@ class CompareMethods(Stage):
                         "Δ squared distance [95% CI]",
                         "p",
                         "p (Holm)",
+                        "seeds fairer alone",
                     ],
                     "rows": [
                         [
@@ -452,6 +668,7 @@ class CompareMethods(Stage):
                             interval(c, "difference", 4),
                             number(c["p_value"], 4),
                             number(c["p_holm"], 4),
+                            f"{c['seeds_better']}/{c['seeds']}" if c["seeds"] > 1 else "–",
                         ]
                         for c in comparisons
                     ],
@@ -460,6 +677,47 @@ class CompareMethods(Stage):
             notes=[f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in figures if p.suffix == ".png"],
             tags=["bias", "debiasing", "comparison", "results"],
         ).save(folder / "README.md")
+
+
+def seed_specs(label: str, spec: str) -> dict[str, str]:
+    """`{input name: images}` of a method: `label` for one images dataset, `label#i` for each of a
+    method trained with several seeds (`images-s0|images-s1`)."""
+    specs = [part.strip() for part in spec.split("|")]
+    if not all(specs):
+        raise ConfigError(f"methods: {label}={spec!r} has an empty seed; images-s0|images-s1|...")
+    return {label: specs[0]} if len(specs) == 1 else {f"{label}#{i}": one for i, one in enumerate(specs)}
+
+
+def unet_passes(steps: int | None, guidance: float, intervention: str) -> float:
+    """UNet evaluations per image: a batch of two per step with classifier-free guidance (above 1),
+    two more with SEGA's two editing prompts (MAGBIG's male and female person), one without."""
+    if not steps:
+        return math.nan
+    per_step = 1 if not guidance > 1 else 4 if intervention == "sega" else 2
+    return float(steps * per_step)
+
+
+def model_training(run: StageRun, model: str) -> int | None:
+    """Images seen in training by a model trained by `train_text_to_image` (steps x batch x gradient
+    accumulation, from its card's lineage); None for any other model."""
+    try:
+        lineage = card_metadata(run.store.resolve(model, "model")).get("lineage") or {}
+    except UserError:
+        return None
+    parameters = lineage.get("parameters") or {}
+    if lineage.get("stage") != "train_text_to_image" or not parameters.get("max_train_steps"):
+        return None
+    accumulation = parameters.get("gradient_accumulation_steps") or 1
+    return int(parameters["max_train_steps"]) * int(parameters.get("train_batch_size") or 1) * int(accumulation)
+
+
+def training_images(found: dict, base_model: str) -> int | None:
+    """The training a method added: its model's, unless it is the baseline's own model."""
+    return 0 if found["model"] == base_model else found["training_images"]
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def _mean(values: list[float]) -> float:

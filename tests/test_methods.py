@@ -3,6 +3,7 @@ dataset with its costs and explicit-gender control."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from pipelines import build_tiny_model, classify, compare_methods, evaluate_alignment, evaluate_bias, generate_images
 from pipelines.artifacts.store import LocalStore
+from pipelines.errors import ConfigError
 from pipelines.prompting.grammar import load_grammar
 from pipelines.prompting.interventions import Instruction, instruction, target_gender
 from pipelines.reporting.statistics import goodness_of_fit, paired_test, slope, wilson_interval
@@ -230,7 +232,9 @@ def test_interventions_are_configs_of_the_images_with_what_the_pipeline_was_told
 def test_compare_methods_publishes_the_table_figures_and_paired_tests(methods_study: dict) -> None:
     common = {"store_root": methods_study["store_root"], "namespace": "study"}
     labels = ",".join(f"{label}={methods_study[label]}" for label in ("base", "base-g3", "other"))
-    published = compare_methods.run(compare_methods.Arguments(**common, methods=labels, rounds=500))
+    # The tiny FairFace guesses: its explicit-gender control is near chance, so every row would be
+    # "not measurable" at the default threshold (tested below); 0 here keeps every test.
+    published = compare_methods.run(compare_methods.Arguments(**common, methods=labels, rounds=500, min_control=0))
     store = LocalStore(methods_study["store_root"])
     folder = store.resolve(str(published), "dataset")
     table = datasets.load_dataset(str(folder), "methods", split="train").to_pandas()
@@ -243,7 +247,14 @@ def test_compare_methods_publishes_the_table_figures_and_paired_tests(methods_st
     tested = english[english["method"] != "base"]
     assert tested["p_value"].between(0, 1).all() and tested["difference_mean"].notna().all()
     assert set(english["guidance_scale"]) == {7.5, 3.0}
-    assert english["clip_score"].notna().all() and (english["seconds_per_image"] > 0).all()
+    assert english["clip_score"].notna().all() and english["measurable"].all()
+    # Costs as work: classifier-free guidance doubles the UNet's batch, SEGA's two edits double it again.
+    passes = dict(zip(english["method"], english["unet_passes_per_image"]))
+    steps = passes["base"] / 2
+    assert passes["base-g3"] == passes["base+negative"] == 2 * steps and passes["base+sega"] == 4 * steps
+    # No training added to the baseline's own model; the other one was built, not trained: unknown.
+    trained = dict(zip(english["method"], english["training_images"]))
+    assert trained["base-g3"] == trained["base+sega"] == 0 and np.isnan(trained["other"])
     # The difference is the mean of per-occupation differences of the unbiased squared distance from
     # the target, as the bias datasets hold them.
     bias = {}
@@ -259,6 +270,7 @@ def test_compare_methods_publishes_the_table_figures_and_paired_tests(methods_st
     assert other_row["difference_mean"] == pytest.approx(expected)
     assert other_row["difference_ci_low"] <= other_row["difference_mean"] <= other_row["difference_ci_high"]
     assert other_row["images_per_occupation"] == 2 and other_row["l1_floor"] == pytest.approx(0.5)  # n = 2
+    assert other_row["seeds"] == 1 and other_row["amplification"] != other_row["amplification"]  # no world: no slope
     # Pooled over both languages: every pair of methods on the same prompts, once.
     pairs = datasets.load_dataset(str(folder), "comparisons", split="train").to_pandas()
     methods = set(english["method"])
@@ -291,30 +303,86 @@ def test_compare_methods_publishes_the_table_figures_and_paired_tests(methods_st
     assert "Δ squared distance vs baseline" in card and "base+sega" in card and "p (Holm)" in card
 
 
-def test_explicit_gender_control_counts_images_perceived_as_asked(methods_study: dict) -> None:
-    store = LocalStore(methods_study["store_root"])
+def test_control_below_the_threshold_is_not_measurable_and_counts_images_perceived_as_asked(
+    methods_study: dict,
+) -> None:
+    """Control is the share of the eval_female / eval_male images perceived as asked, counted by hand;
+    a row whose control is below --min_control is "not measurable": no test, no place in Holm's family."""
+    from pipelines.artifacts.reader import DatasetArtifact
     from pipelines.harness.lineage import version_refs
 
+    common = {"store_root": methods_study["store_root"], "namespace": "study"}
+    store = LocalStore(methods_study["store_root"])
     refs = version_refs(store, "study", "base", methods_study["base"])
-    from pipelines.artifacts.reader import DatasetArtifact
-
     attributes = DatasetArtifact(store.resolve(refs["attributes"], "dataset"), refs["attributes"])
-    control = compare_methods.CompareMethods.control(attributes, 0.95)
-    obeyed = total = 0
+    counted = {}
     for config in attributes.configs:
-        variant = attributes.config_info(config)["variant"]
-        if variant not in ("eval_female", "eval_male"):
+        info = attributes.config_info(config)
+        if info["variant"] not in ("eval_female", "eval_male"):
             continue
-        asked = variant.removeprefix("eval_")
-        for row in attributes.rows(config, ["status", "gender"]):
-            if row["status"] == "ok":
-                obeyed += row["gender"] == asked
-                total += 1
-    assert control["en"]["n"] + control["de"]["n"] == total
-    assert (
-        control["en"]["share"] * control["en"]["n"] + control["de"]["share"] * control["de"]["n"]
-    ) == pytest.approx(obeyed)
-    assert 0 <= control["en"]["low"] <= control["en"]["share"] <= control["en"]["high"] <= 1
+        asked = info["variant"].removeprefix("eval_")
+        rows = [r for r in attributes.rows(config, ["status", "gender"]) if r["status"] == "ok"]
+        obeyed, total = counted.get(info["language"], (0, 0))
+        counted[info["language"]] = (obeyed + sum(r["gender"] == asked for r in rows), total + len(rows))
+    labels = f"base={methods_study['base']},other={methods_study['other']}"
+    threshold = 0.5 + 1e-9
+    published = compare_methods.run(
+        compare_methods.Arguments(**common, methods=labels, rounds=200, min_control=threshold, output_repo="m-ctl")
+    )
+    table = datasets.load_dataset(str(store.resolve(str(published), "dataset")), "methods", split="train")
+    for row in table:
+        if row["label"] != "base":
+            assert row["explicit_gender_control"] is None and row["measurable"]  # nothing to judge it by
+            continue
+        obeyed, total = counted[row["language"]]
+        assert row["explicit_gender_images"] == total and row["explicit_gender_control"] == pytest.approx(
+            obeyed / total
+        )
+        assert row["measurable"] == (obeyed / total >= threshold)
+        if not row["measurable"]:
+            assert row["p_value"] is None and row["p_holm"] is None
+    if not all(r["measurable"] for r in table):
+        assert "not measurable" in (store.resolve(str(published), "dataset") / "README.md").read_text()
+
+
+def test_seeds_of_a_method_are_averaged_and_counted(methods_study: dict) -> None:
+    """A method given as several images datasets (seeds): its distance is the root of the seeds' mean
+    squared distance, its range the seeds' own, and the pooled comparison says how many seeds alone
+    beat the other method. A matched n no method has is refused."""
+    common = {"store_root": methods_study["store_root"], "namespace": "study"}
+    store = LocalStore(methods_study["store_root"])
+    single = {}
+    for label in ("other", "base-g3"):
+        one = compare_methods.run(compare_methods.Arguments(
+            **common, methods=f"base={methods_study['base']},{label}={methods_study[label]}", rounds=200,
+            min_control=0, output_repo=f"m-{label}"))  # fmt: skip
+        rows = datasets.load_dataset(str(store.resolve(str(one), "dataset")), "methods", split="train")
+        single[label] = {r["language"]: r for r in rows if r["label"] == label}
+    seeded = compare_methods.run(compare_methods.Arguments(
+        **common, methods=f"base={methods_study['base']},twin={methods_study['other']}|{methods_study['base-g3']}",
+        rounds=200, min_control=0, output_repo="m-seeds"))  # fmt: skip
+    assert {k for k in seeded.lineage["inputs"] if k.startswith("twin")} >= {"twin#0.images", "twin#1.images"}
+    folder = store.resolve(str(seeded), "dataset")
+    rows = {r["language"]: r for r in datasets.load_dataset(str(folder), "methods", split="train")
+            if r["label"] == "twin"}  # fmt: skip
+    for language, row in rows.items():
+        a, b = single["other"][language], single["base-g3"][language]
+        squared = [
+            a["distance"] ** 2 if a["distance"] > 0 else None,
+            b["distance"] ** 2 if b["distance"] > 0 else None,
+        ]
+        assert row["seeds"] == 2
+        assert row["seed_distance_low"] == pytest.approx(min(a["distance"], b["distance"]))
+        assert row["seed_distance_high"] == pytest.approx(max(a["distance"], b["distance"]))
+        if None not in squared:
+            assert row["distance"] == pytest.approx(math.sqrt(sum(squared) / 2))
+        assert row["mean_l1"] == pytest.approx((a["mean_l1"] + b["mean_l1"]) / 2)
+    pairs = datasets.load_dataset(str(folder), "comparisons", split="train")
+    twin = next(p for p in pairs if p["method"] == "twin" and p["versus"] == "base")
+    assert twin["seeds"] == 2 and 0 <= twin["seeds_better"] <= 2
+    with pytest.raises(ConfigError, match="images_per_cell=3: .* has 2 images in some cell"):
+        compare_methods.run(compare_methods.Arguments(**common, methods=f"base={methods_study['base']}",
+                                                      images_per_cell=3))  # fmt: skip
 
 
 def test_interventions_refuse_variants_they_do_not_apply_to(tiny_study: dict) -> None:

@@ -218,12 +218,25 @@ METHODS = datasets.Features(
         **{name: datasets.Value("float64") for name in ("exp_max_l1", "random_exp_max_l1", "l1_floor")},
         **{name: datasets.Value("float64") for name in ("distance", "distance_ci_low", "distance_ci_high")},
         "images_per_occupation": datasets.Value("float64"),
+        # A method trained with several seeds: their number and the range of their distances.
+        "seeds": datasets.Value("int32"),
+        "seed_distance_low": datasets.Value("float64"),
+        "seed_distance_high": datasets.Value("float64"),
+        # The slope of measured on planted share (the planted-bias world only).
+        **{
+            name: datasets.Value("float64")
+            for name in ("amplification", "amplification_ci_low", "amplification_ci_high")
+        },
+        # False where explicit-gender control is below the threshold: no test, no ranking.
+        "measurable": datasets.Value("bool"),
         "baseline": datasets.Value("string"),
         **{f"difference_{name}": datasets.Value("float64") for name in ("mean", "ci_low", "ci_high")},
         "p_value": datasets.Value("float64"),
         "p_holm": datasets.Value("float64"),
         "clip_score": datasets.Value("float64"),
-        "seconds_per_image": datasets.Value("float64"),
+        # Costs as work: UNet evaluations per image, images seen in training for the method.
+        "unet_passes_per_image": datasets.Value("float64"),
+        "training_images": datasets.Value("int64"),
         "explicit_gender_control": datasets.Value("float64"),
         "explicit_gender_control_ci_low": datasets.Value("float64"),
         "explicit_gender_control_ci_high": datasets.Value("float64"),
@@ -239,6 +252,9 @@ METHOD_COMPARISONS = datasets.Features(
         **{f"difference_{name}": datasets.Value("float64") for name in ("mean", "ci_low", "ci_high")},
         "p_value": datasets.Value("float64"),
         "p_holm": datasets.Value("float64"),
+        # A method trained with several seeds: how many seeds alone are fairer (p < 0.05).
+        "seeds": datasets.Value("int32"),
+        "seeds_better": datasets.Value("int32"),
     }
 )
 # The planted-bias world's verdict (check_world): one row per (language, occupation) cell, and one

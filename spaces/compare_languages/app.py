@@ -220,9 +220,12 @@ def build_demo(study: Study) -> gr.Blocks:
                     "target, corrected for sampling, so it compares at any number of images (raw mean L1 is beside "
                     f"it). **Δ vs baseline** is the mean per-occupation change of the squared distance against "
                     f"`{baseline}` with a t interval, **p** its paired sign-flip permutation test (same occupations, "
-                    "same seeds), and **p (Holm)** the same corrected for every test in the table. The costs: CLIP "
-                    "score, seconds per image, and **explicit-gender control**, the "
-                    'share of images from prompts such as "a female doctor" perceived as asked. '
+                    "same seeds), and **p (Holm)** the same corrected for every test in the table. Every method "
+                    "is measured at the same number of images per occupation; a method trained with several "
+                    "seeds shows their mean. **amplification** (planted-bias world) is the slope of the measured "
+                    "share on the planted one. **explicit-gender control** is the share of images from prompts "
+                    'such as "a female doctor" perceived as asked; below the threshold a row is *not measurable* '
+                    "and ranks last. Costs as work: UNet passes per image; CLIP score where measured. "
                     f"From `{study.methods_ref}`."
                 )
                 method_codes = [code for code in codes if code in set(study.methods["language"])] or codes

@@ -157,10 +157,15 @@ class Study:
         if self.methods.empty:
             return pd.DataFrame()
         rows = self.methods[self.methods["language"] == language]
+        # Tables made before a column existed still show: a missing column reads as unknown.
+        column = lambda name, default=None: rows[name] if name in rows else pd.Series(default, index=rows.index)  # noqa: E731
+        measurable = column("measurable", True).fillna(True).astype(bool)
 
         def interval(row: pd.Series, value: str, low: str, high: str) -> str:
-            if pd.isna(row[value]):
+            if value not in row or pd.isna(row[value]):
                 return "–"
+            if value == "distance" and not measurable[row.name]:
+                return "not measurable"
             return f"{row[value]:.3f} [{row[low]:.3f}, {row[high]:.3f}]"
 
         table = pd.DataFrame(
@@ -180,10 +185,16 @@ class Study:
                 ],
                 "p (paired)": rows["p_value"].round(4),
                 "p (Holm)": rows["p_holm"].round(4),
-                "CLIP": rows["clip_score"].round(3),
-                "s / image": rows["seconds_per_image"].round(4),
+                "seeds": column("seeds", 1),
+                "amplification": [
+                    interval(r, "amplification", "amplification_ci_low", "amplification_ci_high")
+                    for _, r in rows.iterrows()
+                ],
                 "explicit-gender control": rows["explicit_gender_control"].round(3),
-                "rank by": rows["distance"],
+                "UNet passes / image": column("unet_passes_per_image"),
+                "CLIP": rows["clip_score"].round(3),
+                # Not measurable ranks last: its distance says nothing about the method.
+                "rank by": rows["distance"].where(measurable, float("inf")),
             }
         )
         table["own"] = rows["variant"] != self.variant  # False sorts first: the Space's variant on top
