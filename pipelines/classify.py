@@ -15,16 +15,14 @@ resumable after a kill, and the same bytes on any number of processes (`torchrun
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
+from pipelines.artifacts.dataset_files import decode_image
 from pipelines.errors import ConfigError
 from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Shard, ShardedStage, StageRun
@@ -225,18 +223,9 @@ class Classify(ShardedStage):
         return {"classifier": run.args.classifier, **self.classifier.describe()}
 
 
-def decode(row: dict[str, Any]) -> np.ndarray | None:
-    from PIL import Image
-
-    try:
-        return np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"))
-    except Exception:  # noqa: BLE001 - any undecodable image is recorded, not fatal
-        return None
-
-
 def classify_rows(rows: list[dict[str, Any]], detector: Any, classifier: Any, args: Arguments) -> list[dict[str, Any]]:
     """Attributes rows for a batch of image rows: one detector call, one classifier call."""
-    images = [decode(row) for row in rows]
+    images = [decode_image(row["image"]) for row in rows]
     decoded = [image for image in images if image is not None]
     found = iter(detector.detect(decoded)) if decoded else iter(())
     faces = [next(found) if image is not None else None for image in images]

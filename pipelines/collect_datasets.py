@@ -48,6 +48,10 @@ class Arguments(StageArguments):
     image_configs: list[str] = field(
         default_factory=list, metadata={"help": "Configs of the images dataset to take (all if empty)."}
     )
+    professions: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Occupations to take (all if empty): the others stay held out of training."},
+    )
     caption_languages: list[str] = field(
         default_factory=lambda: ["same"],
         metadata={"help": "Caption languages; 'same' (each image's own prompt language) or 'all'."},
@@ -126,6 +130,11 @@ class CollectDatasets(Stage):
         captions = {
             (language, row["prompt_id"]): row for language in caption_languages for row in prompts.rows(language)
         }
+        have = {row["profession"] for row in captions.values()}
+        unknown = [p for p in args.professions if p not in have]
+        if unknown:
+            raise ConfigError(f"professions: {', '.join(map(repr, unknown))} not in {prompts.name} "
+                              f"(it has {', '.join(sorted(have))})")  # fmt: skip
 
         writer = DatasetWriter(folder, schemas.TRAINING, rows_per_shard=2000)
         missing_captions = 0
@@ -134,6 +143,8 @@ class CollectDatasets(Stage):
             for batch in tqdm(images.batches(config, batch_size=64), desc=f"collect {config}", file=sys.stderr):
                 out = []
                 for image in batch:
+                    if args.professions and image["profession"] not in args.professions:
+                        continue
                     languages = [image["language"]] if args.caption_languages == ["same"] else caption_languages
                     for language in languages:
                         caption = captions.get(
@@ -173,8 +184,13 @@ class CollectDatasets(Stage):
             title="Training dataset",
             description=(
                 f"Images from `{run.inputs['images']}` ({', '.join(image_configs)}) captioned with {variant}, "
-                f"from `{run.inputs['prompts']}` in {', '.join(caption_languages)}, joined on `prompt_id`. Columns "
-                "`image` and `text` for diffusers' `train_text_to_image.py`."
+                f"from `{run.inputs['prompts']}` in {', '.join(caption_languages)}, joined on `prompt_id`"
+                + (
+                    f", occupations {', '.join(args.professions)} only (the others held out)"
+                    if args.professions
+                    else ""
+                )
+                + ". Columns `image` and `text` for diffusers' `train_text_to_image.py`."
             ),
             lineage=run.lineage,
             configs=["default"],

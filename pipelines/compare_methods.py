@@ -25,9 +25,16 @@ noise. For every method, language and prompt variant the table gives:
   and occupations, every pair of methods on the same prompts; Holm-adjusted over the whole table;
   with seeds, how many seeds alone are fairer than the baseline;
 - explicit-gender control, the share of explicitly gendered prompts' images (`eval_female`,
-  `eval_male`, or the grid's gendered prompts) perceived as asked: a row whose control is below
-  `--min_control` is *not measurable* (the model does not obey gender words on that template, so its
-  neutral prompts' shares say little about a debiasing method), and is left out of the tests;
+  `eval_male`, or the grid's gendered prompts) perceived as asked. On the baseline's own model it
+  says whether a template has a known answer: a row of that model whose control is below
+  `--min_control` is *not measurable* (the model does not obey gender words on that template, so what
+  an intervention does there says little), and is left out of the tests. For a model trained for a
+  method, lost control is a cost of the method, shown beside its bias;
+- fidelity: the share of valid images (one classified face or figure) and the similarity of each
+  image to the baseline's image from the same prompt and seed (1 - mean absolute pixel difference at
+  up to 64 px; Shen et al.'s semantic preservation measured in pixels);
+- for a model trained for the method on some occupations or languages only: in-sample and held-out
+  rows apart (`label [in-sample]`, `label [held-out]`), as Shen et al. (ICLR 2024) report them;
 - what it costs, as work rather than time taken under whatever load: UNet evaluations per image
   (denoising steps x the batch classifier-free guidance or SEGA runs) and images seen in training
   for a model trained for the method; and the CLIP score (English CLIP, the occupation text) when
@@ -45,10 +52,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipelines import PROJECT_ROOT
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
-from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.artifacts.dataset_files import DatasetWriter, decode_image
+from pipelines.artifacts.reader import DatasetArtifact
 from pipelines.artifacts.store import card_metadata
 from pipelines.errors import ConfigError, DataError, UserError
 from pipelines.harness.config import StageArguments
@@ -132,8 +142,7 @@ class CompareMethods(Stage):
         metric = evaluate.load(str(METRIC_PATH), "counts")
         planted = self.planted(run, [name for label in labels for name in seeds[label]])
         baseline = args.baseline or labels[0]
-        base_label, _, base_intervention = baseline.partition("+")
-        base_intervention = base_intervention or "none"
+        base_label = baseline.partition("+")[0]
         base_model = loaded[seeds[base_label][0]]["model"]
         measured = {
             label: self.measure(label, [loaded[name] for name in seeds[label]], n, metric, planted, base_model, args)
@@ -142,24 +151,27 @@ class CompareMethods(Stage):
         rows = [row for label in labels for row in measured[label]["rows"]]
         if not rows:
             raise DataError(f"methods: no {args.attribute!r} results in the bias datasets of {', '.join(labels)}")
-        cells = {label: measured[label]["cells"] for label in labels}
+        cells = {name: found for label in labels for name, found in measured[label]["cells"].items()}
+        self.same_noise_similarity(run, rows, cells, seeds, baseline, n)
+        seed_cells = {name: found for label in labels for name, found in measured[label]["seed_cells"].items()}
         for row in rows:
-            reference = cells[base_label].get((base_intervention, row["language"], row["variant"]), {})
+            place = (row["language"], row["variant"])
+            reference = cells.get(baseline, {}).get(place, {})
             reference_name = baseline
             if not reference and row["intervention"] != "none":
                 # The baseline has no images of these prompts: an intervention is then tested against
                 # its own model's unchanged prompts, on the same seeds.
-                reference = cells[row["label"]].get(("none", row["language"], row["variant"]), {})
+                reference = cells.get(row["label"], {}).get(place, {})
                 reference_name = f"{row['label']}+none"
-            own = cells[row["label"]].get((row["intervention"], row["language"], row["variant"]), {})
-            is_baseline = row["label"] == base_label and row["intervention"] == base_intervention
+            own = cells[row["method"]].get(place, {})
+            is_baseline = row["method"] == baseline
             test = self.test(reference, own, args) if reference and row["measurable"] and not is_baseline else None
             row |= {
                 "baseline": reference_name if reference else None,
                 **{f"difference_{k}": test and test[k] for k in ("mean", "ci_low", "ci_high")},
                 "p_value": test and test["p_value"],
             }
-        comparisons = self.comparisons(rows, measured, baseline, args)
+        comparisons = self.comparisons(rows, cells, seed_cells, baseline, args)
         # One family: every test the table reports, corrected together.
         tested = [r for r in [*rows, *comparisons] if r["p_value"] is not None]
         for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
@@ -189,30 +201,29 @@ class CompareMethods(Stage):
         return {"mean": test["mean_difference"], "ci_low": test["ci_low"], "ci_high": test["ci_high"],
                 "p_value": test["p_value"], "cells": len(shared)}  # fmt: skip
 
-    def comparisons(self, rows: list[dict], measured: dict, baseline: str, args: Arguments) -> list[dict[str, Any]]:
+    def comparisons(
+        self, rows: list[dict], cells: dict, seed_cells: dict, baseline: str, args: Arguments
+    ) -> list[dict[str, Any]]:
         """Every pair of measurable methods on the same prompts, pooled over the (language, occupation)
         cells both have: the baseline against each, and the others against one another. With seeds,
         how many of a method's seeds alone are fairer than the other method (p < 0.05, one test each)."""
         out = []
-        methods = list(dict.fromkeys((r["method"], r["label"], r["intervention"], r["variant"]) for r in rows))
+        methods = list(dict.fromkeys((r["method"], r["variant"]) for r in rows))
         methods.sort(key=lambda m: m[0] != baseline)  # the baseline first: it is the `versus` of its pairs
         unmeasurable = {(r["method"], r["variant"], r["language"]) for r in rows if not r["measurable"]}
 
-        def pooled(values: dict, own: str, variant: str, name: str) -> dict:
+        def pooled(values: dict, name: str, variant: str) -> dict:
             return {(language, occupation): value
-                    for (intervention, language, kind), by_occupation in values.items()
-                    if intervention == own and kind == variant and (name, variant, language) not in unmeasurable
+                    for (language, kind), by_occupation in values.items()
+                    if kind == variant and (name, variant, language) not in unmeasurable
                     for occupation, value in by_occupation.items()}  # fmt: skip
 
-        for variant in sorted({m[3] for m in methods}):
-            chosen = [m for m in methods if m[3] == variant]
-            mean = {name: pooled(measured[label]["cells"], own, variant, name) for name, label, own, _ in chosen}
-            per_seed = {
-                name: [pooled(cells, own, variant, name) for cells in measured[label]["seed_cells"]]
-                for name, label, own, _ in chosen
-            }
-            for index, (versus, *_) in enumerate(chosen):
-                for method, *_ in chosen[index + 1 :]:
+        for variant in sorted({m[1] for m in methods}):
+            chosen = [name for name, kind in methods if kind == variant]
+            mean = {name: pooled(cells[name], name, variant) for name in chosen}
+            per_seed = {name: [pooled(c, name, variant) for c in seed_cells[name]] for name in chosen}
+            for index, versus in enumerate(chosen):
+                for method in chosen[index + 1 :]:
                     test = self.test(mean[versus], mean[method], args)
                     if test is None:
                         continue
@@ -274,7 +285,7 @@ class CompareMethods(Stage):
             "perceived": perceived,
             "control": control,
             "alignment": self.alignment(run, name),
-            "training_images": model_training(run, images.lineage.get("inputs", {}).get("model", "")),
+            **model_training(run, images.lineage.get("inputs", {}).get("model", "")),
         }
 
     @staticmethod
@@ -314,43 +325,123 @@ class CompareMethods(Stage):
         base_model: str,
         args: Arguments,
     ) -> dict[str, Any]:
-        """One label's rows (per intervention, language and variant) on the first n images of every
-        cell; its cells' squared distances, averaged over seeds and per seed."""
+        """One label's rows (per intervention, language, variant and, for a model trained for the
+        method on some cells only, in-sample and held-out occupations) on the first n images of every
+        cell; per method name, its cells' squared distances averaged over seeds and per seed."""
         first = seeds[0]
-        rows, cells, seed_cells = [], defaultdict(dict), [defaultdict(dict) for _ in seeds]
+        trained = first["training_cells"] if first["model"] != base_model else None
+        held_out = trained is not None and any(
+            (key[1], occupation) not in trained for key, cells in first["perceived"].items() for occupation in cells
+        )
+        rows, cells, seed_cells = [], defaultdict(dict), defaultdict(lambda: [{} for _ in seeds])
         for key in sorted(first["perceived"]):
             intervention, language, variant = key
-            results, pooled = [], None
-            for index, found in enumerate(seeds):
-                by_occupation = found["perceived"].get(key, {})
-                occupations = sorted(by_occupation)
-                counts = [[sum(by_occupation[o].get(i) == lab for i in range(n)) for lab in found["labels"]]
-                          for o in occupations]  # fmt: skip
-                usable = [o for o, c in zip(occupations, counts) if sum(c) > 0]
-                if not usable:
+            occupations = sorted(first["perceived"][key])
+            groups = {"all": occupations} if trained is None else {
+                "in-sample": [o for o in occupations if (language, o) in trained],
+                "held-out": [o for o in occupations if (language, o) not in trained],
+            }  # fmt: skip
+            for split, chosen in groups.items():
+                if not chosen:
                     continue
-                pooled = counts if pooled is None else [[a + b for a, b in zip(x, y)] for x, y in zip(pooled, counts)]
-                result = metric.compute(
-                    predictions=counts, references=occupations, labels=found["labels"],
-                    num_occupations=min(found["size"].get("k") or len(usable), len(usable)),
-                    images_per_occupation=found["size"].get("n") or 10, rounds=args.rounds, seed=args.seed,
-                    confidence=args.confidence,
-                    target={o: found["targets"].get((*key, o)) or [1 / len(found["labels"])] * len(found["labels"])
-                            for o in occupations},
-                )  # fmt: skip
-                results.append(result)
-                for occupation, values in result["per_occupation"].items():
-                    if values["distance_sq"] == values["distance_sq"]:
-                        seed_cells[index][key][occupation] = values["distance_sq"]
-            if not results:
+                name = label if intervention == "none" else f"{label}+{intervention}"
+                name += f" [{split}]" if held_out else ""
+                results, pooled, per_seed = self.seed_results(seeds, key, chosen, n, metric, args)
+                for index, found in per_seed.items():
+                    seed_cells[name][index][(language, variant)] = found
+                if not results:
+                    continue
+                shared = set.intersection(*(set(c) for c in per_seed.values()))
+                cells[name][(language, variant)] = {
+                    o: _mean([c[o] for c in per_seed.values()]) for o in sorted(shared)
+                }
+                fit = self.amplification(metric, pooled, chosen, first["labels"], planted, language, args)
+                control = self.control_share(seeds, language, args.confidence)
+                row = self.row(label, first, key, n, results, fit, control, base_model, args)
+                valid = _mean([sum(v["n"] for v in r["per_occupation"].values()) / (n * len(chosen)) for r in results])
+                rows.append(row | {"method": name, "split": split, "valid_share": valid})
+        return {"rows": rows, "cells": dict(cells), "seed_cells": dict(seed_cells)}
+
+    def same_noise_similarity(
+        self, run: StageRun, rows: list[dict], cells: dict, seeds: dict[str, list[str]], baseline: str, n: int
+    ) -> None:
+        """Fidelity to the baseline: per row, the mean similarity of each image to the baseline's
+        image of the same prompt and seed (the same starting noise), 1 - mean absolute pixel difference
+        at up to 64 px (Shen et al.'s semantic preservation, in pixels); an intervention without
+        baseline images of its prompts is compared with its own model's unchanged prompt."""
+        base_label, _, base_intervention = baseline.partition("+")
+        thumbnails = {name: self.thumbnails(run, name, n) for names in seeds.values() for name in names}
+        reference = thumbnails[seeds[base_label][0]]
+        for row in rows:
+            row["same_noise_similarity"] = None
+            occupations = cells[row["method"]].get((row["language"], row["variant"]), {})
+            place = (row["language"], row["variant"])
+            if row["method"] == baseline or not occupations:
                 continue
-            shared = set.intersection(*(set(c[key]) for c in seed_cells[: len(results)]))
-            cells[key] = {o: _mean([c[key][o] for c in seed_cells[: len(results)]]) for o in sorted(shared)}
-            fit = self.amplification(metric, pooled, sorted(first["perceived"][key]), first["labels"], planted,
-                                     language, args)  # fmt: skip
-            control = self.control_share(seeds, language, args.confidence)
-            rows.append(self.row(label, first, key, n, results, fit, control, base_model, args))
-        return {"rows": rows, "cells": dict(cells), "seed_cells": [dict(c) for c in seed_cells]}
+            against, wanted = reference, base_intervention or "none"
+            if not any((wanted, *place, o, 0) in against for o in occupations):
+                against, wanted = thumbnails[seeds[row["label"]][0]], "none"
+                if row["intervention"] == "none":
+                    continue  # nothing of these prompts to compare with
+            scores = [
+                1.0 - float(np.abs(images[key] - against[(wanted, *place, o, i)]).mean())
+                for name in seeds[row["label"]]
+                for images in [thumbnails[name]]
+                for o in occupations
+                for i in range(n)
+                for key in [(row["intervention"], *place, o, i)]
+                if key in images and (wanted, *place, o, i) in against
+            ]
+            row["same_noise_similarity"] = _mean(scores) if scores else None
+
+    @staticmethod
+    def thumbnails(run: StageRun, name: str, n: int) -> dict[tuple, np.ndarray]:
+        """The first n images of every prompt (but the control prompts), as floats in [0, 1] at up to
+        64 px, by (intervention, language, variant, profession, sample index)."""
+        from PIL import Image
+
+        images = run.dataset(f"{name}.images")
+        out = {}
+        columns = ["image", "intervention", "language", "variant", "profession", "sample_index"]
+        for config in images.configs:
+            if images.config_info(config).get("variant") in CONTROL_VARIANTS:
+                continue
+            for batch in images.batches(config, columns, batch_size=256):
+                for row in batch:
+                    if row["sample_index"] >= n or (pixels := decode_image(row["image"])) is None:
+                        continue
+                    if max(pixels.shape[:2]) > 64:
+                        pixels = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.Resampling.BILINEAR))
+                    key = (row["intervention"] or "none", row["language"], row["variant"], row["profession"])
+                    out[(*key, row["sample_index"])] = pixels.astype(np.float32) / 255
+        return out
+
+    @staticmethod
+    def seed_results(
+        seeds: list[dict], key: tuple, chosen: list[str], n: int, metric: Any, args: Arguments
+    ) -> tuple[list[dict], list[list[int]] | None, dict[int, dict[str, float]]]:
+        """Each seed's metrics on the first n images of the `chosen` occupations of `key`; the counts
+        pooled over seeds; and per seed, each occupation's unbiased squared distance."""
+        results, pooled, per_seed = [], None, {}
+        for index, found in enumerate(seeds):
+            by_occupation = found["perceived"].get(key, {})
+            counts = [[sum(by_occupation.get(o, {}).get(i) == label for i in range(n)) for label in found["labels"]]
+                      for o in chosen]  # fmt: skip
+            usable = [o for o, c in zip(chosen, counts) if sum(c) > 0]
+            if not usable:
+                continue
+            pooled = counts if pooled is None else [[a + b for a, b in zip(x, y)] for x, y in zip(pooled, counts)]
+            uniform = [1 / len(found["labels"])] * len(found["labels"])
+            result = metric.compute(
+                predictions=counts, references=chosen, labels=found["labels"],
+                num_occupations=min(found["size"].get("k") or len(usable), len(usable)),
+                images_per_occupation=found["size"].get("n") or 10, rounds=args.rounds, seed=args.seed,
+                confidence=args.confidence, target={o: found["targets"].get((*key, o)) or uniform for o in chosen},
+            )  # fmt: skip
+            results.append(result)
+            per_seed[index] = {o: v["distance_sq"] for o, v in result["per_occupation"].items()
+                               if v["distance_sq"] == v["distance_sq"]}  # fmt: skip
+        return results, pooled, per_seed
 
     def row(
         self,
@@ -373,7 +464,11 @@ class CompareMethods(Stage):
         else:  # over seeds: training randomness and sampling together
             low, high = (math.sqrt(max(v, 0.0)) for v in mean_interval(squared, args.confidence))
             l1_low, l1_high = mean_interval([r["mean_l1"] for r in results], args.confidence)
-        measurable = control["share"] is None or control["share"] >= args.min_control
+        # Whether the template carries a known answer is a property of the prompts on the untouched
+        # model: its control gates the rows of the baseline's own model. A model trained for the
+        # method may lose control; that is a cost of the method, shown beside its bias, not a gate.
+        gated = first["model"] == base_model and control["share"] is not None
+        measurable = not gated or control["share"] >= args.min_control
         return {
             "method": label if intervention == "none" else f"{label}+{intervention}",
             "label": label,
@@ -445,7 +540,7 @@ class CompareMethods(Stage):
             f"{n} images per cell for every method (the same prompts and seeds); distance: root mean square over "
             "occupations of the L2 distance from the target, corrected for sampling",
             f"{'method':<26}{'lang':<5}{'seeds':>6}{'distance [95% CI]':>24}{'seed range':>15}{'L1 (floor)':>16}"
-            f"{'amplif.':>9}{'control':>9}{'p vs ' + baseline:>14}{'Holm':>8}",
+            f"{'amplif.':>9}{'control':>9}{'sim.':>7}{'p vs ' + baseline:>14}{'Holm':>8}",
         ]
         for r in rows:
             if r["measurable"]:
@@ -458,12 +553,14 @@ class CompareMethods(Stage):
             lines.append(
                 f"{r['method']:<26}{r['language']:<5}{r['seeds']:>6}{distance:>24}{spread:>15}"
                 f"{_number(r['mean_l1']) + ' (' + _number(r['l1_floor']) + ')':>16}{_number(r['amplification'], 2):>9}"
-                f"{_number(r['explicit_gender_control'], 2):>9}{_number(r['p_value'], 4):>14}"
+                f"{_number(r['explicit_gender_control'], 2):>9}{_number(r['same_noise_similarity'], 2):>7}"
+                f"{_number(r['p_value'], 4):>14}"
                 f"{_number(r['p_holm'], 4):>8}"
             )
         lines.append(
             "(not measurable: explicit-gender control below the threshold; p: paired sign-flip test of the squared "
-            "distances on the same occupations; amplif.: slope of measured on planted share)"
+            "distances on the same occupations; amplif.: slope of measured on planted share; sim.: similarity to the "
+            "baseline's image from the same seed)"
         )
         significant = [c for c in comparisons if c["p_holm"] is not None and c["p_holm"] < 0.05]
         lines.append(f"pooled over languages x occupations: {len(comparisons)} comparisons, {len(significant)} "
@@ -595,10 +692,15 @@ class CompareMethods(Stage):
                 "comparisons say how many seeds alone are fairer than the other method. *Amplification* (in the "
                 "planted-bias world) is the slope of the measured share on the planted one: 1 follows the training "
                 "data, above 1 exaggerates it. *Control* is the share of explicitly gendered prompts' images "
-                f"perceived as asked: below {run.args.min_control} a row is *not measurable* (the model does not "
-                "obey gender words on that template) and is left out of the tests. Costs are work, not time taken "
-                "under whatever load: UNet evaluations per image and images seen in training for the method; the "
-                f"CLIP score (`{ALIGNMENT_SCORE}`) where it was measured."
+                f"perceived as asked: on the baseline's own model, below {run.args.min_control} a row is *not "
+                "measurable* (the model does not obey gender words on that template) and is left out of the "
+                "tests; for a model trained for a method, lost control is a cost of the method. Fidelity: the "
+                "share of *valid images* (exactly one classified face or figure) and each image's *similarity "
+                "to the baseline's image from the same prompt and seed* (1 - mean absolute pixel difference at "
+                "up to 64 px; Shen et al.'s semantic preservation, in pixels). Held-out rows (`[held-out]`) are "
+                "occupations or languages the method's training data did not have. Costs are work, not time "
+                "taken under whatever load: UNet evaluations per image and images seen in "
+                f"training for the method; the CLIP score (`{ALIGNMENT_SCORE}`) where it was measured."
             ),
             lineage=run.lineage,
             configs=["methods", "comparisons"],
@@ -621,6 +723,8 @@ class CompareMethods(Stage):
                         "p",
                         "p (Holm)",
                         "control",
+                        "valid images",
+                        "similarity to baseline (same noise)",
                         "UNet passes / image",
                         "training images",
                         "CLIP",
@@ -640,6 +744,8 @@ class CompareMethods(Stage):
                             number(r["p_value"], 4),
                             number(r["p_holm"], 4),
                             number(r["explicit_gender_control"], 2),
+                            number(r["valid_share"], 2),
+                            number(r["same_noise_similarity"], 3),
                             number(r["unet_passes_per_image"], 0),
                             "–" if r["training_images"] is None else f"{r['training_images']:,}",
                             number(r["clip_score"], 2),
@@ -697,18 +803,29 @@ def unet_passes(steps: int | None, guidance: float, intervention: str) -> float:
     return float(steps * per_step)
 
 
-def model_training(run: StageRun, model: str) -> int | None:
-    """Images seen in training by a model trained by `train_text_to_image` (steps x batch x gradient
-    accumulation, from its card's lineage); None for any other model."""
+def model_training(run: StageRun, model: str) -> dict[str, Any]:
+    """What training a model made by `train_text_to_image` saw, from its card's lineage:
+    `training_images` (steps x batch x gradient accumulation) and `training_cells`, the (caption
+    language, occupation) pairs of its training dataset; None for any other model."""
+    unknown = {"training_images": None, "training_cells": None}
     try:
         lineage = card_metadata(run.store.resolve(model, "model")).get("lineage") or {}
     except UserError:
-        return None
+        return unknown
     parameters = lineage.get("parameters") or {}
     if lineage.get("stage") != "train_text_to_image" or not parameters.get("max_train_steps"):
-        return None
+        return unknown
     accumulation = parameters.get("gradient_accumulation_steps") or 1
-    return int(parameters["max_train_steps"]) * int(parameters.get("train_batch_size") or 1) * int(accumulation)
+    seen = int(parameters["max_train_steps"]) * int(parameters.get("train_batch_size") or 1) * int(accumulation)
+    cells = None
+    dataset = (lineage.get("inputs") or {}).get("dataset_name")
+    try:
+        training = DatasetArtifact(run.store.resolve(dataset, "dataset"), dataset)
+        cells = {(r["caption_language"], r["profession"]) for config in training.configs
+                 for r in training.rows(config, ["caption_language", "profession"])}  # fmt: skip
+    except (UserError, TypeError, KeyError, ValueError):
+        pass  # a dataset from outside the store: what it holds is unknown
+    return {"training_images": seen, "training_cells": cells}
 
 
 def training_images(found: dict, base_model: str) -> int | None:

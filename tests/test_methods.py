@@ -377,12 +377,69 @@ def test_seeds_of_a_method_are_averaged_and_counted(methods_study: dict) -> None
         if None not in squared:
             assert row["distance"] == pytest.approx(math.sqrt(sum(squared) / 2))
         assert row["mean_l1"] == pytest.approx((a["mean_l1"] + b["mean_l1"]) / 2)
+    # Fidelity: the same images compared with themselves are identical; another model's are not.
+    other, g3 = methods_study["other"], methods_study["base-g3"]
+    again = compare_methods.run(compare_methods.Arguments(
+        **common, methods=f"base={other},again={other},g3={g3}", rounds=50, min_control=0, output_repo="m-again"))  # fmt: skip
+    similar = {
+        (r["method"], r["language"]): r
+        for r in datasets.load_dataset(str(store.resolve(str(again), "dataset")), "methods", split="train")
+    }
+    assert similar[("again", "en")]["same_noise_similarity"] == 1.0
+    assert (
+        similar[("g3", "en")]["same_noise_similarity"] < 1.0
+        and similar[("base", "en")]["same_noise_similarity"] is None
+    )
+    assert 0 <= similar[("g3", "en")]["valid_share"] <= 1
     pairs = datasets.load_dataset(str(folder), "comparisons", split="train")
     twin = next(p for p in pairs if p["method"] == "twin" and p["versus"] == "base")
     assert twin["seeds"] == 2 and 0 <= twin["seeds_better"] <= 2
     with pytest.raises(ConfigError, match="images_per_cell=3: .* has 2 images in some cell"):
         compare_methods.run(compare_methods.Arguments(**common, methods=f"base={methods_study['base']}",
                                                       images_per_cell=3))  # fmt: skip
+
+
+def test_held_out_occupations_and_languages_are_rows_of_their_own() -> None:
+    """A model trained for the method on some (language, occupation) cells: its rows split into
+    in-sample and held-out, each measured on its own occupations only; a method with no held-out cell
+    keeps its name; the baseline's own model is never split."""
+    import evaluate
+
+    metric = evaluate.load(str(compare_methods.METRIC_PATH), "counts")
+    occupations = ["CEO", "nurse", "teacher"]
+
+    def loaded(model: str, trained: set | None, female: dict) -> dict:
+        perceived = {
+            ("none", language, "neutral"): {o: {i: "female" if i < female[o] else "male" for i in range(10)}
+                                            for o in occupations}
+            for language in ("en", "ja")
+        }  # fmt: skip
+        return {"model": model, "training_cells": trained, "training_images": 640, "perceived": perceived,
+                "labels": ["male", "female"], "size": {}, "targets": {}, "control": {}, "alignment": {},
+                "guidance": 1.0, "steps": 20}  # fmt: skip
+
+    args = compare_methods.Arguments(methods="base=x", rounds=50)
+    stage = compare_methods.CompareMethods()
+    female = {"CEO": 2, "nurse": 9, "teacher": 5}
+    in_sample = {(language, o) for language in ("en", "ja") for o in ("CEO", "nurse")}
+    found = stage.measure("ft", [loaded("ft-model", in_sample, female)], 10, metric, None, "base-model", args)
+    rows = {(r["method"], r["language"]): r for r in found["rows"]}
+    assert set(rows) == {(f"ft [{s}]", lang) for s in ("in-sample", "held-out") for lang in ("en", "ja")}
+    assert (
+        rows[("ft [held-out]", "en")]["num_occupations"] == 1 and rows[("ft [held-out]", "en")]["split"] == "held-out"
+    )
+    assert set(found["cells"]["ft [in-sample]"][("en", "neutral")]) == {"CEO", "nurse"}
+    assert set(found["cells"]["ft [held-out]"][("ja", "neutral")]) == {"teacher"}
+    # Held out as a language: every cell of ja.
+    english = {("en", o) for o in occupations}
+    by_language = stage.measure("ft", [loaded("ft-model", english, female)], 10, metric, None, "base-model", args)
+    assert {(r["method"], r["language"]) for r in by_language["rows"]} == {("ft [in-sample]", "en"),
+                                                                          ("ft [held-out]", "ja")}  # fmt: skip
+    everything = english | {("ja", o) for o in occupations}
+    whole = stage.measure("ft", [loaded("ft-model", everything, female)], 10, metric, None, "base-model", args)
+    assert {r["method"] for r in whole["rows"]} == {"ft"} and {r["split"] for r in whole["rows"]} == {"in-sample"}
+    own = stage.measure("base", [loaded("base-model", in_sample, female)], 10, metric, None, "base-model", args)
+    assert {r["split"] for r in own["rows"]} == {"all"}
 
 
 def test_interventions_refuse_variants_they_do_not_apply_to(tiny_study: dict) -> None:
@@ -455,22 +512,31 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
         "base", "base-g3", "base-g5", "neutral-ft", "mixed-ft", "mixed-lora", "prompts-g3",
         *(f"prompts-g3+{i}" for i in ("explicit_gender", "ethical", "negative", "sega")),
     }  # fmt: skip
+    # A matched design: every row at 40 images per cell, the fine-tunes over three training seeds.
+    assert {r["images_per_occupation"] for r in table} == {40.0}
     for language in languages:
         base = rows[("base", language)]
-        assert base["guidance_scale"] == 1.0 and base["p_value"] is None
-        # Guidance amplifies the planted bias, in every language.
+        assert base["guidance_scale"] == 1.0 and base["p_value"] is None and base["seeds"] == 1
+        # The base model follows its training data (slope about 1); guidance amplifies it, in every language.
+        assert 0.7 < base["amplification"] < 1.3
+        assert rows[("base-g5", language)]["amplification"] > base["amplification"]
         assert rows[("base-g5", language)]["distance"] > base["distance"]
         assert rows[("base-g5", language)]["baseline"] == "base" and rows[("base-g5", language)]["p_value"] is not None
-        # Interventions are tested against the unchanged prompt of their own images, same seeds.
+        # Interventions are tested against the unchanged prompt of their own images, same seeds, where
+        # the world model obeys gender words on their template; elsewhere they are not measurable.
         for intervention in ("explicit_gender", "ethical", "negative", "sega"):
             row = rows[(f"prompts-g3+{intervention}", language)]
-            assert row["baseline"] == "prompts-g3+none" and row["p_value"] is not None
+            assert row["measurable"] == (row["explicit_gender_control"] >= 0.9)
+            assert (row["p_value"] is not None) == row["measurable"]
         # Neutral captions alone cost the control of gendered prompts; mixing gendered captions back keeps it.
         neutral, mixed = rows[("neutral-ft", language)], rows[("mixed-ft", language)]
         assert mixed["explicit_gender_control"] > neutral["explicit_gender_control"] + 0.2
         for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
             costs = rows[(method, language)]
-            assert costs["seconds_per_image"] > 0 and costs["clip_score"] is not None
+            assert costs["seeds"] == 3 and costs["seed_distance_low"] <= costs["seed_distance_high"]
+            assert costs["measurable"] and costs["training_images"] == 60 * 64 and costs["unet_passes_per_image"] == 20
+    assert rows[("prompts-g3+sega", "de")]["unet_passes_per_image"] == 4 * 20
+    assert not all(r["measurable"] for r in table)  # the world model ignores gender words on eval_direct in zh
     # Every fine-tune lowers the bias of the neutral prompts, over the four languages, and the pooled
     # comparisons (Holm-corrected over the whole table) say so.
     for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
@@ -483,6 +549,7 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
     for method in ("neutral-ft", "mixed-ft"):
         assert pooled[(method, "base")]["cells"] == 24 and pooled[(method, "base")]["difference_mean"] < 0
         assert pooled[(method, "base")]["p_holm"] < 0.05, method
+        assert pooled[(method, "base")]["seeds"] == 3 and pooled[(method, "base")]["seeds_better"] >= 2, method
     # The Space finds the comparison by lineage and ranks the methods per language, fairest first
     # within each prompt set, its own (the neutral prompts) on top.
     sys.path.insert(0, str(REPO_ROOT / "spaces" / "compare_languages"))
@@ -496,5 +563,6 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
     assert set(shown["method"]) == methods and len(shown) == len(methods)
     neutral = shown[shown["prompts"] == "neutral"]
     assert list(neutral.index) == list(range(len(neutral)))  # the Space's own prompts first
-    expected = sorted((rows[(m, "de")]["distance"], m) for m in neutral["method"])
+    expected = sorted((rows[(m, "de")]["distance"] if rows[(m, "de")]["measurable"] else float("inf"), m)
+                      for m in neutral["method"])  # fmt: skip
     assert list(neutral["method"]) == [m for _, m in expected]

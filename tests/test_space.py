@@ -272,6 +272,13 @@ def test_methods_as_fair_as_each_other_are_listed_by_name_whatever_the_table_ord
         study.methods = rows.sample(frac=1, random_state=seed).reset_index(drop=True)
         shown = list(study.methods_table("de")["method"])
         assert shown == ["a-ft", "mixed-ft", "neutral-ft", "lora", "base", "g3"]
+    # A table made before `measurable` existed reads every row as measurable (above); a row that is not
+    # measurable ranks last whatever its number, and says so instead of the number.
+    rows["measurable"] = rows["method"] != "a-ft"
+    study.methods = rows
+    shown = study.methods_table("de")
+    assert list(shown["method"]) == ["mixed-ft", "neutral-ft", "lora", "base", "g3", "a-ft"]
+    assert shown.iloc[-1]["distance [95% CI]"] == "not measurable" and "seeds" in shown
 
 
 def test_fairness_widget(tmp_path: Path) -> None:

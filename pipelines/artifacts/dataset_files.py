@@ -22,6 +22,20 @@ SPLIT = "train"
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def decode_image(value: dict[str, Any] | None) -> Any:
+    """An `Image` column's stored value (`{"bytes", "path"}`) as an RGB uint8 array; None when it
+    cannot be decoded (a stage records that image as corrupt rather than stopping)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    try:
+        return np.asarray(Image.open(io.BytesIO(value["bytes"])).convert("RGB"))
+    except Exception:  # noqa: BLE001 - any undecodable image is recorded, not fatal
+        return None
+
+
 def shard_name(index: int) -> str:
     return f"{SPLIT}-{index:05d}.parquet"
 

@@ -218,6 +218,9 @@ METHODS = datasets.Features(
         **{name: datasets.Value("float64") for name in ("exp_max_l1", "random_exp_max_l1", "l1_floor")},
         **{name: datasets.Value("float64") for name in ("distance", "distance_ci_low", "distance_ci_high")},
         "images_per_occupation": datasets.Value("float64"),
+        # all (no training for the method); in-sample or held-out: occupations and languages its
+        # training data had, or not.
+        "split": datasets.Value("string"),
         # A method trained with several seeds: their number and the range of their distances.
         "seeds": datasets.Value("int32"),
         "seed_distance_low": datasets.Value("float64"),
@@ -234,6 +237,10 @@ METHODS = datasets.Features(
         "p_value": datasets.Value("float64"),
         "p_holm": datasets.Value("float64"),
         "clip_score": datasets.Value("float64"),
+        # Fidelity: the share of images with exactly one classified face (figure), and the mean
+        # similarity to the baseline's image from the same prompt and seed.
+        "valid_share": datasets.Value("float64"),
+        "same_noise_similarity": datasets.Value("float64"),
         # Costs as work: UNet evaluations per image, images seen in training for the method.
         "unet_passes_per_image": datasets.Value("float64"),
         "training_images": datasets.Value("int64"),
