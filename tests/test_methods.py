@@ -379,8 +379,10 @@ def test_seeds_of_a_method_are_averaged_and_counted(methods_study: dict) -> None
         assert row["mean_l1"] == pytest.approx((a["mean_l1"] + b["mean_l1"]) / 2)
     # Fidelity: the same images compared with themselves are identical; another model's are not.
     other, g3 = methods_study["other"], methods_study["base-g3"]
-    again = compare_methods.run(compare_methods.Arguments(
-        **common, methods=f"base={other},again={other},g3={g3}", rounds=50, min_control=0, output_repo="m-again"))  # fmt: skip
+    arguments = compare_methods.Arguments(
+        **common, methods=f"base={other},again={other},g3={g3}", rounds=50, min_control=0, output_repo="m-again"
+    )
+    again = compare_methods.run(arguments)
     similar = {
         (r["method"], r["language"]): r
         for r in datasets.load_dataset(str(store.resolve(str(again), "dataset")), "methods", split="train")
