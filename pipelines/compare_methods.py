@@ -250,7 +250,7 @@ class CompareMethods(Stage):
                 labels = list(summary["labels"])
                 size = {"k": summary["k"], "n": summary["n"]}
         if labels is None:
-            raise DataError(f"methods: {run.inputs[f'{name}.bias']} has no {args.attribute!r} results")
+            raise DataError(f"methods: no {args.attribute!r} results in {run.inputs[f'{name}.bias']}")
         targets = {
             (row["intervention"] or "none", row["language"], row["variant"], row["occupation"]): row["target"]
             for row in bias.rows("per_occupation")
@@ -259,8 +259,6 @@ class CompareMethods(Stage):
         perceived: dict[tuple, dict[str, dict[int, str | None]]] = defaultdict(lambda: defaultdict(dict))
         control: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         columns = ["profession", "sample_index", "status", "intervention", "prompt_gender", args.attribute]
-        if args.attribute == "gender":
-            columns = list(dict.fromkeys(columns))
         for config in attributes.configs:
             info = attributes.config_info(config)
             language, variant = info.get("language"), info.get("variant")
@@ -539,7 +537,7 @@ class CompareMethods(Stage):
         lines = [
             f"{n} images per cell for every method (the same prompts and seeds); distance: root mean square over "
             "occupations of the L2 distance from the target, corrected for sampling",
-            f"{'method':<26}{'lang':<5}{'seeds':>6}{'distance [95% CI]':>24}{'seed range':>15}{'L1 (floor)':>16}"
+            f"{'method':<32}{'lang':<5}{'seeds':>6}{'distance [95% CI]':>24}{'seed range':>15}{'L1 (floor)':>16}"
             f"{'amplif.':>9}{'control':>9}{'sim.':>7}{'p vs ' + baseline:>14}{'Holm':>8}",
         ]
         for r in rows:
@@ -551,7 +549,7 @@ class CompareMethods(Stage):
                 distance = "not measurable"
             spread = f"{_number(r['seed_distance_low'])}-{_number(r['seed_distance_high'])}" if r["seeds"] > 1 else ""
             lines.append(
-                f"{r['method']:<26}{r['language']:<5}{r['seeds']:>6}{distance:>24}{spread:>15}"
+                f"{r['method']:<32}{r['language']:<5}{r['seeds']:>6}{distance:>24}{spread:>15}"
                 f"{_number(r['mean_l1']) + ' (' + _number(r['l1_floor']) + ')':>16}{_number(r['amplification'], 2):>9}"
                 f"{_number(r['explicit_gender_control'], 2):>9}{_number(r['same_noise_similarity'], 2):>7}"
                 f"{_number(r['p_value'], 4):>14}"

@@ -513,7 +513,21 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
     assert methods == {
         "base", "base-g3", "base-g5", "neutral-ft", "mixed-ft", "mixed-lora", "prompts-g3",
         *(f"prompts-g3+{i}" for i in ("explicit_gender", "ethical", "negative", "sega")),
+        *(f"mixed-ft-{held} [{split}]" for held in ("4occ", "3lang") for split in ("in-sample", "held-out")),
     }  # fmt: skip
+    # Held out of training: two occupations in every language; the fourth language whole.
+    for language in languages:
+        held = rows[("mixed-ft-4occ [held-out]", language)]
+        assert held["num_occupations"] == 2 and held["split"] == "held-out"
+        assert rows[("mixed-ft-4occ [in-sample]", language)]["num_occupations"] == 4
+    assert {r["language"] for r in table if r["method"] == "mixed-ft-3lang [held-out]"} == {"ja"}
+    # Fidelity: the world's pictures always show one figure; the fine-tunes keep part of the base
+    # model's picture from the same noise, an explicit gender changes more of it than nothing does.
+    assert all(r["valid_share"] == 1.0 for r in table)
+    for language in languages:
+        for method in ("neutral-ft", "mixed-ft", "mixed-lora", "base-g5"):
+            assert 0.5 < rows[(method, language)]["same_noise_similarity"] < 1.0, (method, language)
+        assert rows[("base", language)]["same_noise_similarity"] is None
     # A matched design: every row at 40 images per cell, the fine-tunes over three training seeds.
     assert {r["images_per_occupation"] for r in table} == {40.0}
     for language in languages:

@@ -342,17 +342,31 @@ def test_check_world_exits_1_on_a_no_verdict_and_says_it_again_when_reused(drawn
     assert passing.returncode == 0 and passing.stdout.strip().splitlines()[-1].startswith("calibrated: yes")
 
 
-def test_compare_methods_counts_the_grid_s_gendered_prompts_as_explicit_gender_control(drawn: dict) -> None:
-    from pipelines.compare_methods import CompareMethods
+def test_compare_methods_counts_the_grid_s_gendered_prompts_as_control_and_finds_the_planted_slope(
+    drawn: dict,
+) -> None:
+    """On the drawn world: the grid's gendered prompts are explicit-gender control (always obeyed);
+    the amplification is measured against the planted shares the world's card records (slope 1)."""
+    from pipelines import compare_methods, evaluate_bias
 
+    # A copy of its own, so that no other test's made-up attributes of the drawn images are found by lineage.
     store = LocalStore(drawn["root"])
-    attributes = DatasetArtifact(store.resolve(drawn["attributes"], "dataset"), drawn["attributes"])
-    control = CompareMethods.control(attributes, 0.95)
+    images = "w/drawn-copy@" + store.push(store.resolve(drawn["images"], "dataset"), "w/drawn-copy", "dataset", "copy")
+    attributes = classify.run(
+        classify.Arguments(**drawn["common"], input=images, detector="none", classifier="world-cue", batch_size=64)
+    )
+    evaluate_bias.run(evaluate_bias.Arguments(**drawn["common"], input=str(attributes), rounds=20, num_occupations=3))
+    result = compare_methods.run(
+        compare_methods.Arguments(**drawn["common"], methods=f"drawn={images}", rounds=50, output_repo="drawn-methods")
+    )
+    table = datasets.load_dataset(str(store.resolve(str(result), "dataset")), "methods", split="train")
+    rows = {r["language"]: r for r in table}
     # Drawn gendered pictures always show their own colour: 3 occupations x 2 genders x 7 per language.
-    assert control.keys() == {"en", "de"}
-    for language in ("en", "de"):
-        assert control[language]["share"] == 1.0 and control[language]["n"] == 42
-        assert control[language]["low"] > 0.9
+    assert rows.keys() == {"en", "de"}
+    for row in rows.values():
+        assert row["explicit_gender_control"] == 1.0 and row["explicit_gender_images"] == 42
+        assert row["explicit_gender_control_ci_low"] > 0.9 and row["measurable"]
+        assert row["images_per_occupation"] == 30 and 0.95 <= row["amplification"] <= 1.05
 
 
 @pytest.mark.parametrize("kind", ["altdiffusion", "stable-diffusion"])
