@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import PROJECT_ROOT, __version__
-from pipelines.errors import ConfigError
+from pipelines.artifacts.reader import DatasetArtifact
+from pipelines.artifacts.store import parse_ref
+from pipelines.errors import ConfigError, DataError, UserError
 from pipelines.harness.config import StageArguments
 from pipelines.harness.lineage import parse_versions, version_refs
 from pipelines.harness.stage import Stage, StageRun
@@ -48,7 +50,18 @@ class Arguments(StageArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_choice("space_store", ("hub", "local"))
-        parse_versions(self.versions)
+        named = {f"versions[{label}]": spec for label, spec in parse_versions(self.versions).items()}
+        for what, spec in {**named, "methods": self.methods}.items():
+            try:
+                if spec is not None:
+                    parse_ref(spec, namespace=self.namespace)
+            except UserError as err:
+                raise ConfigError(f"{what}={spec!r}: {err}") from None
+
+    def reads_this_store(self) -> bool:
+        """Whether the Space will read the store this command publishes to (so its inputs can be checked
+        and pinned now)."""
+        return self.space_store == "local" or self.store == "hub"
 
 
 def build_wheel(folder: Path) -> Path:
@@ -81,21 +94,45 @@ class PublishSpace(Stage):
     Arguments = Arguments
     repo_type = "space"
 
+    def pinned_inputs(self, args: Arguments, store: Any) -> dict[str, str]:
+        """Every dataset the Space shows, pinned: each version's images, attributes, bias and alignment
+        (found by lineage) and the methods comparison. Checked here, before anything is written, so a
+        Space that would fail on its first start is never published; when the Space reads another
+        store (the Hub, from a local study), only the values' form can be checked."""
+        if not args.reads_this_store():
+            return {}
+        pinned = {}
+        for label, spec in parse_versions(args.versions).items():
+            for kind, ref in version_refs(store, args.namespace, label, spec).items():
+                pinned[f"{label}.{kind}"] = ref
+        if args.methods:
+            ref = parse_ref(args.methods, namespace=args.namespace)
+            if not store.exists(ref.repo_id, "dataset"):
+                raise DataError(f"methods={args.methods!r}: no methods dataset {ref.repo_id} in the store")
+            pinned["methods"] = f"{ref.repo_id}@{store.revision_of(ref, 'dataset')}"
+            DatasetArtifact(store.resolve(pinned["methods"], "dataset"), pinned["methods"]).expect(
+                "methods", "methods"
+            )
+        return pinned
+
     def build(self, run: StageRun, folder: Path) -> str:
         args: Arguments = run.args
-        if args.space_store == "local" or args.store == "hub":
-            # The Space will read this very store: each version must have what the Space shows,
-            # or the Space would publish fine and fail on its first start.
-            for label, spec in parse_versions(args.versions).items():
-                version_refs(run.store, args.namespace, label, spec)
         for name in APP_FILES:
             shutil.copyfile(SOURCE / name, folder / name)
         wheel = build_wheel(folder / "wheels")
         requirements = (SOURCE / "requirements.txt").read_text().rstrip() + f"\n./wheels/{wheel.name}\n"
         (folder / "requirements.txt").write_text(requirements)
-        config = {"versions": args.versions, "store": args.space_store, "namespace": args.namespace}
+        # The Space shows exactly what was checked: each version's images and the methods, by revision.
+        versions = {
+            label: run.inputs.get(f"{label}.images", spec) for label, spec in parse_versions(args.versions).items()
+        }
+        config = {
+            "versions": ",".join(f"{label}={spec}" for label, spec in versions.items()),
+            "store": args.space_store,
+            "namespace": args.namespace,
+        }
         if args.methods:
-            config["methods"] = args.methods
+            config["methods"] = run.inputs.get("methods", args.methods)
         (folder / "space_config.json").write_text(json.dumps(config, indent=2) + "\n")
         from huggingface_hub import RepoCard
 

@@ -143,6 +143,18 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("publish_space", ["--versions", "base={prompts}", "--space_store", "local"], "no attributes made by classify"),
     ("publish_space", ["--versions", "base={images},base={images}"], "the label 'base' is given twice"),
+    ("publish_space", ["--versions", "base=bad name!"], "versions[base]='bad name!': malformed repo id"),
+    ("publish_space", ["--versions", "base={images}", "--methods", "a/b/c"], "methods='a/b/c': malformed repo id"),
+    (
+        "publish_space",
+        ["--versions", "base={images}", "--methods", "no-such-methods", "--space_store", "local"],
+        "no methods dataset study/no-such-methods",
+    ),
+    (
+        "publish_space",
+        ["--versions", "base={images}", "--methods", "{bias}", "--space_store", "local"],
+        "is a dataset of bias; a dataset of methods",
+    ),
     # The training script.
     ("train", ["--dataset_name", "{train}", "--mixed_precision", "fp8"], "mixed_precision='fp8'"),
     ("train", ["--dataset_name", "{train}", "--max_train_steps", "-1"], "max_train_steps=-1"),

@@ -22,7 +22,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from pipelines.artifacts.store import LocalStore
+from pipelines.artifacts.store import LocalStore, parse_ref
 from pipelines.modeling.tiny import build_tiny_open_clip
 
 from .conftest import REPO_ROOT
@@ -213,6 +213,28 @@ def test_space_requirements_install_what_it_imports_and_the_toolkit_publishes_it
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_a_space_that_reads_the_study_s_store_is_published_pinned(offline_study: dict) -> None:
+    """Every version the Space shows is checked and pinned before anything is written: its config
+    names each version's images by revision, and its lineage every dataset the Space reads."""
+    import json
+
+    from pipelines import publish_space
+
+    assert offline_study["result"].returncode == 0, offline_study["result"].stderr[-3000:]
+    root = str(offline_study["root"])
+    space_ref = publish_space.run(
+        publish_space.Arguments(store_root=root, versions=VERSIONS, space_store="local", output_repo="pinned-space")
+    )
+    store = LocalStore(root)
+    config = json.loads((store.resolve(str(space_ref), "space") / "space_config.json").read_text())
+    pinned = dict(item.split("=", 1) for item in config["versions"].split(","))
+    for label, name in (item.split("=", 1) for item in VERSIONS.split(",")):
+        ref = f"t2i-bias/{name}@{store.revision_of(parse_ref(name, namespace='t2i-bias'), 'dataset')}"
+        assert pinned[label] == ref == space_ref.lineage["inputs"][f"{label}.images"]
+        assert {f"{label}.{kind}" for kind in ("attributes", "bias")} <= set(space_ref.lineage["inputs"])
 
 
 def imports_of(files: list[Path]) -> set[str]:
