@@ -135,12 +135,15 @@ class CompareMethods(Stage):
         import evaluate
 
         args: Arguments = run.args
-        labels = list(parse_versions(args.methods, "methods"))
-        seeds = {label: [n for n in seed_specs(label, spec)] for label, spec in parse_versions(args.methods).items()}
-        loaded = {name: self.load(run, name, args) for label in labels for name in seeds[label]}
+        # Each label's images datasets, one per training seed: `label`, or `label#0`, `label#1`, ...
+        seeds = {
+            label: list(seed_specs(label, spec)) for label, spec in parse_versions(args.methods, "methods").items()
+        }
+        labels = list(seeds)
+        loaded = {name: self.load(run, name, args) for names in seeds.values() for name in names}
         n = self.images_per_cell(loaded, args)
         metric = evaluate.load(str(METRIC_PATH), "counts")
-        planted = self.planted(run, [name for label in labels for name in seeds[label]])
+        planted = self.planted(run, list(loaded))
         baseline = args.baseline or labels[0]
         base_label = baseline.partition("+")[0]
         base_model = loaded[seeds[base_label][0]]["model"]
