@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from pipelines import PROJECT_ROOT
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
-from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.artifacts.dataset_files import DatasetWriter, to_rgb
 from pipelines.artifacts.reader import DatasetArtifact
 from pipelines.errors import DataError
 from pipelines.harness.config import StageArguments, input_field
@@ -174,7 +174,8 @@ class EvaluateAlignment(ShardedStage):
             images = []
             for number, row in enumerate(batch):
                 try:
-                    images.append(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"))
+                    with Image.open(io.BytesIO(row["image"]["bytes"])) as image:
+                        images.append(to_rgb(image))
                 except Exception:  # noqa: BLE001 - any undecodable image is recorded, not fatal
                     if args.on_corrupt == "stop":
                         raise DataError(

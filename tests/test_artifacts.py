@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from pipelines.artifacts.cards import dataset_card, make_lineage, model_card
-from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.artifacts.dataset_files import DatasetWriter, decode_image
 from pipelines.artifacts.reader import DatasetArtifact, load_artifact, open_artifact
 from pipelines.artifacts.store import LocalStore
 from pipelines.errors import DataError
@@ -152,3 +152,38 @@ def test_reader_checks_kinds_columns_and_configs(
         artifact.select(["fr_eval_direct"])
     monkeypatch.setenv("T2I_BIAS_STORE_ROOT", str(store.root))
     assert load_artifact("ns/images@main")["language"] == ["en"]  # one call, the card's default config
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options: object) -> dict:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def test_one_image_decoder_reads_what_pillow_alone_gets_wrong() -> None:
+    """16-bit greyscale keeps its tones (Pillow's own conversion clips most pixels to white); palette
+    and alpha images lie on white; CMYK becomes RGB; an EXIF orientation is applied; 8-bit RGB comes
+    back unchanged; bytes that are no image give None."""
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    deep = decode_image(encoded(Image.fromarray(ramp)))
+    assert deep.shape == (64, 64, 3) and deep.dtype == np.uint8
+    assert abs(int(deep[32, 0, 0]) - round(ramp[32, 0] / 257)) <= 1 and (deep == 255).mean() < 0.01
+    clear = np.zeros((8, 8, 4), np.uint8)
+    clear[..., 0] = 200  # red under full transparency: not part of the picture
+    clear[:4, :, 3] = 255  # the top half opaque red
+    laid = decode_image(encoded(Image.fromarray(clear, "RGBA")))
+    assert (laid[:4] == [200, 0, 0]).all() and (laid[4:] == 255).all()
+    palette = Image.fromarray(clear, "RGBA").convert("P")
+    palette.info["transparency"] = palette.getpixel((0, 7))
+    assert (decode_image(encoded(palette))[7, 0] == 255).all()
+    cmyk = decode_image(encoded(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "JPEG"))
+    assert cmyk.shape == (4, 4, 3) and cmyk[0, 0, 0] > 200 and cmyk[0, 0, 1] < 60
+    wide = Image.fromarray(np.zeros((10, 30, 3), np.uint8))
+    exif = wide.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    assert decode_image(encoded(wide, "JPEG", exif=exif)).shape == (30, 10, 3)
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    assert (decode_image(encoded(Image.fromarray(rgb))) == rgb).all()
+    assert decode_image({"bytes": b"not an image", "path": None}) is None

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipelines.artifacts.cards import model_card
-from pipelines.artifacts.dataset_files import SPLIT
+from pipelines.artifacts.dataset_files import SPLIT, to_rgb
 from pipelines.artifacts.inputs import hub_pipeline_files, published_name
 from pipelines.artifacts.store import HubStore, card_metadata
 from pipelines.errors import ConfigError, DataError
@@ -766,7 +766,7 @@ def make_loader(data: Any, parts: Parts, args: TrainArguments, accelerator: Any,
     train_transforms = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
 
     def preprocess(batch: dict[str, list]) -> dict[str, list]:
-        batch["pixel_values"] = [train_transforms(image.convert("RGB")) for image in batch[args.image_column]]
+        batch["pixel_values"] = [train_transforms(to_rgb(image)) for image in batch[args.image_column]]
         tokens = parts.tokenize([str(caption) for caption in batch[args.caption_column]])
         batch["input_ids"], batch["attention_mask"] = list(tokens.input_ids), list(tokens.attention_mask)
         return batch

@@ -22,16 +22,39 @@ SPLIT = "train"
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def to_rgb(image: Any) -> Any:
+    """A PIL image as 8-bit RGB, whatever it was stored as: turned upright by its EXIF orientation;
+    16- and 32-bit greyscale scaled to 8 bits (Pillow's own conversion clips them, so a 16-bit photo
+    turns white); palette and alpha images laid on white (their hidden colours are not the picture);
+    CMYK and the rest by Pillow's conversion."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "F" and values.max(initial=0) > 255 else 255.0
+        if image.mode == "F" and values.max(initial=0) <= 1.0:
+            top = 1.0  # floats in [0, 1]
+        grey = np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def decode_image(value: dict[str, Any] | None) -> Any:
-    """An `Image` column's stored value (`{"bytes", "path"}`) as an RGB uint8 array; None when it
-    cannot be decoded (a stage records that image as corrupt rather than stopping)."""
+    """An `Image` column's stored value (`{"bytes", "path"}`) as an RGB uint8 array (`to_rgb`); None
+    when it cannot be decoded (a stage records that image as corrupt rather than stopping)."""
     import io
 
     import numpy as np
     from PIL import Image
 
     try:
-        return np.asarray(Image.open(io.BytesIO(value["bytes"])).convert("RGB"))
+        with Image.open(io.BytesIO(value["bytes"])) as image:
+            return np.asarray(to_rgb(image))
     except Exception:  # noqa: BLE001 - any undecodable image is recorded, not fatal
         return None
 
