@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
-from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.artifacts.dataset_files import DatasetWriter, decode_image
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Stage, StageRun
@@ -137,13 +137,16 @@ class CollectDatasets(Stage):
                               f"(it has {', '.join(sorted(have))})")  # fmt: skip
 
         writer = DatasetWriter(folder, schemas.TRAINING, rows_per_shard=2000)
-        missing_captions = 0
+        missing_captions = undecodable = 0
         for config in image_configs:
             images.require_columns(config, ["image", "prompt_id", "variant", "language", *schemas.GRID_COLUMNS])
             for batch in tqdm(images.batches(config, batch_size=64), desc=f"collect {config}", file=sys.stderr):
                 out = []
                 for image in batch:
                     if args.professions and image["profession"] not in args.professions:
+                        continue
+                    if decode_image(image["image"]) is None:  # would stop or skip a training run later
+                        undecodable += 1
                         continue
                     languages = [image["language"]] if args.caption_languages == ["same"] else caption_languages
                     for language in languages:
@@ -174,6 +177,8 @@ class CollectDatasets(Stage):
         if not rows.get("default"):
             raise DataError("the join of images and captions is empty: check image_configs and caption_languages")
         notes = [f"{missing_captions} image/caption pairs had no caption in the chosen variant and were left out."]
+        if undecodable:
+            notes.append(f"{undecodable} image(s) of the source could not be decoded and were left out.")
         variant = {
             "neutral": "each image's gender-neutral twin prompt (the reference study's debiasing signal)",
             "same": "each image's own prompt",
@@ -197,7 +202,7 @@ class CollectDatasets(Stage):
             languages=caption_languages,
             rows=rows,
             tags=["training", "debiasing"],
-            notes=notes if missing_captions else [],
+            notes=notes if missing_captions else notes[1:],
         ).save(folder / "README.md")
         return f"Training dataset: {rows['default']} pairs"
 

@@ -4,6 +4,7 @@ after a kill, are tested for every sharded stage in test_sharded_stages.py)."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,44 @@ def test_collect_datasets_captions_gendered_images_with_their_neutral_twins(tiny
     assert 0.3 * n_images < own < 0.7 * n_images  # about half keep their own gendered prompt
     with pytest.raises(ConfigError, match="caption_variant='neutral-ish': allowed neutral, same, mixed"):
         collect_datasets.Arguments(**common, caption_variant="neutral-ish")
+    # Occupations held out of the training set; one that the prompts lack is one line.
+    two = collect_datasets.run(
+        collect_datasets.Arguments(**common, images=str(images), professions=["nurse", "CEO"], output_repo="train-two")
+    )
+    two_rows = datasets.load_dataset(str(store.resolve(str(two), "dataset")), split="train")
+    assert set(two_rows["profession"]) == {"nurse", "CEO"} and two_rows.num_rows == n_images // 2
+    assert (
+        "occupations nurse, CEO only (the others held out)"
+        in (store.resolve(str(two), "dataset") / "README.md").read_text()
+    )
+    with pytest.raises(ConfigError, match="professions: 'astronaut' not in"):
+        collect_datasets.run(collect_datasets.Arguments(**common, images=str(images), professions=["astronaut"]))
+
+
+def test_collect_datasets_leaves_out_an_image_that_cannot_be_decoded_and_says_so(
+    tiny_study: dict, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    store = LocalStore(tiny_study["store_root"])
+    images = generate_images.run(
+        image_arguments(tiny_study, output_repo="train-images", languages=["en"], variants=["gendered"], num_images=1)
+    )
+    folder = tmp_path / "broken-images"
+    shutil.copytree(store.resolve(str(images), "dataset"), folder)
+    shard = next((folder / "data" / "en_gendered").glob("*.parquet"))
+    table = pq.read_table(shard).to_pylist()
+    table[0]["image"] = {"bytes": b"not a png", "path": None}
+    shard.chmod(0o644)
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(shard)), shard)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    broken = "study/broken-images@" + store.push(folder, "study/broken-images", "dataset", "one image broken")
+    common = {"store_root": tiny_study["store_root"], "namespace": "study", "prompts": tiny_study["prompts"]}
+    made = collect_datasets.run(collect_datasets.Arguments(**common, images=broken, output_repo="train-broken"))
+    rows = datasets.load_dataset(str(store.resolve(str(made), "dataset")), split="train")
+    assert rows.num_rows == 4 * 3 * 2 * 2 - 1
+    assert (
+        "1 image(s) of the source could not be decoded"
+        in (store.resolve(str(made), "dataset") / "README.md").read_text()
+    )
