@@ -482,6 +482,7 @@ def test_an_intervention_without_its_prompts_names_what_is_missing(tiny_study: d
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # the offline study (when this test is the first to need it), then ~20 minutes
 def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_study: dict) -> None:
     """The comparison recipe, offline, on the planted-bias world (reusing the offline study's steps):
     one table with guidance, prompt interventions and fine-tuning variants, and the findings the world
@@ -498,7 +499,7 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=1500,
+        timeout=2400,
         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
