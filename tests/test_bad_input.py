@@ -56,6 +56,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("generate_images", ["--input", "{prompts}", "--languages", "pt"], "pt"),
     ("generate_images", ["--input", "{prompts}", "--variants", "eval_directt"], "eval_directt"),
     ("generate_images", ["--input", "{prompts}", "--num_images", "0"], "num_images=0"),
+    ("generate_images", ["--input", "{prompts}", "--guidance_scale", "nan"], "guidance_scale=nan: a finite number"),
+    ("check_world", ["--base", "{attributes}", "--alpha", "inf"], "alpha=inf: a finite number"),
     ("generate_images", ["--input", "{prompts}", "--seeds", "random"], "seeds='random'"),
     ("generate_images", ["--input", "{prompts}", "--scheduler", "euler_x"], "euler_x"),
     ("generate_images", ["--input", "{prompts}", "--dtype", "fp8"], "dtype='fp8'"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -119,6 +120,12 @@ class StageArguments(StoreArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # nan passes every `<` check and inf most: no setting of any stage means either.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            for number in value if isinstance(value, list) else [value]:
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise ConfigError(f"{f.name}={value!r}: a finite number is expected")
         for name, kind in self.INPUTS.items():
             value = getattr(self, name)
             if value is not None and kind not in ("model", "source"):
