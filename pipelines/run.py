@@ -77,6 +77,8 @@ def plan_recipe(
     recipe = apply_settings(load_recipe(path), list(settings))
     recipe.update(overrides or {})
     entries = recipe.get("stages", [])
+    if not entries:
+        raise ConfigError(f"recipe {str(path)!r}: no stages to run")
     names = [entry.get("name", entry["stage"]) for entry in entries]
     for step in only or []:
         if step not in names:

@@ -168,6 +168,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train", ["--dataset_name", "{train}", "--pretrained_model_name_or_path", "{tmp}/nowhere"], "nowhere"),
     # The runner.
     ("run", ["{tmp}/missing.yaml"], "missing.yaml"),
+    ("run", ["{tmp}/empty.yaml"], "empty.yaml': no stages to run"),
     ("run", ["{tmp}/recipe.yaml", "--bogus"], "--bogus"),
     ("run", ["{tmp}/recipe.yaml", "--set", "nostep.professions=[nurse]"], "nostep"),
     ("run", ["{tmp}/recipe.yaml", "--set", "generate_prompts.professions"], "STEP.KEY=VALUE"),
@@ -201,6 +202,7 @@ def study(tiny_study: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     (tmp / "recipe.yaml").write_text("stages:\n  - stage: generate_prompts\n    professions: [nurse]\n")
     (tmp / "broken.yaml").write_text("stages:\n  - stage: generate_prompts\n    professions: [nurse\n")
     (tmp / "string_list.yaml").write_text("stages:\n  - stage: generate_prompts\n    professions: nurse\n")
+    (tmp / "empty.yaml").write_text("namespace: study\nstages: []\n")
     (tmp / "unknown_stage.yaml").write_text("stages:\n  - stage: make_coffee\n")
     values = {
         "prompts": tiny_study["prompts"],
