@@ -11,6 +11,7 @@ and an estimate of its GPU time.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import shlex
 import sys
@@ -135,14 +136,19 @@ def run_recipe(
     return results
 
 
-def dry_run(path: str | Path, overrides: dict[str, Any], settings: list[str], costs: Costs) -> None:
-    """What each step would read, download and make, and its GPU time, without running anything."""
-    recipe, plan = plan_recipe(path, None, overrides, settings)
+def dry_run(
+    path: str | Path, overrides: dict[str, Any], settings: list[str], costs: Costs, only: list[str] | None = None
+) -> None:
+    """What each step (or each of `only`) would read, download and make, and its GPU time, without
+    running anything. Every step is estimated, so a chosen step knows what the steps before it make."""
+    recipe, plan = plan_recipe(path, only, overrides, settings)
     estimates = Estimates()
     rows = []
     for name, stage, entry in plan:
         args = build_arguments(stage.Arguments, step_values(recipe, entry, stage.Arguments), step_where(recipe, entry))
-        rows.append((name, stage, args, stage.estimate(args, estimates, costs)))
+        estimate = stage.estimate(args, estimates, costs)
+        if not only or name in only:
+            rows.append((name, stage, args, estimate))
     print_plan(rows, costs)
 
 
@@ -177,8 +183,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         options = parser.parse_args(argv)
         overrides = {k: v for k, v in vars(options).items() if k in ("store", "store_root", "namespace") and v}
+        for name in ("seconds_per_image", "seconds_per_step"):
+            value = getattr(options, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{name}={value}: a number of seconds above 0")
         if options.dry_run:
-            dry_run(options.recipe, overrides, options.set, Costs(options.seconds_per_image, options.seconds_per_step))
+            costs = Costs(options.seconds_per_image, options.seconds_per_step)
+            dry_run(options.recipe, overrides, options.set, costs, options.only)
             return
         results = run_recipe(options.recipe, options.only, overrides, options.set, options.keep_going)
     except UserError as err:

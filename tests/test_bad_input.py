@@ -169,6 +169,7 @@ CASES: list[tuple[str, list[str], str]] = [
     # The runner.
     ("run", ["{tmp}/missing.yaml"], "missing.yaml"),
     ("run", ["{tmp}/empty.yaml"], "empty.yaml': no stages to run"),
+    ("run", ["{tmp}/recipe.yaml", "--dry_run", "--seconds_per_image", "nan"], "--seconds_per_image=nan: a number"),
     ("run", ["{tmp}/recipe.yaml", "--bogus"], "--bogus"),
     ("run", ["{tmp}/recipe.yaml", "--set", "nostep.professions=[nurse]"], "nostep"),
     ("run", ["{tmp}/recipe.yaml", "--set", "generate_prompts.professions"], "STEP.KEY=VALUE"),

@@ -326,6 +326,12 @@ def test_the_real_study_dry_run_counts_images_steps_and_downloads(tmp_path: Path
     assert "images:    8,640" in out  # the training images: the English gendered grid, one each
     assert "images:    151,000" in out  # MAGBIG's 151 occupations x 10 languages x 100 images
     assert "1.0 s per image" in out and "training:" in out
+    # One step alone: estimated from what the steps before it would make, and nothing else printed.
+    only = run_python("-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path), "--only",
+                      "train_text_to_image")  # fmt: skip
+    assert only.returncode == 0, only.stderr[-2000:]
+    assert " 1. train_text_to_image (train_text_to_image)" in only.stdout and " 2. " not in only.stdout
+    assert "34,560 training pairs" in only.stdout and "5,400 steps" in only.stdout
 
 
 @pytest.mark.slow
