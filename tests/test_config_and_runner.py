@@ -367,3 +367,29 @@ def test_every_offline_study_artifact_opens_by_reference_and_by_its_card(offline
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[0] == "24"  # six occupations x four languages
+
+
+def test_every_optional_number_of_every_stage_is_unset_with_none_on_the_command_line() -> None:
+    """`--dlib_max_size none` as `--output_repo none`: an optional number takes `none` (a recipe writes
+    null); a word that is neither a number nor none is still one line."""
+    import dataclasses
+    import typing
+
+    from pipelines.harness.config import parse_arguments
+    from pipelines.run import STAGES, stage_of
+
+    checked = []
+    needs = {"train_text_to_image": ["--dataset_name", "some-train"]}  # settings a stage cannot go without
+    for name in STAGES:
+        cls = stage_of(name).Arguments
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds = typing.get_args(hints[f.name])
+            if f.init and type(None) in kinds and {int, float} & set(kinds):
+                argv = [*needs.get(name, []), f"--{f.name}", "none"]
+                parsed = parse_arguments(cls, f"python -m pipelines.{name}", argv, stage=name)
+                assert getattr(parsed, f.name) is None, (name, f.name)
+                checked.append(f"{name}.{f.name}")
+                with pytest.raises(ConfigError, match=f"--{f.name}.*invalid"):
+                    parse_arguments(cls, f"python -m pipelines.{name}", [*argv[:-1], "big"], stage=name)
+    assert {"classify.dlib_max_size", "compare_methods.images_per_cell", "generate_images.height"} <= set(checked)

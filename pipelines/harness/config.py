@@ -208,6 +208,16 @@ def recipe_entry(recipe: dict[str, Any], stage: str, step: str | None = None) ->
     return entries[0]
 
 
+def _none_or(kind: type) -> Any:
+    """argparse's `type` for an optional number: `none` or `null` is None, anything else `kind`."""
+
+    def convert(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "null") else kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names the type in its error: "invalid int value"
+    return convert
+
+
 def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -348,6 +358,12 @@ def parse_arguments(cls: type[T], prog: str, argv: list[str] | None = None, stag
     group = parser.add_argument_group("recipe")
     group.add_argument("--recipe", metavar="R.yaml", help="Take settings from this recipe; flags override them.")
     group.add_argument("--step", metavar="NAME", help="The recipe's step, when it runs this stage more than once.")
+    # An optional number is unset with `none`, as every other optional setting is.
+    hints = typing.get_type_hints(cls)
+    for action in parser._actions:
+        hint = hints.get(action.dest)
+        if action.type in (int, float) and hint is not None and type(None) in typing.get_args(hint):
+            action.type = _none_or(action.type)
     parser.set_defaults(**defaults)
     # Recipe values become defaults, so a field required by the dataclass is satisfied by the recipe.
     for action in parser._actions:
