@@ -94,6 +94,21 @@ def test_errors_name_what_is_wrong(
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("garbled", ["", "not a revision\n", "0" * 40, "\xff\xfe"])
+def test_a_damaged_ref_is_said_to_be_damaged_and_a_push_mends_it(
+    store: LocalStore, make_folder: Callable[[dict[str, str]], Path], garbled: str
+) -> None:
+    """A `refs/main` cut short, overwritten or naming no snapshot: reading it says the store is damaged
+    (not "unknown revision or tag"); the next push writes a good `main` again."""
+    first = store.push(make_folder({"a.txt": "1"}), "ns/data", "dataset", "first")
+    ref = store.root / "datasets--ns--data" / "refs" / "main"
+    ref.write_bytes(garbled.encode("latin-1"))
+    with pytest.raises(StoreError, match=r"the store is damaged: datasets--ns--data/refs/main names no revision"):
+        store.revision_of("ns/data", "dataset")
+    assert store.push(make_folder({"a.txt": "1"}), "ns/data", "dataset", "again") == first
+    assert store.revision_of("ns/data", "dataset") == first
+
+
 def test_bad_repo_type_and_tag(store: LocalStore, make_folder: Callable[[dict[str, str]], Path]) -> None:
     with pytest.raises(StoreError, match="unknown repo type 'datasets': allowed dataset, model, space"):
         store.push(make_folder({"a": "x"}), "ns/data", "datasets", "m")

@@ -249,8 +249,22 @@ class LocalStore:
             raise StoreError(f"store {str(self.root)!r} is not readable ({path})") from None
 
     def _ref(self, repo_dir: Path, name: str) -> str | None:
+        """The revision a ref names (None: no such ref). A ref file that names no snapshot of the repo
+        (cut short, overwritten, edited by hand) is a damaged store, said as such, never read as an
+        unknown tag."""
         path = repo_dir / "refs" / name
-        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            revision = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            revision = ""
+        if not re.fullmatch(r"[0-9a-f]{40}", revision) or not (repo_dir / "snapshots" / revision).is_dir():
+            raise StoreError(
+                f"the store is damaged: {repo_dir.name}/refs/{name} names no revision of the repo "
+                f"({revision[:40]!r}); its history.json lists every revision it had"
+            )
+        return revision
 
     def _tags(self, repo_dir: Path) -> dict[str, str]:
         refs = repo_dir / "refs"
@@ -351,7 +365,11 @@ class LocalStore:
                     self._restore_blobs(folder, staging)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.rename(staging, target)
-                if self._ref(repo_dir, "main") != revision:
+                try:
+                    main = self._ref(repo_dir, "main")
+                except StoreError:
+                    main = None  # a damaged `main` is replaced by this push
+                if main != revision:
                     entry = HistoryEntry(
                         revision=revision,
                         message=message,
