@@ -438,6 +438,8 @@ def test_classify_and_evaluate_bias_end_to_end(tiny_study: dict, tiny_fairface: 
         )
     )
     found = store.resolve(str(attributes), "dataset")
+    # A finished sharded run leaves neither its work folder nor its lock behind.
+    assert list((Path(tiny_study["store_root"]) / ".work" / "classify").iterdir()) == []
     english = datasets.load_dataset(str(found), "en_eval_direct", split="train")
     assert english.num_rows == 4 * 3 + 1
     assert english["status"].count("corrupt") == 1 and english["status"].count("ok") == 12

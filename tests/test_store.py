@@ -543,3 +543,25 @@ def test_stock_huggingface_hub_reads_the_local_store(
     cache = scan_cache_dir(store.root)
     (repo,) = [r for r in cache.repos if r.repo_id == "ns/data"]
     assert repo.repo_type == "dataset" and {r.commit_hash for r in repo.revisions} == {rev}
+
+
+def test_gc_removes_lock_files_nobody_holds_and_keeps_resume_state_unless_asked(store: LocalStore) -> None:
+    """A work folder's lock left without its folder is a leftover, removed by a plain gc; a stopped
+    run's folder (resume state) and its lock go only with --work; a lock a live run holds stays."""
+    from pipelines.artifacts.workspace import locked
+
+    work = store.root / ".work" / "classify"
+    work.mkdir(parents=True)
+    (work / "aaaa.lock").write_text("")  # its run finished and removed the folder
+    (work / "bbbb").mkdir()
+    (work / "bbbb" / "shard.parquet").write_text("x")
+    (work / "bbbb.lock").write_text("")  # a stopped run: resume state
+    held = work / "cccc"
+    with locked(held):  # a live run, its folder not made yet
+        collect = [sys.executable, "-m", "pipelines.artifacts.store", "gc", "--store_root", str(store.root)]
+        plain = subprocess.run(collect, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert plain.returncode == 0, plain.stderr
+        assert sorted(p.name for p in work.iterdir()) == ["bbbb", "bbbb.lock", "cccc.lock"]
+        deep = subprocess.run([*collect, "--work"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert deep.returncode == 0, deep.stderr
+        assert sorted(p.name for p in work.iterdir()) == ["cccc.lock"]

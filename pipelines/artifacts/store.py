@@ -721,13 +721,19 @@ def collect_garbage(store: LocalStore, remove: bool = True, work: bool = False) 
                 found.append((path, _size(path)))
                 if remove:
                     _force_unlink(path)
-    if work and (store.root / WORK_DIR).is_dir():
-        from pipelines.artifacts.workspace import idle_work_folders
+    if (store.root / WORK_DIR).is_dir():
+        from pipelines.artifacts.workspace import idle_work_folders, stale_locks
 
-        for path in idle_work_folders(store.root / WORK_DIR):
+        # Work folders of stopped runs are resume state: removed only when asked (--work). Their
+        # lock files, once the folder is gone and no run holds them, are leftovers.
+        for path in idle_work_folders(store.root / WORK_DIR) if work else []:
             found.append((path, _size(path)))
             if remove:
                 shutil.rmtree(path, ignore_errors=True)
+        for path in stale_locks(store.root / WORK_DIR):
+            found.append((path, 0))
+            if remove:
+                path.unlink(missing_ok=True)
     return found
 
 

@@ -4,7 +4,8 @@ A stage run works in `<store root>/.work/<stage>/<fingerprint>/`, named by what 
 that was killed is resumed by the next identical run from what it finished. Its main process holds
 an exclusive lock on `<fingerprint>.lock` beside the folder for the whole run: a second identical
 run waits for the first and then finds its result published, and `gc` never removes a folder a
-live run holds.
+live run holds. A finished run removes its folder and its lock; `gc` removes a lock left without its
+folder, and (with `--work`) the folders of stopped runs.
 """
 
 from __future__ import annotations
@@ -57,4 +58,15 @@ def idle_work_folders(work_root: Path) -> list[Path]:
         if stage.is_dir()
         for folder in stage.iterdir()
         if folder.is_dir() and not is_locked(folder)
+    )
+
+
+def stale_locks(work_root: Path) -> list[Path]:
+    """Lock files that no live run holds and whose work folder is gone: pure leftovers."""
+    return sorted(
+        lock
+        for stage in work_root.iterdir()
+        if stage.is_dir()
+        for lock in stage.glob("*.lock")
+        if not lock.with_suffix("").is_dir() and not is_locked(lock.with_suffix(""))
     )

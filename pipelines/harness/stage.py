@@ -299,6 +299,8 @@ def _execute_in_processes(stage: ShardedStage | DistributedStage, args: StageArg
             if state.is_main_process:
                 result = [run.publish(folder, stage.finish(run, folder), ignore=(STATS,))]
                 shutil.rmtree(folder, ignore_errors=True)
+                # Published: a later identical run reuses it, so the lock has nothing left to guard.
+                folder.with_name(folder.name + ".lock").unlink(missing_ok=True)
         else:
             message = stage.build(run, folder)
             if state.is_main_process:
