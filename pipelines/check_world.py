@@ -96,6 +96,7 @@ class Arguments(StageArguments):
         if not 0 < self.alpha < 0.5:
             raise ConfigError(f"alpha={self.alpha}: between 0 and 0.5")
         self.check_at_least(100, "rounds")
+        self.check_at_most(1_000_000, "rounds", why="drawn at once")
         parse_distribution(self.target, GENDERS, "target")
 
 

@@ -102,6 +102,7 @@ class Arguments(StageArguments):
         super().__post_init__()
         labels = parse_versions(self.methods, "methods")
         self.check_at_least(1, "rounds")
+        self.check_at_most(1_000_000, "rounds", why="drawn at once")
         if self.images_per_cell is not None:
             self.check_at_least(2, "images_per_cell")
         if not 0 <= self.min_control <= 1:

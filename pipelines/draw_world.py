@@ -63,6 +63,8 @@ class Arguments(StageArguments):
         self.check_choice("professions", tuple(world.OCCUPATION_SHARES))
         self.check_at_least(1, "images_per_prompt")
         self.check_at_least(1, "images_per_gendered_prompt")
+        # Every picture of a prompt is drawn in memory at once (16 x 16 x 3 bytes and more as floats).
+        self.check_at_most(100_000, "images_per_prompt", "images_per_gendered_prompt", why="pictures per prompt")
         if not self.languages or not self.professions:
             raise ConfigError("languages and professions: at least one each")
 

@@ -111,6 +111,8 @@ class Arguments(StageArguments):
         self.check_choice("attributes", ATTRIBUTE_LABELS)
         self.check_choice("nonbinary", NONBINARY_MODES)
         self.check_at_least(1, "num_occupations", "images_per_occupation", "rounds")
+        # The rounds are drawn at once: rounds x occupations x labels counts.
+        self.check_at_most(1_000_000, "rounds", why="drawn at once")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence={self.confidence}: between 0 and 1")
         parse_targets(self.targets)

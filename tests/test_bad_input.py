@@ -125,6 +125,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("draw_world", ["--input", "{prompts}", "--languages", "fr"], "languages=['fr']: allowed en, de, zh, ja"),
     ("draw_world", ["--input", "{prompts}", "--professions", "astronaut"], "professions=['astronaut']"),
     ("draw_world", ["--input", "{prompts}", "--images_per_prompt", "0"], "images_per_prompt=0"),
+    (
+        "draw_world",
+        ["--input", "{prompts}", "--images_per_prompt", "200000000"],
+        "images_per_prompt=200000000: at most",
+    ),
+    ("evaluate_bias", ["--input", "{attributes}", "--rounds", "1000000000"], "rounds=1000000000: at most 1,000,000"),
     ("draw_world", ["--input", "{prompts}", "--images_per_gendered_prompt", "-1"], "images_per_gendered_prompt=-1"),
     ("draw_world", ["--input", "{prompts}", "--languages", "ja"], "languages: ja not in study/prompts"),
     ("draw_world", ["--input", "{images}"], "prompts"),

@@ -146,6 +146,14 @@ class StageArguments(StoreArguments):
             if value is not None and value < minimum:
                 raise ConfigError(f"{name}={value}: must be at least {minimum}")
 
+    def check_at_most(self, maximum: float, *names: str, why: str = "") -> None:
+        """Raises for the first of `names` whose value is above `maximum` (a count that allocates
+        memory: refused in one line before anything runs, not after minutes of work)."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value > maximum:
+                raise ConfigError(f"{name}={value}: at most {maximum:,}" + (f" ({why})" if why else ""))
+
     def check_choice(self, name: str, allowed: typing.Iterable[str]) -> None:
         allowed = tuple(allowed)
         value = getattr(self, name)
