@@ -208,6 +208,34 @@ def test_the_same_training_in_two_store_folders_publishes_the_same_revision(
     assert "base_model" not in card_metadata(published) and str(tmp_path) not in (published / "README.md").read_text()
 
 
+@pytest.mark.slow
+def test_a_checkpoint_cut_short_or_tampered_never_resumes_silently(training_study: dict, tmp_path: Path) -> None:
+    """Checkpoints are written aside and renamed whole. One cut short (no trainer_state.json, as a
+    killed save of an older toolkit left it) is skipped by `latest`, saying so, and refused by name;
+    random states that cannot be restored are refused, never logged and ignored."""
+    import shutil
+
+    out = tmp_path / "cut"
+    options = ["--checkpointing_steps", "2", "--use_ema", "--output_repo", "cut-short"]
+    train(training_study, training_study["model"], out, "--max_train_steps", "2", *options)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".checkpoint")] == []  # nothing left aside
+    cut = out / "checkpoint-3"
+    shutil.copytree(out / "checkpoint-2", cut)
+    (cut / "trainer_state.json").unlink()
+    resumed = train(training_study, training_study["model"], out, "--max_train_steps", "4", "--resume_from_checkpoint",
+                    "latest", *options[:-2], "--output_repo", "cut-resumed")  # fmt: skip
+    assert "skipping checkpoint-3: cut short" in resumed.stdout + resumed.stderr
+    assert [e["step"] for e in state(out)["log_history"]] == [1, 2, 3, 4]  # continued from step 2
+    refused = train(training_study, training_study["model"], out, "--max_train_steps", "6", "--resume_from_checkpoint",
+                    str(cut), *options, check=False)  # fmt: skip
+    assert refused.returncode == 2 and "cut short (no trainer_state.json)" in refused.stderr.strip().splitlines()[-1]
+    tampered = out / "checkpoint-4"
+    (tampered / "random_states_0.pkl").write_bytes(b"\x80\x04not a pickle of random states")
+    refused = train(training_study, training_study["model"], out, "--max_train_steps", "6", "--resume_from_checkpoint",
+                    str(tampered), *options, check=False)  # fmt: skip
+    assert refused.returncode == 2 and "random states (random_states_0.pkl) cannot be restored" in refused.stderr
+
+
 def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict, tmp_path: Path) -> None:
     out = tmp_path / "lora"
     train(

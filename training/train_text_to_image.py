@@ -7,8 +7,9 @@
 The debiasing step of the study, as diffusers' `examples/text_to_image/train_text_to_image.py`:
 data from a store or Hub dataset (`--dataset_name`, `--dataset_revision`, `--dataset_config_name`)
 or an imagefolder (`--train_data_dir`); checkpoints (`checkpoint-<step>/`: accelerate's state and
-the UNet and text encoder in diffusers' format) with a total limit and `--resume_from_checkpoint
-latest`; the model goes to `--output_dir` itself, which diffusers opens as it is, and is published
+the UNet and text encoder in diffusers' format; written aside and renamed whole, so a run killed
+while saving never leaves one cut short) with a total limit and `--resume_from_checkpoint latest`,
+which refuses a checkpoint that cannot continue the run exactly; the model goes to `--output_dir` itself, which diffusers opens as it is, and is published
 to the store as a model repo with a card: a full pipeline, or LoRA weights in diffusers' format.
 The script reads top to bottom: card writer, validation, arguments, the stage (models, data, loop,
 save), `main()`.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -533,38 +535,55 @@ def cache_latents(
 # ---------------------------------------------------------------------------------------------
 
 
-def checkpoints(output_dir: Path) -> list[Path]:
+CHECKPOINT_DONE = "trainer_state.json"  # written last: a checkpoint without it was cut short
+
+
+def checkpoints(output_dir: Path, complete: bool = True) -> list[Path]:
+    """The checkpoints in `output_dir`, oldest first: only complete ones, or (`complete=False`) all."""
     found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+    found = [p for p in found if not complete or (p / CHECKPOINT_DONE).is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def save_checkpoint(
     accelerator: Any, output_dir: Path, step: int, limit: int | None, models: dict[str, Any], ema: Any, history: list
 ) -> None:
-    """accelerate's state, the models in diffusers' format and the loss so far, in checkpoint-<step>,
-    pruning the oldest beyond the limit first (main process only)."""
-    if accelerator.is_main_process and limit is not None:
-        existing = checkpoints(output_dir)
-        for old in existing[: max(0, len(existing) - limit + 1)]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
+    """accelerate's state, the models in diffusers' format and the loss so far, as checkpoint-<step>.
+
+    Written aside (`.checkpoint-<step>.partial`) and renamed into place once whole, so a run killed
+    while saving leaves the previous checkpoints as they were and never a checkpoint cut short; the
+    oldest beyond the limit are pruned only then (main process only)."""
     folder = output_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(folder))
+    partial = output_dir / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)  # what a killed save left
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
     if accelerator.is_main_process:
         for name, model in models.items():
             if model is not None:
-                accelerator.unwrap_model(model).save_pretrained(folder / name)
+                accelerator.unwrap_model(model).save_pretrained(partial / name)
         if ema is not None:
             from safetensors.torch import save_file
 
             save_file(
-                {f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}, folder / EMA_WEIGHTS
+                {f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}, partial / EMA_WEIGHTS
             )
-            (folder / "ema_state.json").write_text(
+            (partial / "ema_state.json").write_text(
                 json.dumps({"optimization_step": ema.optimization_step, "decay": ema.decay})
             )
-        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}, indent=1))
+        (partial / CHECKPOINT_DONE).write_text(json.dumps({"global_step": step, "log_history": history}, indent=1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if folder.exists():
+            shutil.rmtree(folder)  # a rerun's checkpoint of the same step
+        os.rename(partial, folder)
+        if limit is not None:
+            existing = checkpoints(output_dir, complete=False)
+            for old in existing[: max(0, len(existing) - limit)]:
+                shutil.rmtree(old)
         accelerator.print(f"saved checkpoint {folder.name} (UNet in diffusers' format: {folder.name}/unet)")
+    accelerator.wait_for_everyone()
 
 
 def load_ema(folder: Path, ema: Any) -> None:
@@ -860,17 +879,46 @@ def resume(output_dir: Path, args: TrainArguments, accelerator: Any, ema_unet: A
         return 0, []
     found = checkpoints(output_dir)
     latest = args.resume_from_checkpoint == "latest"
+    if latest:
+        for cut in sorted(set(checkpoints(output_dir, complete=False)) - set(found)):
+            accelerator.print(f"skipping {cut.name}: cut short (no {CHECKPOINT_DONE})")
     path = (found[-1] if found else None) if latest else Path(args.resume_from_checkpoint)
     if path is None:
         accelerator.print("no checkpoint to resume from: starting a new run")
         return 0, []
+    check_checkpoint(path, accelerator.process_index, ema_unet is not None)
     accelerator.print(f"resuming from {path}")
     accelerator.load_state(str(path))
-    if ema_unet is not None and (path / EMA_WEIGHTS).is_file():
+    if ema_unet is not None:
         load_ema(path, ema_unet)
-    state_file = path / "trainer_state.json"
-    history = json.loads(state_file.read_text())["log_history"] if state_file.is_file() else []
+    history = json.loads((path / CHECKPOINT_DONE).read_text())["log_history"]
     return int(path.name.split("-")[1]), history
+
+
+def check_checkpoint(path: Path, process_index: int, ema: bool) -> None:
+    """Refuses a checkpoint that cannot resume the run exactly: cut short, without the EMA weights the
+    run keeps, or with random states that cannot be restored (accelerate would only log that and go on
+    with other random numbers)."""
+    from accelerate.utils import load as accelerate_load
+
+    if not (path / CHECKPOINT_DONE).is_file():
+        raise ConfigError(f"resume_from_checkpoint={str(path)!r}: cut short (no {CHECKPOINT_DONE}); resume from "
+                          "an earlier one or 'latest'")  # fmt: skip
+    if ema and not (path / EMA_WEIGHTS).is_file():
+        raise ConfigError(
+            f"resume_from_checkpoint={str(path)!r}: has no EMA weights ({EMA_WEIGHTS}); the run would restart "
+            "its EMA from the current weights. Resume with the same --use_ema"
+        )
+    states = path / f"random_states_{process_index}.pkl"
+    try:
+        loaded = accelerate_load(states)
+        if "torch_manual_seed" not in loaded:
+            raise KeyError("torch_manual_seed")
+    except Exception:  # noqa: BLE001 - any reason the states cannot be restored
+        raise ConfigError(
+            f"resume_from_checkpoint={str(path)!r}: its random states ({states.name}) cannot be "
+            "restored; a resume would not be the run it continues"
+        ) from None
 
 
 def training_loss(parts: Parts, batch: Any, args: TrainArguments, accelerator: Any) -> tuple[torch.Tensor, int]:
