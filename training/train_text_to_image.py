@@ -10,7 +10,8 @@ or an imagefolder (`--train_data_dir`); checkpoints (`checkpoint-<step>/`: accel
 the UNet and text encoder in diffusers' format; written aside and renamed whole, so a run killed
 while saving never leaves one cut short) with a total limit and `--resume_from_checkpoint latest`,
 which refuses a checkpoint that cannot continue the run exactly; the model goes to `--output_dir`
-itself, which diffusers opens as it is, and is published to the store as a model repo with a card: a full pipeline, or LoRA weights in diffusers' format.
+itself, which diffusers opens as it is, and is published to the store as a model repo with a card:
+a full pipeline, or LoRA weights in diffusers' format.
 The script reads top to bottom: card writer, validation, arguments, the stage (models, data, loop,
 save), `main()`.
 """
