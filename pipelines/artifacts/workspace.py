@@ -4,8 +4,8 @@ A stage run works in `<store root>/.work/<stage>/<fingerprint>/`, named by what 
 that was killed is resumed by the next identical run from what it finished. Its main process holds
 an exclusive lock on `<fingerprint>.lock` beside the folder for the whole run: a second identical
 run waits for the first and then finds its result published, and `gc` never removes a folder a
-live run holds. A finished run removes its folder and its lock; `gc` removes a lock left without its
-folder, and (with `--work`) the folders of stopped runs.
+live run holds. A run that published, reused or failed before making anything leaves neither folder
+nor lock; `gc` removes a lock left without its folder, and (with `--work`) the folders of stopped runs.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ def work_folder(root: str | Path, stage: str, fingerprint: str) -> Path:
 
 
 @contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """Holds the folder's run lock; waits (saying so) while another run holds it."""
+def locked(folder: Path, tidy: bool = False) -> Iterator[None]:
+    """Holds the folder's run lock; waits (saying so) while another run holds it. With `tidy`, on the
+    way out an empty work folder is removed, and the lock with it when no folder is left: a run that
+    published, reused or failed before making anything leaves nothing; resume state keeps its lock."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with folder.with_name(folder.name + ".lock").open("a") as lock:
+    lock_path = folder.with_name(folder.name + ".lock")
+    with lock_path.open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -34,6 +37,11 @@ def locked(folder: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            if tidy:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+                if not folder.exists():
+                    lock_path.unlink(missing_ok=True)
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 

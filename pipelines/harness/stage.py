@@ -287,7 +287,7 @@ def _execute_in_processes(stage: ShardedStage | DistributedStage, args: StageArg
     run = StageRun(stage, args)
     folder = stage.work_folder(run) if isinstance(stage, DistributedStage) else run.work_folder()
     result: list[Any] = [None]
-    with workspace.locked(folder) if state.is_main_process else contextlib.nullcontext():
+    with workspace.locked(folder, tidy=True) if state.is_main_process else contextlib.nullcontext():
         state.wait_for_everyone()  # the main process holds the lock: no other run works in this folder
         reused = run.reuse(quiet=not state.is_main_process)
         if reused is not None:
@@ -299,8 +299,6 @@ def _execute_in_processes(stage: ShardedStage | DistributedStage, args: StageArg
             if state.is_main_process:
                 result = [run.publish(folder, stage.finish(run, folder), ignore=(STATS,))]
                 shutil.rmtree(folder, ignore_errors=True)
-                # Published: a later identical run reuses it, so the lock has nothing left to guard.
-                folder.with_name(folder.name + ".lock").unlink(missing_ok=True)
         else:
             message = stage.build(run, folder)
             if state.is_main_process:
