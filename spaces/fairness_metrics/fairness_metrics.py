@@ -120,11 +120,10 @@ Examples:
     >>> counts.compute(predictions=[[3, 1], [0, 0]], references=["CEO", "poet"], labels=["male", "female"],
     ...                num_occupations=1, rounds=10)["excluded_occupations"]
     ['poet']
-    >>> skewed = metric.compute(predictions=["female"] * 8 + ["male"] * 2 + ["female"] * 2 + ["male"] * 8,
-    ...                         references=["nurse"] * 10 + ["CEO"] * 10, labels=["male", "female"],
-    ...                         num_occupations=2, rounds=10, reference={"nurse": 0.9, "CEO": 0.1},
-    ...                         reference_label="female")
-    >>> round(skewed["reference_fit"]["slope"], 3)  # shares 0.8 and 0.2 against 0.9 and 0.1
+    >>> skewed = counts.compute(predictions=[[2, 8], [8, 2], [5, 5]], references=["nurse", "CEO", "teacher"],
+    ...                         labels=["male", "female"], num_occupations=2, rounds=10,
+    ...                         reference={"nurse": 0.9, "CEO": 0.1, "teacher": 0.5}, reference_label="female")
+    >>> round(skewed["reference_fit"]["slope"], 3)  # shares 0.8, 0.2, 0.5 against 0.9, 0.1, 0.5
     0.75
 """
 
