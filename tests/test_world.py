@@ -247,8 +247,8 @@ def test_no_bias_before_is_not_a_debiasing(drawn: dict) -> None:
 
 def test_amplification_on_the_planted_shares_can_say_follows_flattens_or_exaggerates(drawn: dict) -> None:
     """evaluate_bias --planted_reference: the drawn pictures follow their planted shares (slope 1), a
-    model that learnt half of every skew has slope 0.5 though it ranks every occupation right, one that
-    exaggerates has a slope above 1, a reversal a negative one."""
+    model that learnt half of every skew has slope 0.5 though it ranks every occupation right, a
+    reversal a negative one."""
     from pipelines import evaluate_bias
 
     def fit(name: str, shares: dict | None) -> dict:
@@ -266,9 +266,8 @@ def test_amplification_on_the_planted_shares_can_say_follows_flattens_or_exagger
     for name, shares, expected in [
         ("drawn", None, (0.95, 1.05)),
         ("half", {c: 0.5 + (p - 0.5) / 2 for c, p in planted.items()}, (0.45, 0.55)),
-        ("exaggerated", {c: min(max(0.5 + 1.5 * (p - 0.5), 0), 1) for c, p in planted.items()}, (1.2, 1.6)),
         ("reversed", {c: 1 - p for c, p in planted.items()}, (-1.05, -0.95)),
-    ]:
+    ]:  # an exaggerating model: in tests/test_bias.py, on the module itself
         for language, row in fit(name, shares).items():
             assert row["reference_occupations"] == 3 and row["reference_label"] == "female"
             # Whole images of 30 round each share by up to 1/60: the slope is within a few hundredths.
