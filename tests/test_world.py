@@ -245,7 +245,7 @@ def test_no_bias_before_is_not_a_debiasing(drawn: dict) -> None:
     assert calibrated.startswith("calibrated: NO") and "debiased: NO: no measurable bias before" in debiased
 
 
-def test_amplification_on_the_planted_shares_can_say_follows_flattens_or_exaggerates(drawn: dict) -> None:
+def test_amplification_on_the_planted_shares_can_say_follows_flattens_or_reverses(drawn: dict) -> None:
     """evaluate_bias --planted_reference: the drawn pictures follow their planted shares (slope 1), a
     model that learnt half of every skew has slope 0.5 though it ranks every occupation right, a
     reversal a negative one."""
