@@ -658,7 +658,7 @@ class CompareMethods(Stage):
         n: int,
     ) -> None:
         def number(value: Any, digits: int = 3) -> str:
-            return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+            return _number(value, digits, missing="–")  # the card's tables: an en dash for no value
 
         def interval(row: dict, name: str, digits: int = 3) -> str:
             """`value [low, high]` of `distance` (its `_ci_low`/`_ci_high`) or `difference` (`_mean`, ...)."""
@@ -835,8 +835,9 @@ def training_images(found: dict, base_model: str) -> int | None:
     return 0 if found["model"] == base_model else found["training_images"]
 
 
-def _number(value: Any, digits: int = 3) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def _number(value: Any, digits: int = 3, missing: str = "-") -> str:
+    """A value at `digits` decimals, or `missing` for None and nan."""
+    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def _mean(values: list[float]) -> float:
