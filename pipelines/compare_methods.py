@@ -31,8 +31,9 @@ noise. For every method, language and prompt variant the table gives:
   an intervention does there says little), and is left out of the tests. For a model trained for a
   method, lost control is a cost of the method, shown beside its bias;
 - fidelity: the share of valid images (one classified face or figure) and the similarity of each
-  image to the baseline's image from the same prompt and seed (1 - mean absolute pixel difference at
-  up to 64 px; Shen et al.'s semantic preservation measured in pixels);
+  image to the baseline's image from the same prompt and seed (Shen et al.'s semantic preservation):
+  1 - mean absolute pixel difference at up to 64 px, or, with `--similarity_model` (an open_clip
+  model, e.g. ViT-L-14-quickgelu for real models), the cosine of its image features;
 - for a model trained for the method on some occupations or languages only: in-sample and held-out
   rows apart (`label [in-sample]`, `label [held-out]`), as Shen et al. (ICLR 2024) report them;
 - what it costs, as work rather than time taken under whatever load: UNet evaluations per image
@@ -61,9 +62,10 @@ from pipelines.artifacts.dataset_files import DatasetWriter, decode_image
 from pipelines.artifacts.reader import DatasetArtifact
 from pipelines.artifacts.store import card_metadata
 from pipelines.errors import ConfigError, DataError, UserError
-from pipelines.harness.config import StageArguments
+from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.lineage import parse_versions, planted_shares, version_refs
 from pipelines.harness.stage import Stage, StageRun
+from pipelines.modeling.clip import REFERENCE_CLIP, check_activation
 from pipelines.reporting.statistics import holm, mean_interval, paired_test, wilson_interval
 
 # Explicitly gendered prompts, and the gender they ask for (None: each row's own, the grid's gendered prompts).
@@ -74,6 +76,7 @@ METRIC_PATH = PROJECT_ROOT / "spaces" / "fairness_metrics"
 
 @dataclass
 class Arguments(StageArguments):
+    INPUTS = {"similarity_model": "model"}
     output_repo: str = field(default="methods", metadata={"help": "Results dataset repo to publish."})
     methods: str = field(
         default="base=images-base-eval",
@@ -97,6 +100,14 @@ class Arguments(StageArguments):
         default=0.9,
         metadata={"help": "Explicit-gender control below which a row is not measurable."},
     )
+    similarity_model: str | None = input_field(
+        "Image features for fidelity: an open_clip model (a name, an hf-hub: name, a folder or a store repo; "
+        f"e.g. {REFERENCE_CLIP[0]} with pretrained {REFERENCE_CLIP[1]}) whose cosine similarity between an "
+        "image and the baseline's from the same noise is reported; default: pixels (1 - mean absolute difference).",
+        default=None,
+    )
+    similarity_pretrained: str | None = field(default=None, metadata={"help": "Its open_clip pretrained tag."})
+    batch_size: int = field(default=64, metadata={"help": "Images per forward pass of the similarity model."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,11 +122,17 @@ class Arguments(StageArguments):
             raise ConfigError(f"confidence={self.confidence}: between 0 and 1")
         if self.baseline is not None and self.baseline.partition("+")[0] not in labels:
             raise ConfigError(f"baseline={self.baseline!r}: not one of the methods' labels ({', '.join(labels)})")
+        self.check_at_least(1, "batch_size")
+        if self.similarity_model is None:
+            self.similarity_pretrained = None
+        else:
+            check_activation(self.similarity_model, self.similarity_pretrained)
 
 
 class CompareMethods(Stage):
     name = "compare_methods"
     Arguments = Arguments
+    not_parameters = ("batch_size",)
 
     def pinned_inputs(self, args: Arguments, store: Any) -> dict[str, str]:
         pinned = {}
@@ -368,12 +385,14 @@ class CompareMethods(Stage):
         self, run: StageRun, rows: list[dict], cells: dict, seeds: dict[str, list[str]], baseline: str, n: int
     ) -> None:
         """Fidelity to the baseline: per row, the mean similarity of each image to the baseline's
-        image of the same prompt and seed (the same starting noise), 1 - mean absolute pixel difference
-        at up to 64 px (Shen et al.'s semantic preservation, in pixels); an intervention without
-        baseline images of its prompts is compared with its own model's unchanged prompt."""
+        image of the same prompt and seed (the same starting noise), Shen et al.'s semantic
+        preservation: in pixels (1 - mean absolute difference at up to 64 px), or the cosine of the
+        `--similarity_model`'s image features. An intervention without baseline images of its
+        prompts is compared with its own model's unchanged prompt."""
         base_label, _, base_intervention = baseline.partition("+")
-        thumbnails = {name: self.thumbnails(run, name, n) for names in seeds.values() for name in names}
-        reference = thumbnails[seeds[base_label][0]]
+        encoder = self.similarity_encoder(run)
+        features = {name: self.features(run, name, n, encoder) for names in seeds.values() for name in names}
+        reference = features[seeds[base_label][0]]
         for row in rows:
             row["same_noise_similarity"] = None
             occupations = cells[row["method"]].get((row["language"], row["variant"]), {})
@@ -382,13 +401,13 @@ class CompareMethods(Stage):
                 continue
             against, wanted = reference, base_intervention or "none"
             if not any((wanted, *place, o, 0) in against for o in occupations):
-                against, wanted = thumbnails[seeds[row["label"]][0]], "none"
+                against, wanted = features[seeds[row["label"]][0]], "none"
                 if row["intervention"] == "none":
                     continue  # nothing of these prompts to compare with
             scores = [
-                1.0 - float(np.abs(images[key] - against[(wanted, *place, o, i)]).mean())
+                similarity(images[key], against[(wanted, *place, o, i)], encoder is not None)
                 for name in seeds[row["label"]]
-                for images in [thumbnails[name]]
+                for images in [features[name]]
                 for o in occupations
                 for i in range(n)
                 for key in [(row["intervention"], *place, o, i)]
@@ -397,13 +416,36 @@ class CompareMethods(Stage):
             row["same_noise_similarity"] = _mean(scores) if scores else None
 
     @staticmethod
-    def thumbnails(run: StageRun, name: str, n: int) -> dict[tuple, np.ndarray]:
-        """The first n images of every prompt (but the control prompts), as floats in [0, 1] at up to
-        64 px, by (intervention, language, variant, profession, sample index)."""
+    def similarity_encoder(run: StageRun) -> tuple[Any, Any] | None:
+        """(model, preprocess) of `--similarity_model`, or None for pixels."""
+        if run.args.similarity_model is None:
+            return None
+        from pipelines.modeling.clip import load_open_clip
+
+        model = run.model("similarity_model")
+        clip, preprocess, _ = load_open_clip(str(model.path or model.given), run.args.similarity_pretrained)
+        return clip, preprocess
+
+    @staticmethod
+    def features(run: StageRun, name: str, n: int, encoder: tuple[Any, Any] | None) -> dict[tuple, np.ndarray]:
+        """The first n images of every prompt (but the control prompts), by (intervention, language,
+        variant, profession, sample index): as floats in [0, 1] at up to 64 px, or, with an encoder,
+        as its unit-length image features."""
+        import torch
         from PIL import Image
 
         images = run.dataset(f"{name}.images")
-        out = {}
+        out: dict[tuple, np.ndarray] = {}
+        pending: list[tuple[tuple, Any]] = []
+
+        def encode() -> None:
+            clip, preprocess = encoder
+            with torch.inference_mode():
+                batch = torch.stack([preprocess(Image.fromarray(pixels)) for _, pixels in pending])
+                found = torch.nn.functional.normalize(clip.encode_image(batch).float(), dim=-1).numpy()
+            out.update((key, vector) for (key, _), vector in zip(pending, found))
+            pending.clear()
+
         columns = ["image", "intervention", "language", "variant", "profession", "sample_index"]
         for config in images.configs:
             if images.config_info(config).get("variant") in CONTROL_VARIANTS:
@@ -412,10 +454,18 @@ class CompareMethods(Stage):
                 for row in batch:
                     if row["sample_index"] >= n or (pixels := decode_image(row["image"])) is None:
                         continue
+                    key = (row["intervention"] or "none", row["language"], row["variant"], row["profession"])
+                    key = (*key, row["sample_index"])
+                    if encoder is not None:
+                        pending.append((key, pixels))
+                        if len(pending) >= run.args.batch_size:
+                            encode()
+                        continue
                     if max(pixels.shape[:2]) > 64:
                         pixels = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.Resampling.BILINEAR))
-                    key = (row["intervention"] or "none", row["language"], row["variant"], row["profession"])
-                    out[(*key, row["sample_index"])] = pixels.astype(np.float32) / 255
+                    out[key] = pixels.astype(np.float32) / 255
+        if pending:
+            encode()
         return out
 
     @staticmethod
@@ -698,8 +748,8 @@ class CompareMethods(Stage):
                 "measurable* (the model does not obey gender words on that template) and is left out of the "
                 "tests; for a model trained for a method, lost control is a cost of the method. Fidelity: the "
                 "share of *valid images* (exactly one classified face or figure) and each image's *similarity "
-                "to the baseline's image from the same prompt and seed* (1 - mean absolute pixel difference at "
-                "up to 64 px; Shen et al.'s semantic preservation, in pixels). Held-out rows (`[held-out]`) are "
+                f"to the baseline's image from the same prompt and seed* ({similarity_text(run)}; Shen et al.'s "
+                "semantic preservation). Held-out rows (`[held-out]`) are "
                 "occupations or languages the method's training data did not have. Costs are work, not time "
                 "taken under whatever load: UNet evaluations per image and images seen in "
                 f"training for the method; the CLIP score (`{ALIGNMENT_SCORE}`) where it was measured."
@@ -833,6 +883,19 @@ def model_training(run: StageRun, model: str) -> dict[str, Any]:
 def training_images(found: dict, base_model: str) -> int | None:
     """The training a method added: its model's, unless it is the baseline's own model."""
     return 0 if found["model"] == base_model else found["training_images"]
+
+
+def similarity_text(run: StageRun) -> str:
+    """What the similarity column measures, for the card."""
+    if run.args.similarity_model is None:
+        return "1 - mean absolute pixel difference at up to 64 px"
+    pretrained = f", pretrained `{run.args.similarity_pretrained}`" if run.args.similarity_pretrained else ""
+    return f"cosine of the image features of `{run.inputs['similarity_model']}`{pretrained}"
+
+
+def similarity(image: np.ndarray, other: np.ndarray, features: bool) -> float:
+    """Cosine of two unit feature vectors, or 1 - the mean absolute difference of two pictures in [0, 1]."""
+    return float(image @ other) if features else 1.0 - float(np.abs(image - other).mean())
 
 
 def _number(value: Any, digits: int = 3, missing: str = "-") -> str:

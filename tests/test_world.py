@@ -119,6 +119,30 @@ def test_draw_world_shows_the_planted_share_exactly(drawn: dict) -> None:
     assert {"language": "de", "profession": "nurse", "share": round(world.planted_share("nurse", "de"), 4)} in planted
 
 
+def test_draw_world_gives_the_evaluation_templates_their_known_answer(drawn: dict) -> None:
+    """The direct and ethical prompts carry the planted share, the explicit ones their own gender."""
+    images = draw_world.run(
+        draw_world.Arguments(
+            **drawn["common"], input="prompts",
+            output_repo="world-eval-templates", languages=["de"], professions=["nurse", "CEO"],
+            variants=["eval_direct", "eval_female", "eval_male", "eval_ethical"],
+            images_per_prompt=40, images_per_gendered_prompt=5,
+        )
+    )  # fmt: skip
+    folder = LocalStore(drawn["root"]).resolve(str(images), "dataset")
+    for variant in ("eval_direct", "eval_female", "eval_male", "eval_ethical"):
+        rows = datasets.load_dataset(str(folder), f"de_{variant}", split="train")
+        for profession in ("nurse", "CEO"):
+            mine = [r for r in rows if r["profession"] == profession]
+            female, _ = world.read_cue(np.stack([np.asarray(r["image"]) for r in mine]))
+            if variant in ("eval_female", "eval_male"):
+                assert len(mine) == 5 and (female.all() if variant == "eval_female" else not female.any())
+            else:
+                assert len(mine) == 40 and female.sum() == round(world.planted_share(profession, "de") * 40)
+    with pytest.raises(ConfigError, match="variants=\\['magbig_direct'\\]"):
+        draw_world.Arguments(**drawn["common"], input="prompts", variants=["magbig_direct"])
+
+
 def test_check_world_on_the_drawn_pictures_is_calibrated_and_not_debiased(drawn: dict) -> None:
     """The drawn pictures are the planted answer: measured = planted up to rounding; and a "fine-tune"
     that changed nothing removes no bias."""
@@ -366,6 +390,46 @@ def test_compare_methods_counts_the_grid_s_gendered_prompts_as_control_and_finds
         assert row["explicit_gender_control"] == 1.0 and row["explicit_gender_images"] == 42
         assert row["explicit_gender_control_ci_low"] > 0.9 and row["measurable"]
         assert row["images_per_occupation"] == 30 and 0.95 <= row["amplification"] <= 1.05
+
+
+def test_same_noise_similarity_in_pixels_or_image_features_is_one_for_the_same_images_only(
+    drawn: dict, tmp_path: Path
+) -> None:
+    """Fidelity to the baseline: the same images are similarity 1 in pixels and in a CLIP's image
+    features; the world drawn with another seed (other pictures, the same shares) is less similar."""
+    from pipelines import compare_methods, evaluate_bias
+    from pipelines.modeling.tiny import build_tiny_open_clip
+
+    made = {}
+    for seed in (0, 1):
+        images = draw_world.run(
+            draw_world.Arguments(
+                **drawn["common"], input="prompts", output_repo=f"similar-{seed}", languages=["en"],
+                images_per_prompt=6, images_per_gendered_prompt=2, seed=seed,
+            )
+        )  # fmt: skip
+        attributes = classify.run(
+            classify.Arguments(**drawn["common"], input=str(images), detector="none", classifier="world-cue")
+        )
+        evaluate_bias.run(evaluate_bias.Arguments(**drawn["common"], input=str(attributes), rounds=20))
+        made[seed] = str(images)
+    clip = build_tiny_open_clip(tmp_path / "clip")
+    store = LocalStore(drawn["root"])
+    found = {}
+    for model in (None, str(clip)):
+        result = compare_methods.run(
+            compare_methods.Arguments(
+                **drawn["common"], methods=f"base={made[0]},same={made[0]},other={made[1]}", rounds=20,
+                output_repo="similar-methods", similarity_model=model,
+            )
+        )  # fmt: skip
+        table = datasets.load_dataset(str(store.resolve(str(result), "dataset")), "methods", split="train")
+        found[model] = {r["method"]: r["same_noise_similarity"] for r in table}
+        assert ("similarity_model" in result.lineage["inputs"]) == (model is not None)
+    for scores in found.values():
+        assert scores["base"] is None and scores["same"] == pytest.approx(1.0, abs=1e-5)
+        assert scores["other"] < 0.999
+    assert found[None]["other"] != pytest.approx(found[str(clip)]["other"], abs=1e-3)
 
 
 @pytest.mark.parametrize("kind", ["altdiffusion", "stable-diffusion"])
