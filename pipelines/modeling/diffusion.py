@@ -4,11 +4,13 @@
   folder in diffusers' layout, loaded at its pinned revision.
 - AltDiffusion is assembled from its components: diffusers 0.42 still ships `AltDiffusionPipeline`,
   but `from_pretrained` cannot import the text encoder class `RobertaSeriesModelWithTransformation`
-  that AltDiffusion-m9's `model_index.json` names, under any library name. A folder this toolkit
-  saves lists no class for the text encoder, so stock `DiffusionPipeline.from_pretrained(folder,
-  text_encoder=...)` opens it with the encoder loaded by its own class, and without it says that the
-  text encoder is missing rather than loading a broken pipeline; the cards' snippet
-  (`usage_snippet`) assembles it from components, which works for AltDiffusion-m9 itself too.
+  that AltDiffusion-m9's `model_index.json` names, under any library name (the class lives in a
+  module that exports none of the base classes diffusers checks for). A folder this toolkit saves
+  names it through a one-line module in `text_encoder/` that re-exports diffusers' own class, the
+  Hub's way of naming a custom component, so stock `DiffusionPipeline.from_pretrained(folder,
+  trust_remote_code=True)` opens it (without the flag, diffusers says to pass it). The toolkit's own
+  loader never runs that file: it assembles the pipeline from components, which works for
+  AltDiffusion-m9 itself too, and so does the snippet of a LoRA on such a base (`usage_snippet`).
 - A LoRA model repo (`pytorch_lora_weights.safetensors` and a card naming `base_model`) loads its
   base model and then the adapter with the pipeline's `load_lora_weights`.
 - The scheduler is the model's own unless asked for (`dpm++` is the reference study's for its
@@ -48,6 +50,15 @@ TEXT_ENCODER_LORA_CONFIG = "text_encoder_lora_config.json"
 TEXT_ENCODER_LORA_TARGETS = {"clip": ["q_proj", "k_proj", "v_proj", "out_proj"], "roberta": ["query", "key", "value"]}
 # Where diffusers keeps AltDiffusion's text encoder class.
 ROBERTA_SERIES_MODULE = "diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series"
+# The text encoder's entry in a saved AltDiffusion `model_index.json`, and the file it names.
+TEXT_ENCODER_ENTRY = ["modeling_roberta_series", "RobertaSeriesModelWithTransformation"]
+TEXT_ENCODER_MODULE = f"""# AltDiffusion's text encoder is diffusers' own class. diffusers 0.42 has no library name
+# to load it by from model_index.json, so this file names it for
+# DiffusionPipeline.from_pretrained(..., trust_remote_code=True).
+from {ROBERTA_SERIES_MODULE} import RobertaSeriesModelWithTransformation
+
+__all__ = ["RobertaSeriesModelWithTransformation"]
+"""
 
 
 def pick_device(device: str = "auto") -> str:
@@ -262,7 +273,8 @@ def save_pipeline(pipe: Any, folder: Path, source: Path | None = None) -> None:
             config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
     index = json.loads((folder / "model_index.json").read_text())
     if index.get("_class_name") == "AltDiffusionPipeline":
-        index["text_encoder"] = [None, None]  # no library name diffusers 0.42 can import it by (module doc)
+        index["text_encoder"] = TEXT_ENCODER_ENTRY  # no library name diffusers 0.42 can import it by (module doc)
+        (folder / "text_encoder" / f"{TEXT_ENCODER_ENTRY[0]}.py").write_text(TEXT_ENCODER_MODULE)
         for name in ("safety_checker", "feature_extractor", "image_encoder"):
             index[name] = [None, None]
         (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -281,7 +293,14 @@ def usage_snippet(repo_id: str, folder: Path, lora_base: str | None = None, base
     store = ', cache_dir="./hub", local_files_only=True'
     base, base_store = (lora_base, store if base_in_store else "") if lora_base else (repo_id, store)
     lines = ["import torch"]
-    if is_altdiffusion(folder):
+    if is_altdiffusion(folder) and model_index(folder).get("text_encoder") == TEXT_ENCODER_ENTRY:
+        lines += [
+            "from diffusers import DiffusionPipeline",
+            "",
+            "# trust_remote_code: text_encoder/modeling_roberta_series.py re-exports diffusers' own text encoder",
+            f'pipe = DiffusionPipeline.from_pretrained("{base}", trust_remote_code=True{base_store})',
+        ]
+    elif is_altdiffusion(folder):
         scheduler = model_index(folder)["scheduler"][1]
         lines += [
             f"from diffusers import AltDiffusionPipeline, AutoencoderKL, {scheduler}, UNet2DConditionModel",
