@@ -565,3 +565,31 @@ def test_gc_removes_lock_files_nobody_holds_and_keeps_resume_state_unless_asked(
         deep = subprocess.run([*collect, "--work"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
         assert deep.returncode == 0, deep.stderr
         assert sorted(p.name for p in work.iterdir()) == ["cccc.lock"]
+
+
+def test_hub_push_is_checked_before_expensive_work(
+    hub: tuple[HubStore, FakeHfApi], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check_can_push` refuses an offline Hub, no token, a read-only token and someone else's repo,
+    each in one line, and lets a writable repo through."""
+    from huggingface_hub import constants
+
+    store, api = hub
+    api.token = "hf_x"
+    identity = {"name": "me", "orgs": [{"name": "lab"}], "auth": {"accessToken": {"role": "write"}}}
+    api.whoami = lambda: identity
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(StoreError, match="^cannot push to model 'me/m': the Hub is offline"):
+        store.check_can_push("me/m", "model")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    store.check_can_push("me/m", "model")
+    store.check_can_push("lab/m", "dataset")
+    with pytest.raises(StoreError, match="user 'me' is not 'other' nor one of its organisations"):
+        store.check_can_push("other/m", "model")
+    identity["auth"]["accessToken"]["role"] = "read"
+    with pytest.raises(StoreError, match="token is read-only"):
+        store.check_can_push("me/m", "model")
+    api.token = None
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    with pytest.raises(StoreError, match="no Hugging Face token"):
+        store.check_can_push("me/m", "model")

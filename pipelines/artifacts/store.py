@@ -534,7 +534,7 @@ def _force_unlink(path: Path) -> None:
 
 
 class HubStore:
-    """The Hugging Face Hub. Calls seven `HfApi` methods and `snapshot_download`, nothing else.
+    """The Hugging Face Hub. Calls eight `HfApi` methods and `snapshot_download`, nothing else.
 
     Lineage travels in each commit's description as JSON, so `history()` needs no card downloads.
     """
@@ -576,6 +576,31 @@ class HubStore:
             status = getattr(getattr(err, "response", None), "status_code", "?")
             reason = redact(str(err).splitlines()[0][:200])
             raise StoreError(f"the Hub refused {what} (HTTP {status}): {reason}") from None
+
+    def check_can_push(self, repo_id: str, repo_type: str) -> None:
+        """Refuses, before any expensive work, a push that cannot happen: the Hub offline, no token, a
+        read-only token, or a repo of someone else's that the token cannot write to."""
+        from huggingface_hub import constants
+
+        validate_repo_type(repo_type)
+        validate_repo_id(repo_id)
+        if constants.HF_HUB_OFFLINE:
+            raise StoreError(f"cannot push to {repo_type} {repo_id!r}: the Hub is offline (HF_HUB_OFFLINE is set)")
+        from huggingface_hub import get_token
+
+        if getattr(self.api, "token", None) is None and get_token() is None:
+            raise StoreError(
+                f"cannot push to {repo_type} {repo_id!r}: no Hugging Face token (set HF_TOKEN or run `hf auth login`)"
+            )
+        with self._errors("the token"):
+            me = self.api.whoami()
+        role = me.get("auth", {}).get("accessToken", {}).get("role")
+        if role == "read":
+            raise StoreError(f"cannot push to {repo_type} {repo_id!r}: the Hugging Face token is read-only")
+        owner = repo_id.split("/")[0]
+        if owner != me.get("name") and owner not in {org.get("name") for org in me.get("orgs", [])}:
+            raise StoreError(f"cannot push to {repo_type} {repo_id!r}: the token's user {me.get('name')!r} is not "
+                             f"{owner!r} nor one of its organisations")  # fmt: skip
 
     def push(
         self,
