@@ -393,3 +393,28 @@ def test_every_optional_number_of_every_stage_is_unset_with_none_on_the_command_
                 with pytest.raises(ConfigError, match=f"--{f.name}.*invalid"):
                     parse_arguments(cls, f"python -m pipelines.{name}", [*argv[:-1], "big"], stage=name)
     assert {"classify.dlib_max_size", "compare_methods.images_per_cell", "generate_images.height"} <= set(checked)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "cpu_max", "usable"),
+    [
+        ({0, 1, 2, 3}, None, 4),  # no cgroup quota: the affinity mask
+        ({0, 1, 2, 3}, "max 100000", 4),
+        ({0, 1, 2, 3}, "150000 100000", 1),  # 1.5 CPUs of time: one thread, not four
+        ({0, 1, 2, 3, 4, 5, 6, 7}, "200000 100000", 2),
+        ({0, 1}, "800000 100000", 2),  # the mask is the smaller limit
+        ({0, 1, 2, 3}, "50000 100000", 1),  # never below one
+        ({0, 1, 2, 3}, "garbled", 4),
+    ],
+)
+def test_usable_cpus_follow_affinity_and_cgroup_quota(
+    cpus: set[int], cpu_max: str | None, usable: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.harness import stage
+
+    monkeypatch.setattr(stage.os, "sched_getaffinity", lambda pid: cpus)
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max + "\n")
+    monkeypatch.setattr(stage, "CGROUP_CPU_MAX", path)
+    assert stage.usable_cpus() == usable

@@ -20,7 +20,7 @@ from pipelines import build_tiny_model, collect_datasets, generate_images
 from pipelines.artifacts.inputs import ModelInput, resolve_model
 from pipelines.artifacts.store import LocalStore, card_metadata
 from pipelines.errors import ConfigError
-from pipelines.modeling.diffusion import LORA_WEIGHTS, load_pipeline
+from pipelines.modeling.diffusion import LORA_WEIGHTS, ROBERTA_SERIES_MODULE, load_pipeline
 from pipelines.modeling.tiny import build_m9_layout
 from training.train_text_to_image import TrainArguments
 
@@ -173,6 +173,16 @@ def test_full_finetune_to_output_dir_checkpoints_resume_and_stock_loading(
     # The card's usage snippet is stock diffusers code, and it works as written.
     image = run_card_snippet(folder, training_study["store_root"])
     assert image.shape == (64, 64, 3)
+    assert "DiffusionPipeline.from_pretrained(" in (folder / "README.md").read_text()
+    # Plain DiffusionPipeline.from_pretrained opens the AltDiffusion export, its text encoder being
+    # diffusers' own class; without trust_remote_code, diffusers says to pass it.
+    from diffusers import DiffusionPipeline
+
+    stock = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(stock).__name__ == "AltDiffusionPipeline"
+    assert type(stock.text_encoder).__module__ == ROBERTA_SERIES_MODULE
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(folder)
     # The fine-tuned model generates through the generation stage, by repo id.
     rows = generate_nurse(training_study, "debiased")
     assert rows.num_rows == 1 and rows[0]["model"].startswith("study/debiased@")
@@ -238,6 +248,9 @@ def test_a_checkpoint_cut_short_or_tampered_never_resumes_silently(training_stud
 
 def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict, tmp_path: Path) -> None:
     out = tmp_path / "lora"
+    for stale in ("step-1", "step-500", "final"):  # an earlier run's validation images in a reused folder
+        (out / "validation" / stale).mkdir(parents=True)
+        (out / "validation" / stale / "07.png").write_bytes(b"earlier run")
     train(
         training_study, training_study["sd"], out, "--max_train_steps", "3", "--use_lora", "--rank", "4",
         "--learning_rate", "5e-2", "--cache_latents", "--random_flip", "--output_repo", "sd-lora",
@@ -259,6 +272,7 @@ def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict,
     folder = store.resolve("study/sd-lora", "model")
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", LORA_WEIGHTS, "trainer_state.json", "validation"]
     assert sorted(p.name for p in (folder / "validation" / "final").iterdir()) == ["00.png", "01.png"]
+    assert sorted(p.name for p in (folder / "validation").iterdir()) == ["final", "step-3"]  # nothing earlier
 
     base = load_pipeline(model_input(training_study, training_study["sd"]), store)
     tuned = load_pipeline(model_input(training_study, "study/sd-lora"), store)
@@ -501,11 +515,14 @@ def test_training_cli_errors_are_one_line_and_publish_nothing(training_study: di
             "unknown revision or tag 'doesnotexist' of dataset 'study/train-small'",
         ),
         (["--max_train_steps", "-1"], "max_train_steps=-1: must be at least 1"),
+        # Checked before any training: the test environment is offline (HF_HUB_OFFLINE=1).
+        (["--push_to_hub", "--hub_model_id", "someone/model"], "cannot push to model 'someone/model': the Hub is"),
     ):
         result = train(unpinned, training_study["model"], tmp_path / "never", "--output_repo", "never", *extra,
                        check=False)  # fmt: skip
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1].startswith(f"train_text_to_image: error: {message}")
+        assert "Running training" not in result.stdout + result.stderr  # refused before any step
     assert not store.exists("study/never", "model")
     # --dataset_revision is read: a real revision is the one trained on.
     revision = training_study["train"].partition("@")[2]

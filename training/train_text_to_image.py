@@ -39,7 +39,7 @@ from pipelines.artifacts.inputs import hub_pipeline_files, published_name
 from pipelines.artifacts.store import HubStore, card_metadata
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
-from pipelines.harness.stage import DistributedStage, StageRun
+from pipelines.harness.stage import DistributedStage, StageRun, usable_cpus
 from pipelines.modeling.diffusion import (
     LORA_WEIGHTS,
     add_text_encoder_lora,
@@ -73,7 +73,13 @@ def timestep_bias_settings(args: TrainArguments) -> list[str]:
 
 
 def save_model_card(
-    folder: Path, run: StageRun, args: TrainArguments, base: Any, languages: list[str], validation: list
+    folder: Path,
+    run: StageRun,
+    args: TrainArguments,
+    base: Any,
+    languages: list[str],
+    validation: list,
+    threads: int | None = None,
 ) -> None:
     kind = f"LoRA adapter (rank {args.rank})" if args.use_lora else "full fine-tune"
     hyper = {
@@ -112,6 +118,12 @@ def save_model_card(
             "debiases depends on that dataset's captions: see its card). Hyper-parameters: "
             + ", ".join(f"{k}={v}" for k, v in hyper.items())
             + "."
+            + (
+                f" Trained on CPU with {threads} thread(s) per process (the last bits of float sums, and so of "
+                "the weights, depend on it)."
+                if threads
+                else ""
+            )
         ),
         lineage=run.lineage,
         languages=languages,
@@ -259,6 +271,11 @@ class TrainArguments(StageArguments):
     validation_steps: int | None = field(default=None, metadata={"help": "Validate every N steps (and at the end)."})
     validation_steps_per_image: int = field(default=25, metadata={"help": "Denoising steps of validation images."})
     report_to: str = field(default="none", metadata={"help": "none, tensorboard or wandb."})
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={"help": "Intra-op threads per process on CPU (default: the CPUs this process may use, by "
+                  "affinity and cgroup quota, shared among the processes on this machine)."},
+    )  # fmt: skip
     push_to_hub: bool = field(default=False, metadata={"help": "Also push the model to the Hugging Face Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo for --push_to_hub (token: HF_TOKEN)."})
 
@@ -312,6 +329,7 @@ class TrainArguments(StageArguments):
             "checkpoints_total_limit",
             "validation_steps",
             "validation_steps_per_image",
+            "cpu_threads",
         )
         self.check_at_least(0, "lr_warmup_steps", "dataloader_num_workers", "noise_offset")
         if self.learning_rate <= 0:
@@ -329,6 +347,7 @@ NOT_FINGERPRINTED = (
     "checkpointing_steps",
     "checkpoints_total_limit",
     "dataset_revision",
+    "cpu_threads",  # changes float sums in the last bits, not what is trained; recorded in trainer_state.json
 )
 
 
@@ -607,7 +626,10 @@ def train(run: StageRun, output_dir: Path) -> str:
     from accelerate.utils import set_seed
 
     args: TrainArguments = run.args
+    if args.push_to_hub:
+        HubStore().check_can_push(args.hub_model_id, "model")  # before hours of training, not after
     accelerator = make_accelerator(args, output_dir)
+    threads = set_cpu_threads(args, accelerator)
     set_seed(args.seed)
     with accelerator.main_process_first():
         data, languages = load_training_data(run, args)
@@ -625,6 +647,8 @@ def train(run: StageRun, output_dir: Path) -> str:
             run.stage, config={k: v for k, v in run.parameters.items() if not isinstance(v, list)}
         )
     global_step, history = resume(output_dir, args, accelerator, parts.ema_unet)
+    if accelerator.is_main_process:
+        clear_stale_validation(output_dir, global_step)
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     accelerator.print(
         "***** Running training *****\n"
@@ -645,12 +669,26 @@ def train(run: StageRun, output_dir: Path) -> str:
             "global_step": global_step,
             "max_train_steps": loop.max_train_steps,
             "skipped_corrupt_images": skipped,
+            "cpu_threads": threads,
             "log_history": history,
         }
         save_outputs(run, output_dir, parts, accelerator, base, languages, trained)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return f"{'LoRA' if args.use_lora else 'Full'} fine-tune, {global_step} steps"
+
+
+def set_cpu_threads(args: TrainArguments, accelerator: Any) -> int | None:
+    """On CPU, torch's intra-op threads: `--cpu_threads`, or this process's share of the CPUs it may
+    use. torch's default (every core of the host) oversubscribes a container or a shared machine:
+    beside other work, a step waits on threads that have no CPU to run on."""
+    if accelerator.device.type != "cpu":
+        return None
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    threads = args.cpu_threads or max(1, usable_cpus() // local_processes)
+    torch.set_num_threads(threads)
+    accelerator.print(f"{threads} CPU thread(s) per process")
+    return threads
 
 
 def make_accelerator(args: TrainArguments, output_dir: Path) -> Any:
@@ -1027,7 +1065,7 @@ def save_outputs(
         shutil.rmtree(output_dir / "validation" / "final", ignore_errors=True)
         shutil.copytree(output_dir / "validation" / f"step-{global_step}", output_dir / "validation" / "final")
         validation = [line.replace("validation/", "validation/final/") for line in validation]
-    save_model_card(output_dir, run, args, base, languages, validation)
+    save_model_card(output_dir, run, args, base, languages, validation, trained.get("cpu_threads"))
     state = {**trained, "base_model": base.pin, "inputs": run.inputs}
     (output_dir / "trainer_state.json").write_text(json.dumps(state, indent=1))
     accelerator.print(f"saved the {'LoRA adapters' if args.use_lora else 'pipeline'} to {output_dir}")
@@ -1078,6 +1116,16 @@ def clear_model_files(output_dir: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def clear_stale_validation(output_dir: Path, step: int) -> None:
+    """Removes validation images that this run did not make: a reused output folder's from an earlier
+    run (everything when training starts afresh, later steps and `final` after a resume), so they are
+    never published as this model's."""
+    for folder in (output_dir / "validation").glob("*"):
+        made_here = folder.name.startswith("step-") and folder.name[5:].isdigit() and 0 < int(folder.name[5:]) <= step
+        if not made_here:
+            shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
 
 
 def save_trained(

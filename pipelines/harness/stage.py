@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -366,6 +367,23 @@ def shard_seconds(folder: Path) -> dict[str, tuple[int, float]]:
 def _device(args: Any, state: Any) -> str:
     requested = getattr(args, "device", "auto")
     return str(state.device) if requested == "auto" else requested
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "<quota> <period>" in microseconds, or "max <period>"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup (v2) CPU quota, which
+    `os.cpu_count()` and torch's default both ignore (a container limited to 2 CPUs on a 64-core
+    host would otherwise run 64 threads on 2 CPUs' time)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, int(quota) // int(period))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to read
+    return max(1, count)
 
 
 def _set_threads(args: Any, device: str) -> None:
