@@ -233,6 +233,59 @@ def test_reuse_picks_the_revision_the_stage_made(tmp_path: Path) -> None:
     assert generate_prompts.run(args).revision == first.revision
 
 
+def test_a_rerun_with_other_code_rebuilds_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fingerprint holds the code's version: the same inputs and parameters with other code
+    rebuild instead of reusing, and the card names the code it was made by."""
+    from pipelines.harness import stage
+
+    args = generate_prompts.Arguments(store_root=str(tmp_path / "hub"), namespace="study", **SMALL)
+    first = generate_prompts.run(args)
+    assert generate_prompts.run(args).reused
+    monkeypatch.setattr(stage, "code_version", lambda module_file: "0123456789abcdef")
+    second = generate_prompts.run(args)
+    assert not second.reused and second.lineage["code"] == "0123456789abcdef" != first.lineage["code"]
+    card = (LocalStore(tmp_path / "hub").resolve(str(second), "dataset") / "README.md").read_text()
+    assert "Code: `0123456789abcdef`" in card
+
+
+def test_code_version_follows_the_code_that_decides_the_output(tmp_path: Path) -> None:
+    """A stage's code version changes with its own module, the modules it imports (lazily too), the
+    data files beside them (lexicons) and the folders it reads by path (metric modules), and not
+    with code it does not use."""
+    import shutil
+
+    from pipelines.harness import code_version as versions
+
+    root = tmp_path / "project"
+    for folder in ("pipelines", "training", "spaces", "hub_cards"):
+        shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def version(stage: str) -> str:
+        versions._code_version.cache_clear()
+        return versions.code_version(root / "pipelines" / f"{stage}.py", root)
+
+    def edit(path: str) -> None:
+        with open(root / path, "a", encoding="utf-8") as file:
+            file.write("\n# edited\n")
+
+    before = {stage: version(stage) for stage in ("generate_prompts", "evaluate_bias", "compare_methods")}
+    edit("pipelines/compare_methods.py")
+    assert version("compare_methods") != before["compare_methods"]
+    assert (
+        version("generate_prompts") == before["generate_prompts"]
+        and version("evaluate_bias") == before["evaluate_bias"]
+    )
+    edit("pipelines/prompting/lexicons/de.yaml")  # read by the grammar, through its own file's path
+    assert version("generate_prompts") != before["generate_prompts"]
+    edit("spaces/fairness_metrics/fairness_metrics.py")  # loaded by evaluate_bias by path, not imported
+    changed = version("evaluate_bias")
+    edit("pipelines/reporting/figures.py")  # imported by evaluate_bias inside a function
+    assert len({before["evaluate_bias"], changed, version("evaluate_bias")}) == 3
+    assert versions.code_version(root / "training" / "train_text_to_image.py", root) == versions.code_version(
+        root / "training" / "train_text_to_image.py", root
+    )
+
+
 # --- recipes are checked before anything runs -----------------------------------------------------
 
 

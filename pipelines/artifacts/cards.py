@@ -93,13 +93,19 @@ def current_command() -> str:
 
 
 def make_lineage(
-    stage: str, inputs: dict[str, str], parameters: dict[str, Any], fingerprint: str, command: str | None = None
+    stage: str,
+    inputs: dict[str, str],
+    parameters: dict[str, Any],
+    fingerprint: str,
+    command: str | None = None,
+    code: str | None = None,
 ) -> dict[str, Any]:
     return {
         "stage": stage,
         "inputs": dict(inputs),
         "parameters": dict(parameters),
         "fingerprint": fingerprint,
+        **({"code": code} if code else {}),
         "toolkit": toolkit_version(),
         "versions": library_versions(),
         "command": command or current_command(),

@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipelines import __version__
 from pipelines.artifacts import workspace
 from pipelines.artifacts.cards import make_lineage
 from pipelines.artifacts.inputs import ModelInput, resolve_model
 from pipelines.artifacts.reader import DatasetArtifact
 from pipelines.artifacts.store import WORK_DIR, parse_ref
 from pipelines.errors import UserError
+from pipelines.harness.code_version import code_version
 from pipelines.harness.config import StageArguments, input_fields, parse_arguments
 
 # Settings that choose where things go or how fast, not what is made: they stay out of the fingerprint.
@@ -98,10 +98,12 @@ class StageRun:
             for f in dataclasses.fields(args)
             if f.name not in NOT_PARAMETERS and f.name not in stage.not_parameters and f.name not in self._kinds
         }
+        # The code that decides the output is part of what is reused: a fix to it rebuilds (code_version).
+        self.code = code_version(sys.modules[type(stage).__module__].__file__)
         self.fingerprint = hashlib.sha256(
-            json.dumps([self.stage, __version__, self.inputs, self.parameters], sort_keys=True).encode()
+            json.dumps([self.stage, self.code, self.inputs, self.parameters], sort_keys=True).encode()
         ).hexdigest()[:16]
-        self.lineage = make_lineage(self.stage, self.inputs, self.parameters, self.fingerprint)
+        self.lineage = make_lineage(self.stage, self.inputs, self.parameters, self.fingerprint, code=self.code)
 
     def dataset(self, name: str) -> DatasetArtifact:
         """Input `name` at its pinned revision, checked to be of the kind the stage reads."""
