@@ -58,11 +58,14 @@ def training_study(tiny_study: dict) -> dict:
     return {**tiny_study, "sd": str(sd), "train": str(train), "images": str(images)}
 
 
-def train(study: dict, model: str, output_dir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+def train(
+    study: dict, model: str, output_dir: Path | None, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess:
     result = run_python(
         SCRIPT,
         "--store_root",
         study["store_root"],
+        *(["--output_dir", str(output_dir)] if output_dir is not None else []),
         "--namespace",
         "study",
         "--pretrained_model_name_or_path",
@@ -76,8 +79,6 @@ def train(study: dict, model: str, output_dir: Path, *extra: str, check: bool = 
         "4",
         "--learning_rate",
         "1e-3",
-        "--output_dir",
-        str(output_dir),
         *extra,
     )
     if check:
@@ -334,6 +335,16 @@ def test_stable_diffusion_output_dir_and_checkpoints_open_with_diffusers(trainin
     store = LocalStore(training_study["store_root"])
     base = load_pipeline(model_input(training_study, training_study["sd"]), store)
     assert not torch.allclose(text_features(base, "a photo of a nurse"), text_features(stock, "a photo of a nurse"))
+
+
+def test_a_training_in_the_store_s_work_folder_leaves_nothing_behind(training_study: dict) -> None:
+    """Without --output_dir, training works (and checkpoints) in the store's work folder, which the
+    published model no longer needs: it is removed, lock and all."""
+    train(training_study, training_study["model"], None, "--max_train_steps", "2", "--checkpointing_steps", "1",
+          "--output_repo", "no-leftovers")  # fmt: skip
+    store = LocalStore(training_study["store_root"])
+    assert (store.resolve("study/no-leftovers", "model") / "model_index.json").is_file()
+    assert list((Path(training_study["store_root"]) / ".work" / "train_text_to_image").iterdir()) == []
 
 
 def test_training_on_an_imagefolder(training_study: dict, tmp_path: Path) -> None:

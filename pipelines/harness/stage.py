@@ -306,6 +306,10 @@ def _execute_in_processes(stage: ShardedStage | DistributedStage, args: StageArg
             message = stage.build(run, folder)
             if state.is_main_process:
                 result = [run.publish(stage.output(run, folder), message, ignore=stage.ignore)]
+                if folder.resolve() == run.work_folder().resolve():
+                    # The store's own work folder held resume state, which a published model no
+                    # longer needs; a folder the user named (`--output_dir`) is theirs to keep.
+                    shutil.rmtree(folder, ignore_errors=True)
         if state.num_processes > 1:
             broadcast_object_list(result)
     return result[0]
