@@ -539,12 +539,20 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
         assert rows[("base-g5", language)]["amplification"] > base["amplification"]
         assert rows[("base-g5", language)]["distance"] > base["distance"]
         assert rows[("base-g5", language)]["baseline"] == "base" and rows[("base-g5", language)]["p_value"] is not None
-        # Interventions are tested against the unchanged prompt of their own images, same seeds, where
-        # the world model obeys gender words on their template; elsewhere they are not measurable.
+        # Interventions are tested against the unchanged prompt of their own images, same seeds. The
+        # world is trained on their template too, so the model obeys gender words there in every
+        # language, and each row has a known answer: the unchanged direct prompt amplifies its planted
+        # share at guidance 3 as the neutral prompt does; the explicit prompts give parity; the
+        # ethical suffix, of which the world plants no effect, changes nothing.
+        unchanged = rows[("prompts-g3", language)]
+        assert unchanged["explicit_gender_control"] >= 0.9 and unchanged["measurable"]
+        assert abs(unchanged["amplification"] - rows[("base-g3", language)]["amplification"]) < 0.3
         for intervention in ("explicit_gender", "ethical", "negative", "sega"):
             row = rows[(f"prompts-g3+{intervention}", language)]
-            assert row["measurable"] == (row["explicit_gender_control"] >= 0.9)
-            assert (row["p_value"] is not None) == row["measurable"]
+            assert row["measurable"] and row["p_value"] is not None and row["baseline"] == "prompts-g3+none"
+        explicit, ethical = rows[("prompts-g3+explicit_gender", language)], rows[("prompts-g3+ethical", language)]
+        assert explicit["distance"] < 0.1 and abs(explicit["amplification"]) < 0.2
+        assert abs(ethical["amplification"] - unchanged["amplification"]) < 0.3
         # Neutral captions alone cost the control of gendered prompts; mixing gendered captions back keeps it.
         neutral, mixed = rows[("neutral-ft", language)], rows[("mixed-ft", language)]
         assert mixed["explicit_gender_control"] > neutral["explicit_gender_control"] + 0.2
@@ -553,7 +561,6 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
             assert costs["seeds"] == 3 and costs["seed_distance_low"] <= costs["seed_distance_high"]
             assert costs["measurable"] and costs["training_images"] == 60 * 64 and costs["unet_passes_per_image"] == 20
     assert rows[("prompts-g3+sega", "de")]["unet_passes_per_image"] == 4 * 20
-    assert not all(r["measurable"] for r in table)  # the world model ignores gender words on eval_direct in zh
     # Every fine-tune lowers the bias of the neutral prompts, over the four languages, and the pooled
     # comparisons (Holm-corrected over the whole table) say so.
     for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
@@ -563,6 +570,10 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
         str(store.resolve("t2i-bias/world-methods", "dataset")), "comparisons", split="train"
     )
     pooled = {(r["method"], r["versus"]): r for r in pairs}
+    # The planted null: the ethical suffix does not differ from the unchanged prompt after Holm; the
+    # explicit gender does (the same test can say both).
+    assert pooled[("prompts-g3", "prompts-g3+ethical")]["p_holm"] > 0.05
+    assert pooled[("prompts-g3+explicit_gender", "prompts-g3+ethical")]["p_holm"] < 0.05
     for method in ("neutral-ft", "mixed-ft"):
         assert pooled[(method, "base")]["cells"] == 24 and pooled[(method, "base")]["difference_mean"] < 0
         assert pooled[(method, "base")]["p_holm"] < 0.05, method
