@@ -110,13 +110,14 @@ def state(output_dir: Path) -> dict:
     return json.loads((output_dir / "trainer_state.json").read_text())
 
 
-def run_card_snippet(folder: Path, store_root: str) -> np.ndarray:
-    """Runs a model card's usage snippet literally, in a fresh interpreter, with the store at `./hub`."""
+def run_card_snippet(folder: Path, store_root: str, then: str = "numpy.asarray(image)") -> np.ndarray:
+    """Runs a model card's usage snippet literally, in a fresh interpreter, with the store at `./hub`;
+    returns the value of the expression `then` (by default the image) evaluated after it."""
     code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.DOTALL).group(1)
     code = code.replace(
         '"a photo of the face of a doctor"', '"a photo of the face of a doctor", num_inference_steps=2'
     )
-    code += "\nimport numpy, sys\nnumpy.save(sys.argv[1], numpy.asarray(image))\n"
+    code += f"\nimport numpy, sys\nnumpy.save(sys.argv[1], {then})\n"
     (Path(store_root).parent / "snippet.py").write_text(code)
     target = Path(store_root).parent / "snippet.npy"
     link = Path(store_root).parent / "hub"
@@ -317,6 +318,13 @@ def test_lora_with_text_encoder_on_tiny_altdiffusion(training_study: dict, tmp_p
     assert type(tuned.text_encoder).__name__ == "RobertaSeriesModelWithTransformation"
     text = "ein Foto des Gesichts einer Person, die als Pflegekraft arbeitet"
     assert not torch.allclose(text_features(base, text), text_features(tuned, text))  # the encoder's adapter is on
+    # The card's snippet, run as written, loads both adapters: its text encoder gives the tuned features.
+    features = "pipe.text_encoder(**pipe.tokenizer([TEXT], return_tensors='pt'))[0].detach().numpy()"
+    stock = run_card_snippet(folder, training_study["store_root"], then=features.replace("TEXT", repr(text)))
+    tokens = tuned.tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        ours, plain = (pipe.text_encoder(**tokens)[0].numpy() for pipe in (tuned, base))
+    assert np.abs(stock - ours).max() < 1e-4 < np.abs(stock - plain).max()
     rows = generate_nurse(training_study, "ad-lora-te")
     assert rows[0]["model"].startswith("study/ad-lora-te@")
 

@@ -137,6 +137,7 @@ def save_model_card(
             base.path if args.use_lora else folder,
             lora_base=base_name if args.use_lora else None,
             base_in_store=base.kind == "store",
+            text_encoder_lora=args.use_lora and args.train_text_encoder,
         ),
         license=license_,
     ).save(folder / "README.md")

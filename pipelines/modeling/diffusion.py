@@ -283,12 +283,20 @@ def save_pipeline(pipe: Any, folder: Path, source: Path | None = None) -> None:
             shutil.copyfile(model_file, folder / "tokenizer" / model_file.name)
 
 
-def usage_snippet(repo_id: str, folder: Path, lora_base: str | None = None, base_in_store: bool = True) -> str:
+def usage_snippet(
+    repo_id: str,
+    folder: Path,
+    lora_base: str | None = None,
+    base_in_store: bool = True,
+    text_encoder_lora: bool = False,
+) -> str:
     """Stock diffusers code that opens a model of the store (a Hugging Face cache folder).
 
     AltDiffusion is assembled from its components, as `assemble_pipeline` does, since diffusers 0.42
     cannot load AltDiffusion-m9's own `model_index.json`. On the Hub, leave out `cache_dir` and
-    `local_files_only`. `folder` is the model's (a LoRA's: its base's) saved pipeline.
+    `local_files_only`. `folder` is the model's (a LoRA's: its base's) saved pipeline. A LoRA with a
+    text-encoder adapter (`text_encoder_lora`) loads it with peft: diffusers' `load_lora_weights`
+    knows CLIP's text encoder only, not AltDiffusion's RoBERTa.
     """
     store = ', cache_dir="./hub", local_files_only=True'
     base, base_store = (lora_base, store if base_in_store else "") if lora_base else (repo_id, store)
@@ -329,5 +337,19 @@ def usage_snippet(repo_id: str, folder: Path, lora_base: str | None = None, base
         ]
     if lora_base is not None:
         lines.append(f'pipe.load_lora_weights("{repo_id}", weight_name="{LORA_WEIGHTS}"{store})')
+    if lora_base is not None and text_encoder_lora:
+        lines += [
+            "",
+            "# The text encoder's adapter, with peft",
+            "import json",
+            "from huggingface_hub import hf_hub_download",
+            "from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict",
+            "from safetensors.torch import load_file",
+            "",
+            f'config = hf_hub_download("{repo_id}", "{TEXT_ENCODER_LORA_CONFIG}"{store})',
+            "inject_adapter_in_model(LoraConfig(**json.loads(open(config).read())), pipe.text_encoder)",
+            f'weights = hf_hub_download("{repo_id}", "{TEXT_ENCODER_LORA_WEIGHTS}"{store})',
+            "set_peft_model_state_dict(pipe.text_encoder, load_file(weights))",
+        ]
     lines.append('image = pipe("a photo of the face of a doctor", generator=torch.manual_seed(0)).images[0]')
     return "\n".join(lines)
