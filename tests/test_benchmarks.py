@@ -100,3 +100,17 @@ def test_cpu_benchmarks_report_their_ratios(tmp_path: Path, name: str, argv: lis
         for peaks in stages.values():
             assert 100 < peaks["peak_mib_small"] < 20_000 and 100 < peaks["peak_mib_large"] < 20_000
             assert peaks["growth"] == pytest.approx(peaks["peak_mib_large"] / peaks["peak_mib_small"] - 1, abs=2e-3)
+
+
+def test_contention_benchmark_reports_each_policy_alone_and_beside_a_neighbour(tmp_path: Path) -> None:
+    from benchmarks import bench_contention
+
+    report = bench_contention.main(["--seconds", "1", "--results_dir", str(tmp_path)])
+    assert json.loads((tmp_path / "contention.json").read_text()) == report
+    assert set(report["policies"]) == {"all cores", "all cores, passive wait", "one thread"}
+    for policy in report["policies"].values():
+        assert positive(policy["steps_per_second_alone"]) and positive(policy["steps_per_second_beside_neighbours"])
+        assert policy["slowdown"] == pytest.approx(
+            policy["steps_per_second_alone"] / policy["steps_per_second_beside_neighbours"], rel=0.02
+        )
+    assert report["expected_slowdown"] >= 1 and report["neighbours"] == 1
