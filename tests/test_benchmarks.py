@@ -111,6 +111,6 @@ def test_contention_benchmark_reports_each_policy_alone_and_beside_a_neighbour(t
     for policy in report["policies"].values():
         assert positive(policy["steps_per_second_alone"]) and positive(policy["steps_per_second_beside_neighbours"])
         assert policy["slowdown"] == pytest.approx(
-            policy["steps_per_second_alone"] / policy["steps_per_second_beside_neighbours"], rel=0.02
+            policy["steps_per_second_alone"] / policy["steps_per_second_beside_neighbours"], rel=0.05
         )
     assert report["expected_slowdown"] >= 1 and report["neighbours"] == 1
