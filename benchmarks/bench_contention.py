@@ -20,7 +20,6 @@ The slowdown a neighbour should cost is the share of CPU time it takes: with one
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -122,4 +121,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    json.dumps(main())
+    main()
