@@ -4,9 +4,12 @@
 
 Publishes a Space repo (to the store, or the Hub with `--store hub`) holding `spaces/compare_languages`'
 app, its card (the Space front matter the Hub expects: sdk, sdk_version, app_file, ...), a
-`requirements.txt` that installs everything the app imports, the toolkit included as a wheel built
-from this checkout, and `space_config.json` naming the model versions to show, so the Space needs no
-settings to start. It shows what the store the Space reads holds (`T2I_BIAS_STORE`: `hub` on a Space).
+`requirements.txt` that installs everything else the app imports from the package index alone, the
+toolkit's modules the app uses (copied beside it: the Space needs no wheel and no checkout), and
+`space_config.json` naming the model versions to show, so the Space needs no settings to start. It
+shows what the store the Space reads holds (`T2I_BIAS_STORE`: `hub` on a Space). When that store is
+the one published to, the Space is started (its app imported and built on the pinned data) before
+anything is published, so a Space that would die on its first start is never published.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from pipelines import PROJECT_ROOT, __version__
 from pipelines.artifacts.reader import DatasetArtifact
-from pipelines.artifacts.store import parse_ref
+from pipelines.artifacts.store import LocalStore, parse_ref
 from pipelines.errors import ConfigError, DataError, UserError
 from pipelines.harness.config import StageArguments
 from pipelines.harness.lineage import parse_versions, version_refs
@@ -64,29 +67,33 @@ class Arguments(StageArguments):
         return self.space_store == "local" or self.store == "hub"
 
 
-def build_wheel(folder: Path) -> Path:
-    """The toolkit as a wheel (no dependencies: the Space's requirements name what it needs), built
-    from a copy of its sources so the checkout gains no build/ or egg-info folders."""
-    import tempfile
+def toolkit_files() -> list[Path]:
+    """The toolkit's files the app uses (its modules, imported anywhere and transitively, and the data
+    files they read, such as the lexicons), relative to the checkout: copied into the Space as they are,
+    so it imports them from its own folder."""
+    from pipelines.harness.code_version import PROJECT_PACKAGES, used_files
 
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="t2i-bias-wheel-") as tmp:
-        source = Path(tmp) / "source"
-        skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-        for name in ("pipelines", "training"):
-            shutil.copytree(PROJECT_ROOT / name, source / name, ignore=skip)
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copyfile(PROJECT_ROOT / name, source / name)
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
-             "-w", str(folder)],
-            capture_output=True,
-            text=True,
-        )  # fmt: skip
-    wheels = sorted(folder.glob("t2i_bias-*.whl"))
-    if result.returncode != 0 or not wheels:
-        raise ConfigError(f"the toolkit's wheel could not be built: {result.stderr.strip().splitlines()[-1:]}")
-    return wheels[0]
+    used = set().union(*(used_files(SOURCE / name, PROJECT_ROOT) for name in APP_FILES))
+    relative = (path.relative_to(PROJECT_ROOT) for path in used)
+    return sorted(path for path in relative if path.parts[0] in PROJECT_PACKAGES)
+
+
+def start_space(folder: Path, store: Any) -> None:
+    """Imports the published folder's app in a fresh interpreter, as the Space starts it: the study is
+    loaded from `store` and the interface built. A failure is one line with the app's last error line."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "T2I_BIAS_SPACE_VERSIONS")}
+    local = isinstance(store, LocalStore)
+    env.update({"T2I_BIAS_STORE": "local" if local else "hub", "GRADIO_ANALYTICS_ENABLED": "False"})
+    if local:
+        env["T2I_BIAS_STORE_ROOT"] = str(store.root)
+    # The app puts its own folder first on the path, so the copied toolkit is the one imported.
+    probe = "import app, pipelines; assert pipelines.__file__.startswith(str(app.HERE)), pipelines.__file__"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=folder, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"the Space does not start on these versions, nothing published: {last}")
 
 
 class PublishSpace(Stage):
@@ -117,11 +124,11 @@ class PublishSpace(Stage):
 
     def build(self, run: StageRun, folder: Path) -> str:
         args: Arguments = run.args
-        for name in APP_FILES:
+        for name in (*APP_FILES, "requirements.txt"):
             shutil.copyfile(SOURCE / name, folder / name)
-        wheel = build_wheel(folder / "wheels")
-        requirements = (SOURCE / "requirements.txt").read_text().rstrip() + f"\n./wheels/{wheel.name}\n"
-        (folder / "requirements.txt").write_text(requirements)
+        for relative in toolkit_files():
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(PROJECT_ROOT / relative, folder / relative)
         # The Space shows exactly what was checked: each version's images and the methods, by revision.
         versions = {
             label: run.inputs.get(f"{label}.images", spec) for label, spec in parse_versions(args.versions).items()
@@ -140,6 +147,8 @@ class PublishSpace(Stage):
         card.data.sdk_version = metadata.version("gradio")
         card.data.lineage = run.lineage  # the store's history and the runner's reuse read it
         card.save(folder / "README.md")
+        if args.reads_this_store():
+            start_space(folder, run.store)
         return f"Space showing {args.versions} (toolkit {__version__})"
 
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:

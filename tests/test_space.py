@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import contextlib
 import importlib.util
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -191,7 +193,7 @@ def soak(space: dict, root: Path) -> None:
     assert failures == [] and requests[0] >= 16
 
 
-def test_space_requirements_install_what_it_imports_and_the_toolkit_publishes_it(tmp_path: Path) -> None:
+def test_the_published_space_is_self_contained_its_requirements_from_the_index_alone(tmp_path: Path) -> None:
     from pipelines import publish_space
 
     store_root = tmp_path / "hub"
@@ -202,10 +204,10 @@ def test_space_requirements_install_what_it_imports_and_the_toolkit_publishes_it
     front = (folder / "README.md").read_text().split("---")[1]
     for key in ("sdk: gradio", "app_file: app.py", "sdk_version: 6.31.0", "title:", "license:"):
         assert key in front
-    requirements = (folder / "requirements.txt").read_text()
-    (wheel,) = folder.glob("wheels/t2i_bias-*.whl")
-    assert f"./wheels/{wheel.name}" in requirements
-    lines = [line for line in requirements.splitlines() if line and not line.startswith("#")]
+    # Every requirement is a package of the index, pinned: no local path, wheel or URL the Hub cannot reach.
+    lines = [line for line in (folder / "requirements.txt").read_text().splitlines() if line and line[0] != "#"]
+    assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+(==|>=)[0-9][^ /:]*", line) for line in lines), lines
+    assert not list(folder.rglob("*.whl"))
     assert not any(line.startswith(("torch", "transformers", "diffusers")) for line in lines)
     # Every third-party module the app reaches (its files and the toolkit modules they import) is required.
     from importlib import metadata
@@ -220,25 +222,53 @@ def test_space_requirements_install_what_it_imports_and_the_toolkit_publishes_it
         if distribution.lower() not in required and distribution != "t2i-bias"
     }
     assert missing == set()
-    # The wheel holds the toolkit: installed alone, it imports the app's modules without torch or transformers.
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)  # fmt: skip
+    # The toolkit modules the app uses are inside the folder, copied as they are, data files included.
+    assert (folder / "pipelines" / "harness" / "lineage.py").read_bytes() == (
+        REPO_ROOT / "pipelines" / "harness" / "lineage.py"
+    ).read_bytes()
+    assert (folder / "pipelines" / "prompting" / "lexicons" / "de.yaml").is_file()
+    assert not (folder / "pipelines" / "modeling").exists() and not (folder / "training").exists()
+    # From its folder alone (the checkout out of reach), the app's modules import, without torch or transformers.
     probe = (
-        f"import sys; sys.path.insert(0, {str(target)!r}); sys.path.insert(0, {str(folder)!r}); import study_data, "
-        "pipelines; assert pipelines.__file__.startswith(sys.path[1]), pipelines.__file__; "
+        "import sys; sys.path.insert(0, '.'); import study_data, pipelines; "
+        "assert pipelines.__file__.startswith(sys.path[0]), pipelines.__file__; "
         "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    copy = tmp_path / "elsewhere" / "space"
+    shutil.copytree(folder, copy)
+    env = {**os.environ, "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-I", "-c", probe.replace("'.'", repr(str(copy)))], cwd=copy, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
 
 
+def test_a_space_that_does_not_start_is_refused_and_main_stays(tmp_path: Path, monkeypatch: Any) -> None:
+    """The published folder's app is started before publishing, on the store it will read: a Space that
+    dies on its first start is one line, exit 2, and the Space's main stays where it was. Here the
+    versions' check is switched off, so only the start can catch that the store holds none of them."""
+    from pipelines import publish_space
+    from pipelines.errors import DataError
+
+    store_root = tmp_path / "hub"
+    first = publish_space.run(
+        publish_space.Arguments(store_root=str(store_root), versions=VERSIONS, space_store="hub")
+    )
+    store = LocalStore(store_root)
+    before = store.revision_of(parse_ref(str(first)), "space")
+    monkeypatch.setattr(publish_space.PublishSpace, "pinned_inputs", lambda self, args, store: {})
+    arguments = publish_space.Arguments(store_root=str(store_root), versions=VERSIONS, space_store="local", force=True)
+    with pytest.raises(
+        DataError, match=r"^the Space does not start on these versions, nothing published: .*world-base-eval"
+    ):
+        publish_space.run(arguments)
+    assert store.revision_of(parse_ref(str(first)), "space") == before
+
+
 @pytest.mark.slow
-def test_a_space_that_reads_the_study_s_store_is_published_pinned(offline_study: dict) -> None:
+def test_a_space_that_reads_the_study_s_store_is_published_pinned(offline_study: dict, tmp_path: Path) -> None:
     """Every version the Space shows is checked and pinned before anything is written: its config
     names each version's images by revision, and its lineage every dataset the Space reads."""
-    import json
 
     from pipelines import publish_space
 
@@ -254,6 +284,34 @@ def test_a_space_that_reads_the_study_s_store_is_published_pinned(offline_study:
         ref = f"t2i-bias/{name}@{store.revision_of(parse_ref(name, namespace='t2i-bias'), 'dataset')}"
         assert pinned[label] == ref == space_ref.lineage["inputs"][f"{label}.images"]
         assert {f"{label}.{kind}" for kind in ("attributes", "bias")} <= set(space_ref.lineage["inputs"])
+    start_in_a_fresh_environment(store.resolve(str(space_ref), "space"), root, tmp_path)
+
+
+def start_in_a_fresh_environment(published: Path, store_root: str, tmp_path: Path) -> None:
+    """The published Space, copied elsewhere, started in a new virtual environment built from its own
+    requirements.txt (the package index alone), as the Hub builds it: it serves its page and its API."""
+    folder, venv = tmp_path / "space", tmp_path / "venv"
+    shutil.copytree(published, folder)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", "requirements.txt"], cwd=folder,
+                             capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    port = free_port()
+    start = (
+        "import json, urllib.request, app, pipelines\n"
+        f"app.demo.launch(server_port={port}, prevent_thread_lock=True, **app.LAUNCH)\n"
+        f"page = urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=60)\n"
+        "print(json.dumps([page.status, sorted(app.STUDY.versions), pipelines.__file__]))\n"
+        "app.demo.close()\n"
+    )
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "T2I_BIAS_STORE_ROOT": store_root, "HF_HUB_OFFLINE": "1"}
+    started = subprocess.run([str(venv / "bin" / "python"), "-c", start], cwd=folder, env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert started.returncode == 0, started.stderr[-3000:]
+    (line,) = [line for line in started.stdout.splitlines() if line.startswith("[")]
+    status, versions, toolkit = json.loads(line)
+    assert status == 200 and versions == sorted(dict(v.split("=") for v in VERSIONS.split(",")))
+    assert toolkit.startswith(str(folder))  # the toolkit copied into the Space, not an installed one
 
 
 def imports_of(files: list[Path]) -> set[str]:
