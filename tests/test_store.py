@@ -593,3 +593,38 @@ def test_hub_push_is_checked_before_expensive_work(
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     with pytest.raises(StoreError, match="no Hugging Face token"):
         store.check_can_push("me/m", "model")
+
+
+def test_revisions_that_other_artifacts_pin_are_refs_that_cache_tools_keep(
+    store: LocalStore, make_folder: Callable[[dict[str, str]], Path]
+) -> None:
+    """An input revision a published artifact names (its lineage pins it) is a ref, `refs/pinned/<rev>`,
+    so `hf cache prune` keeps it after `main` has moved on; a revision nobody pins or tags is pruned."""
+
+    def card(inputs: dict[str, str]) -> str:
+        lines = "".join(f"    {name}: {spec}\n" for name, spec in inputs.items())
+        return f"---\nlineage:\n  stage: test\n  inputs:\n{lines}---\n# card\n"
+
+    used = store.push(make_folder({"a.txt": "used"}), "ns/prompts", "dataset", "first")
+    tagged = store.push(make_folder({"a.txt": "tagged"}), "ns/prompts", "dataset", "second", tag="v2")
+    unused = store.push(make_folder({"a.txt": "nobody's"}), "ns/prompts", "dataset", "third")
+    model = store.push(make_folder({"m.txt": "weights"}), "ns/model", "model", "model")
+    store.push(make_folder({"a.txt": "now"}), "ns/prompts", "dataset", "fourth")  # main moves on
+    inputs = {"input": f"ns/prompts@{used}", "model": f"ns/model@{model}", "hub": f"other/elsewhere@{'0' * 40}"}
+    store.push(make_folder({"README.md": card(inputs), "b.txt": "made"}), "ns/images", "dataset", "made")
+    assert store.pinned("ns/prompts", "dataset") == {used} and store.pinned("ns/model", "model") == {model}
+    assert store.tags("ns/prompts", "dataset") == {"v2": tagged}  # pins are not tags
+    assert not (store.root / "datasets--other--elsewhere").exists()  # a repo of another store: nothing written
+    with pytest.raises(StoreError, match="not starting 'pinned/'"):
+        store.push(make_folder({"a.txt": "x"}), "ns/prompts", "dataset", "m", tag=f"pinned/{unused}")
+
+    from huggingface_hub import scan_cache_dir
+
+    refs = {rev.commit_hash: set(rev.refs) for repo in scan_cache_dir(store.root).repos for rev in repo.revisions}
+    assert refs[used] == {f"pinned/{used}"} and refs[tagged] == {"v2"} and refs[unused] == set()
+    hf = Path(sys.executable).with_name("hf")
+    result = subprocess.run([str(hf), "cache", "prune", "--cache-dir", str(store.root), "--yes"], capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert store.resolve(f"ns/prompts@{used}", "dataset").is_dir() and store.resolve("ns/prompts@v2", "dataset")
+    assert not (store.root / "datasets--ns--prompts" / "snapshots" / unused).exists()

@@ -89,10 +89,18 @@ def validate_repo_type(repo_type: str) -> str:
     return repo_type
 
 
+# `refs/pinned/<revision>`: a revision that another artifact of the store was made from (its lineage
+# names it). As a ref, Hugging Face's cache tools count it as used: `hf cache prune` removes only the
+# detached revisions nobody pins, never an input of a published result.
+PINNED_REFS = "pinned"
+
+
 def validate_tag(tag: str) -> str:
-    if not isinstance(tag, str) or not _REF.match(tag) or tag == "main" or ".." in tag or _COMMIT.match(tag):
+    reserved = tag == "main" or tag.startswith(PINNED_REFS + "/") if isinstance(tag, str) else False
+    if not isinstance(tag, str) or not _REF.match(tag) or reserved or ".." in tag or _COMMIT.match(tag):
         raise StoreError(
-            f"malformed tag {tag!r}: letters, digits, '.', '_', '-', '/', not 'main' and not a revision id"
+            f"malformed tag {tag!r}: letters, digits, '.', '_', '-', '/', not 'main', not starting "
+            f"'{PINNED_REFS}/' and not a revision id"
         )
     return tag
 
@@ -215,7 +223,8 @@ class LocalStore:
 
     `<root>/<type>s--<ns>--<name>/` holds `snapshots/<rev>/` (one immutable, content-addressed
     folder per revision, its files read-only links into `blobs/<sha256>`, so revisions that share
-    files share bytes), `refs/main` and `refs/<tag>` (a revision id each), and the toolkit's own
+    files share bytes), `refs/main`, `refs/<tag>` and `refs/pinned/<rev>` (a revision another
+    artifact was made from; cache tools then keep it), a revision id each, and the toolkit's own
     `history.json` (every revision with its message and lineage), `.lock` and `.staging/`. A push
     writes blobs and a staging folder, then, holding the lock, renames the staging folder into
     `snapshots/` and rewrites the refs atomically: a push killed half way leaves the previous
@@ -273,8 +282,32 @@ class LocalStore:
         return {
             path.relative_to(refs).as_posix(): path.read_text(encoding="utf-8").strip()
             for path in sorted(refs.rglob("*"))
-            if path.is_file() and not path.name.startswith(".") and path.relative_to(refs).as_posix() != "main"
+            if path.is_file()
+            and not path.name.startswith(".")
+            and path.relative_to(refs).as_posix() != "main"
+            and path.relative_to(refs).parts[0] != PINNED_REFS
         }
+
+    def pinned(self, repo_id: str, repo_type: str) -> set[str]:
+        """The revisions of a repo that other artifacts of the store were made from."""
+        folder = self._repo_dir(repo_id, repo_type) / "refs" / PINNED_REFS
+        return {path.name for path in folder.iterdir() if not path.name.startswith(".")} if folder.is_dir() else set()
+
+    def _pin_inputs(self, lineage: dict[str, Any]) -> None:
+        """Writes `refs/pinned/<rev>` into each input repo of this store that `lineage` names by revision."""
+        inputs = lineage.get("inputs") if isinstance(lineage.get("inputs"), dict) else {}
+        for spec in inputs.values():
+            repo_id, _, revision = str(spec).partition("@")
+            if not re.fullmatch(r"[0-9a-f]{40}", revision):
+                continue
+            for repo_type in REPO_TYPES:
+                try:
+                    repo_dir = self._repo_dir(repo_id, repo_type)
+                except StoreError:
+                    break  # not a repo id of this store (a folder, a Hub id of another form)
+                if (repo_dir / "snapshots" / revision).is_dir():
+                    with self._locked(repo_dir):
+                        self._write_atomic(repo_dir / "refs" / PINNED_REFS / revision, revision)
 
     @staticmethod
     def _write_atomic(path: Path, text: str) -> None:
@@ -326,6 +359,8 @@ class LocalStore:
         files = _files(folder, ignore)
         revision = content_revision(folder, ignore)
         try:
+            # Inputs are pinned first: a pin left by a push that then fails only keeps a revision.
+            self._pin_inputs(lineage_of(folder))
             return self._push(folder, files, repo_dir, revision, message, tag, repo_id)
         except OSError as err:
             if err.errno == errno.ENOSPC:
