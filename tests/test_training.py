@@ -306,13 +306,36 @@ def text_features(pipe: Any, text: str) -> torch.Tensor:
 
 
 def test_lora_with_text_encoder_on_tiny_altdiffusion(training_study: dict, tmp_path: Path) -> None:
-    train(training_study, training_study["model"], tmp_path / "lora-te", "--max_train_steps", "2", "--use_lora",
-          "--rank", "4", "--train_text_encoder", "--learning_rate", "5e-2", "--output_repo", "ad-lora-te")  # fmt: skip
+    from safetensors.torch import load_file
+
+    out = tmp_path / "lora-te"
+    options = [
+        "--use_lora",
+        "--rank",
+        "4",
+        "--train_text_encoder",
+        "--learning_rate",
+        "5e-2",
+        "--checkpointing_steps",
+        "2",
+    ]
+    train(
+        training_study, training_study["model"], out, "--max_train_steps", "2", *options, "--output_repo", "ad-lora-te"
+    )
     store = LocalStore(training_study["store_root"])
     folder = store.resolve("study/ad-lora-te", "model")
-    assert {"text_encoder_lora.safetensors", "text_encoder_lora_config.json", LORA_WEIGHTS} <= {
-        p.name for p in folder.iterdir()
-    }
+    adapters = ("text_encoder_lora.safetensors", "text_encoder_lora_config.json", LORA_WEIGHTS)
+    assert set(adapters) <= {p.name for p in folder.iterdir()}
+    # A checkpoint holds the LoRA adapters as the published model does: at the last step, the same tensors.
+    checkpoint = out / "checkpoint-2"
+    for name in (LORA_WEIGHTS, "text_encoder_lora.safetensors"):
+        saved, published = load_file(checkpoint / name), load_file(folder / name)
+        assert saved.keys() == published.keys() and all(torch.equal(saved[k], published[k]) for k in saved)
+    # And it resumes: the step count and the loss history continue.
+    history = state(out)["log_history"]
+    train(training_study, training_study["model"], out, "--max_train_steps", "3", *options, "--resume_from_checkpoint",
+          "latest", "--output_repo", "ad-lora-te-resumed")  # fmt: skip
+    assert [e["step"] for e in state(out)["log_history"]] == [1, 2, 3] and state(out)["log_history"][:2] == history
     base = load_pipeline(model_input(training_study, training_study["model"]), store)
     tuned = load_pipeline(model_input(training_study, "study/ad-lora-te"), store)
     assert type(tuned.text_encoder).__name__ == "RobertaSeriesModelWithTransformation"

@@ -18,12 +18,14 @@ save), `main()`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import random
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -567,9 +569,17 @@ def checkpoints(output_dir: Path, complete: bool = True) -> list[Path]:
 
 
 def save_checkpoint(
-    accelerator: Any, output_dir: Path, step: int, limit: int | None, models: dict[str, Any], ema: Any, history: list
+    accelerator: Any,
+    output_dir: Path,
+    step: int,
+    limit: int | None,
+    models: dict[str, Any],
+    ema: Any,
+    history: list,
+    lora: Callable[[Path], None] | None = None,
 ) -> None:
-    """accelerate's state, the models in diffusers' format and the loss so far, as checkpoint-<step>.
+    """accelerate's state, the models in diffusers' format (or the LoRA adapters, written by `lora`)
+    and the loss so far, as checkpoint-<step>.
 
     Written aside (`.checkpoint-<step>.partial`) and renamed into place once whole, so a run killed
     while saving leaves the previous checkpoints as they were and never a checkpoint cut short; the
@@ -584,6 +594,8 @@ def save_checkpoint(
         for name, model in models.items():
             if model is not None:
                 accelerator.unwrap_model(model).save_pretrained(partial / name)
+        if lora is not None:
+            lora(partial)
         if ema is not None:
             from safetensors.torch import save_file
 
@@ -603,7 +615,12 @@ def save_checkpoint(
             existing = checkpoints(output_dir, complete=False)
             for old in existing[: max(0, len(existing) - limit)]:
                 shutil.rmtree(old)
-        accelerator.print(f"saved checkpoint {folder.name} (UNet in diffusers' format: {folder.name}/unet)")
+        held = (
+            f"LoRA adapters: {folder.name}/{LORA_WEIGHTS}"
+            if lora
+            else f"UNet in diffusers' format: {folder.name}/unet"
+        )
+        accelerator.print(f"saved checkpoint {folder.name} ({held})")
     accelerator.wait_for_everyone()
 
 
@@ -1029,13 +1046,16 @@ def training_loop(
             accelerator.log({"train_loss": step_loss, "lr": learning_rate}, step=global_step)
             progress.set_postfix(loss=f"{step_loss:.4f}")
             if global_step % args.checkpointing_steps == 0:
-                # LoRA adapters live in accelerate's state; diffusers' format is the final export.
                 models = {} if args.use_lora else {"unet": parts.unet, "text_encoder": parts.text_encoder}
                 if not args.train_text_encoder:
                     models.pop("text_encoder", None)
-                save_checkpoint(
-                    accelerator, output_dir, global_step, args.checkpoints_total_limit, models, parts.ema_unet, history
-                )
+                lora = None
+                if args.use_lora:  # the adapters as the published model holds them: a checkpoint loads as one
+                    unwrapped = accelerator.unwrap_model(parts.unet), accelerator.unwrap_model(parts.text_encoder)
+                    lora = functools.partial(save_lora, pipeline_class=type(parts.pipe), unet=unwrapped[0],
+                                             text_encoder=unwrapped[1], text_lora=parts.text_lora)  # fmt: skip
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, models,
+                                parts.ema_unet, history, lora)  # fmt: skip
             if args.validation_prompts and args.validation_steps and global_step % args.validation_steps == 0:
                 if accelerator.is_main_process:
                     log_validation(inference_pipeline(parts, accelerator), args, accelerator, global_step)
@@ -1129,17 +1149,25 @@ def clear_stale_validation(output_dir: Path, step: int) -> None:
             shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
 
 
+def save_lora(folder: Path, pipeline_class: Any, unet: Any, text_encoder: Any, text_lora: dict | None) -> None:
+    """The LoRA adapters as the published model holds them (the UNet's in diffusers' format, the text
+    encoder's with its peft config), in float32; the models being trained are left as they are."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state = {k: v.detach().float().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    pipeline_class.save_lora_weights(
+        folder, unet_lora_layers=convert_state_dict_to_diffusers(state), weight_name=LORA_WEIGHTS
+    )
+    if text_lora is not None:
+        save_text_encoder_lora(text_encoder, text_lora, folder)
+
+
 def save_trained(
     folder: Path, pipe: Any, unet: Any, text_encoder: Any, args: TrainArguments, text_lora: dict | None, source: Path
 ) -> None:
     if args.use_lora:
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-
-        unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet.float()))
-        type(pipe).save_lora_weights(folder, unet_lora_layers=unet_layers, weight_name=LORA_WEIGHTS)
-        if text_lora is not None:
-            save_text_encoder_lora(text_encoder, text_lora, folder)
+        save_lora(folder, type(pipe), unet, text_encoder, text_lora)
         return
     pipe.unet, pipe.text_encoder = unet.float(), text_encoder.float()
     pipe.vae.float()
