@@ -100,6 +100,11 @@ def test_space_api_gives_the_study_s_own_figures(space: dict) -> None:
     row = per[(per["language"] == "de") & (per["attribute"] == "gender") & (per["occupation"] == "nurse")].iloc[0]
     assert metrics["gender_l1"] == pytest.approx(row["l1"])
     assert set(per["attribute"]) == {"gender"} and metrics["race_l1"] is None
+    app = space["app"]  # and no empty race or age axes or rows: one line says why
+    figure = app.shares_figure(app.STUDY, ["world-model"], "de", "nurse")
+    assert "perceived gender" in figure and "perceived race" not in figure and "perceived age" not in figure
+    assert "race L1" not in app.metrics_markdown(app.STUDY, ["world-model"], "de", "nurse")
+    assert "world-cue" in app.STUDY.missing_attributes_note()
     gender = per[(per["language"] == "de") & (per["attribute"] == "gender") & (per["occupation"] == "nurse")].iloc[0]
     female = list(gender["labels"]).index("female")
     assert metrics["female_share"] == pytest.approx(gender["distribution"][female])
@@ -116,6 +121,7 @@ def test_space_api_gives_the_study_s_own_figures(space: dict) -> None:
         for version in ("world-model", "world-debiased")
     }
     german = next(r for r in board if r["language"] == "German" and r["version"] == "world-model")
+    assert "race L1" not in german and "age L1" not in german
     row = summary[(summary["language"] == "de") & (summary["attribute"] == "gender")].iloc[0]
     assert german["gender L1"] == pytest.approx(row["mean_l1"], abs=1e-4)
     assert german["exp. max L2"] == pytest.approx(row["exp_max_l2"], abs=1e-4)
@@ -380,6 +386,63 @@ def test_methods_as_fair_as_each_other_are_listed_by_name_whatever_the_table_ord
     assert shown.iloc[-1]["distance [95% CI]"] == "not measurable" and "seeds" in shown
 
 
+def test_the_space_names_what_ran_and_hides_attributes_no_classifier_reported(
+    tmp_path: Path, make_folder: Any
+) -> None:
+    """Which models made a version's numbers is read from its datasets' lineage: a random-weight CLIP
+    is said to be random, a real one is not; attributes the classifier did not report get no empty
+    axes, no table rows and one line saying why; a classifier that reports all three shows all three."""
+    import pandas as pd
+
+    from pipelines.artifacts.reader import DatasetArtifact
+
+    sys.path.insert(0, str(REPO_ROOT / "spaces" / "compare_languages"))
+    try:
+        from study_data import Study, Version
+    finally:
+        sys.path.pop(0)
+    store = LocalStore(tmp_path / "hub")
+    random_clip = store.push(
+        make_folder({"README.md": "---\ntags:\n- random-weights\n---\n"}), "ns/tiny-clip", "model", "m"
+    )
+    real_clip = store.push(make_folder({"README.md": "---\ntags:\n- clip\n---\n"}), "ns/clip", "model", "m")
+
+    def card(lineage: str, extra: str = "") -> DatasetArtifact:
+        return DatasetArtifact(make_folder({"README.md": f"---\nlineage:\n{lineage}{extra}---\n"}))
+
+    images = card("  inputs:\n    model: ns/world-model@" + "a" * 40 + "\n")
+    world = card("  parameters:\n    classifier: world-cue\n    detector: none\n",
+                 "classifier_checkpoints:\n  classifier: world-cue\n  cue: disc colour\n")  # fmt: skip
+    fairface = card("  inputs:\n    classifier_model: ns/fairface@" + "b" * 40 + "\n  parameters:\n    classifier: "
+                    "fairface\n    detector: dlib\n")  # fmt: skip
+    alignment = card(f"  inputs:\n    clip_model: ns/tiny-clip@{random_clip}\n    multilingual_clip_model: "
+                     f"ns/clip@{real_clip}\n  parameters:\n    multilingual_clip_pretrained: laion\n")  # fmt: skip
+    study = Study.__new__(Study)
+    study.store = store
+    made = study._made_by(images, world, alignment)
+    assert made["images"] == "ns/world-model@aaaaaaa" and made["classifier"] == "world-cue: disc colour"
+    assert made["clip"].startswith(f"ns/tiny-clip@{random_clip[:7]}") and "random weights" in made["clip"]
+    assert made["mclip"] == f"ns/clip@{real_clip[:7]} / laion"  # a real model: no note
+    assert (
+        study._made_by(images, fairface, None)["classifier"] == "fairface (ns/fairface@bbbbbbb); faces found by dlib"
+    )
+
+    def version(attributes: list[str], made_by: dict) -> Version:
+        per = pd.DataFrame({"attribute": attributes})
+        return Version("v", None, {}, pd.DataFrame(), pd.DataFrame(), per, made_by=made_by)
+
+    study.versions = {"base": version(["gender"], made), "tuned": version(["gender"], made)}
+    assert study.reported_attributes == ["gender"]
+    assert study.missing_attributes_note() == (
+        "Perceived race and age are not shown: the classifier that ran (world-cue) reports gender only."
+    )
+    about = study.made_by_markdown()
+    assert "**base**" in about and "random weights" in about and "FairFace" not in about
+    assert about.endswith(study.missing_attributes_note())
+    study.versions["tuned"] = version(["gender", "race", "age"], {"classifier_name": "fairface"})
+    assert study.reported_attributes == ["gender", "race", "age"] and study.missing_attributes_note() == ""
+
+
 def test_fairness_widget(tmp_path: Path) -> None:
     app = load_app(REPO_ROOT / "spaces" / "fairness_metrics" / "app.py", "fairness_widget")
     port = free_port()
@@ -504,5 +567,7 @@ def test_space_in_a_real_browser(space: dict) -> None:
         for term in ("Perceived", "Expected maximum unfairness", "Random reference", "CLIP score", "L1 / L2"):
             assert term in text
         assert "world-base-eval@" in page.locator("#links").inner_text()
+        made_by = page.locator("#made-by").inner_text()  # the models that ran, not the reference study's
+        assert "world-cue" in made_by and "random weights" in made_by and "FairFace" not in made_by
         page.screenshot(path=str(SCREENSHOTS / "about.png"), full_page=True)
         browser.close()

@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE))  # study_data.py beside this file, however the app
 import gradio as gr  # noqa: E402
 import matplotlib  # noqa: E402
 import pandas as pd  # noqa: E402
-from study_data import ATTRIBUTES, Study, load_study_from_env  # noqa: E402
+from study_data import ATTRIBUTES, Study, load_study_from_env, plain  # noqa: E402
 
 from pipelines.prompting.grammar import LANGUAGES  # noqa: E402
 from pipelines.reporting.figures import PALETTE  # noqa: E402
@@ -36,8 +36,9 @@ CSS = """
 EXPLANATIONS = """
 ### What the numbers mean
 
-- **Perceived** gender, race and age are what a classifier (FairFace by default) guesses from a
-  face's appearance. They are not anyone's identity, and the classifier has biases of its own.
+- **Perceived** gender, race and age are what a classifier (the one this study ran: see *What made
+  these numbers* below) guesses from a face's appearance. They are not anyone's identity, and the
+  classifier has biases of its own.
   Only images with exactly one face count; the **face rejection** rate says how many did not.
 - **Share** of a label: the fraction of an occupation's classified faces with that label, with a
   95% bootstrap interval (resampling the occupation's images).
@@ -51,18 +52,11 @@ EXPLANATIONS = """
   even split), i.e. what sampling noise alone gives; a fair model scores near it, not at 0.
 - **Non-binary share**: faces a classifier puts in a non-binary bucket; counted beside the
   two-gender distribution, not inside it.
-- **CLIP score**: the cosine between an image and a text in OpenAI's CLIP ViT-L/14 (English texts,
-  for every language, as the reference study), higher is closer; the **mCLIP own prompt** score
-  uses a multilingual CLIP on each image's own prompt and is on that model's own scale.
+- **CLIP score**: the cosine between an image and a text in a CLIP model (the reference study used
+  OpenAI's ViT-L/14; this study's is named below), with English texts for every language, as the
+  reference study; higher is closer. The **mCLIP own prompt** score uses a multilingual CLIP on
+  each image's own prompt and is on that model's own scale.
 """
-
-
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
-
-
-def plain(text: str) -> str:
-    """Text shown as written in Markdown: a German "Lehrer*in" keeps its gender star."""
-    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def check(value: object, allowed: list[str] | tuple[str, ...], what: str) -> str:
@@ -98,6 +92,9 @@ def metrics_markdown(study: Study, versions: list[str], language: str, occupatio
         "clip_en_person": "CLIP: a person",
         "mclip_own_prompt": "mCLIP: own prompt",
     }
+    for attribute in ATTRIBUTES:
+        if attribute not in study.reported_attributes:
+            labels.pop(f"{attribute}_l1", None)
     lines = ["| | " + " | ".join(versions) + " |", "|---" * (len(versions) + 1) + "|"]
     for key, label in labels.items():
         cells = []
@@ -120,8 +117,14 @@ def shares_figure(study: Study, versions: list[str], language: str, occupation: 
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.fonttype"] = "none"  # text stays text: searchable, and readable by tests
-    figure, axes = plt.subplots(len(ATTRIBUTES), 1, figsize=(4, 6.4), gridspec_kw={"height_ratios": [1, 1.3, 1.3]})
-    for axis, attribute in zip(axes, ATTRIBUTES):
+    shown = study.reported_attributes or ["gender"]  # attributes no classifier reported get no empty axes
+    ratios = [1 if attribute == "gender" else 1.3 for attribute in shown]
+    height = 0.4 + 1.67 * sum(ratios)  # 6.4 inches for all three, as before
+    figure, axes = plt.subplots(
+        len(shown), 1, figsize=(4, height), gridspec_kw={"height_ratios": ratios}, squeeze=False
+    )
+    axes = axes[:, 0]
+    for axis, attribute in zip(axes, shown):
         frames = [study.shares(version, language, occupation, attribute) for version in versions]
         labels = next((list(f["label"]) for f in frames if len(f)), [])
         width = 0.8 / max(len(versions), 1)
@@ -164,7 +167,9 @@ def build_demo(study: Study) -> gr.Blocks:
             "# Perceived gender, race and age across languages\n"
             f"Images generated from the same occupation prompt (`{study.variant}`) in every language, seed for "
             "seed; their perceived attributes (a classifier's guess from appearance, not anyone's identity), bias "
-            "metrics with 95% intervals, and CLIP scores. See *About the metrics* for what each number means."
+            "metrics with 95% intervals, and CLIP scores. See *About the metrics* for what each number means "
+            "and which models made it."
+            + (f"\n\n{study.missing_attributes_note()}" if study.missing_attributes_note() else "")
         )
         with gr.Tab("Compare languages"):
             with gr.Row():
@@ -255,6 +260,7 @@ def build_demo(study: Study) -> gr.Blocks:
                 gr.api(api_methods, api_name="methods")
         with gr.Tab("About the metrics"):
             gr.Markdown(EXPLANATIONS, elem_id="explanations")
+            gr.Markdown(study.made_by_markdown(), elem_id="made-by")
             links = ["### The datasets shown, at their revisions"]
             for name, refs in study.links().items():
                 links.append(

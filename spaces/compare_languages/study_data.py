@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipelines.artifacts.reader import DatasetArtifact
-from pipelines.artifacts.store import HubStore, Store, open_store, parse_ref
+from pipelines.artifacts.store import HubStore, Store, card_metadata, open_store, parse_ref
 from pipelines.errors import UserError
 from pipelines.harness import lineage
 from pipelines.harness.lineage import derived_from_any, version_refs
@@ -37,6 +38,14 @@ DEFAULT_VERSIONS = "base=world-base-eval,debiased=world-debiased-eval"
 # The variant the Space shows first: the toolkit's face prompts, then MAGBIG's direct ones.
 PREFERRED_VARIANTS = ("eval_direct", "magbig_direct", "eval_indirect", "magbig_indirect")
 ATTRIBUTES = ("gender", "race", "age")
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+
+
+def plain(text: str) -> str:
+    """Text shown as written in Markdown: a German "Lehrer*in" keeps its gender star."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 class StudyError(ValueError):
@@ -52,6 +61,13 @@ class Version:
     bias_summary: pd.DataFrame
     bias_per_occupation: pd.DataFrame
     alignment: pd.DataFrame = field(default_factory=pd.DataFrame)
+    made_by: dict[str, str] = field(default_factory=dict)  # what ran: images, classifier(_name), clip, mclip
+
+
+def short(ref: str) -> str:
+    """`ns/name@<40 hex>` as `ns/name@<7 hex>`."""
+    repo, _, revision = str(ref).partition("@")
+    return f"{repo}@{revision[:7]}" if revision else repo
 
 
 def read_config(artifact: DatasetArtifact, config: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -118,6 +134,7 @@ class Study:
             if "alignment" in refs
             else None
         )
+        made_by = self._made_by(images, attributes, alignment)
         columns = ["prompt_id", "language", "variant", "profession", "sample_index", "status"] + list(ATTRIBUTES)
         # The prompts as written: configs of training-free interventions belong to the methods tab.
         plain = [c for c in attributes.configs if attributes.config_info(c).get("intervention", "none") == "none"]
@@ -132,6 +149,73 @@ class Study:
             alignment=without_interventions(read_config(alignment, "summary"))
             if alignment is not None
             else pd.DataFrame(),
+            made_by=made_by,
+        )
+
+    def _made_by(
+        self, images: DatasetArtifact, attributes: DatasetArtifact, alignment: DatasetArtifact | None
+    ) -> dict[str, str]:
+        """What made a version's numbers, read from its datasets' lineage: the model that drew the
+        images, the classifier and face detector, the CLIP models (said to be random when their card
+        says so). The Space names these, never a model that did not run."""
+        out = {"images": short(images.lineage.get("inputs", {}).get("model", "unknown"))}
+        parameters = attributes.lineage.get("parameters", {})
+        described = attributes.metadata.get("classifier_checkpoints") or {}
+        classifier = out["classifier_name"] = str(
+            described.get("classifier") or parameters.get("classifier") or "unknown"
+        )
+        model = attributes.lineage.get("inputs", {}).get("classifier_model")
+        if model:
+            classifier += f" ({short(model)}{self._random_note(model)})"
+        if described.get("cue"):
+            classifier += f": {described['cue']}"
+        detector = parameters.get("detector")
+        out["classifier"] = classifier + (f"; faces found by {detector}" if detector not in (None, "none") else "")
+        if alignment is not None:
+            inputs, parameters = alignment.lineage.get("inputs", {}), alignment.lineage.get("parameters", {})
+            for key, label in (("clip_model", "clip"), ("multilingual_clip_model", "mclip")):
+                if inputs.get(key):
+                    pretrained = parameters.get(key.replace("_model", "_pretrained"))
+                    named = short(inputs[key]) + (f" / {pretrained}" if pretrained else "")
+                    out[label] = named + self._random_note(inputs[key])
+        return out
+
+    def _random_note(self, ref: str) -> str:
+        """`: random weights` when the model's card is tagged so (the offline demo's tiny models)."""
+        try:
+            tags = card_metadata(self.store.resolve(ref, "model")).get("tags") or []
+        except Exception:  # noqa: BLE001 - a model the store cannot open is named without the note
+            return ""
+        return ", random weights: its outputs are noise" if "random-weights" in tags else ""
+
+    @property
+    def reported_attributes(self) -> list[str]:
+        """The attributes any version's classifier reported (a gender-only classifier: gender)."""
+        found = {a for v in self.versions.values() for a in v.bias_per_occupation.get("attribute", [])}
+        return [attribute for attribute in ATTRIBUTES if attribute in found]
+
+    def made_by_markdown(self) -> str:
+        """What made each version's numbers, from its datasets' lineage (never a model that did not run)."""
+        labels = {"images": "images drawn by", "classifier": "perceived attributes by", "clip": "CLIP (English texts)",
+                  "mclip": "multilingual CLIP"}  # fmt: skip
+        lines = ["### What made these numbers", ""]
+        for name, version in self.versions.items():
+            parts = [
+                f"{label}: {plain(version.made_by[key])}" for key, label in labels.items() if key in version.made_by
+            ]
+            lines.append(f"- **{plain(name)}**: " + "; ".join(parts))
+        note = self.missing_attributes_note()
+        return "\n".join(lines + (["", note] if note else []))
+
+    def missing_attributes_note(self) -> str:
+        """One line naming the attributes not shown and why; empty when all are reported."""
+        missing = [a for a in ATTRIBUTES if a not in self.reported_attributes]
+        if not missing:
+            return ""
+        classifiers = sorted({v.made_by.get("classifier_name", "unknown") for v in self.versions.values()})
+        return (
+            f"Perceived {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not shown: the classifier "
+            f"that ran ({', '.join(classifiers)}) reports {', '.join(self.reported_attributes) or 'nothing'} only."
         )
 
     def _load_methods(self, spec: str | None) -> tuple[str | None, pd.DataFrame]:
@@ -352,7 +436,7 @@ class Study:
                     "non-binary share": round(float(gender["outside_share"]), 4),
                     "face rejection": round(float(gender["rejection_rate"]), 4),
                 }
-                for attribute in ("race", "age"):
+                for attribute in (a for a in ("race", "age") if a in self.reported_attributes):
                     other = self.summary(name, language, attribute)
                     row[f"{attribute} L1"] = round(float(other["mean_l1"]), 4) if other is not None else None
                 align = self.versions[name].alignment
