@@ -391,7 +391,11 @@ def test_the_real_study_dry_run_counts_images_steps_and_downloads(tmp_path: Path
 def test_every_offline_study_artifact_opens_by_reference_and_by_its_card(offline_study: dict) -> None:
     """Each dataset the offline study published opens by `ns/name@revision` through the one call, and
     a card's own stock-code snippet, run as written against the local store, opens its dataset."""
+    import os
     import re
+
+    import datasets
+    from huggingface_hub import snapshot_download
 
     from pipelines.artifacts.reader import load_artifact
 
@@ -405,6 +409,20 @@ def test_every_offline_study_artifact_opens_by_reference_and_by_its_card(offline
         revision = store.revision_of(repo_id, "dataset")
         data = load_artifact(f"{repo_id}@{revision}", store=store)
         assert data.num_rows > 0, repo_id
+        # And with stock code only, by the revision a lineage pins, as its own card says (the local-store
+        # half; a card cannot name its own content-addressed revision, so it says main).
+        card = (store.resolve(f"{repo_id}@{revision}", "dataset") / "README.md").read_text()
+        (block,) = [b for b in re.findall(r"```python\n(.*?)```", card, re.DOTALL) if "snapshot_download" in b]
+        assert 'revision="main"' in block, repo_id
+        block = block.replace('revision="main"', f'revision="{revision}"')
+        namespace = {"load_dataset": datasets.load_dataset, "snapshot_download": snapshot_download}
+        cwd = os.getcwd()
+        try:
+            os.chdir(root.parent)  # the snippet names the store as ./hub
+            exec(block.split("# on the Hub\n")[1], namespace)
+        finally:
+            os.chdir(cwd)
+        assert namespace["ds"].num_rows > 0, repo_id
     card = (store.resolve("t2i-bias/world-check", "dataset") / "README.md").read_text()
     stock = [block for block in re.findall(r"```python\n(.*?)```", card, re.DOTALL) if "snapshot_download" in block]
     assert stock, card
