@@ -62,14 +62,14 @@ def make_folder(tmp_path: Path) -> Callable[[dict[str, str]], Path]:
 
 
 def run_python(
-    *args: str, env: dict[str, str] | None = None, timeout: int = 600, **kwargs: Any
+    *args: str, env: dict[str, str] | None = None, timeout: int = 600, cwd: Path = REPO_ROOT, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
-    """Runs `python *args` from the repository root in a fresh interpreter."""
+    """Runs `python *args` in a fresh interpreter, from the repository root unless `cwd` says otherwise."""
     import subprocess
 
     return subprocess.run(
         [sys.executable, *args],
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,

@@ -20,7 +20,7 @@ from pipelines import build_tiny_model, collect_datasets, generate_images
 from pipelines.artifacts.inputs import ModelInput, resolve_model
 from pipelines.artifacts.store import LocalStore, card_metadata
 from pipelines.errors import ConfigError
-from pipelines.modeling.diffusion import LORA_WEIGHTS, ROBERTA_SERIES_MODULE, load_pipeline
+from pipelines.modeling.diffusion import LORA_WEIGHTS, ROBERTA_SERIES_MODULE, UNPUBLISHED_BASE, load_pipeline
 from pipelines.modeling.tiny import build_m9_layout
 from training.train_text_to_image import TrainArguments
 
@@ -59,7 +59,7 @@ def training_study(tiny_study: dict) -> dict:
 
 
 def train(
-    study: dict, model: str, output_dir: Path | None, *extra: str, check: bool = True
+    study: dict, model: str, output_dir: Path | None, *extra: str, check: bool = True, cwd: Path = REPO_ROOT
 ) -> subprocess.CompletedProcess:
     result = run_python(
         SCRIPT,
@@ -80,6 +80,7 @@ def train(
         "--learning_rate",
         "1e-3",
         *extra,
+        cwd=cwd,
     )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -110,10 +111,15 @@ def state(output_dir: Path) -> dict:
     return json.loads((output_dir / "trainer_state.json").read_text())
 
 
-def run_card_snippet(folder: Path, store_root: str, then: str = "numpy.asarray(image)") -> np.ndarray:
-    """Runs a model card's usage snippet literally, in a fresh interpreter, with the store at `./hub`;
-    returns the value of the expression `then` (by default the image) evaluated after it."""
+def run_card_snippet(
+    folder: Path, store_root: str, then: str = "numpy.asarray(image)", replace: dict[str, str] | None = None
+) -> np.ndarray:
+    """Runs a model card's usage snippet literally (but for what `replace` fills in), in a fresh
+    interpreter, with the store at `./hub`; returns the value of the expression `then` (by default the
+    image) evaluated after it."""
     code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.DOTALL).group(1)
+    for old, new in (replace or {}).items():
+        code = code.replace(old, new)
     code = code.replace(
         '"a photo of the face of a doctor"', '"a photo of the face of a doctor", num_inference_steps=2'
     )
@@ -218,6 +224,17 @@ def test_the_same_training_in_two_store_folders_publishes_the_same_revision(
     train(study, str(local), tmp_path / "from-folder", "--max_train_steps", "1", "--output_repo", "from-folder")
     published = LocalStore(tmp_path / "one" / "hub").resolve("study/from-folder", "model")
     assert "base_model" not in card_metadata(published) and str(tmp_path) not in (published / "README.md").read_text()
+    # A LoRA of a folder given by a relative path: no path in its card; its snippet asks for the base's
+    # folder, and given it, loads the adapter.
+    train(study, "a-local-model", tmp_path / "lora-from-folder", "--max_train_steps", "1", "--use_lora", "--rank", "2",
+          "--output_repo", "lora-from-folder", cwd=tmp_path)  # fmt: skip
+    lora = LocalStore(tmp_path / "one" / "hub").resolve("study/lora-from-folder", "model")
+    card = (lora / "README.md").read_text()
+    assert "base_model" not in card_metadata(lora) and str(tmp_path) not in card
+    snippet = re.search(r"```python\n(.*?)```", card, re.DOTALL).group(1)
+    assert UNPUBLISHED_BASE in snippet and "a-local-model" not in snippet  # the lineage says what was given
+    image = run_card_snippet(lora, study["store_root"], replace={UNPUBLISHED_BASE: str(local)})
+    assert image.shape == (64, 64, 3)
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import DistributedStage, StageRun, usable_cpus
 from pipelines.modeling.diffusion import (
     LORA_WEIGHTS,
+    UNPUBLISHED_BASE,
     add_text_encoder_lora,
     assemble_pipeline,
     save_pipeline,
@@ -109,10 +110,9 @@ def save_model_card(
     # The fine-tune inherits the base model's license (AltDiffusion-m9: creativeml-openrail-m).
     license_ = (card_metadata(base.path) if base.path else {}).get("license")
     dataset = run.inputs.get("dataset_name", args.train_data_dir)
-    # Named by its repo id, never by a path of this machine; a folder that is no repo stays unnamed.
-    # A LoRA is loaded through its card's base, so a LoRA of such a folder still names the folder as
-    # given (machine-specific, and open in issue #29: it needs another way to find its base).
-    base_name = published_name(base) or (base.given if args.use_lora else None)
+    # Named by its repo id, never by a path of this machine; a folder that is no repo stays unnamed,
+    # and a LoRA's snippet then asks for the base's folder.
+    base_name = published_name(base)
     model_card(
         title=f"{base_name or 'A local model'} fine-tuned on {dataset}",
         description=(
@@ -137,7 +137,7 @@ def save_model_card(
         usage=usage_snippet(
             run.output_repo_id,
             base.path if args.use_lora else folder,
-            lora_base=base_name if args.use_lora else None,
+            lora_base=(base_name or UNPUBLISHED_BASE) if args.use_lora else None,
             base_in_store=base.kind == "store",
             text_encoder_lora=args.use_lora and args.train_text_encoder,
         ),
