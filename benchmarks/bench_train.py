@@ -154,7 +154,7 @@ def measure_text_state_memory(captions: int, tokens: int, width: int) -> dict:
     import numpy as np
     import torch
 
-    from training.train_text_to_image import CachedLatents
+    from training.train_text_to_image import CachedLatents, EpochOrder
 
     scale = 10_000 / captions
     start = rss()
@@ -172,7 +172,7 @@ def measure_text_state_memory(captions: int, tokens: int, width: int) -> dict:
     hidden.flush()
     del hidden
     start = rss()
-    cached = CachedLatents(folder, [{} for _ in range(captions)], list(range(captions)))
+    cached = CachedLatents(folder, [{} for _ in range(captions)], list(range(captions)), EpochOrder(captions, 0))
     for index in range(captions):  # one epoch, as the training loop reads it
         cached[index]
     after = rss()

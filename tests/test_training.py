@@ -20,7 +20,7 @@ from pipelines import build_tiny_model, collect_datasets, generate_images
 from pipelines.artifacts.inputs import ModelInput, resolve_model
 from pipelines.artifacts.store import LocalStore, card_metadata
 from pipelines.errors import ConfigError
-from pipelines.modeling.diffusion import LORA_WEIGHTS, ROBERTA_SERIES_MODULE, UNPUBLISHED_BASE, load_pipeline
+from pipelines.modeling.diffusion import LORA_WEIGHTS, ROBERTA_SERIES_MODULE, load_pipeline
 from pipelines.modeling.tiny import build_m9_layout
 from training.train_text_to_image import TrainArguments
 
@@ -224,17 +224,21 @@ def test_the_same_training_in_two_store_folders_publishes_the_same_revision(
     train(study, str(local), tmp_path / "from-folder", "--max_train_steps", "1", "--output_repo", "from-folder")
     published = LocalStore(tmp_path / "one" / "hub").resolve("study/from-folder", "model")
     assert "base_model" not in card_metadata(published) and str(tmp_path) not in (published / "README.md").read_text()
-    # A LoRA of a folder given by a relative path: no path in its card; its snippet asks for the base's
-    # folder, and given it, loads the adapter.
-    train(study, "a-local-model", tmp_path / "lora-from-folder", "--max_train_steps", "1", "--use_lora", "--rank", "2",
-          "--output_repo", "lora-from-folder", cwd=tmp_path)  # fmt: skip
-    lora = LocalStore(tmp_path / "one" / "hub").resolve("study/lora-from-folder", "model")
-    card = (lora / "README.md").read_text()
-    assert "base_model" not in card_metadata(lora) and str(tmp_path) not in card
-    snippet = re.search(r"```python\n(.*?)```", card, re.DOTALL).group(1)
-    assert UNPUBLISHED_BASE in snippet and "a-local-model" not in snippet  # the lineage says what was given
-    image = run_card_snippet(lora, study["store_root"], replace={UNPUBLISHED_BASE: str(local)})
-    assert image.shape == (64, 64, 3)
+    # A LoRA opens through its base: a folder given by a relative path is published beside it, and the
+    # card names it by repo id; its snippet runs as written. To the Hub, such a LoRA is refused at once.
+    options = ["--max_train_steps", "1", "--use_lora", "--rank", "2", "--output_repo", "lora-from-folder"]
+    refused = train(study, "a-local-model", None, *options, "--push_to_hub", "--hub_model_id", "me/lora", cwd=tmp_path,
+                    check=False)  # fmt: skip
+    assert refused.returncode == 2 and "needs a base on the Hub" in refused.stderr.strip().splitlines()[-1]
+    train(study, "a-local-model", tmp_path / "lora-from-folder", *options, cwd=tmp_path)
+    store = LocalStore(tmp_path / "one" / "hub")
+    lora = store.resolve("study/lora-from-folder", "model")
+    assert (
+        card_metadata(lora)["base_model"] == "study/a-local-model"
+        and str(tmp_path) not in (lora / "README.md").read_text()
+    )
+    assert card_metadata(lora)["base_model_revision"] == store.revision_of("study/a-local-model", "model")
+    assert run_card_snippet(lora, study["store_root"]).shape == (64, 64, 3)
 
 
 @pytest.mark.slow
@@ -624,3 +628,37 @@ def test_a_corrupt_training_image_is_skipped_and_counted_or_stops(training_study
         "(--on_corrupt skip counts it instead)"
     )
     assert not store.exists("study/stopped", "model")
+
+
+@pytest.mark.parametrize(
+    "kind,extra",
+    [
+        ("full", ["--use_ema", "--train_text_encoder", "--random_flip", "--gradient_accumulation_steps", "2"]),
+        ("lora", ["--use_lora", "--rank", "2", "--cache_latents", "--random_flip", "--snr_gamma", "5.0",
+                  "--noise_offset", "0.1"]),
+    ],
+)  # fmt: skip
+def test_a_resumed_training_is_byte_identical_to_an_uninterrupted_one(
+    training_study: dict, tmp_path: Path, kind: str, extra: list[str]
+) -> None:
+    """Stopped at a checkpoint and resumed, a training gives the same losses and the same weights, to the
+    bit, as the same training run straight through (at the same thread count): the data order of every
+    epoch, the noise, the timesteps, the optimiser, the schedule and the EMA all continue."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    options = ["--checkpointing_steps", "3", "--max_train_steps", "5", *extra]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(training_study, training_study["model"], whole, *options, "--output_repo", "straight")
+    # What a run killed after its checkpoint at step 3 leaves: that checkpoint alone.
+    parts.mkdir()
+    shutil.copytree(whole / "checkpoint-3", parts / "checkpoint-3")
+    train(training_study, training_study["model"], parts, *options, "--resume_from_checkpoint", "latest",
+          "--output_repo", "resumed")  # fmt: skip
+    assert state(parts)["log_history"] == state(whole)["log_history"]  # losses to the last bit
+    weights = [LORA_WEIGHTS] if kind == "lora" else ["unet/diffusion_pytorch_model.safetensors",
+                                                      "text_encoder/model.safetensors"]  # fmt: skip
+    for name in weights:
+        straight, resumed = load_file(whole / name), load_file(parts / name)
+        assert all(torch.equal(straight[k], resumed[k]) for k in straight), name

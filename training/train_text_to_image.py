@@ -18,11 +18,13 @@ save), `main()`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -37,14 +39,13 @@ from tqdm.auto import tqdm
 
 from pipelines.artifacts.cards import model_card
 from pipelines.artifacts.dataset_files import SPLIT, to_rgb
-from pipelines.artifacts.inputs import hub_pipeline_files, published_name
+from pipelines.artifacts.inputs import ModelInput, hub_pipeline_files, published_name
 from pipelines.artifacts.store import HubStore, card_metadata
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import DistributedStage, StageRun, usable_cpus
 from pipelines.modeling.diffusion import (
     LORA_WEIGHTS,
-    UNPUBLISHED_BASE,
     add_text_encoder_lora,
     assemble_pipeline,
     save_pipeline,
@@ -59,6 +60,7 @@ TIMESTEP_BIAS_STRATEGIES = ("none", "earlier", "later", "range")
 # LoRA targets: the UNet's attention projections.
 UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 EMA_WEIGHTS = "ema_unet.safetensors"  # in a checkpoint: EMA weights as safetensors, never a pickle
+ROW = "__row"  # a training row's position, added to the data: its augmentation draws are its own
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,8 +112,8 @@ def save_model_card(
     # The fine-tune inherits the base model's license (AltDiffusion-m9: creativeml-openrail-m).
     license_ = (card_metadata(base.path) if base.path else {}).get("license")
     dataset = run.inputs.get("dataset_name", args.train_data_dir)
-    # Named by its repo id, never by a path of this machine; a folder that is no repo stays unnamed,
-    # and a LoRA's snippet then asks for the base's folder.
+    # Named by its repo id, never by a path of this machine; a folder that is no repo stays unnamed
+    # (a LoRA's base never is: `publish_lora_base` published it).
     base_name = published_name(base)
     model_card(
         title=f"{base_name or 'A local model'} fine-tuned on {dataset}",
@@ -137,7 +139,7 @@ def save_model_card(
         usage=usage_snippet(
             run.output_repo_id,
             base.path if args.use_lora else folder,
-            lora_base=(base_name or UNPUBLISHED_BASE) if args.use_lora else None,
+            lora_base=base_name if args.use_lora else None,
             base_in_store=base.kind == "store",
             text_encoder_lora=args.use_lora and args.train_text_encoder,
         ),
@@ -477,11 +479,42 @@ def decodable(data: Any, args: TrainArguments) -> tuple[Any, int]:
     return data, len(bad)
 
 
+class EpochOrder(torch.utils.data.Sampler):
+    """Each epoch's order of the rows and each row's augmentation draws, from the seed, the epoch and
+    the row alone, so a resumed run draws exactly what the uninterrupted run drew.
+
+    With torch's shuffling (a generator the loader advances) a resume restarted the generator at the
+    seed, so every epoch after it was shuffled differently; and accelerate reads one batch ahead, so
+    a flip or crop drawn from the global random state while loading was drawn before a checkpoint
+    saved that state, and drawn again after the resume. The training loop sets `epoch`.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator().manual_seed(self._seed(self.epoch))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def draws(self, row: int) -> random.Random:
+        """The random numbers of one row's augmentation in this epoch."""
+        return random.Random(self._seed(self.epoch, row))
+
+    def _seed(self, *keys: int) -> int:
+        return int(np.random.SeedSequence([self.seed, *keys]).generate_state(1)[0])
+
+
 class CachedLatents(torch.utils.data.Dataset):
     """VAE latents (per image and orientation) and, with a frozen text encoder, the text states of each
     distinct caption: fp16 arrays memory-mapped from disk, so memory stays flat in the dataset's size."""
 
-    def __init__(self, folder: Path, tokens: list[dict[str, torch.Tensor]], caption_index: list[int] | None):
+    def __init__(
+        self, folder: Path, tokens: list[dict[str, torch.Tensor]], caption_index: list[int] | None, order: EpochOrder
+    ):
+        self.order = order
         self.latents = np.load(folder / "latents.npy", mmap_mode="r")
         flipped = folder / "latents_flipped.npy"
         self.flipped = np.load(flipped, mmap_mode="r") if flipped.is_file() else None
@@ -493,7 +526,7 @@ class CachedLatents(torch.utils.data.Dataset):
         return len(self.latents)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        use_flipped = self.flipped is not None and random.random() < 0.5
+        use_flipped = self.flipped is not None and self.order.draws(index).random() < 0.5
         latents = (self.flipped if use_flipped else self.latents)[index]
         item = {"latents": torch.from_numpy(np.array(latents, dtype=np.float32)), **self.tokens[index]}
         if self.hidden is not None:
@@ -510,6 +543,7 @@ def cache_latents(
     accelerator: Any,
     dtype: torch.dtype,
     folder: Path,
+    order: EpochOrder,
 ) -> CachedLatents:
     """Encodes every image once (both orientations with --random_flip) and, with a frozen text
     encoder, every distinct caption once, into fp16 .npy files under `folder`."""
@@ -550,7 +584,7 @@ def cache_latents(
     for array in arrays.values():
         array.flush()
     del arrays
-    return CachedLatents(folder, tokens, caption_index)
+    return CachedLatents(folder, tokens, caption_index, order)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,6 +678,8 @@ def train(run: StageRun, output_dir: Path) -> str:
     from accelerate.utils import set_seed
 
     args: TrainArguments = run.args
+    base = run.model("pretrained_model_name_or_path")
+    check_lora_base(args, base)
     if args.push_to_hub:
         HubStore().check_can_push(args.hub_model_id, "model")  # before hours of training, not after
     accelerator = make_accelerator(args, output_dir)
@@ -656,10 +692,9 @@ def train(run: StageRun, output_dir: Path) -> str:
         raise DataError("no training rows with a decodable image")
     if skipped:
         accelerator.print(f"skipped {skipped} training row(s) whose image cannot be decoded")
-    base = run.model("pretrained_model_name_or_path")
     parts = load_models(base.path, args, accelerator)
-    loader = make_loader(data, parts, args, accelerator, output_dir)
-    loop = make_optimizer(loader, parts, args, accelerator)
+    loader, order = make_loader(data, parts, args, accelerator, output_dir)
+    loop = make_optimizer(loader, parts, args, accelerator, order)
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers(
             run.stage, config={k: v for k, v in run.parameters.items() if not isinstance(v, list)}
@@ -829,33 +864,47 @@ def timestep_weights(args: TrainArguments, num_timesteps: int) -> torch.Tensor |
     return weights / weights.sum()
 
 
-def make_loader(data: Any, parts: Parts, args: TrainArguments, accelerator: Any, output_dir: Path) -> Any:
-    """Batches of pixels and tokens, or of cached latents (and text states) with --cache_latents."""
+def make_loader(
+    data: Any, parts: Parts, args: TrainArguments, accelerator: Any, output_dir: Path
+) -> tuple[Any, EpochOrder]:
+    """Batches of pixels and tokens, or of cached latents (and text states) with --cache_latents, in
+    the order (and with the augmentations) that their `EpochOrder` draws for each epoch."""
     from torchvision import transforms
+    from torchvision.transforms import functional
 
-    steps = [
-        transforms.Resize(args.resolution, interpolation=transforms.InterpolationMode.BILINEAR),
-        transforms.CenterCrop(args.resolution) if args.center_crop else transforms.RandomCrop(args.resolution),
-    ]
-    if args.random_flip and not args.cache_latents:  # cached latents hold both orientations instead
-        steps.append(transforms.RandomHorizontalFlip())
-    train_transforms = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+    order = EpochOrder(len(data), args.seed)
+    resize = transforms.Resize(args.resolution, interpolation=transforms.InterpolationMode.BILINEAR)
+    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+    flip = args.random_flip and not args.cache_latents  # cached latents hold both orientations instead
+
+    def augment(image: Any, row: int) -> torch.Tensor:
+        """Resize, crop (centre, or where this row's draws say) and flip (as its draws say)."""
+        image, draws = resize(to_rgb(image)), order.draws(row)
+        if args.center_crop:
+            image = functional.center_crop(image, [args.resolution, args.resolution])
+        else:
+            top = draws.randint(0, max(image.height - args.resolution, 0))
+            left = draws.randint(0, max(image.width - args.resolution, 0))
+            image = functional.crop(image, top, left, args.resolution, args.resolution)
+        if flip and draws.random() < 0.5:
+            image = functional.hflip(image)
+        return to_tensor(image)
 
     def preprocess(batch: dict[str, list]) -> dict[str, list]:
-        batch["pixel_values"] = [train_transforms(to_rgb(image)) for image in batch[args.image_column]]
+        batch["pixel_values"] = [augment(image, row) for image, row in zip(batch[args.image_column], batch[ROW])]
         tokens = parts.tokenize([str(caption) for caption in batch[args.caption_column]])
         batch["input_ids"], batch["attention_mask"] = list(tokens.input_ids), list(tokens.attention_mask)
         return batch
 
     with accelerator.main_process_first():
-        train_data = data.with_transform(preprocess)
+        train_data = data.add_column(ROW, list(range(len(data)))).with_transform(preprocess)
     dataset: Any = train_data
     if args.cache_latents:
         captions = [str(c) for c in data[args.caption_column]]
         cache = output_dir / ".cache" / f"process-{accelerator.process_index}"
         dataset = cache_latents(
             train_data, captions, parts.tokenize, (parts.vae, parts.text_encoder), args, accelerator,
-            parts.weight_dtype, cache,
+            parts.weight_dtype, cache, order,
         )  # fmt: skip
 
     def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -865,14 +914,18 @@ def make_loader(data: Any, parts: Parts, args: TrainArguments, accelerator: Any,
             "attention_mask": torch.stack([e["attention_mask"] for e in examples]),
         }
 
-    return torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(
         dataset,
-        shuffle=True,
+        sampler=order,
         collate_fn=collate if not args.cache_latents else None,
         batch_size=args.train_batch_size,
         num_workers=args.dataloader_num_workers,
+        # Its own generator for the seed torch draws each time an epoch starts: from the global random
+        # state, that draw would shift the noise of a resumed run (which starts its epoch after the
+        # checkpoint's state is restored) against the uninterrupted one.
         generator=torch.Generator().manual_seed(args.seed),
     )
+    return loader, order
 
 
 @dataclass
@@ -886,9 +939,10 @@ class Loop:
     max_train_steps: int
     num_epochs: int
     updates_per_epoch: int
+    order: EpochOrder
 
 
-def make_optimizer(loader: Any, parts: Parts, args: TrainArguments, accelerator: Any) -> Loop:
+def make_optimizer(loader: Any, parts: Parts, args: TrainArguments, accelerator: Any, order: EpochOrder) -> Loop:
     """AdamW over the trainable weights, the learning-rate schedule, all prepared by accelerate."""
     from diffusers.optimization import get_scheduler
 
@@ -927,6 +981,7 @@ def make_optimizer(loader: Any, parts: Parts, args: TrainArguments, accelerator:
         max_train_steps=max_train_steps,
         num_epochs=math.ceil(max_train_steps / updates_per_epoch),
         updates_per_epoch=updates_per_epoch,
+        order=order,
     )
 
 
@@ -1018,6 +1073,7 @@ def training_loop(
     )  # fmt: skip
     trained = (parts.unet, parts.text_encoder) if args.train_text_encoder else (parts.unet,)
     for epoch in range(first_epoch, loop.num_epochs):
+        loop.order.epoch = epoch  # this epoch's order and draws, whether the run started here or resumed
         for model in trained:
             model.train()
         epoch_loader = (
@@ -1067,6 +1123,27 @@ def training_loop(
     return global_step
 
 
+def publish_lora_base(run: StageRun, base: ModelInput) -> ModelInput:
+    """A LoRA opens through its base, and a local folder's path means nothing on another machine: the
+    folder is published into the store beside the LoRA, as `<namespace>/<folder name>` (content-
+    addressed: the same folder is the same revision), and the card names it by that repo id."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(base.given.rstrip("/")).name).strip("-.") or "base-model"
+    repo_id = run.args.repo_id(name)
+    revision = run.store.push(base.path, repo_id, "model", f"The base model of {run.output_repo_id} (a local folder)")
+    print(f"[{run.stage}] published the LoRA's base, a local folder, as model {repo_id}@{revision}", file=sys.stderr)
+    return dataclasses.replace(base, kind="store", repo_id=repo_id, revision=revision)
+
+
+def check_lora_base(args: TrainArguments, base: ModelInput) -> None:
+    """Before training: a LoRA of a local folder publishes that folder into a local store; to the Hub it
+    would upload a whole model nobody asked to publish, so there it is refused."""
+    if args.use_lora and published_name(base) is None and (args.store == "hub" or args.push_to_hub):
+        raise ConfigError(
+            f"pretrained_model_name_or_path={base.given!r}: a LoRA published to the Hub needs a base on the Hub "
+            "(give its repo id), not a local folder"
+        )
+
+
 def save_outputs(
     run: StageRun, output_dir: Path, parts: Parts, accelerator: Any, base: Any, languages: list[str], trained: dict
 ) -> None:
@@ -1080,6 +1157,8 @@ def save_outputs(
     clear_model_files(output_dir)
     save_trained(output_dir, parts.pipe, unet, accelerator.unwrap_model(parts.text_encoder), args, parts.text_lora,
                  base.path)  # fmt: skip
+    if args.use_lora and published_name(base) is None:
+        base = publish_lora_base(run, base)
     validation = []
     if args.validation_prompts:
         validation = log_validation(inference_pipeline(parts, accelerator), args, accelerator, global_step)

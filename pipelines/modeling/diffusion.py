@@ -283,11 +283,6 @@ def save_pipeline(pipe: Any, folder: Path, source: Path | None = None) -> None:
             shutil.copyfile(model_file, folder / "tokenizer" / model_file.name)
 
 
-# Where a LoRA card's snippet names a base that was a local folder: a path of the training machine
-# would mean nothing elsewhere, so the snippet asks for the folder instead.
-UNPUBLISHED_BASE = "path/to/the/base/model"
-
-
 def usage_snippet(
     repo_id: str,
     folder: Path,
@@ -306,8 +301,6 @@ def usage_snippet(
     store = ', cache_dir="./hub", local_files_only=True'
     base, base_store = (lora_base, store if base_in_store else "") if lora_base else (repo_id, store)
     lines = ["import torch"]
-    if lora_base == UNPUBLISHED_BASE:
-        lines += ["", "# The adapter was trained on a local model that is not published: give its folder here."]
     if is_altdiffusion(folder) and model_index(folder).get("text_encoder") == TEXT_ENCODER_ENTRY:
         lines += [
             "from diffusers import DiffusionPipeline",
