@@ -111,15 +111,10 @@ def state(output_dir: Path) -> dict:
     return json.loads((output_dir / "trainer_state.json").read_text())
 
 
-def run_card_snippet(
-    folder: Path, store_root: str, then: str = "numpy.asarray(image)", replace: dict[str, str] | None = None
-) -> np.ndarray:
-    """Runs a model card's usage snippet literally (but for what `replace` fills in), in a fresh
-    interpreter, with the store at `./hub`; returns the value of the expression `then` (by default the
-    image) evaluated after it."""
+def run_card_snippet(folder: Path, store_root: str, then: str = "numpy.asarray(image)") -> np.ndarray:
+    """Runs a model card's usage snippet literally, in a fresh interpreter, with the store at `./hub`;
+    returns the value of the expression `then` (by default the image) evaluated after it."""
     code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.DOTALL).group(1)
-    for old, new in (replace or {}).items():
-        code = code.replace(old, new)
     code = code.replace(
         '"a photo of the face of a doctor"', '"a photo of the face of a doctor", num_inference_steps=2'
     )
