@@ -223,9 +223,19 @@ def space_hint(results: list[Published], store_root: str | None) -> str | None:
     root = f"T2I_BIAS_STORE_ROOT={shlex.quote(store_root)} " if store_root else ""
     return (
         "\nCompare the languages and model versions in the Space:\n"
-        f"  {root}T2I_BIAS_SPACE_VERSIONS={versions} python spaces/compare_languages/app.py\n"
+        f"  {root}T2I_BIAS_SPACE_VERSIONS={versions} {shlex.quote(this_python())} spaces/compare_languages/app.py\n"
         "then open http://127.0.0.1:7860"
     )
+
+
+def this_python() -> str:
+    """The interpreter running the study (it has gradio), as a path relative to the working directory
+    when it lies below it (`.venv/bin/python`): a bare `python` may be another one."""
+    executable = Path(sys.executable)
+    try:
+        return executable.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(executable)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,12 @@ def test_readme_study_command_runs(offline_study: dict) -> None:
     assert result.stdout.strip().splitlines()[-2:] == verdicts["line"]
     # Nothing published names this machine: not the store, the home or working directory, the checkout.
     assert machine_paths_in(offline_study["root"]) == []
-    assert "spaces/compare_languages/app.py" in result.stdout + result.stderr  # it says how to open the Space
+    # It says how to open the Space, with the interpreter that ran the study (a bare `python` may lack gradio).
+    (hint,) = [
+        line for line in (result.stdout + result.stderr).splitlines() if "spaces/compare_languages/app.py" in line
+    ]
+    interpreter = hint.split(" spaces/compare_languages/app.py")[0].split()[-1]
+    assert (REPO_ROOT / interpreter).resolve() == Path(sys.executable).resolve(), hint
 
 
 @pytest.mark.slow
