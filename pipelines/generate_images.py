@@ -130,6 +130,10 @@ class Arguments(StageArguments):
             1, "num_images", "batch_size", "images_per_shard", "num_inference_steps", "cpu_threads", "max_attempts"
         )
         self.check_at_least(1, "max_prompts")
+        # Counts that allocate memory up front: refused at once rather than killed for memory later.
+        self.check_at_most(100_000, "num_images", why="images per prompt")
+        self.check_at_most(1_000, "num_inference_steps", why="a scheduler trained on 1,000 timesteps")
+        self.check_at_most(4_096, "batch_size", "height", "width")
         if self.guidance_scale < 0:
             raise ConfigError(f"guidance_scale={self.guidance_scale}: must be at least 0")
         for name in ("height", "width"):

@@ -60,7 +60,11 @@ def apply_settings(recipe: dict[str, Any], settings: list[str]) -> dict[str, Any
         target, sep, value = setting.partition("=")
         if not sep or not target:
             raise ConfigError(f"--set {setting!r}: expected STEP.KEY=VALUE or KEY=VALUE")
-        parsed = yaml.safe_load(value) if value else None
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem", None) or "not YAML"
+            raise ConfigError(f"--set {setting!r}: the value is not YAML ({where})") from None
         step, dot, key = target.rpartition(".")
         if not dot:
             recipe[target] = parsed

@@ -105,6 +105,13 @@ CASES: list[tuple[str, list[str], str]] = [
     ("evaluate_bias", ["--input", "{attributes}", "--targets", "gender:female=0.7"], "must sum to 1, not 0.7"),
     ("evaluate_bias", ["--input", "{attributes}", "--targets", "gender:female=x,male=1"], "shares in [0, 1]"),
     ("evaluate_bias", ["--input", "{attributes}", "--targets", "age:0-2=1", "age:3-9=1"], "age is given twice"),
+    # Devices and counts that allocate: refused before anything loads (cuda:99 is no GPU on any machine).
+    ("generate_images", ["--device", "cuda:99"], "device='cuda:99': torch sees"),
+    ("classify", ["--input", "{images}", "--device", "cuda:99"], "device='cuda:99': torch sees"),
+    ("evaluate_alignment", ["--input", "{images}", "--device", "tpu"], "device='tpu': allowed auto, cpu, cuda"),
+    ("generate_images", ["--num_images", "1000000000000"], "num_images=1000000000000: at most 100,000"),
+    ("generate_images", ["--num_inference_steps", "100000000"], "num_inference_steps=100000000: at most 1,000"),
+    ("generate_images", ["--height", "800000"], "height=800000: at most 4,096"),
     # evaluate_alignment
     ("evaluate_alignment", ["--input", "{images}", "--convention", "x"], "convention='x'"),
     ("evaluate_alignment", ["--input", "{images}", "--on_corrupt", "ignore"], "on_corrupt='ignore'"),
@@ -179,6 +186,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run", ["{tmp}/recipe.yaml", "--bogus"], "--bogus"),
     ("run", ["{tmp}/recipe.yaml", "--set", "nostep.professions=[nurse]"], "nostep"),
     ("run", ["{tmp}/recipe.yaml", "--set", "generate_prompts.professions"], "STEP.KEY=VALUE"),
+    ("run", ["{tmp}/recipe.yaml", "--set", "generate_prompts.professions=[nurse"], "the value is not YAML"),
     ("run", ["{tmp}/broken.yaml"], "broken.yaml', line 4, column 1: YAML syntax error"),
     ("run", ["{tmp}/string_list.yaml"], "professions"),
     ("run", ["{tmp}/unknown_stage.yaml"], "make_coffee"),
@@ -286,3 +294,46 @@ def test_the_battery_covers_every_stage_the_training_script_and_the_runner() -> 
     covered = {"train_text_to_image" if command == "train" else command for command, _, _ in CASES}
     assert covered == set(STAGES) | {"run"}
     assert len(CASES) >= 40
+
+
+def blob_of(repo: Path, pattern: str) -> Path:
+    """The blob behind the first file of the repo's main revision matching `pattern`, made writable."""
+    main = repo / "snapshots" / (repo / "refs" / "main").read_text().strip()
+    blob = sorted(main.glob(pattern))[0].resolve()
+    blob.chmod(0o644)
+    return blob
+
+
+DAMAGES = [
+    # (the repo, its damaged file: history.json or a file of its main revision, the command that reads it,
+    # its arguments, what the one line says)
+    ("datasets--study--prompts", "history.json", "generate_prompts", ["--professions", "nurse", "--force"],
+     "history.json is not a list of revisions"),
+    ("datasets--study--battery-images", "data/*/*.parquet", "classify",
+     ["--input", "battery-images", "--detector", "none", "--force"], "cannot be read as parquet"),
+    ("datasets--study--prompts", "data/en/*.parquet", "generate_images", ["--output_repo", "damaged"],
+     "data/en/train-00000.parquet cannot be read as parquet"),
+    ("models--study--tiny-altdiffusion", "model_index.json", "generate_images", ["--output_repo", "damaged"],
+     "model_index.json is not a JSON object"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("repo", "damaged", "command", "argv", "fragment"), DAMAGES, ids=[f"{d[0]}/{d[1]}" for d in DAMAGES]
+)
+def test_a_damaged_store_file_is_one_line_naming_it(
+    study: dict, repo: str, damaged: str, command: str, argv: list[str], fragment: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A file of the store that was edited, cut short or overwritten (history, a parquet shard, a model's
+    index) is said to be damaged, in one line and exit 2, never a traceback."""
+    import shutil
+
+    root = tmp_path / "hub"
+    shutil.copytree(study["root"], root, symlinks=True, ignore=shutil.ignore_patterns(".work", "*.lock"))
+    target = root / repo / damaged if damaged == "history.json" else blob_of(root / repo, damaged)
+    target.write_text("{not what it should be")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = call(command, [*argv, "--store_root", str(root), "--namespace", "study"])
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], lines[-3:]

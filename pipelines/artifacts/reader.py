@@ -10,11 +10,13 @@ stage in its lineage) and which language and variant each config holds (from its
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.artifacts.dataset_files import SPLIT
@@ -70,7 +72,7 @@ class DatasetArtifact:
         info = dict((self.metadata.get("config_info") or {}).get(config) or {})
         if not info and self.files(config):
             names = [c for c in ("language", "variant") if c in self.columns(config)]
-            first = pq.ParquetFile(self.files(config)[0]).read_row_group(0, columns=names).slice(0, 1).to_pylist()
+            first = self.parquet(self.files(config)[0]).read_row_group(0, columns=names).slice(0, 1).to_pylist()
             info = {k: v for k, v in (first[0] if first else {}).items() if v is not None}
         return info
 
@@ -90,16 +92,31 @@ class DatasetArtifact:
             )
         return list(wanted) or list(self.configs)
 
+    def parquet(self, path: Path) -> pq.ParquetFile:
+        """One shard, opened; a file that is not parquet (damaged, cut short) is one line naming it."""
+        with self.reading(path):
+            return pq.ParquetFile(path)
+
+    @contextlib.contextmanager
+    def reading(self, path: Path) -> Iterator[None]:
+        try:
+            yield
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(
+                f"{self.name}: {path.relative_to(self.folder).as_posix()} cannot be read as parquet (damaged or "
+                f"cut short?): {str(err).splitlines()[0][:160]}"
+            ) from None
+
     def files(self, config: str) -> list[Path]:
         self.require(config)
         return sorted((self.folder / "data" / config).glob("*.parquet"))
 
     def num_rows(self, config: str) -> int:
-        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files(config))
+        return sum(self.parquet(path).metadata.num_rows for path in self.files(config))
 
     def columns(self, config: str) -> list[str]:
         files = self.files(config)
-        return list(pq.ParquetFile(files[0]).schema_arrow.names) if files else []
+        return list(self.parquet(files[0]).schema_arrow.names) if files else []
 
     def require_columns(self, config: str, columns: list[str] | tuple[str, ...]) -> None:
         have = self.columns(config)
@@ -117,8 +134,9 @@ class DatasetArtifact:
         if columns:
             self.require_columns(config, columns)
         for path in self.files(config):
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
-                yield batch.to_pylist()
+            with self.reading(path):
+                for batch in self.parquet(path).iter_batches(batch_size=batch_size, columns=columns):
+                    yield batch.to_pylist()
 
     def rows(self, config: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
         """Every row of a config (for small tables: prompts, summaries)."""
@@ -126,14 +144,23 @@ class DatasetArtifact:
 
     def shard_rows(self, config: str, shard: int, columns: list[str] | None = None) -> list[dict[str, Any]]:
         """The rows of one parquet shard of a config."""
-        return pq.read_table(self.files(config)[shard], columns=columns).to_pylist()
+        path = self.files(config)[shard]
+        with self.reading(path):
+            return self.parquet(path).read(columns=columns).to_pylist()
 
     def load(self, config: str) -> Any:
         """The config as a `datasets.Dataset`, with the stock loader (`Image` columns decoded)."""
         import datasets
 
         self.require(config)
-        return datasets.load_dataset(str(self.folder), config, split=SPLIT)
+        try:
+            return datasets.load_dataset(str(self.folder), config, split=SPLIT)
+        except Exception as err:  # datasets wraps a damaged shard's error in its own
+            if not isinstance(err.__cause__ or err.__context__ or err, pa.ArrowException):
+                raise
+            for path in self.files(config):
+                self.parquet(path).read()  # says which shard, in one line
+            raise DataError(f"{self.name}: config {config!r} cannot be read as parquet: {err}") from None
 
 
 def open_artifact(spec: str, store: Store | None = None, namespace: str | None = None) -> DatasetArtifact:

@@ -253,9 +253,17 @@ class LocalStore:
     def _history(self, repo_dir: Path) -> list[dict[str, Any]]:
         path = repo_dir / self.HISTORY
         try:
-            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+            history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
         except PermissionError:
             raise StoreError(f"store {str(self.root)!r} is not readable ({path})") from None
+        except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+            history = None
+        if not isinstance(history, list) or not all(isinstance(e, dict) and "revision" in e for e in history):
+            raise StoreError(
+                f"the store is damaged: {repo_dir.name}/{self.HISTORY} is not a list of revisions (edited or cut "
+                "short?); its snapshots/ and refs/ still hold every revision"
+            )
+        return history
 
     def _ref(self, repo_dir: Path, name: str) -> str | None:
         """The revision a ref names (None: no such ref). A ref file that names no snapshot of the repo
@@ -371,7 +379,10 @@ class LocalStore:
                 raise StoreError(
                     f"store {str(self.root)!r} is not writable ({err.strerror}): nothing was published"
                 ) from None
-            raise
+            # Any other reason the file system refuses (a root that cannot be made, in /proc, say).
+            raise StoreError(
+                f"store {str(self.root)!r}: {err.strerror or err} ({err.filename}): nothing was published"
+            ) from None
 
     def _push(
         self,
@@ -807,6 +818,8 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     try:
         store = LocalStore(options.store_root)
+        if not store.root.is_dir():
+            raise StoreError(f"store root {str(store.root)!r}: no such folder")
         found = collect_garbage(store, remove=not options.dry_run, work=options.work)
     except StoreError as err:
         print(f"store gc: error: {err}", file=sys.stderr)

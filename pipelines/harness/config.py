@@ -28,6 +28,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 import types
 import typing
@@ -87,6 +88,8 @@ class StoreArguments:
                 setattr(self, f.name, None)
         if self.store not in BACKENDS:
             raise ConfigError(f"store={self.store!r}: allowed {', '.join(BACKENDS)}")
+        if isinstance(getattr(self, "device", None), str):
+            check_device(self.device)
         try:
             parse_ref(f"{self.namespace}/x")
         except StoreError:
@@ -261,6 +264,22 @@ def _conforms(value: Any, hint: Any) -> bool:
     if isinstance(hint, type):
         return isinstance(value, hint)
     return True
+
+
+def check_device(device: str) -> None:
+    """`auto`, `cpu`, `cuda` or `cuda:N` of a GPU torch sees here: refused in one line before anything
+    loads, not with torch's traceback minutes later."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"device={device!r}: allowed auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(
+                f"device={device!r}: torch sees {count or 'no'} CUDA GPU(s) on this machine; use auto or cpu"
+            )
 
 
 def check_types(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:

@@ -213,7 +213,13 @@ def model_index(folder: Path) -> dict[str, Any]:
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise ConfigError(f"model folder {folder.name!r} has neither model_index.json nor {LORA_WEIGHTS}")
-    return json.loads(index_file.read_text())
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        index = None
+    if not isinstance(index, dict):
+        raise ConfigError(f"model folder {folder.name!r}: its model_index.json is not a JSON object (damaged?)")
+    return index
 
 
 def is_altdiffusion(folder: Path) -> bool:
