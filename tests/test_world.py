@@ -444,11 +444,33 @@ def test_tiny_tokenizers_give_the_same_token_ids_in_every_process(kind: str) -> 
         "         for g in ('female', 'male', '') for p in ('CEO', 'nurse', 'firefighter', 'teacher')]\n"
         "texts += ['Ein Foto einer Ärztin', '一张女性护士的照片', '女性の看護師の写真', 'Фото медсестры', 'Zebra']\n"
         f"tokenizer = train_tokenizer({kind!r}, texts, vocab_size=400)\n"
-        "print(json.dumps([tokenizer(texts)['input_ids'], sorted(tokenizer.get_vocab().items())]))\n"
+        "import hashlib, tempfile, pathlib\n"
+        "folder = pathlib.Path(tempfile.mkdtemp())\n"
+        "tokenizer.save_pretrained(folder)\n"  # the files, scores included, not only the ids
+        "files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}\n"
+        "print(json.dumps([tokenizer(texts)['input_ids'], sorted(tokenizer.get_vocab().items()), files]))\n"
     )
     runs = [run_python("-c", code) for _ in range(3)]
     assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:]
     outputs = [json.loads(run.stdout.strip().splitlines()[-1]) for run in runs]
     assert outputs[0] == outputs[1] == outputs[2]
-    ids, vocab = outputs[0]
-    assert len(vocab) > 40 and len(ids) > 50
+    ids, vocab, files = outputs[0]
+    assert len(vocab) > 40 and len(ids) > 50 and files
+
+
+def test_the_world_model_built_in_two_fresh_processes_is_the_same_revision(tiny_study: dict) -> None:
+    """The untrained world (its tokenizer trained on the prompts) is the same files in any process: the
+    same recipe gives `world-untrained` the same revision id on any machine (before, 124 of its
+    tokenizer's scores came out in a hash set's order, another in every process)."""
+    argv = ["-m", "pipelines.build_tiny_model", "--store_root", tiny_study["store_root"], "--namespace", "study",
+            "--input", tiny_study["prompts"], "--kind", "world", "--output_repo", "world-twice"]  # fmt: skip
+    store, files = LocalStore(tiny_study["store_root"]), []
+    for extra in ([], ["--force"]):  # the second run builds again, in a fresh process
+        result = run_python(*argv, *extra, env={"HF_HUB_OFFLINE": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "up to date" not in result.stderr
+        folder = store.resolve("study/world-twice", "model")
+        # Every file but the card, whose lineage records the command (here: --force) as given.
+        files.append({p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()})
+        del files[-1][Path("README.md")]
+    assert len(files[0]) > 5 and files[0] == files[1]

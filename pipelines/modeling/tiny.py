@@ -42,7 +42,7 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4000) -> Any:
         # pieces come back in another order (other ids) with scores a last digit apart, and the rarest
         # pieces' scores, which the trainer makes from that order, differ a little more. Ids in
         # alphabetical order make the same prompts give the same token ids, and so the same model.
-        pieces = sorted((piece, round(score, 8)) for piece, score in vocab[len(specials) :])
+        pieces = canonical_scores(sorted((piece, round(score, 8)) for piece, score in vocab[len(specials) :]))
         return XLMRobertaTokenizer(vocab=[*vocab[: len(specials)], *pieces, ("<mask>", 0.0)], model_max_length=77)
     from transformers import CLIPTokenizer
 
@@ -58,6 +58,33 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4000) -> Any:
     # As above: the same pieces in another order from run to run; alphabetical ids after the specials.
     pieces = specials + sorted(piece for piece in model["vocab"] if piece not in specials)
     return CLIPTokenizer(vocab={piece: i for i, piece in enumerate(pieces)}, merges=merges, model_max_length=77)
+
+
+# The unigram trainer gives each character it must keep but did not learn the lowest learnt score plus
+# k * 0.0001, k counting in a hash set's order (another in every process).
+REQUIRED_CHAR_STEP = 1e-4
+
+
+def canonical_scores(pieces: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The same scores for the required characters in every process: the trainer's scores for them
+    (min + k * step) handed out again in the characters' alphabetical order.
+
+    Example:
+        >>> canonical_scores([("a", -1.23456789), ("ab", -2.0), ("b", -9.0001), ("c", -9.0), ("d", -9.0002)])
+        [('a', -1.23456789), ('ab', -2.0), ('b', -9.0), ('c', -9.0001), ('d', -9.0002)]
+    """
+    lowest = min(score for _, score in pieces)
+
+    def on_grid(piece: str, score: float) -> bool:  # one character at min + k * step (scores have 8 decimals)
+        k = round((score - lowest) / REQUIRED_CHAR_STEP)
+        return len(piece) == 1 and k < 10_000 and abs(score - (lowest + k * REQUIRED_CHAR_STEP)) < 2e-8
+
+    required = [index for index, (piece, score) in enumerate(pieces) if on_grid(piece, score)]
+    scores = sorted((pieces[i][1] for i in required), reverse=True)  # alphabetical order gets the highest first
+    out = list(pieces)
+    for index, score in zip(sorted(required, key=lambda i: pieces[i][0]), scores):
+        out[index] = (pieces[index][0], score)
+    return out
 
 
 def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: int = 64) -> Any:
