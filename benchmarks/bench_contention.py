@@ -7,9 +7,11 @@ threads spin while they wait for each other: beside a neighbour that keeps a cor
 waits for a thread that has no core to run on, and training slowed tens of times (issue #30). The
 benchmark runs the world model's training step (its UNet and text encoder, forward and backward,
 on a batch of 64 at 16 px: the offline study's step) in a fresh process for `--seconds`, alone and
-beside `--neighbours` processes that spin a core each, under three policies:
+beside `--neighbours` processes that spin a core each, under four policies:
 
-- `all cores`: one thread per usable CPU (the toolkit's default for a lone process);
+- `toolkit default`: what training chooses without `--cpu_threads` (`cpu_share`): one thread per
+  usable CPU that other work leaves free when it starts;
+- `all cores`: one thread per usable CPU (what the toolkit chose before it looked at the load);
 - `all cores, passive wait`: the same with `OMP_WAIT_POLICY=PASSIVE` (waiting threads sleep);
 - `one thread`.
 
@@ -27,17 +29,21 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine, write_report
+from pipelines.harness.stage import usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SPIN = "while True:\n    pass\n"
 
 
-def worker(seconds: float, threads: int) -> float:
-    """Training steps per second of the world model on this process's threads (after one warm-up step)."""
+def worker(seconds: float, threads: int) -> tuple[float, int]:
+    """Training steps per second of the world model on `threads` (0: the toolkit's choice), after one
+    warm-up step, and the threads it ran on."""
     import torch
 
+    from pipelines.harness.stage import cpu_share
     from pipelines.modeling.world import SIZE, build_world_pipeline
 
+    threads = threads or cpu_share()[0]
     torch.set_num_threads(threads)
     pipe = build_world_pipeline([f"a photo of a {job}" for job in ("nurse", "CEO", "teacher", "firefighter")])
     unet, text_encoder = pipe.unet.train(), pipe.text_encoder.train()
@@ -58,12 +64,12 @@ def worker(seconds: float, threads: int) -> float:
     while time.perf_counter() - started < seconds:
         step()
         steps += 1
-    return steps / (time.perf_counter() - started)
+    return steps / (time.perf_counter() - started), threads
 
 
-def measure(seconds: float, threads: int, passive: bool, neighbours: int) -> float:
-    """Steps per second of a fresh worker process, beside `neighbours` spinning processes."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+def measure(seconds: float, threads: int, passive: bool, neighbours: int) -> tuple[float, int]:
+    """Steps per second of a fresh worker process beside `neighbours` spinning processes, and its threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads or usable_cpus())}
     if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(neighbours)]
@@ -77,7 +83,8 @@ def measure(seconds: float, threads: int, passive: bool, neighbours: int) -> flo
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
-    return float(done.stdout.strip().splitlines()[-1])
+    rate, used = done.stdout.strip().splitlines()[-1].split()
+    return float(rate), int(used)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -89,18 +96,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results_dir", default=None)
     options = parser.parse_args(argv)
     if options.worker:
-        print(worker(options.seconds, options.threads))
+        print(*worker(options.seconds, options.threads))
         return {}
-    from pipelines.harness.stage import usable_cpus
-
     cpus = usable_cpus()
-    policies = {"all cores": (cpus, False), "all cores, passive wait": (cpus, True), "one thread": (1, False)}
+    policies = {
+        "toolkit default": (0, False),
+        "all cores": (cpus, False),
+        "all cores, passive wait": (cpus, True),
+        "one thread": (1, False),
+    }
     results = {}
     for name, (threads, passive) in policies.items():
-        alone = measure(options.seconds, threads, passive, 0)
-        beside = measure(options.seconds, threads, passive, options.neighbours)
+        alone, threads_alone = measure(options.seconds, threads, passive, 0)
+        beside, threads_beside = measure(options.seconds, threads, passive, options.neighbours)
         results[name] = {
-            "threads": threads,
+            "threads_alone": threads_alone,
+            "threads_beside_neighbours": threads_beside,
             "omp_wait_policy": "PASSIVE" if passive else "default",
             "steps_per_second_alone": round(alone, 2),
             "steps_per_second_beside_neighbours": round(beside, 2),

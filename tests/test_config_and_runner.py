@@ -494,3 +494,63 @@ def test_usable_cpus_follow_affinity_and_cgroup_quota(
         path.write_text(cpu_max + "\n")
     monkeypatch.setattr(stage, "CGROUP_CPU_MAX", path)
     assert stage.usable_cpus() == usable
+
+
+def proc_stat(*cpus: tuple[int, int]) -> str:
+    """A /proc/stat with the given (busy, idle) ticks per CPU (busy as user time, idle split in idle and iowait)."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    lines += [f"cpu{i} {busy} 0 0 {idle - idle // 4} {idle // 4} 0 0 0 0 0" for i, (busy, idle) in enumerate(cpus)]
+    return "\n".join([*lines, "intr 1 2 3", "ctxt 99"]) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("affinity", "after", "busy", "threads"),
+    [
+        ({0, 1}, [(200, 0), (0, 200)], 1.0, 1),  # a neighbour on one core of two: one thread
+        ({0, 1}, [(30, 170), (10, 190)], 0.2, 2),  # light load rounds to no core lost
+        ({0, 1}, [(200, 0), (200, 0)], 2.0, 1),  # every core busy: still one thread
+        ({0, 1, 2, 3}, [(100, 100), (100, 100), (0, 200), (0, 200)], 1.0, 3),  # two half-busy cores
+        ({2, 3}, [(200, 0), (200, 0), (0, 200), (0, 200)], 0.0, 2),  # busy CPUs outside the mask do not count
+    ],
+)
+def test_cpu_share_leaves_the_cores_other_work_keeps_busy(
+    affinity: set[int], after: list, busy: float, threads: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training's default threads are the usable CPUs that other work leaves free at its start."""
+    from pipelines.harness import stage
+
+    path = tmp_path / "stat"
+    path.write_text(proc_stat(*[(0, 0)] * len(after)))
+    monkeypatch.setattr(stage, "PROC_STAT", path)
+    monkeypatch.setattr(stage, "CGROUP_CPU_MAX", tmp_path / "no-quota")
+    monkeypatch.setattr(stage.os, "sched_getaffinity", lambda pid: affinity)
+    monkeypatch.setattr(stage.time, "sleep", lambda seconds: path.write_text(proc_stat(*after)))
+    assert stage.busy_cpus() == pytest.approx(busy)
+    path.write_text(proc_stat(*[(0, 0)] * len(after)))
+    assert stage.cpu_share()[0] == threads
+    path.write_text(proc_stat(*[(0, 0)] * len(after)))
+    # Two processes starting together: one busy CPU may be the sibling starting up, not other work.
+    assert stage.cpu_share(2) == (max(1, (len(affinity) - round(max(0.0, busy - 1))) // 2), max(0.0, busy - 1))
+
+
+def test_busy_cpus_reads_nothing_where_there_is_no_proc_stat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.harness import stage
+
+    monkeypatch.setattr(stage, "PROC_STAT", tmp_path / "absent")
+    assert stage.busy_cpus(0.01) == 0.0
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="reads Linux's /proc/stat")
+def test_a_real_spinning_neighbour_is_seen_as_a_busy_core() -> None:
+    """On this machine: a process spinning a core counts as (at least most of) one busy CPU."""
+    from pipelines.harness.stage import busy_cpus
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"])
+    try:
+        import time
+
+        time.sleep(0.5)  # past the interpreter's start
+        assert busy_cpus(0.5) >= 0.7
+    finally:
+        spinner.kill()
+        spinner.wait()

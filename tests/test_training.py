@@ -652,8 +652,48 @@ def test_a_resumed_training_is_byte_identical_to_an_uninterrupted_one(
     train(training_study, training_study["model"], parts, *options, "--resume_from_checkpoint", "latest",
           "--output_repo", "resumed")  # fmt: skip
     assert state(parts)["log_history"] == state(whole)["log_history"]  # losses to the last bit
+    assert (
+        state(parts)["cpu_threads"]
+        == state(whole)["cpu_threads"]
+        == json.loads((whole / "checkpoint-3" / "trainer_state.json").read_text())["cpu_threads"]
+    )
     weights = [LORA_WEIGHTS] if kind == "lora" else ["unet/diffusion_pytorch_model.safetensors",
                                                       "text_encoder/model.safetensors"]  # fmt: skip
     for name in weights:
         straight, resumed = load_file(whole / name), load_file(parts / name)
         assert all(torch.equal(straight[k], resumed[k]) for k in straight), name
+
+
+def test_a_resume_trains_on_the_thread_count_of_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Float sums depend on the thread count, so a resume without --cpu_threads takes the checkpoint's
+    (the latest complete one), not what the load of the machine suggests now; --cpu_threads wins."""
+    from types import SimpleNamespace
+
+    from training import train_text_to_image as script
+
+    for step, threads, done in ((3, 1, True), (6, 2, True), (9, 2, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if done:
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "cpu_threads": threads}))
+    accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1, print=lambda *a: None)
+    monkeypatch.setattr(script, "cpu_share", lambda processes: (7, 0.0))  # what a fresh run would take
+    before = torch.get_num_threads()
+    try:
+        chosen = {
+            (given, resume): script.set_cpu_threads(
+                SimpleNamespace(cpu_threads=given, resume_from_checkpoint=resume), accelerator, tmp_path
+            )
+            for given, resume in [
+                (None, "latest"),
+                (None, str(tmp_path / "checkpoint-3")),
+                (3, "latest"),
+                (None, None),
+                (None, str(tmp_path / "checkpoint-9")),
+            ]  # fmt: skip
+        }
+    finally:
+        torch.set_num_threads(before)
+    assert list(chosen.values()) == [2, 1, 3, 7, 7]  # checkpoint-9 was cut short: resume() refuses it

@@ -43,7 +43,7 @@ from pipelines.artifacts.inputs import ModelInput, hub_pipeline_files, published
 from pipelines.artifacts.store import HubStore, card_metadata
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
-from pipelines.harness.stage import DistributedStage, StageRun, usable_cpus
+from pipelines.harness.stage import DistributedStage, StageRun, cpu_share, usable_cpus
 from pipelines.modeling.diffusion import (
     LORA_WEIGHTS,
     add_text_encoder_lora,
@@ -278,8 +278,9 @@ class TrainArguments(StageArguments):
     report_to: str = field(default="none", metadata={"help": "none, tensorboard or wandb."})
     cpu_threads: int | None = field(
         default=None,
-        metadata={"help": "Intra-op threads per process on CPU (default: the CPUs this process may use, by "
-                  "affinity and cgroup quota, shared among the processes on this machine)."},
+        metadata={"help": "Intra-op threads per process on CPU (default: on a resume, the checkpoint's; else the "
+                  "CPUs this process may use, by affinity and cgroup quota, that other work leaves free at the "
+                  "start, shared among the processes on this machine). Fix it for byte-identical reruns."},
     )  # fmt: skip
     push_to_hub: bool = field(default=False, metadata={"help": "Also push the model to the Hugging Face Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo for --push_to_hub (token: HF_TOKEN)."})
@@ -639,7 +640,10 @@ def save_checkpoint(
             (partial / "ema_state.json").write_text(
                 json.dumps({"optimization_step": ema.optimization_step, "decay": ema.decay})
             )
-        (partial / CHECKPOINT_DONE).write_text(json.dumps({"global_step": step, "log_history": history}, indent=1))
+        state = {"global_step": step, "log_history": history}
+        if accelerator.device.type == "cpu":
+            state["cpu_threads"] = torch.get_num_threads()  # a resume uses it: the bytes depend on it
+        (partial / CHECKPOINT_DONE).write_text(json.dumps(state, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if folder.exists():
@@ -683,7 +687,7 @@ def train(run: StageRun, output_dir: Path) -> str:
     if args.push_to_hub:
         HubStore().check_can_push(args.hub_model_id, "model")  # before hours of training, not after
     accelerator = make_accelerator(args, output_dir)
-    threads = set_cpu_threads(args, accelerator)
+    threads = set_cpu_threads(args, accelerator, output_dir)
     set_seed(args.seed)
     with accelerator.main_process_first():
         data, languages = load_training_data(run, args)
@@ -731,17 +735,33 @@ def train(run: StageRun, output_dir: Path) -> str:
     return f"{'LoRA' if args.use_lora else 'Full'} fine-tune, {global_step} steps"
 
 
-def set_cpu_threads(args: TrainArguments, accelerator: Any) -> int | None:
-    """On CPU, torch's intra-op threads: `--cpu_threads`, or this process's share of the CPUs it may
-    use. torch's default (every core of the host) oversubscribes a container or a shared machine:
-    beside other work, a step waits on threads that have no CPU to run on."""
+def set_cpu_threads(args: TrainArguments, accelerator: Any, output_dir: Path) -> int | None:
+    """On CPU, torch's intra-op threads: `--cpu_threads`; on a resume, the count the checkpoint was
+    trained with (float sums, and so the bytes, depend on it); otherwise this process's share of the
+    CPUs it may use (affinity, cgroup quota) that other work leaves free when it starts. torch's
+    default (every core of the host) oversubscribes a container or a busy machine: a step waits on
+    threads that have no CPU to run on (issue #30: tens of times slower)."""
     if accelerator.device.type != "cpu":
         return None
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    threads = args.cpu_threads or max(1, usable_cpus() // local_processes)
+    threads, why = args.cpu_threads, "--cpu_threads"
+    if threads is None and args.resume_from_checkpoint:
+        threads, why = resumed_threads(output_dir, args.resume_from_checkpoint), "as the checkpoint resumed"
+    if threads is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        threads, others = cpu_share(local_processes)
+        why = f"{usable_cpus()} usable CPU(s), {others:.1f} busy with other work, {local_processes} process(es)"
     torch.set_num_threads(threads)
-    accelerator.print(f"{threads} CPU thread(s) per process")
+    accelerator.print(f"{threads} CPU thread(s) per process ({why})")
     return threads
+
+
+def resumed_threads(output_dir: Path, resume_from: str) -> int | None:
+    """The thread count recorded in the checkpoint a resume will load, if it is complete and says."""
+    found = checkpoints(output_dir) if resume_from == "latest" else [Path(resume_from)]
+    try:
+        return json.loads((found[-1] / CHECKPOINT_DONE).read_text()).get("cpu_threads") if found else None
+    except (OSError, ValueError):
+        return None  # resume() refuses it with a clear line
 
 
 def make_accelerator(args: TrainArguments, output_dir: Path) -> Any:

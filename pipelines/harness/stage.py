@@ -392,6 +392,49 @@ def usable_cpus() -> int:
     return max(1, count)
 
 
+PROC_STAT = Path("/proc/stat")  # per-CPU time in ticks: user nice system idle iowait irq softirq steal ...
+
+
+def busy_cpus(seconds: float = 0.3, cpus: set[int] | None = None) -> float:
+    """How many of this process's CPUs other work keeps busy, sampled over `seconds` while this
+    process sleeps (Linux; 0.0 where /proc/stat cannot be read). Busy is everything but idle and
+    iowait, summed over the CPUs in the affinity mask, so 1.0 is one core's worth of a neighbour."""
+    cpus = cpus if cpus is not None else (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None)
+
+    def ticks() -> dict[int, tuple[int, int]]:
+        found = {}
+        for line in PROC_STAT.read_text().splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and (cpus is None or int(name[3:]) in cpus):
+                values = [int(value) for value in fields]
+                found[int(name[3:])] = (sum(values[:8]), values[3] + values[4])  # total, idle + iowait
+        return found
+
+    try:
+        before = ticks()
+        time.sleep(seconds)
+        after = ticks()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    busy = 0.0
+    for cpu, (total, idle) in after.items():
+        spent = total - before.get(cpu, (total, idle))[0]
+        if spent > 0:
+            busy += 1 - (idle - before[cpu][1]) / spent
+    return busy
+
+
+def cpu_share(processes: int = 1, sample_seconds: float = 0.3) -> tuple[int, float]:
+    """Intra-op threads for each of `processes` starting together on this machine, and the CPUs other
+    work kept busy when they started. Threads beyond the free CPUs are what makes a busy machine slow
+    training tens of times (each step waits for a thread with no core to run on); one thread per free
+    core degrades by about the share of cores lost. The processes' siblings may be busy starting up
+    while this one samples, so up to `processes - 1` busy CPUs are counted as theirs."""
+    others = max(0.0, busy_cpus(sample_seconds) - (processes - 1))
+    free = usable_cpus() - round(others)
+    return max(1, free // processes), others
+
+
 def _set_threads(args: Any, device: str) -> None:
     """On CPU, a fixed thread count per process makes float sums (and so the bytes) reproducible."""
     import torch
