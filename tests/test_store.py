@@ -120,6 +120,24 @@ def test_bad_repo_type_and_tag(store: LocalStore, make_folder: Callable[[dict[st
     assert store.revision_of("ns/data", "dataset") == rev and store.revisions("ns/data", "dataset") == [rev]
     assert store.garbage(store.root / "datasets--ns--data") == []
     assert store.tag("ns/data", "dataset", "first", rev) == rev
+    # Tagging never moves a tag either: `first` names rev, and another revision cannot take it.
+    other = store.push(make_folder({"a": "z"}), "ns/data", "dataset", "m")
+    with pytest.raises(StoreError, match=f"tag 'first' of 'ns/data' already names revision {rev}"):
+        store.tag("ns/data", "dataset", "first", other)
+    assert store.tags("ns/data", "dataset") == {"v1": rev, "first": rev}
+    assert store.tag("ns/data", "dataset", "first", rev) == rev  # naming the same revision again is fine
+
+
+def test_a_revision_is_the_content_and_the_names_of_the_files(make_folder: Callable[[dict[str, str]], Path]) -> None:
+    """Content addressing: the same bytes under another name, or in another folder, are another revision."""
+    from pipelines.artifacts.store import content_revision
+
+    same = content_revision(make_folder({"a.txt": "x", "b.txt": "y"}))
+    assert content_revision(make_folder({"a.txt": "x", "b.txt": "y"})) == same
+    assert content_revision(make_folder({"b.txt": "x", "a.txt": "y"})) != same  # names swapped
+    assert content_revision(make_folder({"a.txt": "x", "c.txt": "y"})) != same  # a file renamed
+    assert content_revision(make_folder({"a.txt": "x", "sub/b.txt": "y"})) != same  # moved into a folder
+    assert content_revision(make_folder({"a.txt": "xy", "b.txt": ""})) != same  # bytes moved between files
 
 
 def test_parse_ref_with_namespace() -> None:
@@ -381,6 +399,28 @@ def test_hub_errors_are_one_line(
         store.resolve("ns/data@nope", "dataset")
     with pytest.raises(StoreError, match="malformed repo id"):
         store.push(make_folder({"a.txt": "x"}), "bad id", "dataset", "m")
+
+
+def test_a_hub_error_that_echoes_the_token_never_shows_it(
+    hub: tuple[HubStore, FakeHfApi], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server may put the credentials it got into its error message; the one line a user sees has
+    the token struck out, whatever part of the message carries it."""
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    secret = "hf_echoed_secret_0123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    store, _ = hub
+    response = SimpleNamespace(status_code=401, headers={}, request=None)
+    for message in (f"401 Unauthorized: Bearer {secret}", f"Invalid credentials {secret} for ns/data"):
+        with pytest.raises(StoreError) as refused:
+            with store._errors("dataset 'ns/data'"):
+                raise HfHubHTTPError(message, response=response)  # type: ignore[arg-type]
+        assert secret not in str(refused.value)
+        assert str(refused.value).startswith("the Hub refused dataset 'ns/data' (HTTP 401): ")
+        assert "***" in str(refused.value)
 
 
 # --- the real HfApi against a hostile server on loopback: the token is sent, and never shown ------

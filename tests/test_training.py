@@ -697,3 +697,18 @@ def test_a_resume_trains_on_the_thread_count_of_its_checkpoint(
     finally:
         torch.set_num_threads(before)
     assert list(chosen.values()) == [2, 1, 3, 7, 7]  # checkpoint-9 was cut short: resume() refuses it
+
+
+def test_a_checkpoint_without_its_completion_marker_is_refused_by_name(tmp_path: Path) -> None:
+    """The unit behind the killed-training tests: no trainer_state.json (written last) is cut short."""
+    from training.train_text_to_image import CHECKPOINT_DONE, check_checkpoint
+
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"checkpoint-3'?: cut short \(no trainer_state.json\)"):
+        check_checkpoint(folder, 0, ema=False)
+    (folder / CHECKPOINT_DONE).write_text("{}")
+    with pytest.raises(ConfigError, match="has no EMA weights"):
+        check_checkpoint(folder, 0, ema=True)
+    with pytest.raises(ConfigError, match="random states .* cannot be restored"):
+        check_checkpoint(folder, 0, ema=False)

@@ -474,3 +474,21 @@ def test_the_world_model_built_in_two_fresh_processes_is_the_same_revision(tiny_
         files.append({p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()})
         del files[-1][Path("README.md")]
     assert len(files[0]) > 5 and files[0] == files[1]
+
+
+@pytest.mark.parametrize(("male", "female", "planted", "within"), [
+    (50, 50, 0.5, True),
+    (90, 10, 0.9, False),  # the planted share above the interval
+    (10, 90, 0.1, False),  # below it
+    (10, 90, 0.9, True),
+])  # fmt: skip
+def test_a_cell_is_within_when_its_interval_holds_the_planted_share_on_both_sides(
+    male: int, female: int, planted: float, within: bool
+) -> None:
+    from pipelines.check_world import CheckWorld
+
+    rows = CheckWorld.cell_rows(
+        {"base": {"cells": {("en", "nurse"): (male, female)}}}, {("en", "nurse"): planted}, 0.95
+    )
+    assert rows[0]["within"] is within
+    assert rows[0]["base_ci_low"] < female / 100 < rows[0]["base_ci_high"]

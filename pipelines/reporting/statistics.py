@@ -176,8 +176,8 @@ def slope(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> d
 
     Example:
         >>> result = slope([0.1, 0.3, 0.5, 0.9], [0.2, 0.3, 0.4, 0.6])
-        >>> round(result["slope"], 3), result["ci_low"] < 0.5 < result["ci_high"]
-        (0.5, True)
+        >>> round(result["slope"], 3), round(result["intercept"], 3), result["ci_low"] < 0.5 < result["ci_high"]
+        (0.5, 0.15, True)
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     nan = float("nan")

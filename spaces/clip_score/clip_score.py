@@ -109,13 +109,29 @@ class ClipScore(evaluate.Metric):
                 cosines.append(
                     (image_features * text_features[rows[start : start + batch_size].to(device)]).sum(-1).cpu()
                 )
-        cosine = torch.cat(cosines).double().numpy() if cosines else np.zeros(0)
-        if convention == "cosine":
-            return {
-                "scores": cosine.tolist(),
-                "mean": float(cosine.mean()) if len(cosine) else float("nan"),
-                "convention": convention,
-            }
-        scores = 100 * np.maximum(cosine, 0)
-        mean = max(100 * float(cosine.mean()), 0.0) if len(cosine) else float("nan")
-        return {"scores": scores.tolist(), "mean": mean, "convention": convention}
+        return scored(torch.cat(cosines).double().numpy() if cosines else np.zeros(0), convention)
+
+
+def scored(cosine: np.ndarray, convention: str) -> dict:
+    """The scores and their aggregate from the pairs' cosines, in a convention.
+
+    torchmetrics clamps each pair's score at 0 but its aggregate only once, after the mean: with
+    cosines of both signs the aggregate is not the mean of the scores.
+
+    Example:
+        >>> scored(np.array([0.5, -0.3]), "torchmetrics")
+        {'scores': [50.0, 0.0], 'mean': 10.0, 'convention': 'torchmetrics'}
+        >>> scored(np.array([0.5, -0.3]), "cosine")["mean"]
+        0.1
+        >>> scored(np.array([-0.5, 0.3]), "torchmetrics")["mean"]
+        0.0
+    """
+    if convention == "cosine":
+        return {
+            "scores": cosine.tolist(),
+            "mean": float(cosine.mean()) if len(cosine) else float("nan"),
+            "convention": convention,
+        }
+    scores = 100 * np.maximum(cosine, 0)
+    mean = max(100 * float(cosine.mean()), 0.0) if len(cosine) else float("nan")
+    return {"scores": scores.tolist(), "mean": mean, "convention": convention}

@@ -136,7 +136,12 @@ def distances(distribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def binomial_pmf(n: int, p: np.ndarray) -> np.ndarray:
-    """P(X = 0..n) for X ~ Binomial(n, p), one row per entry of `p` (log-space: exact at large n)."""
+    """P(X = 0..n) for X ~ Binomial(n, p), one row per entry of `p` (log-space: exact at large n).
+
+    Example:
+        >>> binomial_pmf(3, [0.0, 0.5, 1.0]).round(3).tolist()
+        [[1.0, 0.0, 0.0, 0.0], [0.125, 0.375, 0.375, 0.125], [0.0, 0.0, 0.0, 1.0]]
+    """
     from math import lgamma
 
     x = np.arange(n + 1)
@@ -314,7 +319,14 @@ def reference_fit(counts: np.ndarray, reference: np.ndarray, label: int, confide
 
 def confusion(kind: str, rate: float, width: int) -> np.ndarray:
     """A classifier's misreading as a matrix (rows: true label, columns: label read): `symmetric`,
-    any other label equally likely; `asymmetric`, every label but the first read as the first."""
+    any other label equally likely; `asymmetric`, every label but the first read as the first.
+
+    Example:
+        >>> confusion("asymmetric", 0.2, 3).tolist()
+        [[1.0, 0.0, 0.0], [0.2, 0.8, 0.0], [0.2, 0.0, 0.8]]
+        >>> confusion("symmetric", 0.2, 3).tolist()
+        [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]
+    """
     if kind == "symmetric":
         matrix = np.full((width, width), rate / max(width - 1, 1))
         np.fill_diagonal(matrix, 1 - rate)

@@ -1,0 +1,254 @@
+"""Do the tests bite? Each mutation below breaks one behaviour that matters; the tests it names must fail.
+
+    python -m benchmarks.mutations [--only ID ...] [--results_dir DIR]
+
+A mutation is one exact replacement in one file (the text must occur exactly once, so a mutation
+that no longer applies is an error, not a pass). For each: the named tests run on the unmutated
+code first (they must pass, or the kill means nothing), then on the mutated code; the mutation is
+killed when they fail. The file is restored after each run, also when the run is interrupted.
+Writes benchmarks/results/mutations.json: the kill rate and each mutation's outcome (with `--only`,
+the outcomes rerun replace those of the last run).
+
+The list is standing: a behaviour worth a test is worth a mutation here. It spans the bias metric,
+the statistics, the store, the verdicts, the prompts, CLIP scoring and training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.common import RESULTS, machine, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC = "spaces/fairness_metrics/fairness_metrics.py"
+CLIP = "spaces/clip_score/clip_score.py"
+STATS = "pipelines/reporting/statistics.py"
+STORE = "pipelines/artifacts/store.py"
+WORLD = "pipelines/check_world.py"
+TRAIN = "training/train_text_to_image.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    area: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    breaks: str
+
+
+MUTATIONS = [
+    # --- the bias metric (spaces/fairness_metrics) ---------------------------------------------------
+    Mutation("l1-mean-not-sum", "metrics", METRIC,
+             "return np.abs(deviation).sum(-1), np.sqrt", "return np.abs(deviation).mean(-1), np.sqrt",
+             (METRIC,), "L1 from uniform is a sum over labels, as MAGBIG's"),
+    Mutation("l1-floor-squared", "metrics", METRIC,
+             "np.abs(x - target[:, None])).sum())", "np.abs(x - target[:, None]) ** 2).sum())",
+             ("tests/test_bias.py",), "the sampling floor is E|share - target|"),
+    Mutation("unbiased-distance-divides-by-n", "metrics", METRIC,
+             "raw - (shares * (1 - shares)).sum(-1) / (n - 1)", "raw - (shares * (1 - shares)).sum(-1) / n",
+             ("tests/test_bias.py",), "the squared distance's bias correction is exact only with n - 1"),
+    Mutation("bootstrap-quantiles-swapped", "metrics", METRIC,
+             "np.quantile(boot - centre, [1 - alpha, alpha])", "np.quantile(boot - centre, [alpha, 1 - alpha])",
+             ("tests/test_bias.py",), "the basic bootstrap reflects the quantiles"),
+    Mutation("pmf-at-share-one", "metrics", METRIC,
+             "np.where(p == 1, (x == n).astype(float), pmf)", "np.where(p == 1, (x == 0).astype(float), pmf)",
+             (METRIC, "tests/test_bias.py"), "a share of 1 puts all the mass on n"),
+    Mutation("target-need-not-sum-to-one", "metrics", METRIC,
+             "if abs(shares.sum() - 1) > 1e-6:", "if abs(shares.sum() - 1) > 0.5:",
+             ("tests/test_bias.py",), "a target that is not a distribution is refused"),
+    Mutation("reference-fit-reversed", "metrics", METRIC,
+             "    y = hits / totals\n", "    y = 1 - hits / totals\n",
+             (METRIC, "tests/test_bias.py"), "the slope is of the measured share of the reference label"),
+    Mutation("asymmetric-noise-reads-the-last-label", "metrics", METRIC,
+             "        matrix[:, 0] += rate\n", "        matrix[:, -1] += rate\n",
+             (METRIC, "tests/test_bias.py"), "the asymmetric classifier misreads every label as the first"),
+    # --- CLIP scoring (spaces/clip_score) ---------------------------------------------------------
+    Mutation("clip-aggregate-clamped-per-pair", "metrics", CLIP,
+             "mean = max(100 * float(cosine.mean()), 0.0)", "mean = float(scores.mean())",
+             (CLIP, "tests/test_alignment.py"), "torchmetrics clamps the mean, not each pair, in its aggregate"),
+    Mutation("clip-scores-not-clamped", "metrics", CLIP,
+             "scores = 100 * np.maximum(cosine, 0)", "scores = 100 * cosine",
+             (CLIP, "tests/test_alignment.py"), "a torchmetrics score is 100 * max(cos, 0)"),
+    Mutation("clip-texts-paired-by-position", "metrics", CLIP,
+             "rows = torch.tensor([texts.index(text) for text in references], dtype=torch.long)",
+             "rows = torch.arange(len(references)) % max(len(texts), 1)",
+             ("tests/test_alignment.py",), "each image is scored against its own text"),
+    # --- statistics (pipelines/reporting/statistics.py) -------------------------------------------
+    Mutation("paired-test-one-sided", "statistics", STATS,
+             "observed = abs(differences.mean())", "observed = differences.mean()",
+             (STATS, "tests/test_methods.py::test_the_paired_test_on_cases_with_known_answers"),
+             "the permutation test is two-sided"),
+    Mutation("holm-is-bonferroni", "statistics", STATS,
+             "(len(present) - rank) * p", "len(present) * p",
+             (STATS, "tests/test_methods.py::test_holm_adjusts_step_down_and_keeps_the_order"),
+             "Holm steps down"),
+    Mutation("holm-not-monotone", "statistics", STATS,
+             "running = max(running, min(1.0, (len(present) - rank) * p))",
+             "running = min(1.0, (len(present) - rank) * p)",
+             ("tests/test_methods.py::test_holm_adjusts_step_down_and_keeps_the_order",),
+             "adjusted p-values keep the order of the raw ones"),
+    Mutation("wilson-centre", "statistics", STATS,
+             "centre = (share + z * z / (2 * total))", "centre = (share + z * z / total)",
+             (STATS,), "the Wilson interval's centre"),
+    Mutation("mean-interval-population-sd", "statistics", STATS,
+             "values.std(ddof=1) / math.sqrt(len(values))", "values.std(ddof=0) / math.sqrt(len(values))",
+             (STATS,), "the t interval uses the sample standard deviation"),
+    Mutation("fit-test-ignores-the-smallest-cell", "statistics", STATS,
+             "smallest = min(float(p_sum(observed_sum, 1)[0]), float(p_cell(observed_cell, 1)[0]))",
+             "smallest = float(p_sum(observed_sum, 1)[0])",
+             ("tests/test_methods.py::test_the_fit_test_fails_a_perfect_model_at_its_stated_rate_and_catches_wrong_ones",),
+             "one cell far off is caught, though X² dilutes it"),
+    Mutation("slope-intercept", "statistics", STATS,
+             "intercept = float(y.mean() - b * x.mean())", "intercept = float(y.mean())",
+             (STATS, "tests/test_methods.py::test_the_slope_says_what_a_correlation_hides"),
+             "the fitted line passes through the means"),
+    # --- the store --------------------------------------------------------------------------------
+    Mutation("revision-ignores-paths", "store", STORE,
+             "digest.update(path.relative_to(folder).as_posix().encode() + b\"\\0\")", "pass",
+             ("tests/test_store.py",), "a renamed file is another revision"),
+    Mutation("tag-conflict-ignored", "store", STORE,
+             "if current_tag is not None and current_tag != revision:", "if False:",
+             ("tests/test_store.py",), "a tag never silently moves"),
+    Mutation("tag-command-moves-tags", "store", STORE,
+             "if current not in (None, resolved):", "if current is None and resolved is None:",
+             ("tests/test_store.py",), "tagging refuses a tag that names another revision"),
+    Mutation("reserved-tags-accepted", "store", STORE,
+             "reserved = tag == \"main\" or tag.startswith(PINNED_REFS + \"/\")", "reserved = False",
+             ("tests/test_store.py",), "'main' and pins cannot be tags"),
+    Mutation("token-not-redacted", "store", STORE,
+             "return text.replace(token, \"***\") if token else text", "return text",
+             ("tests/test_store.py",), "a server that echoes the token never gets it printed"),
+    # --- verdicts (pipelines/check_world.py) ------------------------------------------------------
+    Mutation("calibrated-always", "verdicts", WORLD,
+             "calibrated = base[\"fit_p_value\"] >= args.alpha", "calibrated = True",
+             ("tests/test_world.py",), "a badly calibrated study is called NO"),
+    Mutation("debiased-without-bias-before", "verdicts", WORLD,
+             "if not base[\"distance_ci_low\"] > 0:", "if False:",
+             ("tests/test_world.py",), "no measurable bias before is not a debiasing"),
+    Mutation("debiased-without-control", "verdicts", WORLD,
+             "elif after[\"control\"] < args.min_control:", "elif False:",
+             ("tests/test_world.py",), "gendered prompts must keep their gender"),
+    Mutation("cell-within-one-sided", "verdicts", WORLD,
+             "row[\"base_ci_low\"] <= row[\"planted_share\"] <= row[\"base_ci_high\"]",
+             "row[\"base_ci_low\"] <= row[\"planted_share\"]",
+             ("tests/test_world.py",), "a cell is within its interval on both sides"),
+    # --- prompts --------------------------------------------------------------------------------
+    Mutation("intervention-targets-one-gender", "prompts", "pipelines/prompting/interventions.py",
+             "return \"female\" if sample_index % 2 == 0 else \"male\"", "return \"female\"",
+             ("pipelines/prompting/interventions.py",
+              "tests/test_methods.py::test_each_intervention_tells_the_pipeline_what_magbig_does"),
+             "explicit prompts alternate the genders"),
+    Mutation("neutral-twin-keeps-gender", "prompts", "pipelines/prompting/grid.py",
+             "(NEUTRAL if c == \"gender\" else row[c] for c in GRID_COLUMNS)", "(row[c] for c in GRID_COLUMNS)",
+             ("pipelines/prompting/grid.py", "tests/test_prompts.py"),
+             "a gendered prompt's twin is its neutral prompt"),
+    # --- training ---------------------------------------------------------------------------------
+    Mutation("timestep-bias-ignored", "training", TRAIN,
+             "timesteps = torch.multinomial(parts.timestep_weights, latents.shape[0], replacement=True)",
+             "timesteps = torch.randint(0, len(parts.timestep_weights), (latents.shape[0],))",
+             ("tests/test_training.py::test_timestep_bias_draws_the_biased_timesteps_that_much_more_often",),
+             "--timestep_bias_strategy changes which timesteps are trained"),
+    Mutation("resume-threads-ignored", "training", TRAIN,
+             "threads, why = resumed_threads(output_dir, args.resume_from_checkpoint), \"as the checkpoint resumed\"",
+             "why = \"as the checkpoint resumed\"",
+             ("tests/test_training.py::test_a_resume_trains_on_the_thread_count_of_its_checkpoint",),
+             "a resume trains at its checkpoint's thread count (the bytes depend on it)"),
+    Mutation("cut-short-checkpoint-resumes", "training", TRAIN,
+             "    if not (path / CHECKPOINT_DONE).is_file():\n        raise ConfigError(",
+             "    if False:\n        raise ConfigError(",
+             ("tests/test_training.py::test_a_checkpoint_without_its_completion_marker_is_refused_by_name",),
+             "a checkpoint cut short never resumes"),
+]  # fmt: skip
+
+
+def apply(mutation: Mutation) -> str:
+    """The mutated text of the file; an error when the original text is not there exactly once."""
+    text = (ROOT / mutation.file).read_text(encoding="utf-8")
+    found = text.count(mutation.old)
+    if found != 1:
+        raise SystemExit(f"mutation {mutation.id}: its text occurs {found} times in {mutation.file}, not once")
+    return text.replace(mutation.old, mutation.new, 1)
+
+
+def run_tests(tests: tuple[str, ...], timeout: int) -> tuple[bool, float]:
+    """Whether the tests pass, and their seconds (a timeout counts as a failure: the mutation hung them).
+    Slow tests (`-m slow`, minutes each) are left out: a mutation names fast tests that kill it."""
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header",
+             "-m", "not slow", "-o", "addopts=--doctest-modules", "--ignore-glob=*/app.py", *tests],
+            cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if done.returncode == 5:
+            raise SystemExit(f"no test collected by {' '.join(tests)} (slow tests do not run here)")
+        passed = done.returncode == 0
+    except subprocess.TimeoutExpired:
+        passed = False
+    return passed, time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help="mutation ids (default: all)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per test run")
+    parser.add_argument("--results_dir", default=None)
+    options = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if options.only is None or m.id in options.only]
+    unknown = sorted(set(options.only or ()) - {m.id for m in MUTATIONS})
+    if unknown:
+        raise SystemExit(f"--only: unknown mutation(s) {', '.join(unknown)}")
+    mutated = {m.id: apply(m) for m in chosen}  # every mutation applies before any file changes
+    for tests in dict.fromkeys(m.tests for m in chosen):
+        passed, seconds = run_tests(tests, options.timeout)
+        print(f"baseline {' '.join(tests)}: {'pass' if passed else 'FAIL'} ({seconds:.0f} s)", flush=True)
+        if not passed:
+            raise SystemExit(f"the tests {' '.join(tests)} fail on the unmutated code: fix them first")
+    outcomes = []
+    for mutation in chosen:
+        path = ROOT / mutation.file
+        original = path.read_text(encoding="utf-8")
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # restore on kill, as on ^C
+        try:
+            path.write_text(mutated[mutation.id], encoding="utf-8")
+            passed, seconds = run_tests(mutation.tests, options.timeout)
+        finally:
+            path.write_text(original, encoding="utf-8")
+            signal.signal(signal.SIGTERM, previous)
+        outcomes.append({
+            "id": mutation.id, "area": mutation.area, "file": mutation.file, "breaks": mutation.breaks,
+            "tests": list(mutation.tests), "killed": not passed, "seconds": round(seconds, 1),
+        })  # fmt: skip
+        print(f"{'killed' if not passed else 'SURVIVED'}  {mutation.id} ({seconds:.0f} s)", flush=True)
+    print(f"{sum(o['killed'] for o in outcomes)} of {len(outcomes)} mutations killed")
+    # `--only` reruns some mutations: their outcomes replace those of the last full run in the report.
+    path = Path(options.results_dir or RESULTS) / "mutations.json"
+    earlier = json.loads(path.read_text())["outcomes"] if options.only is not None and path.is_file() else []
+    by_id = {o["id"]: o for o in [*earlier, *outcomes]}
+    merged = [by_id[m.id] for m in MUTATIONS if m.id in by_id]
+    killed = sum(o["killed"] for o in merged)
+    report = {
+        "benchmark": "mutations of behaviour that matters, and whether the tests named for each kill it",
+        "machine": machine(),
+        "mutations": len(merged),
+        "killed": killed,
+        "kill_rate": round(killed / len(merged), 3) if merged else None,
+        "survived": [o["id"] for o in merged if not o["killed"]],
+        "outcomes": merged,
+    }
+    write_report("mutations", report, options.results_dir)
+    return report
+
+
+if __name__ == "__main__":
+    main()
