@@ -6,6 +6,10 @@ what the one before it made. A step whose output for the same inputs and paramet
 is skipped (its revision is reused), so a rerun is cheap and a run that failed half way resumes at
 the step that failed. `--dry_run` prints, offline, what each step would read, download and make,
 and an estimate of its GPU time.
+
+Both start with a preflight (`pipelines.harness.preflight`): an input no step makes that is not
+there (FairFace's weights), and too little disk for the planned images, stop the run before its
+first step, in one line that names what is missing and where to get it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import yaml
 from pipelines.artifacts.store import STORE_ROOT_ENV, parse_ref
 from pipelines.errors import ConfigError, UserError
 from pipelines.harness.config import OneLineError, build_arguments, input_fields, load_recipe, step_values, step_where
-from pipelines.harness.estimate import Costs, Estimates, print_plan
+from pipelines.harness.estimate import Costs, Estimate, Estimates, print_plan
+from pipelines.harness.preflight import disk_problems, preflight
 from pipelines.harness.stage import Published, Stage
 
 # Stage name -> module, in study order.
@@ -108,6 +113,7 @@ def run_recipe(
     A step whose verdict is NO (`check_world`) ends the run there, unless `keep_going`.
     """
     recipe, plan = plan_recipe(path, only, overrides, settings)
+    check_inputs(planned_steps(recipe, plan, Costs()), only, hub_offline=hub_is_offline())
     published: dict[str, str] = {}
     results = []
     for index, (name, stage, entry) in enumerate(plan, 1):
@@ -144,16 +150,48 @@ def dry_run(
     path: str | Path, overrides: dict[str, Any], settings: list[str], costs: Costs, only: list[str] | None = None
 ) -> None:
     """What each step (or each of `only`) would read, download and make, and its GPU time, without
-    running anything. Every step is estimated, so a chosen step knows what the steps before it make."""
+    running anything; then the preflight. Every step is estimated, so a chosen step knows what the
+    steps before it make. The Hub is not asked: a Hub input is a download the real run makes."""
     recipe, plan = plan_recipe(path, only, overrides, settings)
+    steps = planned_steps(recipe, plan, costs)
+    print_plan([step for step in steps if not only or step[0] in only], costs)
+    check_inputs(steps, only, hub_offline=False, dry=True)
+
+
+def planned_steps(
+    recipe: dict[str, Any], plan: list[tuple[str, Stage, dict[str, Any]]], costs: Costs
+) -> list[tuple[str, Stage, Any, Estimate | None]]:
+    """Each step with its arguments and estimate, offline (nothing is loaded or downloaded)."""
     estimates = Estimates()
-    rows = []
+    steps = []
     for name, stage, entry in plan:
         args = build_arguments(stage.Arguments, step_values(recipe, entry, stage.Arguments), step_where(recipe, entry))
-        estimate = stage.estimate(args, estimates, costs)
-        if not only or name in only:
-            rows.append((name, stage, args, estimate))
-    print_plan(rows, costs)
+        steps.append((name, stage, args, stage.estimate(args, estimates, costs)))
+    return steps
+
+
+def check_inputs(
+    steps: list[tuple[str, Stage, Any, Estimate | None]], only: list[str] | None, hub_offline: bool, dry: bool = False
+) -> None:
+    """The preflight of the steps that will run: a one-line error naming every problem. Too little
+    disk stops a real run; a dry run, which plans and may be run elsewhere, says it and goes on."""
+    made = {args.repo_id(args.output_repo) for _, _, args, _ in steps if getattr(args, "output_repo", None)}
+    chosen = [(name, args, estimate) for name, _, args, estimate in steps if not only or name in only]
+    problems = preflight(chosen, made, hub_offline)
+    disk = disk_problems(chosen, made)
+    if dry:
+        for line in disk:
+            print(f"Preflight: {line}: a run on this machine would stop before step 1.")
+    if problems or (disk and not dry):
+        raise ConfigError(f"preflight, before step 1: {'; '.join(problems + ([] if dry else disk))}")
+    if dry and not disk:
+        print("Preflight: every input that no step makes is there, and the disk holds the planned images.")
+
+
+def hub_is_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def main(argv: list[str] | None = None) -> None:

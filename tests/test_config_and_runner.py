@@ -359,25 +359,64 @@ REAL_RECIPES = sorted(
 )
 
 
+FAIRFACE_FILES = ("res34_fair_align_multi_7_20190809.pt", "res34_fair_align_multi_4_20190809.pt")
+
+
+def with_fairface_weights(folder: Path) -> Path:
+    """A working folder with FairFace's weights where the real recipe names them (empty stand-ins:
+    the preflight checks that they are there; the dry run loads nothing)."""
+    (folder / "weights").mkdir(parents=True, exist_ok=True)
+    for name in FAIRFACE_FILES:
+        (folder / "weights" / name).write_bytes(b"")
+    return folder
+
+
 @pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.name)
 def test_every_recipe_parses_and_dry_runs_offline(recipe: Path, tmp_path: Path) -> None:
     from pipelines.run import plan_recipe
 
     _, plan = plan_recipe(recipe, overrides={"store_root": str(tmp_path / "hub")})
     assert plan
-    result = run_python("-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path / "hub"))
+    result = run_python("-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path / "hub"),
+                        cwd=with_fairface_weights(tmp_path / "work"))  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "\nPreflight: " in result.stdout
     for index, (name, stage, _) in enumerate(plan, 1):
         assert f"{index:2d}. {name} ({stage.name})" in result.stdout
     assert "Total GPU time: about" in result.stdout
     assert not (tmp_path / "hub").exists()  # nothing published, nothing downloaded
 
 
+def test_the_real_study_dry_run_stops_before_step_1_without_fairface_s_weights(tmp_path: Path) -> None:
+    """FairFace's weights are the one input of the real study that no library downloads: without them
+    the dry run (and the run) stops before step 1, naming the files, the steps that read them and the
+    place to get them, not 174 GPU hours in."""
+    recipe = REPO_ROOT / "pipelines" / "recipes" / "altdiffusion_m9.yaml"
+    result = run_python("-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path / "hub"),
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("run: error: preflight, before step 1: ")
+    for name in FAIRFACE_FILES:
+        assert f"weights/{name} (classify_base." in line
+    assert "classify_finetuned.classifier_model" in line
+    assert "https://github.com/dchen236/FairFace" in line and "drive.google.com" in line
+    assert "BAAI/AltDiffusion-m9" not in line  # a Hub model is a download, not a missing input
+    assert "Total GPU time" in result.stdout  # the plan is still printed: the user sees what it would be
+    (tmp_path / "weights" / FAIRFACE_FILES[0]).parent.mkdir()
+    (tmp_path / "weights" / FAIRFACE_FILES[0]).write_bytes(b"")
+    one = run_python("-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path / "hub"),
+                     cwd=tmp_path)  # fmt: skip
+    assert one.returncode == 2 and FAIRFACE_FILES[0] not in one.stderr and FAIRFACE_FILES[1] in one.stderr
+    assert not (tmp_path / "hub").exists()
+
+
 def test_the_real_study_dry_run_counts_images_steps_and_downloads(tmp_path: Path) -> None:
     recipe = REPO_ROOT / "pipelines" / "recipes" / "altdiffusion_m9.yaml"
     result = run_python(
-        "-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path), "--seconds_per_image", "1.0"
-    )
+        "-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path / "hub"), "--seconds_per_image",
+        "1.0", cwd=with_fairface_weights(tmp_path),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "BAAI/AltDiffusion-m9@main (Hub)" in out and "felfri/MAGBIG@main (Hub)" in out
@@ -385,8 +424,8 @@ def test_the_real_study_dry_run_counts_images_steps_and_downloads(tmp_path: Path
     assert "images:    151,000" in out  # MAGBIG's 151 occupations x 10 languages x 100 images
     assert "1.0 s per image" in out and "training:" in out
     # One step alone: estimated from what the steps before it would make, and nothing else printed.
-    only = run_python("-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path), "--only",
-                      "train_text_to_image")  # fmt: skip
+    only = run_python("-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path / "hub"), "--only",
+                      "train_text_to_image", cwd=tmp_path)  # fmt: skip
     assert only.returncode == 0, only.stderr[-2000:]
     assert " 1. train_text_to_image (train_text_to_image)" in only.stdout and " 2. " not in only.stdout
     assert "34,560 training pairs" in only.stdout and "5,400 steps" in only.stdout
@@ -554,3 +593,53 @@ def test_a_real_spinning_neighbour_is_seen_as_a_busy_core() -> None:
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def test_a_run_stops_before_step_1_on_what_is_missing_and_publishes_nothing(tmp_path: Path) -> None:
+    """The preflight of a real run: a weights file, a dataset no step makes, and (the Hub offline) a
+    Hub model that is not in the cache are each named, in one line, before any step runs."""
+    grid = {"stage": "generate_prompts", "output_repo": "prompts", "professions": ["nurse"], "styles": ["close-up"],
+            "ages": ["young"]}  # fmt: skip
+    cases = {
+        "weights": ({"stage": "classify", "input": "prompts", "classifier": "fairface",
+                     "classifier_model": "models/res34_fair_align_multi_7_20190809.pt"},  # fmt: skip
+                    "models/res34_fair_align_multi_7_20190809.pt (classify.classifier_model): no such file or folder"),
+        "dataset": ({"stage": "evaluate_bias", "input": "never-made-attributes"},
+                    "never-made-attributes (evaluate_bias.input): no step of the recipe makes it"),
+        "hub": ({"stage": "generate_images", "input": "prompts", "model": "nobody-has/this-model"},
+                "nobody-has/this-model (generate_images.model): not in the Hugging Face cache"),
+    }  # fmt: skip
+    for case, (step, expected) in cases.items():
+        folder = tmp_path / case
+        folder.mkdir()
+        recipe = write_recipe(folder, [grid, step])
+        result = run_python("-m", "pipelines.run", str(recipe), cwd=folder, env={"HF_HUB_OFFLINE": "1"})
+        assert result.returncode == 2, (case, result.stderr[-2000:])
+        assert expected in result.stderr and "== step 1" not in result.stderr, (case, result.stderr[-2000:])
+        assert not (folder / "hub").exists(), case  # nothing published, not even step 1
+
+
+def test_the_disk_check_counts_the_planned_images_at_their_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images of a Hub model at its native 512 px take about 1.5 bytes a pixel; a model the recipe makes
+    has no size yet and is not counted; free space at the store decides."""
+    from types import SimpleNamespace
+
+    from pipelines.artifacts.store import LocalStore
+    from pipelines.harness import preflight
+    from pipelines.harness.estimate import Estimate
+
+    def args(model: str, height: int | None = None) -> SimpleNamespace:
+        store = LocalStore(tmp_path / "hub" / "not-yet")
+        return SimpleNamespace(model=model, height=height, width=height, namespace="study", open_store=lambda: store)
+
+    steps = [("base", args("BAAI/AltDiffusion-m9"), Estimate(images=1000)),
+             ("tuned", args("tuned-model"), Estimate(images=10**9)),  # made by the recipe: size unknown
+             ("small", args("tuned-model", 64), Estimate(images=1000))]  # fmt: skip
+    need = 1000 * 512 * 512 * 1.5 + 1000 * 64 * 64 * 1.5
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda root: SimpleNamespace(free=int(need) + 1))
+    assert preflight.disk_problems(steps, {"study/tuned-model"}) == []
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda root: SimpleNamespace(free=int(need) - 10**6))
+    (problem,) = preflight.disk_problems(steps, {"study/tuned-model"})
+    assert problem.startswith("disk: the planned images need about 0.4 GB") and "0.4 GB are free" in problem

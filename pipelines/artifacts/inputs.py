@@ -28,6 +28,18 @@ from pipelines.artifacts.store import LocalStore, Store, file_sha256, parse_ref
 from pipelines.errors import ConfigError, StoreError
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".onnx", ".ckpt", ".dat")
+# Weights a recipe names by file that no library downloads: where to get them (a run's preflight
+# names the place when they are missing). FairFace publishes no checksums; the lineage pins the
+# files by their content hash.
+FAIRFACE_WEIGHTS = (
+    "FairFace's weights: download the folder linked from https://github.com/dchen236/FairFace#instructions-to-use-fairface"
+    " (https://drive.google.com/drive/folders/1B2gAnEpJ6oC9sMkcwS8v5Wk8PtHycHOV) into the named folder"
+)
+WHERE_TO_GET = dict.fromkeys(
+    ("res34_fair_align_multi_7_20190809.pt", "res34_fair_align_multi_4_20190809.pt",
+     "fairface_alldata_20191111.pt", "fairface_alldata_4race_20191111.pt"),
+    FAIRFACE_WEIGHTS,
+)  # fmt: skip
 KINDS = ("store", "hub", "folder", "file", "name")
 
 
@@ -77,7 +89,8 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
+    """Whether a model input is written as a path (a weights suffix, a leading `/`, `./`, `~`, or two `/`s)."""
     return (
         spec.startswith(("/", "./", "../", "~"))
         or spec.endswith(WEIGHT_SUFFIXES)
@@ -151,7 +164,7 @@ def _resolve(
         return ModelInput(spec, "hub", f"hf-hub:{found.pin}", found.path, found.repo_id, found.revision)
     if "name" in kinds and is_library_name is not None and is_library_name(spec):
         return ModelInput(spec, "name", spec)
-    if _looks_like_path(spec):
+    if looks_like_path(spec):
         raise ConfigError(f"{what}={spec!r}: no such file or folder")
     try:
         ref = parse_ref(spec, namespace=namespace)
