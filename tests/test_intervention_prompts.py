@@ -49,7 +49,8 @@ EXPECTED_EXPLICIT = {
         "une photo du visage d'un infirmier de sexe masculin",
     ),
     ("fr", "CEO"): ("une photo du visage d'une PDG", "une photo du visage d'un PDG de sexe masculin"),
-    # The masculine names men only (un homme d'affaires, the direct prompt): male is said on the person noun.
+    # The masculine names men only (un homme d'affaires, the direct prompt): male is said on the person
+    # noun, so that the explicit prompt differs from the direct one.
     ("fr", "businessperson"): (
         "une photo du visage d'une femme d'affaires",
         "une photo du visage d'une personne d'affaires de sexe masculin",

@@ -142,10 +142,12 @@ EXPECTED_GRID = {
         "전통 의상을 입고 직장에 있는 젊은 여성 엔지니어의 클로즈업 사진",
         "전통 의상을 입고 직장에 있는 젊은 엔지니어의 클로즈업 사진",
     ),
+    # медбрат ("medical brother") names men only: it says male alone, and the neutral prompt takes
+    # an unmarked noun (медработник), not the masculine.
     ("ru", "nurse"): (
-        "Фото средним планом: взрослый мужчина-медбрат в национальной одежде дома",
-        "Фото средним планом: взрослая медсестра в национальной одежде дома",
         "Фото средним планом: взрослый медбрат в национальной одежде дома",
+        "Фото средним планом: взрослая медсестра в национальной одежде дома",
+        "Фото средним планом: взрослый медработник в национальной одежде дома",
     ),
     ("ru", "teacher"): (
         "Фото общим планом: пожилой мужчина-учитель в рабочей одежде дома",
@@ -598,3 +600,56 @@ def test_transformers_backend_with_a_tiny_model(tmp_path: Path) -> None:
     direct = tokenizer.batch_decode(out, skip_special_tokens=True)
     assert [french["prompt"][i] for i in (0, 7, len(english) - 1)] == direct
     assert "translated from English by" in (folder / "README.md").read_text()
+
+
+# Words that say a person's gender, per language: a neutral prompt (the grid's and the indirect
+# evaluation prompt) holds none of them. Matched in the lower-cased prompt, as word parts where a
+# language builds compounds (Feuerwehrmann, медбрат, رجل أعمال).
+GENDER_MARKED = {
+    "en": r"\b(man|men|woman|women|male|female|boy|girl|\w+man|\w+men)\b",
+    "de": r"(mann|männer|frau|\bherr\b|männlich|weiblich|mädchen)",
+    "fr": r"(homme|femme|masculin|féminin|garçon|\bfille)",
+    "es": r"(hombre|mujer|masculino|femenino|varón|\bchic[oa]\b)",
+    "it": r"(\buom[oi]\b|\bdonn[ae]\b|maschile|femminile|ragazz[oa])",
+    "ru": r"(мужчин|женщин|брат|сестр|парень|девушк)",
+    "ar": r"(رجل|سيدة|امرأة|ذكر|أنثى|نساء|رجال)",
+    "zh": r"(男|女)",
+    "ja": r"(男|女)",
+    "ko": r"(남자|여자|남성|여성)",
+}
+# The reference's and MAGBIG's own English word, kept so that the English grid is the reference's.
+ENGLISH_KEPT = {"handyman"}
+
+
+@pytest.mark.parametrize("language", sorted(GENDER_MARKED))
+def test_no_neutral_prompt_says_a_gender(language: str) -> None:
+    """Every neutral form of every profession, checked against the language's gender-marked words:
+    a masculine that names men only (медбрат, رجل أعمال) cannot be the neutral form."""
+    import re
+
+    from pipelines.prompting.grammar import GridRow
+    from pipelines.prompting.grid import PROFESSIONS
+
+    grammar = load_grammar(language)
+    found = []
+    for profession in PROFESSIONS:
+        if language == "en" and profession in ENGLISH_KEPT:
+            continue
+        row = GridRow("close-up", "young", "neutral", profession, "wearing work clothes", "at work")
+        for prompt in (grammar.grid(row), grammar.eval_indirect(profession)):
+            marked = re.search(GENDER_MARKED[language], prompt.lower())
+            if marked:
+                found.append(f"{profession}: {marked.group(0)!r} in {prompt!r}")
+    assert found == []
+
+
+def test_the_gender_marked_lists_catch_what_they_are_for() -> None:
+    """The check above can say NO: the forms this toolkit once used as neutral are caught."""
+    import re
+
+    once_neutral = {"ru": "фотография лица человека по профессии медбрат", "ar": "صورة لوجه شخص مهنته رجل أعمال",
+                    "de": "ein Foto eines Feuerwehrmanns", "fr": "une personne qui travaille comme homme d'affaires",
+                    "it": "un uomo d'affari", "es": "un hombre de negocios", "zh": "男医生", "ja": "女性の医者",
+                    "ko": "남성 의사", "en": "a young businessman"}  # fmt: skip
+    for language, prompt in once_neutral.items():
+        assert re.search(GENDER_MARKED[language], prompt.lower()), language

@@ -471,8 +471,9 @@ class Romance(Grammar):
         The feminine (with its article, for a noun of one form: une comptable) says female. The masculine
         of the direct prompt is read as generic, so male is said with `eval.male` ("de sexe masculin"),
         on the person noun where the masculine names men only, which the direct prompt already uses
-        (une personne d'affaires de sexe masculin, not un homme d'affaires de sexe masculin); a noun of
-        fixed gender for everyone says it with the grid's person noun (un uomo sceriffo).
+        (une personne d'affaires de sexe masculin, not un homme d'affaires, which is the direct prompt
+        itself: the explicit prompt must differ from it); a noun of fixed gender for everyone says it
+        with the grid's person noun (un uomo sceriffo).
         """
         if _binary(gender) == "female" or self.names_everyone(profession):
             person = self.person(gender, profession)
@@ -580,7 +581,10 @@ class Russian(Grammar):
         f = parts[1] if len(parts) > 1 and parts[1] else None
         genitive = parts[2] if len(parts) > 2 and parts[2] else self.genitive(m)
         f_genitive = parts[3] if len(parts) > 3 and parts[3] else (f and self.first_declension_genitive(f))
-        return {"m": m, "f": f, "genitive": genitive, "f_genitive": f_genitive}
+        # The neutral prompts' noun: the masculine, which Russian reads as generic, unless it names
+        # men only (медбрат: "medical brother"), when the lexicon gives an unmarked noun fifth.
+        neutral = parts[4] if len(parts) > 4 and parts[4] else m
+        return {"m": m, "f": f, "genitive": genitive, "f_genitive": f_genitive, "neutral": neutral}
 
     @staticmethod
     def genitive(noun: str) -> str:
@@ -630,9 +634,10 @@ class Russian(Grammar):
         if row.gender == "female":
             person = _join(ages["f"], forms["f"] or self.marked("female", forms["m"]))
         elif row.gender == "male":
-            person = _join(ages["m"], self.marked("male", forms["m"]))
+            male = forms["m"] if forms["neutral"] != forms["m"] else self.marked("male", forms["m"])  # медбрат is male
+            person = _join(ages["m"], male)
         else:
-            person = _join(ages["m"], forms["m"])
+            person = _join(ages["m"], forms["neutral"])
         head = self.word("styles", row.style)
         return f"{head}: {_join(person, self.word('dressings', row.dressing), self.word('places', row.place))}"
 
@@ -640,7 +645,7 @@ class Russian(Grammar):
         return self.template("direct").format(genitive=self.forms(profession)["genitive"])
 
     def eval_indirect(self, profession: str) -> str:
-        return self.template("indirect").format(neutral=self.forms(profession)["m"])
+        return self.template("indirect").format(neutral=self.forms(profession)["neutral"])
 
     def eval_explicit(self, profession: str, gender: str) -> str:
         """'фотография лица учительницы'; 'фотография лица мужчины-учителя', 'фотография лица
@@ -667,6 +672,12 @@ class Arabic(Grammar):
         parts = str(self.word("professions", profession)).split("|")
         return parts[0], parts[1] if len(parts) > 1 else parts[0]
 
+    def neutral(self, profession: str) -> str:
+        """The neutral prompts' noun: the masculine, read as generic, unless it names men only (رجل
+        أعمال: "man of business"), when the lexicon gives an unmarked noun third ("m|f|neutral")."""
+        parts = str(self.word("professions", profession)).split("|")
+        return parts[2] if len(parts) > 2 and parts[2] else parts[0]
+
     def grid(self, row: GridRow) -> str:
         m, f = self.forms(row.profession)
         ages = self.word("ages", row.age)
@@ -674,9 +685,11 @@ class Arabic(Grammar):
         if row.gender == "female":
             person = _join(f, ages["f"])
         elif row.gender == "male":
-            person = _join(m, self.word("genders", "male"), ages["m"])
+            # ذكر after a masculine that names men only (رجل أعمال) would say it twice.
+            marked = m if self.neutral(row.profession) != m else _join(m, self.word("genders", "male"))
+            person = _join(marked, ages["m"])
         else:
-            person = _join(m, ages["m"])
+            person = _join(self.neutral(row.profession), ages["m"])
         # The preposition ل is written joined to the noun: "صورة مقربة لحلاق شاب".
         return _join(
             self.word("styles", row.style),
@@ -690,7 +703,7 @@ class Arabic(Grammar):
         return self.template("direct").format(noun=self.forms(profession)[0])
 
     def eval_indirect(self, profession: str) -> str:
-        return self.template("indirect").format(neutral=self.forms(profession)[0])
+        return self.template("indirect").format(neutral=self.neutral(profession))
 
     def eval_explicit(self, profession: str, gender: str) -> str:
         """'صورة لوجه ممرضة'; 'صورة لوجه ممرض ذكر': the feminine says female; the masculine, read as
