@@ -22,6 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.architectures import M9_TEXT_ENCODER  # noqa: E402
 from benchmarks.common import count_flops, machine, scratch, write_report  # noqa: E402
 from pipelines import build_tiny_model, collect_datasets, generate_images, generate_prompts  # noqa: E402
 from training.train_text_to_image import TrainArguments, run  # noqa: E402
@@ -128,7 +129,7 @@ def rss() -> dict[str, int]:
     return {name: int(fields[name].split()[0]) * 1024 for name in ("RssAnon", "RssFile")}
 
 
-def text_state_memory(captions: int, tokens: int = 512, width: int = 1024) -> dict:
+def text_state_memory(captions: int, tokens: int = 512, width: int = M9_TEXT_ENCODER["project_dim"]) -> dict:
     """`measure_text_state_memory` in a fresh process: memory the training run freed would otherwise
     be reused by the allocator and hide what a cache costs."""
     import json
@@ -144,7 +145,8 @@ def text_state_memory(captions: int, tokens: int = 512, width: int = 1024) -> di
 
 
 def measure_text_state_memory(captions: int, tokens: int, width: int) -> dict:
-    """Memory of cached text states with AltDiffusion-m9's encoder (512 tokens, width 1024), per
+    """Memory of cached text states with AltDiffusion-m9's encoder (512 tokens; width 768, its
+    projection's, which the UNet attends to: XLM-R's own 1,024 is projected before it is cached), per
     10,000 captions: held in memory as fp32 tensors (before), and as the training script caches
     them (fp16, on disk, memory-mapped, read through its `CachedLatents`). Measured on `captions`
     captions and scaled; private memory is what the process cannot give back, file-backed pages are

@@ -83,6 +83,7 @@ def test_cpu_benchmarks_report_their_ratios(tmp_path: Path, name: str, argv: lis
             assert ceiling[f"speedup_ceiling_{kind}"] == pytest.approx((unet + removed) / unet, abs=0.01)
         # m9's 512-token text states: memory-mapped fp16 keeps them out of private memory
         memory = report["text_state_memory"]
+        assert memory["width"] == 768  # the projection's width, which is what the UNet attends to and is cached
         assert memory["before_private_gib_per_10k"] > 2 * max(memory["after_private_gib_per_10k"], 0.5)
         assert memory["after_disk_gib_per_10k"] == pytest.approx(memory["before_private_gib_per_10k"] / 2, rel=0.1)
     if name == "bench_generate":  # bfloat16 images against their float32 twins, in 8-bit levels
