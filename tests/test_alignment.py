@@ -181,3 +181,18 @@ def test_alignment_defaults_to_the_reference_clip_and_refuses_an_activation_mism
         evaluate_alignment.Arguments(
             store_root=tiny_study["store_root"], clip_model="ViT-L-14-quickgelu", clip_pretrained="laion2b_s32b_b82k"
         )
+
+
+def test_the_toolkit_loads_clip_with_the_metric_module_s_own_loader() -> None:
+    """One loader: the stages' CLIP comes from the standalone metric module's functions, with the
+    module's ValueErrors as the toolkit's one-line ConfigErrors."""
+    from pipelines.modeling import clip
+
+    module = clip.metric_module()
+    assert clip.REFERENCE_CLIP == module.REFERENCE_CLIP
+    with pytest.raises(ValueError, match="trained with QuickGELU"):
+        module.check_activation("ViT-L-14", "openai")
+    with pytest.raises(ConfigError, match="trained with QuickGELU"):
+        clip.check_activation("ViT-L-14", "openai")
+    with pytest.raises(ConfigError, match="could not be loaded"):
+        clip.load_open_clip("no-such-open-clip-model")

@@ -23,8 +23,17 @@ LAYERS = {
     "pipelines.harness": 2,
     "pipelines.modeling": 2,
     "pipelines.perception": 3,
+    # The evaluate modules stand alone (each folder is a Space with its own requirements): they import
+    # nothing of the project, and the toolkit reads them (and the card templates) from below.
+    "spaces.clip_score": -1,
+    "spaces.fairness_metrics": -1,
+    "hub_cards": -1,
+    # The comparison Space imports the ground floor only (publish_space copies those modules beside it).
+    "spaces.compare_languages": 3,
+    "benchmarks": 5,  # measure anything; nothing imports them
 }
 STAGE_LAYER = 4  # pipelines/<stage>.py, pipelines/run.py, training/
+PROJECT_TOPS = ("pipelines", "training", "spaces", "benchmarks", "hub_cards")
 HEAVY = ("torch", "transformers", "diffusers")
 LIGHT_MODULES = [
     "pipelines.errors",
@@ -47,6 +56,8 @@ def package_of(module: str) -> str:
     parts = module.split(".")
     if len(parts) >= 2 and ".".join(parts[:2]) in LAYERS:
         return ".".join(parts[:2])
+    if parts[0] in ("benchmarks", "hub_cards"):  # one layer for the whole folder
+        return parts[0]
     return module
 
 
@@ -59,7 +70,8 @@ def layer_of(module: str) -> int:
 
 def project_modules() -> dict[str, Path]:
     modules = {}
-    for path in sorted([*REPO_ROOT.glob("pipelines/**/*.py"), *REPO_ROOT.glob("training/*.py")]):
+    for path in sorted([*REPO_ROOT.glob("pipelines/**/*.py"), *REPO_ROOT.glob("training/*.py"),
+                        *REPO_ROOT.glob("spaces/*/*.py"), *REPO_ROOT.glob("benchmarks/*.py")]):  # fmt: skip
         parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
@@ -68,10 +80,19 @@ def project_modules() -> dict[str, Path]:
 
 
 def imports_of(path: Path) -> list[tuple[str, int]]:
-    """Every project module a file imports (at any depth: lazy imports count), with its line."""
+    """Every project module a file imports (at any depth: lazy imports count), with its line, and every
+    project folder or file it reads by path (`PROJECT_ROOT / "spaces" / "clip_score"`), as the module
+    or package there: a reach by path is an import the interpreter does not see."""
+    from pipelines.harness.code_version import reached_paths
+
+    source = path.read_text(encoding="utf-8")
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("pipelines", "training"):
+    for reached in reached_paths(source, path, REPO_ROOT):
+        parts = reached.relative_to(REPO_ROOT).with_suffix("").parts if reached.is_relative_to(REPO_ROOT) else ()
+        if parts and parts[0] in PROJECT_TOPS and not reached.is_relative_to(path.parent):
+            found.append((".".join(parts[:2]), 0))
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PROJECT_TOPS:
             if node.module in ("pipelines", "pipelines.artifacts", "pipelines.prompting", "pipelines.modeling"):
                 # `from pipelines import classify` imports a module; `from pipelines import __version__` does not.
                 for alias in node.names:
@@ -80,7 +101,7 @@ def imports_of(path: Path) -> list[tuple[str, int]]:
             else:
                 found.append((node.module, node.lineno))
         elif isinstance(node, ast.Import):
-            found += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] in ("pipelines", "training")]
+            found += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] in PROJECT_TOPS]
     return found
 
 
@@ -90,7 +111,7 @@ def test_every_module_imports_only_lower_layers_and_no_stage_imports_another() -
     for module, path in modules.items():
         own_layer, own_package = layer_of(module), package_of(module)
         for imported, line in imports_of(path):
-            if package_of(imported) == own_package and own_layer < STAGE_LAYER:
+            if package_of(imported) == own_package and own_layer != STAGE_LAYER:
                 continue  # within a package
             if own_layer == STAGE_LAYER and layer_of(imported) == STAGE_LAYER:
                 problems.append(f"{path.relative_to(REPO_ROOT)}:{line}: a stage imports {imported}")
@@ -100,6 +121,21 @@ def test_every_module_imports_only_lower_layers_and_no_stage_imports_another() -
                     f"(layer {layer_of(imported)})"
                 )
     assert problems == []
+
+
+def test_a_metric_module_that_imports_or_reaches_the_toolkit_is_caught(tmp_path: Path) -> None:
+    """The evaluate modules are the floor: one that imports a stage, or any toolkit module, breaks the
+    layering, and a stage that reaches the comparison Space by path is seen as importing it."""
+    metric = tmp_path / "fairness_metrics.py"
+    metric.write_text("import evaluate\nfrom pipelines.modeling.clip import load_open_clip\n")
+    (imported, _), *_ = imports_of(metric)
+    assert layer_of(imported) >= layer_of("spaces.fairness_metrics.fairness_metrics")
+    stage = tmp_path / "evaluate_bias.py"
+    stage.write_text('from pipelines import PROJECT_ROOT\nM = PROJECT_ROOT / "spaces" / "fairness_metrics"\n')
+    assert ("spaces.fairness_metrics", 0) in imports_of(stage)
+    assert {"spaces.clip_score.clip_score", "spaces.compare_languages.app", "benchmarks.bench_train"} <= set(
+        project_modules()
+    )
 
 
 def test_the_checker_catches_an_upward_and_a_sideways_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,3 +166,57 @@ def test_the_comparison_space_data_module_loads_without_them() -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+# Run inside a fresh interpreter before anything else: the project is off sys.path and cannot be imported.
+_WITHOUT_THE_PROJECT = f"""
+import importlib.abc, sys
+class _OffPath(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {PROJECT_TOPS!r}:
+            raise ImportError(f"{{name}}: the project is off sys.path")
+sys.meta_path.insert(0, _OffPath())
+sys.path = [p for p in sys.path if p not in ("", {str(REPO_ROOT)!r})]
+"""
+METRIC_RUNS = {
+    "fairness_metrics": "r = m.compute(predictions=['male', 'female', 'male'], references=['CEO', 'CEO', 'nurse'], "
+    "labels=['male', 'female'], num_occupations=2, rounds=20); print(round(r['mean_l1'], 3))",
+    "clip_score": "from PIL import Image; r = m.compute(predictions=[Image.new('RGB', (32, 32))], "
+    "references=['a photo'], model=MODEL); print(len(r['scores']))",
+}
+
+
+@pytest.mark.parametrize("name", sorted(METRIC_RUNS))
+def test_each_metric_module_runs_from_a_copy_of_its_folder_alone(name: str, tmp_path: Path) -> None:
+    """`evaluate.load(folder)` on a copy of the Space's folder, in an interpreter where no project
+    module can be imported; and every package the module imports is in the folder's requirements.txt."""
+    import importlib.metadata
+    import shutil
+
+    from pipelines.modeling.tiny import build_tiny_open_clip
+
+    folder = shutil.copytree(REPO_ROOT / "spaces" / name, tmp_path / name)
+    model = str(build_tiny_open_clip(tmp_path / "tiny-clip")) if name == "clip_score" else ""
+    code = _WITHOUT_THE_PROJECT + f"import evaluate; MODEL = {model!r}; m = evaluate.load({str(folder)!r}); "
+    result = subprocess.run([sys.executable, "-c", code + METRIC_RUNS[name]], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == {"fairness_metrics": "0.5", "clip_score": "1"}[name]
+    required = {
+        line.split("==")[0].split(">=")[0].split("<")[0].strip().lower().replace("_", "-")
+        for line in (folder / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    distributions = importlib.metadata.packages_distributions()
+    for source in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - {"study_data"}:
+                assert top not in PROJECT_TOPS, f"{source.name} imports {top}"
+                wanted = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                assert wanted & required, f"{source.name} imports {top}, which its requirements.txt does not install"

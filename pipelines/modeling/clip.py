@@ -1,72 +1,54 @@
-"""open_clip models by name and pretrained tag, by `hf-hub:` name, or from a folder in open_clip's
-Hub layout (`open_clip_config.json` and weights).
+"""open_clip models for the toolkit: the CLIP score module's own loader (`spaces/clip_score`), so
+that the Space, `evaluate.load` and every stage load a CLIP model the same way, with its errors
+as one-line ConfigErrors.
 
-OpenAI's CLIP weights were trained with QuickGELU. open_clip 3 builds `ViT-L-14` with plain GELU
-and loads `openai` weights into it with only a warning, so the embeddings drift from the model the
-reference study used; the matching name is `ViT-L-14-quickgelu`. A known mismatch of this kind is
-refused here, before any weights load.
+The metric module must stand alone (its folder runs as a Space with its own requirements), so the
+loader lives there and this module reads it from the file; the import graph of the layer test and
+the code version of reuse both see the reach (`PROJECT_ROOT / "spaces" / "clip_score"`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
+import importlib.util
+from types import ModuleType
 from typing import Any
 
+from pipelines import PROJECT_ROOT
 from pipelines.errors import ConfigError
 
-# The reference study's CLIP: OpenAI's ViT-L/14, which uses QuickGELU.
+METRIC_FILE = PROJECT_ROOT / "spaces" / "clip_score" / "clip_score.py"
+
+# The reference study's CLIP: OpenAI's ViT-L/14, which uses QuickGELU (the metric module's constant).
 REFERENCE_CLIP = ("ViT-L-14-quickgelu", "openai")
+
+
+@functools.cache
+def metric_module() -> ModuleType:
+    """The CLIP score module, imported from its file once per process."""
+    spec = importlib.util.spec_from_file_location("t2i_bias_clip_score", METRIC_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def is_open_clip_name(name: str) -> bool:
     """Whether open_clip knows a model name (its registry, or an `hf-hub:` name)."""
-    import open_clip
-
-    return name.startswith("hf-hub:") or name in open_clip.list_models()
+    return metric_module().is_open_clip_name(name)
 
 
 def check_activation(model: str, pretrained: str | None) -> None:
     """Refuses weights trained with one activation (QuickGELU or GELU) in a model built with the other."""
-    if pretrained is None or Path(model).is_dir() or model.startswith("hf-hub:"):
-        return
-    import open_clip
-    from open_clip import pretrained as registry
-
-    config = open_clip.get_model_config(model)
-    # Weights are registered under the name of the model they were trained in: look there too.
-    weights = registry.get_pretrained_cfg(model, pretrained) or registry.get_pretrained_cfg(
-        model.removesuffix("-quickgelu"), pretrained
-    )
-    if not config or not weights:
-        return
-    trained, built = bool(weights.get("quick_gelu", False)), bool(config.get("quick_gelu", False))
-    if trained != built:
-        wanted = [
-            name
-            for name in (f"{model}-quickgelu", model.removesuffix("-quickgelu"))
-            if name != model and pretrained in registry.list_pretrained_tags_by_model(name)
-        ]
-        raise ConfigError(
-            f"open_clip model {model!r} with pretrained {pretrained!r}: the weights were trained with "
-            f"{'QuickGELU' if trained else 'GELU'} but {model!r} runs {'QuickGELU' if built else 'GELU'}"
-            + (f"; use {wanted[0]!r}" if wanted else "")
-        )
+    try:
+        metric_module().check_activation(model, pretrained)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_open_clip(model: str, pretrained: str | None = None, device: str = "cpu") -> tuple[Any, Any, Any]:
     """(model, image preprocess, tokenizer) for a folder, an open_clip name with a pretrained tag,
     or an `hf-hub:` name."""
-    import open_clip
-
-    if Path(model).is_dir():
-        pretrained = None  # a folder (a store repo, an hf-hub download) holds its own weights
-    check_activation(model, pretrained)
-    name = f"local-dir:{Path(model).resolve()}" if Path(model).is_dir() else model
     try:
-        clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
-        tokenizer = open_clip.get_tokenizer(name)
-    except (RuntimeError, OSError, ValueError) as err:
-        raise ConfigError(
-            f"open_clip model {model!r} (pretrained {pretrained!r}) could not be loaded: {str(err).splitlines()[0]}"
-        ) from None
-    return clip.eval(), preprocess, tokenizer
+        return metric_module().load_open_clip(model, pretrained, device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
