@@ -21,10 +21,10 @@ from pipelines.artifacts.inputs import ModelInput, resolve_model
 from pipelines.artifacts.store import LocalStore, card_metadata
 from pipelines.errors import ConfigError
 from pipelines.modeling.diffusion import LORA_WEIGHTS, ROBERTA_SERIES_MODULE, load_pipeline
-from pipelines.modeling.tiny import build_m9_layout
 from training.train_text_to_image import TrainArguments
 
 from .conftest import REPO_ROOT, image_arguments, run_python
+from .m9_layout import build_m9_layout
 
 SCRIPT = str(REPO_ROOT / "training" / "train_text_to_image.py")
 

@@ -285,10 +285,3 @@ def face_chip(image: np.ndarray, face: Face, size: int = CHIP_SIZE, padding: flo
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REFLECT,
     )
-
-
-def to_chip(points: np.ndarray, face: Face, size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> np.ndarray:
-    """Where image points land in the face's chip."""
-    matrix = np.vstack([chip_to_image(face, size, padding), [0, 0, 1]])
-    inverse = np.linalg.inv(matrix)[:2]
-    return np.asarray(points, dtype=np.float64) @ inverse[:, :2].T + inverse[:, 2]
