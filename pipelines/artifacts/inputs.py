@@ -208,15 +208,30 @@ def _from_hub(
     return ModelInput(spec, "hub", f"{repo_id}@{folder.name}", folder, repo_id, folder.name)
 
 
+# diffusers' weight variants, written into the file name (`diffusion_pytorch_model.fp16.safetensors`).
+WEIGHT_VARIANTS = ("fp16", "bf16", "fp32", "non_ema", "ema_only")
+
+
+def variant_of(name: str) -> str | None:
+    """The variant a weights file name carries (`a.fp16.safetensors`, `a.safetensors.index.fp16.json`)."""
+    return next((part for part in Path(name).name.split(".")[1:] if part in WEIGHT_VARIANTS), None)
+
+
 def diffusers_files(files: list[str], model_index: dict) -> list[str]:
     """The files a diffusers pipeline loads: its components (no safety checker or feature
-    extractor), safetensors over `.bin` where a component has both.
+    extractor), safetensors over `.bin` where a component has both, and one variant of each weight:
+    the pipeline loads the plain files, so a `fp16` or `non_ema` copy beside them is not fetched.
 
     Example:
         >>> index = {"unet": ["diffusers", "UNet2DConditionModel"], "safety_checker": ["x", "Y"]}
         >>> diffusers_files(["model_index.json", "unet/config.json", "unet/a.bin", "unet/a.safetensors",
         ...                  "safety_checker/model.bin", "README.md"], index)
         ['model_index.json', 'unet/a.safetensors', 'unet/config.json']
+        >>> diffusers_files(["model_index.json", "unet/config.json", "unet/a.safetensors", "unet/a.fp16.safetensors",
+        ...                  "unet/a.non_ema.bin"], index)
+        ['model_index.json', 'unet/a.safetensors', 'unet/config.json']
+        >>> diffusers_files(["unet/config.json", "unet/a.fp16.safetensors"], index)  # only a variant: that one
+        ['model_index.json', 'unet/a.fp16.safetensors', 'unet/config.json']
     """
     skip = {"safety_checker", "feature_extractor"}
     components = {
@@ -227,6 +242,8 @@ def diffusers_files(files: list[str], model_index: dict) -> list[str]:
     wanted = ["model_index.json"]
     for component in sorted(components):
         inside = [f for f in files if f.startswith(f"{component}/")]
+        if any(f.endswith((".safetensors", ".bin")) and variant_of(f) is None for f in inside):
+            inside = [f for f in inside if variant_of(f) is None]
         has_safetensors = any(f.endswith(".safetensors") for f in inside)
         for name in inside:
             if name.endswith(".bin") and has_safetensors:
