@@ -108,8 +108,14 @@ def test_contention_benchmark_reports_each_policy_alone_and_beside_a_neighbour(t
 
     report = bench_contention.main(["--seconds", "1", "--results_dir", str(tmp_path)])
     assert json.loads((tmp_path / "contention.json").read_text()) == report
-    assert set(report["policies"]) == {"all cores", "all cores, passive wait", "one thread"}
-    for policy in report["policies"].values():
+    policies = report["policies"]
+    assert set(policies) == {"toolkit default", "all cores", "all cores, passive wait", "one thread"}
+    # The toolkit's default takes the cores a neighbour leaves free; the others are fixed.
+    default = policies["toolkit default"]
+    assert 1 <= default["threads_beside_neighbours"] <= default["threads_alone"] <= report["usable_cpus"]
+    assert policies["one thread"]["threads_alone"] == policies["one thread"]["threads_beside_neighbours"] == 1
+    assert policies["all cores"]["threads_beside_neighbours"] == report["usable_cpus"]
+    for policy in policies.values():
         assert positive(policy["steps_per_second_alone"]) and positive(policy["steps_per_second_beside_neighbours"])
         assert policy["slowdown"] == pytest.approx(
             policy["steps_per_second_alone"] / policy["steps_per_second_beside_neighbours"], rel=0.05
