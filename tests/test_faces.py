@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -327,38 +326,69 @@ def test_clip_non_binary_bucket_follows_the_margin(
 class StandIn:
     def __init__(self, output: float | list[float]):
         self.output = np.asarray(output, dtype=np.float32)
-        self.calls = 0
+        self.calls, self.seen = 0, []
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         self.calls += 1
+        self.seen.append(image)
         return self.output
 
 
-def test_deepface_with_stand_in_models(astronaut: np.ndarray, detected: dict[str, faces.Face]) -> None:
+def test_deepface_with_stand_in_models(
+    astronaut: np.ndarray, detected: dict[str, faces.Face], monkeypatch: pytest.MonkeyPatch
+) -> None:
     stand_ins = {
         "Age": StandIn(34.0),
         "Gender": StandIn([0.2, 0.8]),
         "Race": StandIn([0.1, 0.6, 0.1, 0.1, 0.05, 0.05]),
     }
     classifier = DeepFaceClassifier(models=stand_ins)
-    (result,) = classifier.classify([crop(astronaut, detected["haar"])])
+    chip = crop(astronaut, detected["haar"])
+    (result,) = classifier.classify([chip])
     assert stand_ins["Gender"].calls == 1
     # deepface's labels: Gender [Woman, Man]; Race [asian, indian, black, white, middle eastern, latino hispanic]
     assert result.gender == "male" and result.gender_scores == pytest.approx([0.8, 0.2], abs=1e-4)
     assert result.race == "Indian" and result.age == "30-39"
 
+    # The same numbers as DeepFace.analyze on the same chip, given the same models through its cache.
+    from deepface import DeepFace
+    from deepface.modules import modeling
+
+    monkeypatch.setattr(modeling, "cached_models", {"facial_attribute": dict(stand_ins)}, raising=False)
+    (analyzed,) = DeepFace.analyze(
+        chip.chip[:, :, ::-1].copy(), ("age", "gender", "race"), detector_backend="skip", enforce_detection=False,
+        silent=True,
+    )  # fmt: skip
+    assert result.gender_scores == pytest.approx([analyzed["gender"][k] / 100 for k in ("Man", "Woman")])
+    assert result.age == "30-39" and analyzed["age"] == 34 and analyzed["dominant_race"] == "indian"
+    assert np.array_equal(stand_ins["Age"].seen[0], stand_ins["Age"].seen[1])  # the same pixels reached the model
+
+    # Two classifiers in one process each run their own models; deepface's cache is not touched.
+    cache = {"facial_attribute": {}}
+    monkeypatch.setattr(modeling, "cached_models", cache, raising=False)
+    other = DeepFaceClassifier(
+        models={"Age": StandIn(71.0), "Gender": StandIn([0.9, 0.1]), "Race": StandIn([1, 0, 0, 0, 0, 0])}
+    )
+    (second,) = other.classify([chip])
+    (first,) = classifier.classify([chip])
+    assert (first.gender, first.age, first.race) == ("male", "30-39", "Indian")
+    assert (second.gender, second.age, second.race) == ("female", "70+", "East Asian")
+    assert cache == {"facial_attribute": {}}
+
 
 def test_deepface_missing_weights_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from deepface.modules import modeling
 
-    monkeypatch.setattr(modeling, "cached_models", {task: {} for task in modeling.AVAILABLE_MODELS}, raising=False)
+    class Offline:
+        def __init__(self) -> None:
+            raise ConnectionError("no network")  # what deepface's first-use download meets offline
 
-    def offline(*args: Any, **kwargs: Any) -> NoReturn:
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(modeling, "build_model", offline)
+    monkeypatch.setattr(modeling, "get_model_class", lambda task, name: Offline)
     with pytest.raises(ConfigError, match="classifier='deepface': weights of its Age model are missing"):
         DeepFaceClassifier()
+    # A model given for one of the three does not hide the others' missing weights.
+    with pytest.raises(ConfigError, match="weights of its Gender model are missing"):
+        DeepFaceClassifier(models={"Age": StandIn(30.0)})
 
 
 def test_unknown_classifier_names_the_allowed() -> None:

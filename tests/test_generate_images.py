@@ -3,7 +3,6 @@ after a kill, are tested for every sharded stage in test_sharded_stages.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,7 @@ from pipelines import collect_datasets, generate_images
 from pipelines.artifacts.store import LocalStore
 from pipelines.errors import ConfigError
 
-from .conftest import image_arguments
-
-
-def data_digest(folder: Path) -> dict[str, str]:
-    """sha256 of every data file of an artifact, by relative path."""
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted((folder / "data").rglob("*.parquet"))
-    }
+from .conftest import LoadedByRuns, data_digest, image_arguments
 
 
 def test_images_dataset_deterministic_and_paired(tiny_study: dict) -> None:
@@ -76,7 +67,9 @@ def test_what_determinism_holds(tiny_study: dict) -> None:
     assert difference.max() <= 2  # same seeds; only batched float sums round differently
 
 
-def test_two_models_with_sega_in_one_process_each_publish_their_own_images(tiny_study: dict) -> None:
+def test_two_models_with_sega_in_one_process_each_publish_their_own_images(
+    tiny_study: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run is a value: the SEGA pipeline one run builds goes with it. Run in one process, as a recipe
     does: model A, then model B, then A again into another repo. B's images are B's (not A's), and
     A's second run makes A's bytes again; the module's STAGE keeps nothing of any run."""
@@ -87,6 +80,7 @@ def test_two_models_with_sega_in_one_process_each_publish_their_own_images(tiny_
         build_tiny_model.Arguments(**common, input=tiny_study["prompts"], seed=7, output_repo="tiny-sega-other")
     )
     store = LocalStore(tiny_study["store_root"])
+    loaded = LoadedByRuns(generate_images.GenerateImages, monkeypatch)
     made, pixels = {}, {}
     for name, model in [("a", tiny_study["model"]), ("b", str(other)), ("a-again", tiny_study["model"])]:
         arguments = image_arguments(tiny_study, model=model, interventions=["sega"], output_repo=f"sega-{name}",
@@ -98,6 +92,7 @@ def test_two_models_with_sega_in_one_process_each_publish_their_own_images(tiny_
             row["image"]["bytes"] for row in pq.read_table(next(folder.glob("data/*-sega/*.parquet"))).to_pylist()
         ]
         assert vars(generate_images.STAGE) == {}, name
+        assert loaded.alive() == [], name  # the pipeline and its SEGA twin went with the run
     assert made["a-again"] == made["a"]
     assert pixels["a"] and all(b != a for a, b in zip(pixels["a"], pixels["b"]))
 

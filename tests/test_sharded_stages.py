@@ -4,7 +4,6 @@ and two identical runs at once publishing one revision."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from pipelines import build_tiny_model, generate_images
 from pipelines.artifacts.store import LocalStore
 
-from .conftest import REPO_ROOT, image_arguments
+from .conftest import REPO_ROOT, data_digest, image_arguments
 
 # Kills its own process (SIGKILL: no cleanup, no finally) right after the stage writes its second shard.
 KILLED_AFTER_TWO_SHARDS = """
@@ -33,14 +32,6 @@ dataset_files.DatasetWriter.write_shard = write_then_die
 import importlib
 importlib.import_module("pipelines." + sys.argv[1]).STAGE.main(sys.argv[2:])
 """
-
-
-def data_digest(folder: Path) -> dict[str, str]:
-    """sha256 of every data file of an artifact, by relative path."""
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted((folder / "data").rglob("*.parquet"))
-    }
 
 
 @pytest.fixture(scope="module")

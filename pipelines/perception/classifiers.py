@@ -332,7 +332,13 @@ DEEPFACE_RACES = {
 
 
 class DeepFaceClassifier:
-    """deepface's `analyze` on pre-cut face chips (`detector_backend="skip"`)."""
+    """deepface's age, gender and race models on pre-cut face chips, as `DeepFace.analyze` runs them
+    with `detector_backend="skip"`.
+
+    The models are this classifier's own. deepface keeps the models `analyze` uses in a process-wide
+    cache (`modeling.cached_models`): through it a second classifier in the same process (a recipe)
+    ran the first one's models, and a finished run's models stayed in memory until the process ended.
+    """
 
     name = "deepface"
     MODELS = ("Age", "Gender", "Race")
@@ -340,19 +346,17 @@ class DeepFaceClassifier:
     def __init__(self, models: dict[str, Any] | None = None):
         from deepface.modules import modeling
 
-        if not hasattr(modeling, "cached_models"):
-            modeling.cached_models = {task: {} for task in modeling.AVAILABLE_MODELS}
-        for name, model in (models or {}).items():
-            modeling.cached_models["facial_attribute"][name] = model  # stand-ins, as in the tests
+        given = models or {}
+        self.models = {}
         for name in self.MODELS:
-            if modeling.cached_models["facial_attribute"].get(name) is None:
-                try:
-                    modeling.build_model(task="facial_attribute", model_name=name)
-                except Exception as err:  # deepface downloads weights on first use; here that fails
-                    raise ConfigError(
-                        f"classifier='deepface': weights of its {name} model are missing and cannot be downloaded "
-                        f"({type(err).__name__}); put them in $DEEPFACE_HOME/.deepface/weights"
-                    ) from None
+            try:
+                # get_model_class(...)() builds a fresh model, outside deepface's cache.
+                self.models[name] = given.get(name) or modeling.get_model_class("facial_attribute", name)()
+            except Exception as err:  # deepface downloads weights on first use; here that fails
+                raise ConfigError(
+                    f"classifier='deepface': weights of its {name} model are missing and cannot be downloaded "
+                    f"({type(err).__name__}); put them in $DEEPFACE_HOME/.deepface/weights"
+                ) from None
 
     def describe(self) -> dict[str, Any]:
         from importlib import metadata
@@ -360,25 +364,29 @@ class DeepFaceClassifier:
         return {"package": f"deepface {metadata.version('deepface')}"}
 
     def classify(self, crops: list[FaceCrop]) -> list[Attributes]:
-        from deepface import DeepFace
+        from deepface.models.demography.DemographyUtils import GENDER_LABELS as DEEPFACE_GENDER_ORDER
+        from deepface.models.demography.DemographyUtils import RACE_LABELS as DEEPFACE_RACE_ORDER
+        from deepface.modules import detection, preprocessing
 
         out = []
-        for crop in crops:  # analyze takes one image; with detection skipped it is a single forward per model
-            (result,) = DeepFace.analyze(
-                crop.chip[:, :, ::-1].copy(),
-                actions=("age", "gender", "race"),
-                detector_backend="skip",
-                enforce_detection=False,
-                silent=True,
+        for crop in crops:  # deepface's models take one image each
+            # analyze's own steps: the chip as deepface loads a BGR array, back to BGR, padded to 224.
+            (face,) = detection.extract_faces(
+                crop.chip[:, :, ::-1].copy(), detector_backend="skip", enforce_detection=False, grayscale=False
             )
-            gender = [result["gender"]["Man"] / 100, result["gender"]["Woman"] / 100]
+            pixels = preprocessing.resize_image(img=face["face"][:, :, ::-1], target_size=(224, 224))
+            age = int(self.models["Age"].predict(pixels))  # analyze reports whole years
+            genders = np.asarray(self.models["Gender"].predict(pixels), dtype=float)
+            scores = {DEEPFACE_GENDERS[label]: float(value) for label, value in zip(DEEPFACE_GENDER_ORDER, genders)}
+            gender = [scores[label] for label in GENDER_LABELS]
+            predicted = np.asarray(self.models["Race"].predict(pixels), dtype=float)
             race = np.zeros(len(RACE_LABELS))
-            for label, value in result["race"].items():
-                race[RACE_LABELS.index(DEEPFACE_RACES[label])] += value / 100
-            group = age_group(float(result["age"]))
+            for label, value in zip(DEEPFACE_RACE_ORDER, predicted / predicted.sum()):
+                race[RACE_LABELS.index(DEEPFACE_RACES[label])] += value
+            group = age_group(float(age))
             out.append(
                 Attributes(
-                    DEEPFACE_GENDERS[result["dominant_gender"]],
+                    DEEPFACE_GENDERS[DEEPFACE_GENDER_ORDER[int(np.argmax(genders))]],  # analyze's dominant gender
                     gender,
                     _argmax(RACE_LABELS, race),
                     race.tolist(),
