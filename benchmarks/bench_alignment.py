@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -22,11 +21,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.common import machine, scratch, write_report  # noqa: E402
 from pipelines.modeling.clip import load_open_clip  # noqa: E402
 from pipelines.modeling.tiny import build_tiny_open_clip  # noqa: E402
+from pipelines.resources import space_folder  # noqa: E402
 
-MODULE = str(Path(__file__).resolve().parent.parent / "spaces" / "clip_score")
-from benchmarks.common import machine, scratch, write_report  # noqa: E402
+MODULE = str(space_folder("clip_score"))
 
 
 def main(argv: list[str] | None = None) -> dict:

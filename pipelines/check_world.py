@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import PROJECT_ROOT
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
 from pipelines.artifacts.dataset_files import DatasetWriter
@@ -45,11 +44,12 @@ from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.lineage import planted_shares
 from pipelines.harness.stage import Published, Stage, StageRun, Verdict
 from pipelines.reporting.statistics import goodness_of_fit, parse_distribution, slope, wilson_interval
+from pipelines.resources import space_folder
 
 MODELS = ("base", "debiased")
 GENDERS = ["male", "female"]  # the order of perception.classifiers.GENDER_LABELS
 ATTRIBUTE_COLUMNS = ["language", "variant", "profession", "prompt_gender", "status", "gender"]
-METRIC_PATH = PROJECT_ROOT / "spaces" / "fairness_metrics"
+METRIC_PATH = space_folder("fairness_metrics")
 # Two labels: the L2 distance of (1 - p, p) from (1 - t, t) is sqrt(2) |p - t|; the check reports |p - t|.
 SHARE_UNITS = math.sqrt(2)
 

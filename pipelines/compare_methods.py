@@ -55,7 +55,6 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import PROJECT_ROOT
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
 from pipelines.artifacts.dataset_files import DatasetWriter, decode_image
@@ -67,11 +66,12 @@ from pipelines.harness.lineage import parse_versions, planted_shares, version_re
 from pipelines.harness.stage import Stage, StageRun
 from pipelines.modeling.clip import REFERENCE_CLIP, check_activation
 from pipelines.reporting.statistics import holm, mean_interval, paired_test, wilson_interval
+from pipelines.resources import space_folder
 
 # Explicitly gendered prompts, and the gender they ask for (None: each row's own, the grid's gendered prompts).
 CONTROL_VARIANTS = {"eval_female": "female", "eval_male": "male", "gendered": None}
 ALIGNMENT_SCORE = "clip_en_occupation"
-METRIC_PATH = PROJECT_ROOT / "spaces" / "fairness_metrics"
+METRIC_PATH = space_folder("fairness_metrics")
 
 
 @dataclass

@@ -26,7 +26,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipelines import PROJECT_ROOT
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
 from pipelines.artifacts.dataset_files import DatasetWriter, to_rgb
@@ -36,8 +35,9 @@ from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Shard, ShardedStage, StageRun
 from pipelines.modeling.clip import REFERENCE_CLIP
 from pipelines.prompting.grammar import load_grammar
+from pipelines.resources import space_folder
 
-METRIC_PATH = PROJECT_ROOT / "spaces" / "clip_score"
+METRIC_PATH = space_folder("clip_score")
 PERSON = "a photo of the face of a person"
 INDIRECT_VARIANTS = ("magbig_indirect", "eval_indirect")  # the English indirect prompt, in this order
 CORRUPT = ("skip", "stop")

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import PROJECT_ROOT
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
 from pipelines.artifacts.dataset_files import DatasetWriter
@@ -48,8 +47,9 @@ from pipelines.perception.classifiers import (
     RACE_LABELS,
 )
 from pipelines.reporting.statistics import parse_distribution
+from pipelines.resources import space_folder
 
-METRIC_PATH = PROJECT_ROOT / "spaces" / "fairness_metrics"
+METRIC_PATH = space_folder("fairness_metrics")
 ATTRIBUTE_LABELS = {
     "gender": GENDER_LABELS,
     "race": RACE_LABELS,

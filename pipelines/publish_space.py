@@ -30,8 +30,9 @@ from pipelines.errors import ConfigError, DataError, UserError
 from pipelines.harness.config import StageArguments
 from pipelines.harness.lineage import parse_versions, version_refs
 from pipelines.harness.stage import Stage, StageRun
+from pipelines.resources import space_folder
 
-SOURCE = PROJECT_ROOT / "spaces" / "compare_languages"
+SOURCE = space_folder("compare_languages")
 APP_FILES = ("app.py", "study_data.py")
 
 

@@ -282,7 +282,7 @@ def test_code_version_follows_the_code_that_decides_the_output(tmp_path: Path) -
     )
     edit("pipelines/prompting/lexicons/de.yaml")  # read by the grammar, through its own file's path
     assert version("generate_prompts") != before["generate_prompts"]
-    edit("spaces/fairness_metrics/fairness_metrics.py")  # loaded by evaluate_bias by path, not imported
+    edit("spaces/fairness_metrics/fairness_metrics.py")  # loaded by evaluate_bias as package data, not imported
     changed = version("evaluate_bias")
     edit("pipelines/reporting/figures.py")  # imported by evaluate_bias inside a function
     assert len({before["evaluate_bias"], changed, version("evaluate_bias")}) == 3

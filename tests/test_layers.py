@@ -16,6 +16,7 @@ from .conftest import REPO_ROOT
 # Layer of each package (a module may import its own package and lower layers only).
 LAYERS = {
     "pipelines.errors": 0,
+    "pipelines.resources": 0,  # where the package data (card templates, metric modules) is
     "pipelines": 0,  # __init__: the version and the project root
     "pipelines.artifacts": 1,
     "pipelines.reporting": 1,
@@ -133,6 +134,8 @@ def test_a_metric_module_that_imports_or_reaches_the_toolkit_is_caught(tmp_path:
     stage = tmp_path / "evaluate_bias.py"
     stage.write_text('from pipelines import PROJECT_ROOT\nM = PROJECT_ROOT / "spaces" / "fairness_metrics"\n')
     assert ("spaces.fairness_metrics", 0) in imports_of(stage)
+    stage.write_text('from pipelines.resources import space_folder\nM = space_folder("compare_languages")\n')
+    assert ("spaces.compare_languages", 0) in imports_of(stage)
     assert {"spaces.clip_score.clip_score", "spaces.compare_languages.app", "benchmarks.bench_train"} <= set(
         project_modules()
     )
@@ -220,3 +223,108 @@ def test_each_metric_module_runs_from_a_copy_of_its_folder_alone(name: str, tmp_
                 assert top not in PROJECT_TOPS, f"{source.name} imports {top}"
                 wanted = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
                 assert wanted & required, f"{source.name} imports {top}, which its requirements.txt does not install"
+
+
+def test_no_module_reaches_another_top_level_folder_by_file_path() -> None:
+    """The card templates and the metric modules are package data, read through pipelines.resources;
+    a `PROJECT_ROOT / "hub_cards"` path would exist in a checkout only, not in an installed wheel."""
+    from pipelines.harness.code_version import reached_paths, resource_reaches
+
+    problems = []
+    for name, path in project_modules().items():
+        source = path.read_text(encoding="utf-8")
+        by_path = set(reached_paths(source, path, REPO_ROOT)) - set(resource_reaches(source, REPO_ROOT))
+        for reached in by_path:
+            top = reached.relative_to(REPO_ROOT).parts[0] if reached.is_relative_to(REPO_ROOT) else None
+            if top is not None and top != name.split(".")[0]:
+                problems.append(f"{name} reaches {reached.relative_to(REPO_ROOT)} by path")
+    assert problems == []
+
+
+def test_the_package_list_is_the_tree() -> None:
+    """pyproject lists its packages (the card templates and Spaces are mapped under names of their own):
+    every package folder of the toolkit is in it, and every metric module and Space folder."""
+    import tomllib
+
+    from pipelines.resources import SPACES
+
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    on_disk = {
+        ".".join(init.parent.relative_to(REPO_ROOT).parts)
+        for top in ("pipelines", "training")
+        for init in (REPO_ROOT / top).rglob("__init__.py")
+    }
+    spaces = {p.name for p in (REPO_ROOT / "spaces").iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    assert spaces == set(SPACES)
+    expected = on_disk | {"t2i_bias_cards"} | {f"t2i_bias_spaces.{name}" for name in SPACES}
+    assert set(setuptools["packages"]) == expected
+    assert setuptools["package-dir"] == {"": ".", "t2i_bias_cards": "hub_cards", "t2i_bias_spaces": "spaces"}
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_finds_its_card_templates_and_metric_modules(tmp_path: Path) -> None:
+    """Not a checkout: the toolkit built as a wheel and installed into a folder, imported from there
+    with the checkout off the path, writes a card and loads the fairness metric from its package data."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), "."],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-2000:]
+    probe = f"""
+import sys
+sys.path = [p for p in sys.path if "__editable__" not in p and p not in ("", {str(REPO_ROOT)!r})]
+sys.path.insert(0, {str(site)!r})
+sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+import evaluate
+import pipelines
+from pipelines.artifacts.cards import dataset_card, make_lineage
+from pipelines.resources import space_folder
+assert pipelines.__file__.startswith({str(site)!r}), pipelines.__file__
+lineage = make_lineage("probe", {{}}, {{}}, "0" * 16)
+card = dataset_card(repo_id="ns/probe", title="Probe", description="made in a wheel", lineage=lineage,
+                    configs=["en"], languages=["en"])
+assert "made in a wheel" in str(card) and "Made by stage `probe`" in str(card), str(card)
+folder = space_folder("fairness_metrics")
+assert str(folder).startswith({str(site)!r}), folder
+metric = evaluate.load(str(folder))
+result = metric.compute(predictions=["male", "female"], references=["nurse", "nurse"], labels=["male", "female"],
+                        num_occupations=1, images_per_occupation=2)
+print("ok", folder.relative_to({str(site)!r}), round(result["mean_l1"], 3))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["ok", "t2i_bias_spaces/fairness_metrics", "0.0"]
+
+
+def test_architecture_names_every_module_and_no_module_that_is_gone() -> None:
+    """ARCHITECTURE.md lists each package's modules: every module of the toolkit is named there (a
+    stage by its name), and every `.py` file it names exists."""
+    import re
+
+    text = (REPO_ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    tree = [
+        p
+        for top in ("pipelines", "training", "spaces", "benchmarks", "tests")
+        for p in (REPO_ROOT / top).rglob("*.py")
+    ]
+    # A module is named by its file name or any tail of its path (`harness/stage.py`).
+    names = {
+        "/".join(p.relative_to(REPO_ROOT).parts[i:]) for p in tree for i in range(len(p.relative_to(REPO_ROOT).parts))
+    }
+    gone = sorted(n for n in set(re.findall(r"[\w/]*\w\.py\b", text)) if n not in names and "<" not in n)
+    assert gone == [], f"ARCHITECTURE.md names modules that do not exist: {gone}"
+    unnamed = []
+    for path in (REPO_ROOT / "pipelines").rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        named = path.name in text if path.parent.name != "pipelines" else re.search(rf"\b{path.stem}\b", text)
+        if not named:
+            unnamed.append(path.relative_to(REPO_ROOT).as_posix())
+    assert unnamed == [], f"ARCHITECTURE.md does not name {unnamed}"

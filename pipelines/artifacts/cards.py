@@ -22,8 +22,8 @@ from huggingface_hub.repocard_data import CardData
 
 from pipelines import PROJECT_ROOT, __version__
 from pipelines.artifacts.dataset_files import SPLIT
+from pipelines.resources import card_template
 
-CARDS_DIR = PROJECT_ROOT / "hub_cards"
 PROJECT = "t2i-bias"
 LICENSE = "apache-2.0"
 TRACKED_LIBRARIES = (
@@ -113,9 +113,7 @@ def make_lineage(
 
 
 def _template(name: str) -> str:
-    return (
-        (CARDS_DIR / name).read_text(encoding="utf-8") + "\n" + (CARDS_DIR / "lineage.md").read_text(encoding="utf-8")
-    )
+    return card_template(name) + "\n" + card_template("lineage.md")
 
 
 def _render(card_cls: type[RepoCard], template: str, data: CardData, **context: Any) -> RepoCard:

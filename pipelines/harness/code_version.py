@@ -4,9 +4,10 @@ A stage reuses an artifact made from the same inputs and parameters. With only t
 version number in the fingerprint, a rerun after a bug fix reused the old, wrong artifact as "up to
 date". So the fingerprint holds a hash of the stage's own module and of every project file it
 uses: the project modules it imports (anywhere in the file, so lazy imports count), transitively,
-and the project files and folders it reads by path, written as `PROJECT_ROOT / "a" / "b"` or
-`Path(__file__).parent / "a"` (the metric modules, the card templates, the lexicons). A change to
-that code rebuilds; a change elsewhere reuses.
+and the project files and folders it reads: by path, written as `PROJECT_ROOT / "a" / "b"` or
+`Path(__file__).parent / "a"` (the lexicons), or as package data through `pipelines.resources`
+(`space_folder("clip_score")`, `card_template(name)`: the metric modules, the card templates). A
+change to that code rebuilds; a change elsewhere reuses.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def reached_paths(source: str, path: Path, root: Path) -> list[Path]:
         >>> [str(p) for p in reached_paths(code, root / "pkg" / "mod.py", root)]
         ['/p/spaces/m', '/p/pkg/lexicons']
     """
-    found = []
+    found = resource_reaches(source, root)
     divisions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div)]
     inner = {id(n.left) for n in divisions}  # `a / "b"` inside `a / "b" / "c"`: only the whole path counts
     for node in divisions:
@@ -78,6 +79,38 @@ def reached_paths(source: str, path: Path, root: Path) -> list[Path]:
             base = _base_path(node, path, root)
             if base is not None and parts:
                 found.append(base.joinpath(*parts))
+    return found
+
+
+def resource_reaches(source: str, root: Path = PROJECT_ROOT) -> list[Path]:
+    """The package data a source reads through `pipelines.resources` (`space_folder("x")`,
+    `card_template("y")`; a name that is not a literal reaches the whole folder).
+
+    Example:
+        >>> code = 'from pipelines.resources import card_template, space_folder\\nM = space_folder("clip_score")'
+        >>> [p.relative_to(PROJECT_ROOT).as_posix() for p in resource_reaches(code + "\\ncard_template(n)")]
+        ['spaces/clip_score', 'hub_cards']
+    """
+    from pipelines import resources
+
+    tree = ast.parse(source)
+    # Only the functions imported from it: inside resources.py itself the calls are its machinery.
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "pipelines.resources"
+        for alias in node.names
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in imported and node.args:
+            argument = node.args[0]
+            literal = (
+                argument.value if isinstance(argument, ast.Constant) and isinstance(argument.value, str) else None
+            )
+            target = resources.reached(node.func.id, literal)
+            if target is not None:  # where it is here, taken to the same place under `root`
+                found.append(root / target.relative_to(PROJECT_ROOT))
     return found
 
 

@@ -4,7 +4,7 @@ as one-line ConfigErrors.
 
 The metric module must stand alone (its folder runs as a Space with its own requirements), so the
 loader lives there and this module reads it from the file; the import graph of the layer test and
-the code version of reuse both see the reach (`PROJECT_ROOT / "spaces" / "clip_score"`).
+the code version of reuse both see the reach (`space_folder("clip_score")`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import importlib.util
 from types import ModuleType
 from typing import Any
 
-from pipelines import PROJECT_ROOT
 from pipelines.errors import ConfigError
+from pipelines.resources import space_folder
 
-METRIC_FILE = PROJECT_ROOT / "spaces" / "clip_score" / "clip_score.py"
+METRIC_FILE = space_folder("clip_score") / "clip_score.py"
 
 # The reference study's CLIP: OpenAI's ViT-L/14, which uses QuickGELU (the metric module's constant).
 REFERENCE_CLIP = ("ViT-L-14-quickgelu", "openai")
