@@ -398,6 +398,7 @@ class GenerateImages(ShardedStage):
             rows=rows,
             tags=["images", "generated"],
             notes=self.face_filter_note(args),
+            tables=[face_filter_table(folder, self.configs)] if args.face_filter else [],
             seconds_per_image={config: round(s / n, 4) for config, (n, s) in timing.items() if n},
         ).save(folder / "README.md")
         return f"{sum(rows.values())} images, {', '.join(rows)}"
@@ -412,6 +413,56 @@ class GenerateImages(ShardedStage):
             "no try showed one face). Unlike the reference evaluation, whose filter keeps every image after the "
             "first seed, every image is checked."
         ]
+
+
+def face_filter_table(folder: Path, configs: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Per config, how often the face filter rejected a try, and how many images still share their
+    final seed with the same image of the first language (same variant and intervention): the filter
+    rejects different images in different languages, and only those images lose their pairing.
+
+    Every image tries the same seeds in every language (`image_seed(..., attempt)`); a row records
+    the one it kept (`seed`) and the tries before it (`rejected`)."""
+    import pyarrow.parquet as pq
+
+    columns = ["prompt_id", "sample_index", "seed", "rejected", "face_check"]
+    tables = {
+        config: [
+            row
+            for path in sorted((folder / "data" / config).glob("*.parquet"))
+            for row in pq.read_table(path, columns=columns).to_pylist()
+        ]
+        for config in configs
+    }
+    first: dict[tuple[str, str], str] = {}
+    for config, info in configs.items():
+        first.setdefault((info["variant"], info["intervention"]), config)
+    rows = []
+    for config, info in configs.items():
+        images = tables[config]
+        tries = sum(row["rejected"] + 1 for row in images)
+        reference = {
+            (r["prompt_id"], r["sample_index"]): r["seed"]
+            for r in tables[first[(info["variant"], info["intervention"])]]
+        }
+        paired = sum(reference.get((r["prompt_id"], r["sample_index"])) == r["seed"] for r in images)
+        rows.append(
+            [
+                f"`{config}`",
+                info["language"],
+                len(images),
+                tries,
+                f"{(tries - len(images)) / max(tries, 1):.1%}",
+                sum(row["face_check"] == "gave_up" for row in images),
+                f"{paired / max(len(images), 1):.1%}",
+            ]
+        )
+    return {
+        "title": "Face filter",
+        "note": "Rejection rate: the share of tries that did not show exactly one face. Same seed: the share of "
+        "images made from the same final seed as in the first language's config of the same prompts.",
+        "columns": ["Config", "Language", "Images", "Tries", "Rejection rate", "Gave up", "Same seed"],
+        "rows": rows,
+    }
 
 
 STAGE = GenerateImages()

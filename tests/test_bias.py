@@ -713,3 +713,56 @@ def test_face_filter_retries_from_the_next_seed(tiny_study: dict) -> None:
     assert rows["rejected"] == [2, 2] and rows["face_check"] == ["gave_up", "gave_up"]
     assert rows["seed"] == [generate_images.image_seed(0, rows["prompt_id"][0], i, 2) for i in (0, 1)]
     assert rows["sample_index"] == [0, 1]
+
+
+class CoinFilter:
+    """A face detector that sees one face in an image whose pixel sum is odd, none otherwise: a filter
+    that rejects about half the tries, and different images in different languages."""
+
+    def detect(self, images: list[np.ndarray]) -> list[list]:
+        return [["face"] if int(np.asarray(image, dtype=np.int64).sum()) % 2 else [] for image in images]
+
+
+def test_a_face_filter_keeps_languages_paired_seed_for_seed_and_its_card_gives_each_rejection_rate(
+    tiny_study: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image i tries the same seeds in every language: where both languages' filters pass the same try,
+    both keep the same seed; where they reject different tries, the row says which seed it kept. The
+    card's table counts the tries each config's filter rejected and the images still paired."""
+    from pipelines.perception import faces
+
+    monkeypatch.setattr(faces, "load_detector", lambda name, device="cpu", *a, **k: CoinFilter())
+    store = LocalStore(tiny_study["store_root"])
+    arguments = image_arguments(
+        tiny_study, output_repo="paired-filter", professions=["doctor", "nurse"], num_images=4, seeds="index",
+        face_filter="dlib", max_attempts=4,
+    )  # fmt: skip
+    folder = store.resolve(str(generate_images.run(arguments)), "dataset")
+    rows = {
+        language: datasets.load_dataset(str(folder), f"{language}_eval_direct", split="train").to_pandas()
+        for language in ("en", "de")
+    }
+    en, de = rows["en"], rows["de"]
+    assert list(en["prompt_id"]) == list(de["prompt_id"]) and list(en["sample_index"]) == list(de["sample_index"])
+    for frame in (en, de):
+        expected = [
+            generate_images.image_seed(0, p, i, r, "index")
+            for p, i, r in zip(frame["prompt_id"], frame["sample_index"], frame["rejected"])
+        ]
+        assert list(frame["seed"]) == expected  # each row records the seed it kept: its index + rejected * 10^6
+        kept = frame[frame["face_check"] == "one_face"]
+        assert (kept["rejected"] < 4).all() and set(frame["face_check"]) <= {"one_face", "gave_up"}
+    same_tries = en["rejected"].to_numpy() == de["rejected"].to_numpy()
+    assert (same_tries == (en["seed"].to_numpy() == de["seed"].to_numpy())).all()
+    assert same_tries.any() and not same_tries.all()  # the filters rejected different images
+    assert (en["rejected"] > 0).any() and (de["rejected"] > 0).any()
+
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    for language, frame in rows.items():
+        tries = int((frame["rejected"] + 1).sum())
+        rejected = tries - len(frame)
+        gave_up = int((frame["face_check"] == "gave_up").sum())
+        paired = 1.0 if language == "en" else same_tries.mean()
+        cells = [f"`{language}_eval_direct`", language, 8, tries, f"{rejected / tries:.1%}", gave_up, f"{paired:.1%}"]
+        line = "| " + " | ".join(map(str, cells)) + " |"
+        assert line in card, line
