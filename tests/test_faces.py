@@ -114,6 +114,32 @@ def test_chips_match_dlib_get_face_chips_at_the_eyes_and_mouth(
     assert np.abs(chip_landmarks(face_chip(astronaut, boxed)) - chip_landmarks(fairface_chip)).max() > 5
 
 
+def test_fairface_chips_are_predict_py_s_to_the_byte(
+    astronaut: np.ndarray, detected: dict[str, faces.Face], fairface_chip: np.ndarray
+) -> None:
+    """`fairface_chip` is FairFace's predict.py exactly (dlib.get_face_chips on the 800 px image); the
+    default chip, cut from the image as given, is the same geometry a few grey levels away."""
+    exact = faces.fairface_chip(astronaut, detected["dlib"])
+    assert exact.dtype == np.uint8 and np.array_equal(exact, fairface_chip)
+    ours = face_chip(astronaut, detected["dlib"]).astype(int)
+    assert 0 < np.abs(ours - fairface_chip.astype(int)).mean() < 8
+    # A photo larger than 800 px, and one smaller at a face near the border: still byte for byte.
+    import dlib
+
+    for size in (1100, 400):
+        image = np.asarray(dlib.resize_image(astronaut, rows=size, cols=size))
+        (found,) = load_detector("dlib").detect([image])
+        (face,) = found
+        resized = np.asarray(dlib.resize_image(image, rows=800, cols=800))
+        shapes = dlib.full_object_detections()
+        rect = dlib.rectangle(*(int(round(v * 800 / size)) for v in face.box))
+        shapes.append(faces.dlib_landmarker()(resized, rect))
+        (direct,) = dlib.get_face_chips(resized, shapes, size=300, padding=0.25)
+        assert np.array_equal(faces.fairface_chip(image, face), np.asarray(direct)), size
+    with pytest.raises(ValueError, match="needs dlib's landmarks"):
+        faces.fairface_chip(astronaut, faces.Face((0, 0, 10, 10), 1.0))
+
+
 def test_a_chip_without_landmarks_is_a_padded_square_and_a_whole_image_face_is_resized() -> None:
     image = np.zeros((200, 200, 3), dtype=np.uint8)
     image[80:120, 90:110] = 255

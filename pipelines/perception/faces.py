@@ -50,11 +50,14 @@ CHIP_SIZE, CHIP_PADDING = 300, 0.25  # FairFace's
 
 @dataclass
 class Face:
-    """A detected face: box (x1, y1, x2, y2), confidence, and dlib's 5 landmarks (None: box only)."""
+    """A detected face: box (x1, y1, x2, y2), confidence, and dlib's 5 landmarks (None: box only),
+    in the image's pixels. `scale`: the factor of the resized image the detector found it in (dlib's
+    800 px), where its box and landmarks were whole pixels."""
 
     box: tuple[float, float, float, float]
     score: float
     landmarks: np.ndarray | None = None
+    scale: float = 1.0
 
     @property
     def area(self) -> float:
@@ -190,30 +193,31 @@ class DlibDetector:
         self.upsample, self.max_size = upsample, max_size
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        import dlib
 
-        resized, scales = [], []
-        for image in images:
-            height, width = image.shape[:2]
-            scale = 1.0
-            if self.max_size:  # FairFace: the longer side becomes max_size, with dlib's own resampling
-                scale = self.max_size / max(height, width)
-                rows, cols = (
-                    (int(self.max_size * height / width), self.max_size)
-                    if width > height
-                    else (self.max_size, int(self.max_size * width / height))
-                )
-                image = dlib.resize_image(np.ascontiguousarray(image), rows=rows, cols=cols)
-            resized.append(np.ascontiguousarray(image))
-            scales.append(scale)
+        resized, scales = zip(*(dlib_resized(image, self.max_size) for image in images)) if images else ((), ())
         results = []
-        for image, scale, detections in zip(resized, scales, self.find(resized)):
+        for image, scale, detections in zip(resized, scales, self.find(list(resized))):
             faces = []
             for *corners, confidence in detections:
                 landmarks = dlib_landmarks(image, tuple(corners)) / scale
-                faces.append(Face(tuple(float(v) / scale for v in corners), float(confidence), landmarks))
+                faces.append(Face(tuple(float(v) / scale for v in corners), float(confidence), landmarks, scale))
             results.append(faces)
         return results
+
+
+def dlib_resized(image: np.ndarray, max_size: int | None) -> tuple[np.ndarray, float]:
+    """The image as FairFace's predict.py resizes it (`dlib.resize_image`, the longer side max_size),
+    and the factor; unchanged with max_size None."""
+    import dlib
+
+    image = np.ascontiguousarray(image)
+    if not max_size:
+        return image, 1.0
+    height, width = image.shape[:2]
+    rows, cols = (
+        (int(max_size * height / width), max_size) if width > height else (max_size, int(max_size * width / height))
+    )
+    return np.ascontiguousarray(dlib.resize_image(image, rows=rows, cols=cols)), max_size / max(height, width)
 
 
 class WholeImageDetector:
@@ -269,6 +273,30 @@ def chip_to_image(face: Face, size: int = CHIP_SIZE, padding: float = CHIP_PADDI
     scale = max(side, 1.0) / size
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     return np.array([[scale, 0, cx - scale * size / 2], [0, scale, cy - scale * size / 2]])
+
+
+def fairface_chip(image: np.ndarray, face: Face, size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> np.ndarray:
+    """The chip exactly as FairFace's predict.py cuts it: `dlib.get_face_chip` on the image resized
+    as the dlib detector saw it (`face.scale`), from the detection's box and 5 points there, with
+    dlib's own resampling and black outside the image. `face_chip` cuts the same geometry from the
+    image as given (no resampling before the cut; outside the image, its reflection): about 2 grey
+    levels apart on average at 512 px.
+    """
+    import dlib
+
+    if face.landmarks is None:
+        raise ValueError("a FairFace chip needs dlib's landmarks (the dlib detector)")
+    height, width = image.shape[:2]
+    max_size = round(face.scale * max(height, width))
+    resized, scale = dlib_resized(image, max_size if face.scale != 1.0 else None)
+
+    def pixel(value: float) -> int:  # whole pixels in the resized image, where dlib found them
+        return int(round(value * scale))
+
+    rect = dlib.rectangle(*(pixel(v) for v in face.box))
+    points = dlib.points([dlib.point(pixel(x), pixel(y)) for x, y in face.landmarks])
+    shape = dlib.full_object_detection(rect, points)
+    return np.asarray(dlib.get_face_chip(resized, shape, size=size, padding=padding))
 
 
 def face_chip(image: np.ndarray, face: Face, size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> np.ndarray:
