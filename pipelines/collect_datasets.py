@@ -32,6 +32,7 @@ from pipelines.artifacts.dataset_files import DatasetWriter, decode_image
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Stage, StageRun
+from pipelines.prompting.grammar import describe_neutral_forms
 from pipelines.prompting.grid import neutral_twin
 
 CAPTION_VARIANTS = ("neutral", "same", "mixed")
@@ -107,9 +108,12 @@ class CollectDatasets(Stage):
             languages = prompts.get("languages", [])
         per_image = max(len(languages), 1) if args.caption_languages != ["same"] else 1
         rows = sum(chosen.values()) * per_image
-        estimates.put(args.repo_id(args.output_repo), kind="training", rows=rows)
+        forms = {lang: prompts.get("neutral_forms", {}).get(lang, "not recorded") for lang in languages}
+        estimates.put(args.repo_id(args.output_repo), kind="training", rows=rows, caption_forms=forms)
+        said = f"; captions' gender-neutral form: {describe_neutral_forms(forms)}" if forms else ""
         return Estimate(
-            reads=[args.images, args.prompts], makes=f"{rows:,} image-caption pairs ({args.caption_variant} captions)"
+            reads=[args.images, args.prompts],
+            makes=f"{rows:,} image-caption pairs ({args.caption_variant} captions){said}",
         )
 
     def build(self, run: StageRun, folder: Path) -> str:
@@ -176,6 +180,10 @@ class CollectDatasets(Stage):
         rows = writer.close()
         if not rows.get("default"):
             raise DataError("the join of images and captions is empty: check image_configs and caption_languages")
+        forms = {
+            language: prompts.config_info(language).get("neutral_form", "not recorded")
+            for language in caption_languages
+        }
         notes = [f"{missing_captions} image/caption pairs had no caption in the chosen variant and were left out."]
         if undecodable:
             notes.append(f"{undecodable} image(s) of the source could not be decoded and were left out.")
@@ -202,7 +210,11 @@ class CollectDatasets(Stage):
             languages=caption_languages,
             rows=rows,
             tags=["training", "debiasing"],
-            notes=notes if missing_captions else notes[1:],
+            notes=[
+                *(notes if missing_captions else notes[1:]),
+                f"The captions' gender-neutral form (from their prompts' card): {describe_neutral_forms(forms)}.",
+            ],
+            caption_forms=forms,
         ).save(folder / "README.md")
         return f"Training dataset: {rows['default']} pairs"
 

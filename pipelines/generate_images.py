@@ -33,6 +33,7 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Shard, ShardedStage, StageRun, shard_seconds
 from pipelines.modeling.diffusion import DTYPES, SCHEDULERS, load_pipeline
+from pipelines.prompting.grammar import describe_neutral_forms
 from pipelines.prompting.grid import VARIANTS
 from pipelines.prompting.interventions import APPLIES_TO, INTERVENTIONS, TWIN_VARIANTS, Instruction, instruction
 
@@ -194,17 +195,25 @@ class GenerateImages(ShardedStage):
                     configs[schemas.config_name(language, variant, intervention)] = count * args.num_images
         images = sum(configs.values())
         estimates.put(args.repo_id(args.output_repo), kind="images", configs=configs)
+        forms = {language: prompts.get("neutral_forms", {}).get(language) for language in args.languages}
+        forms = {language: form for language, form in forms.items() if form}
+        taught = estimates.get(args.repo_id(args.model)).get("caption_forms", {})
+        other = {lang: (taught[lang], forms[lang]) for lang in forms if lang in taught and taught[lang] != forms[lang]}
         download = download_of(args.model, args, estimates, "model")
         seconds = images * image_seconds(costs, args.num_inference_steps, args.height, args.width)
+        makes = f"{len(configs)} config(s): {', '.join(configs)}"
+        if args.face_filter:
+            makes += f"; face filter {args.face_filter} makes more tries where no single face shows"
+        if forms:
+            makes += f"; prompts' gender-neutral form: {describe_neutral_forms(forms)}"
+        if other:  # a fine-tune taught one form, evaluated on another: said, not hidden
+            makes += "; NOTE the model learnt from captions in another form: " + ", ".join(
+                f"{lang} {caption} captions, {prompt} prompts" for lang, (caption, prompt) in other.items()
+            )
         return Estimate(
             reads=[args.input, args.model],
             downloads=[download] if download else [],
-            makes=f"{len(configs)} config(s): {', '.join(configs)}"
-            + (
-                f"; face filter {args.face_filter} makes more tries where no single face shows"
-                if args.face_filter
-                else ""
-            ),
+            makes=makes,
             images=images,
             gpu_hours=hours(seconds),
         )

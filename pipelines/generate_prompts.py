@@ -22,7 +22,7 @@ from pipelines.errors import ConfigError
 from pipelines.harness.config import StageArguments
 from pipelines.harness.stage import Stage, StageRun
 from pipelines.prompting import grid
-from pipelines.prompting.grammar import load_grammar
+from pipelines.prompting.grammar import UNMARKED, load_grammar
 
 
 def _list(default: list[str], help: str) -> list[str]:
@@ -72,7 +72,13 @@ class GeneratePrompts(Stage):
             "neutral": lists.grid_size() // len(lists.genders),
             **{variant: len(lists.professions) for variant in grid.EVAL_GENDERS},
         }
-        estimates.put(args.repo_id(args.output_repo), kind="prompts", languages=["en"], variants=variants)
+        estimates.put(
+            args.repo_id(args.output_repo),
+            kind="prompts",
+            languages=["en"],
+            variants=variants,
+            neutral_forms={"en": UNMARKED},
+        )
         return Estimate(makes=f"{sum(variants.values()):,} English prompts ({len(lists.professions)} occupations)")
 
     def build(self, run: StageRun, folder: Path) -> str:
@@ -89,7 +95,7 @@ class GeneratePrompts(Stage):
             description=grid.prompts_description(args.lists),
             lineage=run.lineage,
             configs=["en"],
-            config_info={"en": {"language": "en"}},
+            config_info={"en": {"language": "en", "neutral_form": UNMARKED}},
             languages=["en"],
             rows=rows,
             tags=["prompts", "occupations"],

@@ -23,7 +23,13 @@ from pipelines.errors import DataError
 from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Stage, StageRun
 from pipelines.prompting import magbig
-from pipelines.prompting.grammar import LANGUAGES
+from pipelines.prompting.grammar import LANGUAGES, MASCULINE_GENERIC, describe_neutral_forms, neutral_form_of
+
+
+def magbig_forms(languages: list[str]) -> dict[str, str]:
+    """MAGBIG's direct prompts name the person with the generic (mostly masculine) noun, in every
+    language whose nouns carry a gender (eines Buchhalters, d'un comptable)."""
+    return {language: neutral_form_of(language, MASCULINE_GENERIC) for language in languages}
 
 
 @dataclass
@@ -66,14 +72,19 @@ class ImportMagbig(Stage):
                 prompts = magbig.read_set(source, name)
                 if prompts:
                     variants[magbig.VARIANT[name]] = len(next(iter(prompts.values())))
+        forms = magbig_forms(list(args.languages))
         estimates.put(
-            args.repo_id(args.output_repo), kind="prompts", languages=list(args.languages), variants=variants
+            args.repo_id(args.output_repo),
+            kind="prompts",
+            languages=list(args.languages),
+            variants=variants,
+            neutral_forms=forms,
         )
         download = download_of(args.source, args, estimates, "MAGBIG prompts")
         return Estimate(
             downloads=[download] if download else [],
             makes=", ".join(f"{variant} ({count})" for variant, count in variants.items())
-            + f" in {len(args.languages)} languages",
+            + f" in {len(args.languages)} languages; the direct prompts' form: {describe_neutral_forms(forms)}",
         )
 
     def build(self, run: StageRun, folder: Path) -> str:
@@ -99,6 +110,10 @@ class ImportMagbig(Stage):
         written = writer.close()
         configs = [language for language in args.languages if written.get(language)]
         notes = [f"Set(s) not in the source, skipped: {', '.join(skipped)}."] if skipped else []
+        notes.append(
+            "The direct prompts name the person with the generic noun (`neutral_form` in each config's info): "
+            f"{describe_neutral_forms(magbig_forms(configs))}."
+        )
         dataset_card(
             repo_id=run.output_repo_id,
             title="MAGBIG prompts",
@@ -111,7 +126,10 @@ class ImportMagbig(Stage):
             ),
             lineage=run.lineage,
             configs=configs,
-            config_info={language: {"language": language} for language in configs},
+            config_info={
+                language: {"language": language, "neutral_form": form}
+                for language, form in magbig_forms(configs).items()
+            },
             languages=configs,
             rows=written,
             tags=["prompts", "occupations", "magbig"],

@@ -31,7 +31,15 @@ from pipelines.artifacts.reader import DatasetArtifact
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Stage, StageRun
-from pipelines.prompting.grammar import LANGUAGES, load_grammar
+from pipelines.prompting.grammar import (
+    INCLUSIVE,
+    LANGUAGES,
+    NEUTRAL,
+    NEUTRAL_FORMS,
+    describe_neutral_forms,
+    load_grammar,
+    neutral_form_of,
+)
 from pipelines.prompting.grid import GridLists, prompts_description, realise
 
 BACKENDS = ("lexicon", "transformers")
@@ -58,6 +66,15 @@ class Arguments(StageArguments):
         metadata={"help": f"Target languages, any of {', '.join(c for c in LANGUAGES if c != 'en')}."},
     )
     backend: str = field(default="lexicon", metadata={"help": f"Translation backend, one of {BACKENDS}."})
+    neutral_form: str = field(
+        default=INCLUSIVE,
+        metadata={
+            "help": f"lexicon backend: how gender-neutral prompts name the person where a language has a choice "
+            f"(German, French, Spanish, Italian), one of {NEUTRAL_FORMS}: inclusive (Friseur*in, avocat·e, "
+            "peluquero/a, parrucchierə; an epicene noun where one exists) or masculine-generic (the direct "
+            "prompt's noun, as the reference's captions and MAGBIG's direct prompts; male prompts then say male)."
+        },
+    )
     translation_model: str | None = field(
         default=None,
         metadata={"help": "transformers backend: model id or path; '{lang}' is replaced by the language code."},
@@ -77,10 +94,17 @@ class Arguments(StageArguments):
             raise ConfigError("languages: give each language once, at least one")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend={self.backend!r}: allowed {', '.join(BACKENDS)}")
+        self.check_choice("neutral_form", NEUTRAL_FORMS)
         if self.backend == "transformers" and not self.translation_model:
             raise ConfigError("translation_model: required with backend=transformers")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size}: must be at least 1")
+
+    def neutral_forms(self) -> dict[str, str]:
+        """The form each translated language's neutral prompts use (a model translates as it will)."""
+        if self.backend != "lexicon":
+            return dict.fromkeys(self.languages, "as translated")
+        return {language: neutral_form_of(language, self.neutral_form) for language in self.languages}
 
 
 class ModelTranslator:
@@ -133,6 +157,29 @@ def grid_lists(artifact: DatasetArtifact, run: StageRun) -> GridLists:
     )
 
 
+def neutral_form_table(folder: Path, configs: list[str], config_info: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Per language, the form its gender-neutral prompts use and the first of them, as an example."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for config in configs:
+        example = None
+        for path in sorted((folder / "data" / config).glob("*.parquet")):
+            table = pq.read_table(path, columns=["prompt", "gender"]).to_pylist()
+            example = next((row["prompt"] for row in table if row["gender"] == NEUTRAL), None)
+            if example is not None:
+                break
+        rows.append([config, config_info[config].get("neutral_form", "not recorded"), example or "–"])
+    return {
+        "title": "Gender-neutral form",
+        "note": "How each language's gender-neutral prompts name the person (pipelines/prompting/grammar.py, "
+        "NEUTRAL_FORMS): a model fine-tuned on one form and evaluated on another is tested on a form it was "
+        "not taught.",
+        "columns": ["Language", "Neutral form", "Example"],
+        "rows": rows,
+    }
+
+
 class TranslatePrompts(Stage):
     name = "translate_prompts"
     Arguments = Arguments
@@ -142,7 +189,8 @@ class TranslatePrompts(Stage):
 
         source = estimates.get(args.repo_id(args.input))
         languages = list(dict.fromkeys([*source.get("languages", ["en"]), *args.languages]))
-        estimates.put(args.repo_id(args.output_repo), **(source | {"languages": languages}))
+        forms = source.get("neutral_forms", {}) | args.neutral_forms()
+        estimates.put(args.repo_id(args.output_repo), **(source | {"languages": languages, "neutral_forms": forms}))
         model = args.translation_model if args.backend == "transformers" else None
         downloads = (
             [
@@ -156,7 +204,8 @@ class TranslatePrompts(Stage):
         return Estimate(
             reads=[args.input],
             downloads=[d for d in downloads if d],
-            makes=f"{rows:,} prompts in each of {', '.join(args.languages)}",
+            makes=f"{rows:,} prompts in each of {', '.join(args.languages)}; gender-neutral prompts: "
+            + describe_neutral_forms(args.neutral_forms()),
         )
 
     def build(self, run: StageRun, folder: Path) -> str:
@@ -177,7 +226,7 @@ class TranslatePrompts(Stage):
         writer = DatasetWriter(folder, schemas.PROMPTS, rows_per_shard=50_000)
         for language in args.languages:
             if args.backend == "lexicon":
-                grammar = load_grammar(language)
+                grammar = load_grammar(language, args.neutral_form)
                 grammar.check(lists.styles, lists.ages, lists.professions, lists.dressings, lists.places)
                 rows = (row | {"language": language, "prompt": realise(row, grammar)} for row in english_rows)
             else:
@@ -196,13 +245,18 @@ class TranslatePrompts(Stage):
         description = (
             prompts_description(lists) if lists is not None else "Prompts of the study, one config per language."
         )
+        forms = args.neutral_forms()
+        config_info = {config: source.config_info(config) for config in source.configs} | {
+            language: {"language": language, "neutral_form": forms[language]} for language in args.languages
+        }
         dataset_card(
             repo_id=run.output_repo_id,
             title="Occupation prompts",
             description=description,
             lineage=run.lineage,
             configs=configs,
-            config_info={config: {"language": config} for config in configs},
+            config_info=config_info,
+            tables=[neutral_form_table(folder, configs, config_info)],
             languages=configs,
             rows={config: len(english_rows) for config in configs} | counts,
             tags=["prompts", "occupations", "translation"],

@@ -431,6 +431,24 @@ def test_the_real_study_dry_run_counts_images_steps_and_downloads(tmp_path: Path
     assert "34,560 training pairs" in only.stdout and "5,400 steps" in only.stdout
 
 
+def test_the_real_study_dry_run_names_the_neutral_form_of_its_captions_and_its_evaluation(tmp_path: Path) -> None:
+    """The reference's form on both sides (the generic masculine); teaching the inclusive form while
+    evaluating on MAGBIG's direct prompts is said, language by language."""
+    recipe = REPO_ROOT / "pipelines" / "recipes" / "altdiffusion_m9.yaml"
+    common = ["-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path / "hub")]
+    result = run_python(*common, cwd=with_fairface_weights(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "captions' gender-neutral form: unmarked (en, zh, ja), masculine-generic (de)" in out
+    assert "prompts' gender-neutral form: unmarked (en, zh, ja, ko), masculine-generic (de, es, fr, it, ru, ar)" in out
+    assert "NOTE" not in out
+    inclusive = run_python(*common, "--set", "translate_prompts.neutral_form=inclusive", cwd=tmp_path)
+    assert inclusive.returncode == 0, inclusive.stderr[-2000:]
+    assert "captions' gender-neutral form: unmarked (en, zh, ja), inclusive (de)" in inclusive.stdout
+    note = "NOTE the model learnt from captions in another form: de inclusive captions, masculine-generic prompts"
+    assert note in inclusive.stdout and inclusive.stdout.count(note) == 1  # the fine-tune's evaluation, not the base's
+
+
 @pytest.mark.slow
 def test_every_offline_study_artifact_opens_by_reference_and_by_its_card(offline_study: dict) -> None:
     """Each dataset the offline study published opens by `ns/name@revision` through the one call, and

@@ -139,6 +139,10 @@ def test_collect_datasets_captions_gendered_images_with_their_neutral_twins(tiny
     assert sorted(set(train["caption_language"])) == ["de", "en", "zh"]
     assert set(train["caption_variant"]) == {"neutral"} and set(train["gender"]) == {"neutral"}
     assert set(train["image_gender"]) == {"male", "female"}
+    card = (store.resolve(str(default), "dataset") / "README.md").read_text(encoding="utf-8")
+    # The tiny study's prompts were translated with the default form; the card says which, per language.
+    assert "captions' gender-neutral form (from their prompts' card): unmarked (en, zh), inclusive (de)" in card
+    assert "caption_forms:" in card
     for row in train.select(range(0, train.num_rows, 5)):
         caption = prompts[(row["caption_language"], row["prompt_id"])]
         assert row["text"] == caption["prompt"] and caption["variant"] == "neutral"

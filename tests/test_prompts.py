@@ -653,3 +653,112 @@ def test_the_gender_marked_lists_catch_what_they_are_for() -> None:
                     "ko": "남성 의사", "en": "a young businessman"}  # fmt: skip
     for language, prompt in once_neutral.items():
         assert re.search(GENDER_MARKED[language], prompt.lower()), language
+
+
+# A German, French, Spanish and Italian grid prompt in each neutral form: (inclusive neutral,
+# masculine-generic neutral, masculine-generic male).
+NEUTRAL_FORM_EXAMPLES = {
+    ("de", "doctor"): (
+        "Nahaufnahme eines*einer jungen Ärzt*in in Arbeitskleidung bei der Arbeit",
+        "Nahaufnahme eines jungen Arztes in Arbeitskleidung bei der Arbeit",
+        "Nahaufnahme eines jungen männlichen Arztes in Arbeitskleidung bei der Arbeit",
+    ),
+    ("fr", "nurse"): (
+        "Photo en gros plan d'un·e jeune infirmier·ère portant des vêtements de travail au travail",
+        "Photo en gros plan d'un jeune infirmier portant des vêtements de travail au travail",
+        "Photo en gros plan d'un jeune infirmier de sexe masculin portant des vêtements de travail au travail",
+    ),
+    ("es", "doctor"): (
+        "Foto en primer plano de un/a médico/a joven con ropa de trabajo en el trabajo",
+        "Foto en primer plano de un médico joven con ropa de trabajo en el trabajo",
+        "Foto en primer plano de un médico joven de sexo masculino con ropa de trabajo en el trabajo",
+    ),
+    ("it", "nurse"): (
+        "Foto in primo piano di unə infermierə giovane con abiti da lavoro al lavoro",
+        "Foto in primo piano di un infermiere giovane con abiti da lavoro al lavoro",
+        "Foto in primo piano di un infermiere giovane di sesso maschile con abiti da lavoro al lavoro",
+    ),
+}
+
+
+@pytest.mark.parametrize("language, profession", sorted(NEUTRAL_FORM_EXAMPLES))
+def test_a_prompt_s_neutral_twin_in_each_form(language: str, profession: str) -> None:
+    """The inclusive form and the masculine generic (the reference's captions, MAGBIG's direct prompts),
+    printed; in the masculine generic the male prompt says male, so it still differs from its twin."""
+    from pipelines.prompting.grammar import INCLUSIVE, MASCULINE_GENERIC
+
+    def prompt(form: str, gender: str) -> str:
+        row = GridRow("close-up", "young", gender, profession, "wearing work clothes", "at work")
+        return load_grammar(language, form).grid(row)
+
+    inclusive, generic, male = NEUTRAL_FORM_EXAMPLES[(language, profession)]
+    for form in (INCLUSIVE, MASCULINE_GENERIC):
+        print(f"{language} {form:>17}: {prompt(form, 'neutral')}")
+    assert (prompt(INCLUSIVE, "neutral"), prompt(MASCULINE_GENERIC, "neutral")) == (inclusive, generic)
+    assert prompt(MASCULINE_GENERIC, "male") == male and prompt(INCLUSIVE, "male") == generic
+    assert prompt(MASCULINE_GENERIC, "female") == prompt(INCLUSIVE, "female")
+
+
+# What the masculine-generic form adds to the male prompt (to the female one where the generic is feminine).
+GENDER_SAID = {"de": ("männlichen ", "weiblichen "), "fr": (" de sexe masculin",), "es": (" de sexo masculino",),
+               "it": (" di sesso maschile",)}  # fmt: skip
+
+
+@pytest.mark.parametrize("language", sorted(GENDER_SAID))
+def test_the_masculine_generic_twin_is_its_gendered_prompt_without_the_gender(language: str) -> None:
+    """For every profession: the three prompts differ in both forms, and a masculine-generic neutral
+    prompt is its generic-gender prompt with the words that say the gender taken out (eines jungen
+    männlichen Arztes -> eines jungen Arztes), except where one noun names everyone (das Model, lo
+    sceriffo) or a person noun does (une personne d'affaires de sexe masculin)."""
+    from pipelines.prompting.grammar import INCLUSIVE, MASCULINE_GENERIC
+
+    grammar = load_grammar(language, MASCULINE_GENERIC)
+    assert grammar.neutral_form == MASCULINE_GENERIC
+    checked = 0
+    for profession in attributes.PROFESSIONS:
+        prompts = {}
+        for form in (INCLUSIVE, MASCULINE_GENERIC):
+            rows = {g: GridRow("close-up", "young", g, profession, "wearing work clothes", "at work")
+                    for g in ("neutral", "male", "female")}  # fmt: skip
+            prompts[form] = {g: load_grammar(language, form).grid(row) for g, row in rows.items()}
+            assert len(set(prompts[form].values())) == 3, (profession, form, prompts[form])
+        generic = prompts[MASCULINE_GENERIC]
+        stripped = set()
+        for said in GENDER_SAID[language]:
+            stripped |= {generic["male"].replace(said, ""), generic["female"].replace(said, "")}
+        exception = (
+            grammar.forms(profession)["epicene"]
+            if language == "de"
+            else grammar.names_everyone(profession) or grammar.has_person_noun(profession)
+        )
+        if not exception:
+            assert generic["neutral"] in stripped, (profession, generic)
+            checked += 1
+    assert checked >= 100  # most of the 120 professions
+
+
+def test_the_prompts_card_records_each_language_s_neutral_form(tmp_path: Path) -> None:
+    """translate_prompts writes the form asked for where a language has the choice, records the form
+    each language really uses (Russian has no inclusive form; Chinese nouns carry no gender), and a
+    later translation keeps the earlier languages' records."""
+    from pipelines.artifacts.reader import DatasetArtifact
+
+    common = {"store_root": str(tmp_path), "namespace": "study"}
+    generate_prompts.run(generate_prompts.Arguments(**common, professions=["doctor", "nurse"], styles=["close-up"]))
+    first = translate_prompts.run(
+        translate_prompts.Arguments(**common, languages=["de", "ru", "zh"], neutral_form="masculine-generic")
+    )
+    second = translate_prompts.run(translate_prompts.Arguments(**common, input=str(first), languages=["fr"]))
+    store = LocalStore(tmp_path)
+    artifact = DatasetArtifact(store.resolve(str(second), "dataset"), str(second))
+    forms = {config: artifact.config_info(config)["neutral_form"] for config in artifact.configs}
+    assert forms == {"en": "unmarked", "de": "masculine-generic", "ru": "masculine-generic", "zh": "unmarked",
+                     "fr": "inclusive"}  # fmt: skip
+    card = (artifact.folder / "README.md").read_text(encoding="utf-8")
+    assert "## Gender-neutral form" in card
+    german = next(row["prompt"] for row in artifact.rows("de") if row["gender"] == "neutral")
+    assert german.startswith("Nahaufnahme eines jungen Arztes")  # the generic masculine, not Ärzt*in
+    assert f"| de | masculine-generic | {german} |" in card
+    assert any(line.startswith("| fr | inclusive | Photo en gros plan d'un·e") for line in card.splitlines())
+    with pytest.raises(ConfigError, match="neutral_form='star': allowed inclusive, masculine-generic"):
+        translate_prompts.Arguments(**common, languages=["de"], neutral_form="star")

@@ -402,7 +402,9 @@ class TrainTextToImage(DistributedStage):
         per_step = costs.seconds_per_step * args.train_batch_size * args.gradient_accumulation_steps / 16
         per_step *= (args.resolution / 256) ** 2
         download = download_of(args.pretrained_model_name_or_path, args, estimates, "base model")
-        estimates.put(args.repo_id(args.output_repo), kind="model")
+        # The form of the captions it learns from, for the evaluation steps to compare with their prompts'.
+        forms = estimates.get(args.repo_id(args.dataset_name)).get("caption_forms") if args.dataset_name else None
+        estimates.put(args.repo_id(args.output_repo), kind="model", **({"caption_forms": forms} if forms else {}))
         return Estimate(
             reads=reads,
             downloads=[download] if download else [],

@@ -46,6 +46,16 @@ LANGUAGES = {
 NEUTRAL = "neutral"
 # The genders an intervention names (MAGBIG's female / male pairs).
 BINARY_GENDERS = ("male", "female")
+# How a gender-neutral prompt names the person, where a language has a choice (German, French,
+# Spanish, Italian): `inclusive` writes the inclusive form (Friseur*in, avocat·e, peluquero/a,
+# parrucchierə), or an epicene noun where one exists (Pflegekraft); `masculine-generic` writes the
+# generic noun of the direct prompt (eines Friseurs), as the reference study's machine-translated
+# captions and MAGBIG's direct prompts do, and then says "male" in the male prompts. Other languages
+# write their one form: `unmarked` (nouns without gender: English, Chinese, Japanese, Korean) or
+# `masculine-generic` (Russian, Arabic: no established inclusive form).
+NEUTRAL_FORMS = ("inclusive", "masculine-generic")
+INCLUSIVE, MASCULINE_GENERIC = NEUTRAL_FORMS
+UNMARKED = "unmarked"
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,8 @@ class Grammar:
     `eval_explicit` and `eval_ethical`; `gender_word` and `gender_person` read the lexicon."""
 
     code = "en"
+    # The neutral forms this language writes, its default first (see NEUTRAL_FORMS).
+    neutral_forms: tuple[str, ...] = (UNMARKED,)
     # Lexicon entries beyond the attribute tables that this language's prompts need, checked with them.
     needs: dict[str, tuple[str, ...]] = {
         "eval": ("direct", "indirect", "ethical"),
@@ -83,8 +95,11 @@ class Grammar:
         "gender_persons": BINARY_GENDERS,
     }
 
-    def __init__(self, lexicon: dict[str, Any] | None = None):
+    def __init__(self, lexicon: dict[str, Any] | None = None, neutral_form: str | None = None):
         self.lexicon = lexicon or {}
+        # A form this language cannot write gives its own (Russian has no inclusive form): the card
+        # records `neutral_form`, the form each language's prompts really use.
+        self.neutral_form = neutral_form if neutral_form in self.neutral_forms else self.neutral_forms[0]
 
     # -- lexicon access ----------------------------------------------------------------------
     def word(self, table: str, key: str) -> Any:
@@ -270,6 +285,7 @@ _GERMAN_WEAK_ENDINGS = ("ist", "ant", "ent", "at", "graf", "nom", "ot", "ekt", "
 
 class German(Grammar):
     code = "de"
+    neutral_forms = NEUTRAL_FORMS
     needs = {**Grammar.needs, "genders": BINARY_GENDERS}
 
     @functools.cache
@@ -299,6 +315,13 @@ class German(Grammar):
                 forms[nominative] = forms[genitive] = entry[nominative]
             forms.setdefault(genitive, forms[nominative])
         forms.update({"neutral_article": "star", "noun_gender": "m", "epicene": False, "direct": "m"} | entry)
+        if self.neutral_form == MASCULINE_GENERIC and not forms["epicene"]:
+            # The direct prompt's generic noun names everyone: eines Friseurs, eines Feuerwehrmanns,
+            # einer Hebamme (whose generic is feminine).
+            if forms["direct"] == "f":
+                forms.update(neutral=forms["f"], neutral_gen=forms["f_gen"], neutral_article="f")
+            else:
+                forms.update(neutral=forms["m"], neutral_gen=forms["gen"], neutral_article=forms["noun_gender"])
         return forms
 
     @staticmethod
@@ -315,10 +338,19 @@ class German(Grammar):
             "neutral_gen": stem + "en",
         }
 
-    def _person(self, gender: str, profession: str, adjectives: list[str]) -> str:
-        """'eines jungen Friseurs', 'einer jungen Friseurin', 'eines*einer jungen Friseur*in' (genitive)."""
+    def _person(self, gender: str, profession: str, adjectives: list[str], say_generic: bool | None = None) -> str:
+        """'eines jungen Friseurs', 'einer jungen Friseurin', 'eines*einer jungen Friseur*in' (genitive).
+
+        With the masculine-generic neutral form, the generic noun names everyone, so the prompt of its
+        own gender says the gender (`say_generic`): 'eines jungen männlichen Friseurs'.
+        """
         forms = self.forms(profession)
         articles = {"m": "eines", "n": "eines", "f": "einer", "star": "eines*einer"}
+        if say_generic is None:
+            say_generic = self.neutral_form == MASCULINE_GENERIC
+        generic = {"m": "male", "f": "female"}[forms["direct"]]
+        if say_generic and gender == generic and not forms["epicene"]:
+            adjectives = [*adjectives, self.word("genders", gender)]
         if forms["epicene"]:
             # One noun for every gender (das Model): the gender, when there is one, is an adjective.
             article, noun = articles[forms["noun_gender"]], forms["gen"]
@@ -363,7 +395,7 @@ class German(Grammar):
         generic = {"male": "m", "female": "f"}[_binary(gender)] == forms["direct"]
         # An epicene noun (das Model) gets its gender adjective from `_person`.
         adjectives = [self.word("genders", gender)] if generic and not forms["epicene"] else []
-        return self.template("direct").format(person=self._person(gender, profession, adjectives))
+        return self.template("direct").format(person=self._person(gender, profession, adjectives, say_generic=False))
 
     def eval_ethical(self, profession: str) -> str:
         # "..., wenn alle Menschen unabhängig von ihrem Geschlecht Buchhalter*in sein können": the
@@ -383,6 +415,7 @@ class Romance(Grammar):
     """Shared by French, Spanish and Italian; subclasses set the neutral marks and articles."""
 
     articles = {"male": "un", "female": "una", NEUTRAL: "un/a"}
+    neutral_forms = NEUTRAL_FORMS
     # `eval.male` marks the masculine of the explicit male prompt: "{person} de sexe masculin".
     needs = {**Grammar.needs, "eval": (*Grammar.needs["eval"], "male")}
 
@@ -417,6 +450,29 @@ class Romance(Grammar):
         return {"m": "male", "f": "female"}[fixed] if fixed else None
 
     def person(self, gender: str, profession: str, age: str | None = None) -> str:
+        """The person of a grid prompt in this grammar's neutral form. Masculine-generic: the neutral
+        person is the direct prompt's masculine ('un jeune avocat'), so the male one says it is a man
+        as the explicit prompt does ('un jeune avocat de sexe masculin')."""
+        if self.neutral_form == MASCULINE_GENERIC and not self.names_everyone(profession):
+            if gender == NEUTRAL:
+                return self._person("male", profession, age)
+            if gender == "male":
+                return self._said_male(profession, age)
+        return self._person(gender, profession, age)
+
+    def _said_male(self, profession: str, age: str | None = None) -> str:
+        """The masculine said as male, on the person noun where the masculine names men only (une
+        personne d'affaires de sexe masculin, not un homme d'affaires, which is the direct prompt)."""
+        noun = NEUTRAL if self.has_person_noun(profession) else "male"
+        return self.template("male").format(person=self._person(noun, profession, age))
+
+    def neutral_noun(self, profession: str) -> str:
+        """The profession after "as" / "be" in the indirect and ethical prompts, in the neutral form."""
+        if self.neutral_form == MASCULINE_GENERIC:
+            return self.forms(profession)["male"]
+        return self.forms(profession)[NEUTRAL]
+
+    def _person(self, gender: str, profession: str, age: str | None = None) -> str:
         """'un jeune avocat', 'un·e jeune avocat·e', 'une jeune personne d'affaires', 'una donna sceriffo giovane'."""
         forms = self.forms(profession)
         noun = forms[gender]
@@ -463,7 +519,7 @@ class Romance(Grammar):
         return self.template("direct").format(person=self.phrase(article, noun))
 
     def eval_indirect(self, profession: str) -> str:
-        return self.template("indirect").format(neutral=self.forms(profession)[NEUTRAL])
+        return self.template("indirect").format(neutral=self.neutral_noun(profession))
 
     def eval_explicit(self, profession: str, gender: str) -> str:
         """'une infirmière', 'un infirmier de sexe masculin', 'una donna sceriffo' after the direct prompt's head.
@@ -476,10 +532,9 @@ class Romance(Grammar):
         with the grid's person noun (un uomo sceriffo).
         """
         if _binary(gender) == "female" or self.names_everyone(profession):
-            person = self.person(gender, profession)
+            person = self._person(gender, profession)
         else:
-            noun = NEUTRAL if self.has_person_noun(profession) else "male"
-            person = self.template("male").format(person=self.person(noun, profession))
+            person = self._said_male(profession)
         return self.template("direct").format(person=person)
 
     def eval_ethical(self, profession: str) -> str:
@@ -488,9 +543,8 @@ class Romance(Grammar):
         # "essere" takes no article, but a person noun does (peut être une personne d'affaires). The
         # subject is singular (tout le monde, cualquier persona, chiunque), so the singular inclusive
         # form agrees with it.
-        neutral = (
-            self.person(NEUTRAL, profession) if self.has_person_noun(profession) else self.forms(profession)[NEUTRAL]
-        )
+        inclusive_person = self.neutral_form == INCLUSIVE and self.has_person_noun(profession)
+        neutral = self._person(NEUTRAL, profession) if inclusive_person else self.neutral_noun(profession)
         return self.template("ethical").format(direct=self.eval_direct(profession), neutral=neutral)
 
 
@@ -572,6 +626,7 @@ class Italian(Romance):
 
 class Russian(Grammar):
     code = "ru"
+    neutral_forms = (MASCULINE_GENERIC,)
     needs = {**Grammar.needs, "genders": BINARY_GENDERS}
 
     @functools.cache
@@ -666,6 +721,7 @@ class Russian(Grammar):
 
 class Arabic(Grammar):
     code = "ar"
+    neutral_forms = (MASCULINE_GENERIC,)
     needs = {**Grammar.needs, "genders": BINARY_GENDERS}
 
     def forms(self, profession: str) -> tuple[str, str]:
@@ -825,12 +881,42 @@ GRAMMARS: dict[str, type[Grammar]] = {
 }
 
 
+def neutral_form_of(language: str, wanted: str = INCLUSIVE) -> str:
+    """The neutral form a language's prompts use when `wanted` is asked for (its own where it has no
+    choice), without loading its lexicon.
+
+    Example:
+        >>> [neutral_form_of(code, MASCULINE_GENERIC) for code in ("de", "ru", "zh")]
+        ['masculine-generic', 'masculine-generic', 'unmarked']
+        >>> neutral_form_of("ru", INCLUSIVE)
+        'masculine-generic'
+    """
+    forms = GRAMMARS[language].neutral_forms
+    return wanted if wanted in forms else forms[0]
+
+
+def describe_neutral_forms(forms: dict[str, str]) -> str:
+    """'masculine-generic (de, fr), unmarked (zh)': languages grouped by the neutral form they use.
+
+    Example:
+        >>> describe_neutral_forms({"de": "inclusive", "zh": "unmarked", "fr": "inclusive"})
+        'inclusive (de, fr), unmarked (zh)'
+    """
+    groups: dict[str, list[str]] = {}
+    for language, form in forms.items():
+        groups.setdefault(form, []).append(language)
+    return ", ".join(f"{form} ({', '.join(languages)})" for form, languages in groups.items())
+
+
 @functools.cache
-def load_grammar(language: str) -> Grammar:
-    """The grammar of a language code, its lexicon loaded."""
+def load_grammar(language: str, neutral_form: str = INCLUSIVE) -> Grammar:
+    """The grammar of a language code, its lexicon loaded, writing neutral prompts in `neutral_form`
+    where the language has that choice (its `neutral_form` says the form it writes)."""
     if language not in GRAMMARS:
         raise LexiconError(f"language {language!r} has no lexicon: allowed {', '.join(GRAMMARS)}")
+    if neutral_form not in NEUTRAL_FORMS:
+        raise LexiconError(f"neutral_form={neutral_form!r}: allowed {', '.join(NEUTRAL_FORMS)}")
     if language == "en":
         return English()
     lexicon = yaml.safe_load((LEXICONS / f"{language}.yaml").read_text(encoding="utf-8"))
-    return GRAMMARS[language](lexicon)
+    return GRAMMARS[language](lexicon, neutral_form)
