@@ -39,6 +39,15 @@ from pipelines.resources import space_folder
 
 METRIC_PATH = space_folder("clip_score")
 PERSON = "a photo of the face of a person"
+OCCUPATION_TEXTS = {
+    "corrected": '"a photo of the face of a/an <occupation>" (`--clip_texts corrected`)',
+    "reference": '"a photo of the face of a <occupation>" for every occupation, as the reference study wrote it '
+    "(`--clip_texts reference`)",
+}
+AVERAGES = {
+    "images": "the mean over every image (`--average images`)",
+    "occupations": "the mean of the occupations' means, the reference study's avg (`--average occupations`)",
+}
 INDIRECT_VARIANTS = ("magbig_indirect", "eval_indirect")  # the English indirect prompt, in this order
 CORRUPT = ("skip", "stop")
 
@@ -62,6 +71,24 @@ class Arguments(StageArguments):
     )
     multilingual_clip_pretrained: str | None = field(default=None, metadata={"help": "Its pretrained tag."})
     convention: str = field(default="cosine", metadata={"help": "cosine (the reference study) or torchmetrics."})
+    clip_texts: str = field(
+        default="corrected",
+        metadata={
+            "help": 'corrected: "a photo of the face of a/an <occupation>" with the right article; reference: '
+            '"a photo of the face of a <occupation>" for every occupation, as the reference study wrote it.'
+        },
+    )
+    clip_precision: str = field(
+        default="fp32",
+        metadata={"help": "fp32, or fp16 as the reference study ran its CLIP (scores move by rounding)."},
+    )
+    average: str = field(
+        default="images",
+        metadata={
+            "help": "The summary's all-occupations row: images (the mean over every image) or occupations (the mean "
+            "of the occupations' means, the reference study's 'avg')."
+        },
+    )
     on_corrupt: str = field(default="skip", metadata={"help": f"A corrupt image: {CORRUPT[0]} (counted) or stop."})
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
@@ -77,6 +104,9 @@ class Arguments(StageArguments):
             self.multilingual_clip_pretrained = None
         super().__post_init__()
         self.check_choice("convention", ("cosine", "torchmetrics"))
+        self.check_choice("clip_texts", ("corrected", "reference"))
+        self.check_choice("clip_precision", ("fp32", "fp16"))
+        self.check_choice("average", ("images", "occupations"))
         self.check_choice("on_corrupt", CORRUPT)
         self.check_at_least(1, "batch_size", "cpu_threads")
         from pipelines.modeling.clip import check_activation
@@ -154,12 +184,23 @@ class EvaluateAlignment(ShardedStage):
                 "model": str(model.path or model.given),
                 "pretrained": args.multilingual_clip_pretrained,
             }
-        self.common = {"convention": args.convention, "batch_size": args.batch_size, "device": device}
+        self.common = {
+            "convention": args.convention,
+            "batch_size": args.batch_size,
+            "device": device,
+            "precision": args.clip_precision,
+        }
+        self.reference_texts = args.clip_texts == "reference"
 
     def texts(self, profession: str) -> dict[str, str]:
+        occupation = (
+            f"a photo of the face of a {profession}"  # "a accountant", as the reference study's texts read
+            if self.reference_texts
+            else self.grammar.eval_direct(profession)
+        )
         return {
             "clip_en_indirect": self.indirect.get(profession) or self.grammar.eval_indirect(profession),
-            "clip_en_occupation": self.grammar.eval_direct(profession),
+            "clip_en_occupation": occupation,
             "clip_en_person": PERSON,
         }
 
@@ -226,7 +267,8 @@ class EvaluateAlignment(ShardedStage):
             for occupation in [*dict.fromkeys(row["profession"] for row in ok), schemas.ALL_OCCUPATIONS]:
                 chosen = [row for row in ok if occupation in (row["profession"], schemas.ALL_OCCUPATIONS)]
                 if chosen:
-                    summary.append(summary_row(chosen, occupation))
+                    by_occupation = occupation == schemas.ALL_OCCUPATIONS and args.average == "occupations"
+                    summary.append(summary_row(chosen, occupation, by_occupation))
         if not summary:
             raise DataError(f"input={run.inputs['input']}: no images to score")
         writer = DatasetWriter(folder, schemas.ALIGNMENT_SUMMARY)
@@ -245,7 +287,7 @@ class EvaluateAlignment(ShardedStage):
                 f"CLIP scores ({args.convention}) of the images in `{run.inputs['input']}`, as the reference study "
                 f"computes them: every language's images against English texts with one English CLIP "
                 f"(`{run.inputs['clip_model']}`, pretrained `{args.clip_pretrained}`): the occupation's indirect "
-                f'English prompt, "a photo of the face of a/an <occupation>" and "{PERSON}". '
+                f'English prompt, {OCCUPATION_TEXTS[args.clip_texts]} and "{PERSON}"; CLIP in {args.clip_precision}. '
                 + (
                     f"Separately, each image against its own prompt with the multilingual CLIP `{multilingual}` "
                     "(`mclip_own_prompt`): another model's cosines, on another scale, not comparable with the "
@@ -254,7 +296,7 @@ class EvaluateAlignment(ShardedStage):
                     else "No multilingual CLIP was given, so there is no own-prompt score."
                 )
                 + f" Config `summary`: means and standard deviations per occupation and over all occupations "
-                f"(`{schemas.ALL_OCCUPATIONS}`)."
+                f"(`{schemas.ALL_OCCUPATIONS}`: {AVERAGES[args.average]})."
             ),
             lineage=run.lineage,
             configs=["summary", *configs],
@@ -298,14 +340,33 @@ class EvaluateAlignment(ShardedStage):
         return f"CLIP scores of {sum(counts.values())} images"
 
 
-def summary_row(rows: list[dict[str, Any]], occupation: str) -> dict[str, Any]:
+def summary_row(rows: list[dict[str, Any]], occupation: str, by_occupation: bool = False) -> dict[str, Any]:
+    """Means and standard deviations of the scores of `rows`; `by_occupation`: of the occupations'
+    means instead of the images' scores (the reference study's "avg", which weighs every occupation
+    alike however many of its images were scored).
+
+    Example:
+        >>> rows = [{"language": "en", "variant": "v", "intervention": "none", "model": "m", "profession": p,
+        ...          "clip_en_indirect": s, "clip_en_occupation": s, "clip_en_person": s, "mclip_own_prompt": None}
+        ...         for p, s in (("a", 0.1), ("a", 0.3), ("a", 0.2), ("b", 0.6))]
+        >>> pooled, means = summary_row(rows, "__all__"), summary_row(rows, "__all__", by_occupation=True)
+        >>> round(pooled["clip_en_person"], 4), round(means["clip_en_person"], 4)
+        (0.3, 0.4)
+    """
     import numpy as np
 
     first = rows[0]
     out = {key: first[key] for key in ("language", "variant", "intervention", "model")}
     out |= {"occupation": occupation, "num_images": len(rows)}
     for name in schemas.ALIGNMENT_SCORES:
-        values = np.array([row[name] for row in rows if row[name] is not None], dtype=float)
+        if by_occupation:
+            groups: dict[str, list[float]] = {}
+            for row in rows:
+                if row[name] is not None:
+                    groups.setdefault(row["profession"], []).append(row[name])
+            values = np.array([np.mean(group) for group in groups.values()], dtype=float)
+        else:
+            values = np.array([row[name] for row in rows if row[name] is not None], dtype=float)
         out[name] = float(values.mean()) if len(values) else None
         out[f"{name}_std"] = float(values.std()) if len(values) else None
     return out

@@ -61,6 +61,25 @@ def test_scores_equal_a_direct_computation(tiny_clip: str, images: list) -> None
         module.compute(predictions=images, references=TEXTS, model=tiny_clip, convention="percent")
 
 
+def test_half_precision_scores_near_full_and_a_module_s_models_go_with_it(tiny_clip: str, images: list) -> None:
+    """fp16 (the reference study's CLIP precision) moves a cosine by rounding only; the models a module
+    loaded are its own, released with it (a class-level cache held them for the rest of the process)."""
+    import gc
+    import weakref
+
+    module = evaluate.load(MODULE)
+    full = np.array(module.compute(predictions=images, references=TEXTS, model=tiny_clip)["scores"])
+    half = np.array(module.compute(predictions=images, references=TEXTS, model=tiny_clip, precision="fp16")["scores"])
+    assert np.allclose(half, full, atol=2e-2) and not np.array_equal(half, full)
+    with pytest.raises(ValueError, match="precision='bf8': allowed fp32, fp16"):
+        module.compute(predictions=images, references=TEXTS, model=tiny_clip, precision="bf8")
+    models = [weakref.ref(clip) for clip, _, _ in module._models.values()]
+    assert len(models) == 2 and evaluate.load(MODULE).__dict__.get("_models") is None  # another module: none
+    del module
+    gc.collect()
+    assert [ref() for ref in models] == [None, None]
+
+
 class OpenClipForTorchmetrics:
     """open_clip behind the model/processor interface torchmetrics' CLIPScore calls."""
 
@@ -182,6 +201,41 @@ def test_evaluate_alignment_stage_scores_every_language_against_english_texts(
     assert np.allclose(again["mclip_own_prompt"], direct_cosines(english_folder, pictures, images_de["prompt"]))
     assert not np.allclose(again["clip_en_person"], person)
     assert loaded.alive() == [] and len(loaded.refs) >= 2
+
+    # The reference study's choices: its texts, its CLIP precision, its average of occupation means.
+    referenced = evaluate_alignment.run(
+        evaluate_alignment.Arguments(
+            **common, input=str(images), clip_model=str(english), clip_pretrained=None, batch_size=3,
+            clip_texts="reference", clip_precision="fp16", average="occupations", output_repo="align-reference",
+        )
+    )  # fmt: skip
+    folder = store.resolve(str(referenced), "dataset")
+    half = datasets.load_dataset(str(folder), "de_eval_direct", split="train")
+    assert np.allclose(half["clip_en_person"], person, atol=2e-2) and half["clip_en_person"] != list(person)
+    summary = datasets.load_dataset(str(folder), "summary", split="train").to_pandas()
+    german = summary[summary["language"] == "de"]
+    occupations = german[german["occupation"] != "__all__"]
+    overall = german[german["occupation"] == "__all__"].iloc[0]
+    assert overall["clip_en_person"] == pytest.approx(occupations["clip_en_person"].mean())
+    assert overall["clip_en_person_std"] == pytest.approx(occupations["clip_en_person"].std(ddof=0))
+    card = (folder / "README.md").read_text()
+    assert "(`--clip_texts reference`)" in card and "CLIP in fp16" in card and "(`--average occupations`)" in card
+
+
+def test_reference_texts_keep_the_reference_s_article() -> None:
+    """ "a accountant", as the reference study's CLIP texts read; the corrected texts say "an"."""
+    from pipelines.prompting.grammar import load_grammar
+
+    stage = evaluate_alignment.EvaluateAlignment()
+    stage.indirect, stage.grammar = {}, load_grammar("en")
+    for reference, text in (
+        (True, "a photo of the face of a accountant"),
+        (False, "a photo of the face of an accountant"),
+    ):
+        stage.reference_texts = reference
+        assert stage.texts("accountant")["clip_en_occupation"] == text
+    with pytest.raises(ConfigError, match="clip_texts='magbig': allowed corrected, reference"):
+        evaluate_alignment.Arguments(input="x", clip_texts="magbig")
 
 
 def test_alignment_defaults_to_the_reference_clip_and_refuses_an_activation_mismatch(tiny_study: dict) -> None:

@@ -36,25 +36,27 @@ Args:
     convention (`str`, defaults to `cosine`): `cosine` or `torchmetrics`.
     batch_size (`int`, defaults to 64): images per forward pass.
     device (`str`, *optional*): defaults to CUDA when available.
+    precision (`str`, defaults to `fp32`): `fp32`, or `fp16` (the reference study ran its CLIP in half
+        precision); the cosines are computed in float32 either way.
 Returns:
     `scores` (one per pair), `mean` (the aggregate), `convention`.
 Examples:
     >>> import evaluate
     >>> from PIL import Image
-    >>> from pipelines.modeling.tiny import build_tiny_open_clip
-    >>> folder = build_tiny_open_clip(__import__("tempfile").mkdtemp())
     >>> clip_score = evaluate.load("spaces/clip_score")
     >>> images = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue")]
     >>> texts = ["a red square", "a blue square"]
-    >>> result = clip_score.compute(predictions=images, references=texts, model=str(folder))
+    >>> model = "ViT-B-32"  # random weights (no pretrained tag): runs offline; use your CLIP here
+    >>> result = clip_score.compute(predictions=images, references=texts, model=model)
     >>> len(result["scores"]), all(-1 <= s <= 1 for s in result["scores"]), result["convention"]
     (2, True, 'cosine')
-    >>> scaled = clip_score.compute(predictions=images, references=texts, model=str(folder), convention="torchmetrics")
+    >>> scaled = clip_score.compute(predictions=images, references=texts, model=model, convention="torchmetrics")
     >>> all(0 <= s <= 100 for s in scaled["scores"])
     True
 """
 
 CONVENTIONS = ("cosine", "torchmetrics")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 # The reference study's CLIP: OpenAI's ViT-L/14, which uses QuickGELU.
 REFERENCE_CLIP = ("ViT-L-14-quickgelu", "openai")
@@ -127,8 +129,6 @@ def load_open_clip(model: str, pretrained: str | None = None, device: str = "cpu
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ClipScore(evaluate.Metric):
-    _loaded = {}
-
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
@@ -138,11 +138,15 @@ class ClipScore(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2104.08718"],
         )
 
-    def _model(self, model: str, pretrained: str | None, device: str) -> tuple:
-        key = (model, pretrained, device)
-        if key not in self._loaded:  # loaded once per process, whatever the number of compute calls
-            self._loaded[key] = load_open_clip(model, pretrained, device)
-        return self._loaded[key]
+    def _model(self, model: str, pretrained: str | None, device: str, precision: str) -> tuple:
+        # Loaded once per module instance, whatever the number of compute calls, and released with it
+        # (a class-level cache kept every model a process ever scored with until the process ended).
+        loaded = self.__dict__.setdefault("_models", {})
+        key = (model, pretrained, device, precision)
+        if key not in loaded:
+            clip, preprocess, tokenizer = load_open_clip(model, pretrained, device)
+            loaded[key] = (clip.to(PRECISIONS[precision]), preprocess, tokenizer)
+        return loaded[key]
 
     def _compute(
         self,
@@ -153,13 +157,16 @@ class ClipScore(evaluate.Metric):
         convention: str = "cosine",
         batch_size: int = 64,
         device: str | None = None,
+        precision: str = "fp32",
     ) -> dict:
         if model is None:
             raise ValueError("model: an open_clip model name or folder is required")
         if convention not in CONVENTIONS:
             raise ValueError(f"convention={convention!r}: allowed {', '.join(CONVENTIONS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}: allowed {', '.join(PRECISIONS)}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        clip, preprocess, tokenizer = self._model(model, pretrained, device)
+        clip, preprocess, tokenizer = self._model(model, pretrained, device, precision)
         texts = list(dict.fromkeys(references))
         with torch.inference_mode():
             text_features = []
@@ -172,7 +179,7 @@ class ClipScore(evaluate.Metric):
             for start in range(0, len(predictions), batch_size):
                 batch = [preprocess(image.convert("RGB")) for image in predictions[start : start + batch_size]]
                 image_features = torch.nn.functional.normalize(
-                    clip.encode_image(torch.stack(batch).to(device)).float(), dim=-1
+                    clip.encode_image(torch.stack(batch).to(device, PRECISIONS[precision])).float(), dim=-1
                 )
                 cosines.append(
                     (image_features * text_features[rows[start : start + batch_size].to(device)]).sum(-1).cpu()
