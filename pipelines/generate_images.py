@@ -75,6 +75,13 @@ class Arguments(StageArguments):
             "index, the same for every prompt (the reference evaluation's seeds 0..N-1)."
         },
     )
+    generator_device: str = field(
+        default="cpu",
+        metadata={
+            "help": "Where each image's seeded noise is drawn: cpu (the same noise on any machine) or cuda (as the "
+            "reference study drew it: another noise for the same seed, so its images can be remade only there)."
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "Images per pipeline call."})
     images_per_shard: int = field(default=64, metadata={"help": "Images per parquet shard (the unit of resuming)."})
     num_inference_steps: int = field(default=50, metadata={"help": "Denoising steps (the pipeline's default: 50)."})
@@ -125,6 +132,7 @@ class Arguments(StageArguments):
         if self.face_filter is not None:
             self.check_choice("face_filter", FACE_FILTERS)
         self.check_choice("seeds", SEED_SCHEMES)
+        self.check_choice("generator_device", ("cpu", "cuda"))
         self.check_choice("scheduler", SCHEDULERS)
         self.check_choice("dtype", DTYPES)
         self.check_at_least(
@@ -267,6 +275,13 @@ class GenerateImages(ShardedStage):
 
     def open(self, run: StageRun, device: str) -> None:
         args: Arguments = run.args
+        if args.generator_device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    "generator_device='cuda': this machine has no CUDA device (cpu draws the noise here)"
+                )
         model = run.model("model")
         self.pipe = load_pipeline(
             model, run.store, namespace=args.namespace, scheduler=args.scheduler, device=device, dtype=args.dtype
@@ -342,7 +357,7 @@ class GenerateImages(ShardedStage):
                     guidance_scale=args.guidance_scale,
                     height=args.height,
                     width=args.width,
-                    generator=[torch.Generator(device="cpu").manual_seed(seeds[p]) for p in positions],
+                    generator=[torch.Generator(device=args.generator_device).manual_seed(seeds[p]) for p in positions],
                     output_type="pil",
                     **extra,
                 ).images
@@ -395,7 +410,10 @@ class GenerateImages(ShardedStage):
             description=(
                 f"Images from `{run.inputs['model']}` for the prompts of `{run.inputs['input']}`: {args.num_images} "
                 f"per prompt, {args.num_inference_steps} steps of the {args.scheduler} scheduler, guidance "
-                f"{args.guidance_scale}, seeds {args.seeds.replace('_', ' ')}. One config per language, prompt "
+                f"{args.guidance_scale}, seeds {args.seeds.replace('_', ' ')} drawn on a {args.generator_device} "
+                f"generator, weights in {args.dtype}"
+                + (" (fp16 on a GPU, fp32 on a CPU)" if args.dtype == "auto" else "")
+                + ". One config per language, prompt "
                 "variant and intervention (`none`: the prompt as written), paired seed for seed across languages "
                 "and interventions; any image can be made again alone from its `seed`, `generation_prompt`, "
                 "`negative_prompt` and `editing_prompts`."

@@ -23,11 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipelines.artifacts.store import STORE_ROOT_ENV, parse_ref
 from pipelines.errors import ConfigError, UserError
-from pipelines.harness.config import OneLineError, build_arguments, input_fields, load_recipe, step_values, step_where
+from pipelines.harness.config import (
+    OneLineError,
+    apply_settings,
+    build_arguments,
+    input_fields,
+    load_recipe,
+    step_values,
+    step_where,
+)
 from pipelines.harness.estimate import Costs, Estimate, Estimates, print_plan
 from pipelines.harness.preflight import disk_problems, preflight
 from pipelines.harness.stage import Published, Stage
@@ -56,28 +62,6 @@ def stage_of(name: str) -> Stage:
     if name not in STAGES:
         raise ConfigError(f"unknown stage {name!r}: allowed {', '.join(STAGES)}")
     return importlib.import_module(STAGES[name]).STAGE
-
-
-def apply_settings(recipe: dict[str, Any], settings: list[str]) -> dict[str, Any]:
-    """`--set STEP.KEY=VALUE` (or `KEY=VALUE` for a shared setting), the value read as YAML."""
-    names = {entry.get("name", entry["stage"]): entry for entry in recipe.get("stages", [])}
-    for setting in settings:
-        target, sep, value = setting.partition("=")
-        if not sep or not target:
-            raise ConfigError(f"--set {setting!r}: expected STEP.KEY=VALUE or KEY=VALUE")
-        try:
-            parsed = yaml.safe_load(value) if value else None
-        except yaml.YAMLError as err:
-            where = getattr(err, "problem", None) or "not YAML"
-            raise ConfigError(f"--set {setting!r}: the value is not YAML ({where})") from None
-        step, dot, key = target.rpartition(".")
-        if not dot:
-            recipe[target] = parsed
-        elif step in names:
-            names[step][key] = parsed
-        else:
-            raise ConfigError(f"--set {setting!r}: the recipe has no step {step!r} (it has {', '.join(names)})")
-    return recipe
 
 
 def plan_recipe(

@@ -387,6 +387,52 @@ def test_every_recipe_parses_and_dry_runs_offline(recipe: Path, tmp_path: Path) 
     assert not (tmp_path / "hub").exists()  # nothing published, nothing downloaded
 
 
+def test_the_reference_recipe_is_the_m9_study_with_the_reference_s_choices() -> None:
+    """A recipe that `extends` another is it, with its own shared settings and its `set` list applied:
+    the reference recipe changes the evaluation steps' settings and nothing else."""
+    from pipelines.harness.config import load_recipe
+
+    recipes = REPO_ROOT / "pipelines" / "recipes"
+    base, reference = (
+        load_recipe(recipes / "altdiffusion_m9.yaml"),
+        load_recipe(recipes / "altdiffusion_m9_reference.yaml"),
+    )
+    assert reference["namespace"] == "t2i-bias-reference" and reference["__file__"].endswith("_reference.yaml")
+    assert [e["stage"] for e in reference["stages"]] == [e["stage"] for e in base["stages"]]
+    changed = {}
+    for old, new in zip(base["stages"], reference["stages"]):
+        for key in set(old) | set(new):
+            if old.get(key) != new.get(key):
+                changed[f"{new.get('name', new['stage'])}.{key}"] = new.get(key)
+    assert changed == {
+        **{f"generate_eval_{v}.{k}": value for v in ("base", "finetuned")
+           for k, value in (("generator_device", "cuda"), ("dtype", "float32"), ("num_images", 25))},
+        "classify_base.chips": "fairface", "classify_finetuned.chips": "fairface",
+        **{f"evaluate_alignment_{v}.{k}": value for v in ("base", "finetuned")
+           for k, value in (("clip_texts", "reference"), ("clip_precision", "fp16"), ("average", "occupations"))},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("extends: missing.yaml\n", "recipe '.*missing.yaml' not found"),
+        ("extends: recipe.yaml\n", "extends itself through recipe.yaml"),
+        ("extends: base.yaml\nstages: []\n", "changes it with 'set', not 'stages'"),
+        ("extends: base.yaml\nset: [nostep.key=1]\n", "the recipe has no step 'nostep'"),
+        ("extends: base.yaml\nset: a=1\n", "set: expected a list of STEP.KEY=VALUE strings"),
+        ("set: [a=1]\nstages: []\n", "'set' changes the recipe it extends; this one extends none"),
+    ],
+)
+def test_a_bad_extension_is_a_one_line_error(tmp_path: Path, text: str, message: str) -> None:
+    from pipelines.harness.config import load_recipe
+
+    (tmp_path / "base.yaml").write_text("stages:\n  - stage: generate_prompts\n")
+    (tmp_path / "recipe.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(tmp_path / "recipe.yaml")
+
+
 def test_the_real_study_dry_run_stops_before_step_1_without_fairface_s_weights(tmp_path: Path) -> None:
     """FairFace's weights are the one input of the real study that no library downloads: without them
     the dry run (and the run) stops before step 1, naming the files, the steps that read them and the

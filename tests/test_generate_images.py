@@ -24,6 +24,10 @@ def test_images_dataset_deterministic_and_paired(tiny_study: dict) -> None:
     second = generate_images.run(image_arguments(tiny_study, output_repo="images-b"))
     folder_a, folder_b = store.resolve(str(first), "dataset"), store.resolve(str(second), "dataset")
     assert data_digest(folder_a) == data_digest(folder_b)  # same recipe twice: identical bytes
+    assert (
+        "drawn on a cpu generator, weights in auto (fp16 on a GPU, fp32 on a CPU)"
+        in (folder_a / "README.md").read_text()
+    )
     assert len(data_digest(folder_a)) == 4  # 2 configs x 8 images in shards of 4
 
     english = datasets.load_dataset(str(folder_a), "en_eval_direct", split="train")
@@ -114,6 +118,13 @@ def test_bad_generation_arguments(tiny_study: dict) -> None:
         generate_images.run(image_arguments(tiny_study, languages=["fr"], output_repo="never"))
     with pytest.raises(ConfigError, match="professions: 'astronaut' not in the prompts dataset"):
         generate_images.run(image_arguments(tiny_study, professions=["astronaut"], output_repo="never"))
+    import torch
+
+    if not torch.cuda.is_available():  # the reference's CUDA noise needs a CUDA device; refused before any image
+        with pytest.raises(ConfigError, match="generator_device='cuda': this machine has no CUDA device"):
+            generate_images.run(image_arguments(tiny_study, generator_device="cuda", output_repo="never"))
+    with pytest.raises(ConfigError, match="generator_device='mps': allowed cpu, cuda"):
+        image_arguments(tiny_study, generator_device="mps")
     assert not LocalStore(tiny_study["store_root"]).exists("study/never", "dataset")
 
 

@@ -176,10 +176,15 @@ def input_fields(args: Any) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
+def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file. One that `extends` another (a path relative to it) is that recipe with its own
+    shared settings on top and its `set` list (`STEP.KEY=VALUE`, as `run --set`) applied, so a variant
+    of a study (the reference's choices) states only what differs."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} not found")
+    if path.resolve() in _seen or len(_seen) > 8:
+        raise ConfigError(f"recipe {str(path)!r}: extends itself through {' -> '.join(p.name for p in _seen)}")
     try:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
@@ -189,6 +194,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {str(path)!r}{where}: YAML syntax error: {problem}") from None
     if not isinstance(recipe, dict) or not isinstance(recipe.get("stages", []), list):
         raise ConfigError(f"recipe {str(path)!r}: expected a mapping with a 'stages' list")
+    if "extends" in recipe:
+        return _extended(path, recipe, (*_seen, path.resolve()))
+    if "set" in recipe:
+        raise ConfigError(f"recipe {str(path)!r}: 'set' changes the recipe it extends; this one extends none")
     for index, entry in enumerate(recipe.get("stages", [])):
         if not isinstance(entry, dict) or "stage" not in entry:
             raise ConfigError(f"recipe {str(path)!r}: stages[{index}] needs a 'stage' key")
@@ -197,6 +206,43 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if repeated:
         raise ConfigError(f"recipe {str(path)!r}: step name(s) {', '.join(repeated)} used twice; give each a 'name'")
     recipe["__file__"] = str(path)
+    return recipe
+
+
+def _extended(path: Path, recipe: dict[str, Any], seen: tuple[Path, ...]) -> dict[str, Any]:
+    base_name, settings = recipe.pop("extends"), recipe.pop("set", [])
+    if not isinstance(base_name, str):
+        raise ConfigError(f"recipe {str(path)!r}: extends: expected the path of a recipe, got {base_name!r}")
+    if "stages" in recipe:
+        raise ConfigError(f"recipe {str(path)!r}: a recipe that extends another changes it with 'set', not 'stages'")
+    if not isinstance(settings, list) or not all(isinstance(s, str) for s in settings):
+        raise ConfigError(f"recipe {str(path)!r}: set: expected a list of STEP.KEY=VALUE strings")
+    base = load_recipe(path.parent / base_name, seen)
+    base.update(recipe)
+    base["__file__"] = str(path)
+    return apply_settings(base, settings)
+
+
+def apply_settings(recipe: dict[str, Any], settings: list[str]) -> dict[str, Any]:
+    """`STEP.KEY=VALUE` (or `KEY=VALUE` for a shared setting), the value read as YAML: `run --set`
+    and a recipe's `set` list."""
+    names = {entry.get("name", entry["stage"]): entry for entry in recipe.get("stages", [])}
+    for setting in settings:
+        target, sep, value = setting.partition("=")
+        if not sep or not target:
+            raise ConfigError(f"--set {setting!r}: expected STEP.KEY=VALUE or KEY=VALUE")
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem", None) or "not YAML"
+            raise ConfigError(f"--set {setting!r}: the value is not YAML ({where})") from None
+        step, dot, key = target.rpartition(".")
+        if not dot:
+            recipe[target] = parsed
+        elif step in names:
+            names[step][key] = parsed
+        else:
+            raise ConfigError(f"--set {setting!r}: the recipe has no step {step!r} (it has {', '.join(names)})")
     return recipe
 
 
