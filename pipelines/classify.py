@@ -119,7 +119,7 @@ class Classify(ShardedStage):
     features = schemas.ATTRIBUTES
     not_parameters = ("work_dir", "device", "batch_size")
 
-    def model_options(self, name: str) -> dict[str, Any]:
+    def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
         from pipelines.modeling.clip import is_open_clip_name
 
         return {

@@ -136,7 +136,7 @@ class EvaluateAlignment(ShardedStage):
     features = schemas.ALIGNMENT
     not_parameters = ("work_dir", "device", "batch_size")
 
-    def model_options(self, name: str) -> dict[str, Any]:
+    def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
         from pipelines.modeling.clip import is_open_clip_name
 
         return {"what": name, "kinds": ("store", "hub", "folder", "name"), "is_library_name": is_open_clip_name}

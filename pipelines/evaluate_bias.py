@@ -182,7 +182,7 @@ class EvaluateBias(Stage):
     name = "evaluate_bias"
     Arguments = Arguments
 
-    def model_options(self, name: str) -> dict[str, Any]:
+    def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
         return {"what": name, "kinds": ("file",)}
 
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:

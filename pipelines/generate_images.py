@@ -108,6 +108,14 @@ class Arguments(StageArguments):
         },
     )
     max_attempts: int = field(default=10, metadata={"help": "Face filter: tries per image before keeping the last."})
+    safety_checker: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the model's own safety checker (a component of its repo, as m9's): an image it flags comes "
+            "back black, as the reference's training images did; `safety_flagged` marks them and the card counts "
+            "them. Off by default: the study measures the model's raw output."
+        },
+    )
     work_dir: str | None = field(
         default=None, metadata={"help": "Where unfinished shards wait (default <store_root>/.work)."}
     )
@@ -176,13 +184,14 @@ class GenerateImages(ShardedStage):
     features = schemas.IMAGES
     not_parameters = ("work_dir", "device")
 
-    def model_options(self, name: str) -> dict[str, Any]:
+    def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
         from pipelines.modeling.diffusion import pipeline_problem
 
+        with_checker = bool(args is not None and args.safety_checker)
         return {
             "what": name,
             "kinds": ("store", "hub", "folder"),
-            "hub_files": hub_pipeline_files,
+            "hub_files": lambda repo_id, revision: hub_pipeline_files(repo_id, revision, with_checker),
             "check": pipeline_problem,
         }
 
@@ -284,7 +293,13 @@ class GenerateImages(ShardedStage):
                 )
         model = run.model("model")
         self.pipe = load_pipeline(
-            model, run.store, namespace=args.namespace, scheduler=args.scheduler, device=device, dtype=args.dtype
+            model,
+            run.store,
+            namespace=args.namespace,
+            scheduler=args.scheduler,
+            device=device,
+            dtype=args.dtype,
+            safety_checker=args.safety_checker,
         )
         self.info = {"model": model.pin, "model_revision": model.revision or model.pin.rpartition("@")[2]}
         self.detector = None
@@ -315,13 +330,16 @@ class GenerateImages(ShardedStage):
             batch, pending = pending[: args.batch_size], pending[args.batch_size :]
             calls = [(row, index, attempt, told(row, index)) for _, row, index, attempt in batch]
             made = self.generate_batch(calls, args)
-            faces = self.detector.detect([np.asarray(im) for im, _ in made]) if self.detector else [None] * len(made)
-            for (position, row, index, attempt), (image, seed), found, (*_, said) in zip(batch, made, faces, calls):
+            faces = self.detector.detect([np.asarray(m[0]) for m in made]) if self.detector else [None] * len(made)
+            for (position, row, index, attempt), (image, seed, flagged), found, (*_, said) in zip(
+                batch, made, faces, calls
+            ):
                 if found is not None and len(found) != 1 and attempt + 1 < args.max_attempts:
                     pending.append((position, row, index, attempt + 1))
                     continue
                 check = "off" if found is None else "one_face" if len(found) == 1 else "gave_up"
                 done[position] = self.image_row(row, index, image, seed, attempt, check, args) | {
+                    "safety_flagged": flagged,
                     "intervention": info["intervention"],
                     "generation_prompt": said.prompt,
                     "negative_prompt": said.negative_prompt,
@@ -331,9 +349,10 @@ class GenerateImages(ShardedStage):
 
     def generate_batch(
         self, batch: list[tuple[dict[str, Any], int, int, Instruction]], args: Arguments
-    ) -> list[tuple[Any, int]]:
-        """The images of a batch of (row, sample index, attempt, instruction), as (image, seed) pairs:
-        one pipeline call per kind of call (semantic guidance edits one way or the other)."""
+    ) -> list[tuple[Any, int, bool | None]]:
+        """The images of a batch of (row, sample index, attempt, instruction), as (image, seed, flagged)
+        triples (flagged: by the model's safety checker, None when it is off): one pipeline call per
+        kind of call (semantic guidance edits one way or the other)."""
         import torch
 
         from pipelines.modeling.diffusion import sega_arguments
@@ -345,12 +364,13 @@ class GenerateImages(ShardedStage):
         for position, (*_, said) in enumerate(batch):
             groups.setdefault((said.editing_prompts, said.reverse_editing), []).append(position)
         images: list[Any] = [None] * len(batch)
+        flags: list[bool | None] = [None] * len(batch)
         for (editing, reverse), positions in groups.items():
             said = [batch[p][3] for p in positions]
             negatives = [s.negative_prompt or "" for s in said]
             extra = sega_arguments(editing, reverse, args.num_inference_steps) if editing else {}
             with torch.inference_mode():
-                made = (self.semantic_pipe() if editing else self.pipe)(
+                output = (self.semantic_pipe() if editing else self.pipe)(
                     [s.prompt for s in said],
                     negative_prompt=negatives if any(negatives) else None,
                     num_inference_steps=args.num_inference_steps,
@@ -360,10 +380,12 @@ class GenerateImages(ShardedStage):
                     generator=[torch.Generator(device=args.generator_device).manual_seed(seeds[p]) for p in positions],
                     output_type="pil",
                     **extra,
-                ).images
-            for p, image in zip(positions, made):
+                )
+            flagged = getattr(output, "nsfw_content_detected", None) if args.safety_checker else None
+            for number, (p, image) in enumerate(zip(positions, output.images)):
                 images[p] = image
-        return list(zip(images, seeds))
+                flags[p] = bool(flagged[number]) if flagged is not None else None
+        return list(zip(images, seeds, flags))
 
     def semantic_pipe(self) -> Any:
         if getattr(self, "_semantic", None) is None:
@@ -425,7 +447,10 @@ class GenerateImages(ShardedStage):
             rows=rows,
             tags=["images", "generated"],
             notes=self.face_filter_note(args),
-            tables=[face_filter_table(folder, self.configs)] if args.face_filter else [],
+            tables=[
+                *([face_filter_table(folder, self.configs)] if args.face_filter else []),
+                *([safety_table(folder, self.configs)] if args.safety_checker else []),
+            ],
             seconds_per_image={config: round(s / n, 4) for config, (n, s) in timing.items() if n},
         ).save(folder / "README.md")
         return f"{sum(rows.values())} images, {', '.join(rows)}"
@@ -440,6 +465,28 @@ class GenerateImages(ShardedStage):
             "no try showed one face). Unlike the reference evaluation, whose filter keeps every image after the "
             "first seed, every image is checked."
         ]
+
+
+def safety_table(folder: Path, configs: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Per config, the images the model's safety checker flagged (and the pipeline blacked out)."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for config in configs:
+        flags = [
+            flag
+            for path in sorted((folder / "data" / config).glob("*.parquet"))
+            for flag in pq.read_table(path, columns=["safety_flagged"]).column("safety_flagged").to_pylist()
+        ]
+        flagged = sum(bool(flag) for flag in flags)
+        rows.append([f"`{config}`", len(flags), flagged, f"{flagged / max(len(flags), 1):.1%}"])
+    return {
+        "title": "Safety checker",
+        "note": "The model's own safety checker ran (`--safety_checker`): an image it flagged is black and its row "
+        "has `safety_flagged` true. A classifier finds no face in it.",
+        "columns": ["Config", "Images", "Flagged (black)", "Share"],
+        "rows": rows,
+    }
 
 
 def face_filter_table(folder: Path, configs: dict[str, dict[str, str]]) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class ImportMagbig(Stage):
     name = "import_magbig"
     Arguments = Arguments
 
-    def model_options(self, name: str) -> dict[str, Any]:
+    def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
         return {"what": name, "kinds": ("store", "hub", "folder"), "repo_type": "dataset"}
 
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:

@@ -408,6 +408,7 @@ def test_the_reference_recipe_is_the_m9_study_with_the_reference_s_choices() -> 
         **{f"generate_eval_{v}.{k}": value for v in ("base", "finetuned")
            for k, value in (("generator_device", "cuda"), ("dtype", "float32"), ("num_images", 25))},
         "classify_base.chips": "fairface", "classify_finetuned.chips": "fairface",
+        "generate_train_images.safety_checker": True,
         **{f"evaluate_alignment_{v}.{k}": value for v in ("base", "finetuned")
            for k, value in (("clip_texts", "reference"), ("clip_precision", "fp16"), ("average", "occupations"))},
     }  # fmt: skip

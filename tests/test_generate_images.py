@@ -3,6 +3,7 @@ after a kill, are tested for every sharded stage in test_sharded_stages.py)."""
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,61 @@ def test_collect_datasets_leaves_out_an_image_that_cannot_be_decoded_and_says_so
         "1 image(s) of the source could not be decoded"
         in (store.resolve(str(made), "dataset") / "README.md").read_text()
     )
+
+
+def with_tiny_safety_checker(model: Path, folder: Path, flag_everything: bool) -> Path:
+    """A copy of a model folder with a tiny StableDiffusionSafetyChecker (random weights) beside it,
+    its thresholds set so that it flags every image or none (a cosine lies in [-1, 1])."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    shutil.copytree(model, folder)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    small = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config=small, vision_config={**small, "image_size": 32, "patch_size": 16}, projection_dim=16
+    )
+    torch.manual_seed(0)
+    checker = StableDiffusionSafetyChecker(config)
+    threshold = -1.5 if flag_everything else 1.5
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    checker.save_pretrained(folder / "safety_checker")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder / "feature_extractor"
+    )
+    return folder
+
+
+def test_the_safety_checker_blacks_out_what_it_flags_and_the_card_counts_it(tiny_study: dict, tmp_path: Path) -> None:
+    """Off by default (the raw output); on, the model's own checker runs as the reference ran it: a
+    flagged image is black, its row says so and the card counts it; a model without one is refused."""
+    import numpy as np
+    from PIL import Image
+
+    store = LocalStore(tiny_study["store_root"])
+    model = store.resolve(tiny_study["model"], "model")
+    common = {"languages": ["en"], "professions": ["doctor"]}
+    for flag_everything in (True, False):
+        folder = with_tiny_safety_checker(model, tmp_path / f"checked-{flag_everything}", flag_everything)
+        arguments = image_arguments(
+            tiny_study, **common, model=str(folder), safety_checker=True, output_repo=f"checked-{flag_everything}"
+        )
+        published = store.resolve(str(generate_images.run(arguments)), "dataset")
+        rows = pq.read_table(next(published.glob("data/*/*.parquet"))).to_pylist()
+        pixels = [np.asarray(Image.open(io.BytesIO(row["image"]["bytes"]))) for row in rows]
+        assert [row["safety_flagged"] for row in rows] == [flag_everything] * 2
+        assert all((p.max() == 0) == flag_everything for p in pixels)  # black exactly where flagged
+        card = (published / "README.md").read_text(encoding="utf-8")
+        assert f"| `en_eval_direct` | 2 | {2 if flag_everything else 0} |" in card
+    unchecked = store.resolve(
+        str(generate_images.run(image_arguments(tiny_study, **common, output_repo="raw"))), "dataset"
+    )
+    assert {row["safety_flagged"] for row in pq.read_table(next(unchecked.glob("data/*/*.parquet"))).to_pylist()} == {
+        None
+    }
+    with pytest.raises(ConfigError, match="safety_checker: model .* has no safety checker"):
+        generate_images.run(image_arguments(tiny_study, **common, safety_checker=True, output_repo="never"))

@@ -371,7 +371,7 @@ class TrainTextToImage(DistributedStage):
     # The published model: weights, card, validation images and the loss history; not the resume state.
     ignore = ("checkpoint-*", "logs", ".cache")
 
-    def model_options(self, name: str) -> dict[str, Any]:
+    def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
         from pipelines.modeling.diffusion import pipeline_problem
 
         return {

@@ -217,10 +217,11 @@ def variant_of(name: str) -> str | None:
     return next((part for part in Path(name).name.split(".")[1:] if part in WEIGHT_VARIANTS), None)
 
 
-def diffusers_files(files: list[str], model_index: dict) -> list[str]:
-    """The files a diffusers pipeline loads: its components (no safety checker or feature
-    extractor), safetensors over `.bin` where a component has both, and one variant of each weight:
-    the pipeline loads the plain files, so a `fp16` or `non_ema` copy beside them is not fetched.
+def diffusers_files(files: list[str], model_index: dict, safety_checker: bool = False) -> list[str]:
+    """The files a diffusers pipeline loads: its components (the safety checker and its feature
+    extractor only with `safety_checker`), safetensors over `.bin` where a component has both, and one
+    variant of each weight: the pipeline loads the plain files, so a `fp16` or `non_ema` copy beside
+    them is not fetched.
 
     Example:
         >>> index = {"unet": ["diffusers", "UNet2DConditionModel"], "safety_checker": ["x", "Y"]}
@@ -232,8 +233,10 @@ def diffusers_files(files: list[str], model_index: dict) -> list[str]:
         ['model_index.json', 'unet/a.safetensors', 'unet/config.json']
         >>> diffusers_files(["unet/config.json", "unet/a.fp16.safetensors"], index)  # only a variant: that one
         ['model_index.json', 'unet/a.fp16.safetensors', 'unet/config.json']
+        >>> diffusers_files(["unet/config.json", "unet/a.bin", "safety_checker/model.bin"], index, safety_checker=True)
+        ['model_index.json', 'safety_checker/model.bin', 'unet/a.bin', 'unet/config.json']
     """
-    skip = {"safety_checker", "feature_extractor"}
+    skip = set() if safety_checker else {"safety_checker", "feature_extractor"}
     components = {
         name
         for name, value in model_index.items()
@@ -272,7 +275,7 @@ def open_clip_hub_files(repo_id: str, revision: str) -> list[str]:
     return ["open_clip_config.json", weights]
 
 
-def hub_pipeline_files(repo_id: str, revision: str) -> list[str] | None:
+def hub_pipeline_files(repo_id: str, revision: str, safety_checker: bool = False) -> list[str] | None:
     """The files of a Hub diffusers pipeline to download (None: the whole repo, e.g. offline)."""
     from huggingface_hub import HfApi, hf_hub_download
 
@@ -281,4 +284,4 @@ def hub_pipeline_files(repo_id: str, revision: str) -> list[str] | None:
         files = HfApi().list_repo_files(repo_id, revision=revision)
     except Exception:  # noqa: BLE001 - offline or not a pipeline: snapshot_download decides
         return None
-    return diffusers_files(files, index)
+    return diffusers_files(files, index, safety_checker)

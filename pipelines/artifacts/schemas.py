@@ -63,6 +63,8 @@ IMAGES = datasets.Features(
         "width": datasets.Value("int32"),
         "rejected": datasets.Value("int32"),
         "face_check": datasets.Value("string"),
+        # True where the model's own safety checker blacked the image out (None: it was not run).
+        "safety_flagged": datasets.Value("bool"),
         # What was given to the pipeline when an intervention changed it (see generate_images).
         **_strings("intervention", "generation_prompt", "negative_prompt"),
         "editing_prompts": datasets.List(datasets.Value("string")),

@@ -86,7 +86,7 @@ class StageRun:
                 continue
             if kind in ("model", "source"):
                 self.models[name] = resolve_model(
-                    spec, self.store, namespace=args.namespace, **stage.model_options(name)
+                    spec, self.store, namespace=args.namespace, **stage.model_options(name, args)
                 )
                 self.inputs[name] = self.models[name].pin
             else:
@@ -161,7 +161,7 @@ class Stage:
     # Fields that choose where or how fast, not what is made (besides NOT_PARAMETERS).
     not_parameters: ClassVar[tuple[str, ...]] = ()
 
-    def model_options(self, name: str) -> dict[str, Any]:
+    def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
         """How model input `name` may be given (see `resolve_model`): forms, library names, files."""
         return {"what": name}
 

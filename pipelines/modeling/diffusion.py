@@ -14,8 +14,8 @@
 - A LoRA model repo (`pytorch_lora_weights.safetensors` and a card naming `base_model`) loads its
   base model and then the adapter with the pipeline's `load_lora_weights`.
 - The scheduler is the model's own unless asked for (`dpm++` is the reference study's for its
-  training images); fp16 on GPU, fp32 on CPU. The safety checker is never loaded: the study
-  measures the model's raw output.
+  training images); fp16 on GPU, fp32 on CPU. The safety checker is loaded only when asked for
+  (`safety_checker=True`, the reference's training images): the study measures the model's raw output.
 - Weights are never unpickled beyond `weights_only=True`, and remote code is never trusted.
 """
 
@@ -96,8 +96,10 @@ def load_pipeline(
     scheduler: str = "default",
     device: str = "auto",
     dtype: str = "auto",
+    safety_checker: bool = False,
 ) -> Any:
-    """The text-to-image pipeline of a resolved model input, on `device`, progress bars off."""
+    """The text-to-image pipeline of a resolved model input, on `device`, progress bars off; with its
+    own safety checker only when asked (`safety_checker`)."""
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler={scheduler!r}: allowed {', '.join(SCHEDULERS)}")
     device = pick_device(device)
@@ -113,12 +115,18 @@ def load_pipeline(
             scheduler=scheduler,
             device=device,
             dtype=dtype,
+            safety_checker=safety_checker,
         )
         pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS)
         if (folder / TEXT_ENCODER_LORA_WEIGHTS).is_file():
             load_text_encoder_lora(pipe.text_encoder, folder)
     else:
-        pipe = assemble_pipeline(folder, pick_dtype(dtype, device))
+        pipe = assemble_pipeline(folder, pick_dtype(dtype, device), safety_checker)
+        if safety_checker and getattr(pipe, "safety_checker", None) is None:
+            raise ConfigError(
+                f"safety_checker: model {model.given!r} has no safety checker (its repo's safety_checker/ and "
+                "feature_extractor/ folders, as BAAI/AltDiffusion-m9 has)"
+            )
         set_scheduler(pipe, scheduler)
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -226,15 +234,17 @@ def is_altdiffusion(folder: Path) -> bool:
     return model_index(folder).get("_class_name") == "AltDiffusionPipeline"
 
 
-def assemble_pipeline(folder: Path, torch_dtype: torch.dtype) -> Any:
-    """The pipeline saved in `folder`; AltDiffusion built from its components."""
+def assemble_pipeline(folder: Path, torch_dtype: torch.dtype, safety_checker: bool = False) -> Any:
+    """The pipeline saved in `folder`; AltDiffusion built from its components. Its safety checker
+    only with `safety_checker` (and only where the folder has one)."""
     index = model_index(folder)
+    unchecked = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     if index.get("_class_name") != "AltDiffusionPipeline":
         from diffusers import DiffusionPipeline
 
         try:
             return DiffusionPipeline.from_pretrained(
-                folder, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+                folder, dtype=torch_dtype, **({} if safety_checker else unchecked)
             )
         except (OSError, ValueError) as err:
             raise ConfigError(f"model folder {folder.name!r} does not load: {str(err).splitlines()[0]}") from None
@@ -245,7 +255,20 @@ def assemble_pipeline(folder: Path, torch_dtype: torch.dtype) -> Any:
     )
     from transformers import XLMRobertaTokenizer
 
-    # The bias study needs the model's raw output, so the safety checker (which blacks out images) is off.
+    # The bias study needs the model's raw output, so the safety checker (which blacks out images) is off
+    # unless asked for (the reference made its training images with it on).
+    checked = unchecked
+    if safety_checker and (folder / "safety_checker").is_dir() and (folder / "feature_extractor").is_dir():
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+        from transformers import CLIPImageProcessor
+
+        checked = {
+            "safety_checker": StableDiffusionSafetyChecker.from_pretrained(
+                folder, subfolder="safety_checker", dtype=torch_dtype
+            ),
+            "feature_extractor": CLIPImageProcessor.from_pretrained(folder, subfolder="feature_extractor"),
+            "requires_safety_checker": True,
+        }
     try:
         return AltDiffusionPipeline(
             vae=diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=torch_dtype),
@@ -255,9 +278,7 @@ def assemble_pipeline(folder: Path, torch_dtype: torch.dtype) -> Any:
             tokenizer=XLMRobertaTokenizer.from_pretrained(folder, subfolder="tokenizer"),
             unet=diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=torch_dtype),
             scheduler=getattr(diffusers, index["scheduler"][1]).from_pretrained(folder, subfolder="scheduler"),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            **checked,
         )
     except (OSError, ValueError) as err:
         raise ConfigError(f"model folder {folder.name!r} does not load: {str(err).splitlines()[0]}") from None
