@@ -65,6 +65,7 @@ from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.lineage import parse_versions, planted_shares, version_refs
 from pipelines.harness.stage import Stage, StageRun
 from pipelines.modeling.clip import REFERENCE_CLIP, check_activation
+from pipelines.prompting.grammar import describe_neutral_forms
 from pipelines.reporting.statistics import holm, mean_interval, paired_test, wilson_interval
 from pipelines.resources import space_folder
 
@@ -208,7 +209,12 @@ class CompareMethods(Stage):
             writer.close()
         print(self.report(rows, comparisons, baseline, n), flush=True)
         figures = self.figures(folder, rows, args)
-        self.card(run, folder, rows, comparisons, figures, baseline, n)
+        taught = {
+            label: loaded[seeds[label][0]]["caption_forms"]
+            for label in labels
+            if loaded[seeds[label][0]]["caption_forms"] and loaded[seeds[label][0]]["model"] != base_model
+        }
+        self.card(run, folder, rows, comparisons, figures, baseline, n, taught)
         return f"{len({r['method'] for r in rows})} methods compared on {args.attribute} at {n} images per cell"
 
     @staticmethod
@@ -706,6 +712,7 @@ class CompareMethods(Stage):
         figures: list[Path],
         baseline: str,
         n: int,
+        taught: dict[str, dict[str, str]] | None = None,
     ) -> None:
         def number(value: Any, digits: int = 3) -> str:
             return _number(value, digits, missing="–")  # the card's tables: an en dash for no value
@@ -832,7 +839,16 @@ class CompareMethods(Stage):
                     ],
                 },
             ],  # fmt: skip
-            notes=[f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in figures if p.suffix == ".png"],
+            notes=[
+                # Two fine-tunes taught different forms compare them on the same prompts (does a model taught
+                # the inclusive form debias the generic masculine?).
+                *(
+                    f"`{label}` was fine-tuned on captions whose gender-neutral form is "
+                    f"{describe_neutral_forms(forms)}."
+                    for label, forms in (taught or {}).items()
+                ),
+                *(f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in figures if p.suffix == ".png"),
+            ],
             tags=["bias", "debiasing", "comparison", "results"],
         ).save(folder / "README.md")
 
@@ -858,8 +874,9 @@ def unet_passes(steps: int | None, guidance: float, intervention: str) -> float:
 def model_training(run: StageRun, model: str) -> dict[str, Any]:
     """What training a model made by `train_text_to_image` saw, from its card's lineage:
     `training_images` (steps x batch x gradient accumulation) and `training_cells`, the (caption
-    language, occupation) pairs of its training dataset; None for any other model."""
-    unknown = {"training_images": None, "training_cells": None}
+    language, occupation) pairs of its training dataset, and `caption_forms`, the gender-neutral form
+    of its captions per language (as its training dataset's card records it); None for any other model."""
+    unknown = {"training_images": None, "training_cells": None, "caption_forms": None}
     try:
         lineage = card_metadata(run.store.resolve(model, "model")).get("lineage") or {}
     except UserError:
@@ -869,15 +886,16 @@ def model_training(run: StageRun, model: str) -> dict[str, Any]:
         return unknown
     accumulation = parameters.get("gradient_accumulation_steps") or 1
     seen = int(parameters["max_train_steps"]) * int(parameters.get("train_batch_size") or 1) * int(accumulation)
-    cells = None
+    cells = forms = None
     dataset = (lineage.get("inputs") or {}).get("dataset_name")
     try:
         training = DatasetArtifact(run.store.resolve(dataset, "dataset"), dataset)
         cells = {(r["caption_language"], r["profession"]) for config in training.configs
                  for r in training.rows(config, ["caption_language", "profession"])}  # fmt: skip
+        forms = training.metadata.get("caption_forms")
     except (UserError, TypeError, KeyError, ValueError):
         pass  # a dataset from outside the store: what it holds is unknown
-    return {"training_images": seen, "training_cells": cells}
+    return {"training_images": seen, "training_cells": cells, "caption_forms": forms}
 
 
 def training_images(found: dict, base_model: str) -> int | None:

@@ -510,6 +510,11 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
     table = datasets.load_dataset(str(store.resolve("t2i-bias/world-methods", "dataset")), "methods", split="train")
     rows = {(r["method"], r["language"]): r for r in table}
     languages = ["en", "de", "zh", "ja"]
+    # What each fine-tune was taught, so fine-tunes on two neutral forms can be told apart in one table.
+    card = (store.resolve("t2i-bias/world-methods", "dataset") / "README.md").read_text(encoding="utf-8")
+    (taught,) = [line for line in card.splitlines() if line.startswith("- `neutral-ft` was fine-tuned on captions")]
+    assert "inclusive (de" in taught and "unmarked (" in taught, taught
+    assert "`base` was fine-tuned" not in card
     methods = {r["method"] for r in table}
     assert methods == {
         "base", "base-g3", "base-g5", "neutral-ft", "mixed-ft", "mixed-lora", "prompts-g3",
