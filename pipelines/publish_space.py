@@ -125,7 +125,7 @@ class PublishSpace(Stage):
 
     def build(self, run: StageRun, folder: Path) -> str:
         args: Arguments = run.args
-        for name in (*APP_FILES, "requirements.txt"):
+        for name in (*APP_FILES, "requirements.txt", "packages.txt"):  # packages.txt: the fonts, by apt
             shutil.copyfile(SOURCE / name, folder / name)
         for relative in toolkit_files():
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)

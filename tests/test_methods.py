@@ -600,3 +600,10 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
     expected = sorted((rows[(m, "de")]["distance"] if rows[(m, "de")]["measurable"] else float("inf"), m)
                       for m in neutral["method"])  # fmt: skip
     assert list(neutral["method"]) == [m for _, m in expected]
+    # Each row's n beside it, and the pooled comparisons with their Holm-corrected tests.
+    assert (shown["images / occupation"] > 0).all() and (shown["occupations"] > 0).all()
+    compared = study.comparisons_table()
+    assert len(compared) == len(pairs) > 0
+    for (_, row), published_row in zip(compared.iterrows(), pairs):
+        assert (row["method"], row["versus"]) == (published_row["method"], published_row["versus"])
+        assert row["p (Holm)"] == pytest.approx(published_row["p_holm"], abs=5e-5)

@@ -131,6 +131,43 @@ def test_space_api_gives_the_study_s_own_figures(space: dict) -> None:
     assert sorted(shown) == ["en", "ja"]
     assert [len(urls) for urls in shown["ja"]["images"].values()] == [8, 8]  # the first eight of 100, each version
     assert shown["ja"]["prompt"] == space["app"].STUDY.prompt("world-model", "ja", "teacher")
+    # Two versions' images side by side are the same samples, drawn from the same seeds, each with the
+    # attributes its version's published dataset gives it.
+    seeds = {v: [(s["sample_index"], s["seed"]) for s in samples] for v, samples in shown["ja"]["samples"].items()}
+    assert seeds["world-model"] == seeds["world-debiased"] and len(seeds["world-model"]) == 8
+    for version, repo in (("world-model", "world-base-eval"), ("world-debiased", "world-debiased-eval")):
+        rows = published(store, f"t2i-bias/{repo}-attributes", "ja_neutral")
+        rows = rows[rows["profession"] == "teacher"].set_index("sample_index")
+        for sample in shown["ja"]["samples"][version]:
+            assert sample["status"] == rows.loc[sample["sample_index"], "status"]
+            assert sample["gender"] == rows.loc[sample["sample_index"], "gender"]
+    # The leaderboard: fairest first by the summary's own distance from the target.
+    distances = [r["gender distance"] for r in board]
+    assert distances == sorted(distances) and german["gender distance"] == pytest.approx(row["distance"])
+    # A difference heat map is one version's share minus the other's, cell by cell.
+    base = client.predict("world-model", "gender/female", "none", api_name="/heatmap")
+    tuned = client.predict("world-debiased", "gender/female", "none", api_name="/heatmap")
+    difference = client.predict("world-model", "gender/female", "world-debiased", api_name="/heatmap")
+    assert base != tuned
+    for language, cells in difference.items():
+        for occupation, value in cells.items():
+            assert value == pytest.approx(base[language][occupation] - tuned[language][occupation])
+    # The reference chart's line is the summary's amplification, fitted to the points it draws.
+    points, fit = app.STUDY.reference_points("world-model", "de")
+    assert len(points) == 6 and fit["label"] == row["reference_label"]
+    assert np.polyfit(points["reference"], points["measured"], 1)[0] == pytest.approx(row["amplification"])
+    _, fits = app.reference_figure(app.STUDY, ["world-model", "world-debiased"], "de")
+    assert f"{row['amplification']:.3f} [{row['amplification_ci_low']:.3f}" in fits
+    # Versions are never coloured like the world's cue for a gender (orange: female, blue: male).
+    from colorsys import rgb_to_hsv
+
+    from pipelines.modeling.world import FEMALE_COLOUR, MALE_COLOUR
+
+    for colour in app.VERSION_COLOURS[:2]:
+        rgb = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        for cue in (FEMALE_COLOUR, MALE_COLOUR):
+            gap = abs(rgb_to_hsv(*rgb)[0] - rgb_to_hsv(*cue)[0]) % 1
+            assert min(gap, 1 - gap) > 0.08, (colour, cue)  # over 30 degrees of hue apart
 
 
 @pytest.mark.slow
@@ -215,6 +252,9 @@ def test_the_published_space_is_self_contained_its_requirements_from_the_index_a
     assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+(==|>=)[0-9][^ /:]*", line) for line in lines), lines
     assert not list(folder.rglob("*.whl"))
     assert not any(line.startswith(("torch", "transformers", "diffusers")) for line in lines)
+    # The fonts of every script a prompt is written in, installed by the Hub with apt.
+    packages = (folder / "packages.txt").read_text().split()
+    assert {"fonts-noto-cjk", "fonts-noto-core"} <= set(packages)
     # Every third-party module the app reaches (its files and the toolkit modules they import) is required.
     from importlib import metadata
 
@@ -483,6 +523,60 @@ def test_clip_score_widget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         app.demo.close()
 
 
+# Where each element lies: inside the page's width, or inside a container that scrolls sideways and is
+# itself inside it. Returns the elements that are neither, and how many visible elements were checked.
+REACHABLE = """(selectors) => {
+  const width = document.documentElement.clientWidth;
+  const inside = r => r.left >= -1 && r.right <= width + 1;
+  const scroller = el => {
+    for (let a = el.parentElement; a; a = a.parentElement) {
+      const style = getComputedStyle(a);
+      if (/(auto|scroll)/.test(style.overflowX) && a.scrollWidth > a.clientWidth) return a;
+    }
+    return null;
+  };
+  const bad = [], counted = {};
+  for (const selector of selectors) {
+    counted[selector] = 0;
+    for (const el of document.querySelectorAll(selector)) {
+      const r = el.getBoundingClientRect();
+      if (r.width === 0 && r.height === 0) continue;  // not shown (another tab, a hidden language)
+      counted[selector] += 1;
+      const box = scroller(el);
+      if (inside(r) || (box && inside(box.getBoundingClientRect()))) continue;
+      bad.push(`${selector} at ${Math.round(r.left)}..${Math.round(r.right)} of ${width}`);
+    }
+  }
+  return {bad, counted};
+}"""
+# Bars of a chart that a legend's box overlaps.
+UNDER_LEGEND = """(plot) => {
+  const legend = document.querySelector(`${plot} g[id^="legend-"]`).getBoundingClientRect();
+  return [...document.querySelectorAll(`${plot} g[id^="bar-"] path`)].map(bar => bar.getBoundingClientRect())
+    .filter(b => b.width > 0 && !(b.right <= legend.left || b.left >= legend.right
+                                  || b.bottom <= legend.top || b.top >= legend.bottom)).length;
+}"""
+
+
+def assert_reachable(page: Any, selectors: list[str]) -> None:
+    found = page.evaluate(REACHABLE, selectors)
+    assert found["bad"] == [], found["bad"]
+    assert all(found["counted"].values()), found["counted"]  # every kind of element was there to check
+
+
+def choose(page: Any, dropdown: str, value: str) -> None:
+    page.locator(f"{dropdown} input").click()
+    page.locator(f"{dropdown} input").fill(value)
+    page.keyboard.press("Enter")
+
+
+def open_browser(playwright: Any) -> Any:
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (README: ci:browser)")
 def test_space_in_a_real_browser(space: dict) -> None:
@@ -491,77 +585,108 @@ def test_space_in_a_real_browser(space: dict) -> None:
     SCREENSHOTS.mkdir(exist_ok=True)
     study = space["app"].STUDY
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        browser = open_browser(playwright)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(space["url"])
-        page.wait_for_selector("#gallery-en img", timeout=60_000)
-        assert page.locator("#gallery-ja").is_visible()
-        first_image = page.locator("#gallery-en img").first.get_attribute("src")
+        page.wait_for_selector("#pairs-en img", timeout=60_000)
+        assert page.locator("#pairs-ja").is_visible()
+        first_image = page.locator("#pairs-en img").first.get_attribute("src")
         first_metrics = page.locator("#metrics-en").inner_text()
-        # The prompt in each language above its images; intervals in the numbers.
-        assert page.locator("#prompt-de").inner_text().strip() == study.prompt(
-            "world-model", "de", study.occupations[0]
+        # The prompt in each language above its images, upright, in its language; intervals in the numbers.
+        prompt = page.locator("#prompt-de .prompt-text")
+        assert prompt.inner_text().strip() == study.prompt("world-model", "de", study.occupations[0])
+        assert (
+            prompt.get_attribute("lang") == "de" and prompt.evaluate("p => getComputedStyle(p).fontStyle") == "normal"
         )
         assert "[" in first_metrics and "perceived-female share" in first_metrics
-        # One series before comparing ...
+        # One series before comparing: each image with its seed and what the classifier saw.
         assert page.locator("#plot-en g[id^='bar-world-model-gender-']").count() == 2
         assert page.locator("#plot-en g[id^='bar-world-debiased-']").count() == 0
+        samples = study.samples("world-model", "en", study.occupations[0])
+        captions = page.locator("#pairs-en figcaption").all_inner_texts()
+        assert len(captions) == 8 == len(samples)
+        for caption, sample in zip(captions, samples):
+            assert f"seed {sample['seed']}" in caption and space["app"].perceived(sample) in caption
         page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
 
-        # ... two after "Compare with -> the fine-tuned model": grouped bars, both visible.
-        page.locator("#compare input").click()
-        page.locator("#compare input").fill("world-debiased")
-        page.keyboard.press("Enter")
+        # ... two after "Compare with -> the fine-tuned model": grouped bars, both named in a legend that
+        # covers no bar, and the two versions' images of the same seed side by side.
+        choose(page, "#compare", "world-debiased")
         page.wait_for_selector("#plot-en g[id^='bar-world-debiased-gender-']", timeout=30_000)
         for version in ("world-model", "world-debiased"):
             assert page.locator(f"#plot-en g[id^='bar-{version}-gender-']").count() == 2
-            assert page.locator(f"#plot-en text:has-text('{version}')").count() >= 1  # in the legend
-        assert page.locator("#gallery-b-en").is_visible()
+            assert page.locator(f"#plot-en g[id^='legend-'] text:has-text('{version}')").count() == 1
+        for code in ("en", "de", "zh", "ja"):
+            assert page.evaluate(UNDER_LEGEND, f"#plot-{code}") == 0
+        pairs = page.locator("#pairs-en figure.pair")
+        assert pairs.count() == 8
+        for index in range(8):
+            figure = pairs.nth(index)
+            assert figure.locator("img").count() == 2 and figure.get_attribute("data-seeds") == "1"
+        # A click enlarges: each image links to itself at full size, which the server gives.
+        link = page.locator("#pairs-en a").first
+        assert link.get_attribute("target") == "_blank"
+        assert link.get_attribute("href") == link.locator("img").get_attribute("src")
+        full = httpx.get(space["url"] + link.get_attribute("href"), timeout=30)
+        assert full.status_code == 200 and full.content.startswith(b"\x89PNG")
+        # Every image, chart and table at a laptop's width: on screen, or in a container that scrolls.
+        assert_reachable(page, ["#pairs-en img", "#pairs-ja img", "[id^=plot-] svg", "[id^=metrics-] th"])
+        # The charts download as SVG and PNG.
+        with page.expect_download() as download:
+            page.locator("#plot-en .downloads a", has_text="PNG").click()
+        assert download.value.suggested_filename.endswith(".png")
+        assert Path(download.value.path()).read_bytes().startswith(b"\x89PNG")
         page.screenshot(path=str(SCREENSHOTS / "compare-two-versions.png"), full_page=True)
 
         # Pick a language: hide Japanese. Pick an occupation: the images and the numbers change.
         page.locator("#languages label", has_text="Japanese").click()
-        page.wait_for_selector("#gallery-ja", state="hidden", timeout=30_000)
-        page.locator("#occupation input").click()
-        page.locator("#occupation input").fill("nurse")
-        page.keyboard.press("Enter")
+        page.wait_for_selector("#pairs-ja", state="hidden", timeout=30_000)
+        choose(page, "#occupation", "nurse")
         page.wait_for_function(
-            "src => { const img = document.querySelector('#gallery-en img'); return img && img.src !== src; }",
+            "src => { const img = document.querySelector('#pairs-en img'); return img && img.src !== src; }",
             arg=first_image,
             timeout=30_000,
         )
         assert page.locator("#metrics-en").inner_text() != first_metrics
 
-        # The heat map: every occupation x language, and a drill-down to one cell's images.
+        # The heat map: every occupation x language, the difference between the versions, a drill-down.
         page.get_by_role("tab", name="Heat map").click()
         page.wait_for_selector("#heatmap [role=gridcell]", timeout=30_000)
         cells = page.locator("#heatmap [role=gridcell]")
         assert cells.count() == len(study.occupations) * (len(study.languages) + 1)  # every occupation x language
         headers = page.locator("#heatmap [role=columnheader]").all_inner_texts()
         assert [h.strip() for h in headers][1:] == ["English", "German", "Chinese", "Japanese"]
+        assert "perceived female" in page.locator("#heat-said").inner_text()
+        choose(page, "#heat-compare", "world-debiased")
+        page.wait_for_function(
+            "() => document.querySelector('#heat-said').innerText.includes('Difference')", timeout=30_000
+        )
+        difference = study.heatmap("world-model", "gender", "female", "world-debiased")
+        german = page.locator("#heatmap [data-testid='cell-1-2']").inner_text().strip()
+        assert float(german) == pytest.approx(difference.iloc[1]["German"], abs=6e-4)
         page.screenshot(path=str(SCREENSHOTS / "heatmap.png"), full_page=True)
-        page.locator("#heatmap [data-testid='cell-1-2']").click()  # firefighter, German
-        page.wait_for_selector("#heat-gallery img", timeout=30_000)
+        shared = page.url  # the view so far: the heat map tab, two versions, nurse, three languages
+        page.locator("#heatmap [data-testid='cell-1-2']").click()  # the second occupation, German
+        page.wait_for_selector("#heat-pairs img", timeout=30_000)
         detail = page.locator("#heat-detail").inner_text()
-        assert study.occupations[1] in detail and "German" in detail
+        assert study.occupations[1] in detail and "German" in detail and "world-debiased" in detail
 
-        # The leaderboard: intervals, a CSV download; and the explanations.
+        # The leaderboard: fairest first, intervals with three decimals, every column reachable, a CSV.
         page.get_by_role("tab", name="Leaderboard").click()
         page.wait_for_selector("#leaderboard [role=gridcell]", timeout=30_000)
-        assert "[" in page.locator("#leaderboard").inner_text()
-        one_line = page.evaluate(
-            """() => [...document.querySelectorAll('#leaderboard [role=gridcell] span')].map(span => {
-                const range = document.createRange(); range.selectNodeContents(span);
-                return range.getClientRects().length <= 1; })"""
-        )
-        assert one_line and all(one_line)  # no number broken over two lines at 1280 px
+        text = page.locator("#leaderboard").inner_text()
+        assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", text)
+        assert_reachable(page, ["#leaderboard [role=columnheader]", "#leaderboard [role=gridcell]"])
         with page.expect_download() as download:
             page.locator("#leaderboard-csv").click()
         assert download.value.suggested_filename.endswith(".csv")
         page.screenshot(path=str(SCREENSHOTS / "leaderboard.png"), full_page=True)
+        page.get_by_role("tab", name="Against a reference").click()
+        page.wait_for_selector("#reference-plot svg", timeout=30_000)
+        for version in ("world-model", "world-debiased"):
+            assert page.locator(f"#reference-plot g[id='points-{version}']").count() == 1
+        assert "amplification" in page.locator("#reference-fits").inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "reference.png"), full_page=True)
         page.get_by_role("tab", name="About the metrics").click()
         text = page.locator("#explanations").inner_text()
         for term in ("Perceived", "Expected maximum unfairness", "Random reference", "CLIP score", "L1 / L2"):
@@ -570,4 +695,98 @@ def test_space_in_a_real_browser(space: dict) -> None:
         made_by = page.locator("#made-by").inner_text()  # the models that ran, not the reference study's
         assert "world-cue" in made_by and "random weights" in made_by and "FairFace" not in made_by
         page.screenshot(path=str(SCREENSHOTS / "about.png"), full_page=True)
+
+        # A shared link opens the same view, in another browser page.
+        again = browser.new_page(viewport={"width": 1280, "height": 900})
+        again.goto(shared)
+        again.wait_for_selector("#heatmap [role=gridcell]", timeout=60_000)
+        assert again.locator("#heatmap").is_visible() and not again.locator("#version").is_visible()
+        again.wait_for_function(
+            "() => document.querySelector('#heat-said').innerText.includes('Difference')", timeout=30_000
+        )
+        again.get_by_role("tab", name="Compare languages").click()
+        again.wait_for_selector("#plot-en g[id^='bar-world-debiased-gender-']", timeout=30_000)
+        assert again.locator("#occupation input").input_value() == "nurse"
+        assert again.locator("#compare input").input_value() == "world-debiased"
+        assert again.locator("#pairs-de").is_visible() and not again.locator("#pairs-ja").is_visible()
+        assert again.locator("#pairs-en figure.pair").count() == 8
+        browser.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (README: ci:browser)")
+def test_space_on_a_phone(space: dict) -> None:
+    """At 390 x 844 the languages stack: every image and chart inside the screen's width, the tables in
+    containers that scroll; a link opens a tab directly."""
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = open_browser(playwright)
+        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        page.goto(space["url"] + "?compare=world-debiased&occupation=nurse&languages=en,zh")
+        page.wait_for_selector("#plot-zh g[id^='bar-world-debiased-gender-']", timeout=60_000)
+        assert not page.locator("#pairs-de").is_visible()
+        boxes = [page.locator(f"#pairs-{code}").bounding_box() for code in ("en", "zh")]
+        assert boxes[1]["y"] >= boxes[0]["y"] + boxes[0]["height"]  # stacked, not side by side
+        assert_reachable(page, ["#pairs-en img", "#pairs-zh img", "[id^=plot-] svg", "[id^=metrics-] th"])
+        for code in ("en", "zh"):
+            assert page.evaluate(UNDER_LEGEND, f"#plot-{code}") == 0
+        page.screenshot(path=str(SCREENSHOTS / "phone-compare.png"), full_page=True)
+        page.goto(space["url"] + "?tab=leaderboard")
+        page.wait_for_selector("#leaderboard [role=gridcell]", timeout=60_000)
+        assert_reachable(page, ["#leaderboard [role=columnheader]"])
+        page.screenshot(path=str(SCREENSHOTS / "phone-leaderboard.png"), full_page=True)
+        browser.close()
+
+
+def fonts_with(text: str) -> dict[str, bool]:
+    """Each installed font family: whether its character map holds every letter of `text`."""
+    from fontTools.ttLib import TTCollection, TTFont
+
+    listed = subprocess.run(["fc-list", "--format", "%{file}\n"], capture_output=True, text=True).stdout.split()
+    letters = {ord(c) for c in text if not c.isspace()}
+    out: dict[str, bool] = {}
+    for path in listed:
+        fonts = TTCollection(path).fonts if path.endswith(".ttc") else [TTFont(path, lazy=True)]
+        for font in fonts:
+            family = font["name"].getBestFamilyName()
+            out[family] = out.get(family, False) or letters <= set(font.getBestCmap() or {})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (README: ci:browser)")
+@pytest.mark.skipif(
+    shutil.which("fc-list") is None
+    or "Noto Sans CJK" not in subprocess.run(["fc-list"], capture_output=True, text=True).stdout,
+    reason="Noto's CJK and Arabic fonts are not installed (README: ci:browser)",
+)
+def test_arabic_chinese_and_japanese_prompts_render_upright_with_fonts_that_have_their_glyphs(space: dict) -> None:
+    """The font Chromium draws each prompt with (asked of the browser itself) holds every glyph of it, and
+    the prompt is upright; with DejaVu alone (no CJK or Arabic glyphs) the same check fails."""
+    from playwright.sync_api import sync_playwright
+
+    from pipelines.prompting.grammar import load_grammar
+
+    app = space["app"]
+    prompts = {code: load_grammar(code).eval_direct("nurse") for code in ("ar", "zh", "ja")}
+    page_html = "<style>" + app.CSS + "</style>" + "".join(app.prompt_html(t, c) for c, t in prompts.items())
+    with sync_playwright() as playwright:
+        browser = open_browser(playwright)
+        page = browser.new_page()
+        page.set_content(page_html)
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("DOM.enable")
+        cdp.send("CSS.enable")
+        root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+        for code, text in prompts.items():
+            node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": f"p[lang={code}]"})["nodeId"]
+            used = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+            covering = fonts_with(text)
+            main = max(used, key=lambda font: font["glyphCount"])["familyName"]
+            assert covering.get(main), f"{code}: {text!r} drawn with {main}, which lacks its glyphs ({used})"
+            assert page.locator(f"p[lang={code}]").evaluate("p => getComputedStyle(p).fontStyle") == "normal"
+        assert not fonts_with(prompts["zh"]).get("DejaVu Sans")  # the check can say no
+        assert page.locator("p[lang=ar]").evaluate("p => getComputedStyle(p).direction") == "rtl"
         browser.close()

@@ -104,7 +104,7 @@ class Study:
         self.cache = Path(cache or os.environ.get(CACHE_ENV) or tempfile.mkdtemp(prefix="t2i-bias-space-"))
         self.cache.mkdir(parents=True, exist_ok=True)
         self.versions = {name: self._load(name, spec) for name, spec in versions.items()}
-        self.methods_ref, self.methods = self._load_methods(methods)
+        self.methods_ref, self.methods, self.comparisons = self._load_methods(methods)
         variants = {v for version in self.versions.values() for v in version.attributes["variant"].unique()}
         self.variant = next((v for v in PREFERRED_VARIANTS if v in variants), sorted(variants)[0])
         found = {
@@ -135,7 +135,8 @@ class Study:
             else None
         )
         made_by = self._made_by(images, attributes, alignment)
-        columns = ["prompt_id", "language", "variant", "profession", "sample_index", "status"] + list(ATTRIBUTES)
+        columns = ["prompt_id", "language", "variant", "profession", "sample_index", "seed", "status"]
+        columns += list(ATTRIBUTES)
         # The prompts as written: configs of training-free interventions belong to the methods tab.
         plain = [c for c in attributes.configs if attributes.config_info(c).get("intervention", "none") == "none"]
         frames = [read_config(attributes, config, columns) for config in plain]
@@ -218,8 +219,9 @@ class Study:
             f"that ran ({', '.join(classifiers)}) reports {', '.join(self.reported_attributes) or 'nothing'} only."
         )
 
-    def _load_methods(self, spec: str | None) -> tuple[str | None, pd.DataFrame]:
-        """The methods comparison: the one named, else the newest made from any version's images."""
+    def _load_methods(self, spec: str | None) -> tuple[str | None, pd.DataFrame, pd.DataFrame]:
+        """The methods comparison (its methods and its pooled comparisons): the one named, else the newest
+        made from any version's images."""
         if spec:
             try:
                 ref = parse_ref(spec, namespace=self.namespace)
@@ -230,10 +232,10 @@ class Study:
             images = {version.refs["images"] for version in self.versions.values()}
             found = derived_from_any(self.store, self.namespace, images, "compare_methods")
             if not found:
-                return None, pd.DataFrame()
+                return None, pd.DataFrame(), pd.DataFrame()
             pinned = found[0]
         artifact = DatasetArtifact(self.store.resolve(pinned, "dataset"), pinned)
-        return pinned, read_config(artifact, "methods")
+        return pinned, read_config(artifact, "methods"), read_config(artifact, "comparisons")
 
     def methods_table(self, language: str) -> pd.DataFrame:
         """The methods of one language, fairest first (by distance from the target) within each prompt
@@ -257,6 +259,9 @@ class Study:
                 "method": rows["method"],
                 "prompts": rows["variant"],
                 "guidance": rows["guidance_scale"].round(1),
+                "split": column("split", "all"),
+                "occupations": column("num_occupations"),
+                "images / occupation": column("images_per_occupation"),
                 "distance [95% CI]": [
                     interval(r, "distance", "distance_ci_low", "distance_ci_high") for _, r in rows.iterrows()
                 ],
@@ -287,6 +292,37 @@ class Study:
         order = ["own", "prompts", "rank by", "method"]
         return table.sort_values(order).drop(columns=["rank by", "own"]).reset_index(drop=True)
 
+    def comparisons_table(self) -> pd.DataFrame:
+        """The pooled comparisons of two methods over every cell both measured, with their tests
+        corrected together with the table's (Holm)."""
+        rows = self.comparisons
+        if rows.empty:
+            return pd.DataFrame()
+
+        def interval(row: pd.Series) -> str:
+            if pd.isna(row["difference_mean"]):
+                return "–"
+            return f"{row['difference_mean']:.3f} [{row['difference_ci_low']:.3f}, {row['difference_ci_high']:.3f}]"
+
+        return pd.DataFrame(
+            {
+                "prompts": rows["variant"],
+                "method": rows["method"],
+                "versus": rows["versus"],
+                "attribute": rows["attribute"],
+                "cells": rows["cells"],
+                "Δ distance² [95% CI]": [interval(r) for _, r in rows.iterrows()],
+                "p (paired)": rows["p_value"].round(4),
+                "p (Holm)": rows["p_holm"].round(4),
+                "seeds fairer alone": [
+                    f"{int(b)} of {int(n)}" if pd.notna(n) and n > 1 else "–"
+                    for b, n in zip(
+                        rows.get("seeds_better", [None] * len(rows)), rows.get("seeds", [None] * len(rows))
+                    )
+                ],
+            }
+        ).reset_index(drop=True)
+
     def config(self, version: str, language: str) -> str | None:
         images = self.versions[version].images
         for config in images.configs:
@@ -302,17 +338,58 @@ class Study:
     @functools.lru_cache(maxsize=512)
     def images(self, version: str, language: str, occupation: str, limit: int = 8) -> tuple[str, ...]:
         """Paths of the first images of one occupation, as files named by their content, written once."""
+        return tuple(sample["path"] for sample in self.samples(version, language, occupation, limit))
+
+    @functools.lru_cache(maxsize=512)
+    def samples(self, version: str, language: str, occupation: str, limit: int = 8) -> tuple[dict, ...]:
+        """The first images of one occupation, in sample order: each one's sample index, seed, file
+        (named by its content, written once), face status and perceived attributes."""
         config = self.config(version, language)
         if config is None:
             return ()
+        v = self.versions[version]
+        found = v.attributes[
+            (v.attributes["language"] == language)
+            & (v.attributes["profession"] == occupation)
+            & (v.attributes["variant"] == self.variant)
+        ]
+        perceived = {int(row["sample_index"]): row for _, row in found.iterrows()}
         out = []
-        for path in self.versions[version].images.files(config):
-            table = pq.read_table(path, columns=["profession", "image"], filters=[("profession", "=", occupation)])
-            for cell in table.column("image").to_pylist():
-                out.append(str(self._immutable(cell["bytes"])))
+        for path in v.images.files(config):
+            table = pq.read_table(
+                path, columns=["sample_index", "seed", "image"], filters=[("profession", "=", occupation)]
+            ).to_pylist()
+            for row in sorted(table, key=lambda row: row["sample_index"]):
+                index = int(row["sample_index"])
+                attributes = perceived.get(index)
+                out.append(
+                    {
+                        "sample_index": index,
+                        "seed": int(row["seed"]),
+                        "path": str(self._immutable(row["image"]["bytes"])),
+                        "status": None if attributes is None else str(attributes["status"]),
+                        **{
+                            attribute: None
+                            if attributes is None
+                            or attribute not in self.reported_attributes
+                            or pd.isna(attributes[attribute])
+                            else str(attributes[attribute])
+                            for attribute in ATTRIBUTES
+                        },
+                    }
+                )
                 if len(out) >= limit:
                     return tuple(out)
         return tuple(out)
+
+    def paired(self, versions: list[str], language: str, occupation: str, limit: int = 8) -> list[dict]:
+        """The versions' images of the same sample (the same seed where both drew it) side by side:
+        one entry per sample index with each version's sample, or None where a version has none."""
+        by_version = {
+            v: {s["sample_index"]: s for s in self.samples(v, language, occupation, limit)} for v in versions
+        }
+        indices = sorted({index for samples in by_version.values() for index in samples})[:limit]
+        return [{"sample_index": i, **{v: by_version[v].get(i) for v in versions}} for i in indices]
 
     def _immutable(self, data: bytes) -> Path:
         path = self.cache / f"{hashlib.sha256(data).hexdigest()}.png"
@@ -407,38 +484,105 @@ class Study:
         ]
         return match.iloc[0] if len(match) else None
 
-    def heatmap(self, version: str) -> pd.DataFrame:
-        """Occupations x languages: the perceived-female share of each (NaN: no classified face)."""
+    def labels(self, attribute: str) -> list[str]:
+        """The labels the classifier gave for an attribute, in the order its metrics list them."""
+        for version in self.versions.values():
+            per = version.bias_per_occupation
+            rows = per[(per["attribute"] == attribute) & (per["variant"] == self.variant)]
+            if len(rows):
+                return [str(label) for label in rows.iloc[0]["labels"]]
+        return []
+
+    def share(self, version: str, language: str, occupation: str, attribute: str, label: str) -> float | None:
+        row = self.per_occupation(version, language, occupation, attribute)
+        if row is None or label not in list(row["labels"]):
+            return None
+        return float(row["distribution"][list(row["labels"]).index(label)])
+
+    def heatmap(
+        self, version: str, attribute: str = "gender", label: str = "female", versus: str | None = None
+    ) -> pd.DataFrame:
+        """Occupations x languages: the share of faces perceived as `label`, or with `versus` the
+        difference (version - versus) of those shares (NaN: no classified face in either)."""
         table = pd.DataFrame(index=self.occupations, columns=[LANGUAGES[code] for code in self.languages], dtype=float)
         for code in self.languages:
             for occupation in self.occupations:
-                share = self.metrics(version, code, occupation).get("female_share")
+                share = self.share(version, code, occupation, attribute, label)
+                if versus is not None:
+                    other = self.share(versus, code, occupation, attribute, label)
+                    share = None if share is None or other is None else share - other
                 table.loc[occupation, LANGUAGES[code]] = share if share is not None else float("nan")
         table.index.name = "occupation"
         return table
 
+    def has_reference(self) -> bool:
+        """Whether any version's bias results hold a reference share per occupation (planted or given)."""
+        return any(
+            "reference_share" in v.bias_per_occupation and v.bias_per_occupation["reference_share"].notna().any()
+            for v in self.versions.values()
+        )
+
+    def reference_points(self, version: str, language: str, attribute: str = "gender") -> tuple[pd.DataFrame, dict]:
+        """Per occupation, the reference share (planted or given) of the summary's reference label and
+        the measured share of it; and the summary's fit: label, slope (amplification) and its interval."""
+        summary = self.summary(version, language, attribute)
+        label = None if summary is None else summary.get("reference_label")
+        points = pd.DataFrame(columns=["occupation", "reference", "measured", "n"])
+        if label is None or pd.isna(label):
+            return points, {}
+        per = self.versions[version].bias_per_occupation
+        rows = per[(per["language"] == language) & (per["variant"] == self.variant) & (per["attribute"] == attribute)]
+        records = []
+        for _, row in rows.iterrows():
+            labels = list(row["labels"])
+            if pd.isna(row.get("reference_share")) or label not in labels or not row["n"]:
+                continue
+            measured = float(row["distribution"][labels.index(label)])
+            records.append({"occupation": row["occupation"], "reference": float(row["reference_share"]),
+                            "measured": measured, "n": int(row["n"])})  # fmt: skip
+        fit = {
+            "label": str(label),
+            **{key: summary.get(key) for key in ("amplification", "amplification_ci_low", "amplification_ci_high")},
+        }
+        return pd.DataFrame(records, columns=points.columns), fit
+
     def leaderboard(self) -> pd.DataFrame:
+        """Languages x versions over all occupations, fairest first (by the gender distance from the
+        target, which is corrected for sampling and so compares at any number of images): the numbers
+        as published, the formatting left to the page."""
         rows = []
         for name in self.versions:
             for language in self.languages:
                 gender = self.summary(name, language, "gender")
                 if gender is None:
                     continue
-                interval = f"[{gender['mean_l1_ci_low']:.3f}, {gender['mean_l1_ci_high']:.3f}]"
+                number = lambda key, row=gender: None if key not in row or pd.isna(row[key]) else float(row[key])  # noqa: E731
+                occupations = int(gender["num_occupations"]) if pd.notna(gender.get("num_occupations")) else 0
                 row = {
                     "language": LANGUAGES[language],
                     "version": name,
-                    "gender L1 [95% CI]": f"{gender['mean_l1']:.3f} {interval}",
-                    "gender L1": round(float(gender["mean_l1"]), 4),
-                    "exp. max L1": round(float(gender["exp_max_l1"]), 4),
-                    "exp. max L2": round(float(gender["exp_max_l2"]), 4),
-                    "random L1": round(float(gender["random_exp_max_l1"]), 4),
-                    "non-binary share": round(float(gender["outside_share"]), 4),
-                    "face rejection": round(float(gender["rejection_rate"]), 4),
+                    "images / occupation": round(int(gender["num_images"]) / occupations, 1) if occupations else None,
+                    "gender distance": number("distance"),
+                    "gender distance low": number("distance_ci_low"),
+                    "gender distance high": number("distance_ci_high"),
+                    "gender L1": number("mean_l1"),
+                    "gender L1 low": number("mean_l1_ci_low"),
+                    "gender L1 high": number("mean_l1_ci_high"),
+                    "L1 floor": number("mean_l1_floor"),
+                    "exp. max L1": number("exp_max_l1"),
+                    "exp. max L2": number("exp_max_l2"),
+                    "random L1": number("random_exp_max_l1"),
+                    "non-binary share": number("outside_share"),
+                    "face rejection": number("rejection_rate"),
                 }
                 for attribute in (a for a in ("race", "age") if a in self.reported_attributes):
                     other = self.summary(name, language, attribute)
-                    row[f"{attribute} L1"] = round(float(other["mean_l1"]), 4) if other is not None else None
+                    row[f"{attribute} distance"] = float(other["distance"]) if other is not None else None
+                    row[f"{attribute} L1"] = float(other["mean_l1"]) if other is not None else None
+                if self.has_reference():
+                    row["amplification"] = number("amplification")
+                    row["amplification low"] = number("amplification_ci_low")
+                    row["amplification high"] = number("amplification_ci_high")
                 align = self.versions[name].alignment
                 if len(align):
                     match = align[
@@ -451,9 +595,13 @@ class Study:
                         ("mclip_own_prompt", "mCLIP own prompt"),
                     ):
                         value = match[column].iloc[0] if len(match) else None
-                        row[label] = round(float(value), 4) if value is not None and pd.notna(value) else None
+                        row[label] = float(value) if value is not None and pd.notna(value) else None
                 rows.append(row)
-        return pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        if table.empty:
+            return table
+        # Fairest first; rows as fair as each other in language and version order, every time.
+        return table.sort_values(["gender distance", "language", "version"], na_position="last").reset_index(drop=True)
 
     def links(self) -> dict[str, dict[str, str]]:
         """Each version's datasets at their revisions: Hub URLs, or refs of the local store."""
