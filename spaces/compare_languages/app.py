@@ -15,6 +15,7 @@ import io
 import re
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # study_data.py beside this file, however the app is started
@@ -55,6 +56,7 @@ CSS = """
   font-family: var(--font); font-variant-numeric: tabular-nums;
 }
 #reference-plot .chart { max-width: 560px; }
+#view-state { display: none; }
 .prompt-text { font-style: normal; min-height: 3em; margin: 0; }
 .prompt-text:lang(zh) { font-family: "Noto Sans CJK SC", "Noto Sans SC", sans-serif; }
 .prompt-text:lang(ja) { font-family: "Noto Sans CJK JP", "Noto Sans JP", sans-serif; }
@@ -387,17 +389,20 @@ def heat_table(study: Study, chosen: str, other: str, choice: str) -> tuple[obje
     return styled.format(precision=3, na_rep="–", subset=numeric), table, said
 
 
-# The address bar follows the view once the view a link named is shown: Gradio selects the first tab as
-# the page starts, which must not overwrite the link before it is read.
-URL_SYNC = """(version, compare, occupation, languages) => {
-  if (!window.t2iViewShown) return;
+# The address bar holds the view. Each drawing of the Compare tab leaves its choices in a hidden element
+# (`view_state`), and this script writes them into the URL: the URL then names what the page shows, even
+# when choices made in quick succession are drawn out of order. The tab is written when it is selected,
+# but not before the view a link named is shown (Gradio selects the first tab as the page starts).
+HEAD = """<script>
+new MutationObserver(() => {
+  const state = document.querySelector("#view-state [data-query]");
+  if (!state || state.dataset.query === window.t2iQuery) return;
+  window.t2iQuery = state.dataset.query;
   const url = new URL(window.location.href);
-  url.searchParams.set("version", version);
-  url.searchParams.set("compare", compare);
-  url.searchParams.set("occupation", occupation);
-  url.searchParams.set("languages", (languages || []).join(","));
+  for (const [key, value] of new URLSearchParams(state.dataset.query)) url.searchParams.set(key, value);
   window.history.replaceState(null, "", url);
-}"""
+}).observe(document, {subtree: true, childList: true, attributes: true});
+</script>"""
 TAB_SYNC = """() => {
   if (!window.t2iViewShown) return;
   const url = new URL(window.location.href);
@@ -424,6 +429,7 @@ def build_demo(study: Study) -> gr.Blocks:
             "and which models made it. The address bar holds the view: copy it to share what you see."
             + (f"\n\n{study.missing_attributes_note()}" if study.missing_attributes_note() else "")
         )
+        view_state = gr.HTML(elem_id="view-state", padding=False)
         with gr.Tabs(selected="compare", elem_id="tabs") as tabs:
             with gr.Tab(TABS["compare"], id="compare") as compare_tab:
                 with gr.Row():
@@ -579,7 +585,9 @@ def build_demo(study: Study) -> gr.Blocks:
             check(job, study.occupations, "occupation")
             shown = check_languages(shown, codes)
             pair = [chosen] if other in (NONE, chosen) else [chosen, other]
-            updates = [gr.update(visible=code in shown) for code in codes]
+            query = urlencode({"version": chosen, "compare": other, "occupation": job, "languages": ",".join(shown)})
+            updates = [f'<span hidden data-query="{html.escape(query)}"></span>']
+            updates += [gr.update(visible=code in shown) for code in codes]
             for code in codes:
                 if code not in shown:
                     updates += [gr.update(), "", "", ""]
@@ -591,9 +599,16 @@ def build_demo(study: Study) -> gr.Blocks:
             return updates
 
         inputs = [version, compare, occupation, languages]
-        for trigger in (version.change, compare.change, occupation.change, languages.change):
-            trigger(show, inputs, columns + outputs, api_name=False)
-            trigger(None, inputs, None, js=URL_SYNC)  # the address bar holds the view
+        # One listener for every choice, one run at a time, the newest choice last: two choices in quick
+        # succession cannot finish out of order and leave the page (or its address) on the older one.
+        gr.on(
+            [version.change, compare.change, occupation.change, languages.change],
+            show,
+            inputs,
+            [view_state, *columns, *outputs],
+            api_name=False,
+            trigger_mode="always_last",
+        )
 
         def from_url(request: gr.Request) -> list:
             """The view a shared link names; a value that is not one of the loaded choices is ignored."""
@@ -622,11 +637,17 @@ def build_demo(study: Study) -> gr.Blocks:
             return styled, str(path), said
 
         heat_inputs = [heat_version, heat_compare, heat_label]
-        for trigger in (heat_version.change, heat_compare.change, heat_label.change):
-            trigger(heat, heat_inputs, [heatmap, heat_csv, heat_said], api_name=False)
+        gr.on(
+            [heat_version.change, heat_compare.change, heat_label.change],
+            heat,
+            heat_inputs,
+            [heatmap, heat_csv, heat_said],
+            api_name=False,
+            trigger_mode="always_last",
+        )
         # The shared view first, then what it shows: nothing drawn for the defaults can land after it.
         loaded = demo.load(from_url, None, [*inputs, heat_version, heat_compare, tabs], api_name=False)
-        loaded.then(show, inputs, columns + outputs, api_name=False)
+        loaded.then(show, inputs, [view_state, *columns, *outputs], api_name=False)
         loaded.then(heat, heat_inputs, [heatmap, heat_csv, heat_said], api_name=False)
         loaded.then(None, None, None, js="() => { window.t2iViewShown = true; }")
 
@@ -718,7 +739,7 @@ def build_demo(study: Study) -> gr.Blocks:
 STUDY = load_study_from_env()
 gr.set_static_paths(paths=[STUDY.cache])  # images are served as they are, never copied or rewritten
 demo = build_demo(STUDY)
-LAUNCH = {"css": CSS}  # Gradio 6 takes the stylesheet at launch
+LAUNCH = {"css": CSS, "head": HEAD}  # Gradio 6 takes the stylesheet and the head at launch
 
 if __name__ == "__main__":
     demo.launch(**LAUNCH)
