@@ -636,18 +636,29 @@ def test_space_in_a_real_browser(space: dict) -> None:
             page.locator("#plot-en .downloads a", has_text="PNG").click()
         assert download.value.suggested_filename.endswith(".png")
         assert Path(download.value.path()).read_bytes().startswith(b"\x89PNG")
+        with page.expect_download() as download:  # and the numbers beneath it as CSV
+            page.locator("#plot-en .downloads a", has_text="CSV").click()
+        import pandas
+
+        numbers = pandas.read_csv(download.value.path())
+        female = numbers[(numbers["version"] == "world-debiased") & (numbers["label"] == "female")]
+        expected = study.metrics("world-debiased", "en", study.occupations[0])["female_share"]
+        assert female["share"].iloc[0] == pytest.approx(expected)
         page.screenshot(path=str(SCREENSHOTS / "compare-two-versions.png"), full_page=True)
 
         # Pick a language: hide Japanese. Pick an occupation: the images and the numbers change.
         page.locator("#languages label", has_text="Japanese").click()
         page.wait_for_selector("#pairs-ja", state="hidden", timeout=30_000)
+        before = page.locator("#metrics-en").inner_text()
         choose(page, "#occupation", "nurse")
+        # The nurse's view is drawn when its prompt is: a view's outputs arrive together.
         page.wait_for_function(
-            "src => { const img = document.querySelector('#pairs-en img'); return img && img.src !== src; }",
-            arg=first_image,
+            "text => document.querySelector('#prompt-en').innerText.trim() === text",
+            arg=study.prompt("world-model", "en", "nurse"),
             timeout=30_000,
         )
-        assert page.locator("#metrics-en").inner_text() != first_metrics
+        assert page.locator("#pairs-en img").first.get_attribute("src") != first_image
+        assert page.locator("#metrics-en").inner_text() not in (before, first_metrics)
 
         # The heat map: every occupation x language, the difference between the versions, a drill-down.
         page.get_by_role("tab", name="Heat map").click()

@@ -237,17 +237,20 @@ def svg_of(figure: Figure) -> str:
     return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1 width="100%"', svg, count=1)
 
 
-def chart_html(figure: Figure, name: str) -> str:
-    """A chart in the page, with links that download it as SVG and as PNG."""
+def chart_html(figure: Figure, name: str, table: pd.DataFrame | None = None) -> str:
+    """A chart in the page, with links that download it as SVG and as PNG (and its numbers as CSV)."""
     svg = svg_of(figure)
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=150, metadata={"Software": None})
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "chart"
-    links = (
-        f'<a download="{stem}.svg" href="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">SVG</a>'
-        f'<a download="{stem}.png" href="data:image/png;base64,{base64.b64encode(png.getvalue()).decode()}">PNG</a>'
+    files = {"svg": ("image/svg+xml", svg.encode()), "png": ("image/png", png.getvalue())}
+    if table is not None:
+        files["csv"] = ("text/csv", table.to_csv(index=False).encode())
+    links = "".join(
+        f'<a download="{stem}.{kind}" href="data:{mime};base64,{base64.b64encode(data).decode()}">{kind.upper()}</a>'
+        for kind, (mime, data) in files.items()
     )
-    return f'<div class="chart">{svg}</div><p class="downloads">Download the chart: {links}</p>'
+    return f'<div class="chart">{svg}</div><p class="downloads">Download: {links}</p>'
 
 
 def shares_chart(study: Study, versions: list[str], language: str, occupation: str) -> Figure:
@@ -292,7 +295,19 @@ def shares_chart(study: Study, versions: list[str], language: str, occupation: s
 
 
 def shares_figure(study: Study, versions: list[str], language: str, occupation: str) -> str:
-    return chart_html(shares_chart(study, versions, language, occupation), f"shares-{occupation}-{language}")
+    """The bars, downloadable, with the numbers of the bars and of the table beneath them as CSV."""
+    rows = [
+        {"version": version, "language": language, "occupation": occupation, "attribute": attribute, **row}
+        for version in versions
+        for attribute in study.reported_attributes
+        for row in study.shares(version, language, occupation, attribute).drop(columns="version").to_dict("records")
+    ]
+    metrics = [{"version": v, "language": language, "occupation": occupation, "attribute": "metrics",
+                **{k: value for k, value in study.metrics(v, language, occupation).items() if k != "female_share_ci"}}
+               for v in versions]  # fmt: skip
+    table = pd.DataFrame(rows + metrics)
+    chart = shares_chart(study, versions, language, occupation)
+    return chart_html(chart, f"shares-{occupation}-{language}", table)
 
 
 def reference_figure(study: Study, versions: list[str], language: str, attribute: str = "gender") -> tuple[str, str]:
@@ -329,7 +344,10 @@ def reference_figure(study: Study, versions: list[str], language: str, attribute
     axis.spines[["top", "right"]].set_visible(False)
     legend = figure.legend(loc="outside lower center", ncols=2, fontsize=7, frameon=False)
     legend.set_gid("legend-reference")
-    return chart_html(figure, f"reference-{language}-{attribute}"), "\n".join(lines)
+    points = pd.concat(
+        [study.reference_points(v, language, attribute)[0].assign(version=v) for v in versions], ignore_index=True
+    )
+    return chart_html(figure, f"reference-{language}-{attribute}", points), "\n".join(lines)
 
 
 def table_view(table: pd.DataFrame) -> object:
@@ -599,15 +617,16 @@ def build_demo(study: Study) -> gr.Blocks:
             return updates
 
         inputs = [version, compare, occupation, languages]
-        # One listener for every choice, one run at a time, the newest choice last: two choices in quick
-        # succession cannot finish out of order and leave the page (or its address) on the older one.
+        # One listener for every choice, its runs one at a time in the order the choices were made (each
+        # with the values of its moment): two choices in quick succession cannot finish out of order and
+        # leave the page (or its address) on the older one.
         gr.on(
             [version.change, compare.change, occupation.change, languages.change],
             show,
             inputs,
             [view_state, *columns, *outputs],
             api_name=False,
-            trigger_mode="always_last",
+            trigger_mode="multiple",
         )
 
         def from_url(request: gr.Request) -> list:
@@ -643,7 +662,7 @@ def build_demo(study: Study) -> gr.Blocks:
             heat_inputs,
             [heatmap, heat_csv, heat_said],
             api_name=False,
-            trigger_mode="always_last",
+            trigger_mode="multiple",
         )
         # The shared view first, then what it shows: nothing drawn for the defaults can land after it.
         loaded = demo.load(from_url, None, [*inputs, heat_version, heat_compare, tabs], api_name=False)
