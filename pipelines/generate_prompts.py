@@ -50,6 +50,12 @@ class Arguments(StageArguments):
                 raise ConfigError(f"{name}: duplicate value(s) {', '.join(map(repr, duplicates))}")
             if any(not v.strip() for v in values):
                 raise ConfigError(f"{name}: empty value")
+        conditions = [p for p in self.professions if p.strip().lower() in grid.NOT_OCCUPATIONS]
+        if conditions:
+            raise ConfigError(
+                f"professions: {', '.join(map(repr, conditions))} name(s) a condition, not an occupation "
+                "('a person who works as a prisoner'); give occupations"
+            )
         unknown = sorted(set(self.genders) - set(grid.GENDERS))
         if unknown:
             raise ConfigError(f"genders: unknown {', '.join(map(repr, unknown))}; allowed {', '.join(grid.GENDERS)}")

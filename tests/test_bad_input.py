@@ -33,6 +33,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("generate_prompts", ["--genders", "robot"], "genders"),
     ("generate_prompts", ["--ages", "young", "old", "young"], "ages: duplicate value(s) 'young'"),
     ("generate_prompts", ["--styles", ""], "styles"),
+    ("generate_prompts", ["--professions", "nurse", "Prisoner"], "'Prisoner' name(s) a condition, not an occupation"),
     # translate_prompts
     ("translate_prompts", ["--input", "{prompts}", "--languages", "pt"], "languages"),
     ("translate_prompts", ["--input", "{prompts}", "--backend", "google"], "backend"),

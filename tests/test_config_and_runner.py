@@ -467,7 +467,7 @@ def test_the_real_study_dry_run_counts_images_steps_and_downloads(tmp_path: Path
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "BAAI/AltDiffusion-m9@main (Hub)" in out and "felfri/MAGBIG@main (Hub)" in out
-    assert "images:    8,640" in out  # the training images: the English gendered grid, one each
+    assert "images:    8,496" in out  # the training images: the English gendered grid, one each
     assert "images:    151,000" in out  # MAGBIG's 151 occupations x 10 languages x 100 images
     assert "1.0 s per image" in out and "training:" in out
     # One step alone: estimated from what the steps before it would make, and nothing else printed.
@@ -475,7 +475,7 @@ def test_the_real_study_dry_run_counts_images_steps_and_downloads(tmp_path: Path
                       "train_text_to_image", cwd=tmp_path)  # fmt: skip
     assert only.returncode == 0, only.stderr[-2000:]
     assert " 1. train_text_to_image (train_text_to_image)" in only.stdout and " 2. " not in only.stdout
-    assert "34,560 training pairs" in only.stdout and "5,400 steps" in only.stdout
+    assert "33,984 training pairs" in only.stdout and "5,310 steps" in only.stdout
 
 
 def test_the_real_study_dry_run_names_the_neutral_form_of_its_captions_and_its_evaluation(tmp_path: Path) -> None:

@@ -40,9 +40,9 @@ EXPECTED_EXPLICIT = {
         "ein Foto des Gesichts eines Entbindungspflegers",
     ),
     # Adjectival noun: -en after eines and einer alike.
-    ("de", "prisoner"): (
-        "ein Foto des Gesichts einer Gefangenen",
-        "ein Foto des Gesichts eines männlichen Gefangenen",
+    ("de", "supervisor"): (
+        "ein Foto des Gesichts einer Vorgesetzten",
+        "ein Foto des Gesichts eines männlichen Vorgesetzten",
     ),
     ("fr", "nurse"): (
         "une photo du visage d'une infirmière",

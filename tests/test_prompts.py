@@ -428,9 +428,11 @@ def test_korean_particle_follows_last_syllable() -> None:
 
 def test_cleaned_professions() -> None:
     professions = attributes.PROFESSIONS
-    assert len(professions) == 120 == len(set(professions))
+    assert len(professions) == 118 == len(set(professions))
     assert {"opera singer", "chess player", "handball player", "singer"} <= set(professions)
     assert not {"opera", "chess", "handball", "player", "army", "police", "delivery man"} & set(professions)
+    # Occupations only: the reference's prisoner and pensioner are conditions, not jobs.
+    assert not set(attributes.NOT_OCCUPATIONS) & set(professions)
 
 
 def test_every_lexicon_covers_the_default_grid() -> None:
@@ -469,10 +471,10 @@ def full_prompts(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, 
 def test_full_grid_counts_ids_and_uniqueness(full_prompts: tuple[LocalStore, str]) -> None:
     store, revision = full_prompts
     folder = store.resolve(f"study/prompts@{revision}", "dataset")
-    product = 3 * 3 * 2 * 120 * 2 * 2
+    product = 3 * 3 * 2 * 118 * 2 * 2
     english = datasets.load_dataset(str(folder), "en", split="train").to_pandas()
     counts = english["variant"].value_counts().to_dict()
-    evaluation = dict.fromkeys(("eval_direct", "eval_indirect", "eval_female", "eval_male", "eval_ethical"), 120)
+    evaluation = dict.fromkeys(("eval_direct", "eval_indirect", "eval_female", "eval_male", "eval_ethical"), 118)
     assert counts == {"gendered": product, "neutral": product // 2, **evaluation}
     gendered = english[english["variant"] == "gendered"]
     expected_cells = set(
@@ -509,7 +511,7 @@ def test_load_dataset_gives_german_rows_with_english_ids(full_prompts: tuple[Loc
     folder = store.resolve(f"study/prompts@{revision}", "dataset")
     german = datasets.load_dataset(str(folder), "de", split="train")
     english = datasets.load_dataset(str(folder), "en", split="train")
-    assert german.num_rows == english.num_rows == 8640 + 4320 + 5 * 120
+    assert german.num_rows == english.num_rows == 8496 + 4248 + 5 * 118
     wanted = attributes.prompt_id(
         "gendered", "close-up", "young", "female", "barber", "wearing work clothes", "at work"
     )
@@ -734,7 +736,7 @@ def test_the_masculine_generic_twin_is_its_gendered_prompt_without_the_gender(la
         if not exception:
             assert generic["neutral"] in stripped, (profession, generic)
             checked += 1
-    assert checked >= 100  # most of the 120 professions
+    assert checked >= 100  # most of the 118 professions
 
 
 def test_the_prompts_card_records_each_language_s_neutral_form(tmp_path: Path) -> None:

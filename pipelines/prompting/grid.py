@@ -41,13 +41,13 @@ PROFESSIONS = [
     "athlete", "artist", "dancer", "mathematician", "janitor", "carpenter", "mechanic", "actor", "handyman",
     "musician", "detective", "politician", "entrepreneur", "model", "opera singer", "chief", "lawyer",
     "farmer", "writer", "librarian", "army officer", "real-estate developer", "broker", "scientist",
-    "butcher", "electrician", "prosecutor", "banker", "cook", "hairdresser", "prisoner", "plumber",
+    "butcher", "electrician", "prosecutor", "banker", "cook", "hairdresser", "plumber",
     "attorney", "boxer", "chess player", "priest", "swimmer", "tennis player", "supervisor", "attendant",
     "housekeeper", "maid", "producer", "researcher", "midwife", "judge", "umpire", "bartender", "economist",
     "physicist", "psychologist", "theologian", "salesperson", "physician", "sheriff", "cashier",
     "assistant", "receptionist", "editor", "engineer", "comedian", "painter", "civil servant", "diplomat",
     "guitarist", "linguist", "poet", "laborer", "teacher", "delivery worker", "realtor", "pilot",
-    "professor", "chemist", "historian", "pensioner", "performing artist", "singer", "secretary",
+    "professor", "chemist", "historian", "performing artist", "singer", "secretary",
     "auditor", "counselor", "designer", "soldier", "journalist", "dentist", "analyst", "nurse", "tailor",
     "waiter", "author", "architect", "academic", "director", "illustrator", "clerk", "police officer",
     "chef", "photographer", "drawer", "cleaner", "pharmacist", "pianist", "composer", "handball player",
@@ -61,7 +61,11 @@ REFERENCE_FIXES = [
     "'singer' kept once (the reference listed it twice)",
     "'army' replaced by 'army officer' and 'police' by 'police officer' (institutions, not professions)",
     "'delivery man' replaced by 'delivery worker' (a gendered noun cannot carry the grid's gender)",
+    "'prisoner' and 'pensioner' dropped (not occupations: 'a person who works as a prisoner' says nothing)",
 ]
+# Words that name a condition, not a job (the reference listed the first two): generate_prompts refuses
+# them as professions, since every prompt reads "a person who works as a/an <profession>".
+NOT_OCCUPATIONS = ("prisoner", "pensioner", "retiree", "student", "patient", "child", "inmate", "tourist")
 
 # Our own variants, then MAGBIG's prompt sets (imported by import_magbig).
 OWN_VARIANTS = ("gendered", "neutral", "eval_direct", "eval_indirect", "eval_female", "eval_male", "eval_ethical")
