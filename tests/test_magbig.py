@@ -186,6 +186,7 @@ def test_a_broken_prompt_file_is_one_line_and_publishes_nothing(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the recipe's own limit below: about 14 minutes alone, more on a busy machine
 def test_the_magbig_recipe_runs_offline_on_the_tiny_models(tmp_path: Path) -> None:
     recipe = REPO_ROOT / "pipelines" / "recipes" / "magbig_offline.yaml"
     command = readme_block("study").split("pipelines.run")[0]  # the README's own way to run a recipe
