@@ -352,10 +352,8 @@ def reference_figure(study: Study, versions: list[str], language: str, attribute
 
 def table_view(table: pd.DataFrame) -> object:
     """A table as the page shows it: every number with three decimals (counts as integers)."""
-    formats = {
-        column: "{:.3f}" for column in table.columns if pd.api.types.is_float_dtype(table[column])
-    }  # fmt: skip
-    return table.style.format(formats, na_rep="–")
+    floats = [column for column in table.columns if pd.api.types.is_float_dtype(table[column])]
+    return table.style.format(dict.fromkeys(floats, "{:.3f}"), na_rep="–")
 
 
 def leaderboard_view(board: pd.DataFrame) -> pd.DataFrame:
