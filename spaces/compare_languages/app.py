@@ -25,7 +25,7 @@ import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from study_data import ATTRIBUTES, Study, load_study_from_env, plain  # noqa: E402
+from study_data import ATTRIBUTES, Study, interval, load_study_from_env, number, plain  # noqa: E402
 
 from pipelines.prompting.grammar import LANGUAGES  # noqa: E402
 
@@ -120,20 +120,6 @@ def check_languages(shown: object, allowed: list[str]) -> list[str]:
     if not isinstance(shown, list) or len(shown) > len(LANGUAGES):
         raise gr.Error("languages: a list of language codes")
     return [check(code, allowed, "language") for code in shown]
-
-
-def number(value: object, digits: int = 3) -> str:
-    """Every number the page shows: three decimals, a dash where there is none."""
-    return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else f"{value:.{digits}f}"
-
-
-def interval(value: object, low: object, high: object) -> str:
-    """`0.123 [0.100, 0.150]`: a value with its 95% interval, in brackets, always three decimals."""
-    if value is None or pd.isna(value):
-        return "–"
-    if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return number(value)
-    return f"{number(value)} [{number(low)}, {number(high)}]"
 
 
 def version_colour(index: int) -> str:

@@ -48,6 +48,20 @@ def plain(text: str) -> str:
     return MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
+def number(value: object, digits: int = 3) -> str:
+    """Every number the Space shows: three decimals, a dash where there is none."""
+    return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else f"{value:.{digits}f}"
+
+
+def interval(value: object, low: object, high: object) -> str:
+    """`0.123 [0.100, 0.150]`: a value with its 95% interval, in brackets, always three decimals."""
+    if value is None or pd.isna(value):
+        return "–"
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return number(value)
+    return f"{number(value)} [{number(low)}, {number(high)}]"
+
+
 class StudyError(ValueError):
     """A version the Space cannot show: named, with what is missing."""
 
@@ -247,12 +261,12 @@ class Study:
         column = lambda name, default=None: rows[name] if name in rows else pd.Series(default, index=rows.index)  # noqa: E731
         measurable = column("measurable", True).fillna(True).astype(bool)
 
-        def interval(row: pd.Series, value: str, low: str, high: str) -> str:
+        def bracketed(row: pd.Series, value: str, low: str, high: str) -> str:
             if value not in row or pd.isna(row[value]):
                 return "–"
             if value == "distance" and not measurable[row.name]:
                 return "not measurable"
-            return f"{row[value]:.3f} [{row[low]:.3f}, {row[high]:.3f}]"
+            return interval(row[value], row[low], row[high])
 
         table = pd.DataFrame(
             {
@@ -263,20 +277,20 @@ class Study:
                 "occupations": column("num_occupations"),
                 "images / occupation": column("images_per_occupation"),
                 "distance [95% CI]": [
-                    interval(r, "distance", "distance_ci_low", "distance_ci_high") for _, r in rows.iterrows()
+                    bracketed(r, "distance", "distance_ci_low", "distance_ci_high") for _, r in rows.iterrows()
                 ],
                 "mean L1 [95% CI]": [
-                    interval(r, "mean_l1", "mean_l1_ci_low", "mean_l1_ci_high") for _, r in rows.iterrows()
+                    bracketed(r, "mean_l1", "mean_l1_ci_low", "mean_l1_ci_high") for _, r in rows.iterrows()
                 ],
                 "Δ vs baseline [95% CI]": [
-                    interval(r, "difference_mean", "difference_ci_low", "difference_ci_high")
+                    bracketed(r, "difference_mean", "difference_ci_low", "difference_ci_high")
                     for _, r in rows.iterrows()
                 ],
                 "p (paired)": rows["p_value"].round(4),
                 "p (Holm)": rows["p_holm"].round(4),
                 "seeds": column("seeds", 1),
                 "amplification": [
-                    interval(r, "amplification", "amplification_ci_low", "amplification_ci_high")
+                    bracketed(r, "amplification", "amplification_ci_low", "amplification_ci_high")
                     for _, r in rows.iterrows()
                 ],
                 "explicit-gender control": rows["explicit_gender_control"].round(3),
@@ -299,11 +313,6 @@ class Study:
         if rows.empty:
             return pd.DataFrame()
 
-        def interval(row: pd.Series) -> str:
-            if pd.isna(row["difference_mean"]):
-                return "–"
-            return f"{row['difference_mean']:.3f} [{row['difference_ci_low']:.3f}, {row['difference_ci_high']:.3f}]"
-
         return pd.DataFrame(
             {
                 "prompts": rows["variant"],
@@ -311,7 +320,10 @@ class Study:
                 "versus": rows["versus"],
                 "attribute": rows["attribute"],
                 "cells": rows["cells"],
-                "Δ distance² [95% CI]": [interval(r) for _, r in rows.iterrows()],
+                "Δ distance² [95% CI]": [
+                    interval(r["difference_mean"], r["difference_ci_low"], r["difference_ci_high"])
+                    for _, r in rows.iterrows()
+                ],
                 "p (paired)": rows["p_value"].round(4),
                 "p (Holm)": rows["p_holm"].round(4),
                 "seeds fairer alone": [
@@ -556,33 +568,33 @@ class Study:
                 gender = self.summary(name, language, "gender")
                 if gender is None:
                     continue
-                number = lambda key, row=gender: None if key not in row or pd.isna(row[key]) else float(row[key])  # noqa: E731
+                published = lambda key, row=gender: None if key not in row or pd.isna(row[key]) else float(row[key])  # noqa: E731
                 occupations = int(gender["num_occupations"]) if pd.notna(gender.get("num_occupations")) else 0
                 row = {
                     "language": LANGUAGES[language],
                     "version": name,
                     "images / occupation": round(int(gender["num_images"]) / occupations, 1) if occupations else None,
-                    "gender distance": number("distance"),
-                    "gender distance low": number("distance_ci_low"),
-                    "gender distance high": number("distance_ci_high"),
-                    "gender L1": number("mean_l1"),
-                    "gender L1 low": number("mean_l1_ci_low"),
-                    "gender L1 high": number("mean_l1_ci_high"),
-                    "L1 floor": number("mean_l1_floor"),
-                    "exp. max L1": number("exp_max_l1"),
-                    "exp. max L2": number("exp_max_l2"),
-                    "random L1": number("random_exp_max_l1"),
-                    "non-binary share": number("outside_share"),
-                    "face rejection": number("rejection_rate"),
+                    "gender distance": published("distance"),
+                    "gender distance low": published("distance_ci_low"),
+                    "gender distance high": published("distance_ci_high"),
+                    "gender L1": published("mean_l1"),
+                    "gender L1 low": published("mean_l1_ci_low"),
+                    "gender L1 high": published("mean_l1_ci_high"),
+                    "L1 floor": published("mean_l1_floor"),
+                    "exp. max L1": published("exp_max_l1"),
+                    "exp. max L2": published("exp_max_l2"),
+                    "random L1": published("random_exp_max_l1"),
+                    "non-binary share": published("outside_share"),
+                    "face rejection": published("rejection_rate"),
                 }
                 for attribute in (a for a in ("race", "age") if a in self.reported_attributes):
                     other = self.summary(name, language, attribute)
                     row[f"{attribute} distance"] = float(other["distance"]) if other is not None else None
                     row[f"{attribute} L1"] = float(other["mean_l1"]) if other is not None else None
                 if self.has_reference():
-                    row["amplification"] = number("amplification")
-                    row["amplification low"] = number("amplification_ci_low")
-                    row["amplification high"] = number("amplification_ci_high")
+                    row["amplification"] = published("amplification")
+                    row["amplification low"] = published("amplification_ci_low")
+                    row["amplification high"] = published("amplification_ci_high")
                 align = self.versions[name].alignment
                 if len(align):
                     match = align[
