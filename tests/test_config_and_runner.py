@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -147,7 +148,7 @@ def test_readme_study_command_runs(offline_study: dict) -> None:
         return datasets.load_dataset(str(store.resolve(f"t2i-bias/{repo}", "dataset")), config, split="train")
 
     # One style, age, dressing and place: 12 gendered, 6 neutral and 5 x 6 evaluation prompts per language.
-    assert rows("prompts", "de").num_rows == 12 + 6 + 30
+    assert rows("world-prompts", "de").num_rows == 12 + 6 + 30
     # 100 images per neutral prompt of six occupations, in four languages, for both models.
     for repo in ("world-base-eval", "world-debiased-eval"):
         for language in ("en", "de", "zh", "ja"):
@@ -385,6 +386,33 @@ def test_every_recipe_parses_and_dry_runs_offline(recipe: Path, tmp_path: Path) 
         assert f"{index:2d}. {name} ({stage.name})" in result.stdout
     assert "Total GPU time: about" in result.stdout
     assert not (tmp_path / "hub").exists()  # nothing published, nothing downloaded
+
+
+def made_by(recipe: Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each artifact the recipe publishes: the step that makes it and that step's arguments."""
+    import dataclasses
+
+    from pipelines.run import Costs, plan_recipe, planned_steps
+
+    steps = planned_steps(*plan_recipe(recipe), Costs())
+    return {args.repo_id(args.output_repo): (name, dataclasses.asdict(args))
+            for name, _, args, _ in steps if getattr(args, "output_repo", None)}  # fmt: skip
+
+
+def test_recipes_that_share_an_artifact_make_it_the_same_way() -> None:
+    """Recipes run one after another on one store (the methods recipe after the offline study, as
+    the README says): an artifact two recipes both publish is made with the same arguments, so the
+    second reuses it. Otherwise the second moves its `main` to other results under the first's readers
+    (the Space lost its reference chart so)."""
+    made = {recipe.name: made_by(recipe) for recipe in REAL_RECIPES}
+    shared = 0
+    for first, second in itertools.combinations(sorted(made), 2):
+        for repo in sorted(made[first].keys() & made[second].keys()):
+            (step, a), (other, b) = made[first][repo], made[second][repo]
+            differ = sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
+            assert not differ, f"{repo}: {first}'s {step} and {second}'s {other} differ in {differ}"
+            shared += 1
+    assert shared >= 10  # the methods recipe reuses the offline study's world, images and bias
 
 
 def test_the_reference_recipe_is_the_m9_study_with_the_reference_s_choices() -> None:

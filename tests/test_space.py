@@ -197,17 +197,18 @@ def test_space_soak_while_a_stage_republishes(offline_study: dict, tmp_path: Pat
 
 def soak(space: dict, root: Path) -> None:
     stop = time.monotonic() + 30
-    failures, requests = [], [0]
+    failures, requests, republished = [], [0], []
 
     def republish() -> None:
         while time.monotonic() < stop:
-            subprocess.run(
-                [sys.executable, "-m", "pipelines.generate_images", "--store_root", str(root), "--input", "prompts",
-                 "--model", "world-model", "--output_repo", "world-base-eval", "--languages", "en",
-                 "--professions", "nurse", "--variants", "neutral", "--num_images", "2", "--num_inference_steps", "2",
-                 "--force"],
-                cwd=REPO_ROOT, capture_output=True, timeout=120,
+            done = subprocess.run(
+                [sys.executable, "-m", "pipelines.generate_images", "--store_root", str(root),
+                 "--input", "world-prompts", "--model", "world-model", "--output_repo", "world-base-eval",
+                 "--languages", "en", "--professions", "nurse", "--variants", "neutral", "--num_images", "2",
+                 "--num_inference_steps", "2", "--force"],
+                cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
             )  # fmt: skip
+            republished.append(0 if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-500:]}")
 
     def client_loop(number: int) -> None:
         client = Client(space["url"], verbose=False)
@@ -234,6 +235,7 @@ def soak(space: dict, root: Path) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert failures == [] and requests[0] >= 16
+    assert republished and set(republished) == {0}, republished  # the store did change underneath
 
 
 def test_the_published_space_is_self_contained_its_requirements_from_the_index_alone(tmp_path: Path) -> None:
