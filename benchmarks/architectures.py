@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import count_flops
+
 # AltDiffusion-m9's published configs (unet/, vae/, text_encoder/config.json of BAAI/AltDiffusion-m9).
 M9_UNET = {
     "sample_size": 64,
@@ -106,3 +108,58 @@ def clip_vit_l14(scale: str = "real", device: str = "cuda", dtype: torch.dtype =
     else:
         model = open_clip.create_model("ViT-L-14-quickgelu", pretrained=None)
     return model.eval().to(device, dtype), open_clip.get_tokenizer("ViT-L-14-quickgelu")
+
+
+def text_encoder_flops(batch: int, backward: bool) -> int:
+    """FLOPs of m9's text encoder on `batch` prompts of 512 tokens (forward, or forward and backward).
+    Counted on the CPU with one and two layers at the real width (the model asks a tensor for a
+    Python number, which the meta device cannot give) and extended to its 24 layers: every layer
+    costs the same."""
+    from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
+        RobertaSeriesConfig,
+        RobertaSeriesModelWithTransformation,
+    )
+
+    counts = []
+    for layers in (1, 2):
+        model = RobertaSeriesModelWithTransformation(
+            RobertaSeriesConfig(**{**M9_TEXT_ENCODER, "num_hidden_layers": layers})
+        )
+        ids = torch.ones(1, M9_PROMPT_TOKENS, dtype=torch.long)
+
+        def call(model: Any = model, ids: torch.Tensor = ids) -> None:
+            out = model(ids, attention_mask=ids).projection_state
+            if backward:
+                out.float().square().mean().backward()
+
+        counts.append(count_flops(call))
+    per_layer = counts[1] - counts[0]
+    return batch * (counts[0] + per_layer * (M9_TEXT_ENCODER["num_hidden_layers"] - 1))
+
+
+def real_unit_flops() -> dict[str, int]:
+    """FLOPs of each unit of the real study's work at the real size (no weights are made: the meta
+    device), the units of the dry run's estimates."""
+    import diffusers
+    import open_clip
+    import torchvision
+
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(**M9_UNET)
+        vae = diffusers.AutoencoderKL(**M9_VAE)
+        resnet = torchvision.models.resnet34(weights=None)
+        clip = open_clip.create_model("ViT-L-14-quickgelu", pretrained=None, device="meta")
+        guided = (torch.randn(2, 4, 64, 64), torch.full((2,), 500), torch.randn(2, M9_PROMPT_TOKENS, 768))
+        step = count_flops(lambda: unet(*guided))
+        decode = count_flops(lambda: vae.decode(torch.randn(1, 4, 64, 64)))
+        train = (torch.randn(16, 4, 32, 32), torch.full((16,), 500), torch.randn(16, M9_PROMPT_TOKENS, 768))
+        unet_train = count_flops(lambda: unet(*train).sample.sum().backward())
+        encode = count_flops(lambda: vae.encode(torch.randn(16, 3, 256, 256)))
+        chip = count_flops(lambda: resnet(torch.randn(1, 3, 224, 224)))
+        scored = count_flops(lambda: clip.encode_image(torch.randn(1, 3, 224, 224)))
+    return {
+        "image": 50 * step + decode + text_encoder_flops(2, backward=False),
+        "training_step": unet_train + encode + text_encoder_flops(16, backward=True),
+        "classified_image": chip,
+        "scored_image": scored,
+    }

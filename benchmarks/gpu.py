@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks.architectures import REAL_RESOLUTION, clip_vit_l14, fairface_resnet34, m9_pipeline
-from benchmarks.common import count_flops, machine, write_report
+from benchmarks.common import count_flops, machine, matmul_peak, record_throughput, timed, write_report
 
 
 @contextlib.contextmanager
@@ -45,27 +45,6 @@ def peak_memory(device: str) -> Iterator[dict[str, float]]:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-
-
-def timed(function: Callable[[], Any], device: str, repeats: int = 1) -> float:
-    """Seconds per call of `function` (after one warm-up call)."""
-    function()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        function()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
-
-
-def matmul_peak(device: str, dtype: torch.dtype, size: int) -> float:
-    """Measured TFLOP/s of a large square matrix product: the device's practical peak."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    seconds = timed(lambda: a @ b, device, repeats=20)
-    return 2 * size**3 / seconds / 1e12
 
 
 def generation(options: argparse.Namespace, device: str, dtype: torch.dtype, peak: float) -> dict[str, Any]:
@@ -267,8 +246,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "classification": classification(options, device, dtype),
         "clip_scoring": clip_scoring(options, device, dtype),
     }
+    report["throughput"] = throughput(report, device, options.results_dir)
     write_report(options.output, report, options.results_dir)
     return report
+
+
+def throughput(report: dict[str, Any], device: str, results_dir: str | None) -> dict[str, Any]:
+    """The device's seconds per unit of the real study's work, kept in throughput.json for the dry run:
+    generation at the FLOP rate its fastest batch size reached, applied to the FLOPs of an image at 50
+    steps; a training step at that same rate (this benchmark does not train); classification and CLIP
+    scoring as measured, batched. A smoke run keeps its figures under "smoke", never as a GPU's."""
+    from benchmarks.architectures import real_unit_flops
+
+    generation = report["generation"]
+    best = max(entry["images_per_second"] for entry in generation["batch_sweep"])
+    rate = generation["flops_per_image"] * best  # FLOP/s
+    units = real_unit_flops()
+    entry = {
+        "seconds_per_image": round(units["image"] / rate, 4),
+        "seconds_per_step": round(units["training_step"] / rate, 4),
+        "seconds_per_classified_image": round(1 / report["classification"]["batched_images_per_second"], 4),
+        "seconds_per_scored_image": round(1 / report["clip_scoring"]["batched_images_per_second"], 4),
+        "device": report["device"],
+        "measured_by": "benchmarks/gpu.py: generation, classification (MTCNN and ResNet-34) and CLIP scoring as "
+        "measured; a training step at generation's FLOP rate, scaled by its counted FLOPs",
+    }
+    record_throughput("cuda" if device == "cuda" else "smoke", entry, results_dir)
+    return entry
 
 
 if __name__ == "__main__":

@@ -225,13 +225,14 @@ class EvaluateAlignment(ShardedStage):
                         ) from None
                     images.append(None)
             good = [i for i, image in enumerate(images) if image is not None]
-            scores: dict[str, list[float]] = {}
-            for name in schemas.ALIGNMENT_SCORES[:3]:
-                texts = [self.texts(batch[i]["profession"])[name] for i in good]
-                scores[name] = self.score([images[i] for i in good], texts, self.english)
+            # The three English texts against one encoding of each image.
+            first, *others = schemas.ALIGNMENT_SCORES[:3]
+            texts = {name: [self.texts(batch[i]["profession"])[name] for i in good] for name in (first, *others)}
+            scores = self.score([images[i] for i in good], texts[first], self.english,
+                                {name: texts[name] for name in others})  # fmt: skip
             if self.multilingual is not None:
                 texts = [batch[i]["prompt"] for i in good]
-                scores["mclip_own_prompt"] = self.score([images[i] for i in good], texts, self.multilingual)
+                scores |= self.score([images[i] for i in good], texts, self.multilingual, name="mclip_own_prompt")
             by_row = {i: {name: values[j] for name, values in scores.items()} for j, i in enumerate(good)}
             for i, row in enumerate(batch):
                 out.append(
@@ -246,10 +247,20 @@ class EvaluateAlignment(ShardedStage):
                 )
         return out
 
-    def score(self, images: list, texts: list[str], model: dict[str, Any]) -> list[float]:
+    def score(
+        self,
+        images: list,
+        texts: list[str],
+        model: dict[str, Any],
+        others: dict[str, list[str]] | None = None,
+        name: str = schemas.ALIGNMENT_SCORES[0],
+    ) -> dict[str, list[float]]:
+        """The scores of `texts` (as `name`) and of each of `others`, by name, each image encoded once."""
         if not images:
-            return []
-        return self.metric.compute(predictions=images, references=texts, **model, **self.common)["scores"]
+            return {name: [], **dict.fromkeys(others or {}, [])}
+        extra = {"other_references": others} if others else {}
+        result = self.metric.compute(predictions=images, references=texts, **model, **self.common, **extra)
+        return {name: result["scores"], **{other: result["other"][other]["scores"] for other in others or {}}}
 
     def finish(self, run: StageRun, folder: Path) -> str:
         args: Arguments = run.args

@@ -14,6 +14,7 @@ first step, in one line that names what is missing and where to get it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import os
@@ -34,7 +35,7 @@ from pipelines.harness.config import (
     step_values,
     step_where,
 )
-from pipelines.harness.estimate import Costs, Estimate, Estimates, print_plan
+from pipelines.harness.estimate import THROUGHPUT_FILE, Costs, Estimate, Estimates, measured_costs, print_plan
 from pipelines.harness.preflight import disk_problems, preflight
 from pipelines.harness.stage import Published, Stage
 
@@ -195,26 +196,42 @@ def main(argv: list[str] | None = None) -> None:
         help="run the steps after a NO verdict too (the exit code is still 1, the verdicts still last)",
     )
     parser.add_argument(
+        "--device_kind",
+        default="cuda",
+        metavar="{cuda,cpu}",
+        help="dry run: the device the times are for (default cuda)",
+    )
+    parser.add_argument(
+        "--throughput",
+        default=None,
+        help=f"dry run: measured seconds per unit by device kind (default {THROUGHPUT_FILE}, where "
+        "python -m benchmarks.gpu and python -m benchmarks.bench_peak write them)",
+    )
+    parser.add_argument(
         "--seconds_per_image",
         type=float,
-        default=Costs.seconds_per_image,
-        help="dry run: GPU seconds per generated image at 50 steps, 512 px (scaled by steps and pixels)",
+        default=None,
+        help="dry run: seconds per generated image at 50 steps, 512 px (scaled by steps and pixels)",
     )
     parser.add_argument(
         "--seconds_per_step",
         type=float,
-        default=Costs.seconds_per_step,
-        help="dry run: GPU seconds per training step of 16 images at 256 px (scaled by images and pixels)",
+        default=None,
+        help="dry run: seconds per training step of 16 images at 256 px (scaled by images and pixels)",
     )
     try:
         options = parser.parse_args(argv)
         overrides = {k: v for k, v in vars(options).items() if k in ("store", "store_root", "namespace") and v}
-        for name in ("seconds_per_image", "seconds_per_step"):
-            value = getattr(options, name)
-            if not (math.isfinite(value) and value > 0):
+        given = {name: getattr(options, name) for name in ("seconds_per_image", "seconds_per_step")}
+        for name, value in given.items():
+            if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"--{name}={value}: a number of seconds above 0")
         if options.dry_run:
-            costs = Costs(options.seconds_per_image, options.seconds_per_step)
+            path = Path(options.throughput) if options.throughput else THROUGHPUT_FILE
+            costs = measured_costs(path, options.device_kind, given=options.throughput is not None)
+            if any(value is not None for value in given.values()):
+                costs = dataclasses.replace(costs, **{k: v for k, v in given.items() if v is not None},
+                                            source=costs.source + "; per image or per step as given")  # fmt: skip
             dry_run(options.recipe, overrides, options.set, costs, options.only)
             return
         results = run_recipe(options.recipe, options.only, overrides, options.set, options.keep_going)

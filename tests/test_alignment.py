@@ -61,6 +61,31 @@ def test_scores_equal_a_direct_computation(tiny_clip: str, images: list) -> None
         module.compute(predictions=images, references=TEXTS, model=tiny_clip, convention="percent")
 
 
+def test_other_texts_score_against_one_encoding_of_each_image(tiny_clip: str, images: list) -> None:
+    """Each image is encoded once however many texts it is scored against, and each set's scores are
+    the very bytes a call with that set alone gives."""
+    module = evaluate.load(MODULE)
+    others = {"occupation": list(reversed(TEXTS)), "person": ["a photo of a person"] * len(TEXTS)}
+    module.compute(predictions=images[:1], references=TEXTS[:1], model=tiny_clip)  # loads the model
+    (clip, _, _) = next(iter(module.__dict__["_models"].values()))
+    calls = []
+    original = clip.encode_image
+    clip.encode_image = lambda pixels: calls.append(len(pixels)) or original(pixels)
+    try:
+        together = module.compute(predictions=images, references=TEXTS, model=tiny_clip, batch_size=2,
+                                  other_references=others)  # fmt: skip
+        assert calls == [2, 2, 1]  # five images in batches of two, once
+        for name, texts in {"": TEXTS, **others}.items():
+            alone = module.compute(predictions=images, references=texts, model=tiny_clip, batch_size=2)
+            assert (together["other"][name] if name else together)["scores"] == alone["scores"]
+    finally:
+        clip.encode_image = original
+    expected = direct_cosines(tiny_clip, images, others["occupation"])
+    assert np.allclose(together["other"]["occupation"]["scores"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"other_references\['person'\]: 2 texts for 5 images"):
+        module.compute(predictions=images, references=TEXTS, model=tiny_clip, other_references={"person": TEXTS[:2]})
+
+
 def test_half_precision_scores_near_full_and_a_module_s_models_go_with_it(tiny_clip: str, images: list) -> None:
     """fp16 (the reference study's CLIP precision) moves a cosine by rounding only; the models a module
     loaded are its own, released with it (a class-level cache held them for the rest of the process)."""

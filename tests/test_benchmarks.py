@@ -45,6 +45,81 @@ def test_gpu_benchmark_smoke_runs_every_code_path_on_the_cpu(tmp_path: Path) -> 
         assert positive(report[section]["speedup"]) and report[section]["images"] == 4
     dlib = report["classification"]["dlib_detector"]  # the reference's detector, in PyTorch on the device
     assert dlib["images"] == 2 and dlib["upsample"] == 1 and positive(dlib["images_per_second"])
+    # Its figures for the dry run, kept as a smoke run's, never as a GPU's.
+    figures = json.loads((tmp_path / "throughput.json").read_text())
+    assert set(figures) == {"smoke"} and figures["smoke"] == report["throughput"]
+    assert figures["smoke"]["seconds_per_classified_image"] == round(
+        1 / report["classification"]["batched_images_per_second"], 4
+    )
+
+
+def test_every_hot_loop_is_measured_against_the_machine_s_peak_and_below_the_goal_says_why(tmp_path: Path) -> None:
+    from benchmarks import bench_peak
+
+    report = bench_peak.main(["--smoke", "--results_dir", str(tmp_path)])
+    assert json.loads((tmp_path / "peak.json").read_text()) == report
+    assert set(report["dtypes"]) == {"float32", "bfloat16"}
+    for dtype in report["dtypes"].values():
+        assert positive(dtype["matmul_peak_tflops"])
+        loops = {loop["loop"]: loop for loop in dtype["loops"]}
+        assert list(loops) == ["generation", "training", "classification", "alignment"]
+        for loop in loops.values():
+            share = loop["flops_per_call"] / loop["seconds_per_call"] / 1e12 / dtype["matmul_peak_tflops"]
+            assert loop["share_of_peak"] == pytest.approx(share, rel=0.05, abs=2e-3)
+            assert loop["meets_goal"] == (loop["share_of_peak"] >= 0.5)
+            if not loop["meets_goal"]:  # the reason: where the time goes, by operator, shares that add up
+                why = loop["why"]
+                named = sum(o["share_of_time"] for o in why["memory_bound_operators"])
+                assert 0 < why["dense_share_of_time"] + why["bookkeeping_share_of_time"] + named <= 1.001
+                assert all(not bench_peak.is_dense(o["operator"]) for o in why["memory_bound_operators"])
+        # Training does a forward and a backward: about three forwards' FLOPs at the same batch.
+        assert loops["training"]["flops_per_call"] > 2 * loops["generation"]["flops_per_call"]
+    # The real study's units at the real size: 50 guided steps of m9's UNet (0.84 TFLOP an image each at
+    # 512 px) dominate an image; ResNet-34 is 3.6 GMACs at 224 px.
+    units = report["real_study_on_this_cpu"]["flops_per_unit"]
+    assert 50 * 2 * 0.8e12 < units["image"] < 50 * 2 * 0.9e12 + 5e12
+    assert units["classified_image"] == pytest.approx(7.33e9, rel=0.01)
+    figures = json.loads((tmp_path / "throughput.json").read_text())["cpu"]
+    rate = {loop["loop"]: loop["tflops"] for loop in report["dtypes"]["float32"]["loops"]}
+    assert figures["seconds_per_image"] == pytest.approx(units["image"] / (rate["generation"] * 1e12), rel=1e-3)
+
+
+def test_the_dry_run_s_times_come_from_the_throughput_file_and_say_so(tmp_path: Path) -> None:
+    from .conftest import REPO_ROOT, run_python
+
+    recipe = str(REPO_ROOT / "pipelines" / "recipes" / "offline.yaml")
+    figures = {"seconds_per_image": 4.0, "seconds_per_step": 3.0, "seconds_per_classified_image": 0.5,
+               "seconds_per_scored_image": 0.25, "device": "a test GPU", "measured_by": "hand"}  # fmt: skip
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"cuda": figures}))
+    common = ("-m", "pipelines.run", recipe, "--dry_run", "--store_root", str(tmp_path / "hub"))
+    measured = run_python(*common, "--throughput", str(path), cwd=tmp_path)
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    assert "GPU time assumes 4 s per image" in measured.stdout and "measured on a test GPU (hand;" in measured.stdout
+    # No file: the built-in guesses, saying they are; the CPU has no guesses to fall back on.
+    guessed = run_python(*common, cwd=tmp_path)
+    assert "GPU time assumes 2 s per image" in guessed.stdout and "has no measured GPU figures" in guessed.stdout
+    cpu = run_python(*common, "--throughput", str(path), "--device_kind", "cpu", cwd=tmp_path)
+    assert cpu.returncode == 2 and "has no measured CPU figures; python -m benchmarks.bench_peak" in cpu.stderr
+    path.write_text(json.dumps({"cpu": figures}))
+    cpu = run_python(*common, "--throughput", str(path), "--device_kind", "cpu", cwd=tmp_path)
+    assert "CPU time assumes 4 s per image" in cpu.stdout and "Total CPU time: about" in cpu.stdout
+    # Twice the seconds per unit, twice the total.
+    totals = []
+    for scale in (1, 2):
+        path.write_text(json.dumps({"cuda": {**figures, **{k: v * scale for k, v in figures.items() if k[0] == "s"}}}))
+        out = run_python(*common, "--throughput", str(path), cwd=tmp_path).stdout
+        totals.append(float(out.split("Total GPU time: about ")[1].split(" h")[0].replace(",", "")))
+    assert totals[1] == pytest.approx(2 * totals[0], rel=0.02) and totals[0] > 0
+    # A broken file or value is a one-line error naming it.
+    broken_files = {
+        "{": "not a throughput file",
+        '{"cuda": {"seconds_per_image": -1}}': "cuda.seconds_per_image is -1",
+    }
+    for text, message in broken_files.items():
+        path.write_text(text)
+        broken = run_python(*common, "--throughput", str(path), cwd=tmp_path)
+        assert broken.returncode == 2 and message in broken.stderr and "Traceback" not in broken.stderr
 
 
 @pytest.mark.parametrize(

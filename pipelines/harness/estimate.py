@@ -10,20 +10,73 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from pipelines.errors import ConfigError
 
 # MAGBIG's published set sizes (its CSV files): 151 occupations, 20 adjectives.
 MAGBIG_SIZES = {"direct": 151, "indirect": 151, "gender_star": 151, "feminine": 151, "adjectives": 20}
 
 
+# Where `python -m pipelines.run --dry_run` finds measured figures: the benchmarks' results of a checkout.
+THROUGHPUT_FILE = Path("benchmarks") / "results" / "throughput.json"
+DEVICE_KINDS = {"cuda": "GPU", "cpu": "CPU"}
+UNITS = ("seconds_per_image", "seconds_per_step", "seconds_per_classified_image", "seconds_per_scored_image")
+
+
 @dataclass
 class Costs:
-    """GPU seconds per unit of work, on one modern data-centre GPU (fp16)."""
+    """Seconds per unit of work on one device. The defaults are guesses for one modern data-centre GPU
+    (fp16); `measured_costs` reads measured figures instead, and `source` says which were used."""
 
     seconds_per_image: float = 2.0  # one image, 50 denoising steps, 512 x 512
     seconds_per_step: float = 0.6  # one optimisation step of 16 images at 256 x 256, UNet and text encoder
     seconds_per_classified_image: float = 0.05  # detection, chip and classifier
     seconds_per_scored_image: float = 0.02  # CLIP ViT-L/14 image embedding
+    device_kind: str = "cuda"
+    source: str = "built-in guesses for one data-centre GPU in fp16, not measured"
+
+    @property
+    def device(self) -> str:
+        return DEVICE_KINDS[self.device_kind]
+
+
+def measured_costs(path: Path, kind: str, given: bool) -> Costs:
+    """The `kind` device's seconds per unit from a throughput file (`benchmarks.gpu` writes "cuda" where
+    a GPU is lent, `benchmarks.bench_peak` writes "cpu"). Without a file, or without the kind in it,
+    a GPU falls back on the built-in guesses and says so; a CPU has none to fall back on."""
+    import json
+
+    if kind not in DEVICE_KINDS:
+        raise ConfigError(f"--device_kind={kind!r}: one of {', '.join(DEVICE_KINDS)}")
+    figures = {}
+    if path.is_file():
+        try:
+            figures = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"--throughput={str(path)!r}: not a throughput file ({err})") from None
+        if not isinstance(figures, dict):
+            raise ConfigError(f"--throughput={str(path)!r}: not a throughput file (a JSON object by device kind)")
+    elif given:
+        raise ConfigError(f"--throughput={str(path)!r}: no such file")
+    entry = figures.get(kind)
+    if entry is None:
+        if kind == "cuda":
+            return Costs(source=f"built-in guesses for one data-centre GPU in fp16: {path} has no measured GPU "
+                         "figures (python -m benchmarks.gpu writes them on a GPU machine)")  # fmt: skip
+        raise ConfigError(f"--device_kind=cpu: {path} has no measured CPU figures; "
+                          "python -m benchmarks.bench_peak writes them")  # fmt: skip
+    values = {}
+    for unit in UNITS:
+        value = entry.get(unit) if isinstance(entry, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"--throughput={str(path)!r}: {kind}.{unit} is {value!r}, "
+                              "not a number of seconds above 0")  # fmt: skip
+        values[unit] = float(value)
+    how = entry.get("measured_by", "measured")
+    device = entry.get("device", DEVICE_KINDS[kind])
+    return Costs(**values, device_kind=kind, source=f"measured on {device} ({how}; {path})")
 
 
 @dataclass
@@ -66,10 +119,12 @@ def train_steps(rows: int, batch: int, accumulation: int, epochs: int, max_steps
 
 def print_plan(rows: list[tuple[str, Any, Any, Estimate | None]], costs: Costs) -> None:
     total = 0.0
+    device = costs.device
     print(
-        f"Dry run: nothing is loaded, downloaded or published. GPU time assumes {costs.seconds_per_image} s per "
-        f"image (50 steps, 512 px) and {costs.seconds_per_step} s per training step (16 images, 256 px); "
-        "override with --seconds_per_image and --seconds_per_step.\n"
+        f"Dry run: nothing is loaded, downloaded or published. {device} time assumes {costs.seconds_per_image:g} s "
+        f"per image (50 steps, 512 px), {costs.seconds_per_step:g} s per training step (16 images, 256 px), "
+        f"{costs.seconds_per_classified_image:g} s per classified image and {costs.seconds_per_scored_image:g} s "
+        f"per CLIP-scored image: {costs.source}. Override with --seconds_per_image and --seconds_per_step.\n"
     )
     for number, (name, stage, args, estimate) in enumerate(rows, 1):
         estimate = estimate or Estimate()
@@ -86,9 +141,10 @@ def print_plan(rows: list[tuple[str, Any, Any, Estimate | None]], costs: Costs) 
         if estimate.train_steps:
             print(f"    training:  {estimate.train_steps:,} steps")
         if estimate.gpu_hours:
-            print(f"    GPU time:  {estimate.gpu_hours:,.1f} h")
+            print(f"    {device} time:  {estimate.gpu_hours:,.1f} h")
         total += estimate.gpu_hours
-    print(f"\nTotal GPU time: about {total:,.1f} h on one GPU (divide by the number of GPUs for wall time).")
+    where = "one GPU (divide by the number of GPUs for wall time)" if device == "GPU" else "this CPU"
+    print(f"\nTotal {device} time: about {total:,.1f} h on {where}.")
 
 
 def download_of(spec: str | None, args: Any, estimates: Estimates, what: str) -> str | None:

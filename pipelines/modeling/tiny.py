@@ -168,17 +168,19 @@ TINY_CLIP_CONFIG = {
 }
 
 
-def build_tiny_open_clip(folder: str | Path, seed: int = 0) -> Path:
-    """A randomly initialised small open_clip CLIP, saved as open_clip saves one to the Hub."""
+def build_tiny_open_clip(folder: str | Path, seed: int = 0, config: dict[str, Any] | None = None) -> Path:
+    """A randomly initialised small open_clip CLIP (or one of `config`'s architecture), saved as
+    open_clip saves one to the Hub."""
     import open_clip
     from safetensors.torch import save_model
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**TINY_CLIP_CONFIG)
+    architecture = config or TINY_CLIP_CONFIG
+    model = open_clip.CLIP(**architecture)
     config = {
-        "model_cfg": TINY_CLIP_CONFIG,
+        "model_cfg": architecture,
         "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)},
     }
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))

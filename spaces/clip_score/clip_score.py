@@ -38,8 +38,11 @@ Args:
     device (`str`, *optional*): defaults to CUDA when available.
     precision (`str`, defaults to `fp32`): `fp32`, or `fp16` (the reference study ran its CLIP in half
         precision); the cosines are computed in float32 either way.
+    other_references (`dict[str, list[str]]`, *optional*): more texts of each image, by name, scored
+        against the same image embeddings: each image is encoded once however many texts it has.
 Returns:
-    `scores` (one per pair), `mean` (the aggregate), `convention`.
+    `scores` (one per pair), `mean` (the aggregate), `convention`; with `other_references`, `other`:
+    the same for each of its names.
 Examples:
     >>> import evaluate
     >>> from PIL import Image
@@ -158,6 +161,7 @@ class ClipScore(evaluate.Metric):
         batch_size: int = 64,
         device: str | None = None,
         precision: str = "fp32",
+        other_references: dict[str, list[str]] | None = None,
     ) -> dict:
         if model is None:
             raise ValueError("model: an open_clip model name or folder is required")
@@ -165,26 +169,40 @@ class ClipScore(evaluate.Metric):
             raise ValueError(f"convention={convention!r}: allowed {', '.join(CONVENTIONS)}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}: allowed {', '.join(PRECISIONS)}")
+        other_references = dict(other_references or {})
+        for name, other in other_references.items():
+            if len(other) != len(predictions):
+                raise ValueError(f"other_references[{name!r}]: {len(other)} texts for {len(predictions)} images")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         clip, preprocess, tokenizer = self._model(model, pretrained, device, precision)
-        texts = list(dict.fromkeys(references))
+        sets = {None: list(references), **other_references}
         with torch.inference_mode():
-            text_features = []
-            for start in range(0, len(texts), batch_size):
-                tokens = tokenizer(texts[start : start + batch_size]).to(device)
-                text_features.append(torch.nn.functional.normalize(clip.encode_text(tokens).float(), dim=-1))
-            text_features = torch.cat(text_features) if text_features else torch.empty(0)
-            rows = torch.tensor([texts.index(text) for text in references], dtype=torch.long)
-            cosines = []
+            # Each set's distinct texts encoded as a call with that set alone would encode them.
+            text_features, rows = {}, {}
+            for name, chosen in sets.items():
+                texts = list(dict.fromkeys(chosen))
+                encoded = []
+                for start in range(0, len(texts), batch_size):
+                    tokens = tokenizer(texts[start : start + batch_size]).to(device)
+                    encoded.append(torch.nn.functional.normalize(clip.encode_text(tokens).float(), dim=-1))
+                text_features[name] = torch.cat(encoded) if encoded else torch.empty(0)
+                position = {text: index for index, text in enumerate(texts)}
+                rows[name] = torch.tensor([position[text] for text in chosen], dtype=torch.long)
+            cosines: dict = {name: [] for name in sets}
             for start in range(0, len(predictions), batch_size):
                 batch = [preprocess(image.convert("RGB")) for image in predictions[start : start + batch_size]]
                 image_features = torch.nn.functional.normalize(
                     clip.encode_image(torch.stack(batch).to(device, PRECISIONS[precision])).float(), dim=-1
                 )
-                cosines.append(
-                    (image_features * text_features[rows[start : start + batch_size].to(device)]).sum(-1).cpu()
-                )
-        return scored(torch.cat(cosines).double().numpy() if cosines else np.zeros(0), convention)
+                for name, row in rows.items():
+                    chosen = text_features[name][row[start : start + batch_size].to(device)]
+                    cosines[name].append((image_features * chosen).sum(-1).cpu())
+        results = {
+            name: scored(torch.cat(parts).double().numpy() if parts else np.zeros(0), convention)
+            for name, parts in cosines.items()
+        }
+        main = results.pop(None)
+        return {**main, "other": results} if other_references else main
 
 
 def scored(cosine: np.ndarray, convention: str) -> dict:
