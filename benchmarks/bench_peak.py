@@ -14,9 +14,11 @@
    - classification: FairFace's ResNet-34 on 224-px chips, 32 at a time;
    - alignment: CLIP ViT-L/14 image encoding at 224 px, 8 at a time.
 3. Where a loop stays under half the peak, the reason: one call profiled, its operator time split
-   into dense arithmetic (matrix products, convolutions, attention), bookkeeping (allocating and
-   viewing tensors: the framework's time) and the rest, named by operator with its share of the
-   time: the layers bound by memory traffic (normalisation, activations, additions, copies).
+   into dense arithmetic (matrix products, convolutions, attention; its three slowest kernels named),
+   bookkeeping (allocating and viewing tensors: the framework's time) and the rest, named by
+   operator with its share of the time: the layers bound by memory traffic (normalisation,
+   activations, additions, copies). Mostly dense time under the goal means the kernels themselves
+   (a convolution's backward, small matrices) run below the matmul's rate.
 4. The real study's cost on this machine: each unit's FLOPs at the real size (generation: 50 steps
    at 512 px with guidance, the VAE decoder and the text encoder; a training step: 16 images at
    256 px, UNet and text encoder; counted on the meta device, the text encoder layer by layer)
@@ -74,8 +76,11 @@ def time_split(function: Callable[[], Any], top: int = 6) -> dict[str, Any]:
     dense = sum(t for name, t in times.items() if is_dense(name))
     bookkeeping = sum(t for name, t in times.items() if is_bookkeeping(name))
     others = sorted(((t, n) for n, t in times.items() if not is_dense(n) and not is_bookkeeping(n)), reverse=True)
+    kernels = sorted(((t, n) for n, t in times.items() if is_dense(n)), reverse=True)
     return {
         "dense_share_of_time": round(dense / total, 3),
+        # Most of the time in dense kernels and still under the goal: those kernels are the reason.
+        "dense_operators": [{"operator": name, "share_of_time": round(t / total, 3)} for t, name in kernels[:3]],
         "bookkeeping_share_of_time": round(bookkeeping / total, 3),
         "memory_bound_operators": [
             {"operator": name, "share_of_time": round(t / total, 3)} for t, name in others[:top]

@@ -84,6 +84,23 @@ def test_every_hot_loop_is_measured_against_the_machine_s_peak_and_below_the_goa
     assert figures["seconds_per_image"] == pytest.approx(units["image"] / (rate["generation"] * 1e12), rel=1e-3)
 
 
+def test_the_overhead_benchmark_compares_each_stage_with_a_bare_loop_of_its_models(tmp_path: Path) -> None:
+    from benchmarks import bench_overhead
+
+    argv = ["--images", "16", "--batch_size", "4", "--steps", "2", "--results_dir", str(tmp_path)]
+    report = bench_overhead.main(argv)
+    assert json.loads((tmp_path / "overhead.json").read_text()) == report
+    for stage in ("generation", "classification", "alignment"):
+        figures = report[stage]
+        assert positive(figures["bare_images_per_second"])
+        if figures["stage_images_per_second"] is not None:  # None: start-up and work not told apart at 16
+            ratio = figures["stage_images_per_second"] / figures["bare_images_per_second"]
+            assert figures["stage_share_of_bare"] == pytest.approx(ratio, rel=0.01)
+            assert figures["meets_goal"] == (figures["stage_share_of_bare"] >= 0.95)
+    with pytest.raises(SystemExit, match="--images=8: at least 4 batches"):
+        bench_overhead.main(["--images", "8", "--batch_size", "4", "--results_dir", str(tmp_path)])
+
+
 def test_the_dry_run_s_times_come_from_the_throughput_file_and_say_so(tmp_path: Path) -> None:
     from .conftest import REPO_ROOT, run_python
 
