@@ -80,8 +80,8 @@ MUTATIONS = [
              "scores = 100 * np.maximum(cosine, 0)", "scores = 100 * cosine",
              (CLIP, "tests/test_alignment.py"), "a torchmetrics score is 100 * max(cos, 0)"),
     Mutation("clip-texts-paired-by-position", "metrics", CLIP,
-             "rows = torch.tensor([texts.index(text) for text in references], dtype=torch.long)",
-             "rows = torch.arange(len(references)) % max(len(texts), 1)",
+             "rows[name] = torch.tensor([position[text] for text in chosen], dtype=torch.long)",
+             "rows[name] = torch.arange(len(chosen)) % max(len(texts), 1)",
              ("tests/test_alignment.py",), "each image is scored against its own text"),
     # --- statistics (pipelines/reporting/statistics.py) -------------------------------------------
     Mutation("paired-test-one-sided", "statistics", STATS,
