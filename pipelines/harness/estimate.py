@@ -1,8 +1,9 @@
-"""The dry run's arithmetic: what each step of a recipe would read, download and make, and its GPU time.
+"""The dry run's arithmetic: what each step of a recipe would read, download and make, and its time.
 
 Nothing is loaded or downloaded: counts follow from the recipe's own settings (the prompt grid's
 lists, MAGBIG's published set sizes, `num_images`, epochs and batch sizes), passed from step to
-step by output repo. GPU time uses per-unit figures a user can override (`--seconds_per_image`,
+step by output repo. Time uses seconds per unit of work, measured (the throughput file the benchmarks
+write, by device kind) or built-in GPU guesses, which a user can override (`--seconds_per_image`,
 `--seconds_per_step`), scaled by denoising steps and pixels.
 """
 
