@@ -620,26 +620,49 @@ GENDER_MARKED = {
     "ko": r"(남자|여자|남성|여성)",
 }
 # The reference's and MAGBIG's own English word, kept so that the English grid is the reference's.
-ENGLISH_KEPT = {"handyman"}
+ENGLISH_KEPT = {"handyman": "handyman"}
+# The nouns naming men that the masculine generic keeps in the neutral prompts, per language: the
+# direct prompt's noun, as the reference's captions and MAGBIG's direct prompts write it (MAGBIG's
+# German: "eines Feuerwehrmanns", "eines Wachmanns"). The prompts card lists them.
+MASCULINE_GENERIC_MEN = {
+    "de": {"businessperson": "Geschäftsmann", "firefighter": "Feuerwehrmann", "guard": "Wachmann"},
+    "fr": {"businessperson": "homme d'affaires", "handyman": "homme à tout faire", "politician": "homme politique"},
+    "it": {"businessperson": "uomo d'affari"},
+}
 
 
+def allowed_men(language: str, form: str) -> dict[str, str]:
+    """The nouns naming men that a language's neutral prompts are expected to contain in a form."""
+    from pipelines.prompting.grammar import MASCULINE_GENERIC
+
+    kept = ENGLISH_KEPT if language == "en" else {}
+    return kept | (MASCULINE_GENERIC_MEN.get(language, {}) if form == MASCULINE_GENERIC else {})
+
+
+@pytest.mark.parametrize("form", ["inclusive", "masculine-generic"])
 @pytest.mark.parametrize("language", sorted(GENDER_MARKED))
-def test_no_neutral_prompt_says_a_gender(language: str) -> None:
-    """Every neutral form of every profession, checked against the language's gender-marked words:
-    a masculine that names men only (медбрат, رجل أعمال) cannot be the neutral form."""
+def test_no_neutral_prompt_says_a_gender(language: str, form: str) -> None:
+    """Every neutral form of every profession, in both neutral forms (every shipped recipe uses the
+    masculine generic), checked against the language's gender-marked words: a masculine that names men
+    only (медбрат, رجل أعمال) cannot be the neutral form, except the masculine generic's own nouns,
+    named above, each of which must be there (the list is exact, and the grammar reports the same)."""
     import re
 
-    from pipelines.prompting.grammar import GridRow
+    from pipelines.prompting.grammar import GridRow, men_in_neutral_prompts
     from pipelines.prompting.grid import PROFESSIONS
 
-    grammar = load_grammar(language)
+    grammar = load_grammar(language, form)
+    allowed = allowed_men(language, form)
+    assert men_in_neutral_prompts(language, form, list(PROFESSIONS)) == allowed
     found = []
     for profession in PROFESSIONS:
-        if language == "en" and profession in ENGLISH_KEPT:
-            continue
         row = GridRow("close-up", "young", "neutral", profession, "wearing work clothes", "at work")
         for prompt in (grammar.grid(row), grammar.eval_indirect(profession)):
-            marked = re.search(GENDER_MARKED[language], prompt.lower())
+            text = prompt.lower()
+            if profession in allowed:
+                assert allowed[profession].lower() in text, (profession, prompt)
+                text = text.replace(allowed[profession].lower(), "")
+            marked = re.search(GENDER_MARKED[language], text)
             if marked:
                 found.append(f"{profession}: {marked.group(0)!r} in {prompt!r}")
     assert found == []
@@ -746,7 +769,9 @@ def test_the_prompts_card_records_each_language_s_neutral_form(tmp_path: Path) -
     from pipelines.artifacts.reader import DatasetArtifact
 
     common = {"store_root": str(tmp_path), "namespace": "study"}
-    generate_prompts.run(generate_prompts.Arguments(**common, professions=["doctor", "nurse"], styles=["close-up"]))
+    generate_prompts.run(
+        generate_prompts.Arguments(**common, professions=["doctor", "nurse", "firefighter"], styles=["close-up"])
+    )
     first = translate_prompts.run(
         translate_prompts.Arguments(**common, languages=["de", "ru", "zh"], neutral_form="masculine-generic")
     )
@@ -760,7 +785,11 @@ def test_the_prompts_card_records_each_language_s_neutral_form(tmp_path: Path) -
     assert "## Gender-neutral form" in card
     german = next(row["prompt"] for row in artifact.rows("de") if row["gender"] == "neutral")
     assert german.startswith("Nahaufnahme eines jungen Arztes")  # the generic masculine, not Ärzt*in
-    assert f"| de | masculine-generic | {german} |" in card
+    assert f"| de | masculine-generic | {german} | firefighter (Feuerwehrmann) |" in card
     assert any(line.startswith("| fr | inclusive | Photo en gros plan d'un·e") for line in card.splitlines())
+    # The masculine generic keeps German's Feuerwehrmann in the neutral prompts, and the card says so;
+    # Russian's has no such noun (its nurse is a медработник), nor the inclusive form.
+    rows = {line.split(" | ")[0].strip("| "): line for line in card.splitlines() if line.startswith("| ")}
+    assert rows["ru"].endswith("| – |") and rows["fr"].endswith("| – |"), rows
     with pytest.raises(ConfigError, match="neutral_form='star': allowed inclusive, masculine-generic"):
         translate_prompts.Arguments(**common, languages=["de"], neutral_form="star")

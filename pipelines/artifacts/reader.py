@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from pipelines.artifacts.dataset_files import SPLIT
 from pipelines.artifacts.schemas import KIND_OF_STAGE, MAKER_OF_KIND
-from pipelines.artifacts.store import Store, card_metadata, open_store, parse_ref
-from pipelines.errors import DataError
+from pipelines.artifacts.store import LocalStore, Store, card_metadata, open_store, parse_ref
+from pipelines.errors import DataError, UserError
 
 
 class DatasetArtifact:
@@ -161,6 +161,40 @@ class DatasetArtifact:
             for path in self.files(config):
                 self.parquet(path).read()  # says which shard, in one line
             raise DataError(f"{self.name}: config {config!r} cannot be read as parquet: {err}") from None
+
+
+def caption_forms(store: Store, dataset: str | None) -> dict[str, str] | None:
+    """The gender-neutral form of a training dataset's captions per language, as its card records it
+    (`collect_datasets`' `caption_forms`); None for a dataset from outside the store or without it."""
+    if not dataset:
+        return None
+    try:
+        forms = card_metadata(store.resolve(dataset, "dataset")).get("caption_forms")
+    except (UserError, ValueError):
+        return None
+    return dict(forms) if isinstance(forms, dict) and forms else None
+
+
+def model_caption_forms(folder: Path | None, store: Store | None = None) -> dict[str, str] | None:
+    """The gender-neutral form, per language, of the captions a model in `folder` made by
+    `train_text_to_image` learnt from: as its card records it (`caption_forms`), or for a card that
+    does not, as its training dataset's card does, read from a local store (never a download). None
+    for any other model."""
+    if folder is None:
+        return None
+    try:
+        metadata = card_metadata(folder)
+    except UserError:
+        return None
+    lineage = metadata.get("lineage") or {}
+    if not isinstance(lineage, dict) or lineage.get("stage") != "train_text_to_image":
+        return None
+    forms = metadata.get("caption_forms")
+    if isinstance(forms, dict) and forms:
+        return dict(forms)
+    if isinstance(store, LocalStore):
+        return caption_forms(store, (lineage.get("inputs") or {}).get("dataset_name"))
+    return None
 
 
 def open_artifact(spec: str, store: Store | None = None, namespace: str | None = None) -> DatasetArtifact:

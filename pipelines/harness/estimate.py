@@ -149,13 +149,16 @@ def print_plan(rows: list[tuple[str, Any, Any, Estimate | None]], costs: Costs) 
 
 
 def download_of(spec: str | None, args: Any, estimates: Estimates, what: str) -> str | None:
-    """What fetching input `spec` would download, judged offline: None when it is local or made here."""
+    """What fetching input `spec` would download, judged offline: None when it is local or made here,
+    and for a file or folder given by its path, there or not (no library downloads it: a missing one
+    is the preflight's to name, never a Hub repo)."""
     from pathlib import Path
 
+    from pipelines.artifacts.inputs import looks_like_path
     from pipelines.artifacts.store import LocalStore, parse_ref
     from pipelines.errors import UserError
 
-    if not spec or Path(spec).expanduser().exists():
+    if not spec or Path(spec).expanduser().exists() or looks_like_path(spec):
         return None
     if spec.startswith("hf-hub:"):
         return f"{what}: {spec} (open_clip, from the Hub)"

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipelines.artifacts.inputs import WHERE_TO_GET, looks_like_path
+from pipelines.artifacts.inputs import WHERE_TO_GET, looks_like_path, weights_file_problem
 from pipelines.artifacts.store import LocalStore, parse_ref
 from pipelines.errors import UserError
 from pipelines.harness.config import input_fields
@@ -30,6 +30,8 @@ def preflight(steps: list[tuple[str, Any, Estimate | None]], made: set[str], hub
     - an input that no step makes (`made`: the recipe's output repo ids) and that is not there: a
       weights file or folder (with where to get the ones no library downloads), a dataset of the
       local store;
+    - a weights file that is there but empty or not a torch checkpoint (`weights_file_problem`: its
+      header, not its tensors; FairFace publishes no checksums to compare with);
     - with the Hub offline (`hub_offline`), a Hub repo that is not in the Hugging Face cache.
 
     The disk the planned images need is `disk_problems`.
@@ -44,8 +46,8 @@ def preflight(steps: list[tuple[str, Any, Estimate | None]], made: set[str], hub
                 problem = input_problem(spec.strip(), kind, args, store, made, hub_offline)
                 if problem:
                     found.setdefault((spec.strip(), problem), []).append(f"{name}.{field_name}")
-                    hint = WHERE_TO_GET.get(Path(spec).name)
-                    if hint and hint not in hints and problem == NO_SUCH_PATH:
+                    hint = WHERE_TO_GET.get(Path(spec).name)  # missing, empty or not whole: get it again
+                    if hint and hint not in hints:
                         hints.append(hint)
     problems = [f"{spec} ({', '.join(where)}): {problem}" for (spec, problem), where in found.items()]
     return problems + hints
@@ -58,7 +60,7 @@ def input_problem(spec: str, kind: str, args: Any, store: Any, made: set[str], h
     """What is wrong with one input given as `spec`, or None."""
     path = Path(spec).expanduser()
     if path.exists():
-        return None
+        return weights_file_problem(path) if path.is_file() else None
     if looks_like_path(spec):
         return NO_SUCH_PATH
     try:

@@ -153,6 +153,21 @@ class Grammar:
         accountant if all individuals can be an accountant irrespective of their gender"."""
         raise NotImplementedError
 
+    def names_men(self, profession: str) -> bool:
+        """Whether the direct prompt's noun of a profession names men only (Geschäftsmann, homme
+        d'affaires, медбрат, رجل أعمال). Where the neutral prompt uses another noun (медработник), the
+        male prompt says male with this one alone; where it is the same noun (the masculine generic),
+        the male prompt still says male in words ("eines jungen männlichen Geschäftsmanns"), though
+        that says it twice: a prompt that asks for a man must differ from one that does not, or the
+        explicit-gender control and the planted-bias world's training would read one text two ways."""
+        return False
+
+    def neutral_names_men(self, profession: str) -> str | None:
+        """The noun naming men only that this grammar's gender-neutral prompts use for a profession,
+        or None: in the masculine generic, the direct prompt's noun where it names men (Geschäftsmann,
+        homme d'affaires, uomo d'affari), as the reference's captions and MAGBIG's direct prompts write it."""
+        return None
+
     def gender_word(self, gender: str) -> str:
         """'male' or 'female' as a word on its own, for a negative prompt (MAGBIG baseline_neg1/neg2)."""
         return self.word("gender_words", _binary(gender))
@@ -269,6 +284,10 @@ class English(Grammar):
             "irrespective of their gender"
         )
 
+    def neutral_names_men(self, profession: str) -> str | None:
+        # The reference's and MAGBIG's own English words are kept (handyman): the English grid is theirs.
+        return profession if re.search(r"\w+man$", profession) else None
+
     def gender_word(self, gender: str) -> str:
         return _binary(gender)
 
@@ -314,7 +333,13 @@ class German(Grammar):
             if nominative in entry:
                 forms[nominative] = forms[genitive] = entry[nominative]
             forms.setdefault(genitive, forms[nominative])
-        forms.update({"neutral_article": "star", "noun_gender": "m", "epicene": False, "direct": "m"} | entry)
+        # A masculine in -mann (Geschäftsmann, Feuerwehrmann, Wachmann) names men only, unless the
+        # lexicon says otherwise (`names_men`).
+        names_men = forms["m"].endswith("mann")
+        forms.update(
+            {"neutral_article": "star", "noun_gender": "m", "epicene": False, "direct": "m", "names_men": names_men}
+            | entry
+        )
         if self.neutral_form == MASCULINE_GENERIC and not forms["epicene"]:
             # The direct prompt's generic noun names everyone: eines Friseurs, eines Feuerwehrmanns,
             # einer Hebamme (whose generic is feminine).
@@ -342,7 +367,9 @@ class German(Grammar):
         """'eines jungen Friseurs', 'einer jungen Friseurin', 'eines*einer jungen Friseur*in' (genitive).
 
         With the masculine-generic neutral form, the generic noun names everyone, so the prompt of its
-        own gender says the gender (`say_generic`): 'eines jungen männlichen Friseurs'.
+        own gender says the gender (`say_generic`): 'eines jungen männlichen Friseurs' (and 'eines jungen
+        männlichen Geschäftsmanns': the noun names men, but the male prompt must differ from the
+        neutral one, which is the same noun).
         """
         forms = self.forms(profession)
         articles = {"m": "eines", "n": "eines", "f": "einer", "star": "eines*einer"}
@@ -364,6 +391,13 @@ class German(Grammar):
             article, noun = articles[forms["noun_gender"]], forms["gen"]
         # After eines/einer the adjective ends in -en in the genitive, whatever the gender.
         return _join(article, *(adjective + "en" for adjective in adjectives), noun)
+
+    def names_men(self, profession: str) -> bool:
+        return bool(self.forms(profession)["names_men"])
+
+    def neutral_names_men(self, profession: str) -> str | None:
+        forms = self.forms(profession)
+        return forms["m"] if forms["names_men"] and forms["neutral"] == forms["m"] else None
 
     def grid(self, row: GridRow) -> str:
         person = self._person(row.gender, row.profession, [self.word("ages", row.age)])
@@ -501,6 +535,15 @@ class Romance(Grammar):
         personne d'affaires, une personnalité politique), the masculine naming men only (un homme d'affaires)."""
         forms = self.forms(profession)
         return forms[NEUTRAL] != forms["male"] and self.noun_gender(forms[NEUTRAL]) is not None
+
+    def names_men(self, profession: str) -> bool:
+        # The gendered forms of a person-noun occupation are man / woman nouns: homme d'affaires, femme d'affaires.
+        return self.has_person_noun(profession)
+
+    def neutral_names_men(self, profession: str) -> str | None:
+        if self.neutral_form == MASCULINE_GENERIC and self.names_men(profession):
+            return self.forms(profession)["male"]
+        return None
 
     def grid(self, row: GridRow) -> str:
         person = self.person(row.gender, row.profession, row.age)
@@ -641,6 +684,10 @@ class Russian(Grammar):
         neutral = parts[4] if len(parts) > 4 and parts[4] else m
         return {"m": m, "f": f, "genitive": genitive, "f_genitive": f_genitive, "neutral": neutral}
 
+    def names_men(self, profession: str) -> bool:
+        forms = self.forms(profession)
+        return forms["neutral"] != forms["m"]
+
     @staticmethod
     def genitive(noun: str) -> str:
         """Genitive singular of a one-word masculine noun: врач → врача, учитель → учителя."""
@@ -689,7 +736,8 @@ class Russian(Grammar):
         if row.gender == "female":
             person = _join(ages["f"], forms["f"] or self.marked("female", forms["m"]))
         elif row.gender == "male":
-            male = forms["m"] if forms["neutral"] != forms["m"] else self.marked("male", forms["m"])  # медбрат is male
+            # медбрат says male alone
+            male = forms["m"] if self.names_men(row.profession) else self.marked("male", forms["m"])
             person = _join(ages["m"], male)
         else:
             person = _join(ages["m"], forms["neutral"])
@@ -734,6 +782,9 @@ class Arabic(Grammar):
         parts = str(self.word("professions", profession)).split("|")
         return parts[2] if len(parts) > 2 and parts[2] else parts[0]
 
+    def names_men(self, profession: str) -> bool:
+        return self.neutral(profession) != self.forms(profession)[0]
+
     def grid(self, row: GridRow) -> str:
         m, f = self.forms(row.profession)
         ages = self.word("ages", row.age)
@@ -742,7 +793,7 @@ class Arabic(Grammar):
             person = _join(f, ages["f"])
         elif row.gender == "male":
             # ذكر after a masculine that names men only (رجل أعمال) would say it twice.
-            marked = m if self.neutral(row.profession) != m else _join(m, self.word("genders", "male"))
+            marked = m if self.names_men(row.profession) else _join(m, self.word("genders", "male"))
             person = _join(marked, ages["m"])
         else:
             person = _join(self.neutral(row.profession), ages["m"])
@@ -906,6 +957,50 @@ def describe_neutral_forms(forms: dict[str, str]) -> str:
     for language, form in forms.items():
         groups.setdefault(form, []).append(language)
     return ", ".join(f"{form} ({', '.join(languages)})" for form, languages in groups.items())
+
+
+def form_mismatch(taught: dict[str, str] | None, forms: dict[str, str]) -> str | None:
+    """Where a model learnt from captions in another gender-neutral form than the prompts it is asked
+    for, per language: 'de inclusive captions, masculine-generic prompts'; None where they agree (or
+    the model was not fine-tuned on the toolkit's captions: `taught` None or empty).
+
+    Example:
+        >>> form_mismatch({"de": "inclusive", "en": "unmarked"}, {"de": "masculine-generic", "en": "unmarked"})
+        'de inclusive captions, masculine-generic prompts'
+        >>> form_mismatch(None, {"de": "inclusive"}) is None
+        True
+    """
+    other = {
+        language: (taught[language], form)
+        for language, form in forms.items()
+        if form and taught and language in taught and taught[language] != form
+    }
+    said = [f"{language} {caption} captions, {prompt} prompts" for language, (caption, prompt) in other.items()]
+    return ", ".join(said) or None
+
+
+def men_in_neutral_prompts(language: str, neutral_form: str, professions: list[str]) -> dict[str, str]:
+    """The professions whose gender-neutral prompts, in a language and neutral form, use a noun that
+    names men only, and that noun: in the masculine generic, {"businessperson": "Geschäftsmann", ...}
+    (the reference's and MAGBIG's form, kept as theirs); none in the inclusive form but English's own
+    "handyman". Professions the lexicon lacks are left out.
+
+    Example:
+        >>> men_in_neutral_prompts("it", MASCULINE_GENERIC, ["businessperson", "nurse", "sheriff"])
+        {'businessperson': "uomo d'affari"}
+        >>> men_in_neutral_prompts("it", INCLUSIVE, ["businessperson"]), men_in_neutral_prompts("ru", "", ["nurse"])
+        ({}, {})
+    """
+    grammar = load_grammar(language, neutral_form if neutral_form in NEUTRAL_FORMS else INCLUSIVE)
+    found = {}
+    for profession in professions:
+        try:
+            noun = grammar.neutral_names_men(profession)
+        except LexiconError:
+            continue
+        if noun:
+            found[profession] = noun
+    return found
 
 
 @functools.cache
