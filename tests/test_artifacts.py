@@ -187,3 +187,20 @@ def test_one_image_decoder_reads_what_pillow_alone_gets_wrong() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     assert (decode_image(encoded(Image.fromarray(rgb))) == rgb).all()
     assert decode_image({"bytes": b"not an image", "path": None}) is None
+
+
+def test_a_16_bit_image_is_scaled_by_its_mode_s_range_however_dark_it_is() -> None:
+    """A 16-bit image's range is its mode's, 65535, never guessed from its pixels: a dark one (every
+    value under 256) stays dark rather than read as 8-bit; so in every byte order, and as mode `I`
+    (as which older Pillow opens 16-bit files)."""
+    from pipelines.artifacts.dataset_files import to_rgb
+
+    dark = decode_image(encoded(Image.fromarray(np.full((4, 4), 200, np.uint16))))
+    assert dark.dtype == np.uint8 and dark.max() <= 1  # 200 / 65535 of white
+    bright = decode_image(encoded(Image.fromarray(np.full((4, 4), 60000, np.uint16))))
+    assert (bright == round(60000 / 65535 * 255)).all()
+    for value in (200, 60000):
+        expected = round(value / 65535 * 255)
+        big_endian = Image.frombytes("I;16B", (4, 4), np.full((4, 4), value, ">u2").tobytes())
+        for image in (big_endian, Image.fromarray(np.full((4, 4), value, np.int32))):
+            assert (np.asarray(to_rgb(image)) == expected).all(), (image.mode, value)

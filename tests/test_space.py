@@ -384,6 +384,30 @@ def imports_of(files: list[Path]) -> set[str]:
     return found
 
 
+def test_tables_show_estimates_with_three_decimals_counts_whole_and_settings_as_set() -> None:
+    import pandas as pd
+
+    sys.path.insert(0, str(REPO_ROOT / "spaces" / "compare_languages"))
+    try:
+        from study_data import table_formats
+    finally:
+        sys.path.pop(0)
+    table = pd.DataFrame(
+        {
+            "method": ["a", "b"],
+            "guidance": [7.5, 3.0],
+            "occupations": [10.0, 12.0],
+            "images / occupation": [100.0, 37.5],  # not whole: an estimate's format, not a count's
+            "p (paired)": [0.0002, 0.03125],
+            "p (Holm)": [1.0, float("nan")],
+            "CLIP": [0.12345, 0.2],
+        }
+    )
+    shown = table.style.format(table_formats(table), na_rep="–").to_string(delimiter="|").splitlines()
+    assert shown[1].split("|")[1:] == ["a", "7.5", "10", "100.000", "<0.001", "1.000", "0.123"]
+    assert shown[2].split("|")[1:] == ["b", "3.0", "12", "37.500", "0.031", "–", "0.200"]
+
+
 def test_methods_as_fair_as_each_other_are_listed_by_name_whatever_the_table_order() -> None:
     """The Space ranks methods fairest first, by distance from the target; a tie must not leave the order
     to the sort."""
@@ -452,7 +476,11 @@ def test_the_space_names_what_ran_and_hides_attributes_no_classifier_reported(
     def card(lineage: str, extra: str = "") -> DatasetArtifact:
         return DatasetArtifact(make_folder({"README.md": f"---\nlineage:\n{lineage}{extra}---\n"}))
 
+    tiny = store.push(
+        make_folder({"README.md": "---\ntags:\n- random-weights\n---\n", "w": "1"}), "ns/tiny", "model", "m"
+    )
     images = card("  inputs:\n    model: ns/world-model@" + "a" * 40 + "\n")
+    random_images = card(f"  inputs:\n    model: ns/tiny@{tiny}\n")
     world = card("  parameters:\n    classifier: world-cue\n    detector: none\n",
                  "classifier_checkpoints:\n  classifier: world-cue\n  cue: disc colour\n")  # fmt: skip
     fairface = card("  inputs:\n    classifier_model: ns/fairface@" + "b" * 40 + "\n  parameters:\n    classifier: "
@@ -462,7 +490,12 @@ def test_the_space_names_what_ran_and_hides_attributes_no_classifier_reported(
     study = Study.__new__(Study)
     study.store = store
     made = study._made_by(images, world, alignment)
-    assert made["images"] == "ns/world-model@aaaaaaa" and made["classifier"] == "world-cue: disc colour"
+    assert made["images"] == "ns/world-model@aaaaaaa"  # a model the store cannot open: named, no note
+    # The world's cue reader is said to be a stand-in, and a run without a detector says so.
+    assert made["classifier"] == (
+        "world-cue: disc colour (a stand-in for a face classifier); no face detector: the whole image"
+    )
+    assert "random weights" in study._made_by(random_images, world, None)["images"]
     assert made["clip"].startswith(f"ns/tiny-clip@{random_clip[:7]}") and "random weights" in made["clip"]
     assert made["mclip"] == f"ns/clip@{real_clip[:7]} / laion"  # a real model: no note
     assert (
@@ -627,6 +660,10 @@ def test_space_in_a_real_browser(space: dict) -> None:
             assert page.evaluate(UNDER_LEGEND, f"#plot-{code}") == 0
         pairs = page.locator("#pairs-en figure.pair")
         assert pairs.count() == 8
+        # The versions are named in the order their images stand, not told apart by colour alone.
+        assert page.locator("#pairs-en .pairs-key").inner_text().strip() == (
+            "world-model │ world-debiased (left to right)"
+        )
         for index in range(8):
             figure = pairs.nth(index)
             assert figure.locator("img").count() == 2 and figure.get_attribute("data-seeds") == "1"
@@ -683,9 +720,19 @@ def test_space_in_a_real_browser(space: dict) -> None:
         german = page.locator("#heatmap [data-testid='cell-1-2']").inner_text().strip()
         assert float(german) == pytest.approx(difference.iloc[1]["German"], abs=6e-4)
         page.screenshot(path=str(SCREENSHOTS / "heatmap.png"), full_page=True)
-        shared = page.url  # the view so far: the heat map tab, two versions, nurse, three languages
+        # The heat map's own choices are part of the view: other versions than the compare tab's, a label.
+        choose(page, "#heat-version", "world-debiased")
+        choose(page, "#heat-compare", "world-model")
+        choose(page, "#heat-label", "gender: male")
+        page.wait_for_function(
+            "() => { const q = new URL(location.href).searchParams; return q.get('label') === 'gender/male'"
+            " && q.get('heat_version') === 'world-debiased' && q.get('heat_compare') === 'world-model'; }",
+            timeout=30_000,
+        )
+        shared = page.url  # the view so far: the heat map tab and its choices, two versions, nurse, three languages
         page.locator("#heatmap [data-testid='cell-1-2']").click()  # the second occupation, German
         page.wait_for_selector("#heat-pairs img", timeout=30_000)
+        assert_reachable(page, ["#heatmap [role=columnheader]", "#heatmap [role=gridcell]", "#heat-pairs img"])
         detail = page.locator("#heat-detail").inner_text()
         assert study.occupations[1] in detail and "German" in detail and "world-debiased" in detail
 
@@ -704,7 +751,24 @@ def test_space_in_a_real_browser(space: dict) -> None:
         for version in ("world-model", "world-debiased"):
             assert page.locator(f"#reference-plot g[id='points-{version}']").count() == 1
         assert "amplification" in page.locator("#reference-fits").inner_text()
+        assert_reachable(page, ["#reference-plot svg", "#reference-fits th"])
+        with page.expect_download() as download:  # its points, each with its version's fitted slope
+            page.locator("#reference-plot .downloads a", has_text="CSV").click()
+        fitted = pandas.read_csv(download.value.path())
+        for version in ("world-model", "world-debiased"):
+            expected = study.reference_points(version, "en", "gender")[1]["amplification"]
+            slopes = fitted[fitted["version"] == version]["amplification"]
+            assert len(slopes) > 0 and all(value == pytest.approx(expected) for value in slopes)
         page.screenshot(path=str(SCREENSHOTS / "reference.png"), full_page=True)
+        if not study.methods.empty:  # the methods recipe ran on this store (tests/test_methods.py, in the suite)
+            page.get_by_role("tab", name="Methods").click()
+            page.wait_for_selector("#methods [role=gridcell]", timeout=30_000)
+            headers = [h.strip() for h in page.locator("#methods [role=columnheader]").all_inner_texts()]
+            for column in ("split", "occupations", "images / occupation", "p (Holm)", "explicit-gender control"):
+                assert column in headers, headers
+            assert re.search(r"\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", page.locator("#methods").inner_text())
+            assert_reachable(page, ["#methods [role=columnheader]"], scrolling=True)
+            page.screenshot(path=str(SCREENSHOTS / "methods.png"), full_page=True)
         page.get_by_role("tab", name="About the metrics").click()
         text = page.locator("#explanations").inner_text()
         for term in ("Perceived", "Expected maximum unfairness", "Random reference", "CLIP score", "L1 / L2"):
@@ -722,9 +786,14 @@ def test_space_in_a_real_browser(space: dict) -> None:
         again.wait_for_function(
             "() => document.querySelector('#heat-said').innerText.includes('Difference')", timeout=30_000
         )
+        assert again.locator("#heat-version input").input_value() == "world-debiased"
+        assert again.locator("#heat-compare input").input_value() == "world-model"
+        assert again.locator("#heat-label input").input_value() == "gender: male"
+        assert "perceived male" in again.locator("#heat-said").inner_text()
         again.get_by_role("tab", name="Compare languages").click()
         again.wait_for_selector("#plot-en g[id^='bar-world-debiased-gender-']", timeout=30_000)
         assert again.locator("#occupation input").input_value() == "nurse"
+        assert again.locator("#version input").input_value() == "world-model"
         assert again.locator("#compare input").input_value() == "world-debiased"
         assert again.locator("#pairs-de").is_visible() and not again.locator("#pairs-ja").is_visible()
         assert again.locator("#pairs-en figure.pair").count() == 8
@@ -761,6 +830,14 @@ def test_space_on_a_phone(space: dict) -> None:
         # The strict check says no here: a phone cannot show every column at once, only scroll to it.
         assert page.evaluate(REACHABLE, {"selectors": ["#leaderboard [role=columnheader]"], "scrolling": False})["bad"]
         page.screenshot(path=str(SCREENSHOTS / "phone-leaderboard.png"), full_page=True)
+        # The other views open directly too, and fit: the heat map's table scrolls, its chart does not.
+        page.goto(space["url"] + "?tab=heat")
+        page.wait_for_selector("#heatmap [role=gridcell]", timeout=60_000)
+        assert_reachable(page, ["#heatmap [role=columnheader]"], scrolling=True)
+        page.goto(space["url"] + "?tab=reference")
+        page.wait_for_selector("#reference-plot svg", timeout=60_000)
+        assert_reachable(page, ["#reference-plot svg"])
+        page.screenshot(path=str(SCREENSHOTS / "phone-reference.png"), full_page=True)
         browser.close()
 
 
@@ -814,3 +891,57 @@ def test_arabic_chinese_and_japanese_prompts_render_upright_with_fonts_that_have
         assert not fonts_with(prompts["zh"]).get("DejaVu Sans")  # the check can say no
         assert page.locator("p[lang=ar]").evaluate("p => getComputedStyle(p).direction") == "rtl"
         browser.close()
+
+
+def test_the_space_serves_each_image_as_every_stage_decodes_it(tmp_path: Path) -> None:
+    """CMYK (Pillow cannot write it as PNG), EXIF-rotated, 16-bit, palette and alpha images are served
+    as the 8-bit RGB pictures the study's stages saw; bytes that are no image are left out and counted,
+    not an error for the visitor."""
+    from pipelines.artifacts.dataset_files import decode_image
+
+    from .awkward_images import awkward_images
+
+    sys.path.insert(0, str(REPO_ROOT / "spaces" / "compare_languages"))
+    try:
+        from study_data import Study
+    finally:
+        sys.path.pop(0)
+    study = Study.__new__(Study)
+    study.cache, study.undecodable = tmp_path, set()
+    for name, data in awkward_images().items():
+        served = study._immutable(data)
+        assert served == study._immutable(data)  # the same file: written once
+        with Image.open(served) as image:
+            assert image.format == "PNG" and image.mode == "RGB", name
+            assert (np.asarray(image) == decode_image({"bytes": data, "path": None})).all(), name
+    assert study._immutable(b"not an image") is None and len(study.undecodable) == 1
+
+
+def test_the_clip_score_module_scores_each_image_as_the_toolkit_decodes_it(tmp_path: Path) -> None:
+    """The metric module stands alone, so it converts images itself: to the same pixels as the
+    toolkit's decoder for every kind of image, where Pillow's `convert("RGB")` is wrong for some; and
+    `compute` scores an image as the RGB picture it shows."""
+    import io
+
+    import evaluate
+
+    from pipelines.artifacts.dataset_files import to_rgb
+    from spaces.clip_score.clip_score import as_rgb
+
+    from .awkward_images import awkward_images
+
+    images = {name: Image.open(io.BytesIO(data)) for name, data in awkward_images().items()}
+    differs = []
+    for name, image in images.items():
+        converted = np.asarray(as_rgb(image))
+        assert converted.dtype == np.uint8 and (converted == np.asarray(to_rgb(image))).all(), name
+        plain = np.asarray(image.convert("RGB"))
+        if plain.shape != converted.shape or (plain != converted).any():
+            differs.append(name)
+    assert set(images) - set(differs) == {"CMYK"}  # which Pillow's conversion gets right
+    model = str(build_tiny_open_clip(tmp_path / "clip"))
+    metric = evaluate.load(str(REPO_ROOT / "spaces" / "clip_score"))
+    chosen = [images["dark 16-bit"], images["alpha"]]
+    given = metric.compute(predictions=chosen, references=["a photo"] * 2, model=model)
+    seen = metric.compute(predictions=[to_rgb(i) for i in chosen], references=["a photo"] * 2, model=model)
+    assert given["scores"] == pytest.approx(seen["scores"], abs=1e-6)

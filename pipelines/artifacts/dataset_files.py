@@ -24,18 +24,31 @@ _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def to_rgb(image: Any) -> Any:
     """A PIL image as 8-bit RGB, whatever it was stored as: turned upright by its EXIF orientation;
-    16- and 32-bit greyscale scaled to 8 bits (Pillow's own conversion clips them, so a 16-bit photo
-    turns white); palette and alpha images laid on white (their hidden colours are not the picture);
-    CMYK and the rest by Pillow's conversion."""
+    16-bit greyscale scaled from its full range to 8 bits (Pillow's own conversion clips it, so a
+    16-bit photo turns white); palette and alpha images laid on white (their hidden colours are not
+    the picture); CMYK and the rest by Pillow's conversion.
+
+    The range is the mode's, never guessed from the pixels: a dark 16-bit image (every value under
+    256) stays dark. Pillow gives 16-bit files as `I;16*`, or as `I` (older Pillow, `convert("I")`),
+    so `I` is read as 16-bit too, values past it clipped. Only `F` (floats) has no range of its own:
+    [0, 1] when every value is, else [0, 255].
+
+    Example:
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> dark = Image.fromarray(np.full((2, 2), 200, np.uint16))  # 200 of 65535
+        >>> dark.mode, np.asarray(to_rgb(dark))[0, 0].tolist()
+        ('I;16', [1, 1, 1])
+    """
     import numpy as np
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if image.mode == "I" or image.mode.startswith("I;16") or image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode != "F" and values.max(initial=0) > 255 else 255.0
-        if image.mode == "F" and values.max(initial=0) <= 1.0:
-            top = 1.0  # floats in [0, 1]
+        top = 65535.0
+        if image.mode == "F":
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
         grey = np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -45,15 +58,16 @@ def to_rgb(image: Any) -> Any:
 
 
 def decode_image(value: dict[str, Any] | None) -> Any:
-    """An `Image` column's stored value (`{"bytes", "path"}`) as an RGB uint8 array (`to_rgb`); None
-    when it cannot be decoded (a stage records that image as corrupt rather than stopping)."""
+    """An `Image` column's stored value (`{"bytes", "path"}`, the file at `path` when it has no bytes,
+    as an imagefolder's) as an RGB uint8 array (`to_rgb`); None when it cannot be decoded (a stage
+    records that image as corrupt rather than stopping)."""
     import io
 
     import numpy as np
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(value["bytes"])) as image:
+        with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
             return np.asarray(to_rgb(image))
     except Exception:  # noqa: BLE001 - any undecodable image is recorded, not fatal
         return None

@@ -13,6 +13,7 @@ import datasets
 import evaluate
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 _CITATION = """\
 @inproceedings{hessel2021clipscore,
@@ -27,7 +28,8 @@ _DESCRIPTION = __doc__
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (`list[PIL.Image.Image]`): the images.
+    predictions (`list[PIL.Image.Image]`): the images, in any mode: each is scored as the RGB picture it
+        shows (`as_rgb`: upright, 16-bit scaled, palette and alpha on white, CMYK converted).
     references (`list[str]`): the text of each image.
     model (`str`): an open_clip model name (`ViT-L-14-quickgelu`, `xlm-roberta-large-ViT-H-14`,
         `hf-hub:...`) or a folder with `open_clip_config.json` and weights. OpenAI's weights need
@@ -130,6 +132,37 @@ def load_open_clip(model: str, pretrained: str | None = None, device: str = "cpu
     return clip.eval(), preprocess, tokenizer
 
 
+def as_rgb(image: Image.Image) -> Image.Image:
+    """An image as the 8-bit RGB picture it shows, which `image.convert("RGB")` is not for every
+    image: turned upright by its EXIF orientation; 16-bit greyscale (`I;16*`, and `I`, as which older
+    Pillow opens it) scaled from its full range, 65535, where `convert` clips it (a 16-bit photo turns
+    white); palette and alpha images laid on white (`convert` shows the colours under transparent
+    pixels); `F` from [0, 1] when every value is in it, else [0, 255]; CMYK and the rest by Pillow.
+
+    The toolkit decodes every image it stores so (`pipelines.artifacts.dataset_files.to_rgb`); this
+    module stands alone, so it keeps its own copy, and a test holds the two to the same pixels.
+
+    Example:
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> dark = Image.fromarray(np.full((2, 2), 200, np.uint16))  # 200 of 65535
+        >>> np.asarray(as_rgb(dark))[0, 0].tolist(), np.asarray(dark.convert("RGB"))[0, 0].tolist()
+        ([1, 1, 1], [200, 200, 200])
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "I" or image.mode.startswith("I;16") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0
+        if image.mode == "F":
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        grey = np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ClipScore(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
@@ -190,7 +223,7 @@ class ClipScore(evaluate.Metric):
                 rows[name] = torch.tensor([position[text] for text in chosen], dtype=torch.long)
             cosines: dict = {name: [] for name in sets}
             for start in range(0, len(predictions), batch_size):
-                batch = [preprocess(image.convert("RGB")) for image in predictions[start : start + batch_size]]
+                batch = [preprocess(as_rgb(image)) for image in predictions[start : start + batch_size]]
                 image_features = torch.nn.functional.normalize(
                     clip.encode_image(torch.stack(batch).to(device, PRECISIONS[precision])).float(), dim=-1
                 )

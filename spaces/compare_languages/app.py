@@ -4,7 +4,8 @@ Run it on the offline study's outputs:  T2I_BIAS_STORE_ROOT=./hub python spaces/
 Configure it as a Space with environment variables: T2I_BIAS_STORE (local or hub),
 T2I_BIAS_STORE_ROOT, T2I_BIAS_NAMESPACE, T2I_BIAS_SPACE_VERSIONS ("base=ns/images-base-eval,...").
 A view is a link: the page's URL holds the tab, versions, occupation and languages
-(`?tab=compare&version=base&compare=finetuned&occupation=nurse&languages=en,de`).
+(`?tab=compare&version=base&compare=finetuned&occupation=nurse&languages=en,de`), and the heat map's
+own versions and label (`&heat_version=finetuned&heat_compare=base&label=gender/female`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from study_data import ATTRIBUTES, Study, interval, load_study_from_env, number, plain  # noqa: E402
+from study_data import ATTRIBUTES, Study, interval, load_study_from_env, number, plain, table_formats  # noqa: E402
 
 from pipelines.prompting.grammar import LANGUAGES  # noqa: E402
 
@@ -56,7 +57,7 @@ CSS = """
   font-family: var(--font); font-variant-numeric: tabular-nums;
 }
 #reference-plot .chart { max-width: 560px; }
-#view-state { display: none; }
+.view-state { display: none; }
 .prompt-text { font-style: normal; min-height: 3em; margin: 0; }
 .prompt-text:lang(zh) { font-family: "Noto Sans CJK SC", "Noto Sans SC", sans-serif; }
 .prompt-text:lang(ja) { font-family: "Noto Sans CJK JP", "Noto Sans JP", sans-serif; }
@@ -67,6 +68,7 @@ CSS = """
 .pair-images { display: flex; gap: 3px; }
 .pair-images a { flex: 1 1 0; min-width: 0; }
 .pair-images img { display: block; width: 100%; height: auto; border-bottom: 5px solid; }
+.pairs-key { font-size: 0.8em; margin: 0 0 0.3em; }
 .pair figcaption { font-size: 0.72em; line-height: 1.3; overflow-wrap: anywhere; }
 .swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.3em; vertical-align: -0.1em; }
 .chart svg { display: block; width: 100%; height: auto; }
@@ -172,7 +174,14 @@ def pairs_html(study: Study, versions: list[str], language: str, occupation: str
             f'<div class="pair-images">{"".join(images)}</div>'
             f"<figcaption>{seed_line}<br>{'<br>'.join(captions)}</figcaption></figure>"
         )
-    return f'<div class="pairs">{"".join(figures)}</div>'
+    # A key names the versions in the order their images stand, so the colours are never the only clue.
+    key = " │ ".join(
+        f'<span class="swatch" style="background:{version_colour(i)}"></span>{html.escape(v)}'
+        for i, v in enumerate(versions)
+    )
+    return f'<p class="pairs-key">{key}{" (left to right)" if len(versions) > 1 else ""}</p>' + (
+        f'<div class="pairs">{"".join(figures)}</div>'
+    )
 
 
 def metrics_markdown(study: Study, versions: list[str], language: str, occupation: str) -> str:
@@ -330,16 +339,19 @@ def reference_figure(study: Study, versions: list[str], language: str, attribute
     axis.spines[["top", "right"]].set_visible(False)
     legend = figure.legend(loc="outside lower center", ncols=2, fontsize=7, frameon=False)
     legend.set_gid("legend-reference")
-    points = pd.concat(
-        [study.reference_points(v, language, attribute)[0].assign(version=v) for v in versions], ignore_index=True
-    )
+    # The CSV holds the points and, on each, its version's fitted slope with its interval (the table's).
+    fitted = []
+    for version in versions:
+        points, fit = study.reference_points(version, language, attribute)
+        slope = {key: fit.get(key) for key in ("amplification", "amplification_ci_low", "amplification_ci_high")}
+        fitted.append(points.assign(version=version, **slope))
+    points = pd.concat(fitted, ignore_index=True)
     return chart_html(figure, f"reference-{language}-{attribute}", points), "\n".join(lines)
 
 
 def table_view(table: pd.DataFrame) -> object:
-    """A table as the page shows it: every number with three decimals (counts as integers)."""
-    floats = [column for column in table.columns if pd.api.types.is_float_dtype(table[column])]
-    return table.style.format(dict.fromkeys(floats, "{:.3f}"), na_rep="–")
+    """A table as the page shows it (`study_data.table_formats`)."""
+    return table.style.format(table_formats(table), na_rep="–")
 
 
 def leaderboard_view(board: pd.DataFrame) -> pd.DataFrame:
@@ -397,11 +409,12 @@ def heat_table(study: Study, chosen: str, other: str, choice: str) -> tuple[obje
 # but not before the view a link named is shown (Gradio selects the first tab as the page starts).
 HEAD = """<script>
 new MutationObserver(() => {
-  const state = document.querySelector("#view-state [data-query]");
-  if (!state || state.dataset.query === window.t2iQuery) return;
-  window.t2iQuery = state.dataset.query;
+  const states = [...document.querySelectorAll(".view-state [data-query]")].map(s => s.dataset.query);
+  const query = states.join("&");
+  if (!states.length || query === window.t2iQuery) return;
+  window.t2iQuery = query;
   const url = new URL(window.location.href);
-  for (const [key, value] of new URLSearchParams(state.dataset.query)) url.searchParams.set(key, value);
+  for (const [key, value] of new URLSearchParams(query)) url.searchParams.set(key, value);
   window.history.replaceState(null, "", url);
 }).observe(document, {subtree: true, childList: true, attributes: true});
 </script>"""
@@ -431,7 +444,9 @@ def build_demo(study: Study) -> gr.Blocks:
             "and which models made it. The address bar holds the view: copy it to share what you see."
             + (f"\n\n{study.missing_attributes_note()}" if study.missing_attributes_note() else "")
         )
-        view_state = gr.HTML(elem_id="view-state", padding=False)
+        # Each view writes the part of the address it decides (the page's script merges them).
+        view_state = gr.HTML(elem_id="view-state", elem_classes=["view-state"], padding=False)
+        heat_state = gr.HTML(elem_id="heat-state", elem_classes=["view-state"], padding=False)
         with gr.Tabs(selected="compare", elem_id="tabs") as tabs:
             with gr.Tab(TABS["compare"], id="compare") as compare_tab:
                 with gr.Row():
@@ -605,7 +620,7 @@ def build_demo(study: Study) -> gr.Blocks:
         # with the values of its moment): two choices in quick succession cannot finish out of order and
         # leave the page (or its address) on the older one.
         gr.on(
-            [version.change, compare.change, occupation.change, languages.change],
+            [version.input, compare.input, occupation.input, languages.input],
             show,
             inputs,
             [view_state, *columns, *outputs],
@@ -626,10 +641,16 @@ def build_demo(study: Study) -> gr.Blocks:
             wanted = str(query.get("languages", ""))[:MAX_INPUT].split(",")
             shown = [code for code in codes if code in wanted] or default_languages
             tab = pick("tab", tabs_shown, "compare")
-            return [chosen, other, pick("occupation", study.occupations, study.occupations[0]), shown,
-                    chosen, other, gr.Tabs(selected=tab)]  # fmt: skip
+            job = pick("occupation", study.occupations, study.occupations[0])
+            # The heat map's own choices, or (a link made before it had them) the compared versions.
+            heat_view = [
+                pick("heat_version", versions, chosen),
+                pick("heat_compare", [NONE, *versions], other),
+                pick("label", label_values, default_label),
+            ]
+            return [chosen, other, job, shown, *heat_view, gr.Tabs(selected=tab)]
 
-        def heat(chosen: str, other: str, choice: str) -> tuple[object, str, str]:
+        def heat(chosen: str, other: str, choice: str) -> tuple[str, object, str, str]:
             check(chosen, versions, "model version")
             check(other, [NONE, *versions], "model version")
             check(choice, label_values, "label")
@@ -637,21 +658,24 @@ def build_demo(study: Study) -> gr.Blocks:
             name = re.sub(r"[^A-Za-z0-9_-]+", "-", f"heatmap-{chosen}-{other}-{choice}")
             path = study.cache / f"{name}.csv"
             table.to_csv(path, index=False)
-            return styled, str(path), said
+            query = urlencode({"heat_version": chosen, "heat_compare": other, "label": choice})
+            return f'<span hidden data-query="{html.escape(query)}"></span>', styled, str(path), said
 
         heat_inputs = [heat_version, heat_compare, heat_label]
+        heat_outputs = [heat_state, heatmap, heat_csv, heat_said]
         gr.on(
-            [heat_version.change, heat_compare.change, heat_label.change],
+            [heat_version.input, heat_compare.input, heat_label.input],
             heat,
             heat_inputs,
-            [heatmap, heat_csv, heat_said],
+            heat_outputs,
             api_name=False,
             trigger_mode="multiple",
         )
         # The shared view first, then what it shows: nothing drawn for the defaults can land after it.
-        loaded = demo.load(from_url, None, [*inputs, heat_version, heat_compare, tabs], api_name=False)
+        # The views follow a visitor's choices (`.input`), not values set here: each is drawn once.
+        loaded = demo.load(from_url, None, [*inputs, *heat_inputs, tabs], api_name=False)
         loaded.then(show, inputs, [view_state, *columns, *outputs], api_name=False)
-        loaded.then(heat, heat_inputs, [heatmap, heat_csv, heat_said], api_name=False)
+        loaded.then(heat, heat_inputs, heat_outputs, api_name=False)
         loaded.then(None, None, None, js="() => { window.t2iViewShown = true; }")
 
         def drill(chosen: str, other: str, table: pd.DataFrame, event: gr.SelectData) -> tuple[str, str]:

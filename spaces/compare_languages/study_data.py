@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from pipelines.artifacts.dataset_files import decode_image
 from pipelines.artifacts.reader import DatasetArtifact
 from pipelines.artifacts.store import HubStore, Store, card_metadata, open_store, parse_ref
 from pipelines.errors import UserError
@@ -60,6 +61,41 @@ def interval(value: object, low: object, high: object) -> str:
     if low is None or high is None or pd.isna(low) or pd.isna(high):
         return number(value)
     return f"{number(value)} [{number(low)}, {number(high)}]"
+
+
+# Columns of the Space's tables that are settings or counts, not estimates: shown as set or counted.
+AS_SET = {"guidance": "{:.1f}"}
+P_VALUES = ("p (paired)", "p (Holm)")
+COUNTS = ("images", "occupations", "seeds", "passes", "cells")
+
+
+def p_value(value: object) -> str:
+    """A p-value with three decimals, or `<0.001` (a permutation test's smallest is not zero).
+
+    Example:
+        >>> [p_value(v) for v in (0.0312, 0.0002, float("nan"))]
+        ['0.031', '<0.001', '–']
+    """
+    return "–" if value is None or pd.isna(value) else ("<0.001" if value < 0.0005 else f"{value:.3f}")
+
+
+def table_formats(table: pd.DataFrame) -> dict[str, object]:
+    """How each float column of a table is shown: estimates with three decimals, p-values down to
+    `<0.001`, counts as integers, settings as they were set."""
+    formats: dict[str, object] = {}
+    for column in table.columns:
+        values = table[column].dropna()
+        if not pd.api.types.is_float_dtype(table[column]):
+            continue
+        if column in P_VALUES:
+            formats[column] = p_value
+        elif column in AS_SET:
+            formats[column] = AS_SET[column]
+        elif any(word in column for word in COUNTS) and values.map(float.is_integer).all():
+            formats[column] = "{:.0f}"
+        else:
+            formats[column] = "{:.3f}"
+    return formats
 
 
 class StudyError(ValueError):
@@ -117,6 +153,7 @@ class Study:
         self.namespace = namespace or "t2i-bias"
         self.cache = Path(cache or os.environ.get(CACHE_ENV) or tempfile.mkdtemp(prefix="t2i-bias-space-"))
         self.cache.mkdir(parents=True, exist_ok=True)
+        self.undecodable: set[str] = set()  # the stored images (by sha256) left out: they cannot be decoded
         self.versions = {name: self._load(name, spec) for name, spec in versions.items()}
         self.methods_ref, self.methods, self.comparisons = self._load_methods(methods)
         variants = {v for version in self.versions.values() for v in version.attributes["variant"].unique()}
@@ -173,7 +210,8 @@ class Study:
         """What made a version's numbers, read from its datasets' lineage: the model that drew the
         images, the classifier and face detector, the CLIP models (said to be random when their card
         says so). The Space names these, never a model that did not run."""
-        out = {"images": short(images.lineage.get("inputs", {}).get("model", "unknown"))}
+        drawn_by = images.lineage.get("inputs", {}).get("model")
+        out = {"images": short(drawn_by or "unknown") + (self._random_note(drawn_by) if drawn_by else "")}
         parameters = attributes.lineage.get("parameters", {})
         described = attributes.metadata.get("classifier_checkpoints") or {}
         classifier = out["classifier_name"] = str(
@@ -182,10 +220,11 @@ class Study:
         model = attributes.lineage.get("inputs", {}).get("classifier_model")
         if model:
             classifier += f" ({short(model)}{self._random_note(model)})"
-        if described.get("cue"):
-            classifier += f": {described['cue']}"
+        if described.get("cue"):  # the planted-bias world's reader: it sees what the world drew, not a face
+            classifier += f": {described['cue']} (a stand-in for a face classifier)"
         detector = parameters.get("detector")
-        out["classifier"] = classifier + (f"; faces found by {detector}" if detector not in (None, "none") else "")
+        found = f"faces found by {detector}" if detector not in (None, "none") else "no face detector: the whole image"
+        out["classifier"] = f"{classifier}; {found}"
         if alignment is not None:
             inputs, parameters = alignment.lineage.get("inputs", {}), alignment.lineage.get("parameters", {})
             for key, label in (("clip_model", "clip"), ("multilingual_clip_model", "mclip")):
@@ -355,7 +394,8 @@ class Study:
     @functools.lru_cache(maxsize=512)
     def samples(self, version: str, language: str, occupation: str, limit: int = 8) -> tuple[dict, ...]:
         """The first images of one occupation, in sample order: each one's sample index, seed, file
-        (named by its content, written once), face status and perceived attributes."""
+        (named by its content, written once), face status and perceived attributes. An image that
+        cannot be decoded is left out (`undecodable`)."""
         config = self.config(version, language)
         if config is None:
             return ()
@@ -373,12 +413,15 @@ class Study:
             ).to_pylist()
             for row in sorted(table, key=lambda row: row["sample_index"]):
                 index = int(row["sample_index"])
+                path = self._immutable(row["image"]["bytes"])
+                if path is None:
+                    continue  # undecodable: left out (and counted), as every stage of the study skips it
                 attributes = perceived.get(index)
                 out.append(
                     {
                         "sample_index": index,
                         "seed": int(row["seed"]),
-                        "path": str(self._immutable(row["image"]["bytes"])),
+                        "path": str(path),
                         "status": None if attributes is None else str(attributes["status"]),
                         **{
                             attribute: None
@@ -403,13 +446,21 @@ class Study:
         indices = sorted({index for samples in by_version.values() for index in samples})[:limit]
         return [{"sample_index": i, **{v: by_version[v].get(i) for v in versions}} for i in indices]
 
-    def _immutable(self, data: bytes) -> Path:
-        path = self.cache / f"{hashlib.sha256(data).hexdigest()}.png"
+    def _immutable(self, data: bytes) -> Path | None:
+        """A stored image as the 8-bit RGB PNG every stage of the study sees (`decode_image`: upright,
+        16-bit scaled, CMYK, palette and alpha converted), in a file named by the stored bytes and
+        written once; None when it cannot be decoded (counted in `undecodable`)."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.cache / f"{digest}.rgb.png"  # not the name an earlier Space gave its undecoded copy
         if not path.is_file():
             from PIL import Image
 
+            pixels = decode_image({"bytes": data, "path": None})
+            if pixels is None:
+                self.undecodable.add(digest)
+                return None
             buffer = io.BytesIO()
-            Image.open(io.BytesIO(data)).save(buffer, format="PNG")
+            Image.fromarray(pixels).save(buffer, format="PNG")
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_bytes(buffer.getvalue())
             os.replace(tmp, path)  # whole or absent; never rewritten once there
