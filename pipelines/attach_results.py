@@ -74,10 +74,12 @@ class AttachResults(Stage):
                 f"{repo_id}: main has other weights than the evaluated revision {revision[:12]}; "
                 "evaluate the new weights, or publish the results to another repo"
             )
-        shutil.copytree(latest, folder, dirs_exist_ok=True, symlinks=False)
+        # The store's files are read-only blobs: copied as plain files (not their mode), and the card
+        # read from the store and written anew, so nothing is made writable after the fact.
+        copy = shutil.ignore_patterns("README.md")
+        shutil.copytree(latest, folder, dirs_exist_ok=True, ignore=copy, copy_function=shutil.copyfile)
         card_path = folder / "README.md"
-        card_path.chmod(0o644)
-        card = ModelCard.load(card_path)
+        card = ModelCard.load(latest / "README.md")
         card.data.model_name = card.data.model_name or repo_id.split("/")[-1]
         existing = list(card.data.eval_results or [])
         known = {_key(vars(result)) for result in existing}

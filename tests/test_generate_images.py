@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import datasets
@@ -59,9 +60,18 @@ def test_what_determinism_holds(tiny_study: dict) -> None:
         published = generate_images.run(image_arguments(tiny_study, output_repo=output_repo, **options))
         return datasets.load_dataset(str(store.resolve(str(published), "dataset")), "de_eval_direct", split="train")
 
-    # German after English (batch-mates: English and German prompts) and German alone: same bytes.
-    mixed, alone = german("determinism-mixed"), german("determinism-alone", languages=["de"])
-    assert [r["image"].tobytes() for r in mixed] == [r["image"].tobytes() for r in alone]
+    # Batches hold one language's prompts (a shard is one config), of several professions: the nurse's
+    # images share their batches with the doctor's and the CEO's in one run, with the CEO's alone in
+    # the other (batch size 3 in both), and are the same bytes.
+    mixed, alone = german("determinism-mixed"), german("determinism-alone", professions=["nurse", "CEO"])
+    mates = {tuple(mixed["profession"][i : i + 3]) for i in range(0, len(mixed), 3)}
+    assert any("doctor" in batch and "nurse" in batch for batch in mates)  # the comparison is a real one
+    for profession in ("nurse", "CEO"):
+        assert [r["image"].tobytes() for r in mixed if r["profession"] == profession] == [
+            r["image"].tobytes() for r in alone if r["profession"] == profession
+        ]
+    assert set(alone["profession"]) == {"nurse", "CEO"}
+    alone = german("determinism-german", languages=["de"])
     seeds = german("determinism-seeds", seeds="index")
     assert seeds["seed"] == [0, 1] * 4  # the reference evaluation's seeds 0..N-1 for every prompt
     one_by_one = german("determinism-batch-1", languages=["de"], batch_size=1)
@@ -102,14 +112,34 @@ def test_two_models_with_sega_in_one_process_each_publish_their_own_images(
     assert pixels["a"] and all(b != a for a, b in zip(pixels["a"], pixels["b"]))
 
 
-@pytest.mark.parametrize("stage", ["classify", "evaluate_alignment", "generate_images", "check_world"])
-def test_no_stage_keeps_run_state_on_its_module(stage: str) -> None:
-    """Loaded models and caches live on a run's own instance: the module-level STAGE has none, and
-    `run` works on a fresh one every time."""
+def stage_names() -> list[str]:
+    from pipelines.run import STAGES
+
+    return sorted(set(STAGES) - {"train_text_to_image"})
+
+
+@pytest.mark.parametrize("stage", stage_names())
+def test_no_stage_keeps_run_state_on_its_module(stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaded models and caches live on a run's own instance: the module-level STAGE has none (after
+    every run this session made before this test), and `run` hands `execute` a fresh one each time."""
     import importlib
+
+    from pipelines.harness import stage as harness
 
     module = importlib.import_module(f"pipelines.{stage}")
     assert vars(module.STAGE) == {}
+    given = []
+
+    def record(instance: Any, args: Any) -> None:
+        given.append(instance)
+        raise SystemExit("recorded")
+
+    monkeypatch.setattr(harness, "execute", record)
+    for _ in range(2):
+        with pytest.raises(SystemExit, match="recorded"):
+            module.STAGE.run(SimpleNamespace(output_repo="x"))
+    assert len(given) == 2 and module.STAGE not in given and given[0] is not given[1]
+    assert all(type(instance) is type(module.STAGE) for instance in given)
 
 
 def test_bad_generation_arguments(tiny_study: dict) -> None:
@@ -286,3 +316,48 @@ def test_the_safety_checker_blacks_out_what_it_flags_and_the_card_counts_it(tiny
     }
     with pytest.raises(ConfigError, match="safety_checker: model .* has no safety checker"):
         generate_images.run(image_arguments(tiny_study, **common, safety_checker=True, output_repo="never"))
+
+
+def test_the_card_says_when_the_model_learnt_another_neutral_form_than_its_prompts(tmp_path: Path) -> None:
+    """A fine-tune whose captions taught the inclusive German form, asked for masculine-generic German
+    prompts: the images card says so, with the dry run's words; where the forms agree, or the model
+    is not the toolkit's fine-tune, it says nothing."""
+    from pipelines.artifacts.cards import model_card
+    from pipelines.artifacts.inputs import ModelInput
+
+    def run_with(model_metadata: dict | None, forms: dict[str, str]) -> Any:
+        folder = tmp_path / f"model-{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        if model_metadata is not None:
+            model_card(title="m", description="d", languages=["en"], **model_metadata).save(folder / "README.md")
+        prompts = SimpleNamespace(config_info=lambda language: {"language": language, "neutral_form": forms[language]})
+        return SimpleNamespace(
+            args=SimpleNamespace(languages=list(forms)),
+            dataset=lambda name: prompts,
+            models={"model": ModelInput("m", "folder", "folder:m@sha256:0", folder)},
+            store=LocalStore(tmp_path / "store"),
+        )
+
+    taught = {"lineage": {"stage": "train_text_to_image"}, "caption_forms": {"en": "unmarked", "de": "inclusive"}}
+    note = generate_images.GenerateImages.form_note(run_with(taught, {"en": "unmarked", "de": "masculine-generic"}))
+    assert note == [
+        "The model learnt from captions in another gender-neutral form than these prompts use (de inclusive "
+        "captions, masculine-generic prompts): in those languages it is evaluated on a form it was not taught."
+    ]
+    assert generate_images.GenerateImages.form_note(run_with(taught, {"en": "unmarked", "de": "inclusive"})) == []
+    base = {"lineage": {"stage": "build_tiny_model"}, "caption_forms": taught["caption_forms"]}
+    assert generate_images.GenerateImages.form_note(run_with(base, {"de": "masculine-generic"})) == []
+    assert generate_images.GenerateImages.form_note(run_with(None, {"de": "masculine-generic"})) == []
+
+
+def test_the_face_filter_note_says_what_the_reference_s_filter_did() -> None:
+    """MAGBIG and the reference check every image, keeping the first N passing seeds of one running
+    count per prompt; the toolkit's image i tries its own seeds. Neither is said the other way round."""
+    note = " ".join(
+        generate_images.GenerateImages.face_filter_note(SimpleNamespace(face_filter="dlib", max_attempts=10))
+    )
+    assert "Every image is checked, as in MAGBIG and the reference evaluation" in note
+    assert "first N passing seeds of one running count per prompt" in note and "image i tries its own seeds" in note
+    doc = " ".join(generate_images.__doc__.split())
+    assert "after the first seed" not in note and "after the first seed" not in doc
+    assert "one running count per prompt" in doc and "image i tries its own seeds" in doc

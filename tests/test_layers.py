@@ -328,3 +328,33 @@ def test_architecture_names_every_module_and_no_module_that_is_gone() -> None:
         if not named:
             unnamed.append(path.relative_to(REPO_ROOT).as_posix())
     assert unnamed == [], f"ARCHITECTURE.md does not name {unnamed}"
+
+
+def test_architecture_lists_each_module_under_its_own_folder() -> None:
+    """The layer diagram's rows name a folder, then its modules: each module named in a row is in that
+    row's folder (it once listed the store's schemas and cards under `reporting`)."""
+    import re
+
+    text = (REPO_ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    diagram = text.split("## Layers", 1)[1].split("```")[1]
+    rows: list[list[str]] = []
+    for line in diagram.splitlines():
+        if not line.strip():
+            continue
+        # A row starts where the line names a layer or a part in the first columns; others continue it.
+        starts = re.match(r"^ ?(layer \d|floor|\s{10}\w)", line) and not line[:26].strip(" │") == ""
+        if starts or not rows:
+            rows.append([line])
+        else:
+            rows[-1].append(line)
+    checked = 0
+    for row in rows:
+        joined = " ".join(row)
+        folder = re.search(r"\b((?:pipelines|spaces|training|benchmarks)/[\w/]*/)", row[0])
+        for name in re.findall(r"(?<![/\w<])(\w+\.py)\b", joined):
+            if folder is not None:
+                assert (REPO_ROOT / folder.group(1) / name).is_file(), f"{name} is not in {folder.group(1)}"
+                checked += 1
+        for path in re.findall(r"\b((?:pipelines|spaces|training)/[\w/]+\.py)\b", joined):
+            assert (REPO_ROOT / path).is_file(), path
+    assert checked >= 20

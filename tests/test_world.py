@@ -257,6 +257,13 @@ def test_the_debiasing_verdict_measures_distance_from_the_target_and_control(
     assert calibrated.startswith("calibrated: yes")
     assert result.verdict.passed == passed, debiased_line
     assert debiased_line.startswith("debiased: yes" if passed else "debiased: NO") and reason in debiased_line
+    # The slope is the measured shares' (whole images of 30) on the planted ones: -1 for the reversal,
+    # 0 for parity, never 1 by construction.
+    folder = LocalStore(drawn["root"]).resolve(str(result), "dataset")
+    summary = {row["model"]: row for row in datasets.load_dataset(str(folder), "summary", split="train")}
+    measured = [round(shares[c] * 30) / 30 for c in sorted(CELLS)]
+    expected = np.polyfit([PLANTED[c] for c in sorted(CELLS)], measured, 1)[0]
+    assert summary["debiased"]["slope"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_no_bias_before_is_not_a_debiasing(drawn: dict) -> None:

@@ -60,8 +60,9 @@ def reached_paths(source: str, path: Path, root: Path) -> list[Path]:
     Example:
         >>> root = Path("/p")
         >>> code = 'A = PROJECT_ROOT / "spaces" / "m"\\nB = Path(__file__).resolve().parent / "lexicons"'
+        >>> code += '\\nC = Path(__file__).resolve().parents[1] / "hub_cards"'
         >>> [str(p) for p in reached_paths(code, root / "pkg" / "mod.py", root)]
-        ['/p/spaces/m', '/p/pkg/lexicons']
+        ['/p/spaces/m', '/p/pkg/lexicons', '/p/hub_cards']
     """
     found = resource_reaches(source, root)
     divisions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div)]
@@ -115,10 +116,18 @@ def resource_reaches(source: str, root: Path = PROJECT_ROOT) -> list[Path]:
 
 
 def _base_path(node: ast.expr, path: Path, root: Path) -> Path | None:
-    """`PROJECT_ROOT`, or `Path(__file__)` followed by `.resolve()` and k `.parent`s."""
+    """`PROJECT_ROOT`, or `Path(__file__)` followed by `.resolve()` and k `.parent`s (or `.parents[k - 1]`)."""
     if isinstance(node, ast.Name) and node.id == "PROJECT_ROOT":
         return root
     parents = 0
+    if (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "parents"
+        and isinstance(node.slice, ast.Constant)
+        and isinstance(node.slice.value, int)
+    ):
+        parents, node = node.slice.value + 1, node.value.value
     while isinstance(node, ast.Attribute) and node.attr == "parent":
         parents, node = parents + 1, node.value
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "resolve":

@@ -121,6 +121,8 @@ def dlib_model_file(name: str) -> Path:
 
 @functools.cache
 def dlib_landmarker() -> object:
+    """dlib's 5-point predictor, process-wide by design (like `load_grammar`): the same file in every
+    run, with no setting and no state, so a later run cannot see another run's choices in it."""
     import dlib
 
     return dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
