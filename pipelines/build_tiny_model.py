@@ -59,6 +59,7 @@ class BuildTinyModel(Stage):
     name = "build_tiny_model"
     Arguments = Arguments
     repo_type = "model"
+    uses_torch = True
 
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
         from pipelines.harness.estimate import Estimate

@@ -105,6 +105,11 @@ class Arguments(StageArguments):
         if self.chips == "fairface" and self.detector != "dlib":
             raise ConfigError(f"chips='fairface': cut from dlib's detections; detector is {self.detector!r}")
         self.check_at_least(1, "batch_size", "chip_size", "cpu_threads", "dlib_max_size")
+        # Counts that allocate memory: refused at once rather than killed for memory later.
+        self.check_at_most(4_096, "batch_size", why="images per detector and classifier call")
+        self.check_at_most(4_096, "chip_size", why="pixels per side of a face chip")
+        self.check_at_most(16_384, "dlib_max_size", why="pixels per side of the image dlib detects in")
+        self.check_pixels_per_batch("batch_size", "chip_size", "chip_size")
         if not 0 <= self.chip_padding <= 1:
             raise ConfigError(f"chip_padding={self.chip_padding}: between 0 and 1 (a share of the face's size)")
         if self.nonbinary_margin is not None and not 0 < self.nonbinary_margin < 1:
@@ -139,7 +144,8 @@ class Classify(ShardedStage):
         return Estimate(
             reads=[args.input, *(spec for spec in models.values() if spec)],
             downloads=[d for d in downloads if d],
-            makes=f"perceived attributes of {images:,} images ({args.detector}, {args.classifier})",
+            makes=f"perceived attributes of {images:,} images ({args.detector}, {args.classifier}, "
+            f"{args.chips} chips)",
             gpu_hours=hours(images * costs.seconds_per_classified_image),
         )
 

@@ -124,6 +124,7 @@ class Arguments(StageArguments):
         if self.baseline is not None and self.baseline.partition("+")[0] not in labels:
             raise ConfigError(f"baseline={self.baseline!r}: not one of the methods' labels ({', '.join(labels)})")
         self.check_at_least(1, "batch_size")
+        self.check_at_most(4_096, "batch_size", why="images per forward pass")
         if self.similarity_model is None:
             self.similarity_pretrained = None
         else:
@@ -134,6 +135,7 @@ class CompareMethods(Stage):
     name = "compare_methods"
     Arguments = Arguments
     not_parameters = ("batch_size",)
+    uses_torch = True  # its similarity model
 
     def pinned_inputs(self, args: Arguments, store: Any) -> dict[str, str]:
         pinned = {}

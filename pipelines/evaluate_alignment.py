@@ -109,6 +109,7 @@ class Arguments(StageArguments):
         self.check_choice("average", ("images", "occupations"))
         self.check_choice("on_corrupt", CORRUPT)
         self.check_at_least(1, "batch_size", "cpu_threads")
+        self.check_at_most(4_096, "batch_size", why="images per forward pass")
         from pipelines.modeling.clip import check_activation
 
         check_activation(self.clip_model, self.clip_pretrained)
@@ -152,7 +153,8 @@ class EvaluateAlignment(ShardedStage):
         return Estimate(
             reads=[args.input],
             downloads=[d for d in downloads if d],
-            makes=f"CLIP scores of {images:,} images",
+            makes=f"CLIP scores of {images:,} images (texts {args.clip_texts}, CLIP in {args.clip_precision}, "
+            f"average over {args.average})",
             gpu_hours=hours(images * len([m for m in models.values() if m]) * costs.seconds_per_scored_image),
         )
 

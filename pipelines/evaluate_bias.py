@@ -58,6 +58,9 @@ ATTRIBUTE_LABELS = {
     "gender_race": [f"{g}|{r}" for g in GENDER_LABELS for r in RACE_LABELS],
 }
 NONBINARY_MODES = ("outside", "distribution")
+# The bootstrap draws rounds x occupations x labels counts at once (x labels again for the noise
+# sensitivity): at most this many, about 200 MB as int64 (MAGBIG's 1,000 rounds of 118 x 7 draw 826,000).
+MAX_ROUND_CELLS = 25_000_000
 LOW_CONFIDENCE = 0.8  # a top score below it: the classifier was unsure (two labels: a score in (0.2, 0.8))
 
 
@@ -211,6 +214,7 @@ class EvaluateBias(Stage):
                 continue
             source.require_columns(config, ["profession", "status", "gender"])
             info = source.config_info(config)
+            check_round_cells(args, config, rows, attributes)
             for attribute in attributes:
                 labels = list(ATTRIBUTE_LABELS[attribute])
                 outside = []
@@ -249,6 +253,13 @@ class EvaluateBias(Stage):
                     "intervention": rows[0].get("intervention") or "none",
                     "model": rows[0]["model"],
                 }
+                single = [o for o, values in result["per_occupation"].items() if values["n"] < 2]
+                if single:
+                    notes.append(
+                        f"`{config}` ({attribute}): {len(single)} occupation(s) with a single classified image "
+                        f"({', '.join(single[:3])}{', ...' if len(single) > 3 else ''}): no bootstrap interval for "
+                        "them nor for the mean L1 and L2 (one image does not vary when resampled)."
+                    )
                 summaries.append(summary_row(key, rows, predictions, labels, attribute, result))
                 noise += [{**key, "attribute": attribute, **entry} for entry in result.get("noise_sensitivity", [])]
                 per_occupation += [
@@ -478,6 +489,18 @@ def cross_language_figures(folder: Path, summaries: list[dict]) -> list[Path]:
     return figures
 
 
+def check_round_cells(args: Arguments, config: str, rows: list[dict], attributes: list[str]) -> None:
+    """Refuses, before any of a config's draws, rounds whose counts drawn at once (rounds x occupations
+    x labels, x labels again with noise rates) exceed MAX_ROUND_CELLS."""
+    widest = max((len(ATTRIBUTE_LABELS[attribute]) + (attribute == "gender") for attribute in attributes), default=1)
+    cells = len({r["profession"] for r in rows}) * widest * (widest if args.noise_rates else 1)
+    if args.rounds * cells > MAX_ROUND_CELLS:
+        raise ConfigError(
+            f"rounds={args.rounds}: {args.rounds:,} rounds of {cells:,} cells (config {config}) are drawn at once; "
+            f"at most {MAX_ROUND_CELLS:,} counts, so rounds at most {MAX_ROUND_CELLS // cells:,} here"
+        )
+
+
 def summary_row(
     key: dict, rows: list[dict], predictions: list, labels: list[str], attribute: str, result: dict
 ) -> dict[str, Any]:
@@ -509,7 +532,7 @@ def summary_row(
         "low_confidence_share": low_confidence_share(rows, attribute),
         **reference_columns(result.get("reference_fit")),
         "k": result["k"],
-        "n": result["n"],
+        "n": result["images_per_occupation"],  # the expected maximum unfairness's n, as k
         "rounds": result["rounds"],
     }
 

@@ -13,9 +13,11 @@
 - Work is cut into shards of `--images_per_shard` images (the unit of resuming) in a fixed order;
   shard `i` belongs to process `i % num_processes` (see `pipelines.harness.stage`).
 - `--face_filter` makes an image with other than exactly one face again from its next seed, up to
-  `--max_attempts`; `rejected` counts the retries. Unlike the reference evaluation's filter, which
-  keeps every image after the first seed, it applies to every image, and an image that never shows
-  one face is kept and marked `gave_up` (classify excludes it from the metrics).
+  `--max_attempts`; `rejected` counts the retries. Like MAGBIG's and the reference evaluation's
+  filter, it checks every image; unlike theirs, which keeps the first N passing seeds of one running
+  count per prompt (so a rejection shifts every later image to other seeds), image i tries its own
+  seeds, so languages stay paired seed for seed. An image that never shows one face is kept and
+  marked `gave_up` (classify excludes it from the metrics).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from typing import Any
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
 from pipelines.artifacts.inputs import hub_pipeline_files
+from pipelines.artifacts.reader import model_caption_forms
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Shard, ShardedStage, StageRun, shard_seconds
 from pipelines.modeling.diffusion import DTYPES, SCHEDULERS, load_pipeline
-from pipelines.prompting.grammar import describe_neutral_forms
+from pipelines.prompting.grammar import describe_neutral_forms, form_mismatch
 from pipelines.prompting.grid import VARIANTS
 from pipelines.prompting.interventions import APPLIES_TO, INTERVENTIONS, TWIN_VARIANTS, Instruction, instruction
 
@@ -151,6 +154,7 @@ class Arguments(StageArguments):
         self.check_at_most(100_000, "num_images", why="images per prompt")
         self.check_at_most(1_000, "num_inference_steps", why="a scheduler trained on 1,000 timesteps")
         self.check_at_most(4_096, "batch_size", "height", "width")
+        self.check_pixels_per_batch("batch_size", "height", "width")
         if self.guidance_scale < 0:
             raise ConfigError(f"guidance_scale={self.guidance_scale}: must be at least 0")
         for name in ("height", "width"):
@@ -214,19 +218,17 @@ class GenerateImages(ShardedStage):
         estimates.put(args.repo_id(args.output_repo), kind="images", configs=configs)
         forms = {language: prompts.get("neutral_forms", {}).get(language) for language in args.languages}
         forms = {language: form for language, form in forms.items() if form}
-        taught = estimates.get(args.repo_id(args.model)).get("caption_forms", {})
-        other = {lang: (taught[lang], forms[lang]) for lang in forms if lang in taught and taught[lang] != forms[lang]}
+        other = form_mismatch(estimates.get(args.repo_id(args.model)).get("caption_forms"), forms)
         download = download_of(args.model, args, estimates, "model")
         seconds = images * image_seconds(costs, args.num_inference_steps, args.height, args.width)
-        makes = f"{len(configs)} config(s): {', '.join(configs)}"
+        makes = f"{len(configs)} config(s): {', '.join(configs)}; noise on a {args.generator_device} generator"
+        makes += f", weights in {args.dtype}" + (", safety checker on" if args.safety_checker else "")
         if args.face_filter:
             makes += f"; face filter {args.face_filter} makes more tries where no single face shows"
         if forms:
             makes += f"; prompts' gender-neutral form: {describe_neutral_forms(forms)}"
         if other:  # a fine-tune taught one form, evaluated on another: said, not hidden
-            makes += "; NOTE the model learnt from captions in another form: " + ", ".join(
-                f"{lang} {caption} captions, {prompt} prompts" for lang, (caption, prompt) in other.items()
-            )
+            makes += f"; NOTE the model learnt from captions in another form: {other}"
         return Estimate(
             reads=[args.input, args.model],
             downloads=[download] if download else [],
@@ -446,7 +448,7 @@ class GenerateImages(ShardedStage):
             languages=sorted(set(args.languages)),
             rows=rows,
             tags=["images", "generated"],
-            notes=self.face_filter_note(args),
+            notes=[*self.face_filter_note(args), *self.form_note(run)],
             tables=[
                 *([face_filter_table(folder, self.configs)] if args.face_filter else []),
                 *([safety_table(folder, self.configs)] if args.safety_checker else []),
@@ -456,14 +458,31 @@ class GenerateImages(ShardedStage):
         return f"{sum(rows.values())} images, {', '.join(rows)}"
 
     @staticmethod
+    def form_note(run: StageRun) -> list[str]:
+        """A note where the model learnt from captions in another gender-neutral form than these
+        prompts use (the dry run's NOTE, from the same comparison), else none."""
+        args: Arguments = run.args
+        prompts = run.dataset("input")
+        forms = {lang: prompts.config_info(lang).get("neutral_form") for lang in args.languages}
+        model = run.models.get("model")
+        other = form_mismatch(model_caption_forms(model.path if model else None, run.store), forms)
+        if not other:
+            return []
+        return [
+            f"The model learnt from captions in another gender-neutral form than these prompts use ({other}): "
+            "in those languages it is evaluated on a form it was not taught."
+        ]
+
+    @staticmethod
     def face_filter_note(args: Arguments) -> list[str]:
         if not args.face_filter:
             return ["No face filter: every image is kept as generated; classify marks those without one face."]
         return [
             f"Face filter `{args.face_filter}`: an image with other than exactly one face was made again from its "
             f"next seed, up to {args.max_attempts} tries (`rejected` counts them; `face_check` is `gave_up` where "
-            "no try showed one face). Unlike the reference evaluation, whose filter keeps every image after the "
-            "first seed, every image is checked."
+            "no try showed one face). Every image is checked, as in MAGBIG and the reference evaluation; unlike "
+            "theirs, which keep the first N passing seeds of one running count per prompt, image i tries its own "
+            "seeds, so languages stay paired seed for seed."
         ]
 
 

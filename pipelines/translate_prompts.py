@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from pipelines.artifacts import schemas
 from pipelines.artifacts.cards import dataset_card
 from pipelines.artifacts.dataset_files import DatasetWriter
+from pipelines.artifacts.inputs import ModelInput, resolve_model
 from pipelines.artifacts.reader import DatasetArtifact
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
@@ -36,8 +37,10 @@ from pipelines.prompting.grammar import (
     LANGUAGES,
     NEUTRAL,
     NEUTRAL_FORMS,
+    UNMARKED,
     describe_neutral_forms,
     load_grammar,
+    men_in_neutral_prompts,
     neutral_form_of,
 )
 from pipelines.prompting.grid import GridLists, prompts_description, realise
@@ -99,6 +102,9 @@ class Arguments(StageArguments):
             raise ConfigError("translation_model: required with backend=transformers")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size}: must be at least 1")
+        self.check_at_least(1, "max_new_tokens")
+        self.check_at_most(4_096, "batch_size", why="sentences per forward pass")
+        self.check_at_most(4_096, "max_new_tokens", why="tokens of one translation")
 
     def neutral_forms(self) -> dict[str, str]:
         """The form each translated language's neutral prompts use (a model translates as it will)."""
@@ -107,21 +113,65 @@ class Arguments(StageArguments):
         return {language: neutral_form_of(language, self.neutral_form) for language in self.languages}
 
 
+def translation_files(repo_id: str, revision: str) -> list[str] | None:
+    """The files of a Hub translation model that transformers loads in PyTorch: no TensorFlow, Flax,
+    Rust or ONNX weights, and no `.bin` beside safetensors (None: all, e.g. offline)."""
+    from huggingface_hub import HfApi
+
+    try:
+        files = HfApi().list_repo_files(repo_id, revision=revision)
+    except Exception:  # noqa: BLE001 - offline: the cache decides
+        return None
+    kept = [f for f in files if "/" not in f and not f.endswith((".h5", ".msgpack", ".ot", ".onnx"))]
+    if any(f.endswith(".safetensors") for f in kept):
+        kept = [f for f in kept if not f.endswith(".bin")]
+    return kept
+
+
+def resolve_translation_models(args: Arguments, store: Any) -> dict[str, ModelInput]:
+    """Each language's translation model found before any work (a store repo, a folder, or a Hub id
+    downloaded and pinned): offline or a mistyped id is one line naming it."""
+    found = {}
+    for language in args.languages:
+        name = args.translation_model.replace("{lang}", language)
+        found[language] = resolve_model(
+            name,
+            store,
+            namespace=args.namespace,
+            what="translation_model",
+            kinds=("store", "hub", "folder"),
+            hub_files=translation_files,
+        )
+    return found
+
+
 class ModelTranslator:
     """Translates English sentences with a `transformers` seq2seq model, batched, without gradients."""
 
-    def __init__(self, model_template: str, batch_size: int = 32, max_new_tokens: int = 128):
+    def __init__(
+        self,
+        model_template: str,
+        batch_size: int = 32,
+        max_new_tokens: int = 128,
+        models: dict[str, Path] | None = None,
+    ):
         self.model_template = model_template
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.models = models or {}  # language -> the model's resolved folder (`resolve_translation_models`)
 
     def translate(self, sentences: list[str], language: str) -> list[str]:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         name = self.model_template.replace("{lang}", language)
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForSeq2SeqLM.from_pretrained(name).eval()
+        source = str(self.models.get(language, name))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForSeq2SeqLM.from_pretrained(source).eval()
+        except (OSError, ValueError) as err:  # offline, a mistyped id, a folder that holds no seq2seq model
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"translation_model={name!r}: cannot load a translation model ({reason})") from None
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
         generate_kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": 1, "do_sample": False}
@@ -163,21 +213,34 @@ def neutral_form_table(folder: Path, configs: list[str], config_info: dict[str, 
 
     rows = []
     for config in configs:
-        example = None
+        example, professions = None, set()
         for path in sorted((folder / "data" / config).glob("*.parquet")):
-            table = pq.read_table(path, columns=["prompt", "gender"]).to_pylist()
-            example = next((row["prompt"] for row in table if row["gender"] == NEUTRAL), None)
-            if example is not None:
-                break
-        rows.append([config, config_info[config].get("neutral_form", "not recorded"), example or "–"])
+            table = pq.read_table(path, columns=["prompt", "gender", "profession"]).to_pylist()
+            professions |= {row["profession"] for row in table if row["gender"] == NEUTRAL and row["profession"]}
+            if example is None:
+                example = next((row["prompt"] for row in table if row["gender"] == NEUTRAL), None)
+        form = config_info[config].get("neutral_form", "not recorded")
+        rows.append([config, form, example or "–", _men_named(config, form, sorted(professions))])
     return {
         "title": "Gender-neutral form",
         "note": "How each language's gender-neutral prompts name the person (pipelines/prompting/grammar.py, "
         "NEUTRAL_FORMS): a model fine-tuned on one form and evaluated on another is tested on a form it was "
-        "not taught.",
-        "columns": ["Language", "Neutral form", "Example"],
+        "not taught. The last column lists the occupations whose neutral prompts keep a noun that names men: "
+        "the masculine generic's own (Geschäftsmann, homme d'affaires), as the reference's captions and "
+        "MAGBIG's direct prompts write them.",
+        "columns": ["Language", "Neutral form", "Example", "Neutral noun names men"],
         "rows": rows,
     }
+
+
+def _men_named(language: str, form: str, professions: list[str]) -> str:
+    """'businessperson (Geschäftsmann), firefighter (Feuerwehrmann)': the occupations whose neutral
+    prompts, realised by the lexicon in `form`, use a noun naming men; '–' for none, '?' for prompts a
+    model translated (or a form not recorded)."""
+    if language not in LANGUAGES or form not in (*NEUTRAL_FORMS, UNMARKED):
+        return "?"
+    men = men_in_neutral_prompts(language, form, professions)
+    return ", ".join(f"{profession} ({noun})" for profession, noun in men.items()) or "–"
 
 
 class TranslatePrompts(Stage):
@@ -211,6 +274,7 @@ class TranslatePrompts(Stage):
     def build(self, run: StageRun, folder: Path) -> str:
         args: Arguments = run.args
         source = run.dataset("input")
+        models = resolve_translation_models(args, run.store) if args.backend == "transformers" else {}
         if "en" not in source.configs:
             raise DataError(f"input={source.name}: has no 'en' config (configs: {', '.join(source.configs)})")
         english_rows = source.rows("en")  # decoded once, reused for every language
@@ -230,7 +294,12 @@ class TranslatePrompts(Stage):
                 grammar.check(lists.styles, lists.ages, lists.professions, lists.dressings, lists.places)
                 rows = (row | {"language": language, "prompt": realise(row, grammar)} for row in english_rows)
             else:
-                translator = ModelTranslator(args.translation_model, args.batch_size, args.max_new_tokens)
+                translator = ModelTranslator(
+                    args.translation_model,
+                    args.batch_size,
+                    args.max_new_tokens,
+                    models={code: model.path for code, model in models.items() if model.path is not None},
+                )
                 prompts = translator.translate([row["prompt"] for row in english_rows], language)
                 rows = (row | {"language": language, "prompt": p} for row, p in zip(english_rows, prompts))
             writer.write(language, tqdm(rows, total=len(english_rows), desc=f"prompts {language}", file=sys.stderr))
@@ -240,7 +309,7 @@ class TranslatePrompts(Stage):
         method = (
             "realised from each row's grid values by the offline grammar and lexicons"
             if args.backend == "lexicon"
-            else f"translated from English by `{args.translation_model}`"
+            else f"translated from English by {', '.join(f'`{model.pin}`' for model in models.values())}"
         )
         description = (
             prompts_description(lists) if lists is not None else "Prompts of the study, one config per language."

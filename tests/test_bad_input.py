@@ -9,7 +9,11 @@ files the fixture makes as `{tmp}/...`, and the store root as `{root}`.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -113,6 +117,53 @@ CASES: list[tuple[str, list[str], str]] = [
     ("generate_images", ["--num_images", "1000000000000"], "num_images=1000000000000: at most 100,000"),
     ("generate_images", ["--num_inference_steps", "100000000"], "num_inference_steps=100000000: at most 1,000"),
     ("generate_images", ["--height", "800000"], "height=800000: at most 4,096"),
+    ("train", ["--dataset_name", "{train}", "--resolution", "8192"], "resolution=8192: at most 4,096"),
+    ("train", ["--dataset_name", "{train}", "--train_batch_size", "100000"], "train_batch_size=100000: at most 4,096"),
+    ("train", ["--dataset_name", "{train}", "--use_lora", "--rank", "100000"], "rank=100000: at most 1,024"),
+    (
+        "train",
+        ["--dataset_name", "{train}", "--train_batch_size", "4096", "--resolution", "4096"],
+        "train_batch_size=4096 with resolution=4096: 68,719,476,736 pixels per batch; at most 268,435,456",
+    ),
+    ("classify", ["--input", "{images}", "--chip_size", "100000"], "chip_size=100000: at most 4,096"),
+    ("classify", ["--input", "{images}", "--batch_size", "100000"], "batch_size=100000: at most 4,096"),
+    ("classify", ["--input", "{images}", "--dlib_max_size", "10000000"], "dlib_max_size=10000000: at most 16,384"),
+    ("classify", ["--input", "{images}", "--batch_size", "4096", "--chip_size", "4096"], "pixels per batch"),
+    ("evaluate_alignment", ["--input", "{images}", "--batch_size", "1000000"], "batch_size=1000000: at most 4,096"),
+    ("compare_methods", ["--methods", "base={images}", "--batch_size", "1000000"], "batch_size=1000000: at most"),
+    ("translate_prompts", ["--input", "{prompts}", "--batch_size", "1000000"], "batch_size=1000000: at most 4,096"),
+    ("translate_prompts", ["--input", "{prompts}", "--max_new_tokens", "0"], "max_new_tokens=0"),
+    (
+        "generate_images",
+        ["--batch_size", "4096", "--height", "4096", "--width", "4096"],
+        "batch_size=4096 with height=4096, width=4096: 68,719,476,736 pixels per batch",
+    ),
+    ("generate_images", ["--batch_size", "2048"], "height unset (counted as 1024)"),
+    (
+        "evaluate_bias",
+        ["--input", "{attributes}", "--rounds", "1000000", "--noise_rates", "0.1"],
+        "rounds=1000000: 1,000,000 rounds of",
+    ),
+    # The Hub backend offline (HF_HUB_OFFLINE is set for every case): the Hub is named, never a traceback.
+    ("generate_prompts", ["--store", "hub", "--professions", "nurse"], "HF_HUB_OFFLINE is set"),
+    ("classify", ["--store", "hub", "--input", "study/images"], "cannot reach the Hub for dataset 'study/images'"),
+    ("evaluate_bias", ["--store", "hub", "--input", "study/images-attributes@main"], "HF_HUB_OFFLINE is set"),
+    # A translation model offline, mistyped or not a model.
+    (
+        "translate_prompts",
+        ["--input", "{prompts}", "--backend", "transformers", "--translation_model", "Helsinki-NLP/opus-mt-{{lang}}"],
+        "translation_model='Helsinki-NLP/opus-mt-de': no such model",
+    ),
+    (
+        "translate_prompts",
+        ["--input", "{prompts}", "--backend", "transformers", "--translation_model", "no-such-model-{{lang}}"],
+        "translation_model='no-such-model-de': no such model",
+    ),
+    (
+        "translate_prompts",
+        ["--input", "{prompts}", "--backend", "transformers", "--translation_model", "{tmp}/nowhere"],
+        "cannot load a translation model",
+    ),
     # evaluate_alignment
     ("evaluate_alignment", ["--input", "{images}", "--convention", "x"], "convention='x'"),
     ("evaluate_alignment", ["--input", "{images}", "--on_corrupt", "ignore"], "on_corrupt='ignore'"),
@@ -316,6 +367,12 @@ DAMAGES = [
      "data/en/train-00000.parquet cannot be read as parquet"),
     ("models--study--tiny-altdiffusion", "model_index.json", "generate_images", ["--output_repo", "damaged"],
      "model_index.json is not a JSON object"),
+    # A card that is not UTF-8 (written as latin-1, overwritten with bytes): a dataset's, a model's.
+    ("datasets--study--battery-images-attributes", "README.md", "evaluate_bias", ["--input",
+     "battery-images-attributes", "--rounds", "10", "--force"],
+     "the store is damaged: datasets--study--battery-images-attributes/snapshots/"),
+    ("models--study--tiny-altdiffusion", "README.md", "check_world", ["--base", "battery-images-attributes"],
+     "the store is damaged: models--study--tiny-altdiffusion/snapshots/"),
 ]  # fmt: skip
 
 
@@ -333,8 +390,155 @@ def test_a_damaged_store_file_is_one_line_naming_it(
     root = tmp_path / "hub"
     shutil.copytree(study["root"], root, symlinks=True, ignore=shutil.ignore_patterns(".work", "*.lock"))
     target = root / repo / damaged if damaged == "history.json" else blob_of(root / repo, damaged)
-    target.write_text("{not what it should be")
+    if damaged == "README.md":
+        target.write_bytes(b"---\nlicense: mit\ntags: [caf\xe9]\n---\n# caf\xe9\n")  # latin-1
+    else:
+        target.write_text("{not what it should be")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = call(command, [*argv, "--store_root", str(root), "--namespace", "study"])
     lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and fragment in lines[0], lines[-3:]
+
+
+@contextlib.contextmanager
+def as_ordinary_user() -> Iterator[None]:
+    """The file system's permissions as they bind an ordinary user. Root reads and writes whatever they
+    say, so as root this thread drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its effective
+    capabilities (capset(2)) for the duration; they stay permitted and come back on the way out."""
+    if os.geteuid() != 0:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: low words, then high words
+    if libc.capget(header, data) != 0:
+        pytest.skip("capget(2) is refused here: root cannot be made to see permissions")
+    saved = list(data)
+    data[0] &= ~((1 << 1) | (1 << 2))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.capset(header, data) != 0:
+        pytest.skip("capset(2) is refused here: root cannot be made to see permissions")
+    try:
+        yield
+    finally:
+        data[:] = saved
+        libc.capset(header, data)
+
+
+def chmod_tree(root: Path, mode: int, files: int | None = None) -> None:
+    """Sets the mode of a folder and every folder under it (and of its files, with `files`)."""
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(mode)
+        elif files is not None and path.is_file() and not path.is_symlink():
+            path.chmod(files)
+    root.chmod(mode)
+
+
+UNREADABLE = [
+    # (how the store root is: unreadable (000) or read-only (555, every folder), the command, its
+    # arguments, what the one line says)
+    ("unreadable", "generate_prompts", ["--professions", "nurse"],
+     "cannot be read: datasets--study--prompts/refs/main: Permission denied"),
+    ("unreadable", "classify", ["--input", "battery-images", "--detector", "none"],
+     "cannot be read: datasets--study--battery-images/refs/main: Permission denied"),
+    ("unreadable", "gc", [], "Permission denied"),
+    ("read-only", "classify", ["--input", "battery-images", "--detector", "none", "--force"],
+     ".work' (Permission denied): a run keeps its work folder"),
+    ("read-only", "generate_prompts", ["--professions", "nurse", "--force"], "Permission denied"),
+    ("read-only", "gc", [], "is not writable (Permission denied): cannot lock datasets--study--"),
+    ("unreadable-inside", "classify", ["--input", "battery-images", "--detector", "none"],
+     "cannot be read: datasets--study--battery-images/refs/main: Permission denied"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("how", "command", "argv", "fragment"), UNREADABLE, ids=[f"{case[0]}:{case[1]}" for case in UNREADABLE]
+)
+def test_an_unreadable_or_read_only_store_root_is_one_line(
+    study: dict, how: str, command: str, argv: list[str], fragment: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A store root the user cannot read, or cannot write (a read-only mount, another user's store):
+    one line saying which and why, exit 2, nothing written; a ref that cannot be read is not called
+    damaged."""
+    import shutil
+
+    root = tmp_path / "hub"
+    shutil.copytree(study["root"], root, symlinks=True, ignore=shutil.ignore_patterns(".work", "*.lock"))
+    before = store_files(str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if command == "gc":
+        from pipelines.artifacts.store import main as store_main
+
+        def main(argv: list[str]) -> None:
+            store_main(["gc", *argv])
+    else:
+        main = importlib.import_module(f"pipelines.{command}").STAGE.main
+    if how == "unreadable":
+        chmod_tree(root, 0o755)
+        root.chmod(0o000)
+    elif how == "unreadable-inside":  # the root can be listed, a repo's folders cannot
+        chmod_tree(root / "datasets--study--battery-images", 0o000)
+    else:
+        chmod_tree(root, 0o555)
+    try:
+        with as_ordinary_user():
+            try:
+                main([*argv, "--store_root", str(root)] + ([] if command == "gc" else ["--namespace", "study"]))
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code
+    finally:
+        chmod_tree(root, 0o755)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err[-3000:]
+    assert fragment in lines[0] and "damaged" not in lines[0], lines[0]
+    assert lines[0].startswith(f"{'store gc' if command == 'gc' else command}: error: "), lines[0]
+    assert store_files(str(root)) == before
+
+
+@pytest.mark.parametrize("what", ["folder", "file", "folder inside"])
+def test_an_unreadable_magbig_source_is_one_line_naming_it(
+    what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MAGBIG's files in a folder the user cannot read (or one file of them): one line naming it."""
+    source = tmp_path / "MAGBIG"
+    (source / "indirect").mkdir(parents=True)
+    for folder, name in ((source, "occ_english.csv"), (source / "indirect", "occ_english.csv")):
+        (folder / name).write_text("name,prompt\nnurse,a photo of a nurse\n", encoding="utf-8")
+    denied = {"folder": source, "file": source / "occ_english.csv", "folder inside": source / "indirect"}[what]
+    denied.chmod(0o000)
+    try:
+        with as_ordinary_user():
+            with pytest.raises(SystemExit) as exited:
+                importlib.import_module("pipelines.import_magbig").STAGE.main(
+                    ["--store_root", str(tmp_path / "hub"), "--source", str(source), "--languages", "en"]
+                )
+    finally:
+        denied.chmod(0o755)
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+    assert exited.value.code == 2 and len(lines) == 1, lines[-3:]
+    assert lines[0].startswith("import_magbig: error: ") and str(denied) in lines[0], lines[0]
+    assert "Permission denied" in lines[0], lines[0]
+    assert not (tmp_path / "hub").exists() or not any((tmp_path / "hub").glob("datasets--*"))
+
+
+def test_a_hub_that_cannot_be_reached_is_one_line_naming_why() -> None:
+    """Offline, not in the cache, or no network: said as such (a cache miss is not an unknown repo)."""
+    import httpx2
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    from pipelines.artifacts.store import HubStore
+    from pipelines.errors import StoreError
+
+    store = HubStore(api=object(), download=lambda *a, **k: None)
+    for error, fragment in (
+        (OfflineModeIsEnabled("offline mode is enabled"), "cannot reach the Hub for x: HF_HUB_OFFLINE is set"),
+        (LocalEntryNotFoundError("no cache"), "x is not in the local Hugging Face cache"),
+        (httpx2.ConnectError("Name or service not known"), "cannot get x from the Hub: Name or service not known"),
+        (ConnectionResetError(104, "Connection reset by peer"), "cannot get x from the Hub"),
+    ):
+        with pytest.raises(StoreError, match=fragment):
+            with store._errors("x"):
+                raise error

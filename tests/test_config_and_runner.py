@@ -287,9 +287,12 @@ def test_code_version_follows_the_code_that_decides_the_output(tmp_path: Path) -
     changed = version("evaluate_bias")
     edit("pipelines/reporting/figures.py")  # imported by evaluate_bias inside a function
     assert len({before["evaluate_bias"], changed, version("evaluate_bias")}) == 3
-    assert versions.code_version(root / "training" / "train_text_to_image.py", root) == versions.code_version(
-        root / "training" / "train_text_to_image.py", root
-    )
+    # Training, in its own folder, follows the model-loading code it imports from the toolkit.
+    versions._code_version.cache_clear()
+    training = versions.code_version(root / "training" / "train_text_to_image.py", root)
+    edit("pipelines/modeling/diffusion.py")
+    versions._code_version.cache_clear()
+    assert versions.code_version(root / "training" / "train_text_to_image.py", root) != training
 
 
 # --- recipes are checked before anything runs -----------------------------------------------------
@@ -364,12 +367,19 @@ FAIRFACE_FILES = ("res34_fair_align_multi_7_20190809.pt", "res34_fair_align_mult
 
 
 def with_fairface_weights(folder: Path) -> Path:
-    """A working folder with FairFace's weights where the real recipe names them (empty stand-ins:
-    the preflight checks that they are there; the dry run loads nothing)."""
+    """A working folder with FairFace's weights where the real recipe names them (small stand-ins in
+    torch's checkpoint format: the preflight reads their header; the dry run loads nothing)."""
     (folder / "weights").mkdir(parents=True, exist_ok=True)
     for name in FAIRFACE_FILES:
-        (folder / "weights" / name).write_bytes(b"")
+        write_checkpoint(folder / "weights" / name)
     return folder
+
+
+def write_checkpoint(path: Path, legacy: bool = False) -> None:
+    """A tiny torch checkpoint: torch's zip format, or the legacy pickle format of FairFace's 2019 files."""
+    import torch
+
+    torch.save({"fc.bias": torch.zeros(18)}, path, _use_new_zipfile_serialization=not legacy)
 
 
 @pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.name)
@@ -436,10 +446,37 @@ def test_the_reference_recipe_is_the_m9_study_with_the_reference_s_choices() -> 
         **{f"generate_eval_{v}.{k}": value for v in ("base", "finetuned")
            for k, value in (("generator_device", "cuda"), ("dtype", "float32"), ("num_images", 25))},
         "classify_base.chips": "fairface", "classify_finetuned.chips": "fairface",
-        "generate_train_images.safety_checker": True,
+        "generate_train_images.safety_checker": True, "generate_train_images.dtype": "float32",
         **{f"evaluate_alignment_{v}.{k}": value for v in ("base", "finetuned")
            for k, value in (("clip_texts", "reference"), ("clip_precision", "fp16"), ("average", "occupations"))},
     }  # fmt: skip
+
+
+def test_the_reference_recipe_s_dry_run_says_the_reference_s_choices(tmp_path: Path) -> None:
+    """The dry run of the reference mode names what it changes: training images with the safety
+    checker on and in fp32, evaluation noise on a CUDA generator in fp32 with 25 images per occupation,
+    FairFace's own chips, and the reference's CLIP texts, precision and average; the corrected study's
+    dry run names its own defaults instead."""
+    import re
+
+    recipes = REPO_ROOT / "pipelines" / "recipes"
+    common = ["--dry_run", "--store_root", str(tmp_path / "hub")]
+    work = with_fairface_weights(tmp_path / "work")
+    result = run_python("-m", "pipelines.run", str(recipes / "altdiffusion_m9_reference.yaml"), *common, cwd=work)
+    assert result.returncode == 0, result.stderr[-2000:]
+    steps = dict(re.findall(r"(?m)^ *\d+\. (\w+) \(\w+\) -> .*\n((?: {4}.*\n)+)", result.stdout))
+    assert "noise on a cpu generator, weights in float32, safety checker on" in steps["generate_train_images"]
+    for step in ("generate_eval_base", "generate_eval_finetuned"):
+        assert "noise on a cuda generator, weights in float32" in steps[step], steps[step]
+        assert "images:    37,750" in steps[step]  # 151 occupations x 10 languages x 25 images
+    for step in ("classify_base", "classify_finetuned"):
+        assert "(dlib, fairface, fairface chips)" in steps[step]
+    for step in ("evaluate_alignment_base", "evaluate_alignment_finetuned"):
+        assert "(texts reference, CLIP in fp16, average over occupations)" in steps[step]
+    corrected = run_python("-m", "pipelines.run", str(recipes / "altdiffusion_m9.yaml"), *common, cwd=work)
+    assert corrected.returncode == 0, corrected.stderr[-2000:]
+    assert "safety checker on" not in corrected.stdout and "cuda generator" not in corrected.stdout
+    assert "(dlib, fairface, image chips)" in corrected.stdout and "images:    151,000" in corrected.stdout
 
 
 @pytest.mark.parametrize(
@@ -478,11 +515,23 @@ def test_the_real_study_dry_run_stops_before_step_1_without_fairface_s_weights(t
     assert "https://github.com/dchen236/FairFace" in line and "drive.google.com" in line
     assert "BAAI/AltDiffusion-m9" not in line  # a Hub model is a download, not a missing input
     assert "Total GPU time" in result.stdout  # the plan is still printed: the user sees what it would be
-    (tmp_path / "weights" / FAIRFACE_FILES[0]).parent.mkdir()
-    (tmp_path / "weights" / FAIRFACE_FILES[0]).write_bytes(b"")
+    # A missing local file is never a download "from the Hub".
+    assert not [row for row in result.stdout.splitlines() if "res34_" in row and "Hub" in row], result.stdout
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    write_checkpoint(weights / FAIRFACE_FILES[0], legacy=True)  # FairFace's own files are in the legacy format
     one = run_python("-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path / "hub"),
                      cwd=tmp_path)  # fmt: skip
     assert one.returncode == 2 and FAIRFACE_FILES[0] not in one.stderr and FAIRFACE_FILES[1] in one.stderr
+    # An empty file, or a page a browser saved in its place, is named with what is wrong and where to get it.
+    (weights / FAIRFACE_FILES[0]).write_bytes(b"")
+    (weights / FAIRFACE_FILES[1]).write_bytes(b"<!DOCTYPE html><html>Google Drive can't scan this file</html>")
+    bad = run_python("-m", "pipelines.run", str(recipe), "--dry_run", "--store_root", str(tmp_path / "hub"),
+                     cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert f"weights/{FAIRFACE_FILES[0]} (classify_base.classifier_model" in bad.stderr
+    assert ": an empty file" in bad.stderr and "not a torch checkpoint" in bad.stderr and "HTML page" in bad.stderr
+    assert f"weights/{FAIRFACE_FILES[1]} (" in bad.stderr and "drive.google.com" in bad.stderr
     assert not (tmp_path / "hub").exists()
 
 
@@ -613,6 +662,11 @@ def test_every_optional_number_of_every_stage_is_unset_with_none_on_the_command_
         ({0, 1}, "800000 100000", 2),  # the mask is the smaller limit
         ({0, 1, 2, 3}, "50000 100000", 1),  # never below one
         ({0, 1, 2, 3}, "garbled", 4),
+        # cgroup v1 (no cpu.max): cpu.cfs_quota_us and cpu.cfs_period_us, -1 for no quota.
+        ({0, 1, 2, 3}, "v1:150000 100000", 1),
+        ({0, 1, 2, 3, 4, 5, 6, 7}, "v1:300000 100000", 3),
+        ({0, 1, 2, 3}, "v1:-1 100000", 4),
+        ({0, 1, 2, 3}, "v1:garbled 100000", 4),
     ],
 )
 def test_usable_cpus_follow_affinity_and_cgroup_quota(
@@ -621,10 +675,16 @@ def test_usable_cpus_follow_affinity_and_cgroup_quota(
     from pipelines.harness import stage
 
     monkeypatch.setattr(stage.os, "sched_getaffinity", lambda pid: cpus)
-    path = tmp_path / "cpu.max"
-    if cpu_max is not None:
+    path, v1 = tmp_path / "cpu.max", tmp_path / "cpu"
+    if cpu_max is not None and cpu_max.startswith("v1:"):
+        quota, period = cpu_max[3:].split()
+        v1.mkdir()
+        (v1 / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (v1 / "cpu.cfs_period_us").write_text(period + "\n")
+    elif cpu_max is not None:
         path.write_text(cpu_max + "\n")
     monkeypatch.setattr(stage, "CGROUP_CPU_MAX", path)
+    monkeypatch.setattr(stage, "CGROUP_V1_CPU", v1)
     assert stage.usable_cpus() == usable
 
 

@@ -238,15 +238,20 @@ def test_the_same_training_in_two_store_folders_publishes_the_same_revision(
 
 @pytest.mark.slow
 def test_a_checkpoint_cut_short_or_tampered_never_resumes_silently(training_study: dict, tmp_path: Path) -> None:
-    """Checkpoints are written aside and renamed whole. One cut short (no trainer_state.json, as a
-    killed save of an older toolkit left it) is skipped by `latest`, saying so, and refused by name;
-    random states that cannot be restored are refused, never logged and ignored."""
+    """Checkpoints are written aside and renamed whole; what a killed save left aside is removed when
+    training starts. One cut short (no trainer_state.json, as a killed save of an older toolkit left
+    it) is skipped by `latest`, saying so, and refused by name; random states that cannot be restored
+    (here a states file without numpy's, its size relisted) are refused, never logged and ignored."""
     import shutil
 
     out = tmp_path / "cut"
+    left_aside = out / ".checkpoint-9.partial" / "unet"
+    left_aside.mkdir(parents=True)
+    (left_aside / "config.json").write_text("{}")  # what a run killed while saving checkpoint-9 left
     options = ["--checkpointing_steps", "2", "--use_ema", "--output_repo", "cut-short"]
-    train(training_study, training_study["model"], out, "--max_train_steps", "2", *options)
+    first = train(training_study, training_study["model"], out, "--max_train_steps", "2", *options)
     assert [p.name for p in out.iterdir() if p.name.startswith(".checkpoint")] == []  # nothing left aside
+    assert "removed .checkpoint-9.partial" in first.stdout + first.stderr
     cut = out / "checkpoint-3"
     shutil.copytree(out / "checkpoint-2", cut)
     (cut / "trainer_state.json").unlink()
@@ -258,10 +263,18 @@ def test_a_checkpoint_cut_short_or_tampered_never_resumes_silently(training_stud
                     str(cut), *options, check=False)  # fmt: skip
     assert refused.returncode == 2 and "cut short (no trainer_state.json)" in refused.stderr.strip().splitlines()[-1]
     tampered = out / "checkpoint-4"
-    (tampered / "random_states_0.pkl").write_bytes(b"\x80\x04not a pickle of random states")
+    states_file = tampered / "random_states_0.pkl"
+    states = torch.load(states_file, weights_only=False)
+    del states["numpy_random_seed"]
+    torch.save(states, states_file)
+    marker = state(tampered)
+    marker["files"][states_file.name] = states_file.stat().st_size  # whole, as far as the file list can tell
+    (tampered / "trainer_state.json").write_text(json.dumps(marker))
     refused = train(training_study, training_study["model"], out, "--max_train_steps", "6", "--resume_from_checkpoint",
                     str(tampered), *options, check=False)  # fmt: skip
-    assert refused.returncode == 2 and "random states (random_states_0.pkl) cannot be restored" in refused.stderr
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("train_text_to_image: error: resume_from_checkpoint=")
+    assert "random states (random_states_0.pkl) cannot be restored (no numpy_random_seed)" in refused.stderr
 
 
 def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict, tmp_path: Path) -> None:
@@ -289,6 +302,11 @@ def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict,
     store = LocalStore(training_study["store_root"])
     folder = store.resolve("study/sd-lora", "model")
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", LORA_WEIGHTS, "trainer_state.json", "validation"]
+    # The card names its captions' gender-neutral form, as the training dataset's card records it.
+    forms = card_metadata(store.resolve(training_study["train"], "dataset"))["caption_forms"]
+    assert card_metadata(folder)["caption_forms"] == forms and set(forms) == {"en", "de"}
+    said = f"Its captions' gender-neutral form (from the training dataset's card): unmarked (en), {forms['de']} (de)"
+    assert said in (folder / "README.md").read_text()
     assert sorted(p.name for p in (folder / "validation" / "final").iterdir()) == ["00.png", "01.png"]
     assert sorted(p.name for p in (folder / "validation").iterdir()) == ["final", "step-3"]  # nothing earlier
 
@@ -615,6 +633,8 @@ def test_a_corrupt_training_image_is_skipped_and_counted_or_stops(training_study
     study = {**training_study, "train": dataset}
     train(study, training_study["model"], tmp_path / "skip", "--max_train_steps", "1", "--output_repo", "skipped")
     assert state(tmp_path / "skip")["skipped_corrupt_images"] == 1
+    card = (tmp_path / "skip" / "README.md").read_text()
+    assert "1 training row(s) skipped: their image could not be decoded." in card
     stopped = train(study, training_study["model"], tmp_path / "stop", "--max_train_steps", "1", "--output_repo",
                     "stopped", "--on_corrupt", "stop", check=False)  # fmt: skip
     assert stopped.returncode == 2
@@ -677,8 +697,11 @@ def test_a_resume_trains_on_the_thread_count_of_its_checkpoint(
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         if done:
-            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "cpu_threads": threads}))
-    accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1, print=lambda *a: None)
+            marker = {"global_step": step, "cpu_threads": threads, "files": {}}
+            (folder / "trainer_state.json").write_text(json.dumps(marker))
+    accelerator = SimpleNamespace(
+        device=torch.device("cpu"), num_processes=1, print=lambda *a: None, is_local_main_process=True
+    )
     monkeypatch.setattr(script, "cpu_share", lambda processes: (7, 0.0))  # what a fresh run would take
     before = torch.get_num_threads()
     try:
@@ -707,8 +730,182 @@ def test_a_checkpoint_without_its_completion_marker_is_refused_by_name(tmp_path:
     folder.mkdir()
     with pytest.raises(ConfigError, match=r"checkpoint-3'?: cut short \(no trainer_state.json\)"):
         check_checkpoint(folder, 0, ema=False)
-    (folder / CHECKPOINT_DONE).write_text("{}")
+    (folder / CHECKPOINT_DONE).write_text(json.dumps({"files": {}}))
     with pytest.raises(ConfigError, match="has no EMA weights"):
         check_checkpoint(folder, 0, ema=True)
     with pytest.raises(ConfigError, match="random states .* cannot be restored"):
         check_checkpoint(folder, 0, ema=False)
+
+
+def whole_checkpoint(folder: Path) -> Path:
+    """Marks a checkpoint folder whole, as `save_checkpoint` does: its marker lists its files."""
+    from training.train_text_to_image import CHECKPOINT_DONE, checkpoint_files
+
+    (folder / CHECKPOINT_DONE).write_text(json.dumps({"global_step": 1, "files": checkpoint_files(folder)}))
+    return folder
+
+
+def test_a_checkpoint_whose_files_are_not_those_its_marker_lists_is_cut_short(tmp_path: Path) -> None:
+    from training.train_text_to_image import CHECKPOINT_DONE, checkpoints, cut_short
+
+    folder = tmp_path / "checkpoint-1"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "optimizer.bin").write_bytes(b"optimizer")
+    (folder / "unet" / "config.json").write_text("{}")
+    whole_checkpoint(folder)
+    assert cut_short(folder) is None and checkpoints(tmp_path) == [folder]
+    (folder / "optimizer.bin").write_bytes(b"opt")
+    assert cut_short(folder) == "cut short (optimizer.bin is 3 bytes, not 9)"
+    (folder / "optimizer.bin").unlink()
+    shutil.rmtree(folder / "unet")
+    assert cut_short(folder) == "cut short (optimizer.bin missing, unet/config.json missing)"
+    assert checkpoints(tmp_path) == [] and checkpoints(tmp_path, complete=False) == [folder]
+    for marker in ('{"global_step": 1}', '{"files": ["optimizer.bin"]}', '{"files": {"optimizer.bin": "9"}}', "{"):
+        (folder / CHECKPOINT_DONE).write_text(marker)
+        assert cut_short(folder) == (
+            "cut short (trainer_state.json unreadable or without the list of the checkpoint's files)"
+        ), marker
+
+
+def test_random_states_accelerate_would_not_restore_are_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """accelerate restores the random states in one try block and only logs a failure, so every state
+    it would read here (Python's, numpy's, torch's, each device's) must be there and apply."""
+    import accelerate.utils
+    from accelerate import PartialState
+    from accelerate.checkpointing import save_accelerator_state
+
+    from training.train_text_to_image import check_checkpoint, random_state_setters
+
+    def checkpoint(name: str, without: str | None = None, **values: Any) -> Path:
+        """A whole checkpoint of the random states accelerate saves here, less one or with some replaced."""
+        folder = tmp_path / name
+        folder.mkdir()
+        save_accelerator_state(str(folder), [], [], [], [], process_index=0, step=0)
+        states_file = folder / "random_states_0.pkl"
+        states = torch.load(states_file, weights_only=False)
+        states.pop(without, None)
+        torch.save(states | values, states_file)
+        return whole_checkpoint(folder)
+
+    def refused(folder: Path) -> str:
+        with pytest.raises(ConfigError) as error:
+            check_checkpoint(folder, 0, ema=False)
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"resume_from_checkpoint={str(folder)!r}: its random states")
+        return message.partition("cannot be restored (")[2].partition(");")[0]
+
+    PartialState()  # accelerate's saving logs through it
+    saved = torch.load(checkpoint("checkpoint-1") / "random_states_0.pkl", weights_only=False)
+    assert set(random_state_setters()) == set(saved) - {"step"}  # every state accelerate saves here is checked
+    check_checkpoint(tmp_path / "checkpoint-1", 0, ema=False)  # as accelerate saved it: it restores
+    for key in ("random_state", "numpy_random_seed", "torch_manual_seed"):
+        assert refused(checkpoint(f"checkpoint-no-{key}", without=key)) == f"no {key}"
+    for key, bad in (
+        ("random_state", (3, (1, 2), None)),
+        ("numpy_random_seed", "not a state"),
+        ("torch_manual_seed", torch.zeros(10, dtype=torch.uint8)),
+    ):
+        said = refused(checkpoint(f"checkpoint-bad-{key}", **{key: bad}))
+        assert said.startswith(f"{key} does not apply: "), said
+    folder = checkpoint("checkpoint-garbled")
+    (folder / "random_states_0.pkl").write_bytes(b"not a pickle of random states")
+    assert refused(whole_checkpoint(folder)).startswith("unreadable: ")
+    # Saved where accelerate saw no GPU, resumed where it sees one: it would read CUDA states it lacks;
+    # and states of more CUDA devices than there are here do not apply.
+    cpu_saved = checkpoint("checkpoint-cpu", without="torch_cuda_manual_seed")
+    more = [torch.zeros(16, dtype=torch.uint8)] * (torch.cuda.device_count() + 1)
+    more_devices = checkpoint("checkpoint-more", torch_cuda_manual_seed=more)
+    monkeypatch.setattr(accelerate.utils, "is_cuda_available", lambda: True)
+    assert refused(cpu_saved) == "no torch_cuda_manual_seed: saved without cuda, this machine has it"
+    assert refused(more_devices).startswith("torch_cuda_manual_seed does not apply: ")
+
+
+def test_training_data_is_checked_by_the_decoder_every_stage_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows kept or skipped by `decode_image` (bytes, or an imagefolder's path); a skipped row is counted."""
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from pipelines.artifacts.dataset_files import decode_image
+    from training import train_text_to_image as script
+
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    on_disk = tmp_path / "face.png"
+    Image.new("RGB", (8, 8), "red").save(on_disk)
+    cells = [
+        {"bytes": png(Image.fromarray(np.full((8, 8), 200, np.uint16))), "path": None},
+        {"bytes": b"not an image", "path": None},
+        {"bytes": None, "path": str(on_disk)},
+        {"bytes": png(Image.new("P", (8, 8))), "path": None},
+    ]
+    data = datasets.Dataset.from_dict({"image": cells}, features=datasets.Features({"image": datasets.Image()}))
+    decoded = []
+    monkeypatch.setattr(script, "decode_image", lambda cell: decoded.append(cell) or decode_image(cell))
+    kept, skipped = script.decodable(data, SimpleNamespace(image_column="image", on_corrupt="skip"))
+    assert (len(kept), skipped, len(decoded)) == (3, 1, 4)
+    with pytest.raises(script.DataError, match=r"^the image of training row 1 cannot be decoded"):
+        script.decodable(data, SimpleNamespace(image_column="image", on_corrupt="stop"))
+
+
+def test_checkpoints_whole_or_being_written_are_never_published(tmp_path: Path) -> None:
+    from pipelines.artifacts.store import content_revision
+    from training.train_text_to_image import TrainTextToImage
+
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text("{}")
+    published = content_revision(folder, TrainTextToImage.ignore)
+    for leftover in ("checkpoint-2/optimizer.bin", ".checkpoint-4.partial/unet/diffusion_pytorch_model.safetensors"):
+        (folder / leftover).parent.mkdir(parents=True)
+        (folder / leftover).write_bytes(b"resume state")
+    assert content_revision(folder, TrainTextToImage.ignore) == published
+
+
+@pytest.mark.slow
+def test_a_checkpoint_cut_short_at_any_of_its_files_is_skipped_or_refused_by_name(
+    training_study: dict, tmp_path: Path
+) -> None:
+    """A real checkpoint with each one of its files deleted, and each one truncated, in turn: `latest`
+    skips it, saying which file, and resumes the checkpoint before; named, it is refused in one line
+    that names it and the file. accelerate never gets to load it."""
+    from types import SimpleNamespace
+
+    from training.train_text_to_image import check_checkpoint, resume
+
+    trained = tmp_path / "trained"
+    train(training_study, training_study["model"], trained, "--max_train_steps", "2", "--checkpointing_steps", "1",
+          "--use_ema", "--output_repo", "cut-at-each-file")  # fmt: skip
+    source = trained / "checkpoint-2"
+    files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+    assert {"trainer_state.json", "optimizer.bin", "random_states_0.pkl", EMA := "ema_unet.safetensors",
+            "unet/diffusion_pytorch_model.safetensors"} <= set(files), files  # fmt: skip
+    out = tmp_path / "out"
+    shutil.copytree(trained / "checkpoint-1", out / "checkpoint-1")
+    cut = out / "checkpoint-2"
+    for name in files:
+        for damage in ("deleted", "truncated"):
+            shutil.rmtree(cut, ignore_errors=True)
+            shutil.copytree(source, cut)
+            if damage == "deleted":
+                (cut / name).unlink()
+            else:
+                (cut / name).write_bytes((cut / name).read_bytes()[: (cut / name).stat().st_size // 2])
+            said, loaded = [], []
+            accelerator = SimpleNamespace(print=said.append, load_state=loaded.append, process_index=0)
+            step, _ = resume(out, SimpleNamespace(resume_from_checkpoint="latest"), accelerator, None)
+            assert (step, loaded) == (1, [str(out / "checkpoint-1")]), (name, damage)
+            assert said[0].startswith("skipping checkpoint-2: cut short (") and name in said[0], (name, damage, said)
+            with pytest.raises(ConfigError) as refused:
+                check_checkpoint(cut, 0, ema=name != EMA)
+            message = str(refused.value)
+            assert "\n" not in message and message.startswith(f"resume_from_checkpoint={str(cut)!r}: cut short ")
+            assert name in message, (name, damage, message)

@@ -38,12 +38,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipelines.artifacts.cards import model_card
-from pipelines.artifacts.dataset_files import SPLIT, to_rgb
+from pipelines.artifacts.dataset_files import SPLIT, decode_image, to_rgb
 from pipelines.artifacts.inputs import ModelInput, hub_pipeline_files, published_name
+from pipelines.artifacts.reader import caption_forms
 from pipelines.artifacts.store import HubStore, card_metadata
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
-from pipelines.harness.stage import DistributedStage, StageRun, cpu_share, usable_cpus
+from pipelines.harness.stage import DistributedStage, StageRun, cpu_share, usable_cpus, warn_if_oversubscribed
 from pipelines.modeling.diffusion import (
     LORA_WEIGHTS,
     add_text_encoder_lora,
@@ -52,6 +53,7 @@ from pipelines.modeling.diffusion import (
     save_text_encoder_lora,
     usage_snippet,
 )
+from pipelines.prompting.grammar import describe_neutral_forms
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -85,6 +87,7 @@ def save_model_card(
     languages: list[str],
     validation: list,
     threads: int | None = None,
+    skipped: int = 0,
 ) -> None:
     kind = f"LoRA adapter (rank {args.rank})" if args.use_lora else "full fine-tune"
     hyper = {
@@ -115,6 +118,9 @@ def save_model_card(
     # Named by its repo id, never by a path of this machine; a folder that is no repo stays unnamed
     # (a LoRA's base never is: `publish_lora_base` published it).
     base_name = published_name(base)
+    # The gender-neutral form its captions teach, per language: a model evaluated on prompts of
+    # another form is tested on a form it was not taught (generate_images' card then says so).
+    forms = caption_forms(run.store, run.inputs.get("dataset_name"))
     model_card(
         title=f"{base_name or 'A local model'} fine-tuned on {dataset}",
         description=(
@@ -127,6 +133,17 @@ def save_model_card(
                 "the weights, depend on it)."
                 if threads
                 else ""
+            )
+            + (
+                f" {skipped} training row(s) skipped: their image could not be decoded."
+                if skipped
+                else " Every training image decoded."
+            )
+            + (
+                " Its captions' gender-neutral form (from the training dataset's card): "
+                f"{describe_neutral_forms(forms)}."
+                if forms
+                else " Its captions' gender-neutral form is not recorded (a training dataset from outside the store)."
             )
         ),
         lineage=run.lineage,
@@ -144,6 +161,7 @@ def save_model_card(
             text_encoder_lora=args.use_lora and args.train_text_encoder,
         ),
         license=license_,
+        **({"caption_forms": forms} if forms else {}),
     ).save(folder / "README.md")
 
 
@@ -338,6 +356,11 @@ class TrainArguments(StageArguments):
             "cpu_threads",
         )
         self.check_at_least(0, "lr_warmup_steps", "dataloader_num_workers", "noise_offset")
+        # Counts that allocate memory: refused at once rather than killed for memory later.
+        self.check_at_most(4_096, "resolution", why="pixels per side")
+        self.check_at_most(4_096, "train_batch_size", why="images per step on each process")
+        self.check_at_most(1_024, "rank", why="LoRA rank; the UNet's widest layer has 1,280 channels")
+        self.check_pixels_per_batch("train_batch_size", "resolution", "resolution")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be above 0")
 
@@ -368,8 +391,9 @@ class TrainTextToImage(DistributedStage):
     Arguments = TrainArguments
     repo_type = "model"
     not_parameters = NOT_FINGERPRINTED
-    # The published model: weights, card, validation images and the loss history; not the resume state.
-    ignore = ("checkpoint-*", "logs", ".cache")
+    # The published model: weights, card, validation images and the loss history; not the resume state,
+    # whole or still being written aside.
+    ignore = ("checkpoint-*", ".checkpoint-*", "logs", ".cache")
 
     def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
         from pipelines.modeling.diffusion import pipeline_problem
@@ -388,6 +412,10 @@ class TrainTextToImage(DistributedStage):
 
     def build(self, run: StageRun, folder: Path) -> str:
         return train(run, folder)
+
+    def after_publish(self, run: StageRun, output: Path, message: str) -> None:
+        if run.args.push_to_hub:
+            HubStore().push(output, run.args.hub_model_id, "model", message, ignore=self.ignore)
 
     def estimate(self, args: TrainArguments, estimates: Any, costs: Any) -> Any:
         from pipelines.harness.estimate import Estimate, download_of, hours, train_steps
@@ -459,22 +487,16 @@ def load_training_data(run: StageRun, args: TrainArguments) -> tuple[Any, list[s
 
 
 def decodable(data: Any, args: TrainArguments) -> tuple[Any, int]:
-    """The rows whose image decodes; a corrupt one is skipped and counted, or stops the run (`--on_corrupt`)."""
-    import io
-
-    from PIL import Image
-
+    """The rows whose image decodes, by the decoder every stage uses (`decode_image`); a corrupt one is
+    skipped and counted (the count goes in the card), or stops the run (`--on_corrupt`)."""
     raw = data.cast_column(args.image_column, data.features[args.image_column].__class__(decode=False))
     bad = []
     for index, cell in enumerate(raw[args.image_column]):
-        try:
-            with Image.open(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]) as image:
-                image.load()
-        except Exception:  # noqa: BLE001 - any undecodable image
+        if decode_image(cell) is None:
             if args.on_corrupt == "stop":
                 raise DataError(
                     f"the image of training row {index} cannot be decoded (--on_corrupt skip counts it instead)"
-                ) from None
+                )
             bad.append(index)
     if bad:
         keep = sorted(set(range(len(data))) - set(bad))
@@ -595,14 +617,56 @@ def cache_latents(
 # ---------------------------------------------------------------------------------------------
 
 
-CHECKPOINT_DONE = "trainer_state.json"  # written last: a checkpoint without it was cut short
+# Written last, with the name and size of every other file: a checkpoint without it, or whose files
+# are not those it lists, was cut short (killed while saving, copied in part, truncated on disk).
+CHECKPOINT_DONE = "trainer_state.json"
+PARTIAL_CHECKPOINTS = ".checkpoint-*"  # checkpoints being written aside (`save_checkpoint`)
+
+
+def checkpoint_files(folder: Path) -> dict[str, int]:
+    """Every file of a checkpoint but its marker: path relative to it, and size in bytes."""
+    files = (p for p in sorted(folder.rglob("*")) if p.is_file())
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in files if p != folder / CHECKPOINT_DONE}
+
+
+def cut_short(folder: Path) -> str | None:
+    """Why a checkpoint is not whole (no marker, an unreadable one, or a file it lists missing or of
+    another size), in words; None when it is."""
+    marker = folder / CHECKPOINT_DONE
+    if not marker.is_file():
+        return f"cut short (no {CHECKPOINT_DONE})"
+    try:
+        listed = json.loads(marker.read_text())["files"]
+        if not isinstance(listed, dict) or not all(isinstance(size, int) for size in listed.values()):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"cut short ({CHECKPOINT_DONE} unreadable or without the list of the checkpoint's files)"
+    damaged = []
+    for name, size in listed.items():
+        path = folder / name
+        if not path.is_file():
+            damaged.append(f"{name} missing")
+        elif path.stat().st_size != size:
+            damaged.append(f"{name} is {path.stat().st_size} bytes, not {size}")
+    if damaged:
+        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        return f"cut short ({', '.join(damaged[:3])}{more})"
+    return None
 
 
 def checkpoints(output_dir: Path, complete: bool = True) -> list[Path]:
-    """The checkpoints in `output_dir`, oldest first: only complete ones, or (`complete=False`) all."""
+    """The checkpoints in `output_dir`, oldest first: only whole ones (`cut_short`), or (`complete=False`) all."""
     found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
-    found = [p for p in found if not complete or (p / CHECKPOINT_DONE).is_file()]
+    found = [p for p in found if not complete or cut_short(p) is None]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def remove_partial_checkpoints(output_dir: Path, accelerator: Any) -> None:
+    """Removes what saves killed in an earlier run left aside (main process only): never resumed,
+    never published, and otherwise only ever removed by a save of the same step."""
+    for partial in sorted(output_dir.glob(PARTIAL_CHECKPOINTS)):
+        shutil.rmtree(partial)
+        accelerator.print(f"removed {partial.name}: a checkpoint an earlier run was killed while saving")
 
 
 def save_checkpoint(
@@ -627,6 +691,7 @@ def save_checkpoint(
         shutil.rmtree(partial)  # what a killed save left
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process's random states are on disk before the file list
     if accelerator.is_main_process:
         for name, model in models.items():
             if model is not None:
@@ -645,6 +710,7 @@ def save_checkpoint(
         state = {"global_step": step, "log_history": history}
         if accelerator.device.type == "cpu":
             state["cpu_threads"] = torch.get_num_threads()  # a resume uses it: the bytes depend on it
+        state["files"] = checkpoint_files(partial)
         (partial / CHECKPOINT_DONE).write_text(json.dumps(state, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -690,6 +756,8 @@ def train(run: StageRun, output_dir: Path) -> str:
         HubStore().check_can_push(args.hub_model_id, "model")  # before hours of training, not after
     accelerator = make_accelerator(args, output_dir)
     threads = set_cpu_threads(args, accelerator, output_dir)
+    if accelerator.is_main_process:
+        remove_partial_checkpoints(output_dir, accelerator)
     set_seed(args.seed)
     with accelerator.main_process_first():
         data, languages = load_training_data(run, args)
@@ -752,6 +820,8 @@ def set_cpu_threads(args: TrainArguments, accelerator: Any, output_dir: Path) ->
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         threads, others = cpu_share(local_processes)
         why = f"{usable_cpus()} usable CPU(s), {others:.1f} busy with other work, {local_processes} process(es)"
+    if accelerator.is_local_main_process:  # the threads of every process on this machine together
+        warn_if_oversubscribed(threads * int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)), why)
     torch.set_num_threads(threads)
     accelerator.print(f"{threads} CPU thread(s) per process ({why})")
     return threads
@@ -1015,7 +1085,7 @@ def resume(output_dir: Path, args: TrainArguments, accelerator: Any, ema_unet: A
     latest = args.resume_from_checkpoint == "latest"
     if latest:
         for cut in sorted(set(checkpoints(output_dir, complete=False)) - set(found)):
-            accelerator.print(f"skipping {cut.name}: cut short (no {CHECKPOINT_DONE})")
+            accelerator.print(f"skipping {cut.name}: {cut_short(cut)}")
     path = (found[-1] if found else None) if latest else Path(args.resume_from_checkpoint)
     if path is None:
         accelerator.print("no checkpoint to resume from: starting a new run")
@@ -1030,29 +1100,78 @@ def resume(output_dir: Path, args: TrainArguments, accelerator: Any, ema_unet: A
 
 
 def check_checkpoint(path: Path, process_index: int, ema: bool) -> None:
-    """Refuses a checkpoint that cannot resume the run exactly: cut short, without the EMA weights the
-    run keeps, or with random states that cannot be restored (accelerate would only log that and go on
-    with other random numbers)."""
-    from accelerate.utils import load as accelerate_load
-
-    if not (path / CHECKPOINT_DONE).is_file():
-        raise ConfigError(f"resume_from_checkpoint={str(path)!r}: cut short (no {CHECKPOINT_DONE}); resume from "
-                          "an earlier one or 'latest'")  # fmt: skip
+    """Refuses a checkpoint that cannot resume the run exactly: cut short (`cut_short`), without the
+    EMA weights the run keeps, or with random states that cannot be restored (accelerate would only
+    log that and go on with other random numbers)."""
+    problem = cut_short(path)
+    if problem:
+        raise ConfigError(f"resume_from_checkpoint={str(path)!r}: {problem}; resume from an earlier one or 'latest'")
     if ema and not (path / EMA_WEIGHTS).is_file():
         raise ConfigError(
             f"resume_from_checkpoint={str(path)!r}: has no EMA weights ({EMA_WEIGHTS}); the run would restart "
             "its EMA from the current weights. Resume with the same --use_ema"
         )
     states = path / f"random_states_{process_index}.pkl"
-    try:
-        loaded = accelerate_load(states)
-        if "torch_manual_seed" not in loaded:
-            raise KeyError("torch_manual_seed")
-    except Exception:  # noqa: BLE001 - any reason the states cannot be restored
+    problem = random_states_problem(states)
+    if problem:
         raise ConfigError(
-            f"resume_from_checkpoint={str(path)!r}: its random states ({states.name}) cannot be "
-            "restored; a resume would not be the run it continues"
-        ) from None
+            f"resume_from_checkpoint={str(path)!r}: its random states ({states.name}) cannot be restored "
+            f"({problem}); a resume would not be the run it continues"
+        )
+
+
+def random_state_setters() -> dict[str, Callable[[Any], Any]]:
+    """Each random state accelerate's `load_state` sets on this machine, by its key in the states file,
+    with a setter that applies it as accelerate would but to a scratch generator: accelerate reads them
+    in one try block, so one that fails leaves the rest unrestored and is only logged."""
+    from accelerate import utils
+
+    def device_setter(kind: str) -> Callable[[Any], None]:
+        def apply(states: Any) -> None:  # as `torch.<kind>.set_rng_state_all`: state i on device i
+            count = getattr(torch, kind).device_count()
+            if len(states) > count:  # a generator of a device that is not there is made without complaint
+                raise ValueError(f"states of {len(states)} {kind} device(s), this machine has {count}")
+            for index, state in enumerate(states):
+                torch.Generator(f"{kind}:{index}").set_state(state)
+
+        return apply
+
+    setters = {
+        "random_state": lambda state: random.Random().setstate(state),
+        "numpy_random_seed": lambda state: np.random.RandomState().set_state(state),
+        "torch_manual_seed": lambda state: torch.Generator().set_state(state),
+    }
+    for kind in ("xpu", "mlu", "sdaa", "musa", "hpu", "neuron", "cuda"):  # accelerate's availability checks
+        if getattr(utils, f"is_{kind}_available")():
+            setters[f"torch_{kind}_manual_seed"] = device_setter(kind)
+    if utils.is_torch_xla_available():
+        setters["xm_seed"] = int  # `xm.set_rng_state` takes the seed, an integer
+    return setters
+
+
+def first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def random_states_problem(states: Path) -> str | None:
+    """Why accelerate could not restore a random states file here, or None when it could."""
+    from accelerate.utils import load as accelerate_load
+
+    try:
+        loaded = accelerate_load(states)  # accelerate's safe loader, as `load_state` reads it
+    except Exception as err:  # noqa: BLE001 - any reason it cannot be read
+        return f"unreadable: {first_line(err)}"
+    if not isinstance(loaded, dict):
+        return f"a {type(loaded).__name__}, not the states by name"
+    for key, apply in random_state_setters().items():
+        if key not in loaded:
+            device = re.fullmatch(r"torch_(\w+)_manual_seed", key)
+            return f"no {key}" + (f": saved without {device.group(1)}, this machine has it" if device else "")
+        try:
+            apply(loaded[key])
+        except Exception as err:  # noqa: BLE001 - any reason the state does not apply
+            return f"{key} does not apply: {first_line(err)}"
+    return None
 
 
 def training_loss(parts: Parts, batch: Any, args: TrainArguments, accelerator: Any) -> tuple[torch.Tensor, int]:
@@ -1170,7 +1289,8 @@ def save_outputs(
     run: StageRun, output_dir: Path, parts: Parts, accelerator: Any, base: Any, languages: list[str], trained: dict
 ) -> None:
     """The trained model in diffusers' format (EMA weights when kept), validation images, the card
-    and the trainer state, in `output_dir` itself (main process only); pushed with --push_to_hub."""
+    and the trainer state, in `output_dir` itself (main process only); `--push_to_hub` sends it once the
+    store has published it (`after_publish`)."""
     args: TrainArguments = run.args
     global_step = trained["global_step"]
     unet = accelerator.unwrap_model(parts.unet)
@@ -1187,14 +1307,11 @@ def save_outputs(
         shutil.rmtree(output_dir / "validation" / "final", ignore_errors=True)
         shutil.copytree(output_dir / "validation" / f"step-{global_step}", output_dir / "validation" / "final")
         validation = [line.replace("validation/", "validation/final/") for line in validation]
-    save_model_card(output_dir, run, args, base, languages, validation, trained.get("cpu_threads"))
+    save_model_card(output_dir, run, args, base, languages, validation, trained.get("cpu_threads"),
+                    trained["skipped_corrupt_images"])  # fmt: skip
     state = {**trained, "base_model": base.pin, "inputs": run.inputs}
     (output_dir / "trainer_state.json").write_text(json.dumps(state, indent=1))
     accelerator.print(f"saved the {'LoRA adapters' if args.use_lora else 'pipeline'} to {output_dir}")
-    if args.push_to_hub:
-        HubStore().push(
-            output_dir, args.hub_model_id, "model", f"Fine-tune, {global_step} steps", ignore=TrainTextToImage.ignore
-        )
 
 
 def batch_inputs(

@@ -23,14 +23,16 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipelines.artifacts.store import LocalStore, Store, file_sha256, parse_ref
 from pipelines.errors import ConfigError, StoreError
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".onnx", ".ckpt", ".dat")
 # Weights a recipe names by file that no library downloads: where to get them (a run's preflight
-# names the place when they are missing). FairFace publishes no checksums; the lineage pins the
-# files by their content hash.
+# names the place when they are missing or not whole). FairFace publishes no checksums (its files are
+# shared from a Google Drive folder only), so the preflight checks each file's torch header instead
+# (`weights_file_problem`), and the lineage pins the files by their content hash.
 FAIRFACE_WEIGHTS = (
     "FairFace's weights: download the folder linked from https://github.com/dchen236/FairFace#instructions-to-use-fairface"
     " (https://drive.google.com/drive/folders/1B2gAnEpJ6oC9sMkcwS8v5Wk8PtHycHOV) into the named folder"
@@ -41,6 +43,59 @@ WHERE_TO_GET = dict.fromkeys(
     FAIRFACE_WEIGHTS,
 )  # fmt: skip
 KINDS = ("store", "hub", "folder", "file", "name")
+# Weights files torch.save wrote, by their suffix: the preflight reads their header, not their tensors.
+TORCH_CHECKPOINT_SUFFIXES = (".pt", ".pth")
+# What torch.save's legacy format (FairFace's 2019 files) pickles first.
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def weights_file_problem(path: Path) -> str | None:
+    """What is wrong with a weights file, judged from its size and header without loading its tensors:
+    an empty file, or, for a torch checkpoint by its suffix, neither torch's zip format (a whole zip
+    holding `data.pkl`) nor its legacy pickle format (which starts with torch's magic number). None:
+    it looks whole. A legacy file cut short, or the weights of another network, pass: loading tells.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / "empty.pt").write_bytes(b""), (folder / "page.pt").write_bytes(b"<!DOCTYPE html>")
+        (0, 15)
+        >>> weights_file_problem(folder / "empty.pt"), weights_file_problem(folder / "page.pt")
+        ('an empty file', 'not a torch checkpoint (15 bytes, an HTML page)')
+    """
+    import pickle
+    import zipfile
+
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file"
+    if path.suffix not in TORCH_CHECKPOINT_SUFFIXES:
+        return None
+    with path.open("rb") as file:
+        head = file.read(64)
+        if head.startswith(b"\x80"):  # a pickle: the legacy format's first object is torch's magic number
+
+            class NoGlobals(pickle.Unpickler):
+                def find_class(self, module: str, name: str) -> Any:
+                    raise pickle.UnpicklingError(f"{module}.{name}")
+
+            file.seek(0)
+            try:
+                if NoGlobals(file).load() == _TORCH_LEGACY_MAGIC:
+                    return None
+            except Exception:  # noqa: BLE001 - any unpickling failure: not a checkpoint
+                pass
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return f"not a whole torch checkpoint ({size:,} bytes: a zip file cut short?)"
+        if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+            return None
+        return "a zip file but not a torch checkpoint (no data.pkl)"
+    page = ", an HTML page" if head.lstrip().lower().startswith((b"<!doctype", b"<html")) else ""
+    return f"not a torch checkpoint ({size:,} bytes{page})"
 
 
 @dataclass(frozen=True)
@@ -147,13 +202,21 @@ def _resolve(
         raise ConfigError(f"{what}: empty model input")
     spec = spec.strip()
     path = Path(spec).expanduser()
-    if path.exists() and ("folder" in kinds or "file" in kinds):
+    try:
+        found = path.exists()
+    except OSError as err:  # inside a folder that cannot be searched
+        raise ConfigError(f"{what}={spec!r}: cannot read {err.filename or path} ({err.strerror or err})") from None
+    if found and ("folder" in kinds or "file" in kinds):
         if path.is_dir() and "folder" not in kinds:
             raise ConfigError(f"{what}={spec!r} is a folder; a weights file is expected")
         if path.is_file() and "file" not in kinds:
             raise ConfigError(f"{what}={spec!r} is a file; a model folder or repo is expected")
         kind = "folder" if path.is_dir() else "file"
-        return ModelInput(spec, kind, f"{kind}:{path.resolve().name}@sha256:{content_hash(path)}", path.resolve())
+        try:
+            digest = content_hash(path)
+        except OSError as err:  # a file or folder the user cannot read (permissions, an I/O error)
+            raise ConfigError(f"{what}={spec!r}: cannot read {err.filename or path} ({err.strerror or err})") from None
+        return ModelInput(spec, kind, f"{kind}:{path.resolve().name}@sha256:{digest}", path.resolve())
     if "name" in kinds and spec.startswith("hf-hub:"):
         # open_clip's Hub names: fetched here so the lineage pins the commit and a typo fails now.
         try:

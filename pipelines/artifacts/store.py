@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from pipelines.artifacts.workspace import pid_alive
 from pipelines.errors import StoreError
 
 REPO_TYPES = ("dataset", "model", "space")
@@ -131,7 +132,18 @@ def card_metadata(folder: str | Path) -> dict[str, Any]:
     card = Path(folder) / "README.md"
     if not card.is_file():
         return {}
-    match = re.match(r"^---\s*\n(.*?)\n---\s*\n", card.read_text(encoding="utf-8"), re.DOTALL)
+    try:
+        text = card.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        problem = "is not UTF-8 text" if isinstance(err, UnicodeDecodeError) else f"cannot be read ({err.strerror})"
+        folder = card.parent
+        if folder.parent.name == "snapshots":  # a revision of a store (or of the Hugging Face cache)
+            raise StoreError(
+                f"the store is damaged: {folder.parent.parent.name}/snapshots/{folder.name[:12]}/README.md "
+                f"{problem} (edited or overwritten?); a card is UTF-8 Markdown"
+            ) from None
+        raise StoreError(f"{card}: {problem}; a card is UTF-8 Markdown") from None
+    match = re.match(r"^---\s*\n(.*?)\n---\s*\n", text, re.DOTALL)
     if not match:
         return {}
     try:
@@ -201,6 +213,8 @@ class Store(Protocol):
 
     def tags(self, repo_id: str, repo_type: str) -> dict[str, str]: ...
 
+    def tag(self, repo_id: str, repo_type: str, tag: str, revision: str = "main") -> str: ...
+
     def history(self, repo_id: str, repo_type: str) -> list[HistoryEntry]: ...
 
     def exists(self, repo_id: str, repo_type: str) -> bool: ...
@@ -236,7 +250,11 @@ class LocalStore:
     def __init__(self, root: str | Path = DEFAULT_STORE_ROOT):
         self.root = Path(root).resolve()
         for path in (self.root, *self.root.parents):  # the root, or a folder it would be made in
-            if path.exists():
+            try:
+                found = path.exists()
+            except OSError as err:  # inside a folder that cannot be searched
+                raise StoreError(f"store root {str(self.root)!r} cannot be read: {err.strerror or err}") from None
+            if found:
                 if not path.is_dir():
                     raise StoreError(f"store root {str(self.root)!r}: {str(path)!r} is a file, not a folder")
                 break
@@ -254,10 +272,10 @@ class LocalStore:
         path = repo_dir / self.HISTORY
         try:
             history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-        except PermissionError:
-            raise StoreError(f"store {str(self.root)!r} is not readable ({path})") from None
         except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
             history = None
+        except OSError as err:
+            raise StoreError(self._unreadable(err, path)) from None
         if not isinstance(history, list) or not all(isinstance(e, dict) and "revision" in e for e in history):
             raise StoreError(
                 f"the store is damaged: {repo_dir.name}/{self.HISTORY} is not a list of revisions (edited or cut "
@@ -270,12 +288,14 @@ class LocalStore:
         (cut short, overwritten, edited by hand) is a damaged store, said as such, never read as an
         unknown tag."""
         path = repo_dir / "refs" / name
-        if not path.is_file():
-            return None
         try:
+            if not path.is_file():
+                return None
             revision = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
+        except UnicodeDecodeError:
             revision = ""
+        except OSError as err:  # an unreadable root or repo is not a damaged one: say which and why
+            raise StoreError(self._unreadable(err, path)) from None
         if not re.fullmatch(r"[0-9a-f]{40}", revision) or not (repo_dir / "snapshots" / revision).is_dir():
             raise StoreError(
                 f"the store is damaged: {repo_dir.name}/refs/{name} names no revision of the repo "
@@ -283,8 +303,22 @@ class LocalStore:
             )
         return revision
 
+    def _unreadable(self, err: OSError, path: Path) -> str:
+        """The line for a store file the file system refuses to read (permissions, an I/O error)."""
+        try:
+            where = Path(err.filename or path).relative_to(self.root).as_posix() or "."
+        except ValueError:
+            where = str(err.filename or path)
+        return f"store {str(self.root)!r} cannot be read: {where}: {err.strerror or err}"
+
     def _tags(self, repo_dir: Path) -> dict[str, str]:
         refs = repo_dir / "refs"
+        try:
+            return self._read_tags(refs)
+        except OSError as err:
+            raise StoreError(self._unreadable(err, refs)) from None
+
+    def _read_tags(self, refs: Path) -> dict[str, str]:
         if not refs.is_dir():
             return {}
         return {
@@ -332,14 +366,27 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _locked(self, repo_dir: Path) -> Iterator[None]:
-        repo_dir.mkdir(parents=True, exist_ok=True)
-        with (repo_dir / ".lock").open("a") as lock:
+        try:
+            repo_dir.mkdir(parents=True, exist_ok=True)
+            handle = (repo_dir / ".lock").open("a")
+        except OSError as err:  # a read-only or unreadable root: one line, nothing written
+            raise StoreError(
+                f"store {str(self.root)!r} is not writable ({err.strerror or err}): cannot lock {repo_dir.name}"
+            ) from None
+        with handle as lock:
             # flock is released by the kernel when a holder dies, so a killed push never wedges the repo.
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _check_tag(self, repo_dir: Path, repo_id: str, tag: str | None, revision: str) -> str | None:
+        """The revision `tag` names now (None if none); refused when it names another than `revision`."""
+        current = self._ref(repo_dir, tag) if tag is not None else None
+        if current is not None and current != revision:
+            raise StoreError(f"tag {tag!r} of {repo_id!r} already names revision {current}")
+        return current
 
     def _require(self, repo_id: str, repo_type: str) -> Path:
         repo_dir = self._repo_dir(repo_id, repo_type)
@@ -367,7 +414,10 @@ class LocalStore:
         files = _files(folder, ignore)
         revision = content_revision(folder, ignore)
         try:
-            # Inputs are pinned first: a pin left by a push that then fails only keeps a revision.
+            # The tag is checked before the pins are written (and again under the lock, in `_push`):
+            # a refused push changes nothing.
+            self._check_tag(repo_dir, repo_id, tag, revision)
+            # Inputs are pinned next: a pin left by a push that then fails only keeps a revision.
             self._pin_inputs(lineage_of(folder))
             return self._push(folder, files, repo_dir, revision, message, tag, repo_id)
         except OSError as err:
@@ -404,9 +454,7 @@ class LocalStore:
                     _force_unlink(path)
                 history = self._history(repo_dir)
                 # Every check before any write: a refused tag leaves `main` and the history as they were.
-                current_tag = self._ref(repo_dir, tag) if tag is not None else None
-                if current_tag is not None and current_tag != revision:
-                    raise StoreError(f"tag {tag!r} of {repo_id!r} already names revision {current_tag}")
+                current_tag = self._check_tag(repo_dir, repo_id, tag, revision)
                 if not target.is_dir():
                     self._restore_blobs(folder, staging)
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -480,10 +528,10 @@ class LocalStore:
         staging = repo_dir / ".staging"
         for folder in staging.iterdir() if staging.is_dir() else []:
             pid = folder.name.split("-", 1)[0]
-            (live if pid.isdigit() and _pid_alive(int(pid)) else found).append(folder)
+            (live if pid.isdigit() and pid_alive(int(pid)) else found).append(folder)
         for tmp in [*repo_dir.glob(".*.tmp"), *repo_dir.glob("refs/**/.*.tmp"), *repo_dir.glob("blobs/.*.tmp")]:
             pid = tmp.name.split(".")[-3] if tmp.name.count(".") >= 3 else ""
-            if not (pid.isdigit() and _pid_alive(int(pid))):
+            if not (pid.isdigit() and pid_alive(int(pid))):
                 found.append(tmp)
         known = {entry["revision"] for entry in self._history(repo_dir)}
         snapshots = repo_dir / "snapshots"
@@ -547,23 +595,16 @@ class LocalStore:
         """The repos of one type under a namespace."""
         validate_repo_type(repo_type)
         prefix = f"{repo_type}s--{namespace}--"
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            f"{namespace}/{path.name[len(prefix) :]}"
-            for path in self.root.iterdir()
-            if path.name.startswith(prefix) and (path / "refs" / "main").is_file()
-        )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        try:
+            if not self.root.is_dir():
+                return []
+            return sorted(
+                f"{namespace}/{path.name[len(prefix) :]}"
+                for path in self.root.iterdir()
+                if path.name.startswith(prefix) and (path / "refs" / "main").is_file()
+            )
+        except OSError as err:
+            raise StoreError(self._unreadable(err, self.root)) from None
 
 
 def _force_unlink(path: Path) -> None:
@@ -600,28 +641,39 @@ class HubStore:
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
+        import huggingface_hub.errors
         from huggingface_hub.errors import (
             EntryNotFoundError,
             HfHubHTTPError,
             LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
 
+        # The HTTP client's own errors (no network, a timeout) are not OSErrors.
+        transport_error = getattr(huggingface_hub.errors, "HTTPError", OSError)
         try:
             yield
+        except OfflineModeIsEnabled:
+            raise StoreError(
+                f"cannot reach the Hub for {what}: HF_HUB_OFFLINE is set (unset it, or use --store local)"
+            ) from None
         except RevisionNotFoundError:
             raise StoreError(f"unknown revision or tag of {what} on the Hub") from None
+        except LocalEntryNotFoundError:  # before EntryNotFoundError, which it subclasses
+            raise StoreError(f"{what} is not in the local Hugging Face cache and the Hub is not reachable") from None
         except (RepositoryNotFoundError, EntryNotFoundError):
             raise StoreError(f"unknown {what} on the Hub (or no access with the current token)") from None
-        except LocalEntryNotFoundError:
-            raise StoreError(f"{what} is not in the local Hugging Face cache and the Hub is not reachable") from None
         except HfHubHTTPError as err:
             # The status and the first line of the reason; never the request (its headers hold the
             # token), and the token struck out should a server echo it back.
             status = getattr(getattr(err, "response", None), "status_code", "?")
             reason = redact(str(err).splitlines()[0][:200])
             raise StoreError(f"the Hub refused {what} (HTTP {status}): {reason}") from None
+        except (OSError, transport_error) as err:  # no network, a proxy, a cache folder that cannot be written
+            reason = redact(str(err).splitlines()[0][:200]) if str(err) else type(err).__name__
+            raise StoreError(f"cannot get {what} from the Hub: {reason}") from None
 
     def check_can_push(self, repo_id: str, repo_type: str) -> None:
         """Refuses, before any expensive work, a push that cannot happen: the Hub offline, no token, a
@@ -688,6 +740,21 @@ class HubStore:
                 self.api.create_tag(repo_id, repo_type=repo_type, tag=tag, revision=revision, exist_ok=False)
         return revision
 
+    def tag(self, repo_id: str, repo_type: str, tag: str, revision: str = "main") -> str:
+        """Names an existing revision with a tag; returns the revision. A tag that names another
+        revision already is refused, never moved or kept silently."""
+        validate_tag(tag)
+        # A commit id is taken as it is: `revision_of` would download its snapshot to read its name.
+        ref = RepoRef(validate_repo_id(repo_id), revision)
+        resolved = revision if _COMMIT.match(revision) else self.revision_of(ref, repo_type)
+        current = self.tags(repo_id, repo_type).get(tag)
+        if current not in (None, resolved):
+            raise StoreError(f"tag {tag!r} of {repo_id!r} already names revision {current}")
+        if current is None:
+            with self._errors(f"{repo_type} {repo_id!r}"):
+                self.api.create_tag(repo_id, repo_type=repo_type, tag=tag, revision=resolved, exist_ok=False)
+        return resolved
+
     def resolve(self, spec: str | RepoRef, repo_type: str) -> Path:
         ref = spec if isinstance(spec, RepoRef) else parse_ref(spec)
         validate_repo_type(repo_type)
@@ -739,10 +806,16 @@ class HubStore:
         return entries
 
     def exists(self, repo_id: str, repo_type: str) -> bool:
-        try:
-            self._refs(repo_id, repo_type)
-        except StoreError:
-            return False
+        """Whether the repo is on the Hub; a Hub that cannot be reached is an error, not a "no"."""
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        validate_repo_type(repo_type)
+        validate_repo_id(repo_id)
+        with self._errors(f"{repo_type} {repo_id!r}"):
+            try:
+                self.api.list_repo_refs(repo_id, repo_type=repo_type)
+            except RepositoryNotFoundError:
+                return False
         return True
 
     def repos(self, namespace: str, repo_type: str) -> list[str]:
@@ -793,10 +866,11 @@ def collect_garbage(store: LocalStore, remove: bool = True, work: bool = False) 
                 if remove:
                     _force_unlink(path)
     if (store.root / WORK_DIR).is_dir():
-        from pipelines.artifacts.workspace import idle_work_folders, stale_locks
+        from pipelines.artifacts.workspace import dead_builds, idle_work_folders, stale_locks
 
         # Work folders of stopped runs are resume state: removed only when asked (--work). Their
-        # lock files, once the folder is gone and no run holds them, are leftovers.
+        # lock files, once the folder is gone and no run holds them, are leftovers, and so are the
+        # build folders of killed one-go stages and stage folders left empty.
         for path in idle_work_folders(store.root / WORK_DIR) if work else []:
             found.append((path, _size(path)))
             if remove:
@@ -805,6 +879,13 @@ def collect_garbage(store: LocalStore, remove: bool = True, work: bool = False) 
             found.append((path, 0))
             if remove:
                 path.unlink(missing_ok=True)
+        for path in dead_builds(store.root / WORK_DIR):
+            found.append((path, _size(path)))
+            if remove and path.name.startswith("."):
+                shutil.rmtree(path, ignore_errors=True)
+            elif remove:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only while still empty: a run may have just started in it
     return found
 
 
@@ -821,6 +902,13 @@ def main(argv: list[str] | None = None) -> None:
         if not store.root.is_dir():
             raise StoreError(f"store root {str(store.root)!r}: no such folder")
         found = collect_garbage(store, remove=not options.dry_run, work=options.work)
+    except OSError as err:  # an unreadable or read-only root (a listing, a removal): one line
+        root = Path(options.store_root).resolve()
+        where = Path(err.filename or root).resolve()
+        where = "" if where == root else f"{where.relative_to(root) if where.is_relative_to(root) else where}: "
+        print(f"store gc: error: store {str(root)!r} cannot be read or written: {where}{err.strerror or err}",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2) from None
     except StoreError as err:
         print(f"store gc: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

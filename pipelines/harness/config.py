@@ -46,6 +46,7 @@ from pipelines.artifacts.store import (
     Store,
     open_store,
     parse_ref,
+    validate_tag,
 )
 from pipelines.errors import ConfigError, StoreError
 
@@ -53,6 +54,9 @@ T = TypeVar("T")
 NAMESPACE_ENV = "T2I_BIAS_NAMESPACE"
 # Keys of a recipe entry that name the entry rather than set a dataclass field.
 ENTRY_KEYS = ("stage", "name")
+# The most pixels one batch of images may hold (generation, training, face chips): 256 images of
+# 1024x1024, about 3 GiB as float32 RGB before any model runs. Each count has its own bound too.
+MAX_BATCH_PIXELS = 1 << 28
 # What an input field may name: a model, a data source given like a model (a folder, a file, a Hub
 # repo: MAGBIG's files), or a dataset of the store of one kind (`any`: whatever its kind).
 INPUT_KINDS = ("model", "source", "prompts", "images", "training", "attributes", "bias", "alignment", "any")
@@ -141,6 +145,11 @@ class StageArguments(StoreArguments):
                 self.repo_id(self.output_repo)
             except StoreError as err:
                 raise ConfigError(f"output_repo={self.output_repo!r}: {err}") from None
+        if self.tag is not None:
+            try:  # here, not at the push: a malformed tag is refused before any work is done
+                validate_tag(self.tag)
+            except StoreError as err:
+                raise ConfigError(f"tag={self.tag!r}: {err}") from None
 
     def check_at_least(self, minimum: float, *names: str) -> None:
         """Raises for the first of `names` whose value is set and below `minimum`."""
@@ -156,6 +165,21 @@ class StageArguments(StoreArguments):
             value = getattr(self, name)
             if value is not None and value > maximum:
                 raise ConfigError(f"{name}={value}: at most {maximum:,}" + (f" ({why})" if why else ""))
+
+    def check_pixels_per_batch(self, batch: str, height: str, width: str, unset: int = 1024) -> None:
+        """Raises when a batch holds more than MAX_BATCH_PIXELS pixels: each of the batch size, the
+        height and the width may be in bounds and their product not (an unset side counts `unset`)."""
+        count, high, wide = (getattr(self, name) for name in (batch, height, width))
+        pixels = count * (high or unset) * (wide or unset)
+        if pixels > MAX_BATCH_PIXELS:
+            sides = ", ".join(
+                f"{name}={value}" if value else f"{name} unset (counted as {unset})"
+                for name, value in {height: high, width: wide}.items()  # one side when both are one field
+            )
+            raise ConfigError(
+                f"{batch}={count} with {sides}: {pixels:,} pixels per batch; at most {MAX_BATCH_PIXELS:,} "
+                f"(e.g. {MAX_BATCH_PIXELS // (1024 * 1024)} images of 1024x1024): a smaller {batch}"
+            )
 
     def check_choice(self, name: str, allowed: typing.Iterable[str]) -> None:
         allowed = tuple(allowed)

@@ -27,8 +27,8 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,7 +38,7 @@ from pipelines.artifacts.cards import make_lineage
 from pipelines.artifacts.inputs import ModelInput, resolve_model
 from pipelines.artifacts.reader import DatasetArtifact
 from pipelines.artifacts.store import WORK_DIR, parse_ref
-from pipelines.errors import UserError
+from pipelines.errors import StoreError, UserError
 from pipelines.harness.code_version import code_version
 from pipelines.harness.config import StageArguments, input_fields, parse_arguments
 
@@ -116,9 +116,11 @@ class StageRun:
     def model(self, name: str) -> ModelInput:
         return self.models[name]
 
+    def work_root(self) -> Path:
+        return Path(getattr(self.args, "work_dir", None) or Path(self.args.store_root) / WORK_DIR)
+
     def work_folder(self) -> Path:
-        root = getattr(self.args, "work_dir", None) or Path(self.args.store_root) / WORK_DIR
-        return workspace.work_folder(root, self.stage, self.fingerprint)
+        return workspace.work_folder(self.work_root(), self.stage, self.fingerprint)
 
     def publish(self, folder: Path, message: str, ignore: tuple[str, ...] = ()) -> Published:
         revision = self.store.push(
@@ -127,28 +129,60 @@ class StageRun:
         print(f"[{self.stage}] published {self.repo_type} {self.output_repo_id}@{revision}", file=sys.stderr)
         return Published(self.output_repo_id, revision, self.repo_type, lineage=self.lineage)
 
-    def reuse(self, quiet: bool = False) -> Published | None:
-        """The existing output for the same inputs and parameters, unless `--force`."""
+    def reuse(self, main: bool = True) -> Published | None:
+        """The existing output for the same inputs and parameters, unless `--force`. A `--tag` asked
+        for names it (the main process writes it), unless the tag already names another revision."""
         if getattr(self.args, "force", False):
             return None
         revision = self.existing()
         if revision is None:
             return None
-        if not quiet:
+        tag = self.args.tag
+        current = self._tagged() if tag is not None else None
+        if tag is not None and current not in (None, revision):
+            raise StoreError(
+                f"tag {tag!r} of {self.output_repo_id!r} already names revision {current}, not {revision} "
+                "(the same inputs and parameters): nothing was changed; choose another tag"
+            )
+        if main:
+            if tag is not None and current is None:
+                self.store.tag(self.output_repo_id, self.repo_type, tag, revision)
             print(
-                f"[{self.stage}] up to date: {self.output_repo_id}@{revision} (same inputs and parameters)",
+                f"[{self.stage}] up to date: {self.output_repo_id}@{revision} (same inputs and parameters)"
+                + (f", tagged {tag!r}" if tag is not None else ""),
                 file=sys.stderr,
             )
         return Published(self.output_repo_id, revision, self.repo_type, reused=True, lineage=self.lineage)
 
     def existing(self) -> str | None:
-        """The newest revision of the output repo made from the same inputs and parameters."""
+        """The newest revision of the output repo made from the same inputs and parameters (the one
+        `--tag` names, when it names one of them)."""
         if not self.store.exists(self.output_repo_id, self.repo_type):
             return None
-        for entry in self.store.history(self.output_repo_id, self.repo_type):
-            if entry.lineage.get("fingerprint") == self.fingerprint:
-                return entry.revision
-        return None
+        history = self.store.history(self.output_repo_id, self.repo_type)  # newest first
+        made = [entry.revision for entry in history if entry.lineage.get("fingerprint") == self.fingerprint]
+        tagged = self._tagged() if self.args.tag is not None else None
+        return tagged if tagged in made else (made[0] if made else None)
+
+    def check_tag(self) -> None:
+        """Refuses, before any work, a `--tag` that already names a revision made otherwise: the push
+        would refuse it too, but only after the build (hours of generation or training)."""
+        current = self._tagged() if self.args.tag is not None else None
+        if current is None:
+            return
+        # The tagged revision made from these inputs and parameters may come again from a rebuild (--force).
+        history = self.store.history(self.output_repo_id, self.repo_type)
+        same = [entry for entry in history if entry.revision == current]
+        if not same or same[0].lineage.get("fingerprint") != self.fingerprint:
+            raise StoreError(
+                f"tag {self.args.tag!r} of {self.output_repo_id!r} already names revision {current}, made from other "
+                "inputs, parameters or code: nothing was made; choose another tag"
+            )
+
+    def _tagged(self) -> str | None:
+        if not self.store.exists(self.output_repo_id, self.repo_type):
+            return None
+        return self.store.tags(self.output_repo_id, self.repo_type).get(self.args.tag)
 
 
 class Stage:
@@ -160,6 +194,8 @@ class Stage:
     command: ClassVar[str] = ""  # how a user starts it (default `python -m pipelines.<name>`)
     # Fields that choose where or how fast, not what is made (besides NOT_PARAMETERS).
     not_parameters: ClassVar[tuple[str, ...]] = ()
+    # Whether it runs torch: its threads are then capped at the usable CPUs and restored after the run.
+    uses_torch: ClassVar[bool] = False
 
     def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
         """How model input `name` may be given (see `resolve_model`): forms, library names, files."""
@@ -189,7 +225,11 @@ class Stage:
         # a SEGA pipeline, a classifier) lives there and goes with it. On the module's `STAGE` it
         # outlived the run, and a second run in the same process (a recipe) reused the first one's.
         fresh = type(self)()
-        published = execute(fresh, args)
+        try:
+            with torch_settings_kept(load=self.uses_torch):
+                published = execute(fresh, args)
+        finally:
+            forget_accelerate_state()
         verdict = fresh.verdict(args.open_store(), published)
         return dataclasses.replace(published, verdict=verdict) if verdict is not None else published
 
@@ -208,6 +248,8 @@ class Shard:
 
 class ShardedStage(Stage):
     """A stage whose rows are made shard by shard, resumably, over any number of processes."""
+
+    uses_torch = True  # accelerate's processes
 
     features: ClassVar[Any]  # datasets.Features of the rows
     unit: ClassVar[str] = "img"
@@ -234,12 +276,17 @@ class DistributedStage(Stage):
     """
 
     ignore: ClassVar[tuple[str, ...]] = ()
+    uses_torch = True
 
     def work_folder(self, run: StageRun) -> Path:
         return run.work_folder()
 
     def output(self, run: StageRun, folder: Path) -> Path:
         return folder
+
+    def after_publish(self, run: StageRun, output: Path, message: str) -> None:
+        """What the main process does once the store holds `output` (training: `--push_to_hub`). Only
+        here: a copy sent anywhere before the store's push could outlive that push's refusal."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,11 +302,49 @@ def execute(stage: Stage, args: StageArguments) -> Published:
     reused = run.reuse()
     if reused is not None:
         return reused
-    folder = Path(tempfile.mkdtemp(prefix=f"{stage.name}-"))
+    run.check_tag()
+    folder = workspace.build_folder(run.work_root(), stage.name)
     try:
         return run.publish(folder, stage.build(run, folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def torch_settings_kept(load: bool) -> Iterator[None]:
+    """Leaves torch's process-wide settings as a run found them (threads capped at the usable CPUs
+    meanwhile). A stage's thread count and
+    training's TF32 flags would otherwise carry into the next step of a recipe and change its
+    results while its fingerprint says they are the same. `load` imports torch first (for a stage
+    that will): the settings to restore are those before its first use."""
+    if load:
+        import torch  # noqa: F401
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    backends = torch.backends
+    saved = (torch.get_num_threads(), backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32)
+    # torch's default is a thread per core of the host, which a container's quota or affinity may not
+    # give this process: a stage with no thread setting of its own uses the CPUs it may use, no more.
+    torch.set_num_threads(min(saved[0], usable_cpus()))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = saved[1:]
+
+
+def forget_accelerate_state() -> None:
+    """Ends accelerate's process-wide state after a run in a single process. It would otherwise hold
+    the first run's choices for the rest of a recipe: a later training with another mixed precision
+    fails ("AcceleratorState has already been initialized"), and a `device: cpu` step would keep a
+    later `auto` step on the CPU. Under torchrun the state is the process group's and stays."""
+    state = sys.modules.get("accelerate.state")
+    distributed = sys.modules.get("torch.distributed")
+    if state is None or (distributed is not None and distributed.is_available() and distributed.is_initialized()):
+        return
+    state.AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def process_state(device: str = "auto") -> Any:
@@ -290,11 +375,15 @@ def _execute_in_processes(stage: ShardedStage | DistributedStage, args: StageArg
     run = StageRun(stage, args)
     folder = stage.work_folder(run) if isinstance(stage, DistributedStage) else run.work_folder()
     result: list[Any] = [None]
-    with workspace.locked(folder, tidy=True) if state.is_main_process else contextlib.nullcontext():
+    # A folder the user named (`--output_dir`) keeps no lock file beside it: gc would never find it.
+    store_owned = folder.resolve() == run.work_folder().resolve()
+    main = state.is_main_process
+    with workspace.locked(folder, tidy=True, keep_lock=store_owned) if main else contextlib.nullcontext():
         state.wait_for_everyone()  # the main process holds the lock: no other run works in this folder
-        reused = run.reuse(quiet=not state.is_main_process)
+        reused = run.reuse(main=state.is_main_process)
         if reused is not None:
             return reused
+        run.check_tag()
         # A user's mistake is found by every process alike (in `plan` or before `build` splits the
         # work), so each raises it; a process that fails alone ends the group (torchrun stops it).
         if isinstance(stage, ShardedStage):
@@ -306,7 +395,8 @@ def _execute_in_processes(stage: ShardedStage | DistributedStage, args: StageArg
             message = stage.build(run, folder)
             if state.is_main_process:
                 result = [run.publish(stage.output(run, folder), message, ignore=stage.ignore)]
-                if folder.resolve() == run.work_folder().resolve():
+                stage.after_publish(run, stage.output(run, folder), message)
+                if store_owned:
                     # The store's own work folder held resume state, which a published model no
                     # longer needs; a folder the user named (`--output_dir`) is theirs to keep.
                     shutil.rmtree(folder, ignore_errors=True)
@@ -375,21 +465,34 @@ def _device(args: Any, state: Any) -> str:
     return str(state.device) if requested == "auto" else requested
 
 
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "<quota> <period>" in microseconds, or "max <period>"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # v2: "<quota> <period>" in microseconds, or "max <period>"
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")  # v1: cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may use: its affinity mask, capped by a cgroup (v2) CPU quota, which
-    `os.cpu_count()` and torch's default both ignore (a container limited to 2 CPUs on a 64-core
-    host would otherwise run 64 threads on 2 CPUs' time)."""
+    """The CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (v2, or v1 on
+    older hosts), which `os.cpu_count()` and torch's default both ignore (a container limited to 2
+    CPUs on a 64-core host would otherwise run 64 threads on 2 CPUs' time)."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, int(quota))
+    return max(1, count)
+
+
+def cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time the cgroup allows per period, or None where none is set or readable."""
     try:
         quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
-        if quota != "max":
-            count = min(count, int(quota) // int(period))
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
-        pass  # no cgroup v2 quota to read
-    return max(1, count)
+        pass  # no cgroup v2 quota: try v1
+    try:
+        quota = int((CGROUP_V1_CPU / "cpu.cfs_quota_us").read_text())
+        period = int((CGROUP_V1_CPU / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
 
 
 PROC_STAT = Path("/proc/stat")  # per-CPU time in ticks: user nice system idle iowait irq softirq steal ...
@@ -441,7 +544,21 @@ def _set_threads(args: Any, device: str) -> None:
 
     threads = getattr(args, "cpu_threads", None)
     if device == "cpu" and threads:
+        warn_if_oversubscribed(threads, "--cpu_threads")
         torch.set_num_threads(threads)
+
+
+def warn_if_oversubscribed(threads: int, why: str) -> None:
+    """Says so when a thread count asked for is above the CPUs this process may use. It is kept (the
+    bytes of the results depend on it, and the card records it), but every step will wait on
+    threads with no CPU to run on."""
+    usable = usable_cpus()
+    if threads > usable:
+        print(
+            f"warning: {threads} CPU threads ({why}) on {usable} usable CPU(s): expect it to run several "
+            f"times slower than with {usable}",
+            file=sys.stderr,
+        )
 
 
 def stage_main(stage: Stage, argv: list[str] | None = None) -> None:

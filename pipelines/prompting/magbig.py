@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipelines.errors import DataError
+from pipelines.errors import ConfigError, DataError
 from pipelines.prompting.grammar import NEUTRAL
 from pipelines.prompting.grid import prompt_id
 
@@ -155,8 +155,15 @@ def read_hub_layout(folder: Path, name: str) -> dict[str, dict[str, str]] | None
 
 
 def read_set(folder: Path, name: str) -> dict[str, dict[str, str]] | None:
-    """One of MAGBIG's sets from a folder in either layout."""
-    return read_hub_layout(folder, name) if (folder / "data").is_dir() else read_repo_layout(folder, name)
+    """One of MAGBIG's sets from a folder in either layout; a folder (or a file in it) that cannot be
+    read is one line naming it."""
+    try:
+        return read_hub_layout(folder, name) if (folder / "data").is_dir() else read_repo_layout(folder, name)
+    except OSError as err:
+        raise ConfigError(
+            f"{folder}: cannot read {err.filename or folder} ({err.strerror or err}); MAGBIG's source must be a "
+            "readable folder"
+        ) from None
 
 
 def check_aligned(name: str, prompts: dict[str, dict[str, str]]) -> list[str]:

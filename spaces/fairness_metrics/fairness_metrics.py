@@ -82,7 +82,10 @@ Returns:
     `labels`, `outside_labels`, `occupations` (included), `excluded_occupations` (no classified image),
     `per_occupation` ({occupation: {n, counts, distribution, distribution_ci, outside, l1, l2}}),
     `mean_l1`, `std_l1`, `mean_l1_ci`, `mean_l2`, `std_l2`, `mean_l2_ci`, `exp_max_l1` and `exp_max_l1_std`,
-    `exp_max_l2` and `exp_max_l2_std`, the same four with a `random_` prefix, and `k`, `n`, `rounds`.
+    `exp_max_l2` and `exp_max_l2_std`, the same four with a `random_` prefix, `k`, `images_per_occupation`
+    and `rounds` (as given), and `n` (the classified images of the included occupations).
+    An occupation with a single classified image has no `distribution_ci` (nan), and then neither
+    have `mean_l1_ci` and `mean_l2_ci`: one image does not vary when resampled.
     L1 lies in [0, 2 (1 - 1/K)] and L2 in [0, sqrt(1 - 1/K)] for K labels; 0 is uniform.
     Comparable across sample sizes: `l1_floor` per occupation (the L1 a perfectly uniform occupation
     shows at its n from sampling alone) and `mean_l1_floor`; `distance_sq` per occupation (an
@@ -490,7 +493,8 @@ class FairnessMetrics(evaluate.Metric):
             "occupations": included,
             "excluded_occupations": [o for o, kept in zip(occupations, keep) if not kept],
             "k": num_occupations,
-            "n": images_per_occupation,
+            "images_per_occupation": images_per_occupation,
+            "n": int(totals[keep].sum()),  # the classified images the metrics rest on, not a parameter
             "rounds": rounds,
         }
         if not included:
@@ -528,6 +532,13 @@ class FairnessMetrics(evaluate.Metric):
         alpha = (1 - confidence) / 2
         share_low = np.quantile(resampled, alpha, axis=0)
         share_high = np.quantile(resampled, 1 - alpha, axis=0)
+        # One image cannot vary when resampled: its interval would be a point. No interval for such an
+        # occupation, nor for the mean over occupations that includes it.
+        single = totals < 2
+        share_low[single], share_high[single] = np.nan, np.nan
+        mean_cis = [np.quantile(boot.mean(1), [alpha, 1 - alpha]).tolist() for boot in (boot_l1, boot_l2)]
+        if single.any():
+            mean_cis = [[float("nan")] * 2] * 2
         emu_l1, emu_l2 = expected_max_unfairness(rates, num_occupations, images_per_occupation, rounds, rng)
         fair = np.full_like(rates, 1.0 / rates.shape[1])
         ref_l1, ref_l2 = expected_max_unfairness(fair, num_occupations, images_per_occupation, rounds, rng)
@@ -582,8 +593,8 @@ class FairnessMetrics(evaluate.Metric):
             "std_l1": float(l1.std()),
             "mean_l2": float(l2.mean()),
             "std_l2": float(l2.std()),
-            "mean_l1_ci": np.quantile(boot_l1.mean(1), [alpha, 1 - alpha]).tolist(),
-            "mean_l2_ci": np.quantile(boot_l2.mean(1), [alpha, 1 - alpha]).tolist(),
+            "mean_l1_ci": mean_cis[0],
+            "mean_l2_ci": mean_cis[1],
             "exp_max_l1": float(emu_l1.mean()),
             "exp_max_l1_std": float(emu_l1.std()),
             "exp_max_l2": float(emu_l2.mean()),
