@@ -796,3 +796,47 @@ def test_the_disk_check_counts_the_planned_images_at_their_size(
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda root: SimpleNamespace(free=int(need) - 10**6))
     (problem,) = preflight.disk_problems(steps, {"study/tuned-model"})
     assert problem.startswith("disk: the planned images need about 0.4 GB") and "0.4 GB are free" in problem
+
+
+def test_with_the_hub_online_a_repo_or_revision_it_lacks_is_named_before_step_1() -> None:
+    """A misspelt Hub id or revision would fail at the step that downloads it, hours in: the preflight
+    asks the Hub first (here a stand-in API), and says nothing where the Hub cannot be asked."""
+    import httpx
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from pipelines.harness.preflight import hub_problem
+
+    def refusal(kind: type, status: int) -> Exception:
+        request = httpx.Request("GET", "https://huggingface.co/api/models/x")
+        return kind("refused", response=httpx.Response(status, request=request))
+
+    class Hub:
+        asked: list = []
+
+        def repo_info(self, repo_id: str, repo_type: str, revision: str | None, timeout: float) -> dict:
+            self.asked.append((repo_id, repo_type, revision))
+            if repo_id == "BAAI/AltDiffusion-m9":
+                if revision not in (None, "v1"):
+                    raise refusal(RevisionNotFoundError, 404)
+                return {}
+            if repo_id == "gated/model":
+                raise refusal(GatedRepoError, 403)
+            if repo_id == "no/network":
+                raise httpx.ConnectError("no route to host")
+            raise refusal(RepositoryNotFoundError, 404)
+
+    hub = Hub()
+    assert hub_problem("BAAI/AltDiffusion-m9", "main", "model", hub) is None
+    assert hub_problem("BAAI/AltDiffusion-m9", "v1", "model", hub) is None
+    assert hub_problem("BAAI/AltDiffusion-m9", "v9", "model", hub) == "the Hub has no revision or tag 'v9' of it"
+    assert hub_problem("BAAI/AltDifusion-m9", "main", "model", hub) == (
+        "the Hub has no such model repo (or this token cannot see it)"
+    )
+    assert hub_problem("felifri/MAGBIG", "main", "source", hub) == (
+        "the Hub has no such model or dataset repo (or this token cannot see it)"
+    )
+    assert hub_problem("gated/model", "main", "model", hub).startswith("gated on the Hub")
+    assert hub_problem("no/network", "main", "model", hub) is None
+    assert ("felifri/MAGBIG", "dataset", None) in hub.asked and ("BAAI/AltDiffusion-m9", "model", "v9") in hub.asked
+    # Offline (as every test runs), nothing is asked of the Hub.
+    assert hub_problem("BAAI/AltDifusion-m9", "main", "model") is None

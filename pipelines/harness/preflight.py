@@ -32,7 +32,8 @@ def preflight(steps: list[tuple[str, Any, Estimate | None]], made: set[str], hub
       local store;
     - a weights file that is there but empty or not a torch checkpoint (`weights_file_problem`: its
       header, not its tensors; FairFace publishes no checksums to compare with);
-    - with the Hub offline (`hub_offline`), a Hub repo that is not in the Hugging Face cache.
+    - with the Hub offline (`hub_offline`), a Hub repo that is not in the Hugging Face cache; with
+      it online, a repo or revision the Hub does not have (`hub_problem`).
 
     The disk the planned images need is `disk_problems`.
     """
@@ -75,7 +76,36 @@ def input_problem(spec: str, kind: str, args: Any, store: Any, made: set[str], h
         return None
     if hub_offline and not in_hub_cache(ref.repo_id, ref.revision, kind):
         return "not in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE)"
-    return None
+    return None if hub_offline else hub_problem(ref.repo_id, ref.revision, kind)
+
+
+def hub_problem(repo_id: str, revision: str, kind: str, api: Any = None) -> str | None:
+    """With the Hub reachable: a repo or revision it does not have (a misspelt id), or one gated from
+    this token, found before step 1 rather than at the step that downloads it. Where the Hub cannot be
+    asked (offline, no network, an error of its own), nothing is said: the run finds out itself, and
+    a dry run is often planned on another machine than the one that runs."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if api is None:
+        if constants.HF_HUB_OFFLINE:
+            return None
+        api = HfApi()
+    repo_types = {"model": ("model",), "source": ("model", "dataset")}.get(kind, ("dataset",))
+    found = None
+    for repo_type in repo_types:
+        try:
+            api.repo_info(repo_id, repo_type=repo_type, revision=None if revision == "main" else revision, timeout=10)
+            return None
+        except GatedRepoError:
+            return "gated on the Hub: this token has not been granted access (ask for it on the repo's page)"
+        except RevisionNotFoundError:
+            found = f"the Hub has no revision or tag {revision!r} of it"
+        except RepositoryNotFoundError:
+            found = found or f"the Hub has no such {' or '.join(repo_types)} repo (or this token cannot see it)"
+        except Exception:  # noqa: BLE001
+            return None  # no network, a timeout, the Hub's own error: not known, so not said
+    return found
 
 
 def in_hub_cache(repo_id: str, revision: str, kind: str) -> bool:
