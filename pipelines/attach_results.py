@@ -74,10 +74,13 @@ class AttachResults(Stage):
                 f"{repo_id}: main has other weights than the evaluated revision {revision[:12]}; "
                 "evaluate the new weights, or publish the results to another repo"
             )
+
         # The store's files are read-only blobs: copied as plain files (not their mode), and the card
         # read from the store and written anew, so nothing is made writable after the fact.
-        copy = shutil.ignore_patterns("README.md")
-        shutil.copytree(latest, folder, dirs_exist_ok=True, ignore=copy, copy_function=shutil.copyfile)
+        def card(where: str, names: list[str]) -> list[str]:  # the top folder's card only
+            return ["README.md"] if Path(where) == latest else []
+
+        shutil.copytree(latest, folder, dirs_exist_ok=True, ignore=card, copy_function=shutil.copyfile)
         card_path = folder / "README.md"
         card = ModelCard.load(latest / "README.md")
         card.data.model_name = card.data.model_name or repo_id.split("/")[-1]

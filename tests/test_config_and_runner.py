@@ -801,6 +801,8 @@ def test_the_disk_check_counts_the_planned_images_at_their_size(
 def test_with_the_hub_online_a_repo_or_revision_it_lacks_is_named_before_step_1() -> None:
     """A misspelt Hub id or revision would fail at the step that downloads it, hours in: the preflight
     asks the Hub first (here a stand-in API), and says nothing where the Hub cannot be asked."""
+    from types import SimpleNamespace
+
     import httpx
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -813,17 +815,21 @@ def test_with_the_hub_online_a_repo_or_revision_it_lacks_is_named_before_step_1(
     class Hub:
         asked: list = []
 
-        def repo_info(self, repo_id: str, repo_type: str, revision: str | None, timeout: float) -> dict:
+        def repo_info(self, repo_id: str, repo_type: str, revision: str | None, timeout: float) -> SimpleNamespace:
             self.asked.append((repo_id, repo_type, revision))
             if repo_id == "BAAI/AltDiffusion-m9":
                 if revision not in (None, "v1"):
                     raise refusal(RevisionNotFoundError, 404)
-                return {}
-            if repo_id == "gated/model":
-                raise refusal(GatedRepoError, 403)
+                return SimpleNamespace(gated=False)
+            if repo_id in ("gated/model", "granted/model"):  # as the Hub: a gated repo's card is public
+                return SimpleNamespace(gated="manual")
             if repo_id == "no/network":
                 raise httpx.ConnectError("no route to host")
             raise refusal(RepositoryNotFoundError, 404)
+
+        def auth_check(self, repo_id: str, repo_type: str) -> None:
+            if repo_id == "gated/model":
+                raise refusal(GatedRepoError, 403)
 
     hub = Hub()
     assert hub_problem("BAAI/AltDiffusion-m9", "main", "model", hub) is None
@@ -836,6 +842,7 @@ def test_with_the_hub_online_a_repo_or_revision_it_lacks_is_named_before_step_1(
         "the Hub has no such model or dataset repo (or this token cannot see it)"
     )
     assert hub_problem("gated/model", "main", "model", hub).startswith("gated on the Hub")
+    assert hub_problem("granted/model", "main", "model", hub) is None
     assert hub_problem("no/network", "main", "model", hub) is None
     assert ("felifri/MAGBIG", "dataset", None) in hub.asked and ("BAAI/AltDiffusion-m9", "model", "v9") in hub.asked
     # Offline (as every test runs), nothing is asked of the Hub.

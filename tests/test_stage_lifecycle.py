@@ -5,8 +5,10 @@ nothing (tags are checked before any work and before any write), a run leaves no
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +18,7 @@ import torch
 
 from pipelines import generate_prompts
 from pipelines.artifacts.store import LocalStore, collect_garbage, content_revision
+from pipelines.artifacts.workspace import HOST, is_locked, locked
 from pipelines.errors import StoreError
 from pipelines.harness import stage as stage_module
 from pipelines.harness.config import StageArguments
@@ -67,8 +70,11 @@ def test_a_rerun_that_reuses_gives_its_tag_or_refuses_one_taken(tmp_path: Path) 
     assert store_state(root) == before
     # With the same inputs made twice, the tag asked for picks the revision it names.
     assert StageRun(generate_prompts.STAGE, prompts_args(root, tag="v1")).existing() == first.revision
-    forced = generate_prompts.run(prompts_args(root, tag="v1", force=True))  # rebuilt: the same bytes
-    assert forced.revision == first.revision and not forced.reused
+    # --force rebuilds, and a rebuild need not give the same bytes (a GPU's sums): a taken tag is
+    # refused before the work, not after it.
+    with pytest.raises(StoreError, match="already names revision .* and --force rebuilds"):
+        generate_prompts.run(prompts_args(root, tag="v1", force=True))
+    assert store_state(root) == before
 
 
 def test_a_refused_push_writes_no_pin(store: LocalStore, make_folder: Any) -> None:
@@ -150,13 +156,16 @@ def test_a_one_go_build_works_under_the_store_and_gc_finds_a_killed_one(
 
     monkeypatch.setattr(generate_prompts.GeneratePrompts, "build", build)
     generate_prompts.run(prompts_args(root))
-    assert seen[0].parent == root / ".work" / "generate_prompts" and seen[0].name.startswith(".build-")
+    assert seen[0].parent == root / ".work" / "generate_prompts"
+    assert seen[0].name.startswith(f".build-{os.getpid()}-{HOST}-")
     assert not seen[0].exists()
     # A build killed mid-way: its folder names a process that is gone; a live process's stays.
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = root / ".work" / "generate_prompts" / f".build-{finished.stdout.strip()}-abc"
-    live = root / ".work" / "translate_prompts" / ".build-1-xyz"  # pid 1 is always alive
-    for folder in (dead, live):
+    dead = root / ".work" / "generate_prompts" / f".build-{finished.stdout.strip()}-{HOST}-abc"
+    live = root / ".work" / "translate_prompts" / f".build-1-{HOST}-xyz"  # pid 1 is always alive
+    # Another machine's build (a store on a shared disk): its process id means nothing here.
+    elsewhere = root / ".work" / "translate_prompts" / f".build-{finished.stdout.strip()}-0ther0ne-xyz"
+    for folder in (dead, live, elsewhere):
         folder.mkdir(parents=True)
         (folder / "part.parquet").write_bytes(b"x" * 10)
     (root / ".work" / "classify").mkdir()  # a stage folder a failed run left empty
@@ -164,7 +173,7 @@ def test_a_one_go_build_works_under_the_store_and_gc_finds_a_killed_one(
     assert found == {dead, root / ".work" / "classify"}
     gc = [sys.executable, "-m", "pipelines.artifacts.store", "gc", "--store_root", str(root)]
     assert subprocess.run(gc, cwd=REPO_ROOT, capture_output=True, timeout=60).returncode == 0
-    assert not dead.exists() and live.exists() and not (root / ".work" / "classify").exists()
+    assert not dead.exists() and live.exists() and elsewhere.exists() and not (root / ".work" / "classify").exists()
     work = [sys.executable, "-m", "pipelines.artifacts.store", "gc", "--work", "--store_root", str(root)]
     assert subprocess.run(work, cwd=REPO_ROOT, capture_output=True, timeout=60).returncode == 0
     assert live.exists()  # --work removes resume state of stopped runs, never a live build
@@ -266,3 +275,69 @@ def test_two_trainings_with_other_precisions_run_one_after_the_other_in_one_proc
         published = Precise().run(args)
         assert LocalStore(tmp_path / "hub").history("s/p", "model")[0].message == f"echo in {precision}"
         assert published.revision
+
+
+class Sent(Echo):
+    """An Echo that sends its output on (as --push_to_hub does), with a card that lets a rerun reuse it."""
+
+    name = "sent"
+
+    def sends_elsewhere(self, run: StageRun) -> bool:
+        return True
+
+    def build(self, run: StageRun, folder: Path) -> str:
+        message = super().build(run, folder)
+        (folder / "README.md").write_text(f"---\nlineage:\n  fingerprint: '{run.fingerprint}'\n---\n")
+        return message
+
+
+def test_a_rerun_that_reuses_sends_the_output_on_again(tmp_path: Path) -> None:
+    """A push that failed after the store published is not lost: the rerun reuses, and sends again."""
+    Echo.sent.clear()
+    args = EchoArguments(store_root=str(tmp_path / "hub"), namespace="s", output_repo="sent")
+    first = Sent().run(args)
+    again = Sent().run(args)
+    assert again.reused and again.revision == first.revision
+    assert Echo.sent == [(first.revision, first.revision)] * 2
+
+
+def test_a_waiting_run_holds_the_lock_file_that_is_there_when_the_holder_removed_its_own(tmp_path: Path) -> None:
+    """The holder of a user's folder removes its lock file on the way out; a run that waited on that
+    file must not hold a lock on a file nobody else can see, or a third run would enter beside it."""
+    folder = tmp_path / "out"
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def second() -> None:
+        with locked(folder):
+            inside.set()
+            leave.wait(30)
+
+    with locked(folder, tidy=True, keep_lock=False):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        assert not inside.wait(0.5)  # it waits for the first
+    assert inside.wait(30)
+    assert is_locked(folder)  # a third run sees the lock, on the file at its path
+    leave.set()
+    waiting.join(30)
+
+
+def test_torch_settings_are_kept_when_another_library_used_torch_s_newer_tf32_settings() -> None:
+    """torch >= 2.9: once its `fp32_precision` settings were used, reading the legacy TF32 flags raises;
+    a run must still start, and leave those settings as it found them (in a fresh process: the mix
+    cannot be undone)."""
+    code = (
+        "import torch\n"
+        "from pipelines.harness.stage import torch_settings_kept\n"
+        "if hasattr(torch.backends.cuda.matmul, 'fp32_precision'):\n"
+        "    torch.backends.cuda.matmul.fp32_precision = 'tf32'\n"
+        "    with torch_settings_kept(load=True):\n"
+        "        torch.backends.cuda.matmul.fp32_precision = 'ieee'\n"
+        "    print(torch.backends.cuda.matmul.fp32_precision)\n"
+        "else:\n"
+        "    print('tf32')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "tf32"

@@ -413,6 +413,9 @@ class TrainTextToImage(DistributedStage):
     def build(self, run: StageRun, folder: Path) -> str:
         return train(run, folder)
 
+    def sends_elsewhere(self, run: StageRun) -> bool:
+        return bool(run.args.push_to_hub)
+
     def after_publish(self, run: StageRun, output: Path, message: str) -> None:
         if run.args.push_to_hub:
             HubStore().push(output, run.args.hub_model_id, "model", message, ignore=self.ignore)

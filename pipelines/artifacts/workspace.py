@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,20 +61,7 @@ def locked(folder: Path, tidy: bool = False, keep_lock: bool = True) -> Iterator
     Without `keep_lock` the lock goes in any case: a folder the user named (`--output_dir`) is not
     under the store's work root, where `gc` would find its lock."""
     lock_path = folder.with_name(folder.name + ".lock")
-    for attempt in range(3):
-        _make_folder(folder.parent)
-        try:
-            lock = _open_lock(lock_path)
-            break
-        except FileNotFoundError:
-            if attempt == 2:  # `gc` removed the empty stage folder between the two calls, thrice
-                raise
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another run of the same step to finish ({folder})", file=sys.stderr)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with _acquire(folder, lock_path) as lock:
         try:
             yield
         finally:
@@ -82,6 +71,37 @@ def locked(folder: Path, tidy: bool = False, keep_lock: bool = True) -> Iterator
                 if not folder.exists() or not keep_lock:
                     lock_path.unlink(missing_ok=True)
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _acquire(folder: Path, lock_path: Path) -> TextIO:
+    """The lock file at `lock_path`, opened and held. A run that held it before may have removed the
+    file on its way out (`tidy`): a lock held on a file no longer at that path excludes nobody (a
+    newcomer makes a new file), so it is taken again on the file that is there."""
+    missing = 0
+    said = False
+    while True:
+        _make_folder(folder.parent)
+        try:
+            lock = _open_lock(lock_path)
+        except FileNotFoundError:
+            missing += 1
+            if missing == 3:  # `gc` removed the empty stage folder between the two calls, thrice
+                raise
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not said:
+                print(f"waiting for another run of the same step to finish ({folder})", file=sys.stderr)
+                said = True
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            held = os.fstat(lock.fileno()).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            held = False
+        if held:
+            return lock
+        lock.close()
 
 
 def is_locked(folder: Path) -> bool:
@@ -108,7 +128,10 @@ def idle_work_folders(work_root: Path) -> list[Path]:
     )
 
 
-BUILD_PREFIX = ".build-"  # `.work/<stage>/.build-<pid>-<random>`: a stage's folder for one build
+BUILD_PREFIX = ".build-"  # `.work/<stage>/.build-<pid>-<host>-<random>`: a stage's folder for one build
+# A process id means something on its own machine only: a store shared between machines (or containers
+# with their own process ids) judges only the builds of the machine it runs on. A hash: no host name.
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def build_folder(work_root: Path, stage: str) -> Path:
@@ -120,7 +143,7 @@ def build_folder(work_root: Path, stage: str) -> Path:
     for attempt in range(3):
         _make_folder(parent)
         try:
-            return Path(tempfile.mkdtemp(prefix=f"{BUILD_PREFIX}{os.getpid()}-", dir=parent))
+            return Path(tempfile.mkdtemp(prefix=f"{BUILD_PREFIX}{os.getpid()}-{HOST}-", dir=parent))
         except FileNotFoundError:
             if attempt == 2:  # `gc` removed the empty stage folder between the two calls, thrice
                 raise
@@ -131,8 +154,8 @@ def dead_builds(work_root: Path) -> list[Path]:
     found = []
     for stage in sorted(p for p in work_root.iterdir() if p.is_dir()):
         for build in sorted(stage.glob(BUILD_PREFIX + "*")):
-            pid = build.name[len(BUILD_PREFIX) :].split("-", 1)[0]
-            if not (pid.isdigit() and pid_alive(int(pid))):
+            pid, host, *_ = build.name[len(BUILD_PREFIX) :].split("-") + ["", ""]
+            if host == HOST and not (pid.isdigit() and pid_alive(int(pid))):
                 found.append(build)
         if not any(stage.iterdir()):
             found.append(stage)

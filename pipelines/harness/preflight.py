@@ -60,8 +60,11 @@ NO_SUCH_PATH = "no such file or folder"
 def input_problem(spec: str, kind: str, args: Any, store: Any, made: set[str], hub_offline: bool) -> str | None:
     """What is wrong with one input given as `spec`, or None."""
     path = Path(spec).expanduser()
-    if path.exists():
-        return weights_file_problem(path) if path.is_file() else None
+    try:
+        if path.exists():
+            return weights_file_problem(path) if path.is_file() else None
+    except OSError as err:  # a folder on the way that cannot be searched, a file that cannot be read
+        return f"cannot be read ({err.strerror or err})"
     if looks_like_path(spec):
         return NO_SUCH_PATH
     try:
@@ -95,7 +98,10 @@ def hub_problem(repo_id: str, revision: str, kind: str, api: Any = None) -> str 
     found = None
     for repo_type in repo_types:
         try:
-            api.repo_info(repo_id, repo_type=repo_type, revision=None if revision == "main" else revision, timeout=10)
+            info = api.repo_info(repo_id, repo_type=repo_type, revision=None if revision == "main" else revision,
+                                 timeout=10)  # fmt: skip
+            if getattr(info, "gated", False):  # the Hub describes a gated repo to anyone; its files need access
+                api.auth_check(repo_id, repo_type=repo_type)
             return None
         except GatedRepoError:
             return "gated on the Hub: this token has not been granted access (ask for it on the repo's page)"

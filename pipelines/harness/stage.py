@@ -170,7 +170,12 @@ class StageRun:
         current = self._tagged() if self.args.tag is not None else None
         if current is None:
             return
-        # The tagged revision made from these inputs and parameters may come again from a rebuild (--force).
+        if getattr(self.args, "force", False):  # a rebuild need not give the same bytes (a GPU's sums)
+            raise StoreError(
+                f"tag {self.args.tag!r} of {self.output_repo_id!r} already names revision {current}, and --force "
+                "rebuilds, which may make another revision: nothing was made; choose another tag"
+            )
+        # Reached only when reuse found nothing: the tagged revision was made otherwise.
         history = self.store.history(self.output_repo_id, self.repo_type)
         same = [entry for entry in history if entry.revision == current]
         if not same or same[0].lineage.get("fingerprint") != self.fingerprint:
@@ -284,6 +289,10 @@ class DistributedStage(Stage):
     def output(self, run: StageRun, folder: Path) -> Path:
         return folder
 
+    def sends_elsewhere(self, run: StageRun) -> bool:
+        """Whether `after_publish` sends the output somewhere (then a rerun that reuses sends it too)."""
+        return False
+
     def after_publish(self, run: StageRun, output: Path, message: str) -> None:
         """What the main process does once the store holds `output` (training: `--push_to_hub`). Only
         here: a copy sent anywhere before the store's push could outlive that push's refusal."""
@@ -323,8 +332,8 @@ def torch_settings_kept(load: bool) -> Iterator[None]:
     if torch is None:
         yield
         return
-    backends = torch.backends
-    saved = (torch.get_num_threads(), backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32)
+    threads, tf32 = torch.get_num_threads(), _tf32_settings(torch)
+    saved = (threads, [getattr(owner, name) for owner, name in tf32])
     # torch's default is a thread per core of the host, which a container's quota or affinity may not
     # give this process: a stage with no thread setting of its own uses the CPUs it may use, no more.
     torch.set_num_threads(min(saved[0], usable_cpus()))
@@ -332,7 +341,21 @@ def torch_settings_kept(load: bool) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved[0])
-        backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = saved[1:]
+        for (owner, name), value in zip(tf32, saved[1]):
+            setattr(owner, name, value)
+
+
+def _tf32_settings(torch: Any) -> list[tuple[Any, str]]:
+    """Where torch keeps its TF32 choices: the legacy flags (what training's `--allow_tf32` sets), or,
+    once another library used torch's newer `fp32_precision` settings (torch >= 2.9), those: reading
+    the legacy flags then raises."""
+    backends = torch.backends
+    try:
+        backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32  # noqa: B018 - raises once mixed
+        return [(backends.cuda.matmul, "allow_tf32"), (backends.cudnn, "allow_tf32")]
+    except RuntimeError:
+        owners = [backends, backends.cuda.matmul, backends.cudnn, backends.cudnn.conv, backends.cudnn.rnn]
+        return [(owner, "fp32_precision") for owner in owners]
 
 
 def forget_accelerate_state() -> None:
@@ -382,6 +405,11 @@ def _execute_in_processes(stage: ShardedStage | DistributedStage, args: StageArg
         state.wait_for_everyone()  # the main process holds the lock: no other run works in this folder
         reused = run.reuse(main=state.is_main_process)
         if reused is not None:
+            if isinstance(stage, DistributedStage) and state.is_main_process and stage.sends_elsewhere(run):
+                # What the store holds may not have been sent on (a push to the Hub that failed after
+                # the store published): a rerun sends it again; an unchanged upload makes no commit.
+                output = run.store.resolve(str(reused), stage.repo_type)
+                stage.after_publish(run, output, f"{run.stage}: the store's revision {reused.revision[:12]}")
             return reused
         run.check_tag()
         # A user's mistake is found by every process alike (in `plan` or before `build` splits the
