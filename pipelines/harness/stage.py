@@ -170,19 +170,17 @@ class StageRun:
         current = self._tagged() if self.args.tag is not None else None
         if current is None:
             return
-        if getattr(self.args, "force", False):  # a rebuild need not give the same bytes (a GPU's sums)
-            raise StoreError(
-                f"tag {self.args.tag!r} of {self.output_repo_id!r} already names revision {current}, and --force "
-                "rebuilds, which may make another revision: nothing was made; choose another tag"
-            )
-        # Reached only when reuse found nothing: the tagged revision was made otherwise.
-        history = self.store.history(self.output_repo_id, self.repo_type)
-        same = [entry for entry in history if entry.revision == current]
-        if not same or same[0].lineage.get("fingerprint") != self.fingerprint:
-            raise StoreError(
-                f"tag {self.args.tag!r} of {self.output_repo_id!r} already names revision {current}, made from other "
-                "inputs, parameters or code: nothing was made; choose another tag"
-            )
+        # Called when reuse found nothing, so the tagged revision was made otherwise, or `--force`
+        # rebuilds, and a rebuild need not give the same bytes (a GPU's sums).
+        why = (
+            "and --force rebuilds, which may make another revision"
+            if getattr(self.args, "force", False)
+            else "made from other inputs, parameters or code"
+        )
+        raise StoreError(
+            f"tag {self.args.tag!r} of {self.output_repo_id!r} already names revision {current}, {why}: "
+            "nothing was made; choose another tag"
+        )
 
     def _tagged(self) -> str | None:
         if not self.store.exists(self.output_repo_id, self.repo_type):
@@ -322,10 +320,9 @@ def execute(stage: Stage, args: StageArguments) -> Published:
 @contextlib.contextmanager
 def torch_settings_kept(load: bool) -> Iterator[None]:
     """Leaves torch's process-wide settings as a run found them (threads capped at the usable CPUs
-    meanwhile). A stage's thread count and
-    training's TF32 flags would otherwise carry into the next step of a recipe and change its
-    results while its fingerprint says they are the same. `load` imports torch first (for a stage
-    that will): the settings to restore are those before its first use."""
+    meanwhile). A stage's thread count and training's TF32 flags would otherwise carry into the next
+    step of a recipe and change its results while its fingerprint says they are the same. `load`
+    imports torch first (for a stage that will): the settings to restore are those before its first use."""
     if load:
         import torch  # noqa: F401
     torch = sys.modules.get("torch")
@@ -403,9 +400,9 @@ def _execute_in_processes(stage: ShardedStage | DistributedStage, args: StageArg
     main = state.is_main_process
     with workspace.locked(folder, tidy=True, keep_lock=store_owned) if main else contextlib.nullcontext():
         state.wait_for_everyone()  # the main process holds the lock: no other run works in this folder
-        reused = run.reuse(main=state.is_main_process)
+        reused = run.reuse(main=main)
         if reused is not None:
-            if isinstance(stage, DistributedStage) and state.is_main_process and stage.sends_elsewhere(run):
+            if isinstance(stage, DistributedStage) and main and stage.sends_elsewhere(run):
                 # What the store holds may not have been sent on (a push to the Hub that failed after
                 # the store published): a rerun sends it again; an unchanged upload makes no commit.
                 output = run.store.resolve(str(reused), stage.repo_type)
