@@ -88,6 +88,12 @@ def time_split(function: Callable[[], Any], top: int = 6) -> dict[str, Any]:
     }
 
 
+def significant(value: float, digits: int = 4) -> float:
+    """`value` to `digits` significant figures: a fixed number of decimals would turn a 1.5 ms call or
+    a 0.004 TFLOP/s loop into a figure several percent off, and the ratios computed from it with it."""
+    return float(f"{value:.{digits}g}")
+
+
 def measure(name: str, function: Callable[[], Any], peak: float, repeats: int, note: str) -> dict[str, Any]:
     """Seconds per call, FLOPs per call, achieved TFLOP/s and its share of `peak`; below the goal,
     where the time goes."""
@@ -97,10 +103,10 @@ def measure(name: str, function: Callable[[], Any], peak: float, repeats: int, n
     entry = {
         "loop": name,
         "what": note,
-        "seconds_per_call": round(seconds, 4),
+        "seconds_per_call": significant(seconds),
         "flops_per_call": flops,
-        "tflops": round(achieved, 3),
-        "share_of_peak": round(achieved / peak, 3),
+        "tflops": significant(achieved),
+        "share_of_peak": significant(achieved / peak),
     }
     entry["meets_goal"] = entry["share_of_peak"] >= GOAL
     if not entry["meets_goal"]:
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "goal_share_of_peak": GOAL, "dtypes": {}}  # fmt: skip
     for name in options.dtypes:
         peak = matmul_peak("cpu", DTYPES[name], 256 if options.smoke else 4096, repeats=3 if options.smoke else 10)
-        report["dtypes"][name] = {"matmul_peak_tflops": round(peak, 3),
+        report["dtypes"][name] = {"matmul_peak_tflops": significant(peak),
                                   "loops": hot_loops(options, DTYPES[name], peak)}  # fmt: skip
     if "float32" in report["dtypes"]:  # (smoke: the tiny models' rates, the same code path)
         rates = {loop["loop"]: loop["tflops"] * 1e12 for loop in report["dtypes"]["float32"]["loops"]}
@@ -192,11 +198,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seconds_per_classified_image": units["classified_image"] / rates["classification"],
             "seconds_per_scored_image": units["scored_image"] / rates["alignment"],
         }
-        report["real_study_on_this_cpu"] = {"flops_per_unit": units, **{k: round(v, 3) for k, v in seconds.items()}}
+        report["real_study_on_this_cpu"] = {"flops_per_unit": units, **{k: significant(v) for k, v in seconds.items()}}
         record_throughput(
             "cpu",
             {
-                **{k: round(v, 3) for k, v in seconds.items()},
+                **{k: significant(v) for k, v in seconds.items()},
                 "device": machine(),
                 "measured_by": "benchmarks/bench_peak.py: float32 rates at a reduced size, scaled by FLOPs counted "
                 "at the real size (the detector of classification not included)",
