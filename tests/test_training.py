@@ -330,7 +330,7 @@ def test_lora_on_tiny_stable_diffusion_with_cached_latents(training_study: dict,
 
 
 def text_features(pipe: Any, text: str) -> torch.Tensor:
-    from training.train_text_to_image import encode_text
+    from training.models import encode_text
 
     tokens = pipe.tokenizer(
         [text], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
@@ -528,7 +528,8 @@ def drawn_timesteps(args: TrainArguments, draws: int = 20_000) -> torch.Tensor:
 
     from diffusers import DDPMScheduler
 
-    from training.train_text_to_image import Parts, timestep_weights, training_loss
+    from training.models import Parts
+    from training.train_text_to_image import timestep_weights, training_loss
 
     seen = []
 
@@ -691,7 +692,7 @@ def test_a_resume_trains_on_the_thread_count_of_its_checkpoint(
     (the latest complete one), not what the load of the machine suggests now; --cpu_threads wins."""
     from types import SimpleNamespace
 
-    from training import train_text_to_image as script
+    from training import models as script
 
     for step, threads, done in ((3, 1, True), (6, 2, True), (9, 2, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -724,7 +725,7 @@ def test_a_resume_trains_on_the_thread_count_of_its_checkpoint(
 
 def test_a_checkpoint_without_its_completion_marker_is_refused_by_name(tmp_path: Path) -> None:
     """The unit behind the killed-training tests: no trainer_state.json (written last) is cut short."""
-    from training.train_text_to_image import CHECKPOINT_DONE, check_checkpoint
+    from training.checkpoints import CHECKPOINT_DONE, check_checkpoint
 
     folder = tmp_path / "checkpoint-3"
     folder.mkdir()
@@ -739,14 +740,14 @@ def test_a_checkpoint_without_its_completion_marker_is_refused_by_name(tmp_path:
 
 def whole_checkpoint(folder: Path) -> Path:
     """Marks a checkpoint folder whole, as `save_checkpoint` does: its marker lists its files."""
-    from training.train_text_to_image import CHECKPOINT_DONE, checkpoint_files
+    from training.checkpoints import CHECKPOINT_DONE, checkpoint_files
 
     (folder / CHECKPOINT_DONE).write_text(json.dumps({"global_step": 1, "files": checkpoint_files(folder)}))
     return folder
 
 
 def test_a_checkpoint_whose_files_are_not_those_its_marker_lists_is_cut_short(tmp_path: Path) -> None:
-    from training.train_text_to_image import CHECKPOINT_DONE, checkpoints, cut_short
+    from training.checkpoints import CHECKPOINT_DONE, checkpoints, cut_short
 
     folder = tmp_path / "checkpoint-1"
     (folder / "unet").mkdir(parents=True)
@@ -776,7 +777,7 @@ def test_random_states_accelerate_would_not_restore_are_refused_by_name(
     from accelerate import PartialState
     from accelerate.checkpointing import save_accelerator_state
 
-    from training.train_text_to_image import check_checkpoint, random_state_setters
+    from training.checkpoints import check_checkpoint, random_state_setters
 
     def checkpoint(name: str, without: str | None = None, **values: Any) -> Path:
         """A whole checkpoint of the random states accelerate saves here, less one or with some replaced."""
@@ -879,7 +880,7 @@ def test_a_checkpoint_cut_short_at_any_of_its_files_is_skipped_or_refused_by_nam
     that names it and the file. accelerate never gets to load it."""
     from types import SimpleNamespace
 
-    from training.train_text_to_image import check_checkpoint, resume
+    from training.checkpoints import check_checkpoint, resume
 
     trained = tmp_path / "trained"
     train(training_study, training_study["model"], trained, "--max_train_steps", "2", "--checkpointing_steps", "1",
@@ -901,7 +902,7 @@ def test_a_checkpoint_cut_short_at_any_of_its_files_is_skipped_or_refused_by_nam
                 (cut / name).write_bytes((cut / name).read_bytes()[: (cut / name).stat().st_size // 2])
             said, loaded = [], []
             accelerator = SimpleNamespace(print=said.append, load_state=loaded.append, process_index=0)
-            step, _ = resume(out, SimpleNamespace(resume_from_checkpoint="latest"), accelerator, None)
+            step, _ = resume(out, "latest", accelerator, None)
             assert (step, loaded) == (1, [str(out / "checkpoint-1")]), (name, damage)
             assert said[0].startswith("skipping checkpoint-2: cut short (") and name in said[0], (name, damage, said)
             with pytest.raises(ConfigError) as refused:

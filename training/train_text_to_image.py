@@ -18,16 +18,12 @@ save), `main()`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
-import os
 import random
-import re
 import shutil
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,29 +35,34 @@ from tqdm.auto import tqdm
 
 from pipelines.artifacts.cards import model_card
 from pipelines.artifacts.dataset_files import SPLIT, decode_image, to_rgb
-from pipelines.artifacts.inputs import ModelInput, hub_pipeline_files, published_name
+from pipelines.artifacts.inputs import published_name
 from pipelines.artifacts.reader import caption_forms
-from pipelines.artifacts.store import HubStore, card_metadata
+from pipelines.artifacts.store import HubStore
 from pipelines.errors import ConfigError, DataError
-from pipelines.harness.config import StageArguments, input_field
-from pipelines.harness.stage import DistributedStage, StageRun, cpu_share, usable_cpus, warn_if_oversubscribed
-from pipelines.modeling.diffusion import (
-    LORA_WEIGHTS,
-    add_text_encoder_lora,
-    assemble_pipeline,
-    save_pipeline,
-    save_text_encoder_lora,
-    usage_snippet,
-)
+from pipelines.harness.config import input_field
+from pipelines.harness.stage import StageRun
 from pipelines.prompting.grammar import describe_neutral_forms
+from training.checkpoints import remove_partial_checkpoints, resume, save_checkpoint
+from training.finetune import FineTuneArguments, FineTuneStage
+from training.models import (
+    Parts,
+    card_fields,
+    check_lora_base,
+    clear_model_files,
+    clear_stale_validation,
+    encode_text,
+    inference_pipeline,
+    load_models,
+    log_validation,
+    make_accelerator,
+    publish_lora_base,
+    save_lora,
+    save_trained,
+    set_cpu_threads,
+)
 
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-MIXED_PRECISION = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_BIAS_STRATEGIES = ("none", "earlier", "later", "range")
-# LoRA targets: the UNet's attention projections.
-UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
-EMA_WEIGHTS = "ema_unet.safetensors"  # in a checkpoint: EMA weights as safetensors, never a pickle
 ROW = "__row"  # a training row's position, added to the data: its augmentation draws are its own
 
 
@@ -112,17 +113,13 @@ def save_model_card(
             "seed",
         )
     }
-    # The fine-tune inherits the base model's license (AltDiffusion-m9: creativeml-openrail-m).
-    license_ = (card_metadata(base.path) if base.path else {}).get("license")
     dataset = run.inputs.get("dataset_name", args.train_data_dir)
-    # Named by its repo id, never by a path of this machine; a folder that is no repo stays unnamed
-    # (a LoRA's base never is: `publish_lora_base` published it).
-    base_name = published_name(base)
+    shared = card_fields(run, args, base, folder)
     # The gender-neutral form its captions teach, per language: a model evaluated on prompts of
     # another form is tested on a form it was not taught (generate_images' card then says so).
     forms = caption_forms(run.store, run.inputs.get("dataset_name"))
     model_card(
-        title=f"{base_name or 'A local model'} fine-tuned on {dataset}",
+        title=f"{shared['base_model'] or 'A local model'} fine-tuned on {dataset}",
         description=(
             f"A {kind} of `{base.pin}`, trained on `{dataset}` by the toolkit's training script (whether it "
             "debiases depends on that dataset's captions: see its card). Hyper-parameters: "
@@ -146,21 +143,11 @@ def save_model_card(
                 else " Its captions' gender-neutral form is not recorded (a training dataset from outside the store)."
             )
         ),
-        lineage=run.lineage,
         languages=languages,
-        base_model=base_name,
-        base_model_revision=base.revision if base_name else None,
         datasets=[run.inputs["dataset_name"].partition("@")[0]] if "dataset_name" in run.inputs else None,
         tags=["fine-tuned", "lora" if args.use_lora else "full"],
         notes=["Validation prompts (one image each, fixed seed):", *validation] if validation else [],
-        usage=usage_snippet(
-            run.output_repo_id,
-            base.path if args.use_lora else folder,
-            lora_base=base_name if args.use_lora else None,
-            base_in_store=base.kind == "store",
-            text_encoder_lora=args.use_lora and args.train_text_encoder,
-        ),
-        license=license_,
+        **shared,
         **({"caption_forms": forms} if forms else {}),
     ).save(folder / "README.md")
 
@@ -170,41 +157,14 @@ def save_model_card(
 # ---------------------------------------------------------------------------------------------
 
 
-def log_validation(pipe: Any, args: TrainArguments, accelerator: Any, step: int) -> list[str]:
-    """Generates one image per validation prompt (fixed seeds); saves them and logs them to trackers."""
-    pipe.set_progress_bar_config(disable=True)
-    folder = Path(args.output_dir) / "validation" / f"step-{step}"
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    accelerator.print(f"validation at step {step}: {len(args.validation_prompts)} prompt(s) -> {folder}")
-    for index, prompt in enumerate(args.validation_prompts):
-        generator = torch.Generator(device="cpu").manual_seed(args.seed + index)
-        with torch.inference_mode():
-            image = pipe(prompt, num_inference_steps=args.validation_steps_per_image, generator=generator).images[0]
-        name = f"{index:02d}.png"
-        image.save(folder / name)
-        lines.append(f"![{prompt}](validation/{name})")
-        for tracker in accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_images(f"validation/{index}", np.asarray(image)[None], step, dataformats="NHWC")
-            elif tracker.name == "wandb":
-                import wandb
-
-                tracker.log({f"validation/{index}": wandb.Image(image, caption=prompt)}, step=step)
-    return lines
-
-
 # ---------------------------------------------------------------------------------------------
 # Arguments
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass
-class TrainArguments(StageArguments):
+class TrainArguments(FineTuneArguments):
     INPUTS = {"pretrained_model_name_or_path": "model", "dataset_name": "training"}
-    pretrained_model_name_or_path: str = input_field(
-        "Base model: a store repo, a Hub id (BAAI/AltDiffusion-m9[@rev]) or a folder.", default="tiny-altdiffusion"
-    )
     dataset_name: str | None = input_field("Training dataset: a store or Hub repo (ns/name[@rev]).")
     dataset_revision: str | None = field(
         default=None, metadata={"help": "Revision of --dataset_name (the same as ns/name@rev)."}
@@ -218,25 +178,10 @@ class TrainArguments(StageArguments):
     caption_column: str = field(default="text", metadata={"help": "Column with the captions."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many samples."})
     on_corrupt: str = field(default="skip", metadata={"help": "A corrupt training image: skip (counted) or stop."})
-    output_repo: str = field(default="finetuned", metadata={"help": "Model repo to publish to."})
-    output_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "The model, checkpoints, logs and validation images (default <store_root>/.work/<stage>/<hash>)."
-        },
-    )
     resolution: int = field(default=512, metadata={"help": "Training image size."})
     center_crop: bool = field(default=False, metadata={"help": "Center crop (else random crop)."})
     random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips."})
-    train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
     num_train_epochs: int = field(default=5, metadata={"help": "Epochs (unless --max_train_steps)."})
-    max_train_steps: int | None = field(default=None, metadata={"help": "Total optimisation steps."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps to accumulate per update."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
-    learning_rate: float = field(default=5e-6, metadata={"help": "Initial learning rate."})
-    scale_lr: bool = field(default=False, metadata={"help": "Scale the LR by GPUs, accumulation and batch size."})
-    lr_scheduler: str = field(default="polynomial", metadata={"help": f"One of {LR_SCHEDULERS}."})
-    lr_warmup_steps: int = field(default=0, metadata={"help": "Warm-up steps."})
     snr_gamma: float | None = field(default=None, metadata={"help": "Min-SNR loss weighting gamma (5.0 works)."})
     prediction_type: str | None = field(
         default=None,
@@ -257,27 +202,7 @@ class TrainArguments(StageArguments):
     )
     timestep_bias_begin: int = field(default=0, metadata={"help": "First biased timestep of 'range'."})
     timestep_bias_end: int = field(default=1000, metadata={"help": "End (excluded) of the biased range of 'range'."})
-    use_ema: bool = field(default=False, metadata={"help": "Keep an EMA of the UNet and save it."})
     noise_offset: float = field(default=0.0, metadata={"help": "Noise offset (0.1 helps very dark/bright images)."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1."})
-    adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2."})
-    adam_weight_decay: float = field(default=1e-2, metadata={"help": "Adam weight decay."})
-    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam epsilon."})
-    mixed_precision: str | None = field(
-        default=None, metadata={"help": f"One of {MIXED_PRECISION}; default: the accelerate config's."}
-    )
-    allow_tf32: bool = field(default=False, metadata={"help": "Allow TF32 matmuls on Ampere+ GPUs."})
-    seed: int = field(default=0, metadata={"help": "Seed of everything random."})
-    train_text_encoder: bool = field(default=False, metadata={"help": "Train the text encoder too."})
-    use_lora: bool = field(
-        default=False,
-        metadata={
-            "help": "Train peft LoRA adapters instead of all weights: the UNet's, and with "
-            "--train_text_encoder the text encoder's too."
-        },
-    )
-    rank: int = field(default=4, metadata={"help": "LoRA rank."})
     cache_latents: bool = field(
         default=False,
         metadata={
@@ -287,21 +212,6 @@ class TrainArguments(StageArguments):
         },
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loading workers."})
-    checkpointing_steps: int = field(default=500, metadata={"help": "Save a resumable state every N steps."})
-    checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep at most N checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder or 'latest'."})
-    validation_prompts: list[str] = field(default_factory=list, metadata={"help": "Prompts (any language)."})
-    validation_steps: int | None = field(default=None, metadata={"help": "Validate every N steps (and at the end)."})
-    validation_steps_per_image: int = field(default=25, metadata={"help": "Denoising steps of validation images."})
-    report_to: str = field(default="none", metadata={"help": "none, tensorboard or wandb."})
-    cpu_threads: int | None = field(
-        default=None,
-        metadata={"help": "Intra-op threads per process on CPU (default: on a resume, the checkpoint's; else the "
-                  "CPUs this process may use, by affinity and cgroup quota, that other work leaves free at the "
-                  "start, shared among the processes on this machine). Fix it for byte-identical reruns."},
-    )  # fmt: skip
-    push_to_hub: bool = field(default=False, metadata={"help": "Also push the model to the Hugging Face Hub."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo for --push_to_hub (token: HF_TOKEN)."})
 
     def __post_init__(self) -> None:
         if self.dataset_name and self.dataset_revision:
@@ -314,11 +224,9 @@ class TrainArguments(StageArguments):
         super().__post_init__()
         if (self.dataset_name is None) == (self.train_data_dir is None):
             raise ConfigError("give one of dataset_name or train_data_dir")
-        self.check_choice("lr_scheduler", LR_SCHEDULERS)
-        self.check_choice("report_to", ("none", "tensorboard", "wandb"))
+        if not self.train_unet:
+            raise ConfigError("train_unet=false: the caption fine-tune trains the UNet (align_distribution need not)")
         self.check_choice("on_corrupt", ("skip", "stop"))
-        if self.mixed_precision is not None:
-            self.check_choice("mixed_precision", MIXED_PRECISION)
         if self.prediction_type is not None:
             self.check_choice("prediction_type", PREDICTION_TYPES)
         self.check_choice("timestep_bias_strategy", TIMESTEP_BIAS_STRATEGIES)
@@ -335,49 +243,11 @@ class TrainArguments(StageArguments):
             raise ConfigError(f"resolution={self.resolution}: a multiple of 8")
         if self.cache_latents and not self.center_crop:
             raise ConfigError("cache_latents needs center_crop: a cached latent cannot be cropped at random")
-        if self.resume_from_checkpoint not in (None, "latest") and not Path(self.resume_from_checkpoint).is_dir():
-            raise ConfigError(f"resume_from_checkpoint={self.resume_from_checkpoint!r}: not a folder nor 'latest'")
-        if self.use_ema and self.use_lora:
-            raise ConfigError("use_ema with use_lora: an EMA of frozen weights is the weights; drop one")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ConfigError("push_to_hub needs hub_model_id")
-        self.check_at_least(
-            1,
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "checkpointing_steps",
-            "rank",
-            "num_train_epochs",
-            "max_train_steps",
-            "max_train_samples",
-            "checkpoints_total_limit",
-            "validation_steps",
-            "validation_steps_per_image",
-            "cpu_threads",
-        )
-        self.check_at_least(0, "lr_warmup_steps", "dataloader_num_workers", "noise_offset")
+        self.check_at_least(1, "num_train_epochs", "max_train_samples")
+        self.check_at_least(0, "dataloader_num_workers", "noise_offset")
         # Counts that allocate memory: refused at once rather than killed for memory later.
         self.check_at_most(4_096, "resolution", why="pixels per side")
-        self.check_at_most(4_096, "train_batch_size", why="images per step on each process")
-        self.check_at_most(1_024, "rank", why="LoRA rank; the UNet's widest layer has 1,280 channels")
         self.check_pixels_per_batch("train_batch_size", "resolution", "resolution")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate={self.learning_rate}: must be above 0")
-
-
-# Fields that choose where things go or are kept, not what is trained.
-NOT_FINGERPRINTED = (
-    "output_dir",
-    "resume_from_checkpoint",
-    "report_to",
-    "push_to_hub",
-    "hub_model_id",
-    "dataloader_num_workers",
-    "checkpointing_steps",
-    "checkpoints_total_limit",
-    "dataset_revision",
-    "cpu_threads",  # changes float sums in the last bits, not what is trained; recorded in trainer_state.json
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,40 +255,13 @@ NOT_FINGERPRINTED = (
 # ---------------------------------------------------------------------------------------------
 
 
-class TrainTextToImage(DistributedStage):
+class TrainTextToImage(FineTuneStage):
     name = "train_text_to_image"
     command = "training/train_text_to_image.py"
     Arguments = TrainArguments
-    repo_type = "model"
-    not_parameters = NOT_FINGERPRINTED
-    # The published model: weights, card, validation images and the loss history; not the resume state,
-    # whole or still being written aside.
-    ignore = ("checkpoint-*", ".checkpoint-*", "logs", ".cache")
-
-    def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
-        from pipelines.modeling.diffusion import pipeline_problem
-
-        return {
-            "what": name,
-            "kinds": ("store", "hub", "folder"),
-            "hub_files": hub_pipeline_files,
-            "check": pipeline_problem,
-        }
-
-    def work_folder(self, run: StageRun) -> Path:
-        folder = Path(run.args.output_dir) if run.args.output_dir else run.work_folder()
-        run.args.output_dir = str(folder)
-        return folder
 
     def build(self, run: StageRun, folder: Path) -> str:
         return train(run, folder)
-
-    def sends_elsewhere(self, run: StageRun) -> bool:
-        return bool(run.args.push_to_hub)
-
-    def after_publish(self, run: StageRun, output: Path, message: str) -> None:
-        if run.args.push_to_hub:
-            HubStore().push(output, run.args.hub_model_id, "model", message, ignore=self.ignore)
 
     def estimate(self, args: TrainArguments, estimates: Any, costs: Any) -> Any:
         from pipelines.harness.estimate import Estimate, download_of, hours, train_steps
@@ -449,13 +292,6 @@ class TrainTextToImage(DistributedStage):
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-
-
-def encode_text(text_encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Hidden states the UNet attends to, for both families (RoBERTa-series uses its attention mask)."""
-    if getattr(text_encoder.config, "use_attention_mask", False):
-        return text_encoder(input_ids, attention_mask=attention_mask)[0]
-    return text_encoder(input_ids)[0]
 
 
 def load_training_data(run: StageRun, args: TrainArguments) -> tuple[Any, list[str]]:
@@ -620,128 +456,6 @@ def cache_latents(
 # ---------------------------------------------------------------------------------------------
 
 
-# Written last, with the name and size of every other file: a checkpoint without it, or whose files
-# are not those it lists, was cut short (killed while saving, copied in part, truncated on disk).
-CHECKPOINT_DONE = "trainer_state.json"
-PARTIAL_CHECKPOINTS = ".checkpoint-*"  # checkpoints being written aside (`save_checkpoint`)
-
-
-def checkpoint_files(folder: Path) -> dict[str, int]:
-    """Every file of a checkpoint but its marker: path relative to it, and size in bytes."""
-    files = (p for p in sorted(folder.rglob("*")) if p.is_file())
-    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in files if p != folder / CHECKPOINT_DONE}
-
-
-def cut_short(folder: Path) -> str | None:
-    """Why a checkpoint is not whole (no marker, an unreadable one, or a file it lists missing or of
-    another size), in words; None when it is."""
-    marker = folder / CHECKPOINT_DONE
-    if not marker.is_file():
-        return f"cut short (no {CHECKPOINT_DONE})"
-    try:
-        listed = json.loads(marker.read_text())["files"]
-        if not isinstance(listed, dict) or not all(isinstance(size, int) for size in listed.values()):
-            raise ValueError
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"cut short ({CHECKPOINT_DONE} unreadable or without the list of the checkpoint's files)"
-    damaged = []
-    for name, size in listed.items():
-        path = folder / name
-        if not path.is_file():
-            damaged.append(f"{name} missing")
-        elif path.stat().st_size != size:
-            damaged.append(f"{name} is {path.stat().st_size} bytes, not {size}")
-    if damaged:
-        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
-        return f"cut short ({', '.join(damaged[:3])}{more})"
-    return None
-
-
-def checkpoints(output_dir: Path, complete: bool = True) -> list[Path]:
-    """The checkpoints in `output_dir`, oldest first: only whole ones (`cut_short`), or (`complete=False`) all."""
-    found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
-    found = [p for p in found if not complete or cut_short(p) is None]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def remove_partial_checkpoints(output_dir: Path, accelerator: Any) -> None:
-    """Removes what saves killed in an earlier run left aside (main process only): never resumed,
-    never published, and otherwise only ever removed by a save of the same step."""
-    for partial in sorted(output_dir.glob(PARTIAL_CHECKPOINTS)):
-        shutil.rmtree(partial)
-        accelerator.print(f"removed {partial.name}: a checkpoint an earlier run was killed while saving")
-
-
-def save_checkpoint(
-    accelerator: Any,
-    output_dir: Path,
-    step: int,
-    limit: int | None,
-    models: dict[str, Any],
-    ema: Any,
-    history: list,
-    lora: Callable[[Path], None] | None = None,
-) -> None:
-    """accelerate's state, the models in diffusers' format (or the LoRA adapters, written by `lora`)
-    and the loss so far, as checkpoint-<step>.
-
-    Written aside (`.checkpoint-<step>.partial`) and renamed into place once whole, so a run killed
-    while saving leaves the previous checkpoints as they were and never a checkpoint cut short; the
-    oldest beyond the limit are pruned only then (main process only)."""
-    folder = output_dir / f"checkpoint-{step}"
-    partial = output_dir / f".checkpoint-{step}.partial"
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)  # what a killed save left
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()  # every process's random states are on disk before the file list
-    if accelerator.is_main_process:
-        for name, model in models.items():
-            if model is not None:
-                accelerator.unwrap_model(model).save_pretrained(partial / name)
-        if lora is not None:
-            lora(partial)
-        if ema is not None:
-            from safetensors.torch import save_file
-
-            save_file(
-                {f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}, partial / EMA_WEIGHTS
-            )
-            (partial / "ema_state.json").write_text(
-                json.dumps({"optimization_step": ema.optimization_step, "decay": ema.decay})
-            )
-        state = {"global_step": step, "log_history": history}
-        if accelerator.device.type == "cpu":
-            state["cpu_threads"] = torch.get_num_threads()  # a resume uses it: the bytes depend on it
-        state["files"] = checkpoint_files(partial)
-        (partial / CHECKPOINT_DONE).write_text(json.dumps(state, indent=1))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if folder.exists():
-            shutil.rmtree(folder)  # a rerun's checkpoint of the same step
-        os.rename(partial, folder)
-        if limit is not None:
-            existing = checkpoints(output_dir, complete=False)
-            for old in existing[: max(0, len(existing) - limit)]:
-                shutil.rmtree(old)
-        held = (
-            f"LoRA adapters: {folder.name}/{LORA_WEIGHTS}"
-            if lora
-            else f"UNet in diffusers' format: {folder.name}/unet"
-        )
-        accelerator.print(f"saved checkpoint {folder.name} ({held})")
-    accelerator.wait_for_everyone()
-
-
-def load_ema(folder: Path, ema: Any) -> None:
-    from safetensors.torch import load_file
-
-    weights = load_file(folder / EMA_WEIGHTS)
-    for index, parameter in enumerate(ema.shadow_params):
-        parameter.data.copy_(weights[f"{index}"].to(parameter.device, parameter.dtype))
-    ema.optimization_step = json.loads((folder / "ema_state.json").read_text())["optimization_step"]
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
@@ -769,14 +483,15 @@ def train(run: StageRun, output_dir: Path) -> str:
         raise DataError("no training rows with a decodable image")
     if skipped:
         accelerator.print(f"skipped {skipped} training row(s) whose image cannot be decoded")
-    parts = load_models(base.path, args, accelerator)
+    parts = load_models(base.path, args, accelerator, args.prediction_type)
+    parts.timestep_weights = timestep_weights(args, parts.noise_scheduler.config.num_train_timesteps)
     loader, order = make_loader(data, parts, args, accelerator, output_dir)
     loop = make_optimizer(loader, parts, args, accelerator, order)
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers(
             run.stage, config={k: v for k, v in run.parameters.items() if not isinstance(v, list)}
         )
-    global_step, history = resume(output_dir, args, accelerator, parts.ema_unet)
+    global_step, history = resume(output_dir, args.resume_from_checkpoint, accelerator, parts.ema_unet)
     if accelerator.is_main_process:
         clear_stale_validation(output_dir, global_step)
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -806,135 +521,6 @@ def train(run: StageRun, output_dir: Path) -> str:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return f"{'LoRA' if args.use_lora else 'Full'} fine-tune, {global_step} steps"
-
-
-def set_cpu_threads(args: TrainArguments, accelerator: Any, output_dir: Path) -> int | None:
-    """On CPU, torch's intra-op threads: `--cpu_threads`; on a resume, the count the checkpoint was
-    trained with (float sums, and so the bytes, depend on it); otherwise this process's share of the
-    CPUs it may use (affinity, cgroup quota) that other work leaves free when it starts. torch's
-    default (every core of the host) oversubscribes a container or a busy machine: a step waits on
-    threads that have no CPU to run on (issue #30: tens of times slower)."""
-    if accelerator.device.type != "cpu":
-        return None
-    threads, why = args.cpu_threads, "--cpu_threads"
-    if threads is None and args.resume_from_checkpoint:
-        threads, why = resumed_threads(output_dir, args.resume_from_checkpoint), "as the checkpoint resumed"
-    if threads is None:
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-        threads, others = cpu_share(local_processes)
-        why = f"{usable_cpus()} usable CPU(s), {others:.1f} busy with other work, {local_processes} process(es)"
-    if accelerator.is_local_main_process:  # the threads of every process on this machine together
-        warn_if_oversubscribed(threads * int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)), why)
-    torch.set_num_threads(threads)
-    accelerator.print(f"{threads} CPU thread(s) per process ({why})")
-    return threads
-
-
-def resumed_threads(output_dir: Path, resume_from: str) -> int | None:
-    """The thread count recorded in the checkpoint a resume will load, if it is complete and says."""
-    found = checkpoints(output_dir) if resume_from == "latest" else [Path(resume_from)]
-    try:
-        return json.loads((found[-1] / CHECKPOINT_DONE).read_text()).get("cpu_threads") if found else None
-    except (OSError, ValueError):
-        return None  # resume() refuses it with a clear line
-
-
-def make_accelerator(args: TrainArguments, output_dir: Path) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("mixed_precision='fp16' needs a GPU: use 'no' or 'bf16' on CPU")
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        cpu=not torch.cuda.is_available(),
-    )
-    if args.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    return accelerator
-
-
-@dataclass
-class Parts:
-    """The pipeline's parts as training uses them."""
-
-    pipe: Any
-    tokenizer: Any
-    text_encoder: Any
-    vae: Any
-    unet: Any
-    noise_scheduler: Any
-    weight_dtype: torch.dtype
-    ema_unet: Any = None
-    text_lora: dict | None = None
-    timestep_weights: torch.Tensor | None = None  # None: every training timestep equally often
-
-    def tokenize(self, captions: list[str]) -> Any:
-        return self.tokenizer(
-            captions,
-            max_length=self.tokenizer.model_max_length,
-            padding="max_length",
-            truncation=True,
-            return_tensors="pt",
-        )
-
-
-def load_models(base: Path, args: TrainArguments, accelerator: Any) -> Parts:
-    """The base pipeline's parts: frozen ones in the compute dtype, adapters and EMA added as asked."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.training_utils import EMAModel
-
-    pipe = assemble_pipeline(base, torch.float32)
-    if args.prediction_type is not None and args.prediction_type != pipe.scheduler.config.get("prediction_type"):
-        # Train and sample with the same objective: the saved scheduler predicts what the UNet learnt.
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=args.prediction_type)
-    text_encoder, vae, unet = pipe.text_encoder, pipe.vae, pipe.unet
-    vae.requires_grad_(False)
-    text_encoder.requires_grad_(args.train_text_encoder and not args.use_lora)
-    unet.requires_grad_(not args.use_lora)
-    if args.use_lora:
-        from peft import LoraConfig
-
-        unet.add_adapter(
-            LoraConfig(
-                r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=UNET_LORA_TARGETS
-            )
-        )
-    text_lora = add_text_encoder_lora(text_encoder, args.rank) if args.use_lora and args.train_text_encoder else None
-    ema_unet = None
-    if args.use_ema:
-        ema_unet = EMAModel(unet.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config)
-    if args.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        if args.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
-    # Frozen weights in the compute dtype; trainable ones (LoRA included) stay fp32 under fp16.
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    vae.to(accelerator.device, dtype=weight_dtype)
-    if not args.train_text_encoder:
-        text_encoder.to(accelerator.device, dtype=weight_dtype)
-    if args.use_lora:
-        unet.to(accelerator.device, dtype=weight_dtype)
-        for parameter in (*unet.parameters(), *text_encoder.parameters()):
-            if parameter.requires_grad:
-                parameter.data = parameter.data.float()
-    return Parts(
-        pipe=pipe,
-        tokenizer=pipe.tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        unet=unet,
-        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
-        weight_dtype=weight_dtype,
-        ema_unet=ema_unet,
-        text_lora=text_lora,
-        timestep_weights=timestep_weights(args, pipe.scheduler.config.num_train_timesteps),
-    )
 
 
 def timestep_weights(args: TrainArguments, num_timesteps: int) -> torch.Tensor | None:
@@ -1080,103 +666,6 @@ def make_optimizer(loader: Any, parts: Parts, args: TrainArguments, accelerator:
     )
 
 
-def resume(output_dir: Path, args: TrainArguments, accelerator: Any, ema_unet: Any) -> tuple[int, list]:
-    """The step and loss history to continue from (`--resume_from_checkpoint`), state loaded."""
-    if not args.resume_from_checkpoint:
-        return 0, []
-    found = checkpoints(output_dir)
-    latest = args.resume_from_checkpoint == "latest"
-    if latest:
-        for cut in sorted(set(checkpoints(output_dir, complete=False)) - set(found)):
-            accelerator.print(f"skipping {cut.name}: {cut_short(cut)}")
-    path = (found[-1] if found else None) if latest else Path(args.resume_from_checkpoint)
-    if path is None:
-        accelerator.print("no checkpoint to resume from: starting a new run")
-        return 0, []
-    check_checkpoint(path, accelerator.process_index, ema_unet is not None)
-    accelerator.print(f"resuming from {path}")
-    accelerator.load_state(str(path))
-    if ema_unet is not None:
-        load_ema(path, ema_unet)
-    history = json.loads((path / CHECKPOINT_DONE).read_text())["log_history"]
-    return int(path.name.split("-")[1]), history
-
-
-def check_checkpoint(path: Path, process_index: int, ema: bool) -> None:
-    """Refuses a checkpoint that cannot resume the run exactly: cut short (`cut_short`), without the
-    EMA weights the run keeps, or with random states that cannot be restored (accelerate would only
-    log that and go on with other random numbers)."""
-    problem = cut_short(path)
-    if problem:
-        raise ConfigError(f"resume_from_checkpoint={str(path)!r}: {problem}; resume from an earlier one or 'latest'")
-    if ema and not (path / EMA_WEIGHTS).is_file():
-        raise ConfigError(
-            f"resume_from_checkpoint={str(path)!r}: has no EMA weights ({EMA_WEIGHTS}); the run would restart "
-            "its EMA from the current weights. Resume with the same --use_ema"
-        )
-    states = path / f"random_states_{process_index}.pkl"
-    problem = random_states_problem(states)
-    if problem:
-        raise ConfigError(
-            f"resume_from_checkpoint={str(path)!r}: its random states ({states.name}) cannot be restored "
-            f"({problem}); a resume would not be the run it continues"
-        )
-
-
-def random_state_setters() -> dict[str, Callable[[Any], Any]]:
-    """Each random state accelerate's `load_state` sets on this machine, by its key in the states file,
-    with a setter that applies it as accelerate would but to a scratch generator: accelerate reads them
-    in one try block, so one that fails leaves the rest unrestored and is only logged."""
-    from accelerate import utils
-
-    def device_setter(kind: str) -> Callable[[Any], None]:
-        def apply(states: Any) -> None:  # as `torch.<kind>.set_rng_state_all`: state i on device i
-            count = getattr(torch, kind).device_count()
-            if len(states) > count:  # a generator of a device that is not there is made without complaint
-                raise ValueError(f"states of {len(states)} {kind} device(s), this machine has {count}")
-            for index, state in enumerate(states):
-                torch.Generator(f"{kind}:{index}").set_state(state)
-
-        return apply
-
-    setters = {
-        "random_state": lambda state: random.Random().setstate(state),
-        "numpy_random_seed": lambda state: np.random.RandomState().set_state(state),
-        "torch_manual_seed": lambda state: torch.Generator().set_state(state),
-    }
-    for kind in ("xpu", "mlu", "sdaa", "musa", "hpu", "neuron", "cuda"):  # accelerate's availability checks
-        if getattr(utils, f"is_{kind}_available")():
-            setters[f"torch_{kind}_manual_seed"] = device_setter(kind)
-    if utils.is_torch_xla_available():
-        setters["xm_seed"] = int  # `xm.set_rng_state` takes the seed, an integer
-    return setters
-
-
-def first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
-
-def random_states_problem(states: Path) -> str | None:
-    """Why accelerate could not restore a random states file here, or None when it could."""
-    from accelerate.utils import load as accelerate_load
-
-    try:
-        loaded = accelerate_load(states)  # accelerate's safe loader, as `load_state` reads it
-    except Exception as err:  # noqa: BLE001 - any reason it cannot be read
-        return f"unreadable: {first_line(err)}"
-    if not isinstance(loaded, dict):
-        return f"a {type(loaded).__name__}, not the states by name"
-    for key, apply in random_state_setters().items():
-        if key not in loaded:
-            device = re.fullmatch(r"torch_(\w+)_manual_seed", key)
-            return f"no {key}" + (f": saved without {device.group(1)}, this machine has it" if device else "")
-        try:
-            apply(loaded[key])
-        except Exception as err:  # noqa: BLE001 - any reason the state does not apply
-            return f"{key} does not apply: {first_line(err)}"
-    return None
-
-
 def training_loss(parts: Parts, batch: Any, args: TrainArguments, accelerator: Any) -> tuple[torch.Tensor, int]:
     """The denoising loss of one batch (epsilon or v-prediction, optionally min-SNR weighted)."""
     from diffusers.training_utils import compute_snr
@@ -1267,27 +756,6 @@ def training_loop(
     return global_step
 
 
-def publish_lora_base(run: StageRun, base: ModelInput) -> ModelInput:
-    """A LoRA opens through its base, and a local folder's path means nothing on another machine: the
-    folder is published into the store beside the LoRA, as `<namespace>/<folder name>` (content-
-    addressed: the same folder is the same revision), and the card names it by that repo id."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(base.given.rstrip("/")).name).strip("-.") or "base-model"
-    repo_id = run.args.repo_id(name)
-    revision = run.store.push(base.path, repo_id, "model", f"The base model of {run.output_repo_id} (a local folder)")
-    print(f"[{run.stage}] published the LoRA's base, a local folder, as model {repo_id}@{revision}", file=sys.stderr)
-    return dataclasses.replace(base, kind="store", repo_id=repo_id, revision=revision)
-
-
-def check_lora_base(args: TrainArguments, base: ModelInput) -> None:
-    """Before training: a LoRA of a local folder publishes that folder into a local store; to the Hub it
-    would upload a whole model nobody asked to publish, so there it is refused."""
-    if args.use_lora and published_name(base) is None and (args.store == "hub" or args.push_to_hub):
-        raise ConfigError(
-            f"pretrained_model_name_or_path={base.given!r}: a LoRA published to the Hub needs a base on the Hub "
-            "(give its repo id), not a local folder"
-        )
-
-
 def save_outputs(
     run: StageRun, output_dir: Path, parts: Parts, accelerator: Any, base: Any, languages: list[str], trained: dict
 ) -> None:
@@ -1335,64 +803,6 @@ def batch_inputs(
     with torch.set_grad_enabled(args.train_text_encoder):
         hidden = encode_text(text_encoder, batch["input_ids"].to(device), batch["attention_mask"].to(device))
     return latents, hidden
-
-
-def inference_pipeline(parts: Parts, accelerator: Any) -> Any:
-    """The base pipeline with the weights being trained, for validation images."""
-    pipe = parts.pipe
-    pipe.unet = accelerator.unwrap_model(parts.unet)
-    pipe.text_encoder = accelerator.unwrap_model(parts.text_encoder)
-    pipe.to(accelerator.device)
-    return pipe
-
-
-MODEL_FILES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", LORA_WEIGHTS,
-               "text_encoder_lora.safetensors", "text_encoder_lora_config.json", "README.md")  # fmt: skip
-
-
-def clear_model_files(output_dir: Path) -> None:
-    """Removes an earlier run's model from the output folder (a rerun with --force), never its checkpoints."""
-    for name in MODEL_FILES:
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-def clear_stale_validation(output_dir: Path, step: int) -> None:
-    """Removes validation images that this run did not make: a reused output folder's from an earlier
-    run (everything when training starts afresh, later steps and `final` after a resume), so they are
-    never published as this model's."""
-    for folder in (output_dir / "validation").glob("*"):
-        made_here = folder.name.startswith("step-") and folder.name[5:].isdigit() and 0 < int(folder.name[5:]) <= step
-        if not made_here:
-            shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
-
-
-def save_lora(folder: Path, pipeline_class: Any, unet: Any, text_encoder: Any, text_lora: dict | None) -> None:
-    """The LoRA adapters as the published model holds them (the UNet's in diffusers' format, the text
-    encoder's with its peft config), in float32; the models being trained are left as they are."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    state = {k: v.detach().float().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
-    pipeline_class.save_lora_weights(
-        folder, unet_lora_layers=convert_state_dict_to_diffusers(state), weight_name=LORA_WEIGHTS
-    )
-    if text_lora is not None:
-        save_text_encoder_lora(text_encoder, text_lora, folder)
-
-
-def save_trained(
-    folder: Path, pipe: Any, unet: Any, text_encoder: Any, args: TrainArguments, text_lora: dict | None, source: Path
-) -> None:
-    if args.use_lora:
-        save_lora(folder, type(pipe), unet, text_encoder, text_lora)
-        return
-    pipe.unet, pipe.text_encoder = unet.float(), text_encoder.float()
-    pipe.vae.float()
-    save_pipeline(pipe, folder, source=source)
 
 
 STAGE = TrainTextToImage()
