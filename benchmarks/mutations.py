@@ -182,6 +182,22 @@ MUTATIONS = [
              "    problem = None\n    if problem:\n",
              ("tests/test_training.py::test_a_checkpoint_without_its_completion_marker_is_refused_by_name",),
              "a checkpoint cut short never resumes"),
+    # --- distributional alignment -----------------------------------------------------------------
+    Mutation("alignment-no-gradient-through-steps", "training", "training/align_distribution.py",
+             "        with torch.set_grad_enabled(with_grad):\n",
+             "        with torch.set_grad_enabled(False):\n",
+             ("tests/test_align_distribution.py::test_gradients_reach_the_text_encoder_and_the_unet_through_the_denoising_steps",),
+             "the adjusted direct fine-tuning back-propagates through the denoising steps"),
+    Mutation("alignment-micro-batch-mean", "training", "training/align_distribution.py",
+             "loss = (fairness + args.preservation_weight * kept_close) / len(noise)",
+             "loss = (fairness + args.preservation_weight * kept_close) / len(noise[part])",
+             ("tests/test_align_distribution.py::test_micro_batches_add_up_to_the_one_batch_gradient",),
+             "micro-batches add up to the one-batch gradient"),
+    Mutation("alignment-gendered-prompts-unanchored", "training", "training/align_distribution.py",
+             "    if attribute == \"gender\" and named in labels:",
+             "    if False:",
+             ("tests/test_align_distribution.py::test_a_prompt_that_names_a_gender_is_aligned_to_it_and_any_other_to_the_target",),
+             "a gendered prompt is aligned to its own gender (explicit-gender control)"),
 ]  # fmt: skip
 
 

@@ -38,8 +38,9 @@ noise. For every method, language and prompt variant the table gives:
   rows apart (`label [in-sample]`, `label [held-out]`), as Shen et al. (ICLR 2024) report them;
 - what it costs, as work rather than time taken under whatever load: UNet evaluations per image
   (denoising steps x the batch classifier-free guidance or SEGA runs) and images seen in training
-  for a model trained for the method; and the CLIP score (English CLIP, the occupation text) when
-  measured.
+  for a model trained for the method (for distributional alignment, the images it generated and
+  classified while training, each denoised three times: its own, the frozen model's, with
+  gradients); and the CLIP score (English CLIP, the occupation text) when measured.
 
 Publishes a results dataset (config `methods`) with figures: bias per method and language (the
 base-vs-fine-tuned figure when the methods are models), bias against guidance scale, and control.
@@ -874,16 +875,26 @@ def unet_passes(steps: int | None, guidance: float, intervention: str) -> float:
 
 
 def model_training(run: StageRun, model: str) -> dict[str, Any]:
-    """What training a model made by `train_text_to_image` saw, from its card's lineage:
-    `training_images` (steps x batch x gradient accumulation) and `training_cells`, the (caption
-    language, occupation) pairs of its training dataset, and `caption_forms`, the gender-neutral form
-    of its captions per language (as its training dataset's card records it); None for any other model."""
+    """What training a model made by `train_text_to_image` or `align_distribution` saw, from its card:
+    `training_images` (steps x batch x gradient accumulation; for distributional alignment, the images
+    it generated and classified, one batch per step and process) and `training_cells`, the (caption
+    language, occupation) pairs of its training dataset or of the prompts it was aligned on, and
+    `caption_forms`, the gender-neutral form of its captions per language (as its training dataset's
+    card records it); None for any other model."""
     unknown = {"training_images": None, "training_cells": None, "caption_forms": None}
     try:
-        lineage = card_metadata(run.store.resolve(model, "model")).get("lineage") or {}
+        metadata = card_metadata(run.store.resolve(model, "model"))
     except UserError:
         return unknown
+    lineage = metadata.get("lineage") or {}
     parameters = lineage.get("parameters") or {}
+    alignment = metadata.get("alignment") or {}
+    if lineage.get("stage") == "align_distribution" and alignment.get("training_cells"):
+        return {
+            "training_images": alignment.get("images_generated"),
+            "training_cells": {tuple(cell) for cell in alignment["training_cells"]},
+            "caption_forms": None,
+        }
     if lineage.get("stage") != "train_text_to_image" or not parameters.get("max_train_steps"):
         return unknown
     accumulation = parameters.get("gradient_accumulation_steps") or 1

@@ -49,6 +49,7 @@ STAGES = {
     "generate_images": "pipelines.generate_images",
     "collect_datasets": "pipelines.collect_datasets",
     "train_text_to_image": "training.train_text_to_image",
+    "align_distribution": "training.align_distribution",
     "classify": "pipelines.classify",
     "evaluate_bias": "pipelines.evaluate_bias",
     "evaluate_alignment": "pipelines.evaluate_alignment",

@@ -223,6 +223,11 @@ CASES: list[tuple[str, list[str], str]] = [
         "is a dataset of bias; a dataset of methods",
     ),
     # The training script.
+    ("align_distribution", ["--target", "female=0.9"], "target='female=0.9': the shares must sum to 1, not 0.9"),
+    ("align_distribution", ["--classifier", "fairface"], "classifier='fairface' needs classifier_model"),
+    ("align_distribution", ["--languages", "xx"], "languages: xx not in the prompts dataset"),
+    ("align_distribution", ["--professions", "astronaut"], "professions: 'astronaut' not in the prompts dataset"),
+    ("align_distribution", ["--train_unet", "false"], "train_unet=false without train_text_encoder: nothing to train"),
     ("train", ["--dataset_name", "{train}", "--mixed_precision", "fp8"], "mixed_precision='fp8'"),
     ("train", ["--dataset_name", "{train}", "--max_train_steps", "-1"], "max_train_steps=-1"),
     ("train", ["--dataset_name", "{train_name}", "--dataset_revision", "nope"], "'nope'"),
@@ -295,7 +300,9 @@ def call(command: str, argv: list[str]) -> int:
     elif command == "train":
         main = importlib.import_module("training.train_text_to_image").main
     else:
-        main = importlib.import_module(f"pipelines.{command}").STAGE.main
+        from pipelines.run import STAGES
+
+        main = importlib.import_module(STAGES[command]).STAGE.main
     try:
         main(argv)
     except SystemExit as exit_:
@@ -325,6 +332,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     defaults = {"--store_root": study["root"], "--namespace": "study"}
     if command == "train":
         defaults |= {"--pretrained_model_name_or_path": study["model"], "--resolution": "64"}
+    if command == "align_distribution":
+        defaults |= {"--pretrained_model_name_or_path": study["model"], "--prompts": study["prompts"]}
     for flag, value in defaults.items():
         if flag not in argv:
             argv += [flag, value]

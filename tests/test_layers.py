@@ -24,6 +24,9 @@ LAYERS = {
     "pipelines.harness": 2,
     "pipelines.modeling": 2,
     "pipelines.perception": 3,
+    # What every fine-tune shares (training/finetune.py, models.py, checkpoints.py, target_assignment.py):
+    # below the training scripts, above everything they build on.
+    "training.shared": 3.5,
     # The evaluate modules stand alone (each folder is a Space with its own requirements): they import
     # nothing of the project, and the toolkit reads them (and the card templates) from below.
     "spaces.clip_score": -1,
@@ -52,8 +55,13 @@ LIGHT_MODULES = [
 ]
 
 
+FINE_TUNING_SHARED = ("training.finetune", "training.models", "training.checkpoints", "training.target_assignment")
+
+
 def package_of(module: str) -> str:
     """The layered package a module belongs to (`pipelines.artifacts.store` -> `pipelines.artifacts`)."""
+    if module in FINE_TUNING_SHARED:
+        return "training.shared"
     parts = module.split(".")
     if len(parts) >= 2 and ".".join(parts[:2]) in LAYERS:
         return ".".join(parts[:2])

@@ -1,0 +1,326 @@
+"""Distributional-alignment fine-tuning (training/align_distribution.py): its sampler makes the
+pipeline's images, its gradients reach what is trained, micro-batches add up to one batch, and its
+arguments refuse what cannot run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.errors import ConfigError
+from pipelines.modeling.world import build_world_pipeline
+from training import align_distribution as align
+
+from .conftest import TINY_PROFESSIONS
+
+PROMPTS = ["a photo of a nurse", "a photo of a CEO", "ein Foto einer Pflegekraft"]
+
+
+@pytest.fixture(scope="module")
+def world_pipe() -> Any:
+    torch.manual_seed(0)
+    pipe = build_world_pipeline(PROMPTS, seed=3)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.eval(), pipe.text_encoder.eval()  # as loaded: no dropout
+    return pipe
+
+
+def arguments(**values: Any) -> SimpleNamespace:
+    defaults = {"num_inference_steps": 6, "guidance_scale": 1.0, "gradient_steps": None, "gradient_scaling": "paper"}
+    return SimpleNamespace(**(defaults | values))
+
+
+def parts_of(pipe: Any) -> SimpleNamespace:
+    return SimpleNamespace(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_the_sampler_makes_the_pipeline_s_images_from_the_same_seeds(world_pipe: Any, guidance: float) -> None:
+    seeds = [11, 12, 13]
+    args = arguments(guidance_scale=guidance)
+    with torch.no_grad():
+        expected = world_pipe(
+            [PROMPTS[0]] * 3,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            output_type="np",
+        ).images
+        noise = align.initial_noise(seeds, (3, 16, 16), "cpu")
+        states = align.text_states(parts_of(world_pipe), [PROMPTS[0]] * 3, guidance, "cpu")
+        images = align.sample(world_pipe.unet, world_pipe.vae, world_pipe.scheduler, states, noise, args, grad=False)
+    assert images.shape == (3, 3, 16, 16)
+    assert np.abs(images.permute(0, 2, 3, 1).numpy() - expected).max() < 1e-4
+
+
+def test_gradients_reach_the_text_encoder_and_the_unet_through_the_denoising_steps(world_pipe: Any) -> None:
+    import copy
+
+    unet, text_encoder = copy.deepcopy(world_pipe.unet), copy.deepcopy(world_pipe.text_encoder)
+    parts = SimpleNamespace(tokenizer=world_pipe.tokenizer, text_encoder=text_encoder)
+    noise = align.initial_noise([1, 2], (3, 16, 16), "cpu")
+    grads = {}
+    for steps in (None, 1):
+        unet.zero_grad(), text_encoder.zero_grad()
+        states = align.text_states(parts, [PROMPTS[1]] * 2, 1.0, "cpu")
+        images = align.sample(
+            unet, world_pipe.vae, world_pipe.scheduler, states, noise, arguments(gradient_steps=steps), grad=True
+        )
+        images[:, 0].mean().backward()  # more red
+        grads[steps] = {
+            "unet": torch.cat([p.grad.flatten() for p in unet.parameters() if p.grad is not None]),
+            "text": torch.cat([p.grad.flatten() for p in text_encoder.parameters() if p.grad is not None]),
+        }
+        for name, values in grads[steps].items():
+            assert torch.isfinite(values).all() and values.abs().sum() > 0, (steps, name)
+    # Only the last step kept: another (smaller) gradient than through every step.
+    assert not torch.allclose(grads[None]["unet"], grads[1]["unet"])
+
+
+def test_the_gradient_coefficients_are_normalised_and_survive_a_zero_terminal_snr(world_pipe: Any) -> None:
+    scheduler = world_pipe.scheduler
+    scheduler.set_timesteps(20)
+    assert float(scheduler.alphas_cumprod[int(scheduler.timesteps[0])]) < 1e-6  # the world's: zero terminal SNR
+    coefficients = align.gradient_coefficients(scheduler)
+    assert len(coefficients) == 20 and all(math.isfinite(c) and c > 0 for c in coefficients)
+    assert math.exp(sum(math.log(c) for c in coefficients) / 20) == pytest.approx(1.0)
+
+
+def test_every_prompt_once_per_epoch_and_the_noise_depends_on_the_step_alone() -> None:
+    order = [align.prompt_of_step(step, 5, seed=7) for step in range(15)]
+    for epoch in range(3):
+        assert sorted(order[5 * epoch : 5 * epoch + 5]) == list(range(5))
+    assert order[:5] != order[5:10]  # a new order each epoch
+    assert align.image_seeds(3, 4, 7) == align.image_seeds(3, 4, 7) != align.image_seeds(4, 4, 7)
+    assert align.image_seeds(3, 4, 7)[:2] == align.image_seeds(3, 2, 7)  # a larger batch adds images
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"classifier": "world-cue", "attribute": "race"}, r"^attribute='race': allowed gender"),
+        ({"classifier": "fairface"}, r"^classifier='fairface' needs classifier_model"),
+        ({"preservation": "clip"}, r"^preservation='clip' needs similarity_model"),
+        ({"gradient_accumulation_steps": 2}, r"^gradient_accumulation_steps: use images_per_backward"),
+        ({"train_unet": False}, r"^train_unet=false without train_text_encoder: nothing to train"),
+        ({"guidance_scale": 0.5}, r"^guidance_scale=0.5: at least 1"),
+        ({"resolution": 20}, r"^resolution=20: a multiple of 8"),
+    ],
+)
+def test_arguments_that_cannot_run_are_refused_in_one_line(tmp_path: Path, values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        align.AlignArguments(store_root=str(tmp_path), **values)
+
+
+# --- the recipe on the planted-bias world ---------------------------------------------------------
+
+TRAINED = ["CEO", "nurse", "software developer", "hairdresser"]  # in en and de (alignment_offline.yaml)
+
+
+def female_shares(store: Any, images: str, first: int = 40) -> dict[tuple[str, str], float]:
+    """The share of female figures per (language, occupation) of an images dataset's neutral prompts,
+    from its attributes, over its first `first` images of each prompt (the methods table's n)."""
+    from pipelines.artifacts.reader import DatasetArtifact
+
+    attributes = DatasetArtifact(store.resolve(f"t2i-bias/{images}-attributes", "dataset"), images)
+    shares = {}
+    for config in attributes.configs:
+        info = attributes.config_info(config)
+        if info["variant"] != "neutral":
+            continue
+        rows = attributes.rows(config, ["profession", "gender", "sample_index"])
+        rows = [r for r in rows if r["sample_index"] < first]
+        for occupation in {r["profession"] for r in rows}:
+            mine = [r["gender"] == "female" for r in rows if r["profession"] == occupation]
+            shares[(info["language"], occupation)] = sum(mine) / len(mine)
+    return shares
+
+
+def rms_distance(shares: dict, cells: list, target: float) -> float:
+    return math.sqrt(sum((shares[cell] - target) ** 2 for cell in cells) / len(cells))
+
+
+@pytest.mark.slow
+def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control(offline_study: dict) -> None:
+    """alignment_offline.yaml on the offline study's store: the world model's text encoder aligned
+    towards parity on four occupations in two languages; every cell is then measured. Trained cells
+    and cells it never saw (two occupations, two languages) come closer to parity, explicit-gender
+    control stays, a 70/30 target moves the trained cells towards 70% female, and the methods table
+    gives in-sample and held-out rows with the method's cost."""
+    import os
+    import subprocess
+    import sys
+
+    import datasets
+
+    from pipelines.artifacts.store import LocalStore, card_metadata
+
+    from .conftest import REPO_ROOT, machine_paths_in
+
+    assert offline_study["result"].returncode == 0, offline_study["result"].stderr[-3000:]
+    root = offline_study["root"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.run", "pipelines/recipes/alignment_offline.yaml", "--store_root", str(root)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train_world: t2i-bias/world-model@" in result.stdout + result.stderr  # the offline study's, reused
+    assert machine_paths_in(root) == []
+    store = LocalStore(root)
+    base, aligned, seventy = (female_shares(store, name) for name in
+                              ("world-base-eval", "world-aligned-methods", "world-aligned-70-methods"))  # fmt: skip
+    trained = [(language, o) for language in ("en", "de") for o in TRAINED]
+    held_out = sorted(set(base) - set(trained))
+    assert len(trained) == 8 and len(held_out) == 16
+    # Towards parity where it was trained, and where it was not (other occupations, other languages).
+    assert rms_distance(aligned, trained, 0.5) < 0.85 * rms_distance(base, trained, 0.5)  # here 0.250 vs 0.356
+    assert rms_distance(aligned, held_out, 0.5) < rms_distance(base, held_out, 0.5)  # here 0.265 vs 0.326
+    # 70% female asked: the trained cells move towards it, further than the parity model's.
+    assert rms_distance(seventy, trained, 0.7) < rms_distance(base, trained, 0.7) - 0.05  # here 0.229 vs 0.389
+    assert sum(seventy[c] for c in trained) > sum(aligned[c] for c in trained)
+    # The methods table: in-sample and held-out rows, control kept, the cost in generated images.
+    table = datasets.load_dataset(str(store.resolve("t2i-bias/world-alignment-methods", "dataset")), "methods",
+                                  split="train")  # fmt: skip
+    rows = {(r["method"], r["language"]): r for r in table}
+    assert {r["method"] for r in table} == {"base", "mixed-ft", "aligned [in-sample]", "aligned [held-out]"}
+    assert {r["language"] for r in table if r["method"] == "aligned [in-sample]"} == {"en", "de"}
+    for language in ("en", "de", "zh", "ja"):
+        held = rows[("aligned [held-out]", language)]
+        assert held["num_occupations"] == (2 if language in ("en", "de") else 6)
+        assert held["seeds"] == 2 and held["training_images"] == 200 * 24
+        assert held["explicit_gender_control"] >= 0.9, (language, held["explicit_gender_control"])
+        assert 0.5 < held["same_noise_similarity"] < 1.0
+    # The card names the method, its target, its classifier and its losses.
+    card = card_metadata(store.resolve("t2i-bias/world-aligned-70", "model"))
+    assert card["method"] == "distributional_alignment"
+    alignment = card["alignment"]
+    assert alignment["target"] == {"male": 0.3, "female": 0.7} and alignment["classifier"] == "world-cue"
+    assert alignment["losses"]["preservation_weight"] == 8.0 and "cross-entropy" in alignment["losses"]["alignment"]
+    assert sorted(map(tuple, alignment["training_cells"])) == sorted(trained)
+
+
+def step_arguments(**values: Any) -> SimpleNamespace:
+    defaults = {
+        "num_inference_steps": 4, "guidance_scale": 1.0, "gradient_steps": None, "gradient_scaling": "paper",
+        "resolution": 16, "train_batch_size": 6, "seed": 0, "uncertainty_threshold": 0.2, "changed_weight": 0.2,
+        "preservation_weight": 8.0, "images_per_backward": None, "attribute": "gender", "preservation": "pixels",
+    }  # fmt: skip
+    return SimpleNamespace(**(defaults | values))
+
+
+def test_micro_batches_add_up_to_the_one_batch_gradient(world_pipe: Any) -> None:
+    """A step in micro-batches of 2 images gives the gradient of the whole batch of 6 (the loss is a sum
+    over the batch's images, each micro-batch's part backpropagated alone), so memory can be traded
+    for passes without changing what is learnt."""
+    import copy
+
+    from pipelines.perception.differentiable import SoftWorldCue
+    from training.models import Parts
+
+    accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1, process_index=0,
+                                  gather=lambda tensor: tensor, backward=lambda loss: loss.backward())  # fmt: skip
+    pipe = world_pipe
+    frozen = Parts(pipe=pipe, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, unet=pipe.unet,
+                   noise_scheduler=None, weight_dtype=torch.float32)  # fmt: skip
+    gradients, measured = [], []
+    for per_backward in (None, 2):
+        text_encoder = copy.deepcopy(world_pipe.text_encoder).requires_grad_(True)
+        parts = copy.copy(frozen)
+        parts.text_encoder = text_encoder
+        args = step_arguments(images_per_backward=per_backward)
+        preservation = align.Preservation(args, None, "cpu")
+        target = np.array([0.5, 0.5])
+        measured.append(align.alignment_step(parts, frozen, SoftWorldCue(), preservation, PROMPTS[0], target, args,
+                                             accelerator, step=3))  # fmt: skip
+        gradients.append(torch.cat([p.grad.flatten() for p in text_encoder.parameters() if p.grad is not None]))
+    assert gradients[0].abs().sum() > 0
+    # Equal up to float sums in another order (a batch of 2 runs other kernels than a batch of 6).
+    assert (gradients[0] - gradients[1]).norm() < 1e-2 * gradients[0].norm()
+    assert measured[0]["loss"] == pytest.approx(measured[1]["loss"], rel=1e-5)
+    assert measured[0]["found"] == 6 and sum(measured[0]["shares"]) == pytest.approx(1.0)
+
+
+def test_a_resumed_alignment_is_the_run_it_continues_and_its_card_names_the_method(
+    tiny_study: dict, tmp_path: Path
+) -> None:
+    """Two steps, then a resume from their checkpoint to four, gives the weights and loss history of
+    four steps in one go (the prompts and noise of a step depend on the seed and the step alone); the
+    published card names the method, its target, classifier, losses and the cells it trained on."""
+    from safetensors.torch import load_file
+
+    from pipelines import build_tiny_model
+    from pipelines.artifacts.store import LocalStore, card_metadata
+
+    common = {"store_root": tiny_study["store_root"], "namespace": "study"}
+    world = build_tiny_model.run(
+        build_tiny_model.Arguments(**common, input=tiny_study["prompts"], kind="world", output_repo="da-world")
+    )
+    settings = {
+        **common, "pretrained_model_name_or_path": str(world), "prompts": tiny_study["prompts"],
+        "languages": ["en", "de"], "variants": ["neutral", "gendered"], "target": "female=0.7,male=0.3",
+        "train_text_encoder": True, "train_unet": False, "train_batch_size": 4, "num_inference_steps": 3,
+        "learning_rate": 1e-3, "checkpointing_steps": 2, "cpu_threads": 1,
+    }  # fmt: skip
+    one_go = align.run(align.AlignArguments(**settings, max_train_steps=4, output_dir=str(tmp_path / "a"),
+                                            output_repo="da-a"))  # fmt: skip
+    align.run(align.AlignArguments(**settings, max_train_steps=2, output_dir=str(tmp_path / "b"), output_repo="da-b2"))
+    resumed = align.run(align.AlignArguments(**settings, max_train_steps=4, output_dir=str(tmp_path / "b"),
+                                             output_repo="da-b", resume_from_checkpoint="latest"))  # fmt: skip
+    store = LocalStore(tiny_study["store_root"])
+    folders = [store.resolve(str(published), "model") for published in (one_go, resumed)]
+    weights = [load_file(folder / "text_encoder" / "model.safetensors") for folder in folders]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    histories = [json.loads((folder / "trainer_state.json").read_text())["log_history"] for folder in folders]
+    assert histories[0] == histories[1] and [h["step"] for h in histories[0]] == [1, 2, 3, 4]
+    card = card_metadata(folders[0])
+    assert card["method"] == "distributional_alignment" and card["base_model"] == "study/da-world"
+    assert card["alignment"]["target"] == {"male": 0.3, "female": 0.7}
+    assert card["alignment"]["classifier"] == "world-cue" and card["alignment"]["trained"] == "text encoder"
+    assert card["alignment"]["images_generated"] == 16
+    assert {tuple(cell) for cell in card["alignment"]["training_cells"]} == {
+        (language, profession) for language in ("en", "de") for profession in TINY_PROFESSIONS
+    }
+
+
+def test_a_prompt_that_names_a_gender_is_aligned_to_it_and_any_other_to_the_target() -> None:
+    labels, target = ["male", "female"], np.array([0.3, 0.7])
+    assert align.prompt_target({"gender": "female"}, target, labels, "gender").tolist() == [0.0, 1.0]
+    assert align.prompt_target({"gender": "male"}, target, labels, "gender").tolist() == [1.0, 0.0]
+    for row in ({"gender": "neutral"}, {"gender": None}, {}):
+        assert align.prompt_target(row, target, labels, "gender").tolist() == [0.3, 0.7]
+    ages = ["0-2", "3-9"]
+    assert align.prompt_target({"gender": "female"}, np.array([0.5, 0.5]), ages, "age").tolist() == [0.5, 0.5]
+
+
+def test_fairface_through_its_differentiable_chips_drives_an_alignment_run(tiny_study: dict, tmp_path: Path) -> None:
+    """The real-model path end to end on tiny models: FairFace's network (random weights, published by
+    build_tiny_model) on whole-image chips, the tiny AltDiffusion's text encoder as LoRA, CLIP-free
+    pixel preservation; two steps run, and the card says which classifier and attribute."""
+    from pipelines import build_tiny_model
+    from pipelines.artifacts.store import LocalStore, card_metadata
+
+    common = {"store_root": tiny_study["store_root"], "namespace": "study"}
+    fairface = build_tiny_model.run(build_tiny_model.Arguments(**common, kind="fairface", output_repo="da-fairface"))
+    published = align.run(
+        align.AlignArguments(
+            **common, pretrained_model_name_or_path=tiny_study["model"], prompts=tiny_study["prompts"],
+            classifier="fairface", classifier_model=str(fairface), detector="none", attribute="age",
+            use_lora=True, rank=4, train_text_encoder=True, train_unet=False, train_batch_size=3,
+            num_inference_steps=2, max_train_steps=2, checkpointing_steps=2, cpu_threads=1,
+            output_dir=str(tmp_path / "out"), output_repo="da-fairface-age",
+        )
+    )  # fmt: skip
+    folder = LocalStore(tiny_study["store_root"]).resolve(str(published), "model")
+    card = card_metadata(folder)
+    assert card["alignment"]["classifier"] == "fairface" and card["alignment"]["attribute"] == "age"
+    assert len(card["alignment"]["target"]) == 9 and abs(sum(card["alignment"]["target"].values()) - 1) < 1e-3
+    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    assert [h["found"] for h in history] == [3, 3] and all(math.isfinite(h["loss"]) for h in history)
