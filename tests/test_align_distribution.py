@@ -148,6 +148,7 @@ def rms_distance(shares: dict, cells: list, target: float) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # the offline study (when this test is the first to need it), then ~12 minutes
 def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control(offline_study: dict) -> None:
     """alignment_offline.yaml on the offline study's store: the world model's text encoder aligned
     towards parity on four occupations in two languages; every cell is then measured. Trained cells
