@@ -125,8 +125,9 @@ def test_no_stage_keeps_run_state_on_its_module(stage: str, monkeypatch: pytest.
     import importlib
 
     from pipelines.harness import stage as harness
+    from pipelines.run import STAGES
 
-    module = importlib.import_module(f"pipelines.{stage}")
+    module = importlib.import_module(STAGES[stage])
     assert vars(module.STAGE) == {}
     given = []
 
