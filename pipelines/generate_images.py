@@ -39,6 +39,7 @@ from pipelines.modeling.diffusion import DTYPES, SCHEDULERS, load_pipeline
 from pipelines.prompting.grammar import describe_neutral_forms, form_mismatch
 from pipelines.prompting.grid import VARIANTS
 from pipelines.prompting.interventions import APPLIES_TO, INTERVENTIONS, TWIN_VARIANTS, Instruction, instruction
+from pipelines.prompting.selection import language_rows, variant_rows
 
 SEED_SCHEMES = ("per_prompt", "index")
 FACE_FILTERS = ("mtcnn", "haar", "dlib")
@@ -239,32 +240,16 @@ class GenerateImages(ShardedStage):
 
     def plan(self, run: StageRun) -> list[Shard]:
         args: Arguments = run.args
-        prompts = run.dataset("input")
-        missing = [language for language in args.languages if language not in prompts.configs]
-        if missing:
-            raise ConfigError(
-                f"languages: {', '.join(missing)} not in the prompts dataset (it has {', '.join(prompts.configs)})"
-            )
         shards = []
         self.configs: dict[str, dict[str, str]] = {}
         self.twins: dict[str, dict[tuple[str, str], str]] = {}
         needed = sorted({v for i in args.interventions for v in TWIN_VARIANTS.get(i, ())})
-        for language in args.languages:
-            rows = prompts.rows(language)
-            known = {row["profession"] for row in rows}
-            unknown = [p for p in args.professions if p not in known]
-            if unknown:
-                raise ConfigError(f"professions: {', '.join(map(repr, unknown))} not in the prompts dataset")
+        for language, rows in language_rows(run.dataset("input"), args.languages, args.professions).items():
             self.twins[language] = {
                 (r["variant"], r["profession"]): r["prompt"] for r in rows if r["variant"] in needed
             }
             for variant in args.variants:
-                chosen = [row for row in rows if row["variant"] == variant]
-                if args.professions:
-                    chosen = [row for row in chosen if row["profession"] in args.professions]
-                chosen = chosen[: args.max_prompts] if args.max_prompts else chosen
-                if not chosen:
-                    raise DataError(f"variants: the prompts dataset has no {variant!r} prompts in {language!r}")
+                chosen = variant_rows(rows, language, variant, args.professions, args.max_prompts)
                 for intervention in args.interventions if variant in APPLIES_TO else ["none"]:
                     lacking = [
                         f"{twin} ({row['profession']})"
