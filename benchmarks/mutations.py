@@ -198,6 +198,11 @@ MUTATIONS = [
              "    if False:",
              ("tests/test_align_distribution.py::test_a_prompt_that_names_a_gender_is_aligned_to_it_and_any_other_to_the_target",),
              "a gendered prompt is aligned to its own gender (explicit-gender control)"),
+    Mutation("alignment-prompts-per-step-summed", "training", "training/align_distribution.py",
+             "accelerator.backward(loss / args.prompts_per_step)",
+             "accelerator.backward(loss)",
+             ("tests/test_align_distribution.py::test_several_prompts_per_step_add_up_to_the_mean_of_their_gradients",),
+             "the prompts of a step weigh the same: their gradients' mean"),
 ]  # fmt: skip
 
 

@@ -94,7 +94,7 @@ def test_the_gradient_coefficients_are_normalised_and_survive_a_zero_terminal_sn
 
 
 def test_every_prompt_once_per_epoch_and_the_noise_depends_on_the_step_alone() -> None:
-    order = [align.prompt_of_step(step, 5, seed=7) for step in range(15)]
+    order = [align.prompt_of_visit(step, 5, seed=7) for step in range(15)]
     for epoch in range(3):
         assert sorted(order[5 * epoch : 5 * epoch + 5]) == list(range(5))
     assert order[:5] != order[5:10]  # a new order each epoch
@@ -124,13 +124,13 @@ def test_arguments_that_cannot_run_are_refused_in_one_line(tmp_path: Path, value
 TRAINED = ["CEO", "nurse", "software developer", "hairdresser"]  # in en and de (alignment_offline.yaml)
 
 
-def female_shares(store: Any, images: str, first: int = 40) -> dict[tuple[str, str], float]:
-    """The share of female figures per (language, occupation) of an images dataset's neutral prompts,
-    from its attributes, over its first `first` images of each prompt (the methods table's n)."""
+def female_counts(store: Any, images: str, first: int = 40) -> dict[tuple[str, str], tuple[int, int]]:
+    """(female figures, figures) per (language, occupation) of an images dataset's neutral prompts, from
+    its attributes, over its first `first` images of each prompt (the methods table's n)."""
     from pipelines.artifacts.reader import DatasetArtifact
 
     attributes = DatasetArtifact(store.resolve(f"t2i-bias/{images}-attributes", "dataset"), images)
-    shares = {}
+    counts = {}
     for config in attributes.configs:
         info = attributes.config_info(config)
         if info["variant"] != "neutral":
@@ -139,8 +139,13 @@ def female_shares(store: Any, images: str, first: int = 40) -> dict[tuple[str, s
         rows = [r for r in rows if r["sample_index"] < first]
         for occupation in {r["profession"] for r in rows}:
             mine = [r["gender"] == "female" for r in rows if r["profession"] == occupation]
-            shares[(info["language"], occupation)] = sum(mine) / len(mine)
-    return shares
+            counts[(info["language"], occupation)] = (sum(mine), len(mine))
+    return counts
+
+
+def female_shares(store: Any, images: str, first: int = 40) -> dict[tuple[str, str], float]:
+    """The share of female figures per (language, occupation) of an images dataset's neutral prompts."""
+    return {cell: female / total for cell, (female, total) in female_counts(store, images, first).items()}
 
 
 def rms_distance(shares: dict, cells: list, target: float) -> float:
@@ -148,13 +153,14 @@ def rms_distance(shares: dict, cells: list, target: float) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)  # the offline study (when this test is the first to need it), then ~12 minutes
+@pytest.mark.timeout(2700)  # the offline study (when this test is the first to need it), then ~16 minutes
 def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control(offline_study: dict) -> None:
     """alignment_offline.yaml on the offline study's store: the world model's text encoder aligned
     towards parity on four occupations in two languages; every cell is then measured. Trained cells
     and cells it never saw (two occupations, two languages) come closer to parity, explicit-gender
-    control stays, a 70/30 target moves the trained cells towards 70% female, and the methods table
-    gives in-sample and held-out rows with the method's cost."""
+    control stays, a 70/30 target is met in every trained cell at once (a goodness-of-fit test that
+    rejects the base and the parity model does not reject it), and the methods table gives in-sample
+    and held-out rows with the method's cost."""
     import os
     import subprocess
     import sys
@@ -162,6 +168,7 @@ def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_contr
     import datasets
 
     from pipelines.artifacts.store import LocalStore, card_metadata
+    from pipelines.reporting.statistics import goodness_of_fit
 
     from .conftest import REPO_ROOT, machine_paths_in
 
@@ -181,11 +188,18 @@ def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_contr
     held_out = sorted(set(base) - set(trained))
     assert len(trained) == 8 and len(held_out) == 16
     # Towards parity where it was trained, and where it was not (other occupations, other languages).
-    assert rms_distance(aligned, trained, 0.5) < 0.85 * rms_distance(base, trained, 0.5)  # here 0.250 vs 0.356
-    assert rms_distance(aligned, held_out, 0.5) < rms_distance(base, held_out, 0.5)  # here 0.265 vs 0.326
-    # 70% female asked: the trained cells move towards it, further than the parity model's.
-    assert rms_distance(seventy, trained, 0.7) < rms_distance(base, trained, 0.7) - 0.05  # here 0.229 vs 0.389
-    assert sum(seventy[c] for c in trained) > sum(aligned[c] for c in trained)
+    assert rms_distance(aligned, trained, 0.5) < 0.85 * rms_distance(base, trained, 0.5)  # here 0.169 vs 0.356
+    assert rms_distance(aligned, held_out, 0.5) < rms_distance(base, held_out, 0.5)  # here 0.310 vs 0.326
+    # 70% female asked: met in every trained cell at once. goodness_of_fit tests all 8 cells' counts
+    # against 0.7 with an exact size (a model at 0.7 in every cell gets p < 0.05 one time in twenty);
+    # it can say no: it rejects the base model and the parity model on the same cells.
+    fit = {}
+    for name in ("world-base-eval", "world-aligned-methods", "world-aligned-70-methods"):
+        counts = female_counts(store, name)
+        fit[name] = goodness_of_fit([counts[c][0] for c in trained], [counts[c][1] for c in trained], [0.7] * 8)
+    assert fit["world-aligned-70-methods"]["p_value"] >= 0.05, fit  # here 0.18
+    assert fit["world-base-eval"]["p_value"] < 0.001 and fit["world-aligned-methods"]["p_value"] < 0.001, fit
+    assert rms_distance(seventy, trained, 0.7) < 0.5 * rms_distance(base, trained, 0.7)  # here 0.089 vs 0.389
     # The methods table: in-sample and held-out rows, control kept, the cost in generated images.
     table = datasets.load_dataset(str(store.resolve("t2i-bias/world-alignment-methods", "dataset")), "methods",
                                   split="train")  # fmt: skip
@@ -195,7 +209,7 @@ def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_contr
     for language in ("en", "de", "zh", "ja"):
         held = rows[("aligned [held-out]", language)]
         assert held["num_occupations"] == (2 if language in ("en", "de") else 6)
-        assert held["seeds"] == 2 and held["training_images"] == 200 * 24
+        assert held["seeds"] == 2 and held["training_images"] == 100 * 6 * 12  # steps x prompts x images
         assert held["explicit_gender_control"] >= 0.9, (language, held["explicit_gender_control"])
         assert 0.5 < held["same_noise_similarity"] < 1.0
     # The card names the method, its target, its classifier and its losses.
@@ -212,14 +226,14 @@ def step_arguments(**values: Any) -> SimpleNamespace:
         "num_inference_steps": 4, "guidance_scale": 1.0, "gradient_steps": None, "gradient_scaling": "paper",
         "resolution": 16, "train_batch_size": 6, "seed": 0, "uncertainty_threshold": 0.2, "changed_weight": 0.2,
         "preservation_weight": 8.0, "images_per_backward": None, "attribute": "gender", "preservation": "pixels",
+        "prompts_per_step": 1,
     }  # fmt: skip
     return SimpleNamespace(**(defaults | values))
 
 
-def test_micro_batches_add_up_to_the_one_batch_gradient(world_pipe: Any) -> None:
-    """A step in micro-batches of 2 images gives the gradient of the whole batch of 6 (the loss is a sum
-    over the batch's images, each micro-batch's part backpropagated alone), so memory can be traded
-    for passes without changing what is learnt."""
+def step_gradient(pipe: Any, visits: list[tuple[str, int]], **values: Any) -> tuple[torch.Tensor, list[dict]]:
+    """The text encoder's gradient after `alignment_step` for each (prompt, visit) in turn, on a fresh
+    copy of the world's text encoder (the frozen model the world itself); what each step measured."""
     import copy
 
     from pipelines.perception.differentiable import SoftWorldCue
@@ -227,33 +241,56 @@ def test_micro_batches_add_up_to_the_one_batch_gradient(world_pipe: Any) -> None
 
     accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1, process_index=0,
                                   gather=lambda tensor: tensor, backward=lambda loss: loss.backward())  # fmt: skip
-    pipe = world_pipe
     frozen = Parts(pipe=pipe, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, unet=pipe.unet,
                    noise_scheduler=None, weight_dtype=torch.float32)  # fmt: skip
-    gradients, measured = [], []
-    for per_backward in (None, 2):
-        text_encoder = copy.deepcopy(world_pipe.text_encoder).requires_grad_(True)
-        parts = copy.copy(frozen)
-        parts.text_encoder = text_encoder
-        args = step_arguments(images_per_backward=per_backward)
-        preservation = align.Preservation(args, None, "cpu")
-        target = np.array([0.5, 0.5])
-        measured.append(align.alignment_step(parts, frozen, SoftWorldCue(), preservation, PROMPTS[0], target, args,
-                                             accelerator, step=3))  # fmt: skip
-        gradients.append(torch.cat([p.grad.flatten() for p in text_encoder.parameters() if p.grad is not None]))
-    assert gradients[0].abs().sum() > 0
+    parts = copy.copy(frozen)
+    parts.text_encoder = copy.deepcopy(pipe.text_encoder).requires_grad_(True)
+    args = step_arguments(**values)
+    preservation = align.Preservation(args, None, "cpu")
+    measured = [
+        align.alignment_step(
+            parts, frozen, SoftWorldCue(), preservation, prompt, np.array([0.5, 0.5]), args, accelerator, visit=visit
+        )  # fmt: skip
+        for prompt, visit in visits
+    ]
+    return torch.cat([p.grad.flatten() for p in parts.text_encoder.parameters() if p.grad is not None]), measured
+
+
+def test_micro_batches_add_up_to_the_one_batch_gradient(world_pipe: Any) -> None:
+    """A step in micro-batches of 2 images gives the gradient of the whole batch of 6 (the loss is a sum
+    over the batch's images, each micro-batch's part backpropagated alone), so memory can be traded
+    for passes without changing what is learnt."""
+    whole, measured_whole = step_gradient(world_pipe, [(PROMPTS[0], 3)])
+    parts, measured_parts = step_gradient(world_pipe, [(PROMPTS[0], 3)], images_per_backward=2)
+    assert whole.abs().sum() > 0
     # Equal up to float sums in another order (a batch of 2 runs other kernels than a batch of 6).
-    assert (gradients[0] - gradients[1]).norm() < 1e-2 * gradients[0].norm()
-    assert measured[0]["loss"] == pytest.approx(measured[1]["loss"], rel=1e-5)
-    assert measured[0]["found"] == 6 and sum(measured[0]["shares"]) == pytest.approx(1.0)
+    assert (whole - parts).norm() < 1e-2 * whole.norm()
+    assert measured_whole[0]["loss"] == pytest.approx(measured_parts[0]["loss"], rel=1e-5)
+    assert measured_whole[0]["found"] == 6 and sum(measured_whole[0]["shares"]) == pytest.approx(1.0)
+
+
+def test_several_prompts_per_step_add_up_to_the_mean_of_their_gradients(world_pipe: Any) -> None:
+    """With --prompts_per_step 3, a step's gradient is the mean of each prompt's own (its images, its
+    targets, its visit's noise): every prompt weighs the same, whatever the others do."""
+    visits = [(PROMPTS[0], 6), (PROMPTS[1], 7), (PROMPTS[2], 8)]
+    alone = [step_gradient(world_pipe, [visit])[0] for visit in visits]
+    together, measured = step_gradient(world_pipe, visits, prompts_per_step=3)
+    mean = sum(alone) / 3
+    assert all(gradient.abs().sum() > 0 for gradient in alone)
+    assert (together - mean).norm() < 1e-4 * mean.norm()
+    # Not the sum, and not one prompt's: each prompt's share is there.
+    assert (together - sum(alone)).norm() > 0.5 * mean.norm()
+    assert all((together - gradient).norm() > 1e-2 * mean.norm() for gradient in alone)
+    assert [m["found"] for m in measured] == [6, 6, 6]
 
 
 def test_a_resumed_alignment_is_the_run_it_continues_and_its_card_names_the_method(
     tiny_study: dict, tmp_path: Path
 ) -> None:
     """Two steps, then a resume from their checkpoint to four, gives the weights and loss history of
-    four steps in one go (the prompts and noise of a step depend on the seed and the step alone); the
-    published card names the method, its target, classifier, losses and the cells it trained on."""
+    four steps in one go (two prompts a step: the prompts and noise of a step depend on the seed and the
+    step alone); the published card names the method, its target, classifier, losses and the cells it
+    trained on."""
     from safetensors.torch import load_file
 
     from pipelines import build_tiny_model
@@ -267,7 +304,7 @@ def test_a_resumed_alignment_is_the_run_it_continues_and_its_card_names_the_meth
         **common, "pretrained_model_name_or_path": str(world), "prompts": tiny_study["prompts"],
         "languages": ["en", "de"], "variants": ["neutral", "gendered"], "target": "female=0.7,male=0.3",
         "train_text_encoder": True, "train_unet": False, "train_batch_size": 4, "num_inference_steps": 3,
-        "learning_rate": 1e-3, "checkpointing_steps": 2, "cpu_threads": 1,
+        "learning_rate": 1e-3, "checkpointing_steps": 2, "cpu_threads": 1, "prompts_per_step": 2,
     }  # fmt: skip
     one_go = align.run(align.AlignArguments(**settings, max_train_steps=4, output_dir=str(tmp_path / "a"),
                                             output_repo="da-a"))  # fmt: skip
@@ -280,12 +317,15 @@ def test_a_resumed_alignment_is_the_run_it_continues_and_its_card_names_the_meth
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     histories = [json.loads((folder / "trainer_state.json").read_text())["log_history"] for folder in folders]
-    assert histories[0] == histories[1] and [h["step"] for h in histories[0]] == [1, 2, 3, 4]
+    assert histories[0] == histories[1] and [h["step"] for h in histories[0]] == [1, 1, 2, 2, 3, 3, 4, 4]
+    # Two prompts a step, none twice within an epoch (of 4 professions x 2 languages x neutral, female, male).
+    visited = [(h["prompt_id"], h["language"]) for h in histories[0]]
+    assert len(set(visited)) == len(visited) == 8
     card = card_metadata(folders[0])
     assert card["method"] == "distributional_alignment" and card["base_model"] == "study/da-world"
     assert card["alignment"]["target"] == {"male": 0.3, "female": 0.7}
     assert card["alignment"]["classifier"] == "world-cue" and card["alignment"]["trained"] == "text encoder"
-    assert card["alignment"]["images_generated"] == 16
+    assert card["alignment"]["images_generated"] == 32  # 4 steps x 2 prompts x 4 images
     assert {tuple(cell) for cell in card["alignment"]["training_cells"]} == {
         (language, profession) for language in ("en", "de") for profession in TINY_PROFESSIONS
     }
