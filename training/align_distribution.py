@@ -28,7 +28,7 @@ With several prompts per step their gradients are averaged before the optimiser 
 step is the paper's; with several, one prompt's update no longer drags the others along through the
 weights they share unopposed. On the world's 70/30 run (README), one prompt a step left some trained
 occupations far from 70% whatever the uncertainty threshold; six a step, with every image assigned,
-met it in every trained cell.
+brought every trained cell near it.
 
 It shares the models, LoRA, EMA, checkpoints, resume and card with the caption fine-tune
 (`training/finetune.py`, `training/models.py`, `training/checkpoints.py`). The paper's face-realism
