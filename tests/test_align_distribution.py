@@ -192,7 +192,7 @@ def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_contr
     # 70% female asked: the shares follow the target, not just towards parity. goodness_of_fit tests
     # all 8 cells' counts against 0.7 with an exact size; it rejects the base and the parity model.
     # It is not asserted to accept the 70/30 model: measured, that model sits about 0.08 above 0.7 (the
-    # gendered prompts pull every share up; README), and p ranged from 5e-5 to 0.18 across runs.
+    # gendered prompts pull the shares up; README), and p ranged from 5e-5 to 0.18 across runs.
     fit = {}
     for name in ("world-base-eval", "world-aligned-methods", "world-aligned-70-methods"):
         counts = female_counts(store, name)
@@ -235,7 +235,7 @@ def step_arguments(**values: Any) -> SimpleNamespace:
 
 def step_gradient(pipe: Any, visits: list[tuple[str, int]], **values: Any) -> tuple[torch.Tensor, list[dict]]:
     """The text encoder's gradient after `alignment_step` for each (prompt, visit) in turn, on a fresh
-    copy of the world's text encoder (the frozen model the world itself); what each step measured."""
+    copy of the world's text encoder (the world itself is the frozen model); what each step measured."""
     import copy
 
     from pipelines.perception.differentiable import SoftWorldCue

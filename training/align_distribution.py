@@ -28,7 +28,7 @@ With several prompts per step their gradients are averaged before the optimiser 
 step is the paper's; with several, one prompt's update no longer drags the others along through the
 weights they share unopposed. On the world's 70/30 run (README), one prompt a step left some trained
 occupations far from 70% whatever the uncertainty threshold; six a step, with every image assigned,
-brought every trained cell near it.
+brought them closer, though still about 0.08 above it (README: the gendered prompts pull them up).
 
 It shares the models, LoRA, EMA, checkpoints, resume and card with the caption fine-tune
 (`training/finetune.py`, `training/models.py`, `training/checkpoints.py`). The paper's face-realism
@@ -152,7 +152,7 @@ class AlignArguments(FineTuneArguments):
     prompts_per_step: int = field(
         default=1,
         metadata={"help": "Prompts per optimisation step, each with its own images and target assignment, their "
-                  "gradients added (1: the paper's)."},
+                  "gradients averaged (1: the paper's)."},
     )  # fmt: skip
     learning_rate: float = field(default=5e-5, metadata={"help": "Initial learning rate."})
     lr_scheduler: str = field(default="constant", metadata={"help": "Learning-rate schedule."})
@@ -686,8 +686,7 @@ def save_card(
         f"that `{args.classifier}` perceives in the model's own images of {len(cells)} (language, profession) "
         f"prompt cells is pulled towards the target {wanted}. Each step generates {args.train_batch_size} images "
         f"of {'one prompt' if args.prompts_per_step == 1 else f'each of {args.prompts_per_step} prompts'} "
-        f"({args.num_inference_steps} denoising steps, guidance "
-        f"{args.guidance_scale:g}), assigns "
+        f"({args.num_inference_steps} denoising steps, guidance {args.guidance_scale:g}), assigns "
         f"each a target class by optimal transport over the batch (uncertain assignments above "
         f"{args.uncertainty_threshold:g} get none), and minimises the classifier's cross-entropy against them, "
         f"back-propagated through {'every' if not args.gradient_steps else f'the last {args.gradient_steps}'} "
