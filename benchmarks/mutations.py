@@ -5,7 +5,9 @@
 A mutation is one exact replacement in one file (the text must occur exactly once, so a mutation
 that no longer applies is an error, not a pass). For each: the named tests run on the unmutated
 code first (they must pass, or the kill means nothing), then on the mutated code; the mutation is
-killed when they fail. The file is restored after each run, also when the run is interrupted.
+killed when they fail. The file itself is never changed: the mutated text reaches only the test run's
+processes (and the processes they start), through an import hook on their PYTHONPATH, so other work on
+this checkout (a parallel test worker, an editor) never sees a mutant.
 Writes benchmarks/results/mutations.json: the kill rate and each mutation's outcome (with `--only`,
 the outcomes rerun replace those of the last run).
 
@@ -17,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,22 +218,58 @@ def apply(mutation: Mutation) -> str:
     return text.replace(mutation.old, mutation.new, 1)
 
 
-def run_tests(tests: tuple[str, ...], timeout: int) -> tuple[bool, float]:
-    """Whether the tests pass, and their seconds (a timeout counts as a failure: the mutation hung them).
-    Slow tests (`-m slow`, minutes each) are left out: a mutation names fast tests that kill it."""
-    started = time.perf_counter()
+# Python imports `sitecustomize` at start-up from its path: this one makes every module whose source is
+# the original file's text (the file itself, or a copy such as `evaluate.load` imports) run the mutant.
+SITECUSTOMIZE = """import importlib.machinery
+
+_ORIGINAL = open({original!r}, "rb").read()
+_MUTATED = open({mutated!r}, "rb").read()
+_get_code = importlib.machinery.SourceFileLoader.get_code
+
+
+def _get_mutated_code(self, fullname):
+    path = self.get_filename(fullname)
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header",
-             "-m", "not slow", "-o", "addopts=--doctest-modules", "--ignore-glob=*/app.py", *tests],
-            cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
-        if done.returncode == 5:
-            raise SystemExit(f"no test collected by {' '.join(tests)} (slow tests do not run here)")
-        passed = done.returncode == 0
-    except subprocess.TimeoutExpired:
-        passed = False
-    return passed, time.perf_counter() - started
+        with open(path, "rb") as file:
+            source = file.read()
+    except OSError:
+        source = None
+    if source == _ORIGINAL:
+        return compile(_MUTATED, path, "exec", dont_inherit=True)
+    return _get_code(self, fullname)
+
+
+importlib.machinery.SourceFileLoader.get_code = _get_mutated_code
+"""
+
+
+def run_tests(tests: tuple[str, ...], timeout: int, mutation: Mutation | None = None) -> tuple[bool, float]:
+    """Whether the tests pass (on the code with `mutation` applied, where given), and their seconds (a
+    timeout counts as a failure: the mutation hung them). Slow tests (`-m slow`, minutes each) are left
+    out: a mutation names fast tests that kill it."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="t2i-bias-mutation-") as hook:
+        env = dict(os.environ)
+        if mutation is not None:
+            original, mutated = Path(hook) / "original", Path(hook) / "mutated"
+            original.write_bytes((ROOT / mutation.file).read_bytes())
+            mutated.write_text(apply(mutation), encoding="utf-8")
+            code = SITECUSTOMIZE.format(original=str(original), mutated=str(mutated))
+            (Path(hook) / "sitecustomize.py").write_text(code, encoding="utf-8")
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [hook, env.get("PYTHONPATH")]))
+        try:
+            done = subprocess.run(
+                # --assert=plain: pytest's assertion rewriting would load the files named here itself,
+                # past the import hook (it changes the messages of failing asserts, not what fails).
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", "--assert=plain",
+                 "-m", "not slow", "-o", "addopts=--doctest-modules", "--ignore-glob=*/app.py", *tests],
+                cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return False, time.perf_counter() - started
+    if done.returncode == 5:
+        raise SystemExit(f"no test collected by {' '.join(tests)} (slow tests do not run here)")
+    return done.returncode == 0, time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -243,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(options.only or ()) - {m.id for m in MUTATIONS})
     if unknown:
         raise SystemExit(f"--only: unknown mutation(s) {', '.join(unknown)}")
-    mutated = {m.id: apply(m) for m in chosen}  # every mutation applies before any file changes
+    for mutation in chosen:  # every mutation applies (its text is there once) before any test runs
+        apply(mutation)
     for tests in dict.fromkeys(m.tests for m in chosen):
         passed, seconds = run_tests(tests, options.timeout)
         print(f"baseline {' '.join(tests)}: {'pass' if passed else 'FAIL'} ({seconds:.0f} s)", flush=True)
@@ -251,15 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"the tests {' '.join(tests)} fail on the unmutated code: fix them first")
     outcomes = []
     for mutation in chosen:
-        path = ROOT / mutation.file
-        original = path.read_text(encoding="utf-8")
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # restore on kill, as on ^C
-        try:
-            path.write_text(mutated[mutation.id], encoding="utf-8")
-            passed, seconds = run_tests(mutation.tests, options.timeout)
-        finally:
-            path.write_text(original, encoding="utf-8")
-            signal.signal(signal.SIGTERM, previous)
+        passed, seconds = run_tests(mutation.tests, options.timeout, mutation)
         outcomes.append({
             "id": mutation.id, "area": mutation.area, "file": mutation.file, "breaks": mutation.breaks,
             "tests": list(mutation.tests), "killed": not passed, "seconds": round(seconds, 1),

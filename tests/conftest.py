@@ -21,6 +21,24 @@ else:
 for variable in ("T2I_BIAS_STORE", "T2I_BIAS_STORE_ROOT", "T2I_BIAS_NAMESPACE"):
     os.environ.pop(variable, None)
 
+
+def _pin_this_xdist_worker() -> None:
+    """Under pytest-xdist (`-n auto`), each worker and the processes it starts run on their own CPUs
+    (worker i of n takes every n-th usable CPU), before torch is imported. Two workers with torch's
+    default threads each would fight over every core (tens of times slower, README); and on its own
+    CPUs a worker's training picks the same thread count in every run, so its bytes are reproducible."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus, count = sorted(os.sched_getaffinity(0)), int(count)
+    if len(cpus) >= count > 1:
+        mine = cpus[int(worker.removeprefix("gw")) :: count]
+        os.sched_setaffinity(0, mine)
+        os.environ["OMP_NUM_THREADS"] = str(len(mine))
+
+
+_pin_this_xdist_worker()
+
 import pytest  # noqa: E402
 
 from pipelines.artifacts.store import LocalStore  # noqa: E402
@@ -31,6 +49,43 @@ if TYPE_CHECKING:
     from pipelines import generate_images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: a worker per CPU this process may use (affinity and cgroup quota), not per core of the host."""
+    from pipelines.harness.stage import usable_cpus
+
+    return usable_cpus()
+
+
+# Under pytest-xdist (`-n auto --dist loadgroup`), the minutes-long tests decide the wall time: the
+# first tests queued, so that no worker ends on one of them while the other idles.
+FIRST_QUEUED = ("test_the_magbig_recipe_runs_offline_on_the_tiny_models",)
+# A recipe run into its own copy of the offline study's store, apart from the tests that use the study
+# (in one group, on one worker): queued after about a fifth of the other tests, by when the study is made.
+FLOATING_STUDY_TESTS = ("test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that need the offline study run in one group (`offline-study`) on one worker, after
+    the one study run they share, except FLOATING_STUDY_TESTS; the queue order is set for xdist (its
+    `loadgroup` puts the group first). A test that needs the study may be the one that waits for it
+    (about ten minutes): its time limit allows for that."""
+    grouped, floating, first, others = [], [], [], []
+    for item in items:
+        if "offline_study" in getattr(item, "fixturenames", ()):
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(2400))
+            if item.name in FLOATING_STUDY_TESTS:
+                floating.append(item)
+                continue
+            item.add_marker(pytest.mark.xdist_group("offline-study"))
+            grouped.append(item)
+        else:
+            (first if item.name in FIRST_QUEUED else others).append(item)
+    if hasattr(config, "workerinput"):
+        later = len(others) // 5
+        items[:] = grouped + first + others[:later] + floating + others[later:]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -148,9 +203,43 @@ def readme_block(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def offline_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The README's study command, as written, run once into a fresh store; returns its output."""
-    root = tmp_path_factory.mktemp("offline-study") / "hub"
-    return {"root": root, "result": run_study(root)}
+    """The README's study command, as written, run once into a fresh store; returns its output. Under
+    pytest-xdist the workers share the one run: the first to need it runs it under a file lock, keeps a
+    copy of the store as the study left it (`pristine`, for `study_copy`), and the others wait on the
+    lock and read its output. The tests in the `offline-study` group run one after another on this
+    store (the methods recipe adds to it, and the Space's tests then show its table)."""
+    import json
+    import shutil
+    import subprocess
+
+    from filelock import FileLock
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.mktemp("offline-study") / "hub"
+        return {"root": root, "result": run_study(root), "pristine": None}
+    shared = tmp_path_factory.getbasetemp().parent / "offline-study"  # the folder of every worker's basetemp
+    output = shared / "result.json"
+    with FileLock(str(shared) + ".lock"):
+        if not output.is_file():
+            shared.mkdir(exist_ok=True)
+            result = run_study(shared / "hub")
+            if (shared / "hub").is_dir():
+                shutil.copytree(shared / "hub", shared / "pristine", symlinks=True)
+            fields = {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+            output.write_text(json.dumps(fields))
+    fields = json.loads(output.read_text())
+    result = subprocess.CompletedProcess(readme_block("study"), **fields)
+    return {"root": shared / "hub", "result": result, "pristine": shared / "pristine"}
+
+
+def study_copy(offline_study: dict, folder: Path) -> Path:
+    """A store of its own in `folder`, as the offline study left it, for a test that runs a recipe on the
+    study outside the `offline-study` group (the study's store may be written meanwhile)."""
+    import shutil
+
+    assert offline_study["result"].returncode == 0, offline_study["result"].stderr[-3000:]
+    source = offline_study["pristine"] or offline_study["root"]
+    return Path(shutil.copytree(source, folder / "hub", symlinks=True))
 
 
 def run_study(root: Path, extra: str = "") -> subprocess.CompletedProcess[str]:

@@ -153,8 +153,10 @@ def rms_distance(shares: dict, cells: list, target: float) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)  # the offline study (when this test is the first to need it), then ~19 minutes
-def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control(offline_study: dict) -> None:
+@pytest.mark.timeout(2700)  # the offline study (when this test is the first to need it), then ~15 minutes
+def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control(
+    offline_study: dict, tmp_path: Path
+) -> None:
     """alignment_offline.yaml on the offline study's store: the world model's text encoder aligned
     towards parity on four occupations in two languages; every cell is then measured. Trained cells
     and cells it never saw (two occupations, two languages) come closer to parity, explicit-gender
@@ -169,10 +171,9 @@ def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_contr
     from pipelines.artifacts.store import LocalStore, card_metadata
     from pipelines.reporting.statistics import goodness_of_fit
 
-    from .conftest import REPO_ROOT, machine_paths_in
+    from .conftest import REPO_ROOT, machine_paths_in, study_copy
 
-    assert offline_study["result"].returncode == 0, offline_study["result"].stderr[-3000:]
-    root = offline_study["root"]
+    root = study_copy(offline_study, tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.run", "pipelines/recipes/alignment_offline.yaml", "--store_root", str(root)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400, env={**os.environ, "HF_HUB_OFFLINE": "1"},
