@@ -58,34 +58,79 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return usable_cpus()
 
 
-# Under pytest-xdist (`-n auto --dist loadgroup`), the minutes-long tests decide the wall time: the
-# first tests queued, so that no worker ends on one of them while the other idles.
-FIRST_QUEUED = ("test_the_magbig_recipe_runs_offline_on_the_tiny_models",)
-# A recipe run into its own copy of the offline study's store, apart from the tests that use the study
-# (in one group, on one worker): queued after about a fifth of the other tests, by when the study is made.
-FLOATING_STUDY_TESTS = ("test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control",)
+# The tests that need the offline study (they request `offline_study`, or a fixture that does), by
+# name: under pytest-xdist the scheduler, in the controlling process, sees test ids only. Every run
+# checks this list against what the collected tests request (pytest_collection_modifyitems).
+OFFLINE_STUDY_TESTS = frozenset({
+    "test_a_space_that_reads_the_study_s_store_is_published_pinned",
+    "test_an_untrained_world_ends_the_study_with_two_no_verdicts_and_exit_1",
+    "test_arabic_chinese_and_japanese_prompts_render_upright_with_fonts_that_have_their_glyphs",
+    "test_every_offline_study_artifact_opens_by_reference_and_by_its_card",
+    "test_readme_study_command_runs",
+    "test_space_api_gives_the_study_s_own_figures",
+    "test_space_in_a_real_browser",
+    "test_space_on_a_phone",
+    "test_space_refuses_bad_input_briefly",
+    "test_space_soak_while_a_stage_republishes",
+    "test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control",
+    "test_the_examples_that_read_the_store_run_on_the_offline_study",
+    "test_the_methods_recipe_compares_every_method_on_the_planted_world",
+})  # fmt: skip
+# Of those, the one that runs a recipe into its own copy of the study (`study_copy`), apart from the
+# others: they run one after another on one worker, on the study's own store (the methods recipe adds
+# to it, and the Space's tests then show its table).
+FLOATING_STUDY_TESTS = frozenset({"test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control"})
+# The minutes-long tests decide the wall time: the first queued, so no worker ends on one while the
+# other idles. The floating study test goes after about a fifth of the others, by when the study is made.
+FIRST_QUEUED = frozenset({"test_the_magbig_recipe_runs_offline_on_the_tiny_models"})
+
+
+def test_name(nodeid: str) -> str:
+    """The test function's name in a test id (`path::name[parameters]`)."""
+    return nodeid.split("::")[-1].split("[")[0]
+
+
+@pytest.fixture(autouse=True)
+def _offline_study_tests_are_named(request: pytest.FixtureRequest) -> None:
+    """A test that needs the offline study and is not in OFFLINE_STUDY_TESTS (or the reverse) fails
+    here, before the study is made: under xdist it would wait for the study on a worker of its own."""
+    name, uses = test_name(request.node.nodeid), "offline_study" in request.fixturenames
+    if uses != (name in OFFLINE_STUDY_TESTS):
+        pytest.fail(f"tests/conftest.py OFFLINE_STUDY_TESTS: {'add' if uses else 'remove'} {name}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests that need the offline study run in one group (`offline-study`) on one worker, after
-    the one study run they share, except FLOATING_STUDY_TESTS; the queue order is set for xdist (its
-    `loadgroup` puts the group first). A test that needs the study may be the one that waits for it
-    (about ten minutes): its time limit allows for that."""
+    """Under pytest-xdist, the queue's order. A test that needs the study may be the one that waits for
+    it (about fifteen minutes at one CPU): its time limit allows for that."""
     grouped, floating, first, others = [], [], [], []
     for item in items:
-        if "offline_study" in getattr(item, "fixturenames", ()):
-            if item.get_closest_marker("timeout") is None:
-                item.add_marker(pytest.mark.timeout(2400))
-            if item.name in FLOATING_STUDY_TESTS:
-                floating.append(item)
-                continue
-            item.add_marker(pytest.mark.xdist_group("offline-study"))
+        name = test_name(item.nodeid)
+        if name in OFFLINE_STUDY_TESTS and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(2400))
+        if name in FLOATING_STUDY_TESTS:
+            floating.append(item)
+        elif name in OFFLINE_STUDY_TESTS:
             grouped.append(item)
         else:
-            (first if item.name in FIRST_QUEUED else others).append(item)
+            (first if name in FIRST_QUEUED else others).append(item)
     if hasattr(config, "workerinput"):
         later = len(others) // 5
         items[:] = grouped + first + others[:later] + floating + others[later:]
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Tests sent to workers in the collected order, one at a time as workers free up, except the tests
+    of the offline study, which go together to one worker (in their own order), ahead of the rest.
+    (xdist's own `--dist loadgroup` does not group with pytest 9: it renames test ids in a way pytest 9
+    ignores.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OfflineStudyTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            name = test_name(nodeid)
+            return "offline-study" if name in OFFLINE_STUDY_TESTS - FLOATING_STUDY_TESTS else nodeid
+
+    return OfflineStudyTogether(config, log)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
