@@ -197,8 +197,8 @@ MUTATIONS = [
              ("tests/test_align_distribution.py::test_micro_batches_add_up_to_the_one_batch_gradient",),
              "micro-batches add up to the one-batch gradient"),
     Mutation("alignment-gendered-prompts-unanchored", "training", "training/align_distribution.py",
-             "    if attribute == \"gender\" and named in labels:",
-             "    if False:",
+             "    return labels.index(named) if attribute == \"gender\" and named in labels else None",
+             "    return None",
              ("tests/test_align_distribution.py::test_a_prompt_that_names_a_gender_is_aligned_to_it_and_any_other_to_the_target",),
              "a gendered prompt is aligned to its own gender (explicit-gender control)"),
     Mutation("alignment-prompts-per-step-summed", "training", "training/align_distribution.py",
@@ -206,6 +206,11 @@ MUTATIONS = [
              "accelerator.backward(loss)",
              ("tests/test_align_distribution.py::test_several_prompts_per_step_add_up_to_the_mean_of_their_gradients",),
              "the prompts of a step weigh the same: their gradients' mean"),
+    Mutation("alignment-corrected-named-prompts-aligned", "training", "training/align_distribution.py",
+             "    if named is not None and args.named_gender == \"corrected\":",
+             "    if False:",
+             ("tests/test_align_distribution.py::test_a_corrected_named_prompt_targets_only_its_images_of_another_gender",),
+             "--named_gender corrected leaves the images already of the named gender without a target"),
 ]  # fmt: skip
 
 

@@ -10,14 +10,16 @@ Each step takes one prompt (of the languages, variants and professions chosen; e
 epoch, in an order drawn from the seed), or `--prompts_per_step` of them, and for each prompt draws
 `--train_batch_size` noises from the seed and the visit, and:
 
-1. generates the images with the model being trained and with the frozen base model, without
-   gradients, and classifies them (whether a face or figure is found, the class probabilities);
+1. generates the images with the model being trained, with gradients (*adjusted direct fine-tuning*:
+   the gradient flows through every denoising step's update, or the last `--gradient_steps`, but not
+   through the UNet's input, whose Jacobian explodes or vanishes over many steps, and each step's share
+   is rescaled by the paper's coefficient, normalised by their geometric mean), and with the frozen base
+   model without; and classifies them (whether a face or figure is found, the class probabilities);
 2. assigns each image a target class by optimal transport from the batch's probabilities to the target
-   distribution (`training/target_assignment.py`); an image whose assignment is uncertain gets none;
-3. generates the same images again with gradients: *adjusted direct fine-tuning*, the gradient flows
-   through every denoising step's update (or the last `--gradient_steps`) but not through the UNet's
-   input (its Jacobian explodes or vanishes over many steps), and each step's share is rescaled by the
-   paper's coefficient, normalised by their geometric mean; in micro-batches of `--images_per_backward`;
+   distribution (`training/target_assignment.py`); an image whose assignment is uncertain gets none (and
+   with `--named_gender corrected`, an image of a gendered prompt that already shows that gender);
+3. with `--images_per_backward` micro-batches, the images are first made without gradients for the
+   assignment, then again with gradients, a micro-batch at a time (the same values);
 4. minimises the cross-entropy of the differentiable classifier (`pipelines/perception/differentiable.py`)
    against the assigned targets, plus `--preservation_weight` times each image's distance to the frozen
    model's image from the same noise (semantic preservation: pixels, or an open_clip model's features),
@@ -28,7 +30,7 @@ With several prompts per step their gradients are averaged before the optimiser 
 step is the paper's; with several, one prompt's update no longer drags the others along through the
 weights they share unopposed. On the world's 70/30 run (README), one prompt a step left some trained
 occupations far from 70% whatever the uncertainty threshold; six a step, with every image assigned,
-brought them closer, though still about 0.08 above it (README: the gendered prompts pull them up).
+brought them closer, though not to it, and where a run ends depends on the run (README).
 
 It shares the models, LoRA, EMA, checkpoints, resume and card with the caption fine-tune
 (`training/finetune.py`, `training/models.py`, `training/checkpoints.py`). The paper's face-realism
@@ -81,6 +83,7 @@ CLASSIFIERS = ("world-cue", "fairface")
 ATTRIBUTES = {"world-cue": ("gender",), "fairface": ("gender", "race", "age")}
 LABELS = {"gender": GENDER_LABELS, "race": RACE_LABELS, "age": AGE_GROUPS}  # the differentiable classifiers' labels
 PRESERVATION = ("pixels", "clip")
+NAMED_GENDER = ("aligned", "corrected")
 PRESERVATION_SIZE = 64  # pixels: images are compared at up to this size (as compare_methods' fidelity)
 
 
@@ -134,6 +137,12 @@ class AlignArguments(FineTuneArguments):
     uncertainty_threshold: float = field(
         default=0.2, metadata={"help": "An image whose target assignment is more uncertain gets no target."}
     )
+    named_gender: str = field(
+        default="aligned",
+        metadata={"help": "How a prompt that names a gender is trained (it keeps explicit-gender control): "
+                  "aligned, every image towards that gender; corrected, only its images of another gender (the "
+                  "others are held by the preservation loss at full weight, not pushed further)."},
+    )  # fmt: skip
     preservation: str = field(
         default="pixels", metadata={"help": f"Semantic preservation space, one of {PRESERVATION}."}
     )
@@ -166,6 +175,7 @@ class AlignArguments(FineTuneArguments):
         parse_target(self.target, LABELS[self.attribute])  # a target that is no distribution: refused now
         self.check_choice("preservation", PRESERVATION)
         self.check_choice("gradient_scaling", ("paper", "none"))
+        self.check_choice("named_gender", NAMED_GENDER)
         self.check_choice("detector", ("dlib", "mtcnn", "none"))
         if self.classifier == "fairface" and not self.classifier_model:
             raise ConfigError("classifier='fairface' needs classifier_model (FairFace's race-7 weights)")
@@ -399,15 +409,18 @@ def classify(classifier: Any, images: torch.Tensor, attribute: str) -> tuple[tor
     return logits[attribute], valid.to(images.device)
 
 
-def prompt_target(row: dict[str, Any], target: np.ndarray, labels: list[str], attribute: str) -> np.ndarray:
-    """The distribution a prompt's images are aligned to: a prompt that names a gender (the grid's
-    gendered prompts, eval_female, eval_male) all of that gender, which keeps explicit-gender control
-    (aligning the neutral prompts alone moved the world's gendered prompts too, even inverted them);
-    any other prompt the target."""
+def named_class(row: dict[str, Any], labels: list[str], attribute: str) -> int | None:
+    """The class a prompt names (the grid's gendered prompts, eval_female, eval_male), or None."""
     named = row.get("gender")
-    if attribute == "gender" and named in labels:
-        return np.eye(len(labels))[labels.index(named)]
-    return target
+    return labels.index(named) if attribute == "gender" and named in labels else None
+
+
+def prompt_target(row: dict[str, Any], target: np.ndarray, labels: list[str], attribute: str) -> np.ndarray:
+    """The distribution a prompt's images are aligned to: a prompt that names a gender all of that
+    gender, which keeps explicit-gender control (aligning the neutral prompts alone moved the world's
+    gendered prompts too, even inverted them); any other prompt the target."""
+    named = named_class(row, labels, attribute)
+    return target if named is None else np.eye(len(labels))[named]
 
 
 def plan_targets(
@@ -428,10 +441,10 @@ def plan_targets(
 
 def alignment_step(
     parts: Parts, reference: Parts, classifier: Any, preservation: Preservation, prompt: str,
-    target: np.ndarray, args: AlignArguments, accelerator: Any, visit: int,
+    target: np.ndarray, args: AlignArguments, accelerator: Any, visit: int, named: int | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """One prompt's forward and backward passes in an optimisation step (the optimiser steps outside, after
-    `--prompts_per_step` of these); what it measured."""
+    `--prompts_per_step` of these); what it measured. `named`: the class the prompt names, if any."""
     device = accelerator.device
     unet, vae, scheduler = parts.unet, parts.vae, parts.pipe.scheduler
     scale = vae_scale(vae)
@@ -466,10 +479,16 @@ def alignment_step(
     probabilities = accelerator.gather(logits.softmax(-1).float().contiguous())
     everyone_valid = accelerator.gather(valid.to(torch.int64).contiguous()).bool()
     everyone_targets = plan_targets(probabilities, everyone_valid, target, args, visit)
+    # --named_gender corrected: an image already of the gender its prompt names gets no target (pushing
+    # it further pulled every prompt's share with it, README) and is held where it is by preservation.
+    satisfied = np.zeros(len(everyone_targets), dtype=bool)
+    if named is not None and args.named_gender == "corrected":
+        satisfied = everyone_valid.cpu().numpy() & (probabilities.argmax(-1).cpu().numpy() == named)
+        everyone_targets[satisfied] = -1
     targets = torch.as_tensor(everyone_targets[mine], device=device)
     # Preservation is weighted down where the image is meant to change: a target other than the
     # frozen model's class (or no target, the paper's rule); 1 where there is no face to change.
-    kept = (targets == original_logits.argmax(-1)) & (targets >= 0)
+    kept = (targets == original_logits.argmax(-1)) & (targets >= 0) | torch.as_tensor(satisfied[mine], device=device)
     weights = torch.where(kept | ~original_valid, 1.0, args.changed_weight).to(device)
     total = {"loss": 0.0, "alignment": 0.0, "preservation": 0.0}
     for start in range(0, len(noise), per_backward):
@@ -588,9 +607,10 @@ def train(run: StageRun, output_dir: Path) -> str:
         visited = []
         for visit in range(global_step * args.prompts_per_step, (global_step + 1) * args.prompts_per_step):
             prompt = prompts[prompt_of_visit(visit, len(prompts), args.seed)]
-            wanted = prompt_target(prompt, target, classifier.labels[args.attribute], args.attribute)
+            labels = classifier.labels[args.attribute]
+            wanted = prompt_target(prompt, target, labels, args.attribute)
             measured = alignment_step(parts, reference, classifier, preservation, prompt["prompt"], wanted, args,
-                                      accelerator, visit)  # fmt: skip
+                                      accelerator, visit, named_class(prompt, labels, args.attribute))  # fmt: skip
             visited.append({"step": global_step + 1, "prompt_id": prompt["prompt_id"],
                             "language": prompt["language"], **measured})  # fmt: skip
         accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
@@ -704,7 +724,12 @@ def save_card(
         "denoising step(s) without the UNet's input Jacobian (the paper's adjusted direct fine-tuning), plus "
         f"{args.preservation_weight:g} x the distance to the frozen model's image from the same noise "
         f"({similarity}; weight {args.changed_weight:g} where the target differs from the frozen model's class). "
-        f"{state['global_step']} steps, learning rate {args.learning_rate:g} ({args.lr_scheduler}), seed {args.seed}."
+        + (
+            "A prompt that names a gender is aligned to it: "
+            + ("every image. " if args.named_gender == "aligned" else "only its images of another gender. ")
+        )
+        + f"{state['global_step']} steps, learning rate {args.learning_rate:g} ({args.lr_scheduler}), "
+        f"seed {args.seed}."
         + (f" Shares the classifier saw in the last tenth of training: {dict(zip(labels, late))}." if late else "")
         + (f" Trained on CPU with {state['cpu_threads']} thread(s) per process." if state.get("cpu_threads") else "")
         + " Not implemented from the paper: its face-realism loss (a face-recognition network, a bank of real faces)."
@@ -726,6 +751,7 @@ def save_card(
                 "preservation": similarity,
                 "preservation_weight": args.preservation_weight,
                 "changed_weight": args.changed_weight,
+                "named_gender": args.named_gender,
             },  # fmt: skip
             "trained": trained,
             "training_cells": [list(cell) for cell in cells],
