@@ -59,8 +59,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 
 # The tests that need the offline study (they request `offline_study`, or a fixture that does), by
-# name: under pytest-xdist the scheduler, in the controlling process, sees test ids only. Every run
-# checks this list against what the collected tests request (pytest_collection_modifyitems).
+# name: under pytest-xdist the scheduler, in the controlling process, sees test ids only. Every test
+# checks this list against what it requests (`_offline_study_tests_are_named`).
 OFFLINE_STUDY_TESTS = frozenset({
     "test_a_space_that_reads_the_study_s_store_is_published_pinned",
     "test_an_untrained_world_ends_the_study_with_two_no_verdicts_and_exit_1",
@@ -82,8 +82,8 @@ OFFLINE_STUDY_TESTS = frozenset({
 FLOATING_STUDY_TESTS = frozenset({"test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control"})
 # The minutes-long tests decide the wall time: the first queued, so no worker ends on one while the
 # other idles. The floating study test goes after half of the others: by then the study is made (the
-# others' first fifth took a minute, the study 14 minutes at one CPU), and the floating test still
-# ends before the group's last (the methods recipe) does.
+# others' first fifth took a minute, the study 13 minutes at one CPU), and the floating test still
+# ends before the group's last (the methods recipe) does (measured: 5 minutes before).
 FIRST_QUEUED = frozenset({"test_the_magbig_recipe_runs_offline_on_the_tiny_models"})
 
 
@@ -103,7 +103,7 @@ def _offline_study_tests_are_named(request: pytest.FixtureRequest) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist, the queue's order. A test that needs the study may be the one that waits for
-    it (about fourteen minutes at one CPU): its time limit allows for that."""
+    it (about 13 minutes at one CPU): its time limit allows for that."""
     grouped, floating, first, others = [], [], [], []
     for item in items:
         name = test_name(item.nodeid)
