@@ -456,22 +456,18 @@ def alignment_step(
     noise = initial_noise(seeds[mine], shape, device)
     per_backward = args.images_per_backward or len(noise)
 
-    def with_gradients(part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The images of `noise[part]` made differentiably, and the classifier's logits and valid of them."""
+    def made(part: slice, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The images of `noise[part]` (differentiable with `grad`), and the classifier's logits and valid."""
         states = text_states(parts, [prompt] * len(noise[part]), args.guidance_scale, device)
-        images = sample(unet, vae, scheduler, states, noise[part], args, grad=True)
+        images = sample(unet, vae, scheduler, states, noise[part], args, grad=grad)
         return images, *classify(classifier, images, args.attribute)
 
     # In one pass (no micro-batches), the targets are assigned to the very images backpropagated
-    # through: one sampling a prompt fewer (a third of a step's work), with the same values.
-    whole = with_gradients(slice(None)) if per_backward >= len(noise) else None
+    # through: one denoising of the noise fewer a prompt, with the same values.
+    whole = made(slice(None), grad=True) if per_backward >= len(noise) else None
     with torch.no_grad():
-        if whole is None:
-            states = text_states(parts, [prompt] * len(noise), args.guidance_scale, device)
-            current = sample(unet, vae, scheduler, states, noise, args, grad=False)
-            logits, valid = classify(classifier, current, args.attribute)
-        else:
-            logits, valid = whole[1].detach(), whole[2]
+        _, logits, valid = made(slice(None), grad=False) if whole is None else whole
+        logits = logits.detach()
         reference_states = text_states(reference, [prompt] * len(noise), args.guidance_scale, device)
         original = sample(reference.unet, reference.vae, scheduler, reference_states, noise, args, grad=False)
         original_logits, original_valid = classify(classifier, original, args.attribute)
@@ -479,8 +475,8 @@ def alignment_step(
     probabilities = accelerator.gather(logits.softmax(-1).float().contiguous())
     everyone_valid = accelerator.gather(valid.to(torch.int64).contiguous()).bool()
     everyone_targets = plan_targets(probabilities, everyone_valid, target, args, visit)
-    # --named_gender corrected: an image already of the gender its prompt names gets no target (pushing
-    # it further pulled every prompt's share with it, README) and is held where it is by preservation.
+    # --named_gender corrected: an image already of the gender its prompt names gets no target (it is
+    # not pushed further) and is held where it is by preservation.
     satisfied = np.zeros(len(everyone_targets), dtype=bool)
     if named is not None and args.named_gender == "corrected":
         satisfied = everyone_valid.cpu().numpy() & (probabilities.argmax(-1).cpu().numpy() == named)
@@ -493,7 +489,7 @@ def alignment_step(
     total = {"loss": 0.0, "alignment": 0.0, "preservation": 0.0}
     for start in range(0, len(noise), per_backward):
         part = slice(start, start + per_backward)
-        images, logits_grad, valid_grad = whole if whole is not None else with_gradients(part)
+        images, logits_grad, valid_grad = whole if whole is not None else made(part, grad=True)
         chosen = (targets[part] >= 0) & valid_grad
         fairness = (
             F.cross_entropy(logits_grad[chosen].float(), targets[part][chosen], reduction="sum")
