@@ -211,6 +211,16 @@ MUTATIONS = [
              "    if False:",
              ("tests/test_align_distribution.py::test_a_corrected_named_prompt_targets_only_its_images_of_another_gender",),
              "--named_gender corrected leaves the images already of the named gender without a target"),
+    Mutation("alignment-gradient-scaling-ignored", "training", "training/align_distribution.py",
+             "    if args.gradient_scaling == \"none\":",
+             "    if True:",
+             ("tests/test_align_distribution.py::test_each_step_s_gradient_is_scaled_by_its_coefficient_or_not_at_all",),
+             "the paper's scaling multiplies each step's gradient by its coefficient (none: unscaled)"),
+    Mutation("alignment-neutral-visits-ignored", "training", "training/align_distribution.py",
+             "is not None else args.neutral_visits)",
+             "is not None else 1)",
+             ("tests/test_align_distribution.py::test_an_epoch_visits_each_prompt_that_names_no_gender_neutral_visits_times",),
+             "an epoch visits each prompt that names no gender --neutral_visits times"),
 ]  # fmt: skip
 
 

@@ -84,6 +84,30 @@ def test_gradients_reach_the_text_encoder_and_the_unet_through_the_denoising_ste
     assert not torch.allclose(grads[None]["unet"], grads[1]["unet"])
 
 
+def test_each_step_s_gradient_is_scaled_by_its_coefficient_or_not_at_all(world_pipe: Any) -> None:
+    """With gradients through the last step only, the paper's scaling multiplies the whole gradient by
+    that step's coefficient; --gradient_scaling none leaves it as autograd makes it."""
+    import copy
+
+    text_encoder = copy.deepcopy(world_pipe.text_encoder)
+    parts = SimpleNamespace(tokenizer=world_pipe.tokenizer, text_encoder=text_encoder)
+    noise = align.initial_noise([3, 4], (3, 16, 16), "cpu")
+    grads = {}
+    for scaling in ("paper", "none"):
+        text_encoder.zero_grad()
+        states = align.text_states(parts, [PROMPTS[0]] * 2, 1.0, "cpu")
+        args = arguments(gradient_steps=1, gradient_scaling=scaling)
+        align.sample(world_pipe.unet, world_pipe.vae, world_pipe.scheduler, states, noise, args, grad=True)[
+            :, 2
+        ].mean().backward()
+        grads[scaling] = torch.cat([p.grad.flatten() for p in text_encoder.parameters() if p.grad is not None])
+    last = align.gradient_coefficients(world_pipe.scheduler)[-1]  # the scheduler was set to 6 steps by sample
+    assert last != pytest.approx(1.0, abs=0.05)  # else the test could not tell the two apart
+    error = (grads["paper"] - last * grads["none"]).abs().max() / grads["paper"].abs().max()
+    assert error < 1e-5, error
+    assert grads["none"].abs().sum() > 0
+
+
 def test_the_gradient_coefficients_are_normalised_and_survive_a_zero_terminal_snr(world_pipe: Any) -> None:
     scheduler = world_pipe.scheduler
     scheduler.set_timesteps(20)
@@ -102,6 +126,16 @@ def test_every_prompt_once_per_epoch_and_the_noise_depends_on_the_step_alone() -
     assert align.image_seeds(3, 4, 7)[:2] == align.image_seeds(3, 2, 7)  # a larger batch adds images
 
 
+@pytest.mark.parametrize(("attribute", "visits"), [("gender", 3), ("gender", 1), ("age", 2)])
+def test_an_epoch_visits_each_prompt_that_names_no_gender_neutral_visits_times(attribute: str, visits: int) -> None:
+    rows = [{"gender": "female"}, {"gender": "neutral"}, {"gender": "male"}, {}, {"gender": "neutral"}]
+    epoch = align.epoch_visits(rows, arguments(attribute=attribute, neutral_visits=visits), ["male", "female"])
+    named = {0, 2} if attribute == "gender" else set()  # only gender is named by a prompt
+    assert sorted(epoch) == sorted(i for i in range(5) for _ in range(1 if i in named else visits))
+    order = [epoch[align.prompt_of_visit(v, len(epoch), seed=3)] for v in range(2 * len(epoch))]
+    assert sorted(order[: len(epoch)]) == sorted(epoch) == sorted(order[len(epoch) :])  # every visit, each epoch
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -112,6 +146,7 @@ def test_every_prompt_once_per_epoch_and_the_noise_depends_on_the_step_alone() -
         ({"train_unet": False}, r"^train_unet=false without train_text_encoder: nothing to train"),
         ({"guidance_scale": 0.5}, r"^guidance_scale=0.5: at least 1"),
         ({"resolution": 20}, r"^resolution=20: a multiple of 8"),
+        ({"neutral_visits": 0}, r"^neutral_visits=0: must be at least 1"),
     ],
 )
 def test_arguments_that_cannot_run_are_refused_in_one_line(tmp_path: Path, values: dict, message: str) -> None:
@@ -158,19 +193,11 @@ def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_contr
     offline_study: dict, tmp_path: Path
 ) -> None:
     """alignment_offline.yaml on the offline study's store: the world model's text encoder aligned
-    towards parity on four occupations in two languages; every cell is then measured. Trained cells
-    and cells it never saw (two occupations, two languages) come closer to parity, explicit-gender
-    control stays, a 70/30 target moves the shares towards 70% (it is not met, and the parity model
-    came as near 0.7 in one run: see below), and the methods table gives in-sample and held-out rows
-    with the method's cost."""
+    towards parity on four occupations in two languages, and towards 70% female; every cell is then
+    measured (`check_alignment_recipe`)."""
     import os
     import subprocess
     import sys
-
-    import datasets
-
-    from pipelines.artifacts.store import LocalStore, card_metadata
-    from pipelines.reporting.statistics import goodness_of_fit
 
     from .conftest import REPO_ROOT, machine_paths_in, study_copy
 
@@ -182,24 +209,48 @@ def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_contr
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train_world: t2i-bias/world-model@" in result.stdout + result.stderr  # the offline study's, reused
     assert machine_paths_in(root) == []
+    check_alignment_recipe(root)
+
+
+def fit_to(counts: dict[tuple[str, str], tuple[int, int]], cells: list[tuple[str, str]], share: float) -> float:
+    """goodness_of_fit's p-value for the female counts of `cells` all being at `share` (a model at that
+    share in every cell gets p < 0.05 one time in twenty)."""
+    from pipelines.reporting.statistics import goodness_of_fit
+
+    fit = goodness_of_fit([counts[c][0] for c in cells], [counts[c][1] for c in cells], [share] * len(cells))
+    return fit["p_value"]
+
+
+def check_alignment_recipe(root: Path) -> None:
+    """What alignment_offline.yaml must show on a store it ran on. Trained cells and cells it never saw
+    (two occupations, two languages) come closer to parity; the 70/30 target is met on the trained
+    cells, and the verdict can say no: the base model and the parity model are rejected at 0.7, the
+    70/30 model at 0.5; explicit-gender control stays; the methods table gives in-sample and held-out
+    rows with the method's cost; the card names method, target, classifier and losses."""
+    import datasets
+
+    from pipelines.artifacts.store import LocalStore, card_metadata
+
     store = LocalStore(root)
-    base, aligned, seventy = (female_shares(store, name) for name in
-                              ("world-base-eval", "world-aligned-methods", "world-aligned-70-methods"))  # fmt: skip
+    names = ("world-base-eval", "world-aligned-methods", "world-aligned-70-methods")
+    (base, aligned, seventy), counts = (
+        [female_shares(store, name) for name in names], [female_counts(store, name) for name in names]
+    )  # fmt: skip
     trained = [(language, o) for language in ("en", "de") for o in TRAINED]
     held_out = sorted(set(base) - set(trained))
     assert len(trained) == 8 and len(held_out) == 16
     # Towards parity where it was trained, and where it was not (other occupations, other languages).
-    assert rms_distance(aligned, trained, 0.5) < 0.85 * rms_distance(base, trained, 0.5)  # 0.136-0.196 vs 0.35
-    assert rms_distance(aligned, held_out, 0.5) < rms_distance(base, held_out, 0.5)  # here 0.292 vs 0.321
-    # 70% female asked: the trained cells come within half the base model's RMS distance of 0.7 (0.144 to
-    # 0.152 against 0.38 in three runs). Not asserted, because it did not hold in every run: that the
-    # 70/30 model ends nearer 0.7 than the parity model. In one run (one CPU thread) the parity model's
-    # mean share was 0.675 and the 70/30 model's 0.669 (README). goodness_of_fit against 0.7 over the 8
-    # cells' counts rejects the base model in every run (it has not yet accepted a 70/30 model).
-    counts = female_counts(store, "world-base-eval")
-    fit = goodness_of_fit([counts[c][0] for c in trained], [counts[c][1] for c in trained], [0.7] * 8)
-    assert fit["p_value"] < 0.05, fit
-    assert rms_distance(seventy, trained, 0.7) < 0.5 * rms_distance(base, trained, 0.7)  # here 0.144 vs 0.383
+    assert rms_distance(aligned, trained, 0.5) < 0.85 * rms_distance(base, trained, 0.5)  # 0.089-0.129 vs 0.35
+    assert rms_distance(aligned, held_out, 0.5) < rms_distance(base, held_out, 0.5)  # 0.263 vs 0.321
+    # 70% female asked: met within its interval over the trained cells' counts (p 0.34 and 0.70 on two
+    # stores), while the same test rejects the base model and the parity model at 0.7 (a method that
+    # ended every model near 0.7, as one with the paper's gradient scaling did, fails here), and the
+    # 70/30 model at 0.5.
+    base_counts, aligned_counts, seventy_counts = counts
+    assert fit_to(seventy_counts, trained, 0.7) >= 0.05, [round(seventy[c], 3) for c in trained]
+    assert fit_to(base_counts, trained, 0.7) < 0.05
+    assert fit_to(aligned_counts, trained, 0.7) < 0.05, [round(aligned[c], 3) for c in trained]
+    assert fit_to(seventy_counts, trained, 0.5) < 0.05
     # The methods table: in-sample and held-out rows, control kept, the cost in generated images.
     table = datasets.load_dataset(str(store.resolve("t2i-bias/world-alignment-methods", "dataset")), "methods",
                                   split="train")  # fmt: skip
@@ -218,6 +269,7 @@ def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_contr
     alignment = card["alignment"]
     assert alignment["target"] == {"male": 0.3, "female": 0.7} and alignment["classifier"] == "world-cue"
     assert alignment["losses"]["preservation_weight"] == 8.0 and "cross-entropy" in alignment["losses"]["alignment"]
+    assert alignment["losses"]["gradient_scaling"] == "none" and alignment["neutral_visits"] == 2
     assert sorted(map(tuple, alignment["training_cells"])) == sorted(trained)
 
 
@@ -331,6 +383,7 @@ def test_a_resumed_alignment_is_the_run_it_continues_and_its_card_names_the_meth
     assert card["alignment"]["target"] == {"male": 0.3, "female": 0.7}
     assert card["alignment"]["classifier"] == "world-cue" and card["alignment"]["trained"] == "text encoder"
     assert card["alignment"]["images_generated"] == 32  # 4 steps x 2 prompts x 4 images
+    assert card["alignment"]["losses"]["gradient_scaling"] == "paper" and card["alignment"]["neutral_visits"] == 1
     assert {tuple(cell) for cell in card["alignment"]["training_cells"]} == {
         (language, profession) for language in ("en", "de") for profession in TINY_PROFESSIONS
     }
