@@ -8,8 +8,8 @@ Fairness", ICLR 2024; their code: sail-sg/finetune-fair-diffusion).
 
 Each step takes one prompt (of the languages, variants and professions chosen; every prompt once per
 epoch, each that names no gender `--neutral_visits` times, in an order drawn from the seed), or
-`--prompts_per_step` of them, and for each prompt draws
-`--train_batch_size` noises from the seed and the visit, and:
+`--prompts_per_step` of them, and for each prompt draws `--train_batch_size` noises from the seed and
+the visit, and:
 
 1. generates the images with the model being trained, with gradients (*adjusted direct fine-tuning*:
    the gradient flows through every denoising step's update, or the last `--gradient_steps`, but not
@@ -17,8 +17,8 @@ epoch, each that names no gender `--neutral_visits` times, in an order drawn fro
    is rescaled by the paper's coefficient, normalised by their geometric mean; `--gradient_scaling
    none` leaves it unscaled: the coefficients are made for an epsilon-predicting model, and on a
    zero-terminal-SNR v-prediction schedule they all but silence the first steps, where the figure is
-   decided), and with the frozen base
-   model without; and classifies them (whether a face or figure is found, the class probabilities);
+   decided), and with the frozen base model without; and classifies them (whether a face or figure is
+   found, the class probabilities);
 2. assigns each image a target class by optimal transport from the batch's probabilities to the target
    distribution (`training/target_assignment.py`); an image whose assignment is uncertain gets none (and
    with `--named_gender corrected`, an image of a gendered prompt that already shows that gender);
@@ -742,7 +742,7 @@ def save_card(
             "each step's gradient rescaled by the paper's coefficient"
             if args.gradient_scaling == "paper"
             else "each step's gradient unscaled"
-        )  # fmt: skip
+        )
         + "), plus "
         f"{args.preservation_weight:g} x the distance to the frozen model's image from the same noise "
         f"({similarity}; weight {args.changed_weight:g} where the target differs from the frozen model's class). "
