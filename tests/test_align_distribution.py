@@ -97,9 +97,8 @@ def test_each_step_s_gradient_is_scaled_by_its_coefficient_or_not_at_all(world_p
         text_encoder.zero_grad()
         states = align.text_states(parts, [PROMPTS[0]] * 2, 1.0, "cpu")
         args = arguments(gradient_steps=1, gradient_scaling=scaling)
-        align.sample(world_pipe.unet, world_pipe.vae, world_pipe.scheduler, states, noise, args, grad=True)[
-            :, 2
-        ].mean().backward()
+        images = align.sample(world_pipe.unet, world_pipe.vae, world_pipe.scheduler, states, noise, args, grad=True)
+        images[:, 2].mean().backward()  # more blue
         grads[scaling] = torch.cat([p.grad.flatten() for p in text_encoder.parameters() if p.grad is not None])
     last = align.gradient_coefficients(world_pipe.scheduler)[-1]  # the scheduler was set to 6 steps by sample
     assert last != pytest.approx(1.0, abs=0.05)  # else the test could not tell the two apart
@@ -180,7 +179,11 @@ def female_counts(store: Any, images: str, first: int = 40) -> dict[tuple[str, s
 
 def female_shares(store: Any, images: str, first: int = 40) -> dict[tuple[str, str], float]:
     """The share of female figures per (language, occupation) of an images dataset's neutral prompts."""
-    return {cell: female / total for cell, (female, total) in female_counts(store, images, first).items()}
+    return shares_of(female_counts(store, images, first))
+
+
+def shares_of(counts: dict[tuple[str, str], tuple[int, int]]) -> dict[tuple[str, str], float]:
+    return {cell: female / total for cell, (female, total) in counts.items()}
 
 
 def rms_distance(shares: dict, cells: list, target: float) -> float:
@@ -232,10 +235,10 @@ def check_alignment_recipe(root: Path) -> None:
     from pipelines.artifacts.store import LocalStore, card_metadata
 
     store = LocalStore(root)
-    names = ("world-base-eval", "world-aligned-methods", "world-aligned-70-methods")
-    (base, aligned, seventy), counts = (
-        [female_shares(store, name) for name in names], [female_counts(store, name) for name in names]
-    )  # fmt: skip
+    base_counts, aligned_counts, seventy_counts = (
+        female_counts(store, name) for name in ("world-base-eval", "world-aligned-methods", "world-aligned-70-methods")
+    )
+    base, aligned, seventy = (shares_of(counts) for counts in (base_counts, aligned_counts, seventy_counts))
     trained = [(language, o) for language in ("en", "de") for o in TRAINED]
     held_out = sorted(set(base) - set(trained))
     assert len(trained) == 8 and len(held_out) == 16
@@ -246,7 +249,6 @@ def check_alignment_recipe(root: Path) -> None:
     # stores), while the same test rejects the base model and the parity model at 0.7 (a method that
     # ended every model near 0.7, as one with the paper's gradient scaling did, fails here), and the
     # 70/30 model at 0.5.
-    base_counts, aligned_counts, seventy_counts = counts
     assert fit_to(seventy_counts, trained, 0.7) >= 0.05, [round(seventy[c], 3) for c in trained]
     assert fit_to(base_counts, trained, 0.7) < 0.05
     assert fit_to(aligned_counts, trained, 0.7) < 0.05, [round(aligned[c], 3) for c in trained]
