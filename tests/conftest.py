@@ -121,16 +121,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Tests sent to workers in the collected order, one at a time as workers free up, except the tests
-    of the offline study, which go together to one worker (in their own order), ahead of the rest.
-    (xdist's own `--dist loadgroup` does not group with pytest 9: it renames test ids in a way pytest 9
-    ignores.)"""
+    """Tests sent to workers in the collected order, a test file at a time as workers free up, except
+    the tests of the offline study, which go together to one worker (in their own order), ahead of the
+    rest, and the floating study test and the first-queued one, which go alone. A file goes whole
+    because its module-scoped fixtures (the methods' images, the detected faces, a sharded store) are
+    built once per worker that runs any of its tests: split over two workers, a 60-second fixture was
+    built twice. (xdist's own `--dist loadgroup` does not group with pytest 9: it renames test ids in a
+    way pytest 9 ignores.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class OfflineStudyTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             name = test_name(nodeid)
-            return "offline-study" if name in OFFLINE_STUDY_TESTS - FLOATING_STUDY_TESTS else nodeid
+            if name in OFFLINE_STUDY_TESTS - FLOATING_STUDY_TESTS:
+                return "offline-study"
+            return nodeid if name in FLOATING_STUDY_TESTS | FIRST_QUEUED else nodeid.split("::")[0]
 
     return OfflineStudyTogether(config, log)
 
