@@ -505,7 +505,28 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "train_mixed: t2i-bias/world-debiased@" in output and "(reused)" in output
+    check_methods_recipe(root)
+
+
+def recipe_denoising_steps(recipe: Path) -> int:
+    """The one number of denoising steps every generation step of `recipe` uses."""
+    from pipelines.harness.config import load_recipe
+
+    steps = {entry["num_inference_steps"] for entry in load_recipe(recipe)["stages"]
+             if entry["stage"] == "generate_images"}  # fmt: skip
+    assert len(steps) == 1, steps
+    return steps.pop()
+
+
+def check_methods_recipe(root: Path) -> None:
+    """What methods_offline.yaml must show on a store it ran on: one table with every method, a matched
+    design, the findings the world was planted to show, the costs, and the Space's view of it."""
+    import sys
+
+    from .conftest import REPO_ROOT
+
     assert machine_paths_in(root) == []  # the methods' models and tables name no path of this machine
+    steps = recipe_denoising_steps(REPO_ROOT / "pipelines" / "recipes" / "methods_offline.yaml")
     store = LocalStore(root)
     table = datasets.load_dataset(str(store.resolve("t2i-bias/world-methods", "dataset")), "methods", split="train")
     rows = {(r["method"], r["language"]): r for r in table}
@@ -564,8 +585,9 @@ def test_the_methods_recipe_compares_every_method_on_the_planted_world(offline_s
         for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
             costs = rows[(method, language)]
             assert costs["seeds"] == 3 and costs["seed_distance_low"] <= costs["seed_distance_high"]
-            assert costs["measurable"] and costs["training_images"] == 60 * 64 and costs["unet_passes_per_image"] == 20
-    assert rows[("prompts-g3+sega", "de")]["unet_passes_per_image"] == 4 * 20
+            assert costs["measurable"] and costs["training_images"] == 60 * 64
+            assert costs["unet_passes_per_image"] == steps
+    assert rows[("prompts-g3+sega", "de")]["unet_passes_per_image"] == 4 * steps  # SEGA: 4 passes a step
     # Every fine-tune lowers the bias of the neutral prompts, over the four languages, and the pooled
     # comparisons (Holm-corrected over the whole table) say so.
     for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
