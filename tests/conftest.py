@@ -81,9 +81,9 @@ OFFLINE_STUDY_TESTS = frozenset({
 # to it, and the Space's tests then show its table).
 FLOATING_STUDY_TESTS = frozenset({"test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control"})
 # The minutes-long tests decide the wall time: the first queued, so no worker ends on one while the
-# other idles. The floating study test goes after half of the others: by then the study is made (the
-# others' first fifth took a minute, the study 13 minutes at one CPU), and the floating test still
-# ends before the group's last (the methods recipe) does (measured: 5 minutes before).
+# other idles. The floating study test goes after half of the others (their files whole): by then the
+# study is made (the others' first fifth took a minute, the study 10 minutes at one CPU), and the
+# floating test (13 minutes) can still end before the group's last (the methods recipe, 16) does.
 FIRST_QUEUED = frozenset({"test_the_magbig_recipe_runs_offline_on_the_tiny_models"})
 
 

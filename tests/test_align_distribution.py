@@ -243,9 +243,9 @@ def check_alignment_recipe(root: Path) -> None:
     held_out = sorted(set(base) - set(trained))
     assert len(trained) == 8 and len(held_out) == 16
     # Towards parity where it was trained, and where it was not (other occupations, other languages).
-    assert rms_distance(aligned, trained, 0.5) < 0.85 * rms_distance(base, trained, 0.5)  # 0.089-0.129 vs 0.35
-    assert rms_distance(aligned, held_out, 0.5) < rms_distance(base, held_out, 0.5)  # 0.263-0.286 vs 0.32
-    # 70% female asked: met within its interval over the trained cells' counts (p 0.34 and 0.70 on two
+    assert rms_distance(aligned, trained, 0.5) < 0.85 * rms_distance(base, trained, 0.5)  # 0.094-0.133 vs 0.37
+    assert rms_distance(aligned, held_out, 0.5) < rms_distance(base, held_out, 0.5)  # 0.266-0.298 vs 0.33
+    # 70% female asked: met within its interval over the trained cells' counts (p 0.47 and 0.23 on two
     # stores), while the same test rejects the base model and the parity model at 0.7 (a method that
     # ended every model near 0.7, as one with the paper's gradient scaling did, fails here), and the
     # 70/30 model at 0.5.
@@ -263,6 +263,8 @@ def check_alignment_recipe(root: Path) -> None:
         held = rows[("aligned [held-out]", language)]
         assert held["num_occupations"] == (2 if language in ("en", "de") else 6)
         assert held["seeds"] == 2 and held["training_images"] == 60 * 6 * 12  # steps x prompts x images
+        # Holds on the suite's world; on a world trained on two threads seed 0 kept 0.80 in Chinese (the
+        # 70/30 model 0.46): README, "Not yet reliable: control in the languages never trained on".
         assert held["explicit_gender_control"] >= 0.9, (language, held["explicit_gender_control"])
         assert 0.5 < held["same_noise_similarity"] < 1.0
     # The card names the method, its target, its classifier and its losses.
