@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import evaluate
@@ -18,7 +19,7 @@ from pipelines.errors import ConfigError
 from pipelines.modeling.clip import REFERENCE_CLIP, load_open_clip
 from pipelines.modeling.tiny import build_tiny_open_clip
 
-from .conftest import REPO_ROOT, LoadedByRuns, image_arguments
+from .conftest import REPO_ROOT, LoadedByRuns, image_arguments, run_python
 
 MODULE = str(REPO_ROOT / "spaces" / "clip_score")
 
@@ -279,12 +280,21 @@ def test_alignment_defaults_to_the_reference_clip_and_refuses_an_activation_mism
 
 
 def test_the_toolkit_loads_clip_with_the_metric_module_s_own_loader() -> None:
-    """One loader: the stages' CLIP comes from the standalone metric module's functions, with the
-    module's ValueErrors as the toolkit's one-line ConfigErrors."""
-    from pipelines.modeling import clip
+    """One loader: the stages' CLIP comes from the file the standalone metric module loads with, with
+    its ValueErrors as the toolkit's one-line ConfigErrors; reading it imports no `evaluate`."""
+    import inspect
 
-    module = clip.metric_module()
-    assert clip.REFERENCE_CLIP == module.REFERENCE_CLIP
+    from pipelines.modeling import clip
+    from spaces.clip_score import clip_score
+
+    module = clip.loader_module()
+    assert Path(inspect.getsourcefile(clip_score.load_open_clip)).resolve() == clip.LOADER_FILE.resolve()
+    assert Path(module.__file__).resolve() == clip.LOADER_FILE.resolve()
+    assert clip.REFERENCE_CLIP == clip_score.REFERENCE_CLIP
+    fresh = run_python("-c", "import sys; from pipelines.modeling import clip; "
+                       "clip.check_activation('ViT-L-14-quickgelu', 'openai'); "
+                       "print(sorted({'evaluate', 'open_clip'} & set(sys.modules)))")  # fmt: skip
+    assert fresh.returncode == 0 and fresh.stdout.split() == ["['open_clip']"], fresh.stderr[-2000:]
     with pytest.raises(ValueError, match="trained with QuickGELU"):
         module.check_activation("ViT-L-14", "openai")
     with pytest.raises(ConfigError, match="trained with QuickGELU"):

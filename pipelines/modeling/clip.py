@@ -3,8 +3,9 @@ that the Space, `evaluate.load` and every stage load a CLIP model the same way, 
 as one-line ConfigErrors.
 
 The metric module must stand alone (its folder runs as a Space with its own requirements), so the
-loader lives there and this module reads it from the file; the import graph of the layer test and
-the code version of reuse both see the reach (`space_folder("clip_score")`).
+loader lives there, in a file of its own that imports no `evaluate` (3 s: a recipe's arguments
+check a CLIP name before anything runs), and this module reads it from the file; the import graph
+of the layer test and the code version of reuse both see the reach (`space_folder("clip_score")`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ from typing import Any
 from pipelines.errors import ConfigError
 from pipelines.resources import space_folder
 
-METRIC_FILE = space_folder("clip_score") / "clip_score.py"
+LOADER_FILE = space_folder("clip_score") / "open_clip_loader.py"
 
 # The reference study's CLIP: OpenAI's ViT-L/14, which uses QuickGELU (the metric module's constant).
 REFERENCE_CLIP = ("ViT-L-14-quickgelu", "openai")
 
 
 @functools.cache
-def metric_module() -> ModuleType:
-    """The CLIP score module, imported from its file once per process."""
-    spec = importlib.util.spec_from_file_location("t2i_bias_clip_score", METRIC_FILE)
+def loader_module() -> ModuleType:
+    """The CLIP score module's loader, imported from its file once per process."""
+    spec = importlib.util.spec_from_file_location("t2i_bias_open_clip_loader", LOADER_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -34,13 +35,13 @@ def metric_module() -> ModuleType:
 
 def is_open_clip_name(name: str) -> bool:
     """Whether open_clip knows a model name (its registry, or an `hf-hub:` name)."""
-    return metric_module().is_open_clip_name(name)
+    return loader_module().is_open_clip_name(name)
 
 
 def check_activation(model: str, pretrained: str | None) -> None:
     """Refuses weights trained with one activation (QuickGELU or GELU) in a model built with the other."""
     try:
-        metric_module().check_activation(model, pretrained)
+        loader_module().check_activation(model, pretrained)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -49,6 +50,6 @@ def load_open_clip(model: str, pretrained: str | None = None, device: str = "cpu
     """(model, image preprocess, tokenizer) for a folder, an open_clip name with a pretrained tag,
     or an `hf-hub:` name."""
     try:
-        return metric_module().load_open_clip(model, pretrained, device)
+        return loader_module().load_open_clip(model, pretrained, device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
