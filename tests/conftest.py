@@ -81,10 +81,34 @@ OFFLINE_STUDY_TESTS = frozenset({
 # to it, and the Space's tests then show its table).
 FLOATING_STUDY_TESTS = frozenset({"test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_control"})
 # The minutes-long tests decide the wall time: the first queued, so no worker ends on one while the
-# other idles. The floating study test goes after half of the others (their files whole): by then the
-# study is made (the others' first fifth took a minute, the study 10 minutes at one CPU), and the
-# floating test (13 minutes) can still end before the group's last (the methods recipe, 16) does.
+# other idles.
 FIRST_QUEUED = frozenset({"test_the_magbig_recipe_runs_offline_on_the_tiny_models"})
+# The other test files, heaviest first, with their seconds at one CPU (slow tests included, measured
+# 2026-12-05): two workers then end within a small file of each other. Queued in collection order,
+# the heaviest (test_training.py) started last and left a worker idle for a minute and a half of a
+# ten-minute `-m "not slow"` run. Stale numbers cost balance, never a result.
+HEAVIEST_FILES = {
+    "test_benchmarks.py": 400,
+    "test_training.py": 350,
+    "test_sharded_stages.py": 165,
+    "test_config_and_runner.py": 140,
+    "test_methods.py": 85,
+    "test_world.py": 75,
+    "test_bias.py": 70,
+    "test_model_inputs.py": 70,
+    "test_faces.py": 45,
+    "test_generate_images.py": 40,
+}
+# The floating study test goes once this many seconds of the other files are queued before it. One
+# worker runs the study's group (about 1,950 s); the other the first-queued test (550), these files
+# and the floating test (790), then both share what is left: the two end together when the floating
+# test ends as the group does plus what is left, at about 1,100 s of files before it. The study is
+# made by then (about 620 s after the start).
+FLOATING_AFTER_SECONDS = 1_100
+
+
+def file_name(item: pytest.Item) -> str:
+    return item.nodeid.split("::")[0].rsplit("/", 1)[-1]
 
 
 def test_name(nodeid: str) -> str:
@@ -116,7 +140,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             (first if name in FIRST_QUEUED else others).append(item)
     if hasattr(config, "workerinput"):
-        later = len(others) // 2
+        rank = {name: index for index, name in enumerate(HEAVIEST_FILES)}
+        others.sort(key=lambda item: rank.get(file_name(item), len(rank)))
+        later, queued = len(others) // 2, 0  # half of them where these files are not all selected
+        for index in range(1, len(others)):
+            previous = file_name(others[index - 1])
+            if file_name(others[index]) != previous:
+                queued += HEAVIEST_FILES.get(previous, 0)
+                if queued >= FLOATING_AFTER_SECONDS:
+                    later = index
+                    break
         items[:] = grouped + first + others[:later] + floating + others[later:]
 
 
