@@ -439,30 +439,32 @@ def test_same_noise_similarity_in_pixels_or_image_features_is_one_for_the_same_i
     assert found[None]["other"] != pytest.approx(found[str(clip)]["other"], abs=1e-3)
 
 
-@pytest.mark.parametrize("kind", ["altdiffusion", "stable-diffusion"])
-def test_tiny_tokenizers_give_the_same_token_ids_in_every_process(kind: str) -> None:
+def test_tiny_tokenizers_give_the_same_token_ids_in_every_process() -> None:
     """The tokenizer trainers work in a hash map's order, which differs from process to process; the
     tokenizer built from the same prompts must still give the same ids, or the same recipe trains a
-    different model each run (the world's calibration moved by three cells between runs)."""
+    different model each run (the world's calibration moved by three cells between runs). Both kinds
+    in each of three processes."""
     code = (
-        "import json, sys\n"
+        "import hashlib, json, pathlib, tempfile\n"
         "from pipelines.modeling.tiny import train_tokenizer\n"
         "texts = [f'a {s} photo of a {a} {g} {p}' for s in ('close-up', 'wide') for a in ('young', 'old')\n"
         "         for g in ('female', 'male', '') for p in ('CEO', 'nurse', 'firefighter', 'teacher')]\n"
         "texts += ['Ein Foto einer Ärztin', '一张女性护士的照片', '女性の看護師の写真', 'Фото медсестры', 'Zebra']\n"
-        f"tokenizer = train_tokenizer({kind!r}, texts, vocab_size=400)\n"
-        "import hashlib, tempfile, pathlib\n"
-        "folder = pathlib.Path(tempfile.mkdtemp())\n"
-        "tokenizer.save_pretrained(folder)\n"  # the files, scores included, not only the ids
-        "files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}\n"
-        "print(json.dumps([tokenizer(texts)['input_ids'], sorted(tokenizer.get_vocab().items()), files]))\n"
+        "out = {}\n"
+        "for kind in ('altdiffusion', 'stable-diffusion'):\n"
+        "    tokenizer = train_tokenizer(kind, texts, vocab_size=400)\n"
+        "    folder = pathlib.Path(tempfile.mkdtemp())\n"
+        "    tokenizer.save_pretrained(folder)\n"  # the files, scores included, not only the ids
+        "    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}\n"
+        "    out[kind] = [tokenizer(texts)['input_ids'], sorted(tokenizer.get_vocab().items()), files]\n"
+        "print(json.dumps(out))\n"
     )
     runs = [run_python("-c", code) for _ in range(3)]
     assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:]
     outputs = [json.loads(run.stdout.strip().splitlines()[-1]) for run in runs]
-    assert outputs[0] == outputs[1] == outputs[2]
-    ids, vocab, files = outputs[0]
-    assert len(vocab) > 40 and len(ids) > 50 and files
+    assert outputs[0] == outputs[1] == outputs[2] and set(outputs[0]) == {"altdiffusion", "stable-diffusion"}
+    for ids, vocab, files in outputs[0].values():
+        assert len(vocab) > 40 and len(ids) > 50 and files
 
 
 def test_the_world_model_built_in_two_fresh_processes_is_the_same_revision(tiny_study: dict) -> None:
