@@ -142,14 +142,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if hasattr(config, "workerinput"):
         rank = {name: index for index, name in enumerate(HEAVIEST_FILES)}
         others.sort(key=lambda item: rank.get(file_name(item), len(rank)))
-        later, queued = len(others) // 2, 0  # half of them where these files are not all selected
-        for index in range(1, len(others)):
-            previous = file_name(others[index - 1])
-            if file_name(others[index]) != previous:
-                queued += HEAVIEST_FILES.get(previous, 0)
-                if queued >= FLOATING_AFTER_SECONDS:
-                    later = index
-                    break
+        present, before, queued = {file_name(item) for item in others}, set(), 0
+        for name in (name for name in HEAVIEST_FILES if name in present):  # the order `others` now has
+            if queued >= FLOATING_AFTER_SECONDS:
+                break
+            before.add(name)
+            queued += HEAVIEST_FILES[name]
+        # Half of the others where too few of these files are selected to reach the mark.
+        later = sum(file_name(i) in before for i in others) if queued >= FLOATING_AFTER_SECONDS else len(others) // 2
         items[:] = grouped + first + others[:later] + floating + others[later:]
 
 
