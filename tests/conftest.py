@@ -84,12 +84,13 @@ FLOATING_STUDY_TESTS = frozenset({"test_the_alignment_recipe_moves_the_world_tow
 # other idles.
 FIRST_QUEUED = frozenset({"test_the_magbig_recipe_runs_offline_on_the_tiny_models"})
 # The other test files, heaviest first, with their seconds at one CPU (slow tests included, measured
-# 2026-12-05): two workers then end within a small file of each other. Queued in collection order,
-# the heaviest (test_training.py) started last and left a worker idle for a minute and a half of a
-# ten-minute `-m "not slow"` run. Stale numbers cost balance, never a result.
+# 2026-12-05; test_training.py's launches preloaded since): two workers then end within a small file of
+# each other. In xdist's order (files with the most tests first) the training tests started a minute
+# into a `-m "not slow"` run and the two workers ended 18 s apart. Stale numbers cost balance, never a
+# result.
 HEAVIEST_FILES = {
     "test_benchmarks.py": 400,
-    "test_training.py": 350,
+    "test_training.py": 290,
     "test_sharded_stages.py": 165,
     "test_config_and_runner.py": 140,
     "test_methods.py": 85,
@@ -162,6 +163,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     built twice. (xdist's own `--dist loadgroup` does not group with pytest 9: it renames test ids in a
     way pytest 9 ignores.)"""
     from xdist.scheduler import LoadScopeScheduling
+
+    # xdist otherwise queues the files by their number of tests, most first (`--loadscope-reorder`, on by
+    # default): the parametrised bad-input battery ahead of the training tests, a single-test scope last.
+    config.option.loadscopereorder = False
 
     class OfflineStudyTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
