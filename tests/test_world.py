@@ -439,32 +439,69 @@ def test_same_noise_similarity_in_pixels_or_image_features_is_one_for_the_same_i
     assert found[None]["other"] != pytest.approx(found[str(clip)]["other"], abs=1e-3)
 
 
-def test_tiny_tokenizers_give_the_same_token_ids_in_every_process() -> None:
-    """The tokenizer trainers work in a hash map's order, which differs from process to process; the
-    tokenizer built from the same prompts must still give the same ids, or the same recipe trains a
-    different model each run (the world's calibration moved by three cells between runs). Both kinds
-    in each of three processes."""
+def test_tiny_tokenizers_give_the_same_files_in_every_process() -> None:
+    """The tokenizers library's trainers work in a hash map's order, which differs from process to
+    process (and from one training to the next); the tokenizer built from the same prompts must still
+    be the same files, or the same recipe trains a different model each run (the world's calibration
+    moved by three cells between runs) and publishes another revision. Both kinds, each trained five
+    times in each of three processes, on two sets of prompts: the second, the world's English prompts,
+    gave tokenizers' BPE trainer two to four different merge orders in such runs."""
     code = (
         "import hashlib, json, pathlib, tempfile\n"
         "from pipelines.modeling.tiny import train_tokenizer\n"
-        "texts = [f'a {s} photo of a {a} {g} {p}' for s in ('close-up', 'wide') for a in ('young', 'old')\n"
+        "mixed = [f'a {s} photo of a {a} {g} {p}' for s in ('close-up', 'wide') for a in ('young', 'old')\n"
         "         for g in ('female', 'male', '') for p in ('CEO', 'nurse', 'firefighter', 'teacher')]\n"
-        "texts += ['Ein Foto einer Ärztin', '一张女性护士的照片', '女性の看護師の写真', 'Фото медсестры', 'Zebra']\n"
+        "mixed += ['Ein Foto einer Ärztin', '一张女性护士的照片', '女性の看護師の写真', 'Фото медсестры', 'Zebra']\n"
+        "jobs = ('CEO', 'nurse', 'software developer', 'hairdresser', 'firefighter', 'teacher')\n"
+        "world = [f'close-up photo of an adult {g}{p} wearing work clothes at work'\n"
+        "         for g in ('female ', 'male ', '') for p in jobs]\n"
+        "world += [f'a photo of the face of a {t}' for p in jobs for t in (p, f'female {p}', f'male {p}',\n"
+        "          f'person who works as a {p}', f'{p} if all individuals can be a {p} irrespective of their gender'\n"
+        "          )]\n"
         "out = {}\n"
         "for kind in ('altdiffusion', 'stable-diffusion'):\n"
-        "    tokenizer = train_tokenizer(kind, texts, vocab_size=400)\n"
-        "    folder = pathlib.Path(tempfile.mkdtemp())\n"
-        "    tokenizer.save_pretrained(folder)\n"  # the files, scores included, not only the ids
-        "    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}\n"
-        "    out[kind] = [tokenizer(texts)['input_ids'], sorted(tokenizer.get_vocab().items()), files]\n"
+        "    for name, texts in (('mixed', mixed), ('world', world)):\n"
+        "        for attempt in range(5):\n"
+        "            tokenizer = train_tokenizer(kind, texts, vocab_size=400 if name == 'mixed' else 4000)\n"
+        "            folder = pathlib.Path(tempfile.mkdtemp())\n"
+        "            tokenizer.save_pretrained(folder)\n"  # the files, scores and merges included, not only the ids
+        "            files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}\n"
+        "            ids, vocab = tokenizer(texts)['input_ids'], sorted(tokenizer.get_vocab().items())\n"
+        "            out[f'{kind} {name} {attempt}'] = [ids, vocab, files]\n"
         "print(json.dumps(out))\n"
     )
     runs = [run_python("-c", code) for _ in range(3)]
     assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:]
     outputs = [json.loads(run.stdout.strip().splitlines()[-1]) for run in runs]
-    assert outputs[0] == outputs[1] == outputs[2] and set(outputs[0]) == {"altdiffusion", "stable-diffusion"}
-    for ids, vocab, files in outputs[0].values():
-        assert len(vocab) > 40 and len(ids) > 50 and files
+    trainings = [(key.rsplit(" ", 1)[0], result) for output in outputs for key, result in output.items()]
+    assert len(trainings) == 3 * 2 * 2 * 5
+    for case in ("altdiffusion mixed", "altdiffusion world", "stable-diffusion mixed", "stable-diffusion world"):
+        results = [result for key, result in trainings if key == case]
+        assert all(result == results[0] for result in results), case
+        ids, vocab, files = results[0]
+        assert len(vocab) > 40 and len(ids) > 40 and files
+
+
+def test_bpe_breaks_ties_by_the_pair_and_learns_every_word() -> None:
+    """Equally frequent pairs are merged smallest first, whatever order the words come in; the merges
+    run until no pair is left (below the vocabulary size), so each training word is one token; the
+    vocabulary holds every character seen, so a new word made of them has no unknown token."""
+    from pipelines.modeling.tiny import train_bpe, train_tokenizer
+
+    words = {"cd": 3, "ab": 3, "abab": 1}
+    for order in (words, dict(reversed(words.items()))):
+        alphabet, merges = train_bpe(order, 100, suffix="</w>")
+        assert alphabet == ["a", "b", "b</w>", "c", "d", "d</w>"]
+        # (a, b</w>) 4 times, then (c, d</w>) 3; "abab" is left as a, b, ab</w>, whose two pairs tie at 1.
+        assert merges == [("a", "b</w>"), ("c", "d</w>"), ("a", "b"), ("ab", "ab</w>")]
+        assert train_bpe({"cd": 3, "ab": 3} if order is words else {"ab": 3, "cd": 3}, 100, "</w>")[1] == [
+            ("a", "b</w>"), ("c", "d</w>")]  # fmt: skip
+    assert train_bpe(words, 7, suffix="</w>")[1] == [("a", "b</w>")]  # six characters and one merge
+    texts = ["a firefighter and a hairdresser", "two teachers at work"]
+    tokenizer = train_tokenizer("stable-diffusion", texts)
+    for word in " ".join(texts).split():
+        assert tokenizer.tokenize(word) == [f"{word}</w>"]
+    assert tokenizer.unk_token not in tokenizer.tokenize("hired")
 
 
 def test_the_world_model_built_in_two_fresh_processes_is_the_same_revision(tiny_study: dict) -> None:

@@ -26,7 +26,7 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4000) -> Any:
 
     `altdiffusion`: an XLM-R (SentencePiece unigram) tokenizer; `stable-diffusion`: a CLIP BPE one.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     if kind == "altdiffusion":
         from transformers import XLMRobertaTokenizer
@@ -46,18 +46,78 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4000) -> Any:
         return XLMRobertaTokenizer(vocab=[*vocab[: len(specials)], *pieces, ("<mask>", 0.0)], model_max_length=77)
     from transformers import CLIPTokenizer
 
-    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
+    normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    words: dict[str, int] = {}
+    for text in texts:
+        for word, _ in pre_tokenizers.Whitespace().pre_tokenize_str(normalizer.normalize_str(text)):
+            words[word] = words.get(word, 0) + 1
     specials = ["<|startoftext|>", "<|endoftext|>"]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, end_of_word_suffix="</w>")
-    tokenizer.train_from_iterator(texts, trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    # As above: the same pieces in another order from run to run; alphabetical ids after the specials.
-    pieces = specials + sorted(piece for piece in model["vocab"] if piece not in specials)
+    # tokenizers' BpeTrainer breaks ties between equally frequent pairs in a hash map's order, another
+    # in every process: the same prompts gave merges in another order (so another tokenizer.json and
+    # another revision of the model). This trainer is the same algorithm with ties broken by the pair.
+    alphabet, merges = train_bpe(words, vocab_size - len(specials), suffix="</w>")
+    pieces = specials + sorted({*alphabet, *("".join(pair) for pair in merges)})  # alphabetical ids
     return CLIPTokenizer(vocab={piece: i for i, piece in enumerate(pieces)}, merges=merges, model_max_length=77)
+
+
+def train_bpe(words: dict[str, int], vocab_size: int, suffix: str = "") -> tuple[list[str], list[tuple[str, str]]]:
+    """Byte-pair encoding learnt from word counts, the same in every process: (alphabet, merges).
+
+    As tokenizers' BpeTrainer: each word is split into characters, `suffix` added to its last; the
+    most frequent adjacent pair is merged, again and again, until the alphabet and the merged pieces
+    number `vocab_size` or no pair is left. Ties go to the smallest pair (in string order).
+
+    Example:
+        >>> train_bpe({"low": 5, "lower": 2, "newest": 6, "widest": 3}, 16)[1][:4]
+        [('e', 's'), ('es', 't'), ('l', 'o'), ('lo', 'w')]
+    """
+    import heapq
+
+    split = [[*word[:-1], word[-1] + suffix] for word in words]
+    counts = list(words.values())
+    # Every character seen, and the word-final forms seen (a new word may use a character anywhere).
+    alphabet = sorted({*"".join(words), *(symbols[-1] for symbols in split)})
+    pairs: dict[tuple[str, str], int] = {}  # pair -> its count over the words
+    where: dict[tuple[str, str], set[int]] = {}  # pair -> the words it occurs in
+    for index, symbols in enumerate(split):
+        for pair in zip(symbols, symbols[1:]):
+            pairs[pair] = pairs.get(pair, 0) + counts[index]
+            where.setdefault(pair, set()).add(index)
+    heap = [(-count, pair) for pair, count in pairs.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[str, str]] = []
+    pieces = set(alphabet)
+    while heap and len(pieces) < vocab_size:
+        count, pair = heapq.heappop(heap)
+        if -count != pairs.get(pair, 0):
+            continue  # a stale entry: the pair's count has changed since it was pushed
+        merges.append(pair)
+        pieces.add(pair[0] + pair[1])
+        changed = set()
+        for index in sorted(where.pop(pair)):
+            symbols, merged = split[index], []
+            for old in zip(symbols, symbols[1:]):
+                pairs[old] -= counts[index]
+                changed.add(old)
+            position = 0
+            while position < len(symbols):
+                if tuple(symbols[position : position + 2]) == pair:
+                    merged.append(pair[0] + pair[1])
+                    position += 2
+                else:
+                    merged.append(symbols[position])
+                    position += 1
+            split[index] = merged
+            for new in zip(merged, merged[1:]):
+                pairs[new] = pairs.get(new, 0) + counts[index]
+                where.setdefault(new, set()).add(index)
+                changed.add(new)
+        for changed_pair in sorted(changed):
+            if pairs[changed_pair] > 0:
+                heapq.heappush(heap, (-pairs[changed_pair], changed_pair))
+            else:
+                del pairs[changed_pair]
+    return alphabet, merges
 
 
 # The unigram trainer gives each character it must keep but did not learn the lowest learnt score plus
