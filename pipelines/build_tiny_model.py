@@ -62,9 +62,23 @@ class BuildTinyModel(Stage):
     uses_torch = True
 
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
-        from pipelines.harness.estimate import Estimate
+        import torch
 
-        estimates.put(args.repo_id(args.output_repo), kind="model")
+        from pipelines.harness.estimate import Estimate, clip_facts, diffusion_facts
+
+        facts: dict[str, Any] = {}
+        with torch.device("meta"):  # the architecture only, to count its FLOPs: no weights are made
+            if args.kind == "world":
+                from pipelines.modeling import world
+
+                facts = diffusion_facts(world.world_unet(), world.SIZE)
+            elif args.kind in tiny.TINY_KINDS:
+                facts = diffusion_facts(tiny.tiny_unet(args.resolution), args.resolution)
+            elif args.kind == "open-clip":
+                import open_clip
+
+                facts = clip_facts(open_clip.CLIP(**tiny.TINY_CLIP_CONFIG))
+        estimates.put(args.repo_id(args.output_repo), kind="model", **facts)
         return Estimate(reads=[args.input] if args.input else [], makes=f"a tiny random {args.kind} model")
 
     def build(self, run: StageRun, folder: Path) -> str:

@@ -141,12 +141,14 @@ class Classify(ShardedStage):
         estimates.put(args.repo_id(args.output_repo), kind="attributes", configs=configs)
         models = {"classifier_model": args.classifier_model, "classifier_model_race4": args.classifier_model_race4}
         downloads = [download_of(spec, args, estimates, name) for name, spec in models.items()]
+        # The unit is a face found and classified by FairFace; the world's cue is a sum over pixels.
+        per_image = 0.0 if args.classifier == "world-cue" and args.detector == "none" else 1.0
         return Estimate(
             reads=[args.input, *(spec for spec in models.values() if spec)],
             downloads=[d for d in downloads if d],
             makes=f"perceived attributes of {images:,} images ({args.detector}, {args.classifier}, "
             f"{args.chips} chips)",
-            gpu_hours=hours(images * costs.seconds_per_classified_image),
+            gpu_hours=hours(images * per_image * costs.seconds_per_classified_image),
         )
 
     def plan(self, run: StageRun) -> list[Shard]:

@@ -36,6 +36,7 @@ from pipelines.modeling import world
 
 DRAWN_VARIANTS = ("gendered", "neutral", "eval_direct", "eval_indirect", "eval_female", "eval_male", "eval_ethical")
 DRAWN_MODEL = "world:drawn"
+GENDER_NAMING_VARIANTS = ("gendered", "eval_female", "eval_male")  # their prompts name a gender (`names_gender`)
 
 
 @dataclass
@@ -115,11 +116,23 @@ class DrawWorld(Stage):
     Arguments = Arguments
 
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
-        from pipelines.harness.estimate import Estimate
+        from pipelines.harness.estimate import Estimate, prompt_count
 
-        configs = {schemas.config_name(lang, v): 0 for lang in args.languages for v in args.variants}
+        prompts = estimates.get(args.repo_id(args.input))
+        configs = {}
+        for language in args.languages:
+            for variant in args.variants:
+                named = variant in GENDER_NAMING_VARIANTS
+                per_prompt = args.images_per_gendered_prompt if named else args.images_per_prompt
+                configs[schemas.config_name(language, variant)] = (
+                    prompt_count(prompts, variant, args.professions) * per_prompt
+                )
         estimates.put(args.repo_id(args.output_repo), kind="images", configs=configs)
-        return Estimate(reads=[args.input], makes=f"pictures of the planted-bias world in {len(configs)} configs")
+        return Estimate(
+            reads=[args.input],
+            makes=f"{sum(configs.values()):,} pictures of the planted-bias world in {len(configs)} configs "
+            "(a moment's work: drawn, not generated)",
+        )
 
     def build(self, run: StageRun, folder: Path) -> str:
         args: Arguments = run.args

@@ -143,19 +143,22 @@ class EvaluateAlignment(ShardedStage):
         return {"what": name, "kinds": ("store", "hub", "folder", "name"), "is_library_name": is_open_clip_name}
 
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
-        from pipelines.harness.estimate import Estimate, download_of, hours
+        from pipelines.harness.estimate import Estimate, download_of, flop_note, hours
 
         configs = estimates.get(args.repo_id(args.input)).get("configs", {})
         images = sum(count for config, count in configs.items() if not args.configs or config in args.configs)
         estimates.put(args.repo_id(args.output_repo), kind="alignment")
         models = {"clip_model": args.clip_model, "multilingual_clip_model": args.multilingual_clip_model}
         downloads = [download_of(spec, args, estimates, name) for name, spec in models.items() if spec]
+        # The unit is an image encoded by ViT-L/14; a CLIP an earlier step builds records its own share.
+        shares = [estimates.get(args.repo_id(spec)).get("clip_share", 1.0) for spec in models.values() if spec]
         return Estimate(
             reads=[args.input],
             downloads=[d for d in downloads if d],
             makes=f"CLIP scores of {images:,} images (texts {args.clip_texts}, CLIP in {args.clip_precision}, "
             f"average over {args.average})",
-            gpu_hours=hours(images * len([m for m in models.values() if m]) * costs.seconds_per_scored_image),
+            gpu_hours=hours(images * sum(shares) * costs.seconds_per_scored_image),
+            priced=flop_note(sum(shares) / len(shares), of="ViT-L/14 per image") if shares else "",
         )
 
     def plan(self, run: StageRun) -> list[Shard]:

@@ -201,16 +201,21 @@ class GenerateImages(ShardedStage):
         }
 
     def estimate(self, args: Arguments, estimates: Any, costs: Any) -> Any:
-        from pipelines.harness.estimate import Estimate, download_of, hours, image_seconds
+        from pipelines.harness.estimate import (
+            Estimate,
+            diffusion_scale,
+            download_of,
+            flop_note,
+            hours,
+            image_seconds,
+            prompt_count,
+        )
 
         prompts = estimates.get(args.repo_id(args.input))
-        professions = max(len(prompts.get("professions", [])), 1)
         configs = {}
         for language in args.languages:
             for variant in args.variants:
-                count = prompts.get("variants", {}).get(variant, 0)
-                if args.professions and count:
-                    count = max(1, round(count * len(args.professions) / professions))
+                count = prompt_count(prompts, variant, args.professions)
                 if args.max_prompts:
                     count = min(count, args.max_prompts)
                 for intervention in args.interventions if variant in APPLIES_TO else ["none"]:
@@ -221,7 +226,9 @@ class GenerateImages(ShardedStage):
         forms = {language: form for language, form in forms.items() if form}
         other = form_mismatch(estimates.get(args.repo_id(args.model)).get("caption_forms"), forms)
         download = download_of(args.model, args, estimates, "model")
-        seconds = images * image_seconds(costs, args.num_inference_steps, args.height, args.width)
+        share, native = diffusion_scale(estimates, args.repo_id(args.model))
+        per_image = image_seconds(costs, args.num_inference_steps, args.height, args.width, native, share)
+        seconds = images * per_image * (1 if args.guidance_scale > 1 else 0.5)  # the unit is a guided image
         makes = f"{len(configs)} config(s): {', '.join(configs)}; noise on a {args.generator_device} generator"
         makes += f", weights in {args.dtype}" + (", safety checker on" if args.safety_checker else "")
         if args.face_filter:
@@ -236,6 +243,7 @@ class GenerateImages(ShardedStage):
             makes=makes,
             images=images,
             gpu_hours=hours(seconds),
+            priced=flop_note(share),
         )
 
     def plan(self, run: StageRun) -> list[Shard]:

@@ -83,6 +83,7 @@ class GeneratePrompts(Stage):
             kind="prompts",
             languages=["en"],
             variants=variants,
+            professions=list(lists.professions),
             neutral_forms={"en": UNMARKED},
         )
         return Estimate(makes=f"{sum(variants.values()):,} English prompts ({len(lists.professions)} occupations)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,16 @@ def test_every_hot_loop_is_measured_against_the_machine_s_peak_and_below_the_goa
     units = report["real_study_on_this_cpu"]["flops_per_unit"]
     assert 50 * 2 * 0.8e12 < units["image"] < 50 * 2 * 0.9e12 + 5e12
     assert units["classified_image"] == pytest.approx(7.33e9, rel=0.01)
+    # The dry run prices models a recipe builds by their FLOPs against these, counted the same way.
+    import diffusers
+    import torch
+
+    from benchmarks.architectures import M9_UNET
+    from pipelines.harness.estimate import M9_UNET_CALL_FLOPS, VIT_L14_IMAGE_FLOPS, unet_call_flops
+
+    assert units["scored_image"] == VIT_L14_IMAGE_FLOPS
+    with torch.device("meta"):
+        assert unet_call_flops(diffusers.UNet2DConditionModel(**M9_UNET)) == M9_UNET_CALL_FLOPS
     figures = json.loads((tmp_path / "throughput.json").read_text())["cpu"]
     rate = {loop["loop"]: loop["tflops"] for loop in report["dtypes"]["float32"]["loops"]}
     assert figures["seconds_per_image"] == pytest.approx(units["image"] / (rate["generation"] * 1e12), rel=1e-3)
@@ -99,6 +110,12 @@ def test_the_overhead_benchmark_compares_each_stage_with_a_bare_loop_of_its_mode
             assert figures["meets_goal"] == (figures["stage_share_of_bare"] >= 0.95)
     with pytest.raises(SystemExit, match="--images=8: at least 4 batches"):
         bench_overhead.main(["--images", "8", "--batch_size", "4", "--results_dir", str(tmp_path)])
+
+
+def planned_seconds(out: str) -> float:
+    """The total a dry run printed ("Total GPU time: about 12.2 min on ..."), in seconds."""
+    number, unit = re.search(r"Total \w+ time: about ([\d,.]+) (h|min|s) on", out).groups()
+    return float(number.replace(",", "")) * {"h": 3600, "min": 60, "s": 1}[unit]
 
 
 def test_the_dry_run_s_times_come_from_the_throughput_file_and_say_so(tmp_path: Path) -> None:
@@ -126,7 +143,7 @@ def test_the_dry_run_s_times_come_from_the_throughput_file_and_say_so(tmp_path: 
     for scale in (1, 2):
         path.write_text(json.dumps({"cuda": {**figures, **{k: v * scale for k, v in figures.items() if k[0] == "s"}}}))
         out = run_python(*common, "--throughput", str(path), cwd=tmp_path).stdout
-        totals.append(float(out.split("Total GPU time: about ")[1].split(" h")[0].replace(",", "")))
+        totals.append(planned_seconds(out))
     assert totals[1] == pytest.approx(2 * totals[0], rel=0.02) and totals[0] > 0
     # A broken file or value is a one-line error naming it.
     broken_files = {

@@ -449,6 +449,35 @@ def test_every_recipe_parses_and_dry_runs_offline(recipe: Path, tmp_path: Path) 
     assert not (tmp_path / "hub").exists()  # nothing published, nothing downloaded
 
 
+def test_the_offline_study_s_plan_counts_its_pictures_and_prices_its_tiny_models_by_flops(tmp_path: Path) -> None:
+    """The plan of the README's main job, on this CPU's measured figures: the counts of what it
+    actually makes, and a time near what it takes (7 min 50 s alone on 2 cores). Before, the world's
+    16 px model was priced as m9 at 512 px (1,731 CPU hours), draw_world made no pictures (so the
+    training set had 0 rows) and an occupation filter counted six times the images."""
+    throughput = REPO_ROOT / "benchmarks" / "results" / "throughput.json"
+    recipe = REPO_ROOT / "pipelines" / "recipes" / "offline.yaml"
+    result = dry_run(recipe, "--store_root", str(tmp_path / "hub"), "--device_kind", "cpu",
+                     "--throughput", str(throughput), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    # 4 languages x 6 occupations: 192 pictures per prompt that names no gender (neutral, direct,
+    # ethical: 6 prompts each), 64 per prompt that names one (gendered: 12, female and male: 6 each).
+    per_language = 3 * 6 * 192 + (12 + 6 + 6) * 64
+    assert f"{4 * per_language:,} pictures of the planted-bias world in 24 configs" in out
+    assert f"{4 * per_language:,} image-caption pairs (same captions)" in out
+    assert out.count("images:    2,400\n") == 2 and out.count("images:    480\n") == 2  # 100 and 10 per prompt
+    assert "480 image-caption pairs (mixed captions)" in out
+    assert out.count("priced by FLOPs: 0.0459 of m9's UNet per pixel") == 6  # two trainings, four generations
+    minutes = float(out.split("Total CPU time: about ")[1].split(" min")[0])
+    assert 7.8 / 3 < minutes < 7.8 * 3
+    # The real study's plan is priced at the real model's size, as before.
+    m9_recipe = REPO_ROOT / "pipelines" / "recipes" / "altdiffusion_m9.yaml"
+    m9 = dry_run(m9_recipe, "--store_root", str(tmp_path / "hub"), "--throughput", str(throughput),
+                 "--device_kind", "cpu", cwd=with_fairface_weights(tmp_path / "w"))  # fmt: skip
+    assert m9.returncode == 0, m9.stderr[-2000:]
+    assert "priced by FLOPs" not in m9.stdout and " h on this CPU." in m9.stdout
+
+
 def made_by(recipe: Path) -> dict[str, tuple[str, dict[str, Any]]]:
     """Each artifact the recipe publishes: the step that makes it and that step's arguments."""
     import dataclasses

@@ -236,18 +236,29 @@ class AlignDistribution(FineTuneStage):
         return train(run, folder)
 
     def estimate(self, args: AlignArguments, estimates: Any, costs: Any) -> Any:
-        from pipelines.harness.estimate import Estimate, download_of, hours, image_seconds
+        from pipelines.harness.estimate import (
+            Estimate,
+            architecture_facts,
+            diffusion_scale,
+            download_of,
+            flop_note,
+            hours,
+            image_seconds,
+        )
 
-        size = args.resolution or 512
-        guided = 2 if args.guidance_scale > 1 else 1
+        base = args.repo_id(args.pretrained_model_name_or_path)
+        share, native = diffusion_scale(estimates, base)
+        size = args.resolution or native
         # Per image and step: the trained and the frozen model's images without gradients, then the
-        # same again with them (a backward pass costs about two forwards).
-        passes = 2 + 3
-        per_step = image_seconds(costs, args.num_inference_steps * guided * passes, size, size) * args.train_batch_size
-        per_step += costs.seconds_per_classified_image * args.train_batch_size * 3
+        # same again with them (a backward pass costs about two forwards); the unit is a guided image.
+        passes = (2 + 3) * (1 if args.guidance_scale > 1 else 0.5)
+        per_image = image_seconds(costs, args.num_inference_steps * passes, size, size, native, share)
+        per_step = per_image * args.train_batch_size
+        if args.classifier != "world-cue":  # the world's cue is a sum over pixels; the unit is FairFace's
+            per_step += costs.seconds_per_classified_image * args.train_batch_size * 3
         per_step *= args.prompts_per_step
         download = download_of(args.pretrained_model_name_or_path, args, estimates, "base model")
-        estimates.put(args.repo_id(args.output_repo), kind="model")
+        estimates.put(args.repo_id(args.output_repo), kind="model", **architecture_facts(estimates, base))
         return Estimate(
             reads=[args.prompts],
             downloads=[download] if download else [],
@@ -256,6 +267,7 @@ class AlignDistribution(FineTuneStage):
             f"{args.classifier}; trains the {trained_parts(args)})",
             train_steps=args.max_train_steps or 0,
             gpu_hours=hours((args.max_train_steps or 0) * per_step),
+            priced=flop_note(share),
         )
 
 

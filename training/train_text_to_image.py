@@ -264,7 +264,15 @@ class TrainTextToImage(FineTuneStage):
         return train(run, folder)
 
     def estimate(self, args: TrainArguments, estimates: Any, costs: Any) -> Any:
-        from pipelines.harness.estimate import Estimate, download_of, hours, train_steps
+        from pipelines.harness.estimate import (
+            Estimate,
+            architecture_facts,
+            diffusion_scale,
+            download_of,
+            flop_note,
+            hours,
+            train_steps,
+        )
 
         reads = [args.dataset_name or args.train_data_dir]
         rows = estimates.get(args.repo_id(args.dataset_name)).get("rows", 0) if args.dataset_name else 0
@@ -273,12 +281,15 @@ class TrainTextToImage(FineTuneStage):
         steps = train_steps(
             rows, args.train_batch_size, args.gradient_accumulation_steps, args.num_train_epochs, args.max_train_steps
         )
+        base = args.repo_id(args.pretrained_model_name_or_path)
+        share, native = diffusion_scale(estimates, base)
         per_step = costs.seconds_per_step * args.train_batch_size * args.gradient_accumulation_steps / 16
-        per_step *= (args.resolution / 256) ** 2
+        per_step *= ((args.resolution or native) / 256) ** 2 * share
         download = download_of(args.pretrained_model_name_or_path, args, estimates, "base model")
         # The form of the captions it learns from, for the evaluation steps to compare with their prompts'.
         forms = estimates.get(args.repo_id(args.dataset_name)).get("caption_forms") if args.dataset_name else None
-        estimates.put(args.repo_id(args.output_repo), kind="model", **({"caption_forms": forms} if forms else {}))
+        facts = architecture_facts(estimates, base) | ({"caption_forms": forms} if forms else {})
+        estimates.put(args.repo_id(args.output_repo), kind="model", **facts)
         return Estimate(
             reads=reads,
             downloads=[download] if download else [],
@@ -286,6 +297,7 @@ class TrainTextToImage(FineTuneStage):
             + (f" ({rows:,} training pairs)" if rows else ""),
             train_steps=steps,
             gpu_hours=hours(steps * per_step),
+            priced=flop_note(share),
         )
 
 

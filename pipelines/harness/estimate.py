@@ -20,6 +20,83 @@ from pipelines.errors import ConfigError
 MAGBIG_SIZES = {"direct": 151, "indirect": 151, "gender_star": 151, "feminine": 151, "adjectives": 20}
 
 
+# The units of work are the real study's: an image of AltDiffusion-m9 at 512 px, a training step of 16
+# images at 256 px, a FairFace chip, an image encoded by CLIP ViT-L/14. A model that an earlier step of
+# the recipe builds (the tiny and world models, a tiny CLIP) is priced by its FLOPs as a share of the
+# real model's, counted the same way: PyTorch's flop counter on the meta device, nothing computed
+# (tests/test_benchmarks.py counts both constants again). Without that, a 16 px world model was priced
+# as m9 at 512 px: the offline study, 8 minutes on 2 cores, was planned at 1,731 CPU hours.
+M9_PIXELS = 512
+M9_UNET_CALL_FLOPS = 803_273_441_280  # m9's UNet, one call: batch 1, 64 x 64 latents (512 px), 77 tokens
+VIT_L14_IMAGE_FLOPS = 162_025_537_536  # CLIP ViT-L/14 (QuickGELU) encoding one 224 px image
+
+
+def unet_call_flops(unet: Any) -> int:
+    """FLOPs of one call of `unet`, built on the meta device: batch 1, latents of its sample size, 77
+    tokens of its cross-attention width."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = unet.config
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        latents = torch.zeros(1, config.in_channels, config.sample_size, config.sample_size)
+        unet(latents, torch.full((1,), 500), torch.zeros(1, 77, config.cross_attention_dim))
+    return counter.get_total_flops()
+
+
+def diffusion_facts(unet: Any, pixels: int) -> dict[str, Any]:
+    """What the dry run records of a diffusion model a step builds (its UNet on the meta device): its
+    native size in pixels and its UNet's FLOPs per pixel as a share of m9's."""
+    share = unet_call_flops(unet) / pixels**2 / (M9_UNET_CALL_FLOPS / M9_PIXELS**2)
+    return {"resolution": pixels, "flop_share": share}
+
+
+def clip_facts(model: Any) -> dict[str, Any]:
+    """What the dry run records of an open_clip model a step builds (on the meta device): the FLOPs of
+    encoding one image as a share of ViT-L/14's."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = model.visual.image_size
+    size = size if isinstance(size, int) else size[0]
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        model.encode_image(torch.zeros(1, 3, size, size))
+    return {"clip_share": counter.get_total_flops() / VIT_L14_IMAGE_FLOPS}
+
+
+def prompt_count(prompts: dict[str, Any], variant: str, professions: list[str] | None) -> int:
+    """How many prompts of `variant` a step takes from a prompts dataset's recorded facts, only those
+    of `professions` where it names some (the grid's variants hold every occupation equally often;
+    a dataset whose occupations were not recorded is counted whole)."""
+    count = prompts.get("variants", {}).get(variant, 0)
+    known = prompts.get("professions")
+    if professions and known and count:
+        count = max(1, round(count * len(set(professions) & set(known)) / len(known)))
+    return count
+
+
+def flop_note(share: float, of: str = "m9's UNet per pixel") -> str:
+    """What the plan says of a time scaled by a model's FLOPs (empty for the real model's own).
+
+    Example:
+        >>> flop_note(0.0459)
+        "priced by FLOPs: 0.0459 of m9's UNet per pixel"
+    """
+    return "" if share == 1 else f"priced by FLOPs: {share:.3g} of {of}"
+
+
+def architecture_facts(estimates: Estimates, repo_id: str) -> dict[str, Any]:
+    """The facts `diffusion_facts` recorded for a model, for a fine-tune of it to record in turn."""
+    return {key: value for key, value in estimates.get(repo_id).items() if key in ("flop_share", "resolution")}
+
+
+def diffusion_scale(estimates: Estimates, repo_id: str) -> tuple[float, int]:
+    """(FLOPs per pixel as a share of m9's, native size in pixels) of a diffusion model: recorded by the
+    step that builds or fine-tunes it, m9's own (1, 512) for any other model."""
+    facts = estimates.get(repo_id)
+    return facts.get("flop_share", 1.0), facts.get("resolution", M9_PIXELS)
+
+
 # Where `python -m pipelines.run --dry_run` finds measured figures: the benchmarks' results of a checkout.
 THROUGHPUT_FILE = Path("benchmarks") / "results" / "throughput.json"
 DEVICE_KINDS = {"cuda": "GPU", "cpu": "CPU"}
@@ -88,6 +165,7 @@ class Estimate:
     images: int = 0
     train_steps: int = 0
     gpu_hours: float = 0.0
+    priced: str = ""  # how the time was scaled from the real model's units, where it was (`flop_note`)
 
 
 class Estimates:
@@ -107,9 +185,27 @@ def hours(seconds: float) -> float:
     return seconds / 3600
 
 
-def image_seconds(costs: Costs, steps: int, height: int | None, width: int | None, native: int = 512) -> float:
-    pixels = (height or native) * (width or native) / 512**2
-    return costs.seconds_per_image * steps / 50 * pixels
+def image_seconds(
+    costs: Costs, steps: int, height: int | None, width: int | None, native: int = 512, share: float = 1.0
+) -> float:
+    """Seconds for one image in `steps` denoising steps, the unit scaled by pixels and by the model's
+    FLOPs per pixel as a share of m9's (`diffusion_scale`)."""
+    pixels = (height or native) * (width or native) / M9_PIXELS**2
+    return costs.seconds_per_image * steps / 50 * pixels * share
+
+
+def duration(hours: float) -> str:
+    """A planned time: hours from one hour up, minutes or seconds below (an offline recipe's plan).
+
+    Example:
+        >>> duration(181.83), duration(0.2), duration(0.0005)
+        ('181.8 h', '12.0 min', '1.8 s')
+    """
+    if hours >= 1:
+        return f"{hours:,.1f} h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.1f} min"
+    return f"{hours * 3600:.1f} s"
 
 
 def train_steps(rows: int, batch: int, accumulation: int, epochs: int, max_steps: int | None) -> int:
@@ -142,10 +238,13 @@ def print_plan(rows: list[tuple[str, Any, Any, Estimate | None]], costs: Costs) 
         if estimate.train_steps:
             print(f"    training:  {estimate.train_steps:,} steps")
         if estimate.gpu_hours:
-            print(f"    {device} time:  {estimate.gpu_hours:,.1f} h")
+            print(
+                f"    {device} time:  {duration(estimate.gpu_hours)}"
+                + (f" ({estimate.priced})" if estimate.priced else "")
+            )
         total += estimate.gpu_hours
     where = "one GPU (divide by the number of GPUs for wall time)" if device == "GPU" else "this CPU"
-    print(f"\nTotal {device} time: about {total:,.1f} h on {where}.")
+    print(f"\nTotal {device} time: about {duration(total)} on {where}.")
 
 
 def download_of(spec: str | None, args: Any, estimates: Estimates, what: str) -> str | None:

@@ -147,16 +147,11 @@ def canonical_scores(pieces: list[tuple[str, float]]) -> list[tuple[str, float]]
     return out
 
 
-def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: int = 64) -> Any:
-    """A randomly initialised text-to-image pipeline of the real classes, small enough for a CPU."""
+def tiny_unet(resolution: int = 64, width: int = 32) -> Any:
+    """The tiny pipelines' UNet (latents at half the image size: the tiny VAE downsamples once)."""
     import diffusers
 
-    if kind not in TINY_KINDS:
-        raise ConfigError(f"kind={kind!r}: allowed {', '.join(TINY_KINDS)}")
-    tokenizer = train_tokenizer(kind, texts)
-    torch.manual_seed(seed)
-    width = 32
-    unet = diffusers.UNet2DConditionModel(
+    return diffusers.UNet2DConditionModel(
         sample_size=resolution // 2,
         in_channels=4,
         out_channels=4,
@@ -168,6 +163,18 @@ def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: 
         attention_head_dim=8,
         norm_num_groups=8,
     )
+
+
+def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: int = 64) -> Any:
+    """A randomly initialised text-to-image pipeline of the real classes, small enough for a CPU."""
+    import diffusers
+
+    if kind not in TINY_KINDS:
+        raise ConfigError(f"kind={kind!r}: allowed {', '.join(TINY_KINDS)}")
+    tokenizer = train_tokenizer(kind, texts)
+    torch.manual_seed(seed)
+    width = 32
+    unet = tiny_unet(resolution, width)
     vae = diffusers.AutoencoderKL(
         in_channels=3,
         out_channels=3,

@@ -138,13 +138,33 @@ def identity_vae(offset: float = 100.0, level: float = 20.0) -> Any:
     return vae
 
 
+def world_unet(width: int = 64) -> Any:
+    """The world model's UNet, in pixel space: cross-attention only in the 8 px middle block, and the
+    text also added to the time embedding, keep a training step cheap on a CPU."""
+    import diffusers
+
+    return diffusers.UNet2DConditionModel(
+        sample_size=SIZE,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=width,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        addition_embed_type="text",
+        addition_embed_type_num_heads=2,
+    )
+
+
 def build_world_pipeline(texts: list[str], seed: int = 0, width: int = 64) -> Any:
     """The untrained world model: AltDiffusion's classes, small, v-prediction, an identity VAE.
 
     v-prediction with a zero-terminal-SNR schedule learns the planted shares; epsilon-prediction
     squeezes every share towards one half in the same time (the issue's prototype measured both).
-    Cross-attention only in the 8 px middle block, and the text also added to the time embedding,
-    keep a training step cheap on a CPU.
     """
     import diffusers
     from diffusers.pipelines.deprecated.alt_diffusion import AltDiffusionPipeline
@@ -172,21 +192,7 @@ def build_world_pipeline(texts: list[str], seed: int = 0, width: int = 64) -> An
             use_attention_mask=True,
         )
     )
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=SIZE,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        mid_block_type="UNetMidBlock2DCrossAttn",
-        cross_attention_dim=width,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        addition_embed_type="text",
-        addition_embed_type_num_heads=2,
-    )
+    unet = world_unet(width)
     scheduler = diffusers.DPMSolverMultistepScheduler(
         beta_schedule="linear", prediction_type="v_prediction", rescale_betas_zero_snr=True, steps_offset=1
     )
