@@ -4,7 +4,8 @@ Nothing is loaded or downloaded: counts follow from the recipe's own settings (t
 lists, MAGBIG's published set sizes, `num_images`, epochs and batch sizes), passed from step to
 step by output repo. Time uses seconds per unit of work, measured (the throughput file the benchmarks
 write, by device kind) or built-in GPU guesses, which a user can override (`--seconds_per_image`,
-`--seconds_per_step`), scaled by denoising steps and pixels.
+`--seconds_per_step`), scaled by denoising steps and pixels, and for a model that the recipe itself
+builds, by its FLOPs as a share of the real model's.
 """
 
 from __future__ import annotations
