@@ -236,38 +236,30 @@ class AlignDistribution(FineTuneStage):
         return train(run, folder)
 
     def estimate(self, args: AlignArguments, estimates: Any, costs: Any) -> Any:
-        from pipelines.harness.estimate import (
-            Estimate,
-            architecture_facts,
-            diffusion_scale,
-            download_of,
-            flop_note,
-            hours,
-            image_seconds,
-        )
+        from pipelines.harness import estimate as plan
 
         base = args.repo_id(args.pretrained_model_name_or_path)
-        share, native = diffusion_scale(estimates, base)
+        share, native = plan.diffusion_scale(estimates, base)
         size = args.resolution or native
         # Per image and step: the trained and the frozen model's images without gradients, then the
         # same again with them (a backward pass costs about two forwards); the unit is a guided image.
         passes = (2 + 3) * (1 if args.guidance_scale > 1 else 0.5)
-        per_image = image_seconds(costs, args.num_inference_steps * passes, size, size, native, share)
+        per_image = plan.image_seconds(costs, args.num_inference_steps * passes, size, size, native, share)
         per_step = per_image * args.train_batch_size
         if args.classifier != "world-cue":  # the world's cue is a sum over pixels; the unit is FairFace's
             per_step += costs.seconds_per_classified_image * args.train_batch_size * 3
         per_step *= args.prompts_per_step
-        download = download_of(args.pretrained_model_name_or_path, args, estimates, "base model")
-        estimates.put(args.repo_id(args.output_repo), kind="model", **architecture_facts(estimates, base))
-        return Estimate(
+        download = plan.download_of(args.pretrained_model_name_or_path, args, estimates, "base model")
+        estimates.put(args.repo_id(args.output_repo), kind="model", **plan.architecture_facts(estimates, base))
+        return plan.Estimate(
             reads=[args.prompts],
             downloads=[download] if download else [],
             makes=f"a {'LoRA' if args.use_lora else 'full'} distributional-alignment fine-tune of "
             f"{args.pretrained_model_name_or_path} ({args.attribute} towards {args.target or 'uniform'}, "
             f"{args.classifier}; trains the {trained_parts(args)})",
             train_steps=args.max_train_steps or 0,
-            gpu_hours=hours((args.max_train_steps or 0) * per_step),
-            priced=flop_note(share),
+            gpu_hours=plan.hours((args.max_train_steps or 0) * per_step),
+            priced=plan.flop_note(share),
         )
 
 
