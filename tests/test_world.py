@@ -462,7 +462,7 @@ def test_tiny_tokenizers_give_the_same_files_in_every_process() -> None:
         "for kind in ('altdiffusion', 'stable-diffusion'):\n"
         "    for name, texts in (('mixed', mixed), ('world', world)):\n"
         "        for attempt in range(5):\n"
-        "            tokenizer = train_tokenizer(kind, texts, vocab_size=400 if name == 'mixed' else 4000)\n"
+        "            tokenizer = train_tokenizer(kind, texts, vocab_size=1000 if name == 'mixed' else 4000)\n"
         "            folder = pathlib.Path(tempfile.mkdtemp())\n"
         "            tokenizer.save_pretrained(folder)\n"  # the files, scores and merges included, not only the ids
         "            files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}\n"
@@ -484,8 +484,8 @@ def test_tiny_tokenizers_give_the_same_files_in_every_process() -> None:
 
 def test_bpe_breaks_ties_by_the_pair_and_learns_every_word() -> None:
     """Equally frequent pairs are merged smallest first, whatever order the words come in; the merges
-    run until no pair is left (below the vocabulary size), so each training word is one token; the
-    vocabulary holds every character seen, so a new word made of them has no unknown token."""
+    run until no pair is left (below the vocabulary size), so each training word is one token, in any
+    script; the tokenizer learns CLIP's byte-level words and holds every byte, so no text is unknown."""
     from pipelines.modeling.tiny import train_bpe, train_tokenizer
 
     words = {"cd": 3, "ab": 3, "abab": 1}
@@ -497,11 +497,14 @@ def test_bpe_breaks_ties_by_the_pair_and_learns_every_word() -> None:
         assert train_bpe({"cd": 3, "ab": 3} if order is words else {"ab": 3, "cd": 3}, 100, "</w>")[1] == [
             ("a", "b</w>"), ("c", "d</w>")]  # fmt: skip
     assert train_bpe(words, 7, suffix="</w>")[1] == [("a", "b</w>")]  # six characters and one merge
-    texts = ["a firefighter and a hairdresser", "two teachers at work"]
+    texts = ["a firefighter and a hairdresser", "two teachers at work", "eine ärztin", "一张护士的照片"]
     tokenizer = train_tokenizer("stable-diffusion", texts)
-    for word in " ".join(texts).split():
-        assert tokenizer.tokenize(word) == [f"{word}</w>"]
-    assert tokenizer.unk_token not in tokenizer.tokenize("hired")
+    for word in ("firefighter", "hairdresser", "teachers", "ärztin", "一张护士的照片"):
+        assert len(tokenizer.tokenize(word)) == 1, word  # written in CLIP's byte-level alphabet
+    # Every byte is in the vocabulary, as in CLIP's: a word never seen, in any script, is no unknown.
+    for text in ("hired", "Krankenschwester", "一位医生", "طبيب", "врач"):
+        assert tokenizer.unk_token_id not in tokenizer(text, add_special_tokens=False).input_ids, text
+    assert tokenizer.decode(tokenizer("一张护士的照片").input_ids, skip_special_tokens=True) == "一张护士的照片"
 
 
 def test_the_world_model_built_in_two_fresh_processes_is_the_same_revision(tiny_study: dict) -> None:

@@ -46,25 +46,34 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4000) -> Any:
         return XLMRobertaTokenizer(vocab=[*vocab[: len(specials)], *pieces, ("<mask>", 0.0)], model_max_length=77)
     from transformers import CLIPTokenizer
 
-    normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    # The words as the tokenizer itself will see them: CLIP's normalizer and pre-tokenizer, whose
+    # byte-level alphabet writes every UTF-8 byte as one character. Learnt from raw characters instead,
+    # every word outside ASCII (German umlauts, Chinese, Arabic...) came out as unknown tokens.
+    backend = CLIPTokenizer(vocab={piece: i for i, piece in enumerate(specials)}, merges=[]).backend_tokenizer
     words: dict[str, int] = {}
     for text in texts:
-        for word, _ in pre_tokenizers.Whitespace().pre_tokenize_str(normalizer.normalize_str(text)):
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
             words[word] = words.get(word, 0) + 1
-    specials = ["<|startoftext|>", "<|endoftext|>"]
     # tokenizers' BpeTrainer breaks ties between equally frequent pairs in a hash map's order, another
     # in every process: the same prompts gave merges in another order (so another tokenizer.json and
     # another revision of the model). This trainer is the same algorithm with ties broken by the pair.
-    alphabet, merges = train_bpe(words, vocab_size - len(specials), suffix="</w>")
+    # Every byte, alone and word-final, is in the vocabulary, as in CLIP's: no text is unknown.
+    byte_level = pre_tokenizers.ByteLevel.alphabet()
+    every_byte = [*byte_level, *(byte + "</w>" for byte in byte_level)]
+    alphabet, merges = train_bpe(words, vocab_size - len(specials), suffix="</w>", initial=every_byte)
     pieces = specials + sorted({*alphabet, *("".join(pair) for pair in merges)})  # alphabetical ids
     return CLIPTokenizer(vocab={piece: i for i, piece in enumerate(pieces)}, merges=merges, model_max_length=77)
 
 
-def train_bpe(words: dict[str, int], vocab_size: int, suffix: str = "") -> tuple[list[str], list[tuple[str, str]]]:
+def train_bpe(
+    words: dict[str, int], vocab_size: int, suffix: str = "", initial: list[str] | None = None
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Byte-pair encoding learnt from word counts, the same in every process: (alphabet, merges).
 
     As tokenizers' BpeTrainer: each word is split into characters, `suffix` added to its last; the
-    most frequent adjacent pair is merged, again and again, until the alphabet and the merged pieces
+    alphabet holds every character seen (and the word-final forms seen) and `initial`; the most
+    frequent adjacent pair is merged, again and again, until the alphabet and the merged pieces
     number `vocab_size` or no pair is left. Ties go to the smallest pair (in string order).
 
     Example:
@@ -76,7 +85,7 @@ def train_bpe(words: dict[str, int], vocab_size: int, suffix: str = "") -> tuple
     split = [[*word[:-1], word[-1] + suffix] for word in words]
     counts = list(words.values())
     # Every character seen, and the word-final forms seen (a new word may use a character anywhere).
-    alphabet = sorted({*"".join(words), *(symbols[-1] for symbols in split)})
+    alphabet = sorted({*"".join(words), *(symbols[-1] for symbols in split), *(initial or [])})
     pairs: dict[tuple[str, str], int] = {}  # pair -> its count over the words
     where: dict[tuple[str, str], set[int]] = {}  # pair -> the words it occurs in
     for index, symbols in enumerate(split):
