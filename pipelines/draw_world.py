@@ -33,10 +33,12 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
 from pipelines.harness.stage import Stage, StageRun
 from pipelines.modeling import world
+from pipelines.prompting import grid
 
 DRAWN_VARIANTS = ("gendered", "neutral", "eval_direct", "eval_indirect", "eval_female", "eval_male", "eval_ethical")
 DRAWN_MODEL = "world:drawn"
-GENDER_NAMING_VARIANTS = ("gendered", "eval_female", "eval_male")  # their prompts name a gender (`names_gender`)
+# The variants whose prompts name a gender (`names_gender` of their rows): the grid's own record.
+GENDER_NAMING_VARIANTS = ("gendered", *(v for v, gender in grid.EVAL_GENDERS.items() if gender in ("female", "male")))
 
 
 @dataclass

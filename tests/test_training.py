@@ -944,6 +944,7 @@ def test_adamw_over_all_tensors_at_once_updates_the_weights_as_the_per_tensor_lo
     world's calibration and every published revision stay what they were. Checked on the world
     model's UNet and text encoder, with the scripts' default AdamW settings and clipping."""
     from pipelines.modeling.world import SIZE, build_world_pipeline
+    from training.models import make_adamw
 
     defaults = TrainArguments(pretrained_model_name_or_path="m", dataset_name="d", output_dir="o")
     pipeline = build_world_pipeline(["a photo of a nurse", "a photo of a CEO"])
@@ -952,9 +953,13 @@ def test_adamw_over_all_tensors_at_once_updates_the_weights_as_the_per_tensor_lo
     for foreach in (False, True):
         unet, text_encoder = copy.deepcopy(pipeline.unet), copy.deepcopy(pipeline.text_encoder)
         parameters = [*unet.parameters(), *text_encoder.parameters()]
-        optimizer = torch.optim.AdamW(parameters, lr=1e-3, betas=(defaults.adam_beta1, defaults.adam_beta2),
-                                      weight_decay=defaults.adam_weight_decay, eps=defaults.adam_epsilon,
-                                      foreach=foreach)  # fmt: skip
+        if foreach:  # the scripts' own optimiser
+            optimizer = make_adamw(parameters, 1e-3, defaults)
+            assert optimizer.defaults["foreach"] is True
+        else:
+            optimizer = torch.optim.AdamW(parameters, lr=1e-3, betas=(defaults.adam_beta1, defaults.adam_beta2),
+                                          weight_decay=defaults.adam_weight_decay, eps=defaults.adam_epsilon,
+                                          foreach=False)  # fmt: skip
         generator = torch.Generator().manual_seed(0)
         torch.manual_seed(0)  # the text encoder's dropout
         for _ in range(3):

@@ -77,6 +77,7 @@ from training.models import (
     load_models,
     log_validation,
     make_accelerator,
+    make_adamw,
     publish_lora_base,
     save_lora,
     save_trained,
@@ -591,10 +592,7 @@ def train(run: StageRun, output_dir: Path) -> str:
     preservation = Preservation(args, run, accelerator.device)
     trainable = [p for m in (parts.unet, parts.text_encoder) for p in m.parameters() if p.requires_grad]
     learning_rate = args.learning_rate * (args.train_batch_size * accelerator.num_processes if args.scale_lr else 1)
-    # foreach: one kernel over all tensors, as in train_text_to_image (the same weights, faster on a CPU)
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
-                                  foreach=True)  # fmt: skip
+    optimizer = make_adamw(trainable, learning_rate, args)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)  # fmt: skip

@@ -63,6 +63,15 @@ def make_accelerator(args: FineTuneArguments, output_dir: Path) -> Any:
     return accelerator
 
 
+def make_adamw(parameters: list[torch.nn.Parameter], learning_rate: float, args: FineTuneArguments) -> Any:
+    """AdamW with the run's settings, updating every tensor in one kernel (`foreach`). PyTorch picks
+    that by itself on a GPU only; on a CPU the per-tensor loop took 1.7 times as long (about 11 ms
+    against 6.5 ms a step of the world model) and gives the same weights to the bit (a test checks)."""
+    betas = (args.adam_beta1, args.adam_beta2)
+    return torch.optim.AdamW(parameters, lr=learning_rate, betas=betas, weight_decay=args.adam_weight_decay,
+                             eps=args.adam_epsilon, foreach=True)  # fmt: skip
+
+
 def set_cpu_threads(args: FineTuneArguments, accelerator: Any, output_dir: Path) -> int | None:
     """On CPU, torch's intra-op threads: `--cpu_threads`; on a resume, the count the checkpoint was
     trained with (float sums, and so the bytes, depend on it); otherwise this process's share of the

@@ -32,17 +32,26 @@ M9_UNET_CALL_FLOPS = 803_273_441_280  # m9's UNet, one call: batch 1, 64 x 64 la
 VIT_L14_IMAGE_FLOPS = 162_025_537_536  # CLIP ViT-L/14 (QuickGELU) encoding one 224 px image
 
 
+def meta_flops(call: Any) -> int:
+    """FLOPs of `call()` on the meta device (a model built there): counted, nothing computed."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops()
+
+
 def unet_call_flops(unet: Any) -> int:
     """FLOPs of one call of `unet`, built on the meta device: batch 1, latents of its sample size, 77
     tokens of its cross-attention width."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     config = unet.config
-    with torch.device("meta"), FlopCounterMode(display=False) as counter:
-        latents = torch.zeros(1, config.in_channels, config.sample_size, config.sample_size)
-        unet(latents, torch.full((1,), 500), torch.zeros(1, 77, config.cross_attention_dim))
-    return counter.get_total_flops()
+    shape = (1, config.in_channels, config.sample_size, config.sample_size)
+    return meta_flops(
+        lambda: unet(torch.zeros(shape), torch.full((1,), 500), torch.zeros(1, 77, config.cross_attention_dim))
+    )
 
 
 def diffusion_facts(unet: Any, pixels: int) -> dict[str, Any]:
@@ -56,13 +65,10 @@ def clip_facts(model: Any) -> dict[str, Any]:
     """What the dry run records of an open_clip model a step builds (on the meta device): the FLOPs of
     encoding one image as a share of ViT-L/14's."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     size = model.visual.image_size
     size = size if isinstance(size, int) else size[0]
-    with torch.device("meta"), FlopCounterMode(display=False) as counter:
-        model.encode_image(torch.zeros(1, 3, size, size))
-    return {"clip_share": counter.get_total_flops() / VIT_L14_IMAGE_FLOPS}
+    return {"clip_share": meta_flops(lambda: model.encode_image(torch.zeros(1, 3, size, size))) / VIT_L14_IMAGE_FLOPS}
 
 
 def prompt_count(prompts: dict[str, Any], variant: str, professions: list[str] | None) -> int:
