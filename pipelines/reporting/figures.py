@@ -3,7 +3,9 @@
 Each figure is written twice: SVG (vector, sharp at any size, for papers) and PNG (for cards and
 the Space). Text is sized for a printed column; every occupation is labelled; error bars are the
 bootstrap intervals the fairness module computes; the dashed line is the uniform share, where a
-fair model's bars would sit. Files carry no software stamp, so the same data give the same bytes.
+fair model's bars would sit. Beyond `MAX_BAR_OCCUPATIONS` occupations (MAGBIG's 151, the reference
+grid's 118) bars no longer fit a page, and the shares are a heat map instead, one row an occupation,
+its intervals as marks. Files carry no software stamp, so the same data give the same bytes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Bars for more occupations than this drew a figure 250 inches wide (MAGBIG's 151 occupations by 9 age
+# groups: a PNG 39,168 px wide, which no card or browser shows, and a minute of the stage's time).
+MAX_BAR_OCCUPATIONS = 24
+# A PNG of more pixels than this is saved at a lower dpi (never under 100, where 9 pt text is still
+# 12 px high): a guard for any figure that grows with its data.
+MAX_PNG_PIXELS = 8_000_000
+PNG_DPI = 200
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999", "#000000"]
 
@@ -38,15 +48,22 @@ def _save(figure: Any, stem: Path) -> list[Path]:
     # (a quarter of a figure's time; evaluate_bias draws one per config and attribute).
     box = figure.get_tightbbox(figure.canvas.get_renderer()).padded(matplotlib.rcParams["savefig.pad_inches"])
     figure.savefig(paths[0], metadata={"Date": None, "Creator": None}, bbox_inches=box)
-    figure.savefig(paths[1], dpi=200, metadata={"Software": None}, bbox_inches=box)
+    figure.savefig(paths[1], dpi=png_dpi(box.width, box.height), metadata={"Software": None}, bbox_inches=box)
     return paths
 
 
-def _finish(plt: Any, figure: Any, axis: Any, stem: Path, title: str) -> list[Path]:
+def png_dpi(width: float, height: float) -> int:
+    """The PNG's dots per inch for a figure of this many inches: PNG_DPI, or less, down to 100, where
+    it would have more than MAX_PNG_PIXELS."""
+    return int(max(100, min(PNG_DPI, (MAX_PNG_PIXELS / (width * height)) ** 0.5)))
+
+
+def _finish(plt: Any, figure: Any, axis: Any, stem: Path, title: str, legend: bool = True) -> list[Path]:
     """The house style every figure ends with: title, open top and right, legend outside; saved, closed."""
     axis.set_title(title)
     axis.spines[["top", "right"]].set_visible(False)
-    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    if legend:
+        axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     paths = _save(figure, stem)
     plt.close(figure)
     return paths
@@ -89,8 +106,11 @@ def grouped_bars(
 
 
 def distribution_figure(stem: Path, result: dict[str, Any], title: str) -> list[Path]:
-    """One occupation per group, one bar per label: a fairness module result as a figure."""
+    """One occupation per group, one bar per label: a fairness module result as a figure (a heat map
+    beyond MAX_BAR_OCCUPATIONS occupations)."""
     occupations = result["occupations"]
+    if len(occupations) > MAX_BAR_OCCUPATIONS:
+        return distribution_heat_map(stem, result, title)
     per = result["per_occupation"]
     series = {label: [per[o]["distribution"][i] for o in occupations] for i, label in enumerate(result["labels"])}
     errors = {
@@ -101,6 +121,39 @@ def distribution_figure(stem: Path, result: dict[str, Any], title: str) -> list[
         for i, label in enumerate(result["labels"])
     }
     return grouped_bars(stem, occupations, series, errors, title=title, parity=1 / len(result["labels"]))
+
+
+def beyond_parity(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per occupation (rows, in `occupations` order) and label (columns): whether the share's interval
+    lies wholly above, and wholly below, the uniform share."""
+    per, parity = result["per_occupation"], 1 / len(result["labels"])
+    low = np.array([per[o]["distribution_ci"][0] for o in result["occupations"]], dtype=float)
+    high = np.array([per[o]["distribution_ci"][1] for o in result["occupations"]], dtype=float)
+    return low > parity, high < parity
+
+
+def distribution_heat_map(stem: Path, result: dict[str, Any], title: str) -> list[Path]:
+    """One row per occupation, one column per label, the share as colour; a white triangle up where the
+    share's interval lies wholly above the uniform share, down where wholly below."""
+    plt = _pyplot()
+    occupations, labels, per = result["occupations"], result["labels"], result["per_occupation"]
+    shares = np.array([per[o]["distribution"] for o in occupations], dtype=float)
+    height = 0.13 * len(occupations)  # the axes' inches: a row per 6 pt label
+    figure, axis = plt.subplots(figsize=(2.0 + 0.45 * len(labels), height + 1.2))
+    mesh = axis.pcolormesh(shares, cmap="viridis", vmin=0, vmax=1)
+    axis.invert_yaxis()  # the first occupation on top, as in the dataset
+    axis.xaxis.tick_top()
+    axis.set_xticks(np.arange(len(labels)) + 0.5, labels, rotation=45, ha="left", rotation_mode="anchor")
+    axis.set_yticks(np.arange(len(occupations)) + 0.5, occupations, fontsize=6)
+    axis.tick_params(length=0)
+    for marks, marker in zip(beyond_parity(result), ("^", "v")):
+        rows, columns = np.nonzero(marks)
+        axis.scatter(columns + 0.5, rows + 0.5, marker=marker, s=10, color="white", edgecolors="black", linewidths=0.4)
+    # The colour bar under the axes, a fixed 0.12 inch high and 0.25 inch below whatever the rows' height.
+    bar = axis.inset_axes((0.0, -0.37 / height, 1.0, 0.12 / height))
+    figure.colorbar(mesh, cax=bar, orientation="horizontal",
+                    label="share of images (▲ ▼: 95% interval above / below uniform)")  # fmt: skip
+    return _finish(plt, figure, axis, stem, title, legend=False)
 
 
 def lines(
