@@ -242,6 +242,7 @@ class GenerateImages(ShardedStage):
             downloads=[download] if download else [],
             makes=makes,
             images=images,
+            native_side=estimates.get(args.repo_id(args.model)).get("resolution", 0),
             gpu_hours=hours(seconds),
             priced=flop_note(share),
         )

@@ -851,7 +851,8 @@ def test_the_disk_check_counts_the_planned_images_at_their_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Images of a Hub model at its native 512 px take about 1.5 bytes a pixel; a model the recipe makes
-    has no size yet and is not counted; free space at the store decides."""
+    is counted at the size its building step recorded in the plan, and not at all where none did; free
+    space at the store decides."""
     from types import SimpleNamespace
 
     from pipelines.artifacts.store import LocalStore
@@ -862,15 +863,23 @@ def test_the_disk_check_counts_the_planned_images_at_their_size(
         store = LocalStore(tmp_path / "hub" / "not-yet")
         return SimpleNamespace(model=model, height=height, width=height, namespace="study", open_store=lambda: store)
 
-    steps = [("base", args("BAAI/AltDiffusion-m9"), Estimate(images=1000)),
-             ("tuned", args("tuned-model"), Estimate(images=10**9)),  # made by the recipe: size unknown
-             ("small", args("tuned-model", 64), Estimate(images=1000))]  # fmt: skip
-    need = 1000 * 512 * 512 * 1.5 + 1000 * 64 * 64 * 1.5
+    steps = [
+        ("base", args("BAAI/AltDiffusion-m9"), Estimate(images=1000)),
+        ("tuned", args("tuned-model"), Estimate(images=10**9)),  # made by the recipe: size unknown
+        ("small", args("tuned-model", 64), Estimate(images=1000)),
+        ("world", args("tuned-model"), Estimate(images=10**5, native_side=16)),  # its size in the plan
+    ]
+    need = 1000 * 512 * 512 * 1.5 + 1000 * 64 * 64 * 1.5 + 10**5 * 16 * 16 * 1.5
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda root: SimpleNamespace(free=int(need) + 1))
     assert preflight.disk_problems(steps, {"study/tuned-model"}) == []
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda root: SimpleNamespace(free=int(need) - 10**6))
     (problem,) = preflight.disk_problems(steps, {"study/tuned-model"})
     assert problem.startswith("disk: the planned images need about 0.4 GB") and "0.4 GB are free" in problem
+    # The offline study's plan knows its generating steps' size: the world model's 16 px.
+    from pipelines.run import Costs, plan_recipe, planned_steps
+
+    planned = planned_steps(*plan_recipe(REPO_ROOT / "pipelines" / "recipes" / "offline.yaml"), Costs())
+    assert {estimate.native_side for *_, estimate in planned if estimate and estimate.images} == {16}
 
 
 def test_with_the_hub_online_a_repo_or_revision_it_lacks_is_named_before_step_1() -> None:

@@ -173,6 +173,7 @@ class Estimate:
     train_steps: int = 0
     gpu_hours: float = 0.0
     priced: str = ""  # how the time was scaled from the real model's units, where it was (`flop_note`)
+    native_side: int = 0  # the size in pixels of a generating step's model where the plan knows it, else 0
 
 
 class Estimates:

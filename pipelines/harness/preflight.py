@@ -131,15 +131,17 @@ def in_hub_cache(repo_id: str, revision: str, kind: str) -> bool:
 
 def disk_problems(steps: list[tuple[str, Any, Estimate | None]], made: set[str]) -> list[str]:
     """Too little free space at a local store for the images its steps would generate. A size the
-    recipe leaves to the model is its native one: 512 px for a model from the Hub or a folder, and
-    unknown (not counted) for one the recipe makes, whose config does not exist yet."""
+    recipe leaves to the model is its native one: the one the plan recorded for a model a step builds
+    (`Estimate.native_side`), 512 px for a model from the Hub or a folder, and unknown (not counted)
+    for any other model the recipe makes, whose config does not exist yet."""
     need: dict[Path, float] = {}
     for _, args, estimate in steps:
         store = args.open_store()
         if estimate is None or not estimate.images or not isinstance(store, LocalStore):
             continue
         model = str(getattr(args, "model", "") or "")
-        native = None if model and model_made_here(model, args, store, made) else DEFAULT_SIDE
+        made_here = model and model_made_here(model, args, store, made)
+        native = estimate.native_side or (None if made_here else DEFAULT_SIDE)
         height, width = getattr(args, "height", None) or native, getattr(args, "width", None) or native
         if height is None or width is None:
             continue
