@@ -73,6 +73,7 @@ from training.models import (
     clear_model_files,
     clear_stale_validation,
     encode_text,
+    end_training,
     inference_pipeline,
     load_models,
     log_validation,
@@ -660,7 +661,7 @@ def train(run: StageRun, output_dir: Path) -> str:
                                      * accelerator.num_processes}  # fmt: skip
         save_outputs(run, output_dir, parts, accelerator, base, state, classifier, target)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator)
     return f"{'LoRA' if args.use_lora else 'Full'} distributional alignment, {global_step} steps"
 
 

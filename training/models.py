@@ -37,15 +37,19 @@ UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
 def encode_text(text_encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Hidden states the UNet attends to, for both families (RoBERTa-series uses its attention mask)."""
-    if getattr(text_encoder.config, "use_attention_mask", False):
+    """Hidden states the UNet attends to, for both families (RoBERTa-series uses its attention mask).
+    The config is read through any wrapper: a text encoder trained in several processes is wrapped in
+    DistributedDataParallel, which has no `config`."""
+    from accelerate.utils import extract_model_from_parallel
+
+    if getattr(extract_model_from_parallel(text_encoder).config, "use_attention_mask", False):
         return text_encoder(input_ids, attention_mask=attention_mask)[0]
     return text_encoder(input_ids)[0]
 
 
 def make_accelerator(args: FineTuneArguments, output_dir: Path) -> Any:
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision='fp16' needs a GPU: use 'no' or 'bf16' on CPU")
@@ -55,12 +59,24 @@ def make_accelerator(args: FineTuneArguments, output_dir: Path) -> Any:
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         cpu=not torch.cuda.is_available(),
+        # In several processes each trained model is wrapped in DistributedDataParallel, which stops at
+        # the second step where a trainable parameter got no gradient: a trained text encoder's pooler
+        # (RoBERTa-series') gets none, as the UNet reads the hidden states only.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.train_text_encoder)],
     )
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     return accelerator
+
+
+def end_training(accelerator: Any) -> None:
+    """The trackers closed, the process group kept: accelerate's `end_training` destroys the group, and
+    the stage harness still needs it (every process learns what the main one published) and closes it
+    at exit."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
 
 
 def make_adamw(parameters: list[torch.nn.Parameter], learning_rate: float, args: FineTuneArguments) -> Any:

@@ -51,6 +51,7 @@ from training.models import (
     clear_model_files,
     clear_stale_validation,
     encode_text,
+    end_training,
     inference_pipeline,
     load_models,
     log_validation,
@@ -532,7 +533,7 @@ def train(run: StageRun, output_dir: Path) -> str:
         }
         save_outputs(run, output_dir, parts, accelerator, base, languages, trained)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator)
     return f"{'LoRA' if args.use_lora else 'Full'} fine-tune, {global_step} steps"
 
 
