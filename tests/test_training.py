@@ -390,18 +390,20 @@ def test_lora_with_text_encoder_on_tiny_altdiffusion(training_study: dict, tmp_p
 
 
 @pytest.mark.slow
-def test_two_processes_train_the_unet_and_text_encoder_and_publish_once(training_study: dict, tmp_path: Path) -> None:
+def test_two_processes_train_the_unet_and_text_encoder_and_publish_once(training_study: dict) -> None:
     """`torchrun` with two processes, the UNet and AltDiffusion's text encoder trained in full: each
     model is wrapped in DistributedDataParallel, which has no `config` and stops where a trainable
-    parameter gets no gradient (RoBERTa-series' pooler, which the UNet never reads), and the main
+    parameter gets no gradient (RoBERTa-series' pooler, which the UNet never reads); and the main
     process publishes while the other waits on the process group. Before, every multi-process
     training failed at its end (accelerate's `end_training` destroyed the group the harness still
-    needed), and one that trained the text encoder at its first step."""
+    needed), and one that trained the text encoder at its first step. (The text encoder alone, with a
+    frozen UNet, is `align_distribution`'s: tests/test_align_distribution.py.)"""
+    name = "ad-two-processes"
     arguments = [
         "--store_root", training_study["store_root"], "--namespace", "study",
         "--pretrained_model_name_or_path", training_study["model"], "--dataset_name", training_study["train"],
         "--resolution", "64", "--center_crop", "--train_batch_size", "2", "--learning_rate", "1e-3",
-        "--max_train_steps", "3", "--train_text_encoder", "--cpu_threads", "1", "--output_repo", "ad-two-processes",
+        "--max_train_steps", "3", "--train_text_encoder", "--cpu_threads", "1", "--output_repo", name,
     ]  # fmt: skip
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run([*torchrun, SCRIPT, *arguments], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -409,14 +411,13 @@ def test_two_processes_train_the_unet_and_text_encoder_and_publish_once(training
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in result.stdout + result.stderr
     store = LocalStore(training_study["store_root"])
-    published = [line for line in result.stdout.splitlines() if line.startswith("study/ad-two-processes@")]
-    assert len(set(published)) == 1  # each process reports the one revision the main process published
-    folder = store.resolve(published[0], "model")
-    assert [entry["step"] for entry in json.loads((folder / "trainer_state.json").read_text())["log_history"]] == [
-        1, 2, 3,
-    ]  # fmt: skip
+    published = {line for line in result.stdout.splitlines() if line.startswith(f"study/{name}@")}
+    assert len(published) == 1  # each process reports the one revision the main process published
+    (revision,) = published
+    history = json.loads((store.resolve(revision, "model") / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history] == [1, 2, 3]
     base = load_pipeline(model_input(training_study, training_study["model"]), store)
-    tuned = load_pipeline(model_input(training_study, published[0]), store)
+    tuned = load_pipeline(model_input(training_study, revision), store)
     text = "ein Foto des Gesichts einer Person, die als Pflegekraft arbeitet"
     assert not torch.allclose(text_features(base, text), text_features(tuned, text))  # the encoder was trained
     moved = [not torch.equal(a, b) for a, b in zip(base.unet.parameters(), tuned.unet.parameters())]

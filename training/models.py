@@ -71,6 +71,17 @@ def make_accelerator(args: FineTuneArguments, output_dir: Path) -> Any:
     return accelerator
 
 
+def prepare_models(accelerator: Any, *models: torch.nn.Module) -> list[Any]:
+    """`accelerator.prepare` for each model, one with nothing to train in evaluation mode: in several
+    processes a trained model is wrapped in DistributedDataParallel, which refuses a model without a
+    trainable parameter (the UNet when only the text encoder trains); evaluation mode keeps the rest
+    (the device, the mixed-precision forward)."""
+    return [
+        accelerator.prepare_model(model, evaluation_mode=not any(p.requires_grad for p in model.parameters()))
+        for model in models
+    ]
+
+
 def end_training(accelerator: Any) -> None:
     """The trackers closed, the process group kept: accelerate's `end_training` destroys the group, and
     the stage harness still needs it (every process learns what the main one published) and closes it

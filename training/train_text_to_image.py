@@ -57,6 +57,7 @@ from training.models import (
     log_validation,
     make_accelerator,
     make_adamw,
+    prepare_models,
     publish_lora_base,
     save_lora,
     save_trained,
@@ -655,11 +656,10 @@ def make_optimizer(loader: Any, parts: Parts, args: TrainArguments, accelerator:
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
     if args.train_text_encoder:
-        parts.unet, parts.text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(
-            parts.unet, parts.text_encoder, optimizer, loader, lr_scheduler
-        )
+        parts.unet, parts.text_encoder = prepare_models(accelerator, parts.unet, parts.text_encoder)
     else:
-        parts.unet, optimizer, loader, lr_scheduler = accelerator.prepare(parts.unet, optimizer, loader, lr_scheduler)
+        (parts.unet,) = prepare_models(accelerator, parts.unet)
+    optimizer, loader, lr_scheduler = accelerator.prepare(optimizer, loader, lr_scheduler)
     if parts.ema_unet is not None:
         parts.ema_unet.to(accelerator.device)
     return Loop(
