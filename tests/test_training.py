@@ -411,7 +411,8 @@ def test_two_processes_train_the_unet_and_text_encoder_and_publish_once(training
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in result.stdout + result.stderr
     store = LocalStore(training_study["store_root"])
-    published = {line for line in result.stdout.splitlines() if line.startswith(f"study/{name}@")}
+    # Each process prints the revision; their lines may interleave.
+    published = set(re.findall(rf"study/{name}@[0-9a-f]{{40}}", result.stdout))
     assert len(published) == 1  # each process reports the one revision the main process published
     (revision,) = published
     history = json.loads((store.resolve(revision, "model") / "trainer_state.json").read_text())["log_history"]
