@@ -74,8 +74,9 @@ def make_accelerator(args: FineTuneArguments, output_dir: Path) -> Any:
 def prepare_models(accelerator: Any, *models: torch.nn.Module) -> list[Any]:
     """`accelerator.prepare` for each model, one with nothing to train in evaluation mode: in several
     processes a trained model is wrapped in DistributedDataParallel, which refuses a model without a
-    trainable parameter (the UNet when only the text encoder trains); evaluation mode keeps the rest
-    (the device, the mixed-precision forward)."""
+    trainable parameter (the UNet when only the text encoder trains: `align_distribution --train_unet
+    false`, which does not use this yet, see the README); evaluation mode keeps the rest (the device,
+    the mixed-precision forward). `train_text_to_image` always trains the UNet, so there it is `prepare`."""
     return [
         accelerator.prepare_model(model, evaluation_mode=not any(p.requires_grad for p in model.parameters()))
         for model in models
