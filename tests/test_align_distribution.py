@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +21,7 @@ from pipelines.errors import ConfigError
 from pipelines.modeling.world import build_world_pipeline
 from training import align_distribution as align
 
-from .conftest import TINY_PROFESSIONS
+from .conftest import REPO_ROOT, TINY_PROFESSIONS
 
 PROMPTS = ["a photo of a nurse", "a photo of a CEO", "ein Foto einer Pflegekraft"]
 
@@ -199,10 +202,8 @@ def test_the_alignment_recipe_moves_the_world_towards_its_target_and_keeps_contr
     towards parity on four occupations in two languages, and towards 70% female; every cell is then
     measured (`check_alignment_recipe`)."""
     import os
-    import subprocess
-    import sys
 
-    from .conftest import REPO_ROOT, machine_paths_in, study_copy
+    from .conftest import machine_paths_in, study_copy
 
     root = study_copy(offline_study, tmp_path)
     result = subprocess.run(
@@ -396,6 +397,43 @@ def test_a_resumed_alignment_is_the_run_it_continues_and_its_card_names_the_meth
     assert {tuple(cell) for cell in card["alignment"]["training_cells"]} == {
         (language, profession) for language in ("en", "de") for profession in TINY_PROFESSIONS
     }
+
+
+@pytest.mark.slow
+def test_two_processes_align_the_text_encoder_alone_and_publish_once(tiny_study: dict) -> None:
+    """`torchrun` with two processes, the text encoder trained and the UNet frozen: DistributedDataParallel
+    refuses a model with nothing to train, and failed this run before it started (and every
+    multi-process run at its end: the process group was destroyed before the main process published)."""
+    from pipelines import build_tiny_model
+    from pipelines.artifacts.inputs import resolve_model
+    from pipelines.artifacts.store import LocalStore, card_metadata
+    from pipelines.modeling.diffusion import load_pipeline
+
+    common = {"store_root": tiny_study["store_root"], "namespace": "study"}
+    world = build_tiny_model.run(
+        build_tiny_model.Arguments(**common, input=tiny_study["prompts"], kind="world", output_repo="da-world-2p")
+    )
+    arguments = [
+        "--store_root", tiny_study["store_root"], "--namespace", "study", "--pretrained_model_name_or_path",
+        str(world), "--prompts", tiny_study["prompts"], "--languages", "en", "de", "--variants", "neutral",
+        "--target", "female=0.7,male=0.3", "--train_text_encoder", "--train_unet", "false",
+        "--train_batch_size", "2", "--num_inference_steps", "3", "--learning_rate", "1e-2", "--cpu_threads", "1",
+        "--prompts_per_step", "2", "--max_train_steps", "2", "--output_repo", "da-two-processes",
+    ]  # fmt: skip
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run([*torchrun, "-m", "training.align_distribution", *arguments], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Each process reports the one revision the main process published (the two may print on one line).
+    published = set(re.findall(r"study/da-two-processes@[0-9a-f]{40}", result.stdout))
+    assert len(published) == 1, result.stdout[-2000:]
+    store = LocalStore(tiny_study["store_root"])
+    folder = store.resolve(next(iter(published)), "model")
+    assert card_metadata(folder)["alignment"]["images_generated"] == 16  # 2 steps x 2 prompts x 2 images x 2
+    base, tuned = (load_pipeline(resolve_model(spec, store, namespace="study"), store)
+                   for spec in (str(world), next(iter(published))))  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(base.unet.parameters(), tuned.unet.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(base.text_encoder.parameters(), tuned.text_encoder.parameters()))
 
 
 def test_a_prompt_that_names_a_gender_is_aligned_to_it_and_any_other_to_the_target() -> None:

@@ -73,11 +73,13 @@ from training.models import (
     clear_model_files,
     clear_stale_validation,
     encode_text,
+    end_training,
     inference_pipeline,
     load_models,
     log_validation,
     make_accelerator,
     make_adamw,
+    prepare_models,
     publish_lora_base,
     save_lora,
     save_trained,
@@ -596,9 +598,8 @@ def train(run: StageRun, output_dir: Path) -> str:
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)  # fmt: skip
-    parts.unet, parts.text_encoder, optimizer, lr_scheduler = accelerator.prepare(
-        parts.unet, parts.text_encoder, optimizer, lr_scheduler
-    )
+    parts.unet, parts.text_encoder = prepare_models(accelerator, parts.unet, parts.text_encoder)
+    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     if parts.ema_unet is not None:
         parts.ema_unet.to(accelerator.device)
     global_step, history = resume(output_dir, args.resume_from_checkpoint, accelerator, parts.ema_unet)
@@ -660,7 +661,7 @@ def train(run: StageRun, output_dir: Path) -> str:
                                      * accelerator.num_processes}  # fmt: skip
         save_outputs(run, output_dir, parts, accelerator, base, state, classifier, target)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator)
     return f"{'LoRA' if args.use_lora else 'Full'} distributional alignment, {global_step} steps"
 
 

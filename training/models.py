@@ -75,8 +75,9 @@ def prepare_models(accelerator: Any, *models: torch.nn.Module) -> list[Any]:
     """`accelerator.prepare` for each model, one with nothing to train in evaluation mode: in several
     processes a trained model is wrapped in DistributedDataParallel, which refuses a model without a
     trainable parameter (the UNet when only the text encoder trains: `align_distribution --train_unet
-    false`, which does not use this yet, see the README); evaluation mode keeps the rest (the device,
-    the mixed-precision forward). `train_text_to_image` always trains the UNet, so there it is `prepare`."""
+    false`); evaluation mode keeps the rest (the device, the mixed-precision forward). One process
+    trains to the same bits either way. `train_text_to_image` always trains the UNet, so there it is
+    `prepare`."""
     return [
         accelerator.prepare_model(model, evaluation_mode=not any(p.requires_grad for p in model.parameters()))
         for model in models
