@@ -20,7 +20,7 @@ import torch
 from pipelines import build_tiny_model, collect_datasets, generate_images
 from pipelines.artifacts.inputs import ModelInput, resolve_model
 from pipelines.artifacts.store import LocalStore, card_metadata
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, StoreError
 from pipelines.modeling.diffusion import LORA_WEIGHTS, ROBERTA_SERIES_MODULE, load_pipeline
 from training.train_text_to_image import TrainArguments
 
@@ -423,6 +423,53 @@ def test_two_processes_train_the_unet_and_text_encoder_and_publish_once(training
     assert not torch.allclose(text_features(base, text), text_features(tuned, text))  # the encoder was trained
     moved = [not torch.equal(a, b) for a, b in zip(base.unet.parameters(), tuned.unet.parameters())]
     assert sum(moved) > 0.9 * len(moved)  # and the UNet
+
+
+@pytest.mark.slow
+def test_two_processes_resume_to_the_bit_and_refuse_a_resume_in_one(training_study: dict, tmp_path: Path) -> None:
+    """Stopped at a checkpoint and resumed in two processes, a two-process training (UNet, text
+    encoder, EMA) gives the same losses and weights, to the bit, as the same run straight through; in
+    one process the checkpoint is refused in one line (the batch a step sees and the noise each process
+    draws would be another run's) and nothing is published."""
+    from safetensors.torch import load_file
+
+    def launch(processes: int, output_dir: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
+        """`torchrun` with `processes`, or one plain process (`python`) as a user resumes alone."""
+        arguments = [
+            "--store_root", training_study["store_root"], "--namespace", "study", "--output_dir", str(output_dir),
+            "--pretrained_model_name_or_path", training_study["model"], "--dataset_name", training_study["train"],
+            "--resolution", "64", "--center_crop", "--train_batch_size", "2", "--learning_rate", "1e-3",
+            "--max_train_steps", "4", "--checkpointing_steps", "2", "--train_text_encoder", "--use_ema",
+            "--cpu_threads", "1", "--output_repo", name, *extra,
+        ]  # fmt: skip
+        launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={processes}"]
+        launcher = launcher if processes > 1 else [sys.executable]
+        return subprocess.run([*launcher, SCRIPT, *arguments], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+
+    whole, parts, alone = tmp_path / "whole", tmp_path / "parts", tmp_path / "alone"
+    result = launch(2, whole, "ad-2p-straight")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = whole / "checkpoint-2"
+    assert sorted(p.name for p in checkpoint.glob("random_states_*.pkl")) == ["random_states_0.pkl",
+                                                                              "random_states_1.pkl"]  # fmt: skip
+    for folder in (parts, alone):  # what a run killed after its checkpoint at step 2 leaves
+        folder.mkdir()
+        shutil.copytree(checkpoint, folder / "checkpoint-2")
+    result = launch(2, parts, "ad-2p-resumed", "--resume_from_checkpoint", "latest")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert state(parts)["log_history"] == state(whole)["log_history"]  # losses to the last bit
+    assert [entry["step"] for entry in state(parts)["log_history"]] == [1, 2, 3, 4]
+    for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        straight, resumed = load_file(whole / name), load_file(parts / name)
+        assert all(torch.equal(straight[k], resumed[k]) for k in straight), name
+    result = launch(1, alone, "ad-1p-resumed", "--resume_from_checkpoint", "latest")
+    assert result.returncode == 2
+    assert f"resume_from_checkpoint={str(alone / 'checkpoint-2')!r}: written by 2 process(es), this run has 1" in (
+        result.stderr
+    )
+    with pytest.raises(StoreError, match="unknown model repo 'study/ad-1p-resumed'"):
+        LocalStore(training_study["store_root"]).resolve("study/ad-1p-resumed", "model")
 
 
 def test_stable_diffusion_output_dir_and_checkpoints_open_with_diffusers(training_study: dict, tmp_path: Path) -> None:
@@ -883,6 +930,35 @@ def test_random_states_accelerate_would_not_restore_are_refused_by_name(
     monkeypatch.setattr(accelerate.utils, "is_cuda_available", lambda: True)
     assert refused(cpu_saved) == "no torch_cuda_manual_seed: saved without cuda, this machine has it"
     assert refused(more_devices).startswith("torch_cuda_manual_seed does not apply: ")
+
+
+def test_a_checkpoint_of_another_number_of_processes_is_refused_by_name(tmp_path: Path) -> None:
+    """Each process saves its own random states; resumed in another number of processes a step's batch
+    and noise differ (one to two would also fail on a missing file): refused, both ways, in one line."""
+    from accelerate import PartialState
+    from accelerate.checkpointing import save_accelerator_state
+
+    from training.checkpoints import check_checkpoint
+
+    PartialState()  # accelerate's saving logs through it
+    for processes in (1, 2, 3):
+        folder = tmp_path / f"{processes}-processes" / "checkpoint-2"
+        folder.mkdir(parents=True)
+        for index in range(processes):  # as each process of such a run saves
+            save_accelerator_state(str(folder), [], [], [], [], process_index=index, step=2)
+        whole_checkpoint(folder)
+        for resumed_in in (1, 2, 3):
+            if resumed_in == processes:
+                for index in range(resumed_in):
+                    check_checkpoint(folder, index, ema=False, processes=resumed_in)
+                continue
+            with pytest.raises(ConfigError) as error:
+                check_checkpoint(folder, 0, ema=False, processes=resumed_in)
+            assert str(error.value) == (
+                f"resume_from_checkpoint={str(folder)!r}: written by {processes} process(es), this run has "
+                f"{resumed_in}; resume in {processes} (each process's share of a batch and its random states "
+                "are part of the run)"
+            )
 
 
 def test_training_data_is_checked_by_the_decoder_every_stage_uses(

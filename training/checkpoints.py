@@ -164,7 +164,7 @@ def resume(output_dir: Path, resume_from: str | None, accelerator: Any, ema_unet
     if path is None:
         accelerator.print("no checkpoint to resume from: starting a new run")
         return 0, []
-    check_checkpoint(path, accelerator.process_index, ema_unet is not None)
+    check_checkpoint(path, accelerator.process_index, ema_unet is not None, accelerator.num_processes)
     accelerator.print(f"resuming from {path}")
     accelerator.load_state(str(path))
     if ema_unet is not None:
@@ -173,13 +173,22 @@ def resume(output_dir: Path, resume_from: str | None, accelerator: Any, ema_unet
     return int(path.name.split("-")[1]), history
 
 
-def check_checkpoint(path: Path, process_index: int, ema: bool) -> None:
-    """Refuses a checkpoint that cannot resume the run exactly: cut short (`cut_short`), without the
-    EMA weights the run keeps, or with random states that cannot be restored (accelerate would only
-    log that and go on with other random numbers)."""
+def check_checkpoint(path: Path, process_index: int, ema: bool, processes: int = 1) -> None:
+    """Refuses a checkpoint that cannot resume the run exactly: cut short (`cut_short`), written by
+    another number of processes, without the EMA weights the run keeps, or with random states that
+    cannot be restored (accelerate would only log that and go on with other random numbers)."""
     problem = cut_short(path)
     if problem:
         raise ConfigError(f"resume_from_checkpoint={str(path)!r}: {problem}; resume from an earlier one or 'latest'")
+    # Each process saves its random states (random_states_<index>.pkl). In another number of processes
+    # a step's batch is another size and each process draws other noise, so accelerate would load
+    # what it finds and go on as another run (from one process to two it fails on a missing file).
+    written = len(list(path.glob("random_states_*.pkl")))
+    if written and written != processes:
+        raise ConfigError(
+            f"resume_from_checkpoint={str(path)!r}: written by {written} process(es), this run has {processes}; "
+            f"resume in {written} (each process's share of a batch and its random states are part of the run)"
+        )
     if ema and not (path / EMA_WEIGHTS).is_file():
         raise ConfigError(
             f"resume_from_checkpoint={str(path)!r}: has no EMA weights ({EMA_WEIGHTS}); the run would restart "
