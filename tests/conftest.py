@@ -64,6 +64,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 OFFLINE_STUDY_TESTS = frozenset({
     "test_a_space_that_reads_the_study_s_store_is_published_pinned",
     "test_an_untrained_world_ends_the_study_with_two_no_verdicts_and_exit_1",
+    "test_a_sample_that_cannot_be_decoded_is_said_so_in_its_place_beside_the_other_version",
     "test_arabic_chinese_and_japanese_prompts_render_upright_with_fonts_that_have_their_glyphs",
     "test_every_offline_study_artifact_opens_by_reference_and_by_its_card",
     "test_readme_study_command_runs",

@@ -184,6 +184,22 @@ def test_space_refuses_bad_input_briefly(space: dict) -> None:
 
 
 @pytest.mark.slow
+def test_a_sample_that_cannot_be_decoded_is_said_so_in_its_place_beside_the_other_version(space: dict) -> None:
+    """In the side-by-side view a version's undecodable image is named as such (not "no image", which
+    means the version has no such sample), and the other version's image of that seed still shows."""
+    from types import SimpleNamespace
+
+    shown = {"sample_index": 1, "seed": 11, "path": "/cache/a.rgb.png", "status": "ok", "gender": "female",
+             "race": None, "age": None}  # fmt: skip
+    broken = {**shown, "path": None, "status": "undecodable", "gender": None}
+    pair = [{"sample_index": 1, "a": shown, "b": broken}]
+    fake = SimpleNamespace(paired=lambda versions, language, occupation: pair)
+    page = space["app"].pairs_html(fake, ["a", "b"], "en", "nurse")
+    assert page.count("<img ") == 1 and "gradio_api/file=/cache/a.rgb.png" in page and "seed 11" in page
+    assert "b: the stored image cannot be decoded (in no figure)" in page and "no image" not in page
+
+
+@pytest.mark.slow
 def test_space_soak_while_a_stage_republishes(offline_study: dict, tmp_path: Path) -> None:
     """16 clients for 30 seconds, fetching the app's answers and every image they name, while the
     images dataset is republished underneath: no request fails. On a copy of the study's store, so
@@ -915,6 +931,52 @@ def test_the_space_serves_each_image_as_every_stage_decodes_it(tmp_path: Path) -
             assert image.format == "PNG" and image.mode == "RGB", name
             assert (np.asarray(image) == decode_image({"bytes": data, "path": None})).all(), name
     assert study._immutable(b"not an image") is None and len(study.undecodable) == 1
+
+
+def test_an_image_that_cannot_be_decoded_keeps_its_place_among_the_samples(tmp_path: Path) -> None:
+    """A stored image no stage can decode (every stage skips it: it is in no figure) keeps its sample's
+    place in the Space, without a file and said to be undecodable, instead of vanishing from the
+    grid while the next sample takes its place; the others are served as before."""
+    import io
+    from types import SimpleNamespace
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO_ROOT / "spaces" / "compare_languages"))
+    try:
+        from study_data import Study
+    finally:
+        sys.path.pop(0)
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(buffer, format="PNG")
+    stored = [buffer.getvalue(), b"\x89PNG cut short", buffer.getvalue(), buffer.getvalue()]
+    shard = tmp_path / "images.parquet"
+    pq.write_table(pa.table({
+        "profession": ["nurse"] * 4, "sample_index": [0, 1, 2, 3], "seed": [10, 11, 12, 13],
+        "image": [{"bytes": data, "path": None} for data in stored],
+    }), shard)  # fmt: skip
+    attributes = pd.DataFrame({
+        "language": ["en"] * 4, "profession": ["nurse"] * 4, "variant": ["neutral"] * 4, "sample_index": [0, 1, 2, 3],
+        "status": ["ok", "ok", "no_face", "ok"], "gender": ["female", "male", None, "male"],
+        "race": [None] * 4, "age": [None] * 4,
+    })  # fmt: skip
+    study = Study.__new__(Study)
+    study.cache, study.undecodable, study.variant = tmp_path / "cache", set(), "neutral"
+    study.cache.mkdir()
+    study.config = lambda version, language: "en-neutral"
+    study.versions = {"v": SimpleNamespace(attributes=attributes, images=SimpleNamespace(files=lambda config: [shard]),
+                                           bias_per_occupation=pd.DataFrame({"attribute": ["gender"]}))}  # fmt: skip
+    samples = study.samples("v", "en", "nurse", 3)
+    assert [(s["sample_index"], s["seed"], s["status"], s["gender"]) for s in samples] == [
+        (0, 10, "ok", "female"),
+        (1, 11, "undecodable", None),
+        (2, 12, "no_face", None),
+    ]  # the broken image keeps sample 1's place, with no classifier's labels (no stage read it)
+    assert samples[1]["path"] is None and len(study.undecodable) == 1
+    assert study.images("v", "en", "nurse", 3) == (samples[0]["path"], samples[2]["path"])
+    assert all(Path(path).is_file() for path in study.images("v", "en", "nurse", 3))
 
 
 def test_the_clip_score_module_scores_each_image_as_the_toolkit_decodes_it(tmp_path: Path) -> None:

@@ -155,9 +155,10 @@ def pairs_html(study: Study, versions: list[str], language: str, occupation: str
         for index, version in enumerate(versions):
             sample, colour = entry[version], version_colour(index)
             swatch = f'<span class="swatch" style="background:{colour}"></span>'
-            if sample is None:
+            if sample is None or sample["path"] is None:
                 images.append('<a aria-hidden="true"></a>')
-                captions.append(f"{swatch}{html.escape(version)}: no image")
+                why = "no image" if sample is None else "the stored image cannot be decoded (in no figure)"
+                captions.append(f"{swatch}{html.escape(version)}: {why}")
                 continue
             url = html.escape(f"gradio_api/file={sample['path']}")
             said = html.escape(perceived(sample))

@@ -388,14 +388,17 @@ class Study:
 
     @functools.lru_cache(maxsize=512)
     def images(self, version: str, language: str, occupation: str, limit: int = 8) -> tuple[str, ...]:
-        """Paths of the first images of one occupation, as files named by their content, written once."""
-        return tuple(sample["path"] for sample in self.samples(version, language, occupation, limit))
+        """Paths of the first images of one occupation, as files named by their content, written once
+        (none for an image that cannot be decoded)."""
+        samples = self.samples(version, language, occupation, limit)
+        return tuple(sample["path"] for sample in samples if sample["path"] is not None)
 
     @functools.lru_cache(maxsize=512)
     def samples(self, version: str, language: str, occupation: str, limit: int = 8) -> tuple[dict, ...]:
         """The first images of one occupation, in sample order: each one's sample index, seed, file
         (named by its content, written once), face status and perceived attributes. An image that
-        cannot be decoded is left out (`undecodable`)."""
+        cannot be decoded keeps its place, without a file and with the status "undecodable" (every
+        stage of the study skips it, so it is in no figure; counted in `undecodable`)."""
         config = self.config(version, language)
         if config is None:
             return ()
@@ -414,15 +417,14 @@ class Study:
             for row in sorted(table, key=lambda row: row["sample_index"]):
                 index = int(row["sample_index"])
                 path = self._immutable(row["image"]["bytes"])
-                if path is None:
-                    continue  # undecodable: left out (and counted), as every stage of the study skips it
-                attributes = perceived.get(index)
+                attributes = None if path is None else perceived.get(index)
+                status = "undecodable" if path is None else None if attributes is None else str(attributes["status"])
                 out.append(
                     {
                         "sample_index": index,
                         "seed": int(row["seed"]),
-                        "path": str(path),
-                        "status": None if attributes is None else str(attributes["status"]),
+                        "path": None if path is None else str(path),
+                        "status": status,
                         **{
                             attribute: None
                             if attributes is None
