@@ -932,6 +932,52 @@ def test_random_states_accelerate_would_not_restore_are_refused_by_name(
     assert refused(more_devices).startswith("torch_cuda_manual_seed does not apply: ")
 
 
+def test_a_checkpoint_of_a_run_with_other_settings_is_refused_and_one_that_runs_longer_resumes(
+    training_study: dict, tmp_path: Path
+) -> None:
+    """A checkpoint records its run's pinned inputs and fingerprinted settings; resumed with others (a
+    learning rate, a resolution) it would make a model whose card names settings only some steps had:
+    refused in one line naming them, nothing published. Only the run's length may change."""
+    from training.checkpoints import CHECKPOINT_DONE
+
+    out = tmp_path / "out"
+    options = ["--max_train_steps", "2", "--checkpointing_steps", "2", "--output_repo", "settings-first"]
+    train(training_study, training_study["model"], out, *options)
+    recorded = json.loads((out / "checkpoint-2" / CHECKPOINT_DONE).read_text())["run"]
+    assert recorded["inputs"]["pretrained_model_name_or_path"] == training_study["model"]
+    assert recorded["inputs"]["dataset_name"].startswith(training_study["train"].partition("@")[0] + "@")
+    assert recorded["parameters"]["learning_rate"] == 1e-3 and "max_train_steps" not in recorded["parameters"]
+    assert "output_dir" not in recorded["parameters"] and "cpu_threads" not in recorded["parameters"]
+    resumed = ["--resume_from_checkpoint", "latest", "--max_train_steps", "3", "--checkpointing_steps", "2"]
+    refused = train(training_study, training_study["model"], out, *resumed, "--learning_rate", "2e-3", "--resolution",
+                    "32", "--output_repo", "settings-other", check=False)  # fmt: skip
+    assert refused.returncode == 2
+    (line,) = [line for line in refused.stderr.splitlines() if "error:" in line]
+    assert line.endswith(
+        f"resume_from_checkpoint={str(out / 'checkpoint-2')!r}: written by a run with other inputs or settings "
+        "(learning_rate 0.001 there, 0.002 here; resolution 64 there, 32 here); resume with the same ones, or "
+        "start a new run in another folder"
+    ), line
+    with pytest.raises(StoreError, match="unknown model repo"):
+        LocalStore(training_study["store_root"]).resolve("study/settings-other", "model")
+    longer = train(training_study, training_study["model"], out, *resumed, "--output_repo", "settings-longer")
+    assert "resuming from" in longer.stdout + longer.stderr
+    assert [entry["step"] for entry in state(out)["log_history"]] == [1, 2, 3]
+
+
+def test_settings_a_checkpoint_did_not_record_are_not_checked_and_differences_are_counted() -> None:
+    from training.checkpoints import settings_problem
+
+    now = {"inputs": {"model": "ns/m@1"}, "parameters": {f"s{i}": i for i in range(5)}}
+    assert settings_problem(None, now) is None  # written before checkpoints recorded their run
+    assert settings_problem(json.loads(json.dumps(now)), now) is None
+    was = {"inputs": {"model": "ns/m@2"}, "parameters": {"s0": 0, "s1": 9, "s2": 9, "s3": 9, "gone": True}}
+    assert settings_problem(was, now) == (
+        "written by a run with other inputs or settings (model 'ns/m@2' there, 'ns/m@1' here; gone True there, "
+        "'(unset)' here; s1 9 there, 1 here; and 3 more)"
+    )
+
+
 def test_a_checkpoint_of_another_number_of_processes_is_refused_by_name(tmp_path: Path) -> None:
     """Each process saves its own random states; resumed in another number of processes a step's batch
     and noise differ (one to two would also fail on a missing file): refused, both ways, in one line."""
@@ -1039,7 +1085,9 @@ def test_a_checkpoint_cut_short_at_any_of_its_files_is_skipped_or_refused_by_nam
             else:
                 (cut / name).write_bytes((cut / name).read_bytes()[: (cut / name).stat().st_size // 2])
             said, loaded = [], []
-            accelerator = SimpleNamespace(print=said.append, load_state=loaded.append, process_index=0)
+            accelerator = SimpleNamespace(
+                print=said.append, load_state=loaded.append, process_index=0, num_processes=1
+            )
             step, _ = resume(out, "latest", accelerator, None)
             assert (step, loaded) == (1, [str(out / "checkpoint-1")]), (name, damage)
             assert said[0].startswith("skipping checkpoint-2: cut short (") and name in said[0], (name, damage, said)

@@ -64,7 +64,7 @@ from pipelines.harness.config import input_field
 from pipelines.harness.stage import StageRun
 from pipelines.perception.classifiers import AGE_GROUPS, GENDER_LABELS, RACE_LABELS
 from pipelines.prompting.selection import language_rows, variant_rows
-from training.checkpoints import remove_partial_checkpoints, resume, save_checkpoint
+from training.checkpoints import remove_partial_checkpoints, resume, run_settings, save_checkpoint
 from training.finetune import FineTuneArguments, FineTuneStage
 from training.models import (
     Parts,
@@ -602,7 +602,8 @@ def train(run: StageRun, output_dir: Path) -> str:
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     if parts.ema_unet is not None:
         parts.ema_unet.to(accelerator.device)
-    global_step, history = resume(output_dir, args.resume_from_checkpoint, accelerator, parts.ema_unet)
+    settings = run_settings(run)
+    global_step, history = resume(output_dir, args.resume_from_checkpoint, accelerator, parts.ema_unet, settings)
     if accelerator.is_main_process:
         clear_stale_validation(output_dir, global_step)
     accelerator.print(
@@ -647,7 +648,7 @@ def train(run: StageRun, output_dir: Path) -> str:
         accelerator.log({**logged, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
         progress.set_postfix(loss=f"{logged['loss']:.4f}", shares=visited[-1]["shares"])
         if global_step % args.checkpointing_steps == 0:
-            checkpoint(parts, args, accelerator, output_dir, global_step, history)
+            checkpoint(parts, args, accelerator, output_dir, global_step, history, settings)
         if args.validation_prompts and args.validation_steps and global_step % args.validation_steps == 0:
             if accelerator.is_main_process:
                 log_validation(inference_pipeline(parts, accelerator), args, accelerator, global_step)
@@ -666,9 +667,10 @@ def train(run: StageRun, output_dir: Path) -> str:
 
 
 def checkpoint(
-    parts: Parts, args: AlignArguments, accelerator: Any, output_dir: Path, step: int, history: list
+    parts: Parts, args: AlignArguments, accelerator: Any, output_dir: Path, step: int, history: list, settings: dict
 ) -> None:
-    """A resumable state, as the caption fine-tune saves one (the models, or the LoRA adapters)."""
+    """A resumable state, as the caption fine-tune saves one (the models, or the LoRA adapters, and the
+    run's `settings`)."""
     import functools
 
     models = {}
@@ -680,7 +682,8 @@ def checkpoint(
         unet, text_encoder = accelerator.unwrap_model(parts.unet), accelerator.unwrap_model(parts.text_encoder)
         lora = functools.partial(save_lora, pipeline_class=type(parts.pipe), unet=unet, text_encoder=text_encoder,
                                  text_lora=parts.text_lora)  # fmt: skip
-    save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, models, parts.ema_unet, history, lora)
+    save_checkpoint(accelerator, output_dir, step, args.checkpoints_total_limit, models, parts.ema_unet, history,
+                    lora, settings)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

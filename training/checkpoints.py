@@ -3,8 +3,9 @@
 `checkpoint-<step>/` holds accelerate's state (optimiser, schedule, random states), the trained models
 in diffusers' format (or the LoRA adapters), the EMA weights and `trainer_state.json`, written last
 with the name and size of every other file. A checkpoint is written aside and renamed into place
-once whole; `resume` refuses one that could not continue the run exactly (cut short, without the
-EMA the run keeps, random states this machine cannot restore), where accelerate would only log it.
+once whole; `resume` refuses one that could not continue the run exactly (cut short, written by
+another number of processes or by a run of other inputs or settings, without the EMA the run keeps,
+random states this machine cannot restore), where accelerate would only log it or go on as another run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,36 @@ CHECKPOINT_DONE = "trainer_state.json"
 
 
 PARTIAL_CHECKPOINTS = ".checkpoint-*"  # checkpoints being written aside (`save_checkpoint`)
+
+
+# What a resume may change: how long the run goes on (max_train_steps, or the epochs that set it). The
+# loss history keeps the learning rate each step had. Anything else fingerprinted would make a model
+# whose card names settings or inputs that only some of its steps were trained with.
+RESUMABLE_SETTINGS = ("max_train_steps", "num_train_epochs")
+
+
+def run_settings(run: Any) -> dict[str, Any]:
+    """What a checkpoint records of its run, and a resume must share: the pinned inputs (base model,
+    dataset or prompts, by revision) and every fingerprinted setting but the run's length."""
+    parameters = {k: v for k, v in run.parameters.items() if k not in RESUMABLE_SETTINGS}
+    return json.loads(json.dumps({"inputs": run.inputs, "parameters": parameters}))  # as the file holds them
+
+
+def settings_problem(saved: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+    """The inputs and settings a checkpoint's run had that this one has not, or None where they match
+    (or the checkpoint, written before they were recorded, does not say)."""
+    if saved is None:
+        return None
+    differ = []
+    for part in ("inputs", "parameters"):
+        was, now = saved.get(part, {}), current[part]
+        for key in sorted(set(was) | set(now)):
+            if was.get(key, "(unset)") != now.get(key, "(unset)"):
+                differ.append(f"{key} {was.get(key, '(unset)')!r} there, {now.get(key, '(unset)')!r} here")
+    if not differ:
+        return None
+    shown = "; ".join(differ[:3]) + (f"; and {len(differ) - 3} more" if len(differ) > 3 else "")
+    return f"written by a run with other inputs or settings ({shown})"
 
 
 def checkpoint_files(folder: Path) -> dict[str, int]:
@@ -90,9 +121,10 @@ def save_checkpoint(
     ema: Any,
     history: list,
     lora: Callable[[Path], None] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> None:
-    """accelerate's state, the models in diffusers' format (or the LoRA adapters, written by `lora`)
-    and the loss so far, as checkpoint-<step>.
+    """accelerate's state, the models in diffusers' format (or the LoRA adapters, written by `lora`),
+    the loss so far and the run's inputs and settings (`run_settings`), as checkpoint-<step>.
 
     Written aside (`.checkpoint-<step>.partial`) and renamed into place once whole, so a run killed
     while saving leaves the previous checkpoints as they were and never a checkpoint cut short; the
@@ -120,6 +152,8 @@ def save_checkpoint(
                 json.dumps({"optimization_step": ema.optimization_step, "decay": ema.decay})
             )
         state = {"global_step": step, "log_history": history}
+        if settings is not None:
+            state["run"] = settings
         if accelerator.device.type == "cpu":
             state["cpu_threads"] = torch.get_num_threads()  # a resume uses it: the bytes depend on it
         state["files"] = checkpoint_files(partial)
@@ -151,8 +185,11 @@ def load_ema(folder: Path, ema: Any) -> None:
     ema.optimization_step = json.loads((folder / "ema_state.json").read_text())["optimization_step"]
 
 
-def resume(output_dir: Path, resume_from: str | None, accelerator: Any, ema_unet: Any) -> tuple[int, list]:
-    """The step and loss history to continue from (`--resume_from_checkpoint`), state loaded."""
+def resume(
+    output_dir: Path, resume_from: str | None, accelerator: Any, ema_unet: Any, settings: dict[str, Any] | None = None
+) -> tuple[int, list]:
+    """The step and loss history to continue from (`--resume_from_checkpoint`), state loaded; a
+    checkpoint of a run with other inputs or `settings` (`run_settings`) is refused."""
     if not resume_from:
         return 0, []
     found = checkpoints(output_dir)
@@ -165,6 +202,13 @@ def resume(output_dir: Path, resume_from: str | None, accelerator: Any, ema_unet
         accelerator.print("no checkpoint to resume from: starting a new run")
         return 0, []
     check_checkpoint(path, accelerator.process_index, ema_unet is not None, accelerator.num_processes)
+    if settings is not None:
+        problem = settings_problem(json.loads((path / CHECKPOINT_DONE).read_text()).get("run"), settings)
+        if problem:
+            raise ConfigError(
+                f"resume_from_checkpoint={str(path)!r}: {problem}; resume with the same ones, or start a new "
+                "run in another folder"
+            )
     accelerator.print(f"resuming from {path}")
     accelerator.load_state(str(path))
     if ema_unet is not None:

@@ -42,7 +42,7 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import input_field
 from pipelines.harness.stage import StageRun
 from pipelines.prompting.grammar import describe_neutral_forms
-from training.checkpoints import remove_partial_checkpoints, resume, save_checkpoint
+from training.checkpoints import remove_partial_checkpoints, resume, run_settings, save_checkpoint
 from training.finetune import FineTuneArguments, FineTuneStage
 from training.models import (
     Parts,
@@ -506,7 +506,8 @@ def train(run: StageRun, output_dir: Path) -> str:
         accelerator.init_trackers(
             run.stage, config={k: v for k, v in run.parameters.items() if not isinstance(v, list)}
         )
-    global_step, history = resume(output_dir, args.resume_from_checkpoint, accelerator, parts.ema_unet)
+    settings = run_settings(run)
+    global_step, history = resume(output_dir, args.resume_from_checkpoint, accelerator, parts.ema_unet, settings)
     if accelerator.is_main_process:
         clear_stale_validation(output_dir, global_step)
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -522,7 +523,7 @@ def train(run: StageRun, output_dir: Path) -> str:
         f"mixed precision = {accelerator.mixed_precision}, "
         f"prediction type = {parts.noise_scheduler.config.prediction_type}"
     )
-    global_step = training_loop(parts, loop, args, accelerator, output_dir, global_step, history)
+    global_step = training_loop(parts, loop, args, accelerator, output_dir, global_step, history, settings)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         trained = {
@@ -703,9 +704,17 @@ def training_loss(parts: Parts, batch: Any, args: TrainArguments, accelerator: A
 
 
 def training_loop(
-    parts: Parts, loop: Loop, args: TrainArguments, accelerator: Any, output_dir: Path, global_step: int, history: list
+    parts: Parts,
+    loop: Loop,
+    args: TrainArguments,
+    accelerator: Any,
+    output_dir: Path,
+    global_step: int,
+    history: list,
+    settings: dict[str, Any],
 ) -> int:
-    """Optimisation steps from `global_step` to the end, with checkpoints and validation; the last step."""
+    """Optimisation steps from `global_step` to the end, with checkpoints (recording the run's
+    `settings`) and validation; the last step."""
     first_epoch = global_step // loop.updates_per_epoch
     resume_batches = (global_step % loop.updates_per_epoch) * args.gradient_accumulation_steps
     progress = tqdm(
@@ -752,7 +761,7 @@ def training_loop(
                     lora = functools.partial(save_lora, pipeline_class=type(parts.pipe), unet=unwrapped[0],
                                              text_encoder=unwrapped[1], text_lora=parts.text_lora)  # fmt: skip
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, models,
-                                parts.ema_unet, history, lora)  # fmt: skip
+                                parts.ema_unet, history, lora, settings)  # fmt: skip
             if args.validation_prompts and args.validation_steps and global_step % args.validation_steps == 0:
                 if accelerator.is_main_process:
                     log_validation(inference_pipeline(parts, accelerator), args, accelerator, global_step)
