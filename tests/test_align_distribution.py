@@ -378,6 +378,12 @@ def test_a_resumed_alignment_is_the_run_it_continues_and_its_card_names_the_meth
     align.run(align.AlignArguments(**settings, max_train_steps=2, output_dir=str(tmp_path / "b"), output_repo="da-b2"))
     resumed = align.run(align.AlignArguments(**settings, max_train_steps=4, output_dir=str(tmp_path / "b"),
                                              output_repo="da-b", resume_from_checkpoint="latest"))  # fmt: skip
+    # Resumed towards another target, the model's card would name a target only some steps had.
+    other = {**settings, "target": "female=0.5,male=0.5"}
+    said = r"other inputs or settings \(target 'female=0.7,male=0.3' there, 'female=0.5,male=0.5' here\); resume"
+    with pytest.raises(ConfigError, match=said):
+        align.run(align.AlignArguments(**other, max_train_steps=4, output_dir=str(tmp_path / "b"), output_repo="da-c",
+                                       resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2")))  # fmt: skip
     store = LocalStore(tiny_study["store_root"])
     folders = [store.resolve(str(published), "model") for published in (one_go, resumed)]
     weights = [load_file(folder / "text_encoder" / "model.safetensors") for folder in folders]
