@@ -208,6 +208,15 @@ def make_folder(tmp_path: Path) -> Callable[[dict[str, str]], Path]:
     return make
 
 
+def launcher(processes: int = 1) -> list[str]:
+    """The command a script or module is run by in `processes` processes: `torchrun` for several (with
+    --standalone, a free port per launch: the default 29500 can still be held by the run before), the
+    interpreter for one, as a user runs them."""
+    if processes == 1:
+        return [sys.executable]
+    return [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", str(processes)]
+
+
 def run_python(
     *args: str, env: dict[str, str] | None = None, timeout: int = 600, cwd: Path = REPO_ROOT, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ from pipelines.errors import ConfigError
 from pipelines.modeling.world import build_world_pipeline
 from training import align_distribution as align
 
-from .conftest import REPO_ROOT, TINY_PROFESSIONS
+from .conftest import REPO_ROOT, TINY_PROFESSIONS, launcher
 
 PROMPTS = ["a photo of a nurse", "a photo of a CEO", "ein Foto einer Pflegekraft"]
 
@@ -427,8 +427,7 @@ def test_two_processes_align_the_text_encoder_alone_and_publish_once(tiny_study:
         "--train_batch_size", "2", "--num_inference_steps", "3", "--learning_rate", "1e-2", "--cpu_threads", "1",
         "--prompts_per_step", "2", "--max_train_steps", "2", "--output_repo", "da-two-processes",
     ]  # fmt: skip
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run([*torchrun, "-m", "training.align_distribution", *arguments], cwd=REPO_ROOT,
+    result = subprocess.run([*launcher(2), "-m", "training.align_distribution", *arguments], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     # Each process reports the one revision the main process published (the two may print on one line).

@@ -15,7 +15,7 @@ import pytest
 from pipelines import build_tiny_model, generate_images
 from pipelines.artifacts.store import LocalStore
 
-from .conftest import REPO_ROOT, data_digest, image_arguments
+from .conftest import REPO_ROOT, data_digest, image_arguments, launcher
 
 # Kills its own process (SIGKILL: no cleanup, no finally) right after the stage writes its second shard.
 KILLED_AFTER_TWO_SHARDS = """
@@ -66,15 +66,10 @@ def command_line(stage: str, study: dict, output_repo: str, *extra: str) -> list
 
 
 def run_stage(stage: str, argv: list[str], processes: int = 1) -> subprocess.CompletedProcess:
-    launcher = (
-        # --standalone: a free port per launch (the default 29500 can still be held by the run before)
-        [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", str(processes)]
-        if processes > 1
-        else [sys.executable]
-    )
     result = subprocess.run(
-        [*launcher, "-m", f"pipelines.{stage}", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
-    )
+        [*launcher(processes), "-m", f"pipelines.{stage}", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

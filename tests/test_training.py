@@ -24,7 +24,7 @@ from pipelines.errors import ConfigError, StoreError
 from pipelines.modeling.diffusion import LORA_WEIGHTS, ROBERTA_SERIES_MODULE, load_pipeline
 from training.train_text_to_image import TrainArguments
 
-from .conftest import REPO_ROOT, image_arguments, run_python
+from .conftest import REPO_ROOT, image_arguments, launcher, run_python
 from .m9_layout import build_m9_layout
 from .preloaded import run_script
 
@@ -405,8 +405,7 @@ def test_two_processes_train_the_unet_and_text_encoder_and_publish_once(training
         "--resolution", "64", "--center_crop", "--train_batch_size", "2", "--learning_rate", "1e-3",
         "--max_train_steps", "3", "--train_text_encoder", "--cpu_threads", "1", "--output_repo", name,
     ]  # fmt: skip
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run([*torchrun, SCRIPT, *arguments], cwd=REPO_ROOT, capture_output=True, text=True,
+    result = subprocess.run([*launcher(2), SCRIPT, *arguments], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in result.stdout + result.stderr
@@ -434,7 +433,7 @@ def test_two_processes_resume_to_the_bit_and_refuse_a_resume_in_one(training_stu
     from safetensors.torch import load_file
 
     def launch(processes: int, output_dir: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
-        """`torchrun` with `processes`, or one plain process (`python`) as a user resumes alone."""
+        """The training in `processes` processes (one: plain `python`, as a user resumes alone)."""
         arguments = [
             "--store_root", training_study["store_root"], "--namespace", "study", "--output_dir", str(output_dir),
             "--pretrained_model_name_or_path", training_study["model"], "--dataset_name", training_study["train"],
@@ -442,10 +441,8 @@ def test_two_processes_resume_to_the_bit_and_refuse_a_resume_in_one(training_stu
             "--max_train_steps", "4", "--checkpointing_steps", "2", "--train_text_encoder", "--use_ema",
             "--cpu_threads", "1", "--output_repo", name, *extra,
         ]  # fmt: skip
-        launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc_per_node={processes}"]
-        launcher = launcher if processes > 1 else [sys.executable]
-        return subprocess.run([*launcher, SCRIPT, *arguments], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+        command = [*launcher(processes), SCRIPT, *arguments]
+        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
 
     whole, parts, alone = tmp_path / "whole", tmp_path / "parts", tmp_path / "alone"
     result = launch(2, whole, "ad-2p-straight")

@@ -58,8 +58,9 @@ def settings_problem(saved: dict[str, Any] | None, current: dict[str, Any]) -> s
     for part in ("inputs", "parameters"):
         was, now = saved.get(part, {}), current[part]
         for key in sorted(set(was) | set(now)):
-            if was.get(key, "(unset)") != now.get(key, "(unset)"):
-                differ.append(f"{key} {was.get(key, '(unset)')!r} there, {now.get(key, '(unset)')!r} here")
+            pair = was.get(key, "(unset)"), now.get(key, "(unset)")
+            if pair[0] != pair[1]:
+                differ.append(f"{key} {pair[0]!r} there, {pair[1]!r} here")
     if not differ:
         return None
     shown = "; ".join(differ[:3]) + (f"; and {len(differ) - 3} more" if len(differ) > 3 else "")
@@ -201,14 +202,7 @@ def resume(
     if path is None:
         accelerator.print("no checkpoint to resume from: starting a new run")
         return 0, []
-    check_checkpoint(path, accelerator.process_index, ema_unet is not None, accelerator.num_processes)
-    if settings is not None:
-        problem = settings_problem(json.loads((path / CHECKPOINT_DONE).read_text()).get("run"), settings)
-        if problem:
-            raise ConfigError(
-                f"resume_from_checkpoint={str(path)!r}: {problem}; resume with the same ones, or start a new "
-                "run in another folder"
-            )
+    check_checkpoint(path, accelerator.process_index, ema_unet is not None, accelerator.num_processes, settings)
     accelerator.print(f"resuming from {path}")
     accelerator.load_state(str(path))
     if ema_unet is not None:
@@ -217,13 +211,23 @@ def resume(
     return int(path.name.split("-")[1]), history
 
 
-def check_checkpoint(path: Path, process_index: int, ema: bool, processes: int = 1) -> None:
+def check_checkpoint(
+    path: Path, process_index: int, ema: bool, processes: int = 1, settings: dict[str, Any] | None = None
+) -> None:
     """Refuses a checkpoint that cannot resume the run exactly: cut short (`cut_short`), written by
-    another number of processes, without the EMA weights the run keeps, or with random states that
-    cannot be restored (accelerate would only log that and go on with other random numbers)."""
+    another number of processes or by a run of other inputs or `settings` (`run_settings`), without
+    the EMA weights the run keeps, or with random states that cannot be restored (accelerate would
+    only log that and go on with other random numbers)."""
     problem = cut_short(path)
     if problem:
         raise ConfigError(f"resume_from_checkpoint={str(path)!r}: {problem}; resume from an earlier one or 'latest'")
+    if settings is not None:
+        problem = settings_problem(json.loads((path / CHECKPOINT_DONE).read_text()).get("run"), settings)
+        if problem:
+            raise ConfigError(
+                f"resume_from_checkpoint={str(path)!r}: {problem}; resume with the same ones, or start a new "
+                "run in another folder"
+            )
     # Each process saves its random states (random_states_<index>.pkl). In another number of processes
     # a step's batch is another size and each process draws other noise, so accelerate would load
     # what it finds and go on as another run (from one process to two it fails on a missing file).
