@@ -384,6 +384,7 @@ class CheckWorld(Stage):
             ),
             lineage=run.lineage,
             configs=["cells", "summary", "verdicts"],
+            folder=folder,
             languages=[],
             tags=["results", "calibration", "planted-bias"],
         ).save(folder / "README.md")

@@ -222,8 +222,8 @@ class Classify(ShardedStage):
             lineage=run.lineage,
             configs=configs,
             config_info=self.config_info,
+            folder=folder,
             languages=sorted({info.get("language") for info in self.config_info.values()} - {None}),
-            rows={config: sum(c.values()) for config, c in statuses.items()},
             tables=[
                 {
                     "title": "Face detection",

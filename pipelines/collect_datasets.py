@@ -207,8 +207,8 @@ class CollectDatasets(Stage):
             ),
             lineage=run.lineage,
             configs=["default"],
+            folder=folder,
             languages=caption_languages,
-            rows=rows,
             tags=["training", "debiasing"],
             notes=[
                 *(notes if missing_captions else notes[1:]),

@@ -766,8 +766,8 @@ class CompareMethods(Stage):
             ),
             lineage=run.lineage,
             configs=["methods", "comparisons"],
+            folder=folder,
             languages=sorted({r["language"] for r in rows if r["language"]}),
-            rows={"methods": len(rows), "comparisons": len(comparisons)},
             tables=[
                 {
                     "title": "Methods",

@@ -178,8 +178,8 @@ class DrawWorld(Stage):
             lineage=run.lineage,
             configs=list(rows),
             config_info=configs,
+            folder=folder,
             languages=list(args.languages),
-            rows=rows,
             tables=[
                 {
                     "title": "Planted share of female figures (prompts that name no gender)",

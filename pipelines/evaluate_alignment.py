@@ -317,8 +317,8 @@ class EvaluateAlignment(ShardedStage):
             lineage=run.lineage,
             configs=["summary", *configs],
             config_info=self.config_info,
+            folder=folder,
             languages=sorted({r["language"] for r in summary if r["language"]}),
-            rows={"summary": len(summary), **counts},
             tables=[
                 {
                     "title": "English CLIP, English texts (all languages' images)",

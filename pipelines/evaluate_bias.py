@@ -379,8 +379,8 @@ class EvaluateBias(Stage):
             ),
             lineage=run.lineage,
             configs=["summary", "per_occupation", "noise"],
+            folder=folder,
             languages=sorted({s["language"] for s in summaries if s["language"]}),
-            rows={"summary": len(summaries)},
             tables=[
                 {
                     "title": "Perceived gender",

@@ -439,8 +439,8 @@ class GenerateImages(ShardedStage):
             lineage=run.lineage,
             configs=list(rows),
             config_info=self.configs,
+            folder=folder,
             languages=sorted(set(args.languages)),
-            rows=rows,
             tags=["images", "generated"],
             notes=[*self.face_filter_note(args), *self.form_note(run)],
             tables=[

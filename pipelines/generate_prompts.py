@@ -92,7 +92,7 @@ class GeneratePrompts(Stage):
         args: Arguments = run.args
         writer = DatasetWriter(folder, schemas.PROMPTS, rows_per_shard=50_000)
         writer.write("en", grid.grid_rows(args.lists, load_grammar("en")))
-        rows = writer.close()
+        writer.close()
         notes = []
         if args.professions == grid.PROFESSIONS:
             notes = ["Professions: the reference study's list, cleaned:", *grid.REFERENCE_FIXES]
@@ -103,8 +103,8 @@ class GeneratePrompts(Stage):
             lineage=run.lineage,
             configs=["en"],
             config_info={"en": {"language": "en", "neutral_form": UNMARKED}},
+            folder=folder,
             languages=["en"],
-            rows=rows,
             tags=["prompts", "occupations"],
             notes=notes,
         ).save(folder / "README.md")

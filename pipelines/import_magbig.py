@@ -130,8 +130,8 @@ class ImportMagbig(Stage):
                 language: {"language": language, "neutral_form": form}
                 for language, form in magbig_forms(configs).items()
             },
+            folder=folder,
             languages=configs,
-            rows=written,
             tags=["prompts", "occupations", "magbig"],
             notes=notes,
         ).save(folder / "README.md")

@@ -303,7 +303,7 @@ class TranslatePrompts(Stage):
                 prompts = translator.translate([row["prompt"] for row in english_rows], language)
                 rows = (row | {"language": language, "prompt": p} for row, p in zip(english_rows, prompts))
             writer.write(language, tqdm(rows, total=len(english_rows), desc=f"prompts {language}", file=sys.stderr))
-        counts = writer.close()
+        writer.close()
 
         configs = source.configs + [language for language in args.languages if language not in source.configs]
         method = (
@@ -326,8 +326,8 @@ class TranslatePrompts(Stage):
             configs=configs,
             config_info=config_info,
             tables=[neutral_form_table(folder, configs, config_info)],
+            folder=folder,
             languages=configs,
-            rows={config: len(english_rows) for config in configs} | counts,
             tags=["prompts", "occupations", "translation"],
             notes=[f"Languages {', '.join(args.languages)}: {method}."],
         ).save(folder / "README.md")

@@ -52,8 +52,9 @@ def test_dataset_pushed_and_read_back_with_load_dataset(tmp_path: Path, store: L
         configs=["de", "ja"],
         config_info={"de": {"language": "de"}, "ja": {"language": "ja"}},
         languages=["de", "ja"],
-        rows=writer.counts,
+        folder=folder,
     ).save(folder / "README.md")
+    assert "| `de` | 10 |" in (folder / "README.md").read_text()  # counted from the three shards' footers
 
     revision = store.push(folder, "ns/images", "dataset", "images")
     resolved = store.resolve(f"ns/images@{revision}", "dataset")
@@ -81,6 +82,9 @@ def test_writer_flushes_early_on_bytes(tmp_path: Path) -> None:
 
 
 def test_dataset_card_metadata(tmp_path: Path) -> None:
+    writer = DatasetWriter(tmp_path, datasets.Features({"prompt": datasets.Value("string")}), rows_per_shard=2)
+    writer.write("en", [{"prompt": f"p{i}"} for i in range(5)])
+    writer.close()
     dataset_card(
         repo_id="ns/prompts",
         title="Prompts",
@@ -88,7 +92,7 @@ def test_dataset_card_metadata(tmp_path: Path) -> None:
         lineage=lineage(),
         configs=["en", "de"],
         languages=["en"],
-        rows={"en": 5},
+        folder=tmp_path,
         tags=["prompts"],
         notes=["a note"],
     ).save(tmp_path / "README.md")
@@ -108,6 +112,7 @@ def test_dataset_card_metadata(tmp_path: Path) -> None:
     assert len(meta["lineage"]["toolkit"]["commit"].removesuffix("+dirty")) == 40  # the checkout's git commit
     body = (tmp_path / "README.md").read_text()
     assert "## Lineage" in body and "a note" in body and "`ns/prompts@" in body and "| `en` | 5 |" in body
+    assert "| `de` | 0 |" in body  # a config without shards says so, rather than leaving the cell blank
 
 
 def test_model_and_space_cards(tmp_path: Path) -> None:
@@ -136,7 +141,7 @@ def test_reader_checks_kinds_columns_and_configs(
     writer.close()
     images_lineage = make_lineage("generate_images", {}, {}, "0" * 16)
     dataset_card(repo_id="ns/images", title="Images", description=".", lineage=images_lineage,
-                 configs=["en_eval_direct"], languages=["en"]).save(folder / "README.md")  # fmt: skip
+                 configs=["en_eval_direct"], languages=["en"], folder=folder).save(folder / "README.md")  # fmt: skip
     revision = store.push(folder, "ns/images", "dataset", "images")
     artifact = open_artifact(f"ns/images@{revision[:8]}", store)
     assert artifact.name == f"ns/images@{revision}" and artifact.kind == "images"

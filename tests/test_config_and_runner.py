@@ -651,14 +651,15 @@ def test_the_real_study_dry_run_names_the_neutral_form_of_its_captions_and_its_e
 @pytest.mark.slow
 def test_every_offline_study_artifact_opens_by_reference_and_by_its_card(offline_study: dict) -> None:
     """Each dataset the offline study published opens by `ns/name@revision` through the one call, and
-    a card's own stock-code snippet, run as written against the local store, opens its dataset."""
+    a card's own stock-code snippet, run as written against the local store, opens its dataset; every
+    config's row count in a card's table is the number of rows its config has."""
     import os
     import re
 
     import datasets
     from huggingface_hub import snapshot_download
 
-    from pipelines.artifacts.reader import load_artifact
+    from pipelines.artifacts.reader import load_artifact, open_artifact
 
     assert offline_study["result"].returncode == 0, offline_study["result"].stderr[-3000:]
     root = Path(offline_study["root"])
@@ -670,9 +671,12 @@ def test_every_offline_study_artifact_opens_by_reference_and_by_its_card(offline
         revision = store.revision_of(repo_id, "dataset")
         data = load_artifact(f"{repo_id}@{revision}", store=store)
         assert data.num_rows > 0, repo_id
+        card = (store.resolve(f"{repo_id}@{revision}", "dataset") / "README.md").read_text()
+        table = dict(re.findall(r"^\| `([^`]+)` \| (\d*) \|$", card.split("## Configs")[1], re.MULTILINE))
+        artifact = open_artifact(f"{repo_id}@{revision}", store)
+        assert table == {config: str(artifact.num_rows(config)) for config in artifact.configs}, repo_id
         # And with stock code only, by the revision a lineage pins, as its own card says (the local-store
         # half; a card cannot name its own content-addressed revision, so it says main).
-        card = (store.resolve(f"{repo_id}@{revision}", "dataset") / "README.md").read_text()
         (block,) = [b for b in re.findall(r"```python\n(.*?)```", card, re.DOTALL) if "snapshot_download" in b]
         assert 'revision="main"' in block, repo_id
         block = block.replace('revision="main"', f'revision="{revision}"')

@@ -290,6 +290,7 @@ import sys
 sys.path = [p for p in sys.path if "__editable__" not in p and p not in ("", {str(REPO_ROOT)!r})]
 sys.path.insert(0, {str(site)!r})
 sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+import pathlib
 import evaluate
 import pipelines
 from pipelines.artifacts.cards import dataset_card, make_lineage
@@ -297,7 +298,7 @@ from pipelines.resources import space_folder
 assert pipelines.__file__.startswith({str(site)!r}), pipelines.__file__
 lineage = make_lineage("probe", {{}}, {{}}, "0" * 16)
 card = dataset_card(repo_id="ns/probe", title="Probe", description="made in a wheel", lineage=lineage,
-                    configs=["en"], languages=["en"])
+                    configs=["en"], languages=["en"], folder=pathlib.Path("."))
 assert "made in a wheel" in str(card) and "Made by stage `probe`" in str(card), str(card)
 folder = space_folder("fairness_metrics")
 assert str(folder).startswith({str(site)!r}), folder

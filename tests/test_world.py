@@ -204,7 +204,7 @@ def write_attributes(drawn: dict, name: str, shares: dict[tuple[str, str], float
     writer.close()
     lineage = make_lineage("classify", {"input": source.lineage["inputs"]["input"]}, {"made": name}, name)
     dataset_card(repo_id=f"w/{name}", title=name, description="made-up attributes", lineage=lineage,
-                 configs=source.configs, languages=[]).save(folder / "README.md")  # fmt: skip
+                 configs=source.configs, languages=[], folder=folder).save(folder / "README.md")  # fmt: skip
     return f"w/{name}@" + store.push(folder, f"w/{name}", "dataset", "made-up attributes")
 
 

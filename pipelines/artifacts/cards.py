@@ -120,6 +120,13 @@ def _render(card_cls: type[RepoCard], template: str, data: CardData, **context: 
     return card_cls.from_template(data, template_str=_template(template), **context)
 
 
+def count_rows(config_folder: Path) -> int:
+    """The rows of a config's parquet shards, from their footers (no data is read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(path).num_rows for path in sorted(config_folder.glob("*.parquet")))
+
+
 def dataset_card(
     *,
     repo_id: str,
@@ -128,7 +135,7 @@ def dataset_card(
     lineage: dict[str, Any],
     configs: list[str],
     languages: list[str],
-    rows: dict[str, int] | None = None,
+    folder: Path,
     config_info: dict[str, dict[str, str]] | None = None,
     tables: list[dict[str, Any]] | None = None,
     task_categories: list[str] | None = None,
@@ -141,7 +148,8 @@ def dataset_card(
 
     The first config is the default. `config_info` records what each config holds (its language and
     prompt variant) for the readers; `tables` (`{"title", "columns", "rows"}`) are rendered by the
-    template.
+    template. The card's row counts are read from the shards already written under `folder`, so that
+    they are every config's and cannot disagree with the data.
     """
     entries = [
         {"config_name": name, "data_files": [{"split": SPLIT, "path": f"data/{name}/*.parquet"}]}
@@ -166,7 +174,7 @@ def dataset_card(
         repo_id=repo_id,
         title=title,
         description=description,
-        configs_table=[(name, (rows or {}).get(name, "")) for name in configs],
+        configs_table=[(name, count_rows(folder / "data" / name)) for name in configs],
         tables=tables or [],
         notes=notes or [],
         lineage=lineage,
