@@ -657,7 +657,8 @@ def astronaut_images(store: LocalStore, tmp_path: Path) -> str:
     writer.close()
     lineage = {"stage": "generate_images", "inputs": {}, "parameters": {}, "fingerprint": "astronaut"}
     dataset_card(repo_id="study/astronaut", title="The astronaut", description="skimage.data.astronaut()",
-                 lineage=lineage, configs=["en_eval_direct"], languages=["en"], folder=folder).save(folder / "README.md")  # fmt: skip
+                 lineage=lineage, configs=["en_eval_direct"], languages=["en"],
+                 folder=folder).save(folder / "README.md")  # fmt: skip
     return f"study/astronaut@{store.push(folder, 'study/astronaut', 'dataset', 'the astronaut')}"
 
 
