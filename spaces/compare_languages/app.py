@@ -34,8 +34,10 @@ NONE = "none"
 MAX_INPUT = 200  # characters: a longer value is refused, never echoed back
 # Model versions are coloured from Okabe and Ito's colour-blind-safe palette, without its orange and
 # blues: the planted-bias world draws female figures orange and male ones blue, and a version's colour
-# must not read as a gender. A hatch tells the versions apart in grey too.
-VERSION_COLOURS = ("#009E73", "#CC79A7", "#3D3D3D", "#F0E442")
+# must not read as a gender. Nor its yellow, which is too light to see on white (1.3:1; marks need 3:1)
+# and close to the orange: black and a mid grey instead, told apart by lightness. A hatch tells the
+# versions apart in grey too.
+VERSION_COLOURS = ("#009E73", "#CC79A7", "#000000", "#808080")
 VERSION_HATCHES = ("", "////", "....", "xxxx")
 TABS = {"compare": "Compare languages", "heat": "Heat map", "reference": "Against a reference",
         "leaderboard": "Leaderboard", "methods": "Methods", "about": "About the metrics"}  # fmt: skip
