@@ -598,8 +598,10 @@ def check_methods_recipe(root: Path) -> None:
     )
     pooled = {(r["method"], r["versus"]): r for r in pairs}
     # The planted null: the ethical suffix does not differ from the unchanged prompt after Holm; the
-    # explicit gender does (the same test can say both).
-    assert pooled[("prompts-g3", "prompts-g3+ethical")]["p_holm"] > 0.05
+    # explicit gender does (the same test can say both). The null is asked at 0.001, as check_world
+    # asks its fit: at 0.05 a world whose suffix changes nothing would fail this test up to one time
+    # in twenty (more, for the small differences a trained model leaves between two templates).
+    assert pooled[("prompts-g3", "prompts-g3+ethical")]["p_holm"] > 0.001
     assert pooled[("prompts-g3+explicit_gender", "prompts-g3+ethical")]["p_holm"] < 0.05
     for method in ("neutral-ft", "mixed-ft"):
         assert pooled[(method, "base")]["cells"] == 24 and pooled[(method, "base")]["difference_mean"] < 0
