@@ -784,6 +784,17 @@ def test_space_in_a_real_browser(space: dict) -> None:
         assert_reachable(page, ["#heatmap [role=columnheader]", "#heatmap [role=gridcell]", "#heat-pairs img"])
         detail = page.locator("#heat-detail").inner_text()
         assert study.occupations[1] in detail and "German" in detail and "world-debiased" in detail
+        # The drill-down says the map's own label (here male), each version's share as the map has it.
+        for version in ("world-debiased", "world-model"):
+            share, low, high = study.share_interval(version, "de", study.occupations[1], "gender", "male")
+            assert f"{version}: share perceived male (gender) {share:.3f} [{low:.3f}, {high:.3f}]" in detail
+        # Another label redraws the map, and the drill-down of the one before goes with it.
+        choose(page, "#heat-label", "gender: female")
+        page.wait_for_function(
+            "() => !document.querySelector('#heat-detail').innerText.trim()"
+            " && !document.querySelector('#heat-pairs img')",
+            timeout=30_000,
+        )
 
         # The leaderboard: fairest first, intervals with three decimals, every column reachable, a CSV.
         page.get_by_role("tab", name="Leaderboard").click()

@@ -653,7 +653,7 @@ def build_demo(study: Study) -> gr.Blocks:
             ]
             return [chosen, other, job, shown, *heat_view, gr.Tabs(selected=tab)]
 
-        def heat(chosen: str, other: str, choice: str) -> tuple[str, object, str, str]:
+        def heat(chosen: str, other: str, choice: str) -> tuple[str, object, str, str, str, str]:
             check(chosen, versions, "model version")
             check(other, [NONE, *versions], "model version")
             check(choice, label_values, "label")
@@ -662,10 +662,11 @@ def build_demo(study: Study) -> gr.Blocks:
             path = study.cache / f"{name}.csv"
             table.to_csv(path, index=False)
             query = urlencode({"heat_version": chosen, "heat_compare": other, "label": choice})
-            return f'<span hidden data-query="{html.escape(query)}"></span>', styled, str(path), said
+            # A cell's drill-down belonged to the map drawn before: cleared, not left beside this one.
+            return f'<span hidden data-query="{html.escape(query)}"></span>', styled, str(path), said, "", ""
 
         heat_inputs = [heat_version, heat_compare, heat_label]
-        heat_outputs = [heat_state, heatmap, heat_csv, heat_said]
+        heat_outputs = [heat_state, heatmap, heat_csv, heat_said, heat_detail, heat_pairs]
         gr.on(
             [heat_version.input, heat_compare.input, heat_label.input],
             heat,
@@ -681,9 +682,11 @@ def build_demo(study: Study) -> gr.Blocks:
         loaded.then(heat, heat_inputs, heat_outputs, api_name=False)
         loaded.then(None, None, None, js="() => { window.t2iViewShown = true; }")
 
-        def drill(chosen: str, other: str, table: pd.DataFrame, event: gr.SelectData) -> tuple[str, str]:
+        def drill(chosen: str, other: str, choice: str, table: pd.DataFrame, event: gr.SelectData) -> tuple[str, str]:
+            """A cell's prompt, the share of its map's label in each version shown, and their images."""
             check(chosen, versions, "model version")
             check(other, [NONE, *versions], "model version")
+            attribute, label = check(choice, label_values, "label").split("/", 1)
             row, column = event.index
             job = check(str(table.iloc[row, 0]), study.occupations, "occupation")
             names = {LANGUAGES[code]: code for code in codes}
@@ -692,14 +695,15 @@ def build_demo(study: Study) -> gr.Blocks:
             pair = [chosen] if other in (NONE, chosen) else [chosen, other]
             said = []
             for name in pair:
-                metrics = study.metrics(name, code, job)
-                low, high = metrics.get("female_share_ci") or [None, None]
-                share = interval(metrics.get("female_share"), low, high)
-                said.append(f"`{plain(name)}`: perceived-female share {share} of {metrics['images']} images")
+                share = interval(*study.share_interval(name, code, job, attribute, label))
+                images = study.metrics(name, code, job)["images"]
+                said.append(f"`{plain(name)}`: share perceived {plain(label)} ({plain(attribute)}) {share} of "
+                            f"{images} images")  # fmt: skip
             detail = f"**{job}** in **{LANGUAGES[code]}**: " + prompt_html(study.prompt(chosen, code, job), code)
             return detail + "\n\n" + "; ".join(said), pairs_html(study, pair, code, job)
 
-        heatmap.select(drill, [heat_version, heat_compare, heatmap], [heat_detail, heat_pairs], api_name=False)
+        heatmap.select(drill, [heat_version, heat_compare, heat_label, heatmap], [heat_detail, heat_pairs],
+                       api_name=False)  # fmt: skip
 
         if reference:
 

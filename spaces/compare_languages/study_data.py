@@ -559,10 +559,17 @@ class Study:
         return []
 
     def share(self, version: str, language: str, occupation: str, attribute: str, label: str) -> float | None:
+        return self.share_interval(version, language, occupation, attribute, label)[0]
+
+    def share_interval(
+        self, version: str, language: str, occupation: str, attribute: str, label: str
+    ) -> tuple[float | None, float | None, float | None]:
+        """The share of faces perceived as `label` and its bootstrap interval (Nones: not measured)."""
         row = self.per_occupation(version, language, occupation, attribute)
         if row is None or label not in list(row["labels"]):
-            return None
-        return float(row["distribution"][list(row["labels"]).index(label)])
+            return None, None, None
+        index = list(row["labels"]).index(label)
+        return tuple(float(row[key][index]) for key in ("distribution", "distribution_ci_low", "distribution_ci_high"))
 
     def heatmap(
         self, version: str, attribute: str = "gender", label: str = "female", versus: str | None = None
