@@ -607,6 +607,36 @@ def test_gc_removes_lock_files_nobody_holds_and_keeps_resume_state_unless_asked(
         assert sorted(p.name for p in work.iterdir()) == ["cccc.lock"]
 
 
+def test_gc_tidies_the_work_folders_stages_were_given_with_work_dir(store: LocalStore, tmp_path: Path) -> None:
+    """A stage given `--work_dir` keeps its resume state there, outside the store: gc finds it only
+    when that folder is named, with the same rules as in the store's own; a name that is no folder
+    is refused in one line."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    elsewhere = tmp_path / "scratch"
+    stage = elsewhere / "generate_images"
+    (stage / "dddd").mkdir(parents=True)
+    (stage / "dddd" / "shard.parquet").write_text("x" * 1000)
+    (stage / "dddd.lock").write_text("")  # a stopped run: resume state
+    (stage / "eeee.lock").write_text("")  # a finished run's lock, its folder gone
+    collect = [sys.executable, "-m", "pipelines.artifacts.store", "gc", "--store_root", str(store.root)]
+
+    def gc(*options: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*collect, *options], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+
+    assert gc("--work").returncode == 0  # the store's own work folder only
+    assert sorted(p.name for p in stage.iterdir()) == ["dddd", "dddd.lock", "eeee.lock"]
+    plain = gc("--work_dir", str(elsewhere))
+    assert plain.returncode == 0, plain.stderr
+    assert f"removed {stage / 'eeee.lock'} (0.0 MB)" in plain.stdout
+    assert sorted(p.name for p in stage.iterdir()) == ["dddd", "dddd.lock"]  # resume state kept
+    deep = gc("--work", "--work_dir", str(elsewhere))
+    assert deep.returncode == 0, deep.stderr
+    assert not stage.exists() and f"in {store.root}, {elsewhere}" in deep.stdout  # emptied, then removed
+    missing = gc("--work_dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip() == f"store gc: error: --work_dir {str(tmp_path / 'nowhere')!r}: no such folder"
+
+
 def test_hub_push_is_checked_before_expensive_work(
     hub: tuple[HubStore, FakeHfApi], monkeypatch: pytest.MonkeyPatch
 ) -> None:

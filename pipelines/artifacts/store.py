@@ -854,8 +854,11 @@ def _size(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() or p.is_symlink())
 
 
-def collect_garbage(store: LocalStore, remove: bool = True, work: bool = False) -> list[tuple[Path, int]]:
-    """Leftovers of failed pushes in every repo (and, with `work`, unlocked stage work folders)."""
+def collect_garbage(
+    store: LocalStore, remove: bool = True, work: bool = False, work_roots: tuple[Path, ...] = ()
+) -> list[tuple[Path, int]]:
+    """Leftovers of failed pushes in every repo (and, with `work`, unlocked stage work folders), in
+    the store's work root and in `work_roots` (the `--work_dir` stages were given)."""
     found: list[tuple[Path, int]] = []
     if not store.root.is_dir():
         return found
@@ -865,27 +868,35 @@ def collect_garbage(store: LocalStore, remove: bool = True, work: bool = False) 
                 found.append((path, _size(path)))
                 if remove:
                     _force_unlink(path)
-    if (store.root / WORK_DIR).is_dir():
-        from pipelines.artifacts.workspace import dead_builds, idle_work_folders, stale_locks
+    for root in (store.root / WORK_DIR, *work_roots):
+        if root.is_dir():
+            found += tidy_work_root(root, remove, work)
+    return found
 
-        # Work folders of stopped runs are resume state: removed only when asked (--work). Their
-        # lock files, once the folder is gone and no run holds them, are leftovers, and so are the
-        # build folders of killed one-go stages and stage folders left empty.
-        for path in idle_work_folders(store.root / WORK_DIR) if work else []:
-            found.append((path, _size(path)))
-            if remove:
-                shutil.rmtree(path, ignore_errors=True)
-        for path in stale_locks(store.root / WORK_DIR):
-            found.append((path, 0))
-            if remove:
-                path.unlink(missing_ok=True)
-        for path in dead_builds(store.root / WORK_DIR):
-            found.append((path, _size(path)))
-            if remove and path.name.startswith("."):
-                shutil.rmtree(path, ignore_errors=True)
-            elif remove:
-                with contextlib.suppress(OSError):
-                    path.rmdir()  # only while still empty: a run may have just started in it
+
+def tidy_work_root(root: Path, remove: bool, work: bool) -> list[tuple[Path, int]]:
+    """What stopped and killed runs left in one work root (`.work` of a store, or a `--work_dir`)."""
+    from pipelines.artifacts.workspace import dead_builds, idle_work_folders, stale_locks
+
+    found: list[tuple[Path, int]] = []
+    # Work folders of stopped runs are resume state: removed only when asked (--work). Their lock
+    # files, once the folder is gone and no run holds them, are leftovers, and so are the build
+    # folders of killed one-go stages and stage folders left empty.
+    for path in idle_work_folders(root) if work else []:
+        found.append((path, _size(path)))
+        if remove:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in stale_locks(root):
+        found.append((path, 0))
+        if remove:
+            path.unlink(missing_ok=True)
+    for path in dead_builds(root):
+        found.append((path, _size(path)))
+        if remove and path.name.startswith("."):
+            shutil.rmtree(path, ignore_errors=True)
+        elif remove:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only while still empty: a run may have just started in it
     return found
 
 
@@ -896,12 +907,23 @@ def main(argv: list[str] | None = None) -> None:
     gc.add_argument("--store_root", default=os.environ.get(STORE_ROOT_ENV, DEFAULT_STORE_ROOT))
     gc.add_argument("--dry_run", action="store_true", help="report only")
     gc.add_argument("--work", action="store_true", help="also the work folders of stopped runs (their resume state)")
+    gc.add_argument(
+        "--work_dir",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="a work folder that stages were given with --work_dir, besides the store's own (repeatable)",
+    )
     options = parser.parse_args(argv)
     try:
         store = LocalStore(options.store_root)
         if not store.root.is_dir():
             raise StoreError(f"store root {str(store.root)!r}: no such folder")
-        found = collect_garbage(store, remove=not options.dry_run, work=options.work)
+        roots = tuple(Path(folder) for folder in options.work_dir)
+        for root in roots:
+            if not root.is_dir():
+                raise StoreError(f"--work_dir {str(root)!r}: no such folder")
+        found = collect_garbage(store, remove=not options.dry_run, work=options.work, work_roots=roots)
     except OSError as err:  # an unreadable or read-only root (a listing, a removal): one line
         root = Path(options.store_root).resolve()
         where = Path(err.filename or root).resolve()
@@ -914,8 +936,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     verb = "would remove" if options.dry_run else "removed"
     for path, size in found:
-        print(f"{verb} {path.relative_to(store.root)} ({size / 1e6:.1f} MB)")
-    print(f"{verb} {len(found)} item(s), {sum(size for _, size in found) / 1e6:.1f} MB in {store.root}")
+        shown = path.relative_to(store.root) if path.is_relative_to(store.root) else path  # a --work_dir's, as given
+        print(f"{verb} {shown} ({size / 1e6:.1f} MB)")
+    where = ", ".join([str(store.root), *options.work_dir])
+    print(f"{verb} {len(found)} item(s), {sum(size for _, size in found) / 1e6:.1f} MB in {where}")
 
 
 if __name__ == "__main__":
