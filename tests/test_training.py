@@ -957,6 +957,21 @@ def test_a_checkpoint_of_a_run_with_other_settings_is_refused_and_one_that_runs_
     ), line
     with pytest.raises(StoreError, match="unknown model repo"):
         LocalStore(training_study["store_root"]).resolve("study/settings-other", "model")
+    # As a checkpoint of an older version records it: without the settings added since. One this run
+    # leaves at its default matches; one it sets otherwise (the learning rate here) is refused.
+    done = out / "checkpoint-2" / CHECKPOINT_DONE
+    written = json.loads(done.read_text())
+    older = {key: value for key, value in recorded["parameters"].items()
+             if key not in ("snr_gamma", "noise_offset", "learning_rate")}  # fmt: skip
+    assert recorded["parameters"]["snr_gamma"] is None and recorded["parameters"]["noise_offset"] == 0.0
+    done.write_text(json.dumps({**written, "run": {**recorded, "parameters": older}}))
+    refused = train(training_study, training_study["model"], out, *resumed, "--output_repo", "settings-older",
+                    check=False)  # fmt: skip
+    assert refused.returncode == 2
+    (line,) = [line for line in refused.stderr.splitlines() if "error:" in line]
+    assert "(learning_rate '(unset)' there, 0.001 here); resume with the same ones" in line, line
+    older["learning_rate"] = recorded["parameters"]["learning_rate"]
+    done.write_text(json.dumps({**written, "run": {**recorded, "parameters": older}}))
     longer = train(training_study, training_study["model"], out, *resumed, "--output_repo", "settings-longer")
     assert "resuming from" in longer.stdout + longer.stderr
     assert [entry["step"] for entry in state(out)["log_history"]] == [1, 2, 3]
@@ -972,6 +987,37 @@ def test_settings_a_checkpoint_did_not_record_are_not_checked_and_differences_ar
     assert settings_problem(was, now) == (
         "written by a run with other inputs or settings (model 'ns/m@2' there, 'ns/m@1' here; gone True there, "
         "'(unset)' here; s1 9 there, 1 here; and 3 more)"
+    )
+
+
+def test_a_setting_added_since_a_checkpoint_was_written_matches_only_at_its_default() -> None:
+    """An argument added to the script after a checkpoint was written is not in its record: that run
+    had the default's behaviour, so a resume leaving it at the default matches, and one setting it
+    otherwise is refused by name. A setting the checkpoint records is compared as before, default or not."""
+    import types
+
+    from training.checkpoints import argument_defaults, settings_problem
+    from training.train_text_to_image import TrainArguments
+
+    args = TrainArguments(pretrained_model_name_or_path="m", dataset_name="d", snr_gamma=5.0)
+    fingerprinted = {"snr_gamma": 5.0, "noise_offset": 0.0, "validation_prompts": []}
+    run = types.SimpleNamespace(args=args, parameters=fingerprinted)
+    defaults = argument_defaults(run)
+    assert defaults == {"snr_gamma": None, "noise_offset": 0.0, "validation_prompts": []}  # only fingerprinted ones
+    old = {"inputs": {}, "parameters": {"learning_rate": 1e-3}}  # written before the three existed
+    now = {"inputs": {}, "parameters": {"learning_rate": 1e-3, "noise_offset": 0.0, "validation_prompts": []}}
+    assert settings_problem(old, now, defaults) is None
+    assert settings_problem(old, now) == (  # without the defaults, the old refusal
+        "written by a run with other inputs or settings (noise_offset '(unset)' there, 0.0 here; "
+        "validation_prompts '(unset)' there, [] here)"
+    )
+    set_otherwise = {"inputs": {}, "parameters": {**now["parameters"], "snr_gamma": 5.0}}
+    assert settings_problem(old, set_otherwise, defaults) == (
+        "written by a run with other inputs or settings (snr_gamma '(unset)' there, 5.0 here)"
+    )
+    recorded = {"inputs": {}, "parameters": {**now["parameters"], "noise_offset": 0.1}}
+    assert settings_problem(recorded, now, defaults) == (
+        "written by a run with other inputs or settings (noise_offset 0.1 there, 0.0 here)"
     )
 
 

@@ -64,7 +64,13 @@ from pipelines.harness.config import input_field
 from pipelines.harness.stage import StageRun
 from pipelines.perception.classifiers import AGE_GROUPS, GENDER_LABELS, RACE_LABELS
 from pipelines.prompting.selection import language_rows, variant_rows
-from training.checkpoints import remove_partial_checkpoints, resume, run_settings, save_checkpoint
+from training.checkpoints import (
+    argument_defaults,
+    remove_partial_checkpoints,
+    resume,
+    run_settings,
+    save_checkpoint,
+)
 from training.finetune import FineTuneArguments, FineTuneStage
 from training.models import (
     Parts,
@@ -603,7 +609,9 @@ def train(run: StageRun, output_dir: Path) -> str:
     if parts.ema_unet is not None:
         parts.ema_unet.to(accelerator.device)
     settings = run_settings(run)
-    global_step, history = resume(output_dir, args.resume_from_checkpoint, accelerator, parts.ema_unet, settings)
+    global_step, history = resume(
+        output_dir, args.resume_from_checkpoint, accelerator, parts.ema_unet, settings, argument_defaults(run)
+    )
     if accelerator.is_main_process:
         clear_stale_validation(output_dir, global_step)
     accelerator.print(

@@ -10,6 +10,7 @@ random states this machine cannot restore), where accelerate would only log it o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -49,16 +50,38 @@ def run_settings(run: Any) -> dict[str, Any]:
     return json.loads(json.dumps({"inputs": run.inputs, "parameters": parameters}))  # as the file holds them
 
 
-def settings_problem(saved: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+def argument_defaults(run: Any) -> dict[str, Any]:
+    """Each fingerprinted setting's default, as `run_settings` holds values (`settings_problem` reads them)."""
+    from pipelines.harness.stage import plain_value
+
+    defaults = {}
+    for field in dataclasses.fields(run.args):
+        if field.name not in run.parameters:
+            continue
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = plain_value(field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = plain_value(field.default_factory())
+    return json.loads(json.dumps(defaults))
+
+
+def settings_problem(
+    saved: dict[str, Any] | None, current: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> str | None:
     """The inputs and settings a checkpoint's run had that this one has not, or None where they match
-    (or the checkpoint, written before they were recorded, does not say)."""
+    (or the checkpoint, written before they were recorded, does not say). A setting the checkpoint does
+    not record (an argument added since it was written) matches where this run leaves it at its default
+    (`defaults`): that run had the default's behaviour, as it had no other."""
     if saved is None:
         return None
+    defaults = defaults or {}
     differ = []
     for part in ("inputs", "parameters"):
         was, now = saved.get(part, {}), current[part]
         for key in sorted(set(was) | set(now)):
             pair = was.get(key, "(unset)"), now.get(key, "(unset)")
+            if part == "parameters" and key not in was and key in defaults and pair[1] == defaults[key]:
+                continue
             if pair[0] != pair[1]:
                 differ.append(f"{key} {pair[0]!r} there, {pair[1]!r} here")
     if not differ:
@@ -187,10 +210,16 @@ def load_ema(folder: Path, ema: Any) -> None:
 
 
 def resume(
-    output_dir: Path, resume_from: str | None, accelerator: Any, ema_unet: Any, settings: dict[str, Any] | None = None
+    output_dir: Path,
+    resume_from: str | None,
+    accelerator: Any,
+    ema_unet: Any,
+    settings: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> tuple[int, list]:
     """The step and loss history to continue from (`--resume_from_checkpoint`), state loaded; a
-    checkpoint of a run with other inputs or `settings` (`run_settings`) is refused."""
+    checkpoint of a run with other inputs or `settings` (`run_settings`; `defaults` for the settings it
+    does not record, `argument_defaults`) is refused."""
     if not resume_from:
         return 0, []
     found = checkpoints(output_dir)
@@ -202,7 +231,9 @@ def resume(
     if path is None:
         accelerator.print("no checkpoint to resume from: starting a new run")
         return 0, []
-    check_checkpoint(path, accelerator.process_index, ema_unet is not None, accelerator.num_processes, settings)
+    check_checkpoint(
+        path, accelerator.process_index, ema_unet is not None, accelerator.num_processes, settings, defaults
+    )
     accelerator.print(f"resuming from {path}")
     accelerator.load_state(str(path))
     if ema_unet is not None:
@@ -212,7 +243,12 @@ def resume(
 
 
 def check_checkpoint(
-    path: Path, process_index: int, ema: bool, processes: int = 1, settings: dict[str, Any] | None = None
+    path: Path,
+    process_index: int,
+    ema: bool,
+    processes: int = 1,
+    settings: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
     """Refuses a checkpoint that cannot resume the run exactly: cut short (`cut_short`), written by
     another number of processes or by a run of other inputs or `settings` (`run_settings`), without
@@ -222,7 +258,7 @@ def check_checkpoint(
     if problem:
         raise ConfigError(f"resume_from_checkpoint={str(path)!r}: {problem}; resume from an earlier one or 'latest'")
     if settings is not None:
-        problem = settings_problem(json.loads((path / CHECKPOINT_DONE).read_text()).get("run"), settings)
+        problem = settings_problem(json.loads((path / CHECKPOINT_DONE).read_text()).get("run"), settings, defaults)
         if problem:
             raise ConfigError(
                 f"resume_from_checkpoint={str(path)!r}: {problem}; resume with the same ones, or start a new "

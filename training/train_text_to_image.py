@@ -42,7 +42,13 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import input_field
 from pipelines.harness.stage import StageRun
 from pipelines.prompting.grammar import describe_neutral_forms
-from training.checkpoints import remove_partial_checkpoints, resume, run_settings, save_checkpoint
+from training.checkpoints import (
+    argument_defaults,
+    remove_partial_checkpoints,
+    resume,
+    run_settings,
+    save_checkpoint,
+)
 from training.finetune import FineTuneArguments, FineTuneStage
 from training.models import (
     Parts,
@@ -507,7 +513,9 @@ def train(run: StageRun, output_dir: Path) -> str:
             run.stage, config={k: v for k, v in run.parameters.items() if not isinstance(v, list)}
         )
     settings = run_settings(run)
-    global_step, history = resume(output_dir, args.resume_from_checkpoint, accelerator, parts.ema_unet, settings)
+    global_step, history = resume(
+        output_dir, args.resume_from_checkpoint, accelerator, parts.ema_unet, settings, argument_defaults(run)
+    )
     if accelerator.is_main_process:
         clear_stale_validation(output_dir, global_step)
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps

@@ -94,7 +94,7 @@ class StageRun:
                 self.inputs[name] = f"{ref.repo_id}@{self.store.revision_of(ref, 'dataset')}"
         self.inputs |= stage.pinned_inputs(args, self.store)
         self.parameters = {
-            f.name: _plain(getattr(args, f.name))
+            f.name: plain_value(getattr(args, f.name))
             for f in dataclasses.fields(args)
             if f.name not in NOT_PARAMETERS and f.name not in stage.not_parameters and f.name not in self._kinds
         }
@@ -621,12 +621,12 @@ def _leave_the_group() -> None:
     os._exit(0)
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """Makes a field value JSON- and YAML-friendly (tuples to lists, paths to strings)."""
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     if isinstance(value, Path):
         return str(value)
     return value
