@@ -376,6 +376,44 @@ def test_every_help_lists_the_recipe_and_names_a_command_that_exists() -> None:
         assert usage.startswith("usage: " + (launch[0] if launch[0] != "-m" else f"python -m {launch[1]}")), usage
 
 
+# A stage's --help and a refused argument, in one interpreter, then which model libraries it loaded.
+HELP_AND_REFUSALS_LOAD = """
+import contextlib, io, json, runpy, sys
+codes = {}
+for argv in json.loads(sys.argv[1]):
+    sys.argv = [argv[0], *argv[1:]]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+        except SystemExit as exit_:
+            codes[" ".join(argv)] = exit_.code
+print(json.dumps([codes, sorted(m for m in ("torch", "torchvision", "diffusers", "open_clip") if m in sys.modules)]))
+"""
+
+
+def test_a_stage_s_help_and_a_refused_argument_load_no_model_library() -> None:
+    """Every stage command (but the training scripts, which are launched to train) answers `--help`,
+    and refuses an argument, without importing torch or a model library: importing them took 2-3 s of
+    each command's start before a word was printed (a model loads where a stage opens it)."""
+    import json
+
+    from pipelines.run import STAGES
+
+    commands = [[module, "--help"] for module in STAGES.values() if module.startswith("pipelines.")]
+    refusals = [
+        ["pipelines.generate_images", "--input", "p", "--model", "m", "--dtype", "float8"],
+        ["pipelines.classify", "--input", "i", "--detector", "none", "--classifier", "nothing"],
+        ["pipelines.evaluate_alignment", "--input", "i", "--batch_size", "0"],
+    ]
+    result = run_python("-c", HELP_AND_REFUSALS_LOAD, json.dumps(commands + refusals))
+    assert result.returncode == 0, result.stderr[-2000:]
+    codes, loaded = json.loads(result.stdout.splitlines()[-1])
+    assert len(codes) == len(commands) + len(refusals) and len(commands) > 10
+    assert [codes[" ".join(argv)] for argv in commands] == [0] * len(commands)
+    assert [codes[" ".join(argv)] for argv in refusals] == [2] * len(refusals)
+    assert loaded == []
+
+
 def test_set_overrides_one_step(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, [{"stage": "generate_prompts", **SMALL}])
     (published,) = run_recipe(recipe, settings=["generate_prompts.professions=[CEO]", "namespace=other"])

@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pipelines.artifacts.inputs import ModelInput, resolve_model
 from pipelines.artifacts.store import Store, card_metadata
 from pipelines.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEDULERS = {
     "default": (None, {}),  # the scheduler the model ships with
@@ -40,7 +41,8 @@ SCHEDULERS = {
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
 }
-DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Names of torch dtypes (torch is imported where a model loads: a stage's --help and refusals need none).
+DTYPES = {"auto": None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 # Text-encoder LoRA lives beside the UNet's, in peft's own key format: diffusers' load_lora_weights
 # would hand it to transformers, which loads adapters only with peft>=0.22 (newer than any release
@@ -62,16 +64,20 @@ __all__ = ["RobertaSeriesModelWithTransformation"]
 
 
 def pick_device(device: str = "auto") -> str:
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
 def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    import torch
+
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r}: allowed {', '.join(DTYPES)}")
     if DTYPES[dtype] is not None:
-        return DTYPES[dtype]
+        return getattr(torch, DTYPES[dtype])
     return torch.float16 if device.startswith("cuda") else torch.float32
 
 

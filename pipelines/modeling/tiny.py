@@ -14,8 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipelines.errors import ConfigError
 
 TINY_KINDS = ("altdiffusion", "stable-diffusion")
@@ -177,6 +175,7 @@ def tiny_unet(resolution: int = 64, width: int = 32) -> Any:
 def build_tiny_pipeline(kind: str, texts: list[str], seed: int = 0, resolution: int = 64) -> Any:
     """A randomly initialised text-to-image pipeline of the real classes, small enough for a CPU."""
     import diffusers
+    import torch
 
     if kind not in TINY_KINDS:
         raise ConfigError(f"kind={kind!r}: allowed {', '.join(TINY_KINDS)}")
@@ -248,6 +247,7 @@ def build_tiny_open_clip(folder: str | Path, seed: int = 0, config: dict[str, An
     """A randomly initialised small open_clip CLIP (or one of `config`'s architecture), saved as
     open_clip saves one to the Hub."""
     import open_clip
+    import torch
     from safetensors.torch import save_model
 
     folder = Path(folder)
@@ -266,6 +266,7 @@ def build_tiny_open_clip(folder: str | Path, seed: int = 0, config: dict[str, An
 
 def build_tiny_fairface(path: Path, seed: int = 0) -> Path:
     """FairFace's architecture (torchvision ResNet-34; logits race 7, gender 2, age 9) with random weights."""
+    import torch
     import torchvision
 
     torch.manual_seed(seed)

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from pipelines.errors import ConfigError
 
@@ -97,6 +96,7 @@ def identity_vae(offset: float = 100.0, level: float = 20.0) -> Any:
     normalised, and summed back; the log-variance is so low that sampling adds nothing.
     """
     import diffusers
+    import torch
 
     vae = diffusers.AutoencoderKL(
         in_channels=3,
@@ -167,6 +167,7 @@ def build_world_pipeline(texts: list[str], seed: int = 0, width: int = 64) -> An
     squeezes every share towards one half in the same time (the issue's prototype measured both).
     """
     import diffusers
+    import torch
     from diffusers.pipelines.deprecated.alt_diffusion import AltDiffusionPipeline
     from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
         RobertaSeriesConfig,

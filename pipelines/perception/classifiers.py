@@ -23,15 +23,18 @@ FairFace's seven race groups and their four, FairFace's nine age groups.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from pipelines.errors import ConfigError
 from pipelines.perception.faces import Face
+
+if TYPE_CHECKING:
+    import torch
 
 GENDER_LABELS = ["male", "female"]
 NON_BINARY = "non-binary"
@@ -94,11 +97,26 @@ class AttributeClassifier(Protocol):
         ...
 
 
+def inference_mode(method: Any) -> Any:
+    """`torch.inference_mode()` as a method decorator that imports torch at the call, not at this
+    module's import (a stage's `--help` and refusals load no model library)."""
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return method(*args, **kwargs)
+
+    return run
+
+
 def _argmax(labels: list[str], scores: np.ndarray) -> str:
     return labels[int(np.argmax(scores))]
 
 
 def _tensor(chips: list[np.ndarray], size: int, device: str) -> torch.Tensor:
+    import torch
     import torch.nn.functional as F
 
     batch = torch.from_numpy(np.stack(chips)).permute(0, 3, 1, 2).float().div(255)
@@ -114,6 +132,7 @@ def _sha256(path: Path) -> str:
 
 
 def _load_resnet(path: Path, device: str, what: str) -> torch.nn.Module:
+    import torch
     import torchvision
 
     model = torchvision.models.resnet34(weights=None)
@@ -177,7 +196,7 @@ class FairFaceClassifier:
             out["race4"] = "merged from the race-7 prediction (no race-4 checkpoint given)"
         return out
 
-    @torch.inference_mode()
+    @inference_mode
     def classify(self, crops: list[FaceCrop]) -> list[Attributes]:
         if not crops:
             return []
@@ -275,6 +294,8 @@ class ClipZeroShotClassifier:
     name = "clip"
 
     def __init__(self, model: str, pretrained: str | None = None, device: str = "cpu", margin: float | None = None):
+        import torch
+
         from pipelines.modeling.clip import load_open_clip
 
         self.model_name, self.pretrained = model, pretrained
@@ -292,8 +313,9 @@ class ClipZeroShotClassifier:
     def describe(self) -> dict[str, Any]:
         return {"clip": Path(self.model_name).name, "pretrained": self.pretrained, "non_binary_margin": self.margin}
 
-    @torch.inference_mode()
+    @inference_mode
     def classify(self, crops: list[FaceCrop]) -> list[Attributes]:
+        import torch
         from PIL import Image
 
         if not crops:
