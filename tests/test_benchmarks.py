@@ -118,42 +118,53 @@ def planned_seconds(out: str) -> float:
     return float(number.replace(",", "")) * {"h": 3600, "min": 60, "s": 1}[unit]
 
 
-def test_the_dry_run_s_times_come_from_the_throughput_file_and_say_so(tmp_path: Path) -> None:
-    from .conftest import REPO_ROOT, run_python
+def test_the_dry_run_s_times_come_from_the_throughput_file_and_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.run import main
+
+    from .conftest import REPO_ROOT
 
     recipe = str(REPO_ROOT / "pipelines" / "recipes" / "offline.yaml")
     figures = {"seconds_per_image": 4.0, "seconds_per_step": 3.0, "seconds_per_classified_image": 0.5,
                "seconds_per_scored_image": 0.25, "device": "a test GPU", "measured_by": "hand"}  # fmt: skip
     path = tmp_path / "throughput.json"
     path.write_text(json.dumps({"cuda": figures}))
-    common = ("-m", "pipelines.run", recipe, "--dry_run", "--store_root", str(tmp_path / "hub"))
-    measured = run_python(*common, "--throughput", str(path), cwd=tmp_path)
-    assert measured.returncode == 0, measured.stderr[-2000:]
-    assert "GPU time assumes 4 s per image" in measured.stdout and "measured on a test GPU (hand;" in measured.stdout
-    # No file: the built-in guesses, saying they are; the CPU has no guesses to fall back on.
-    guessed = run_python(*common, cwd=tmp_path)
-    assert "GPU time assumes 2 s per image" in guessed.stdout and "has no measured GPU figures" in guessed.stdout
-    cpu = run_python(*common, "--throughput", str(path), "--device_kind", "cpu", cwd=tmp_path)
-    assert cpu.returncode == 2 and "has no measured CPU figures; python -m benchmarks.bench_peak" in cpu.stderr
+    monkeypatch.chdir(tmp_path)  # the command as run from a folder of its own: nothing of the checkout's is read
+
+    def dry_run(*options: str) -> tuple[int, str, str]:
+        """`python -m pipelines.run RECIPE --dry_run ...`, in this process: exit code, stdout, stderr."""
+        code = 0
+        try:
+            main([recipe, "--dry_run", "--store_root", str(tmp_path / "hub"), *options])
+        except SystemExit as exit_:
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = dry_run("--throughput", str(path))
+    assert code == 0, err[-2000:]
+    assert "GPU time assumes 4 s per image" in out and "measured on a test GPU (hand;" in out
+    _, out, _ = dry_run()
+    assert "GPU time assumes 2 s per image" in out and "has no measured GPU figures" in out
+    code, _, err = dry_run("--throughput", str(path), "--device_kind", "cpu")
+    assert code == 2 and "has no measured CPU figures; python -m benchmarks.bench_peak" in err
     path.write_text(json.dumps({"cpu": figures}))
-    cpu = run_python(*common, "--throughput", str(path), "--device_kind", "cpu", cwd=tmp_path)
-    assert "CPU time assumes 4 s per image" in cpu.stdout and "Total CPU time: about" in cpu.stdout
-    # Twice the seconds per unit, twice the total.
+    _, out, _ = dry_run("--throughput", str(path), "--device_kind", "cpu")
+    assert "CPU time assumes 4 s per image" in out and "Total CPU time: about" in out
     totals = []
     for scale in (1, 2):
         path.write_text(json.dumps({"cuda": {**figures, **{k: v * scale for k, v in figures.items() if k[0] == "s"}}}))
-        out = run_python(*common, "--throughput", str(path), cwd=tmp_path).stdout
-        totals.append(planned_seconds(out))
+        totals.append(planned_seconds(dry_run("--throughput", str(path))[1]))
     assert totals[1] == pytest.approx(2 * totals[0], rel=0.02) and totals[0] > 0
-    # A broken file or value is a one-line error naming it.
     broken_files = {
         "{": "not a throughput file",
         '{"cuda": {"seconds_per_image": -1}}': "cuda.seconds_per_image is -1",
     }
     for text, message in broken_files.items():
         path.write_text(text)
-        broken = run_python(*common, "--throughput", str(path), cwd=tmp_path)
-        assert broken.returncode == 2 and message in broken.stderr and "Traceback" not in broken.stderr
+        code, _, err = dry_run("--throughput", str(path))
+        assert code == 2 and message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
