@@ -145,6 +145,7 @@ def test_the_dry_run_s_times_come_from_the_throughput_file_and_say_so(
     code, out, err = dry_run("--throughput", str(path))
     assert code == 0, err[-2000:]
     assert "GPU time assumes 4 s per image" in out and "measured on a test GPU (hand;" in out
+    # No file: the built-in guesses, saying they are; the CPU has no guesses to fall back on.
     _, out, _ = dry_run()
     assert "GPU time assumes 2 s per image" in out and "has no measured GPU figures" in out
     code, _, err = dry_run("--throughput", str(path), "--device_kind", "cpu")
@@ -152,11 +153,13 @@ def test_the_dry_run_s_times_come_from_the_throughput_file_and_say_so(
     path.write_text(json.dumps({"cpu": figures}))
     _, out, _ = dry_run("--throughput", str(path), "--device_kind", "cpu")
     assert "CPU time assumes 4 s per image" in out and "Total CPU time: about" in out
+    # Twice the seconds per unit, twice the total.
     totals = []
     for scale in (1, 2):
         path.write_text(json.dumps({"cuda": {**figures, **{k: v * scale for k, v in figures.items() if k[0] == "s"}}}))
         totals.append(planned_seconds(dry_run("--throughput", str(path))[1]))
     assert totals[1] == pytest.approx(2 * totals[0], rel=0.02) and totals[0] > 0
+    # A broken file or value is a one-line error naming it.
     broken_files = {
         "{": "not a throughput file",
         '{"cuda": {"seconds_per_image": -1}}': "cuda.seconds_per_image is -1",
