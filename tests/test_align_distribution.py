@@ -296,11 +296,12 @@ def step_arguments(**values: Any) -> SimpleNamespace:
 
 def step_gradient(
     pipe: Any, visits: list[tuple[str, int]], target: tuple[float, float] = (0.5, 0.5), named: int | None = None,
-    **values: Any,
+    train_unet: bool = False, **values: Any,
 ) -> tuple[torch.Tensor, list[dict]]:  # fmt: skip
-    """The text encoder's gradient after `alignment_step` for each (prompt, visit) in turn, towards
-    `target` (male, female), for a prompt that names class `named` or none, on a fresh copy of the
-    world's text encoder (the world itself is the frozen model); what each step measured."""
+    """The text encoder's gradient after one `alignment_step` of the (prompt, visit) pairs, towards
+    `target` (male, female), for prompts that name class `named` or none, on a fresh copy of the
+    world's text encoder (and UNet, trained with `train_unet`; the world itself is the frozen model);
+    what each visit measured."""
     import copy
 
     from pipelines.perception.differentiable import SoftWorldCue
@@ -312,14 +313,11 @@ def step_gradient(
                    noise_scheduler=None, weight_dtype=torch.float32)  # fmt: skip
     parts = copy.copy(frozen)
     parts.text_encoder = copy.deepcopy(pipe.text_encoder).requires_grad_(True)
+    parts.unet = copy.deepcopy(pipe.unet).requires_grad_(train_unet)
     args = step_arguments(**values)
     preservation = align.Preservation(args, None, "cpu")
-    measured = [
-        align.alignment_step(
-            parts, frozen, SoftWorldCue(), preservation, prompt, np.array(target), args, accelerator, visit, named
-        )  # fmt: skip
-        for prompt, visit in visits
-    ]
+    steps = [(visit, prompt, np.array(target), named) for prompt, visit in visits]
+    measured = align.alignment_step(parts, frozen, SoftWorldCue(), preservation, steps, args, accelerator)
     gradients = [p.grad.flatten() for p in parts.text_encoder.parameters() if p.grad is not None]
     return (torch.cat(gradients) if gradients else torch.zeros(1)), measured
 
@@ -350,6 +348,34 @@ def test_several_prompts_per_step_add_up_to_the_mean_of_their_gradients(world_pi
     assert (together - sum(alone)).norm() > 0.5 * mean.norm()
     assert all((together - gradient).norm() > 1e-2 * mean.norm() for gradient in alone)
     assert [m["found"] for m in measured] == [6, 6, 6]
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_a_step_s_prompts_share_the_sampler_and_learn_what_one_prompt_at_a_time_learns(
+    world_pipe: Any, guidance: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the UNet frozen, in one process and without micro-batches, a step's prompts are denoised in
+    one batch (two sampler runs a step instead of two a prompt): the same gradient and measurements as
+    one prompt at a time (where the UNet trains), to float rounding (bitwise where the CPU library runs
+    the same kernels at either batch size)."""
+    runs = []
+    original = align.sample
+    monkeypatch.setattr(align, "sample", lambda *a, **k: runs.append(len(a[4])) or original(*a, **k))
+    visits = [(PROMPTS[0], 6), (PROMPTS[1], 7), (PROMPTS[2], 8), (PROMPTS[0], 9)]
+    values = {"prompts_per_step": 4, "guidance_scale": guidance, "uncertainty_threshold": 0.5}
+    shared, measured_shared = step_gradient(world_pipe, visits, **values)
+    assert runs == [24, 24]  # four prompts of six images, with gradients and by the frozen model
+    runs.clear()
+    apart, measured_apart = step_gradient(world_pipe, visits, train_unet=True, **values)
+    assert runs == [6, 6] * 4
+    assert shared.abs().sum() > 0 and (shared - apart).norm() < 1e-5 * apart.norm()
+    for one, other in zip(measured_shared, measured_apart, strict=True):
+        assert [one[k] for k in ("found", "assigned", "shares")] == [other[k] for k in ("found", "assigned", "shares")]
+        for key in ("loss", "alignment", "preservation"):
+            assert one[key] == pytest.approx(other[key], rel=1e-5, abs=1e-7)
+        assert one["found"] == 6 and one["loss"] > 0
+    # Each prompt's own images and noise: the first and last visit of the same prompt differ.
+    assert measured_shared[0]["loss"] != measured_shared[3]["loss"]
 
 
 def test_a_resumed_alignment_is_the_run_it_continues_and_its_card_names_the_method(

@@ -186,6 +186,7 @@ def test_the_dry_run_s_times_come_from_the_throughput_file_and_say_so(
         ("bench_train", ["--steps", "2", "--memory_captions", "20"], ["speedup"]),
         ("bench_alignment", ["--images", "8", "--occupations", "2", "--batch_size", "4"], ["speedup"]),
         ("bench_prompts", ["--repeats", "1"], []),
+        ("bench_align_distribution", ["--prompts", "3", "--images", "4", "--steps", "3", "--repeats", "1"], []),
         ("bench_memory", ["--small", "10", "--large", "30"], []),
     ],
 )
@@ -218,6 +219,17 @@ def test_cpu_benchmarks_report_their_ratios(tmp_path: Path, name: str, argv: lis
         assert report["dlib"]["same_boxes"] == "1/1"  # the port found the astronaut's face where dlib did
         agreement = report["agreement"]
         assert agreement["people"] == 2 and agreement["gender_agreement_dlib_vs_mtcnn"] in (0.0, 0.5, 1.0)
+    if name == "bench_align_distribution":  # together and apart, on every usable CPU and on one thread
+        runs = report["by_threads"]
+        from pipelines.harness.stage import usable_cpus
+
+        assert [run["threads"] for run in runs] == sorted({usable_cpus(), 1}, reverse=True)
+        for run in runs:
+            assert positive(run["speedup"]) and positive(run["prompts_together_s"])
+            assert run["speedup"] == pytest.approx(run["one_prompt_at_a_time_s"] / run["prompts_together_s"], rel=0.01)
+            # The same gradients: to the bit where the CPU library runs the same kernels, else to rounding.
+            assert run["max_gradient_difference_relative"] < 1e-5
+            assert run["same_bits"] == (run["max_gradient_difference_relative"] == 0)
     if name == "bench_memory":  # each stage's own peak, in its own process, at both sizes
         stages = report["stages"]
         assert sorted(stages) == ["classify", "evaluate_alignment", "generate_images"]

@@ -32,7 +32,11 @@ the visit, and:
 
 With several prompts per step their gradients are averaged before the optimiser steps. One prompt per
 step is the paper's; with several, one prompt's update no longer drags the others along through the
-weights they share unopposed. On the world (README), with the paper's coefficients the shares drifted
+weights they share unopposed. Where the UNet is frozen, in one process and without micro-batches, a
+step's prompts are denoised in one batch (`prompts_per_step` x `train_batch_size` images held with
+gradients at once; `--images_per_backward` keeps one prompt's at a time): a small UNet costs a CPU
+about half as much per image at 72 images a call as at 12, and each prompt's images, losses and
+gradient are those it gets alone. On the world (README), with the paper's coefficients the shares drifted
 instead of following the loss (a parity model and a 70/30 model both ended near 0.7); unscaled, with
 six prompts a step, each neutral prompt visited twice an epoch and every image assigned, a 70/30 model
 met its target on the trained cells of two stores while the parity model was rejected at 0.7.
@@ -146,8 +150,10 @@ class AlignArguments(FineTuneArguments):
                   "a v-prediction model decides the figure); none: unscaled."},
     )  # fmt: skip
     images_per_backward: int | None = field(
-        default=None, metadata={"help": "Images per backward pass (micro-batch; default the whole batch)."}
-    )
+        default=None,
+        metadata={"help": "Images per backward pass (micro-batches of one prompt; default: the whole batch, and "
+                  "the step's prompts together where the UNet is frozen and one process runs)."},
+    )  # fmt: skip
     uncertainty_threshold: float = field(
         default=0.2, metadata={"help": "An image whose target assignment is more uncertain gets no target."}
     )
@@ -472,79 +478,136 @@ def plan_targets(
 
 
 def alignment_step(
-    parts: Parts, reference: Parts, classifier: Any, preservation: Preservation, prompt: str,
-    target: np.ndarray, args: AlignArguments, accelerator: Any, visit: int, named: int | None = None,
-) -> dict[str, float]:  # fmt: skip
-    """One prompt's forward and backward passes in an optimisation step (the optimiser steps outside, after
-    `--prompts_per_step` of these); what it measured. `named`: the class the prompt names, if any."""
+    parts: Parts, reference: Parts, classifier: Any, preservation: Preservation,
+    visits: list[tuple[int, str, np.ndarray, int | None]], args: AlignArguments, accelerator: Any,
+) -> list[dict[str, float]]:  # fmt: skip
+    """The forward and backward passes of an optimisation step (the optimiser steps outside), for each
+    of its visits: (visit, prompt, target, the class the prompt names or None). What each measured.
+
+    Where nothing mixes the visits' images, their images share each UNet call: one process, no
+    micro-batches, the UNet frozen (its weights' gradient would sum over the shared batch in another
+    order). A UNet call of the world costs two CPU threads half as much per image at 72 images as at
+    12, and no operation of the sampler, the classifier or the losses mixes a batch's images, so each
+    image, each gradient that reaches the text encoder and so the weights are those of one visit at a
+    time: to the bit where the CPU library runs the same kernels at both batch sizes (on one thread
+    it picks another for a 1x1 convolution, 3e-7 apart; `benchmarks/bench_align_distribution.py`).
+    `--images_per_backward` keeps one visit's images at a time."""
+    unet_trained = any(p.requires_grad for p in parts.unet.parameters())
+    micro = (args.images_per_backward or args.train_batch_size) < args.train_batch_size
+    if accelerator.num_processes == 1 and not micro and not unet_trained:
+        return visits_step(parts, reference, classifier, preservation, visits, args, accelerator)
+    return [m for visit in visits for m in visits_step(parts, reference, classifier, preservation, [visit], args,
+                                                       accelerator)]  # fmt: skip
+
+
+def visits_step(
+    parts: Parts, reference: Parts, classifier: Any, preservation: Preservation,
+    visits: list[tuple[int, str, np.ndarray, int | None]], args: AlignArguments, accelerator: Any,
+) -> list[dict[str, float]]:  # fmt: skip
+    """`alignment_step` for visits whose images are made together (micro-batches: one visit only)."""
     device = accelerator.device
     unet, vae, scheduler = parts.unet, parts.vae, parts.pipe.scheduler
     scale = vae_scale(vae)
     shape = (unet.config.in_channels, args.resolution // scale, args.resolution // scale)
-    seeds = image_seeds(visit, args.train_batch_size * accelerator.num_processes, args.seed)
     mine = slice(
         accelerator.process_index * args.train_batch_size, (accelerator.process_index + 1) * args.train_batch_size
     )
-    noise = initial_noise(seeds[mine], shape, device)
-    per_backward = args.images_per_backward or len(noise)
+    noises = [
+        initial_noise(image_seeds(visit, args.train_batch_size * accelerator.num_processes, args.seed)[mine], shape,
+                      device)
+        for visit, *_ in visits
+    ]  # fmt: skip
+    count = len(noises[0])
+    per_backward = args.images_per_backward or count
+    assert per_backward >= count or len(visits) == 1, "micro-batches are made one visit at a time"
 
-    def made(part: slice, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The images of `noise[part]` (differentiable with `grad`), and the classifier's logits and valid."""
-        states = text_states(parts, [prompt] * len(noise[part]), args.guidance_scale, device)
-        images = sample(unet, vae, scheduler, states, noise[part], args, grad=grad)
-        return images, *classify(classifier, images, args.attribute)
+    def made(
+        model: Parts, pieces: list[tuple[str, torch.Tensor]], grad: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The text states each prompt was encoded to, the images of every (prompt, noise) in one sampler
+        run (differentiable with `grad`), and the classifier's logits and valid."""
+        states = [text_states(model, [prompt] * len(noise), args.guidance_scale, device) for prompt, noise in pieces]
+        images = sample(model.unet, model.vae, scheduler, joined(states, args.guidance_scale),
+                        torch.cat([noise for _, noise in pieces]), args, grad=grad)  # fmt: skip
+        return states, images, *classify(classifier, images, args.attribute)
 
     # In one pass (no micro-batches), the targets are assigned to the very images backpropagated
     # through: one denoising of the noise fewer a prompt, with the same values.
-    whole = made(slice(None), grad=True) if per_backward >= len(noise) else None
+    pieces = [(prompt, noise) for (_, prompt, *_), noise in zip(visits, noises)]
+    whole = made(parts, pieces, grad=True) if per_backward >= count else None
     with torch.no_grad():
-        _, logits, valid = made(slice(None), grad=False) if whole is None else whole
+        _, _, logits, valid = made(parts, pieces, grad=False) if whole is None else whole
         logits = logits.detach()
-        reference_states = text_states(reference, [prompt] * len(noise), args.guidance_scale, device)
-        original = sample(reference.unet, reference.vae, scheduler, reference_states, noise, args, grad=False)
-        original_logits, original_valid = classify(classifier, original, args.attribute)
+        _, original, original_logits, original_valid = made(reference, pieces, grad=False)
         original_features = preservation.features(original)
-    probabilities = accelerator.gather(logits.softmax(-1).float().contiguous())
-    everyone_valid = accelerator.gather(valid.to(torch.int64).contiguous()).bool()
-    everyone_targets = plan_targets(probabilities, everyone_valid, target, args, visit)
-    # --named_gender corrected: an image already of the gender its prompt names gets no target (it is
-    # not pushed further) and is held where it is by preservation.
-    satisfied = np.zeros(len(everyone_targets), dtype=bool)
-    if named is not None and args.named_gender == "corrected":
-        satisfied = everyone_valid.cpu().numpy() & (probabilities.argmax(-1).cpu().numpy() == named)
-        everyone_targets[satisfied] = -1
-    targets = torch.as_tensor(everyone_targets[mine], device=device)
-    # Preservation is weighted down where the image is meant to change: a target other than the
-    # frozen model's class (or no target, the paper's rule); 1 where there is no face to change.
-    kept = (targets == original_logits.argmax(-1)) & (targets >= 0) | torch.as_tensor(satisfied[mine], device=device)
-    weights = torch.where(kept | ~original_valid, 1.0, args.changed_weight).to(device)
-    total = {"loss": 0.0, "alignment": 0.0, "preservation": 0.0}
-    for start in range(0, len(noise), per_backward):
-        part = slice(start, start + per_backward)
-        images, logits_grad, valid_grad = whole if whole is not None else made(part, grad=True)
-        chosen = (targets[part] >= 0) & valid_grad
-        fairness = (
-            F.cross_entropy(logits_grad[chosen].float(), targets[part][chosen], reduction="sum")
-            if chosen.any()
-            else images.sum() * 0
+    losses, measured = [], []
+    for number, (visit, prompt, target, named) in enumerate(visits):
+        rows = slice(number * count, (number + 1) * count)
+        probabilities = accelerator.gather(logits[rows].softmax(-1).float().contiguous())
+        everyone_valid = accelerator.gather(valid[rows].to(torch.int64).contiguous()).bool()
+        everyone_targets = plan_targets(probabilities, everyone_valid, target, args, visit)
+        # --named_gender corrected: an image already of the gender its prompt names gets no target (it is
+        # not pushed further) and is held where it is by preservation.
+        satisfied = np.zeros(len(everyone_targets), dtype=bool)
+        if named is not None and args.named_gender == "corrected":
+            satisfied = everyone_valid.cpu().numpy() & (probabilities.argmax(-1).cpu().numpy() == named)
+            everyone_targets[satisfied] = -1
+        targets = torch.as_tensor(everyone_targets[mine], device=device)
+        # Preservation is weighted down where the image is meant to change: a target other than the
+        # frozen model's class (or no target, the paper's rule); 1 where there is no face to change.
+        kept = (targets == original_logits[rows].argmax(-1)) & (targets >= 0) | torch.as_tensor(
+            satisfied[mine], device=device
         )
-        distance = preservation.distance(preservation.features(images), original_features[part])
-        kept_close = (weights[part] * distance).sum()
-        # Sums over the whole batch's images: micro-batches add up to the one-batch gradient; the
-        # step's prompts weigh the same.
-        loss = (fairness + args.preservation_weight * kept_close) / len(noise)
-        accelerator.backward(loss / args.prompts_per_step)
-        total["loss"] += loss.item()
-        total["alignment"] += fairness.item() / len(noise)
-        total["preservation"] += kept_close.item() / len(noise)
-    found = everyone_valid.cpu().numpy()
-    classes = np.bincount(probabilities.argmax(-1).cpu().numpy()[found], minlength=len(target))
-    return {
-        **{k: float(accelerator.gather(torch.tensor([v], device=device)).mean()) for k, v in total.items()},
-        "found": int(found.sum()),
-        "shares": [round(c / int(found.sum()), 4) if found.any() else None for c in classes.tolist()],
-        "assigned": int((everyone_targets >= 0).sum()),
-    }
+        weights = torch.where(kept | ~original_valid[rows], 1.0, args.changed_weight).to(device)
+        total = {"loss": 0.0, "alignment": 0.0, "preservation": 0.0}
+        for start in range(0, count, per_backward):
+            part = slice(start, start + per_backward)
+            if whole is None:
+                _, images, logits_grad, valid_grad = made(parts, [(prompt, noises[number][part])], grad=True)
+            else:  # this visit's rows of the shared run (its images, logits and valid)
+                images, logits_grad, valid_grad = (made_together[rows][part] for made_together in whole[1:])
+            chosen = (targets[part] >= 0) & valid_grad
+            fairness = (
+                F.cross_entropy(logits_grad[chosen].float(), targets[part][chosen], reduction="sum")
+                if chosen.any()
+                else images.sum() * 0
+            )
+            distance = preservation.distance(preservation.features(images), original_features[rows][part])
+            kept_close = (weights[part] * distance).sum()
+            # Sums over the whole batch's images: micro-batches add up to the one-batch gradient; the
+            # step's prompts weigh the same.
+            loss = (fairness + args.preservation_weight * kept_close) / count
+            if whole is None or len(visits) == 1:
+                accelerator.backward(loss / args.prompts_per_step)
+            else:
+                losses.append(loss / args.prompts_per_step)
+            total["loss"] += loss.item()
+            total["alignment"] += fairness.item() / count
+            total["preservation"] += kept_close.item() / count
+        found = everyone_valid.cpu().numpy()
+        classes = np.bincount(probabilities.argmax(-1).cpu().numpy()[found], minlength=len(target))
+        measured.append({
+            **{k: float(accelerator.gather(torch.tensor([v], device=device)).mean()) for k, v in total.items()},
+            "found": int(found.sum()),
+            "shares": [round(c / int(found.sum()), 4) if found.any() else None for c in classes.tolist()],
+            "assigned": int((everyone_targets >= 0).sum()),
+        })  # fmt: skip
+    if losses:
+        # The shared sampler run is backpropagated once, to each visit's text states; then the text
+        # encoder, one visit after another, as a visit at a time accumulates its gradient.
+        states = whole[0]
+        for state, gradient in zip(states, torch.autograd.grad(sum(losses), states)):
+            state.backward(gradient)
+    return measured
+
+
+def joined(states: list[torch.Tensor], guidance: float) -> torch.Tensor:
+    """Several prompts' text states as one batch; under guidance, every unconditional half first, as
+    `sample` splits them."""
+    if guidance <= 1:
+        return torch.cat(states)
+    halves = [state.chunk(2) for state in states]
+    return torch.cat([half[0] for half in halves] + [half[1] for half in halves])
 
 
 def trained_parts(args: AlignArguments) -> str:
@@ -635,14 +698,13 @@ def train(run: StageRun, output_dir: Path) -> str:
     labels = classifier.labels[args.attribute]
     epoch = epoch_visits(prompts, args, labels)
     while global_step < args.max_train_steps:
-        visited = []
-        for visit in range(global_step * args.prompts_per_step, (global_step + 1) * args.prompts_per_step):
-            prompt = prompts[epoch[prompt_of_visit(visit, len(epoch), args.seed)]]
-            wanted = prompt_target(prompt, target, labels, args.attribute)
-            measured = alignment_step(parts, reference, classifier, preservation, prompt["prompt"], wanted, args,
-                                      accelerator, visit, named_class(prompt, labels, args.attribute))  # fmt: skip
-            visited.append({"step": global_step + 1, "prompt_id": prompt["prompt_id"],
-                            "language": prompt["language"], **measured})  # fmt: skip
+        numbers = range(global_step * args.prompts_per_step, (global_step + 1) * args.prompts_per_step)
+        rows = [prompts[epoch[prompt_of_visit(visit, len(epoch), args.seed)]] for visit in numbers]
+        visits = [(visit, row["prompt"], prompt_target(row, target, labels, args.attribute),
+                   named_class(row, labels, args.attribute)) for visit, row in zip(numbers, rows)]  # fmt: skip
+        measured = alignment_step(parts, reference, classifier, preservation, visits, args, accelerator)
+        visited = [{"step": global_step + 1, "prompt_id": row["prompt_id"], "language": row["language"], **m}
+                   for row, m in zip(rows, measured)]  # fmt: skip
         accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
