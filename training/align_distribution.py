@@ -577,10 +577,11 @@ def visits_step(
             # Sums over the whole batch's images: micro-batches add up to the one-batch gradient; the
             # step's prompts weigh the same.
             loss = (fairness + args.preservation_weight * kept_close) / count
+            share = loss / args.prompts_per_step
             if whole is None or len(visits) == 1:
-                accelerator.backward(loss / args.prompts_per_step)
+                accelerator.backward(share)
             else:
-                losses.append(loss / args.prompts_per_step)
+                losses.append(share)
             total["loss"] += loss.item()
             total["alignment"] += fairness.item() / count
             total["preservation"] += kept_close.item() / count
