@@ -336,6 +336,23 @@ def test_classifier_noise_attenuates_as_it_should_and_zero_noise_changes_nothing
     assert math.isnan(symmetric["slope"])  # no reference: no slope
 
 
+def test_noise_sensitivity_with_one_image_a_cell_is_nan_without_a_warning() -> None:
+    """One image per occupation (MAGBIG at one image a prompt) has no unbiased distance: the noisy
+    distance is nan, quietly (it printed numpy's "Mean of empty slice" once per rate and kind, 31 times
+    in that recipe's log), and the shares' L1 is still measured."""
+    import warnings
+
+    metric = counts_metric()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = metric.compute(predictions=[[1, 0], [0, 1], [1, 0]], references=["a", "b", "c"],
+                                labels=["male", "female"], num_occupations=1, rounds=20,
+                                noise_rates=[0.0, 0.1])  # fmt: skip
+    rows = result["noise_sensitivity"]
+    assert len(rows) == 4 and all(math.isnan(row["distance"]) for row in rows)
+    assert all(0 < row["mean_l1"] <= 1 for row in rows)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
