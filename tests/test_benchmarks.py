@@ -220,9 +220,9 @@ def test_cpu_benchmarks_report_their_ratios(tmp_path: Path, name: str, argv: lis
         agreement = report["agreement"]
         assert agreement["people"] == 2 and agreement["gender_agreement_dlib_vs_mtcnn"] in (0.0, 0.5, 1.0)
     if name == "bench_align_distribution":  # together and apart, on every usable CPU and on one thread
-        runs = report["by_threads"]
         from pipelines.harness.stage import usable_cpus
 
+        runs = report["by_threads"]
         assert [run["threads"] for run in runs] == sorted({usable_cpus(), 1}, reverse=True)
         for run in runs:
             assert positive(run["speedup"]) and positive(run["prompts_together_s"])

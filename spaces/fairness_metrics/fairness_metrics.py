@@ -360,7 +360,8 @@ def noise_sensitivity(
             noisy = rng.multinomial(np.broadcast_to(counts, (rounds, *counts.shape)), matrix).sum(-2)
             totals = noisy.sum(-1, keepdims=True)
             mean_l1 = float(np.abs(noisy / totals - 1.0 / width).sum(-1).mean())
-            # Cells of one image have no unbiased distance (nan); where every cell has one, none.
+            # A cell of one image has no unbiased distance (nan); where every cell is such, the mean is
+            # nan too, without numpy's empty-slice warning.
             per_cell = squared_distances(noisy, targets[None])[0]
             distance_sq = float(np.nanmean(per_cell, axis=-1).mean()) if np.isfinite(per_cell).any() else float("nan")
             row = {"kind": kind, "rate": float(rate), "mean_l1": mean_l1, "distance_sq": distance_sq,
