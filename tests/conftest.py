@@ -85,12 +85,13 @@ FLOATING_STUDY_TESTS = frozenset({"test_the_alignment_recipe_moves_the_world_tow
 # other idles.
 FIRST_QUEUED = frozenset({"test_the_magbig_recipe_runs_offline_on_the_tiny_models"})
 # The other test files, heaviest first, with their seconds at one CPU (slow tests included, measured
-# 2026-12-05; test_training.py's is the 350 measured less the ~60 s that preloaded launches saved its
-# `-m "not slow"` tests): two workers then end within a small file of each other. In xdist's order
-# (files with the most tests first) the training tests started 47 s into a `-m "not slow"` run and the
-# two workers ended 18 s apart. Stale numbers cost balance, never a result.
+# 2026-12-05; test_benchmarks.py's with 40 s for the world-draws smoke added later; test_training.py's
+# is the 350 measured less the ~60 s that preloaded launches saved its `-m "not slow"` tests): two
+# workers then end within a small file of each other. In xdist's order (files with the most tests
+# first) the training tests started 47 s into a `-m "not slow"` run and the two workers ended 18 s
+# apart. Stale numbers cost balance, never a result.
 HEAVIEST_FILES = {
-    "test_benchmarks.py": 400,
+    "test_benchmarks.py": 440,
     "test_training.py": 355,
     "test_sharded_stages.py": 165,
     "test_config_and_runner.py": 140,

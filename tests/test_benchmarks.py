@@ -256,3 +256,93 @@ def test_contention_benchmark_reports_each_policy_alone_and_beside_a_neighbour(t
             policy["steps_per_second_alone"] / policy["steps_per_second_beside_neighbours"], rel=0.05
         )
     assert report["expected_slowdown"] >= 1 and report["neighbours"] == 1
+
+
+def test_world_draws_count_each_draw_s_verdicts_and_a_no_is_a_verdict_not_an_error(tmp_path: Path) -> None:
+    """One draw of the offline study trained two steps instead of 1,800, on 16 pictures a prompt
+    instead of 192 (the world learns nothing): its run exits 1 with both verdicts NO, which the report
+    counts as NO (0 of 1, the Wilson interval of a rate measured once), with the draw's figures from
+    what check_world published."""
+    from benchmarks import bench_world_draws
+    from pipelines.harness.stage import usable_cpus
+
+    few = ["train_world.max_train_steps=2", "train_debiased.max_train_steps=2",
+           "draw_world.images_per_prompt=16", "draw_world.images_per_gendered_prompt=8",
+           "generate_base_eval.num_images=10", "generate_debiased_eval.num_images=10"]  # fmt: skip
+    argv = ["--seeds", "3", "--processes", "1", "--label", "smoke", "--results_dir", str(tmp_path)]
+    report = bench_world_draws.main(argv + [part for setting in few for part in ("--set", setting)])
+    assert json.loads((tmp_path / "world_draws_smoke.json").read_text()) == report
+    assert report["seed_step"] == "train_world" and report["training_threads"] == usable_cpus()
+    assert report["settings"] == few and report["processes"] == 1
+    draw = report["draws"]["3"]
+    assert draw["calibrated"] is False and draw["debiased"] is False and "failure" not in draw
+    assert draw["lines"][0].startswith("calibrated: NO") and draw["lines"][1].startswith("debiased: NO")
+    assert draw["fit_p_value"] < 0.001 and draw["fit_statistic"] > 0 and 0 <= draw["cells_within"] <= 1
+    assert {"train_world", "generate_base_eval", "check_world"} <= set(draw["step_seconds"])
+    assert positive(draw["seconds"]) and draw["seconds"] >= sum(draw["step_seconds"].values())
+    summary = report["summary"]
+    assert summary["draws"] == 1 and summary["failed_runs"] == 0
+    assert summary["calibrated"] == {"passed": 0, "of": 1, "rate_ci95": [0.0, 0.793]}
+    assert summary["fit_p_value"]["min"] == summary["fit_p_value"]["max"] == draw["fit_p_value"]
+
+
+def test_world_draws_run_side_by_side_at_most_as_many_as_asked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Three commands, two at a time: never three at once, each one's exit code and output kept, and
+    each start and end said as it happens (a draw of the study takes minutes)."""
+    from benchmarks.bench_world_draws import run_side_by_side
+
+    code = ("import sys, time; open(sys.argv[1] + '.start', 'w').write(repr(time.time())); time.sleep(0.6); "
+            "open(sys.argv[1] + '.end', 'w').write(repr(time.time())); print('out', sys.argv[1]); "
+            "sys.exit(int(sys.argv[2]))")  # fmt: skip
+    codes = {"a": 0, "b": 1, "c": 3}
+    commands = {key: [sys.executable, "-c", code, str(tmp_path / key), str(rc)] for key, rc in codes.items()}
+    done = run_side_by_side(commands, 2, tmp_path)
+    assert {key: outcome["returncode"] for key, outcome in done.items()} == codes
+    assert all(outcome["stdout"].strip() == f"out {tmp_path / key}" for key, outcome in done.items())
+    spans = [(float((tmp_path / f"{key}.start").read_text()), float((tmp_path / f"{key}.end").read_text()))
+             for key in commands]  # fmt: skip
+    most = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
+    assert most == 2  # two ran together, and the third waited for one of them
+    progress = capsys.readouterr().err
+    assert progress.count(": started") == 3 and "(exit code 3)" in progress and "3 of 3 done" in progress
+
+
+def test_world_draws_a_run_that_fails_before_its_verdicts_is_an_error_apart_from_the_verdicts() -> None:
+    from benchmarks.bench_world_draws import read_draw, summarise
+
+    failed = read_draw(Path("unused"), "t2i-bias/world-check", {
+        "returncode": 2, "seconds": 12.34, "stdout": "",
+        "stderr": "== step 1/23: generate_prompts ==\n== generate_prompts: x@1 (done in 0.3s) ==\nout of disk space",
+    })  # fmt: skip
+    assert failed == {"seconds": 12.3, "step_seconds": {"generate_prompts": 0.3}, "failure": "out of disk space"}
+    # A judged draw has an `error` (from the planted shares) of its own: it is not a failure.
+    passed = {"calibrated": True, "debiased": False, "fit_p_value": 0.2, "error": 0.02, "seconds": 400.0}
+    summary = summarise({1: failed, 2: passed, 3: {**passed, "debiased": True, "fit_p_value": 0.01}})
+    assert summary["draws"] == 3 and summary["failed_runs"] == 1
+    assert summary["calibrated"]["passed"] == 2 and summary["calibrated"]["of"] == 2
+    assert summary["debiased"]["passed"] == 1 and summary["debiased"]["of"] == 2
+    assert summary["fit_p_value"] == {"min": 0.01, "median": 0.105, "max": 0.2}
+    assert summary["error"] == {"min": 0.02, "median": 0.02, "max": 0.02}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "1", "1"], "--seeds 1 1: each seed once"),
+        (["--processes", "0"], "--processes 0: at least 1"),
+        (["--label", "../x"], "--label '../x': letters, digits"),
+        (["--seed_step", "classify_base_eval"], "--seed_step 'classify_base_eval': allowed draw_world,"),
+        (["--set", "no_such_step.seed=1"], "no_such_step"),
+        (["--recipe", "pipelines/recipes/methods_offline.yaml"], "no check_world step"),
+    ],
+)
+def test_world_draws_refuse_bad_input_in_one_line_before_any_draw(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    from benchmarks import bench_world_draws
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_world_draws.main(argv)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and message in error, error
+    assert "draw" not in capsys.readouterr().err
