@@ -36,7 +36,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import machine, scratch, write_report  # noqa: E402
-from pipelines.errors import UserError  # noqa: E402
+from pipelines.errors import StoreError, UserError  # noqa: E402
 from pipelines.harness.config import build_arguments, step_values, step_where  # noqa: E402
 from pipelines.harness.stage import usable_cpus  # noqa: E402
 from pipelines.reporting.statistics import wilson_interval  # noqa: E402
@@ -121,8 +121,8 @@ def run_side_by_side(commands: dict[Any, list[str]], processes: int, folder: Pat
 
 def read_draw(root: Path, check_repo: str, outcome: dict[str, Any]) -> dict[str, Any]:
     """One draw's verdicts and figures from what its check_world published; its `failure` (the last
-    line it printed) where the run failed before the verdicts (exit codes other than 0 and 1, the
-    verdicts' own)."""
+    line it printed) where the run failed before the verdicts: an exit code other than 0 and 1 (the
+    verdicts' own), or no verdicts published."""
     from pipelines.artifacts.reader import open_artifact
     from pipelines.artifacts.store import LocalStore
 
@@ -130,10 +130,14 @@ def read_draw(root: Path, check_repo: str, outcome: dict[str, Any]) -> dict[str,
         "seconds": round(outcome["seconds"], 1),
         "step_seconds": {name: float(seconds) for name, seconds in STEP_TIME.findall(outcome["stderr"])},
     }
+    lines = outcome["stderr"].strip().splitlines()
+    failure = {**draw, "failure": lines[-1] if lines else f"exit code {outcome['returncode']}"}
     if outcome["returncode"] not in (0, 1):
-        lines = outcome["stderr"].strip().splitlines()
-        return {**draw, "failure": lines[-1] if lines else f"exit code {outcome['returncode']}"}
-    artifact = open_artifact(check_repo, store=LocalStore(root))
+        return failure
+    try:  # exit code 1 is also Python's for a crash, which may come before any verdict
+        artifact = open_artifact(check_repo, store=LocalStore(root))
+    except StoreError:
+        return failure
     summary = {row["model"]: row for row in artifact.rows("summary")}
     verdicts = {row["verdict"]: row for row in artifact.rows("verdicts")}
     base, debiased = summary["base"], summary.get("debiased")

@@ -307,7 +307,7 @@ def test_world_draws_run_side_by_side_at_most_as_many_as_asked(tmp_path: Path, c
     assert progress.count(": started") == 3 and "(exit code 3)" in progress and "3 of 3 done" in progress
 
 
-def test_world_draws_a_run_that_fails_before_its_verdicts_is_an_error_apart_from_the_verdicts() -> None:
+def test_world_draws_a_run_that_fails_before_its_verdicts_is_a_failure_apart_from_them(tmp_path: Path) -> None:
     from benchmarks.bench_world_draws import read_draw, summarise
 
     failed = read_draw(Path("unused"), "t2i-bias/world-check", {
@@ -315,6 +315,10 @@ def test_world_draws_a_run_that_fails_before_its_verdicts_is_an_error_apart_from
         "stderr": "== step 1/23: generate_prompts ==\n== generate_prompts: x@1 (done in 0.3s) ==\nout of disk space",
     })  # fmt: skip
     assert failed == {"seconds": 12.3, "step_seconds": {"generate_prompts": 0.3}, "failure": "out of disk space"}
+    # A crash exits 1, as a NO verdict does: with no verdicts published it is a failure too.
+    crashed = read_draw(tmp_path / "empty", "t2i-bias/world-check", {
+        "returncode": 1, "seconds": 5.0, "stdout": "", "stderr": "Traceback ...\nRuntimeError: boom"})  # fmt: skip
+    assert crashed == {"seconds": 5.0, "step_seconds": {}, "failure": "RuntimeError: boom"}
     # A judged draw has an `error` (from the planted shares) of its own: it is not a failure.
     passed = {"calibrated": True, "debiased": False, "fit_p_value": 0.2, "error": 0.02, "seconds": 400.0}
     summary = summarise({1: failed, 2: passed, 3: {**passed, "debiased": True, "fit_p_value": 0.01}})
