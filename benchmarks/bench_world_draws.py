@@ -55,13 +55,17 @@ def draw_plan(recipe: Path, settings: list[str], seed_step: str | None, processe
 
     recipe_values, plan = plan_recipe(recipe, settings=settings)
     names = {name: (stage, entry) for name, stage, entry in plan}
+
+    def field(stage: Any, name: str) -> Any:  # the stage's argument `name` (a dataclass field), or None
+        return stage.Arguments.__dataclass_fields__.get(name)
+
     training = [name for name, stage, _ in plan if stage.name == "train_text_to_image"]
     if seed_step is None:
         if not training:
             raise UserError(f"recipe {str(recipe)!r}: no train_text_to_image step whose seed makes a draw")
         seed_step = training[0]
-    elif seed_step not in names or "seed" not in names[seed_step][0].Arguments.__dataclass_fields__:
-        seeded = [name for name, stage, _ in plan if "seed" in stage.Arguments.__dataclass_fields__]
+    elif seed_step not in names or field(names[seed_step][0], "seed") is None:
+        seeded = [name for name, stage, _ in plan if field(stage, "seed") is not None]
         raise UserError(f"--seed_step {seed_step!r}: allowed {', '.join(seeded)}")
     checks = [(name, stage, entry) for name, stage, entry in plan if stage.name == "check_world"]
     if not checks:
@@ -70,12 +74,9 @@ def draw_plan(recipe: Path, settings: list[str], seed_step: str | None, processe
     check = build_arguments(stage.Arguments, step_values(recipe_values, entry, stage.Arguments),
                             step_where(recipe_values, entry))  # fmt: skip
     threads = max(1, usable_cpus() // processes)
-    whole_core_steps = [
-        name for name, stage, entry in plan
-        if "cpu_threads" in stage.Arguments.__dataclass_fields__
-        and "cpu_threads" not in entry
-        and stage.Arguments.__dataclass_fields__["cpu_threads"].default is None
-    ]  # fmt: skip
+    whole_core_steps = [name for name, stage, entry in plan
+                        if field(stage, "cpu_threads") is not None and field(stage, "cpu_threads").default is None
+                        and "cpu_threads" not in entry]  # fmt: skip
     extra = [f"{name}.cpu_threads={threads}" for name in whole_core_steps]
     return {
         "settings": list(settings) + extra,
