@@ -20,6 +20,11 @@ the distance after the debiasing fine-tune as a share of before, control, and th
 draw and of each step; over the draws, how many passed each verdict with a 95% Wilson interval, and
 each figure's range. Writes benchmarks/results/world_draws.json (`--label` names another file, for
 a variant of the recipe beside the recipe's own).
+
+The stores are removed at the end unless `--stores DIR` keeps them (`DIR/store-<seed>`). A draw
+whose store is already there reruns only what changed, as the runner reuses every step whose inputs
+and settings it has published: a variant of the later steps (say, the debiasing fine-tune's
+`--set train_debiased.max_train_steps=90`) is judged on the same trained worlds in minutes.
 """
 
 from __future__ import annotations
@@ -180,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a recipe setting for every draw, as pipelines.run takes it")  # fmt: skip
     parser.add_argument("--label", default=None, help="names the variant; its report is world_draws_<label>.json")
     parser.add_argument("--results_dir", default=None)
+    parser.add_argument("--stores", default=None,
+                        help="keep each draw's store in this folder (store-<seed>), reusing what is there")  # fmt: skip
     options = parser.parse_args(argv)
     if len(set(options.seeds)) != len(options.seeds):
         parser.error(f"--seeds {' '.join(map(str, options.seeds))}: each seed once (a repeat is the same draw)")
@@ -187,18 +194,22 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--processes {options.processes}: at least 1")
     if options.label is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", options.label):
         parser.error(f"--label {options.label!r}: letters, digits, '-' and '_' only (it names a file)")
+    if options.stores is not None and Path(options.stores).exists() and not Path(options.stores).is_dir():
+        parser.error(f"--stores {options.stores!r}: a folder (it is a file)")
     recipe = Path(options.recipe).resolve()
     try:
         plan = draw_plan(recipe, options.settings, options.seed_step, options.processes)
     except UserError as error:
         parser.error(str(error))
-    folder = scratch("bench-world-draws-")
-    commands = {seed: draw_command(recipe, folder / f"store-{seed}", plan, seed) for seed in options.seeds}
+    folder = scratch("bench-world-draws-")  # the logs, and the stores unless --stores keeps them
+    stores = Path(options.stores).resolve() if options.stores else folder
+    stores.mkdir(parents=True, exist_ok=True)
+    commands = {seed: draw_command(recipe, stores / f"store-{seed}", plan, seed) for seed in options.seeds}
     started = time.perf_counter()
     outcomes = run_side_by_side(commands, options.processes, folder)
     draws = {}
     for seed in options.seeds:
-        draws[seed] = read_draw(folder / f"store-{seed}", plan["check_repo"], outcomes[seed])
+        draws[seed] = read_draw(stores / f"store-{seed}", plan["check_repo"], outcomes[seed])
         verdicts = draws[seed].get("lines") or [draws[seed].get("failure", "")]
         print(f"draw {seed} ({draws[seed]['seconds']} s): " + "; ".join(line.split(" (")[0] for line in verdicts),
               file=sys.stderr)  # fmt: skip

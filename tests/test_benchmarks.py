@@ -262,14 +262,16 @@ def test_world_draws_count_each_draw_s_verdicts_and_a_no_is_a_verdict_not_an_err
     """One draw of the offline study trained two steps instead of 1,800, on 16 pictures a prompt
     instead of 192 (the world learns nothing): its run exits 1 with both verdicts NO, which the report
     counts as NO (0 of 1, the Wilson interval of a rate measured once), with the draw's figures from
-    what check_world published."""
+    what check_world published. Its store is kept (`--stores`), and a variant of the debiasing
+    fine-tune run after it reuses the trained world and reruns only the steps from the fine-tune on."""
     from benchmarks import bench_world_draws
     from pipelines.harness.stage import usable_cpus
 
     few = ["train_world.max_train_steps=2", "train_debiased.max_train_steps=2",
            "draw_world.images_per_prompt=16", "draw_world.images_per_gendered_prompt=8",
            "generate_base_eval.num_images=10", "generate_debiased_eval.num_images=10"]  # fmt: skip
-    argv = ["--seeds", "3", "--processes", "1", "--label", "smoke", "--results_dir", str(tmp_path)]
+    argv = ["--seeds", "3", "--processes", "1", "--label", "smoke", "--results_dir", str(tmp_path),
+            "--stores", str(tmp_path / "stores")]  # fmt: skip
     report = bench_world_draws.main(argv + [part for setting in few for part in ("--set", setting)])
     assert json.loads((tmp_path / "world_draws_smoke.json").read_text()) == report
     assert report["seed_step"] == "train_world" and report["training_threads"] == usable_cpus()
@@ -284,6 +286,14 @@ def test_world_draws_count_each_draw_s_verdicts_and_a_no_is_a_verdict_not_an_err
     assert summary["draws"] == 1 and summary["failed_runs"] == 0
     assert summary["calibrated"] == {"passed": 0, "of": 1, "rate_ci95": [0.0, 0.793]}
     assert summary["fit_p_value"]["min"] == summary["fit_p_value"]["max"] == draw["fit_p_value"]
+    assert (tmp_path / "stores" / "store-3" / "models--t2i-bias--world-model").is_dir()
+    variant = [*few[:1], "train_debiased.max_train_steps=3", *few[2:]]
+    again = bench_world_draws.main(argv[:4] + ["--label", "variant", *argv[6:]]
+                                   + [part for setting in variant for part in ("--set", setting)])  # fmt: skip
+    steps = again["draws"]["3"]["step_seconds"]
+    assert "train_world" not in steps and "generate_base_eval" not in steps  # reused: the same world
+    assert {"train_debiased", "generate_debiased_eval", "check_world"} <= set(steps)
+    assert again["draws"]["3"]["fit_statistic"] == draw["fit_statistic"]  # the base model's figures unchanged
 
 
 def test_world_draws_run_side_by_side_at_most_as_many_as_asked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -338,6 +348,7 @@ def test_world_draws_a_run_that_fails_before_its_verdicts_is_a_failure_apart_fro
         (["--seed_step", "classify_base_eval"], "--seed_step 'classify_base_eval': allowed draw_world,"),
         (["--set", "no_such_step.seed=1"], "no_such_step"),
         (["--recipe", "pipelines/recipes/methods_offline.yaml"], "no check_world step"),
+        (["--stores", "README.md"], "--stores 'README.md': a folder"),
     ],
 )
 def test_world_draws_refuse_bad_input_in_one_line_before_any_draw(
