@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a recipe setting for every draw, as pipelines.run takes it")  # fmt: skip
     parser.add_argument("--label", default=None, help="names the variant; its report is world_draws_<label>.json")
     parser.add_argument("--results_dir", default=None)
-    parser.add_argument("--stores", default=None,
-                        help="keep each draw's store in this folder (store-<seed>), reusing what is there")  # fmt: skip
+    parser.add_argument("--stores", default=None, help="keep each draw's store here (store-<seed>), reusing it")
     options = parser.parse_args(argv)
     if len(set(options.seeds)) != len(options.seeds):
         parser.error(f"--seeds {' '.join(map(str, options.seeds))}: each seed once (a repeat is the same draw)")
