@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seed_step": plan["seed_step"],
         "processes": options.processes,
         "training_threads": plan["threads"],
+        "stores_kept": options.stores is not None,  # a kept store reuses the steps a run before made
         "wall_seconds": round(time.perf_counter() - started, 1),
         "summary": summarise(draws),
         "draws": {str(seed): draw for seed, draw in draws.items()},
