@@ -286,6 +286,7 @@ def test_world_draws_count_each_draw_s_verdicts_and_a_no_is_a_verdict_not_an_err
     assert summary["draws"] == 1 and summary["failed_runs"] == 0
     assert summary["calibrated"] == {"passed": 0, "of": 1, "rate_ci95": [0.0, 0.793]}
     assert summary["fit_p_value"]["min"] == summary["fit_p_value"]["max"] == draw["fit_p_value"]
+    assert report["stores_kept"] is True
     assert (tmp_path / "stores" / "store-3" / "models--t2i-bias--world-model").is_dir()
     variant = [*few[:1], "train_debiased.max_train_steps=3", *few[2:]]
     again = bench_world_draws.main(argv[:4] + ["--label", "variant", *argv[6:]]
