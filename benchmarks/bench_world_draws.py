@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--processes {options.processes}: at least 1")
     if options.label is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", options.label):
         parser.error(f"--label {options.label!r}: letters, digits, '-' and '_' only (it names a file)")
-    if options.stores is not None and Path(options.stores).exists() and not Path(options.stores).is_dir():
+    if options.stores is not None and Path(options.stores).is_file():
         parser.error(f"--stores {options.stores!r}: a folder (it is a file)")
     recipe = Path(options.recipe).resolve()
     try:
