@@ -598,6 +598,8 @@ def test_multi_config_data_is_never_silently_the_first_config(training_study: di
         ({"timestep_bias_multiplier": 0.0}, "timestep_bias_multiplier=0.0: must be above 0"),
         ({"timestep_bias_portion": 1.5}, "timestep_bias_portion=1.5: above 0 and at most 1"),
         ({"timestep_bias_begin": 500, "timestep_bias_end": 400}, "timestep_bias_begin=500, timestep_bias_end=400"),
+        ({"proportion_empty_prompts": 1.0}, "proportion_empty_prompts=1.0: at least 0 and below 1"),
+        ({"proportion_empty_prompts": -0.1}, "proportion_empty_prompts=-0.1: at least 0 and below 1"),
     ],
 )
 def test_bad_training_arguments(overrides: dict, message: str) -> None:
@@ -1177,3 +1179,97 @@ def test_adamw_over_all_tensors_at_once_updates_the_weights_as_the_per_tensor_lo
     assert len(trained[0]) > 100
     assert all(torch.equal(a, b) for a, b in zip(*trained))
     assert not all(torch.equal(a, b) for a, b in zip(trained[0], pipeline.unet.parameters()))  # it trained
+
+
+def test_empty_prompts_replace_that_share_of_captions_afresh_each_epoch_and_leave_other_draws() -> None:
+    """--proportion_empty_prompts: each row's caption is the empty prompt with that probability, drawn
+    anew each epoch from the seed, the epoch and the row (so a resumed run draws the same), from a
+    stream of its own: the flips and crops each row draws are those of a run without it."""
+    from training.train_text_to_image import EpochOrder
+
+    rows = 20_000
+    order, plain = EpochOrder(rows, seed=3, empty_prompts=0.1), EpochOrder(rows, seed=3)
+    dropped = []
+    for epoch in (0, 1):
+        order.epoch = plain.epoch = epoch
+        dropped.append(np.array([order.drops_caption(row) for row in range(rows)]))
+        assert [order.draws(row).random() for row in range(50)] == [plain.draws(row).random() for row in range(50)]
+        assert list(order) == list(plain)
+    for epoch in dropped:
+        assert epoch.mean() == pytest.approx(0.1, abs=0.01)  # 3 standard errors: 0.0064
+    assert (dropped[0] & dropped[1]).mean() == pytest.approx(0.01, abs=0.003)  # independent between epochs
+    again = EpochOrder(rows, seed=3, empty_prompts=0.1)
+    assert np.array_equal([again.drops_caption(row) for row in range(rows)], dropped[0])
+    assert not any(plain.drops_caption(row) for row in range(rows))
+
+
+def test_cached_latents_give_a_dropped_row_the_empty_prompt_s_tokens_and_text_states(tmp_path: Path) -> None:
+    """With cached latents a dropped row keeps its picture and gets the empty prompt's tokens (a trained
+    text encoder) or its cached text states (a frozen one); every other row keeps its own caption."""
+    from training.train_text_to_image import CachedLatents, EpochOrder
+
+    rows = 400
+    np.save(tmp_path / "latents.npy", np.arange(rows, dtype=np.float16).reshape(rows, 1, 1, 1))
+    np.save(tmp_path / "hidden.npy", np.array([[[1.0]], [[2.0]], [[0.0]]], np.float16))  # two captions, then ""
+    tokens = [{"input_ids": torch.tensor([row % 2 + 5])} for row in range(rows)]
+    order = EpochOrder(rows, seed=0, empty_prompts=0.25)
+    cached = CachedLatents(tmp_path, tokens, [row % 2 for row in range(rows)], order,
+                           ({"input_ids": torch.tensor([0])}, 2))  # fmt: skip
+    items = [cached[row] for row in range(rows)]
+    dropped = [order.drops_caption(row) for row in range(rows)]
+    assert 0.15 < np.mean(dropped) < 0.35
+    for row, (item, drop) in enumerate(zip(items, dropped)):
+        assert item["latents"].item() == row
+        assert item["input_ids"].item() == (0 if drop else row % 2 + 5)
+        assert item["hidden"].item() == (0.0 if drop else row % 2 + 1.0)
+
+
+def test_each_distinct_caption_is_encoded_once_with_the_same_states_and_gradients() -> None:
+    """A batch that repeats captions is encoded once per distinct caption: the states and the text
+    encoder's gradients are those of encoding every row (to float rounding). An encoder that draws
+    dropout masks encodes every row, each with its own mask."""
+    from pipelines.modeling.world import build_world_pipeline
+    from training.models import draws_dropout, encode_each_caption_once, encode_text
+
+    texts = [f"a photo of a {job}" for job in ("nurse", "CEO", "teacher", "firefighter", "hairdresser")] + [""]
+    pipeline = build_world_pipeline(texts)
+    encoder = pipeline.text_encoder.train()
+    assert not draws_dropout(encoder)  # the world's encoder has no dropout
+    rows = [0, 1, 0, 5, 5, 0, 1] + torch.randint(0, 6, (57,), generator=torch.Generator().manual_seed(0)).tolist()
+    tokens = pipeline.tokenizer([texts[i] for i in rows], padding="max_length", return_tensors="pt")
+    weights = torch.linspace(-1, 1, 64, dtype=torch.float64)[:, None, None]
+    results = []
+    encoder.double()  # float64, so that the sums' other order is far below what the test asks
+    for encode in (encode_text, encode_each_caption_once):
+        encoder.zero_grad()
+        states = encode(encoder, tokens.input_ids, tokens.attention_mask)
+        (states * weights).sum().backward()
+        results.append((states.detach(), [p.grad.clone() for p in encoder.parameters() if p.grad is not None]))
+    (every, every_grads), (once, once_grads) = results
+    assert every.shape == once.shape == (64, tokens.input_ids.shape[1], encoder.config.project_dim)
+    assert torch.allclose(every, once, atol=1e-9) and not torch.equal(once[0], once[1])
+    assert len(every_grads) == len(once_grads) > 10
+    assert all(torch.allclose(a, b, atol=1e-9, rtol=1e-9) for a, b in zip(every_grads, once_grads))
+    # In float32, as training runs, the same to the bit every time (a training's weights are
+    # reproducible): the copies' gradients are summed in one order, whatever the threads do.
+    encoder.float()
+    weights = torch.randn(every.shape, generator=torch.Generator().manual_seed(1))
+    encoder.zero_grad()
+    (encode_each_caption_once(encoder, tokens.input_ids, tokens.attention_mask) * weights).sum().backward()
+    once_grads = [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+    for _ in range(5):
+        encoder.zero_grad()
+        (encode_each_caption_once(encoder, tokens.input_ids, tokens.attention_mask) * weights).sum().backward()
+        assert all(torch.equal(p.grad, b) for p, b in zip([p for p in encoder.parameters() if p.grad is not None],
+                                                           once_grads))  # fmt: skip
+    # With dropout, in training mode only.
+    dropping = copy.deepcopy(encoder)
+    dropping.config.hidden_dropout_prob = 0.1
+    for module in dropping.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.1
+    assert draws_dropout(dropping) and not draws_dropout(dropping.eval())
+    dropping.train()
+    torch.manual_seed(0)
+    masked = encode_each_caption_once(dropping, tokens.input_ids, tokens.attention_mask)
+    assert not torch.allclose(masked[0], masked[2])  # the same caption, two masks

@@ -56,6 +56,7 @@ from training.models import (
     check_lora_base,
     clear_model_files,
     clear_stale_validation,
+    encode_each_caption_once,
     encode_text,
     end_training,
     inference_pipeline,
@@ -73,6 +74,7 @@ from training.models import (
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_BIAS_STRATEGIES = ("none", "earlier", "later", "range")
 ROW = "__row"  # a training row's position, added to the data: its augmentation draws are its own
+EMPTY_PROMPT_STREAM = 1  # the key of the draws that replace a row's caption by the empty prompt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +119,7 @@ def save_model_card(
             "timestep_bias_strategy",
             *timestep_bias_settings(args),
             "noise_offset",
+            "proportion_empty_prompts",
             "prediction_type",
             "train_text_encoder",
             "seed",
@@ -212,6 +215,14 @@ class TrainArguments(FineTuneArguments):
     timestep_bias_begin: int = field(default=0, metadata={"help": "First biased timestep of 'range'."})
     timestep_bias_end: int = field(default=1000, metadata={"help": "End (excluded) of the biased range of 'range'."})
     noise_offset: float = field(default=0.0, metadata={"help": "Noise offset (0.1 helps very dark/bright images)."})
+    proportion_empty_prompts: float = field(
+        default=0.0,
+        metadata={
+            "help": "The share of training captions replaced by the empty prompt (a fresh draw per row and epoch), "
+            "as diffusers' SDXL script does: the model learns the unconditional picture that classifier-free "
+            "guidance steers away from (0.1 is Stable Diffusion's)."
+        },
+    )
     cache_latents: bool = field(
         default=False,
         metadata={
@@ -254,6 +265,8 @@ class TrainArguments(FineTuneArguments):
             raise ConfigError("cache_latents needs center_crop: a cached latent cannot be cropped at random")
         self.check_at_least(1, "num_train_epochs", "max_train_samples")
         self.check_at_least(0, "dataloader_num_workers", "noise_offset")
+        if not 0 <= self.proportion_empty_prompts < 1:
+            raise ConfigError(f"proportion_empty_prompts={self.proportion_empty_prompts}: at least 0 and below 1")
         # Counts that allocate memory: refused at once rather than killed for memory later.
         self.check_at_most(4_096, "resolution", why="pixels per side")
         self.check_pixels_per_batch("train_batch_size", "resolution", "resolution")
@@ -374,8 +387,8 @@ class EpochOrder(torch.utils.data.Sampler):
     saved that state, and drawn again after the resume. The training loop sets `epoch`.
     """
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
+    def __init__(self, size: int, seed: int, empty_prompts: float = 0.0):
+        self.size, self.seed, self.epoch, self.empty_prompts = size, seed, 0, empty_prompts
 
     def __len__(self) -> int:
         return self.size
@@ -388,6 +401,13 @@ class EpochOrder(torch.utils.data.Sampler):
         """The random numbers of one row's augmentation in this epoch."""
         return random.Random(self._seed(self.epoch, row))
 
+    def drops_caption(self, row: int) -> bool:
+        """Whether this row trains on the empty prompt in this epoch (--proportion_empty_prompts): a
+        stream of its own, so that the augmentation draws stay what they are without it."""
+        if not self.empty_prompts:
+            return False
+        return random.Random(self._seed(self.epoch, row, EMPTY_PROMPT_STREAM)).random() < self.empty_prompts
+
     def _seed(self, *keys: int) -> int:
         return int(np.random.SeedSequence([self.seed, *keys]).generate_state(1)[0])
 
@@ -397,9 +417,14 @@ class CachedLatents(torch.utils.data.Dataset):
     distinct caption: fp16 arrays memory-mapped from disk, so memory stays flat in the dataset's size."""
 
     def __init__(
-        self, folder: Path, tokens: list[dict[str, torch.Tensor]], caption_index: list[int] | None, order: EpochOrder
+        self,
+        folder: Path,
+        tokens: list[dict[str, torch.Tensor]],
+        caption_index: list[int] | None,
+        order: EpochOrder,
+        empty: tuple[dict[str, torch.Tensor], int | None] = ({}, None),
     ):
-        self.order = order
+        self.order, (self.empty_tokens, self.empty_index) = order, empty
         self.latents = np.load(folder / "latents.npy", mmap_mode="r")
         flipped = folder / "latents_flipped.npy"
         self.flipped = np.load(flipped, mmap_mode="r") if flipped.is_file() else None
@@ -413,9 +438,12 @@ class CachedLatents(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         use_flipped = self.flipped is not None and self.order.draws(index).random() < 0.5
         latents = (self.flipped if use_flipped else self.latents)[index]
-        item = {"latents": torch.from_numpy(np.array(latents, dtype=np.float32)), **self.tokens[index]}
+        empty = self.order.drops_caption(index)
+        item = {"latents": torch.from_numpy(np.array(latents, dtype=np.float32)),
+                **(self.empty_tokens if empty else self.tokens[index])}  # fmt: skip
         if self.hidden is not None:
-            item["hidden"] = torch.from_numpy(np.array(self.hidden[self.caption_index[index]], dtype=np.float32))
+            caption = self.empty_index if empty else self.caption_index[index]
+            item["hidden"] = torch.from_numpy(np.array(self.hidden[caption], dtype=np.float32))
         return item
 
 
@@ -435,7 +463,8 @@ def cache_latents(
     vae, text_encoder = models
     device = accelerator.device
     folder.mkdir(parents=True, exist_ok=True)
-    distinct = list(dict.fromkeys(captions))
+    # The empty prompt is one more distinct caption where rows may train on it.
+    distinct = list(dict.fromkeys(captions + [""] * (args.proportion_empty_prompts > 0)))
     caption_index = [distinct.index(c) for c in captions] if not args.train_text_encoder else None
     tokens, arrays = [], {}
     rows = len(train_data)
@@ -469,7 +498,11 @@ def cache_latents(
     for array in arrays.values():
         array.flush()
     del arrays
-    return CachedLatents(folder, tokens, caption_index, order)
+    empty = tokenize([""])
+    empty_tokens = {"input_ids": empty.input_ids[0], "attention_mask": empty.attention_mask[0]}
+    return CachedLatents(
+        folder, tokens, caption_index, order, (empty_tokens, distinct.index("") if "" in distinct else None)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -577,7 +610,7 @@ def make_loader(
     from torchvision import transforms
     from torchvision.transforms import functional
 
-    order = EpochOrder(len(data), args.seed)
+    order = EpochOrder(len(data), args.seed, args.proportion_empty_prompts)
     resize = transforms.Resize(args.resolution, interpolation=transforms.InterpolationMode.BILINEAR)
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
     flip = args.random_flip and not args.cache_latents  # cached latents hold both orientations instead
@@ -597,7 +630,10 @@ def make_loader(
 
     def preprocess(batch: dict[str, list]) -> dict[str, list]:
         batch["pixel_values"] = [augment(image, row) for image, row in zip(batch[args.image_column], batch[ROW])]
-        tokens = parts.tokenize([str(caption) for caption in batch[args.caption_column]])
+        # Cached latents keep each row's own caption: their dataset draws the empty prompt per item.
+        dropped = [not args.cache_latents and order.drops_caption(row) for row in batch[ROW]]
+        captions = ["" if drop else str(caption) for caption, drop in zip(batch[args.caption_column], dropped)]
+        tokens = parts.tokenize(captions)
         batch["input_ids"], batch["attention_mask"] = list(tokens.input_ids), list(tokens.attention_mask)
         return batch
 
@@ -814,20 +850,19 @@ def batch_inputs(
     batch: Any, vae: Any, text_encoder: Any, args: TrainArguments, dtype: torch.dtype, device: Any
 ) -> tuple:
     """Latents and text hidden states of a batch: from the cache, or encoded now."""
+
+    def encoded() -> torch.Tensor:
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        return encode_each_caption_once(text_encoder, ids, mask)
+
     if "latents" in batch:
-        latents = batch["latents"].to(device)
-        hidden = (
-            batch["hidden"].to(device)
-            if "hidden" in batch
-            else encode_text(text_encoder, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        )
-        return latents * vae.config.scaling_factor, hidden
+        hidden = batch["hidden"].to(device) if "hidden" in batch else encoded()
+        return batch["latents"].to(device) * vae.config.scaling_factor, hidden
     with torch.no_grad():
         latents = vae.encode(batch["pixel_values"].to(device, dtype=dtype)).latent_dist.sample()
     latents = latents * vae.config.scaling_factor
     with torch.set_grad_enabled(args.train_text_encoder):
-        hidden = encode_text(text_encoder, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-    return latents, hidden
+        return latents, encoded()
 
 
 STAGE = TrainTextToImage()
