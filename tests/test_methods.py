@@ -585,7 +585,7 @@ def check_methods_recipe(root: Path) -> None:
         for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
             costs = rows[(method, language)]
             assert costs["seeds"] == 3 and costs["seed_distance_low"] <= costs["seed_distance_high"]
-            assert costs["measurable"] and costs["training_images"] == 60 * 64
+            assert costs["measurable"] and costs["training_images"] == 80 * 64
             assert costs["unet_passes_per_image"] == steps
     assert rows[("prompts-g3+sega", "de")]["unet_passes_per_image"] == 4 * steps  # SEGA: 4 passes a step
     # Every fine-tune lowers the bias of the neutral prompts, over the four languages, and the pooled

@@ -191,6 +191,12 @@ def build_world_pipeline(texts: list[str], seed: int = 0, width: int = 64) -> An
             pad_token_id=1,
             type_vocab_size=1,
             use_attention_mask=True,
+            # No dropout: its masks were a sixth of the world's training step on a 2-core CPU, and a
+            # world of a few hundred captions, each with a few hundred pictures, has nothing to
+            # overfit that dropout would keep it from (eight draws of each: README). Without masks
+            # the training script also encodes each distinct caption of a batch once.
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
         )
     )
     unet = world_unet(width)
