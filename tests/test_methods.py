@@ -560,9 +560,11 @@ def check_methods_recipe(root: Path) -> None:
     for language in languages:
         base = rows[("base", language)]
         assert base["guidance_scale"] == 1.0 and base["p_value"] is None and base["seeds"] == 1
-        # The base model follows its training data (slope about 1); guidance amplifies it, in every language.
+        # The base model follows its training data (slope about 1); guidance 5 moves every language's
+        # shares away from parity. Whether along the planted skew (the slope) is not planted: the world
+        # never trains the empty prompt that guidance steers away from, and over draws of the world the
+        # slope at guidance 5 went either way (README), so only the distance is asserted.
         assert 0.7 < base["amplification"] < 1.3
-        assert rows[("base-g5", language)]["amplification"] > base["amplification"]
         assert rows[("base-g5", language)]["distance"] > base["distance"]
         assert rows[("base-g5", language)]["baseline"] == "base" and rows[("base-g5", language)]["p_value"] is not None
         # Interventions are tested against the unchanged prompt of their own images, same seeds. The
@@ -579,9 +581,11 @@ def check_methods_recipe(root: Path) -> None:
         explicit, ethical = rows[("prompts-g3+explicit_gender", language)], rows[("prompts-g3+ethical", language)]
         assert explicit["distance"] < 0.1 and abs(explicit["amplification"]) < 0.2
         assert abs(ethical["amplification"] - unchanged["amplification"]) < 0.3
-        # Neutral captions alone cost the control of gendered prompts; mixing gendered captions back keeps it.
+        # Neutral captions alone cost the control of gendered prompts below the 90% the debiasing verdict
+        # asks (its whole interval); mixing gendered captions back keeps it above. By how much neutral
+        # captions cost it is not planted: 53-56% on the world with dropout, 59-80% without (README).
         neutral, mixed = rows[("neutral-ft", language)], rows[("mixed-ft", language)]
-        assert mixed["explicit_gender_control"] > neutral["explicit_gender_control"] + 0.2
+        assert neutral["explicit_gender_control_ci_high"] < 0.9 <= mixed["explicit_gender_control"]
         for method in ("neutral-ft", "mixed-ft", "mixed-lora"):
             costs = rows[(method, language)]
             assert costs["seeds"] == 3 and costs["seed_distance_low"] <= costs["seed_distance_high"]

@@ -757,9 +757,10 @@ def test_a_corrupt_training_image_is_skipped_and_counted_or_stops(training_study
 @pytest.mark.parametrize(
     "kind,extra",
     [
-        ("full", ["--use_ema", "--train_text_encoder", "--random_flip", "--gradient_accumulation_steps", "2"]),
+        ("full", ["--use_ema", "--train_text_encoder", "--random_flip", "--gradient_accumulation_steps", "2",
+                  "--proportion_empty_prompts", "0.3"]),
         ("lora", ["--use_lora", "--rank", "2", "--cache_latents", "--random_flip", "--snr_gamma", "5.0",
-                  "--noise_offset", "0.1"]),
+                  "--noise_offset", "0.1", "--proportion_empty_prompts", "0.3"]),
     ],
 )  # fmt: skip
 def test_a_resumed_training_is_byte_identical_to_an_uninterrupted_one(
@@ -767,7 +768,8 @@ def test_a_resumed_training_is_byte_identical_to_an_uninterrupted_one(
 ) -> None:
     """Stopped at a checkpoint and resumed, a training gives the same losses and the same weights, to the
     bit, as the same training run straight through (at the same thread count): the data order of every
-    epoch, the noise, the timesteps, the optimiser, the schedule and the EMA all continue."""
+    epoch, the captions replaced by the empty prompt, the noise, the timesteps, the optimiser, the
+    schedule and the EMA all continue."""
     import shutil
 
     from safetensors.torch import load_file
