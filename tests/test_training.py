@@ -1271,6 +1271,8 @@ def test_each_distinct_caption_is_encoded_once_with_the_same_states_and_gradient
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.1
     assert draws_dropout(dropping) and not draws_dropout(dropping.eval())
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))  # no config: its modules say
+    assert draws_dropout(plain) and not draws_dropout(torch.nn.Linear(2, 2))
     dropping.train()
     torch.manual_seed(0)
     masked = encode_each_caption_once(dropping, tokens.input_ids, tokens.attention_mask)

@@ -73,8 +73,8 @@ def draws_dropout(model: Any) -> bool:
 
     if not model.training:
         return False
-    config = getattr(extract_model_from_parallel(model), "config", None)
-    rates = [value for key, value in vars(config).items() if "dropout" in key and isinstance(value, (int, float))]
+    settings = getattr(getattr(extract_model_from_parallel(model), "config", None), "__dict__", {})
+    rates = [value for key, value in settings.items() if "dropout" in key and isinstance(value, (int, float))]
     rates += [module.p for module in model.modules() if isinstance(module, torch.nn.modules.dropout._DropoutNd)]
     return any(rate > 0 for rate in rates)
 
