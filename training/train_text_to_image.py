@@ -498,11 +498,11 @@ def cache_latents(
     for array in arrays.values():
         array.flush()
     del arrays
+    if not args.proportion_empty_prompts:
+        return CachedLatents(folder, tokens, caption_index, order)
     empty = tokenize([""])
     empty_tokens = {"input_ids": empty.input_ids[0], "attention_mask": empty.attention_mask[0]}
-    return CachedLatents(
-        folder, tokens, caption_index, order, (empty_tokens, distinct.index("") if "" in distinct else None)
-    )
+    return CachedLatents(folder, tokens, caption_index, order, (empty_tokens, distinct.index("")))
 
 
 # ---------------------------------------------------------------------------------------------
