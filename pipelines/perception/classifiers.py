@@ -150,7 +150,9 @@ def _load_resnet(path: Path, device: str, what: str) -> torch.nn.Module:
         raise ConfigError(
             f"{what}={path.name!r}: not a FairFace ResNet-34 state dict (18 outputs): {str(err).splitlines()[0][:160]}"
         ) from None
-    return model.eval().to(device)
+    # Channels-last: oneDNN's convolutions run ResNet-34 1.24x faster on one CPU thread (14.9 against
+    # 18.6 chips/s at batch 64; logits 8e-5 apart), and NHWC is what GPU kernels prefer too.
+    return model.eval().to(device, memory_format=torch.channels_last)
 
 
 def fairface_files(weights: str | Path, race4: str | Path | None = None) -> tuple[Path, Path | None]:
@@ -198,9 +200,11 @@ class FairFaceClassifier:
 
     @inference_mode
     def classify(self, crops: list[FaceCrop]) -> list[Attributes]:
+        import torch
+
         if not crops:
             return []
-        pixels = _tensor([crop.chip for crop in crops], 224, self.device)
+        pixels = _tensor([crop.chip for crop in crops], 224, self.device).contiguous(memory_format=torch.channels_last)
         logits = self.model(pixels).float().cpu()
         race, gender, age = logits[:, :7].softmax(1), logits[:, 7:9].softmax(1), logits[:, 9:18].softmax(1)
         race4 = self.model4(pixels).float().cpu()[:, :4].softmax(1).numpy() if self.model4 is not None else None
