@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import machine, write_report
 from pipelines.harness.stage import usable_cpus
@@ -35,21 +36,38 @@ ROOT = Path(__file__).resolve().parents[1]
 SPIN = "while True:\n    pass\n"
 
 
-def worker(seconds: float, threads: int) -> tuple[float, int]:
-    """Training steps per second of the world model on `threads` (0: the toolkit's choice), after one
-    warm-up step, and the threads it ran on."""
+def worker(seconds: float, threads: int, neighbours: int) -> tuple[float, int]:
+    """Training steps per second of the world model on `threads` (0: the toolkit's choice) beside
+    `neighbours` spinning processes, after one warm-up step, and the threads it ran on. The neighbours
+    start once the libraries are imported and the model built, before the threads are chosen: what is
+    measured is the same, and the start-up (most of a short measurement's time) does not run at the
+    neighbours' pace."""
     import torch
 
     from pipelines.harness.stage import cpu_share
     from pipelines.modeling.world import SIZE, build_world_pipeline
 
-    threads = threads or cpu_share()[0]
-    torch.set_num_threads(threads)
     pipe = build_world_pipeline([f"a photo of a {job}" for job in ("nurse", "CEO", "teacher", "firefighter")])
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(neighbours)]
+    try:
+        time.sleep(0.2 if neighbours else 0)  # the neighbours at their loop before the load is sampled
+        threads = threads or cpu_share()[0]
+        torch.set_num_threads(threads)
+        return train(pipe, SIZE, seconds), threads
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def train(pipe: Any, size: int, seconds: float) -> float:
+    """The world model's training steps per second over `seconds`, after one warm-up step."""
+    import torch
+
     unet, text_encoder = pipe.unet.train(), pipe.text_encoder.train()
     optimizer = torch.optim.AdamW([*unet.parameters(), *text_encoder.parameters()], lr=1e-4)
     tokens = pipe.tokenizer(["a photo of a nurse"] * 64, padding="max_length", return_tensors="pt")
-    pixels = torch.randn(64, 3, SIZE, SIZE)
+    pixels = torch.randn(64, 3, size, size)
 
     def step() -> None:
         hidden = text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
@@ -64,7 +82,7 @@ def worker(seconds: float, threads: int) -> tuple[float, int]:
     while time.perf_counter() - started < seconds:
         step()
         steps += 1
-    return steps / (time.perf_counter() - started), threads
+    return steps / (time.perf_counter() - started)
 
 
 def measure(seconds: float, threads: int, passive: bool, neighbours: int) -> tuple[float, int]:
@@ -72,17 +90,11 @@ def measure(seconds: float, threads: int, passive: bool, neighbours: int) -> tup
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or usable_cpus())}
     if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(neighbours)]
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_contention", "--worker", "--threads", str(threads),
-             "--seconds", str(seconds)],
-            cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_contention", "--worker", "--threads", str(threads),
+         "--seconds", str(seconds), "--neighbours", str(neighbours)],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
     rate, used = done.stdout.strip().splitlines()[-1].split()
     return float(rate), int(used)
 
@@ -96,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results_dir", default=None)
     options = parser.parse_args(argv)
     if options.worker:
-        print(*worker(options.seconds, options.threads))
+        print(*worker(options.seconds, options.threads, options.neighbours))
         return {}
     cpus = usable_cpus()
     policies = {
