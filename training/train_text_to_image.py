@@ -465,7 +465,8 @@ def cache_latents(
     folder.mkdir(parents=True, exist_ok=True)
     # The empty prompt is one more distinct caption where rows may train on it.
     distinct = list(dict.fromkeys(captions + [""] * (args.proportion_empty_prompts > 0)))
-    caption_index = [distinct.index(c) for c in captions] if not args.train_text_encoder else None
+    position = {caption: number for number, caption in enumerate(distinct)}  # list.index per row was quadratic
+    caption_index = [position[c] for c in captions] if not args.train_text_encoder else None
     tokens, arrays = [], {}
     rows = len(train_data)
     for start in tqdm(range(0, rows, args.train_batch_size), desc="caching latents",
@@ -502,7 +503,7 @@ def cache_latents(
         return CachedLatents(folder, tokens, caption_index, order)
     empty = tokenize([""])
     empty_tokens = {"input_ids": empty.input_ids[0], "attention_mask": empty.attention_mask[0]}
-    return CachedLatents(folder, tokens, caption_index, order, (empty_tokens, distinct.index("")))
+    return CachedLatents(folder, tokens, caption_index, order, (empty_tokens, position[""]))
 
 
 # ---------------------------------------------------------------------------------------------
