@@ -465,7 +465,7 @@ def cache_latents(
     folder.mkdir(parents=True, exist_ok=True)
     # The empty prompt is one more distinct caption where rows may train on it.
     distinct = list(dict.fromkeys(captions + [""] * (args.proportion_empty_prompts > 0)))
-    position = {caption: number for number, caption in enumerate(distinct)}  # list.index per row was quadratic
+    position = {caption: number for number, caption in enumerate(distinct)}  # a scan per row would be quadratic
     caption_index = [position[c] for c in captions] if not args.train_text_encoder else None
     tokens, arrays = [], {}
     rows = len(train_data)
