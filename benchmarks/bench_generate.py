@@ -9,6 +9,9 @@ and scheduler, the stage with `--batch_size` images per call:
 - in one process, as many CPU threads as cores (`--cpu_threads`: the thread count chosen for the
   machine, when exact bytes across thread counts are not asked for);
 - under `torchrun`, one process per core, one thread each (the exact-bytes setting);
+- in one process on one thread, alone and with a worker thread per core (`--cpu_workers`, each with
+  its own copy of the pipeline: the exact-bytes setting without launching processes), and whether
+  the two wrote the same bytes;
 - both again with bfloat16 weights (`--dtype bfloat16`), the CPU's counterpart of the fp16 a GPU
   runs: fast where the CPU computes in bfloat16 natively (AVX512-BF16 or AMX; `cpu_bf16_native`).
   What it costs is measured too: how far each bfloat16 image lies from its float32 twin (same
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": options.batch_size,
         "num_inference_steps": options.steps,
         "guidance_scale": 7.5,
+        "images_per_shard": 2 * options.batch_size,  # shards enough for a worker per core
     }
 
     # Baseline: the reference loop, one prompt and one seed per call, each image encoded and written.
@@ -90,13 +94,17 @@ def main(argv: list[str] | None = None) -> dict:
     half = len(rows) // 2
     baseline = reference_loop(rows[:half])
 
-    def stage(name: str, processes: int, dtype: str, images: int = options.images) -> float:
-        """Seconds of one stage run: in this process (as the baseline, torch is already imported), or
-        under torchrun, starting its processes included."""
+    def stage(
+        name: str, processes: int, dtype: str, images: int = options.images, workers: int | None = None
+    ) -> float:
+        """Seconds of one stage run: in this process (as the baseline, torch is already imported) on a
+        thread per core, or on one thread with `workers` worker threads, or under torchrun, starting
+        its processes included."""
         started = time.perf_counter()
         given = {**common, **settings, "max_prompts": images, "dtype": dtype}
         if processes == 1:
-            arguments = {**given, "output_repo": name, "cpu_threads": cores}
+            threads = {"cpu_threads": cores} if workers is None else {"cpu_threads": 1, "cpu_workers": workers}
+            arguments = {**given, "output_repo": name, **threads}
             generate_images.run(generate_images.Arguments(**arguments, variants=["gendered"], force=True))
         else:
             flags = [f"--{key}={value}" for key, value in given.items()]
@@ -114,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         "processes": stage("processes", cores, "float32"),
         "bf16_threads": stage("bf16-threads", 1, "bfloat16"),
         "bf16_processes": stage("bf16-processes", cores, "bfloat16"),
+        "one_thread": stage("one-thread", 1, "float32", workers=1),
+        "workers": stage("workers", 1, "float32", workers=cores),
     }
     # The fastest setting once started: a run of one batch per process costs the same start-up
     # (processes, model, publishing), so the difference is the work on the other images.
@@ -136,11 +146,19 @@ def main(argv: list[str] | None = None) -> dict:
         **{f"speedup_{name}": round(baseline / seconds, 2) for name, seconds in runs.items()},
         "bf16_processes_steady_images_per_second": round(steady, 2) if steady else None,
         "speedup_bf16_processes_steady": round(steady * baseline / count, 2) if steady else None,
+        "speedup_workers_vs_one_thread": round(runs["one_thread"] / runs["workers"], 2),
+        "workers_same_bytes": data_files(store, "bench/one-thread") == data_files(store, "bench/workers"),
         "bf16_pixel_difference": pixel_difference(store, "bench/threads", "bench/bf16-threads"),
         "goal": 2.0,
     }
     write_report("generate", report, options.results_dir)
     return report
+
+
+def data_files(store: LocalStore, spec: str) -> dict[str, bytes]:
+    """Every data file of a published images dataset, by relative path."""
+    folder = store.resolve(spec, "dataset")
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted((folder / "data").rglob("*.parquet"))}
 
 
 def pixel_difference(store: LocalStore, reference: str, other: str) -> dict[str, float]:

@@ -7,11 +7,14 @@
   of the base seed, `prompt_id` and index; `--seeds index`: base seed + index for every prompt, as
   the reference evaluation), so languages are paired seed for seed.
 - What holds exactly: the same images per pipeline call (`--batch_size`) and the same CPU threads
-  per process (`--cpu_threads`) give identical bytes, whatever the number of processes, and a
-  resumed run gives the bytes of an uninterrupted one. Another batch size may change a few pixels
-  by 1/255, since batched float sums round differently.
+  per process (`--cpu_threads`) give identical bytes, whatever the number of processes or of worker
+  threads in each (`--cpu_workers`), and a resumed run gives the bytes of an uninterrupted one.
+  Another batch size may change a few pixels by 1/255, since batched float sums round differently.
 - Work is cut into shards of `--images_per_shard` images (the unit of resuming) in a fixed order;
-  shard `i` belongs to process `i % num_processes` (see `pipelines.harness.stage`).
+  shard `i` belongs to process `i % num_processes` (see `pipelines.harness.stage`). On a CPU a
+  process makes its shards with a worker thread per CPU that other work leaves free, each with its
+  own copy of the pipeline on `--cpu_threads` threads, so one thread per image keeps every core busy
+  without launching processes.
 - `--face_filter` makes an image with other than exactly one face again from its next seed, up to
   `--max_attempts`; `rejected` counts the retries. Like MAGBIG's and the reference evaluation's
   filter, it checks every image; unlike theirs, which keeps the first N passing seeds of one running
@@ -34,7 +37,7 @@ from pipelines.artifacts.inputs import hub_pipeline_files
 from pipelines.artifacts.reader import model_caption_forms
 from pipelines.errors import ConfigError, DataError
 from pipelines.harness.config import StageArguments, input_field
-from pipelines.harness.stage import Shard, ShardedStage, StageRun, shard_seconds
+from pipelines.harness.stage import Shard, ShardedStage, StageRun, cpu_workers_field, shard_seconds
 from pipelines.modeling.diffusion import DTYPES, SCHEDULERS, load_pipeline
 from pipelines.prompting.grammar import describe_neutral_forms, form_mismatch
 from pipelines.prompting.grid import VARIANTS
@@ -104,6 +107,7 @@ class Arguments(StageArguments):
             "only for the same value: keep it fixed and scale out with processes (torchrun)."
         },
     )
+    cpu_workers: int | None = cpu_workers_field()
     face_filter: str | None = field(
         default=None,
         metadata={
@@ -150,7 +154,7 @@ class Arguments(StageArguments):
         self.check_at_least(
             1, "num_images", "batch_size", "images_per_shard", "num_inference_steps", "cpu_threads", "max_attempts"
         )
-        self.check_at_least(1, "max_prompts")
+        self.check_at_least(1, "max_prompts", "cpu_workers")
         # Counts that allocate memory up front: refused at once rather than killed for memory later.
         self.check_at_most(100_000, "num_images", why="images per prompt")
         self.check_at_most(1_000, "num_inference_steps", why="a scheduler trained on 1,000 timesteps")
@@ -187,7 +191,8 @@ class GenerateImages(ShardedStage):
     name = "generate_images"
     Arguments = Arguments
     features = schemas.IMAGES
-    not_parameters = ("work_dir", "device")
+    not_parameters = ("work_dir", "device", "cpu_workers")
+    threads_share_nothing = True  # each copy its own pipeline; each image its own seeded generator
 
     def model_options(self, name: str, args: Any = None) -> dict[str, Any]:
         from pipelines.modeling.diffusion import pipeline_problem

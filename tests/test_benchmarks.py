@@ -175,8 +175,14 @@ def test_the_dry_run_s_times_come_from_the_throughput_file_and_say_so(
     [
         (
             "bench_generate",
-            ["--images", "4", "--steps", "2", "--batch_size", "2"],
-            ["speedup_threads", "speedup_processes", "speedup_bf16_threads", "speedup_bf16_processes"],
+            ["--images", "8", "--steps", "2", "--batch_size", "2"],
+            [
+                "speedup_threads",
+                "speedup_processes",
+                "speedup_bf16_threads",
+                "speedup_bf16_processes",
+                "speedup_workers_vs_one_thread",
+            ],
         ),
         (
             "bench_classify",
@@ -213,6 +219,7 @@ def test_cpu_benchmarks_report_their_ratios(tmp_path: Path, name: str, argv: lis
     if name == "bench_generate":  # bfloat16 images against their float32 twins, in 8-bit levels
         difference = report["bf16_pixel_difference"]
         assert 0 <= difference["mean"] <= difference["p99"] <= 255 and isinstance(report["cpu_bf16_native"], bool)
+        assert report["workers_same_bytes"] is True  # a worker thread per core: the bytes of one thread
     if name == "bench_classify":  # dlib's wheel against its port, MTCNN against MTCNN; the fast path's cost
         for detector in ("dlib", "mtcnn"):
             assert positive(report[detector]["speedup"]) and positive(report[detector]["reference_images_per_second"])

@@ -139,3 +139,145 @@ def test_two_identical_runs_at_once_publish_one_revision(sharded: dict) -> None:
     rows = pq.read_table(sorted((folder / "data" / "en_eval_direct").glob("*.parquet"))).to_pylist()
     keys = [(row["prompt_id"], row["sample_index"]) for row in rows]
     assert len(keys) == len(set(keys))
+
+
+def test_two_workers_in_one_process_make_the_same_bytes_as_one(
+    sharded: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--cpu_workers 2`: two copies of the pipeline in threads of this process, each shard made as one
+    process makes it, so the same bytes; with semantic guidance too, which each copy builds lazily."""
+    store = LocalStore(sharded["store_root"])
+    extra = ["--interventions", "none", "sega", "--cpu_threads", "1"]
+    for workers in ("1", "2"):
+        argv = command_line("generate_images", sharded, f"workers-{workers}", *extra, "--cpu_workers", workers)
+        generate_images.STAGE.main(argv)
+        assert ("(2 workers)" in capsys.readouterr().err) == (workers == "2")  # really two threads
+    one, two = (store.resolve(f"study/workers-{n}", "dataset") for n in ("1", "2"))
+    assert data_digest(one) == data_digest(two) and len(data_digest(one)) == 8  # 2 languages x 2 methods x 2 shards
+
+
+def test_a_failing_worker_stops_the_others_and_publishes_nothing(
+    sharded: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A shard that fails in one thread ends the run with its error; the other worker takes no new
+    shard after it, nothing is published, and the shards already made stay for a rerun to resume."""
+    make = generate_images.GenerateImages.make
+    made: list[tuple[str, int]] = []
+
+    def fail_on_the_third(self, run, shard) -> list:  # noqa: ANN001 - the stage's own signature
+        if len(made) == 2:
+            raise RuntimeError("out of memory in shard three")
+        rows = make(self, run, shard)
+        made.append((shard.config, shard.index))
+        return rows
+
+    monkeypatch.setattr(generate_images.GenerateImages, "make", fail_on_the_third)
+    work = tmp_path / "work"
+    argv = command_line("generate_images", sharded, "workers-failed", "--cpu_workers", "2", "--work_dir", str(work))
+    with pytest.raises(RuntimeError, match="out of memory in shard three"):
+        generate_images.STAGE.main(argv)
+    assert not LocalStore(sharded["store_root"]).exists("study/workers-failed", "dataset")
+    written = list(work.rglob("train-*.parquet"))
+    assert 2 <= len(written) < 4  # the failure stopped the run before its last shard (4 in all)
+    monkeypatch.setattr(generate_images.GenerateImages, "make", make)
+    generate_images.STAGE.main(argv)  # resumes: the rows as a straight run makes them
+    generate_images.STAGE.main(command_line("generate_images", sharded, "workers-straight"))
+    store = LocalStore(sharded["store_root"])
+    resumed, straight = (store.resolve(f"study/workers-{name}", "dataset") for name in ("failed", "straight"))
+    assert data_digest(resumed) == data_digest(straight)
+
+
+class NotShared(generate_images.GenerateImages):
+    threads_share_nothing = False
+
+
+@pytest.mark.parametrize(
+    ("stage", "device", "asked", "threads", "usable", "busy", "shards", "expected"),
+    [
+        (generate_images.STAGE, "cuda", 2, 1, 8, 0.0, 10, 1),  # a GPU: one worker per process
+        (NotShared(), "cpu", 2, 1, 8, 0.0, 10, 1),  # a stage whose copies would share state
+        (generate_images.STAGE, "cpu", 4, 1, 2, 0.0, 3, 3),  # as asked, at most one per shard
+        (generate_images.STAGE, "cpu", None, 1, 4, 1.2, 10, 3),  # the CPUs other work leaves free
+        (generate_images.STAGE, "cpu", None, 2, 4, 0.0, 10, 2),  # at cpu_threads each
+        (generate_images.STAGE, "cpu", None, 2, 4, 2.0, 10, 1),  # a busy machine: one
+        (generate_images.STAGE, "cpu", None, 1, 4, 0.0, 1, 1),  # one shard left: one
+    ],
+)
+def test_the_workers_of_a_sharded_stage(
+    monkeypatch: pytest.MonkeyPatch,
+    stage: object,
+    device: str,
+    asked: int | None,
+    threads: int,
+    usable: int,
+    busy: float,
+    shards: int,
+    expected: int,
+) -> None:
+    from types import SimpleNamespace
+
+    from pipelines.harness import stage as stage_module
+
+    monkeypatch.setattr(stage_module, "usable_cpus", lambda: usable)
+    monkeypatch.setattr(stage_module, "busy_cpus", lambda *a, **k: busy)
+    args = SimpleNamespace(cpu_workers=asked, cpu_threads=threads)
+    assert stage_module.cpu_workers(stage, args, device, 1, shards) == expected
+
+
+def test_no_load_is_sampled_where_a_second_worker_cannot_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes on two CPUs (torchrun), or one CPU: one worker each, without the 0.3 s sample."""
+    from types import SimpleNamespace
+
+    from pipelines.harness import stage as stage_module
+
+    def sampled(*args, **kwargs) -> float:  # noqa: ANN002, ANN003
+        raise AssertionError("the load was sampled")
+
+    monkeypatch.setattr(stage_module, "busy_cpus", sampled)
+    args = SimpleNamespace(cpu_workers=None, cpu_threads=1)
+    for usable, processes in ((2, 2), (1, 1), (3, 2)):
+        monkeypatch.setattr(stage_module, "usable_cpus", lambda usable=usable: usable)
+        assert stage_module.cpu_workers(generate_images.STAGE, args, "cpu", processes, 10) == 1
+
+
+@pytest.mark.parametrize(
+    ("meminfo", "cgroup", "per_copy_gib", "expected"),
+    [
+        ("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n", None, 1, 5),  # 8 GiB free: 4 GiB for 4 more
+        ("MemAvailable: 8388608 kB\n", ("3221225472", "1073741824"), 1, 2),  # the cgroup leaves 2 GiB
+        ("MemAvailable: 8388608 kB\n", ("max", "1073741824"), 1, 5),  # no cgroup limit
+        ("MemAvailable: 10485760 kB\n", None, 6, 1),  # a model of 6 GiB in 10 GiB: no second copy
+        (None, None, 1, 1),  # nothing readable: one copy
+    ],
+)
+def test_worker_copies_stay_within_half_the_free_memory(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    meminfo: str | None,
+    cgroup: tuple[str, str] | None,
+    per_copy_gib: int,
+    expected: int,
+) -> None:
+    from pipelines.harness import stage as stage_module
+
+    if meminfo is not None:
+        (tmp_path / "meminfo").write_text(meminfo)
+    if cgroup is not None:
+        (tmp_path / "memory.max").write_text(cgroup[0] + "\n")
+        (tmp_path / "memory.current").write_text(cgroup[1] + "\n")
+    monkeypatch.setattr(stage_module, "PROC_MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(stage_module, "CGROUP_MEMORY", tmp_path)
+    assert stage_module.copies_that_fit(per_copy_gib << 30) == expected
+
+
+@pytest.mark.parametrize(("copies", "workers"), [(1, False), (5, True)])
+def test_by_default_a_free_core_gets_a_worker_where_the_memory_holds_a_copy(
+    sharded: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], copies: int, workers: bool
+) -> None:
+    from pipelines.harness import stage as stage_module
+
+    monkeypatch.setattr(stage_module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(stage_module, "busy_cpus", lambda *a, **k: 0.0)
+    monkeypatch.setattr(stage_module, "copies_that_fit", lambda per_copy: copies)
+    generate_images.STAGE.main(command_line("generate_images", sharded, f"auto-workers-{copies}"))
+    assert ("(2 workers)" in capsys.readouterr().err) is workers

@@ -12,7 +12,9 @@ local file) and fingerprints inputs and parameters; if the output repo already h
 with that fingerprint it is reused. Otherwise a sharded stage works in `<store root>/.work/<stage>/
 <fingerprint>/`, writing each shard atomically, so a killed run resumes where it stopped; shard `i`
 belongs to process `i % num_processes` under `torchrun` or `accelerate launch`, and every shard is
-made in the same batches whatever the number of processes, so the output does not depend on it.
+made in the same batches whatever the number of processes, so the output does not depend on it. On a
+CPU, a stage whose copies share nothing (generation) makes a process's shards in worker threads, each
+with its own copy of the models (`cpu_workers`): the same bytes, the idle cores used.
 The main process holds the work folder's lock for the whole run and publishes the artifact.
 """
 
@@ -27,9 +29,10 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -256,6 +259,10 @@ class ShardedStage(Stage):
 
     features: ClassVar[Any]  # datasets.Features of the rows
     unit: ClassVar[str] = "img"
+    # Whether copies of it, each `open`ed, may `make` shards at once in threads of one process: true
+    # where a copy shares nothing `make` changes and its work runs in torch, which leaves Python's
+    # lock while it computes (`cpu_workers`).
+    threads_share_nothing: ClassVar[bool] = False
 
     def plan(self, run: StageRun) -> list[Shard]:
         raise NotImplementedError
@@ -443,22 +450,36 @@ def _make_shards(stage: ShardedStage, run: StageRun, state: Any, folder: Path) -
     if todo:
         device = _device(run.args, state)
         _set_threads(run.args, device)
+        workers = cpu_workers(stage, run.args, device, state.num_processes, len(todo))
+        before = resident_bytes()
         stage.open(run, device)
+        if workers > 1 and getattr(run.args, "cpu_workers", None) is None:
+            workers = min(workers, copies_that_fit(resident_bytes() - before))
         progress = tqdm(
             total=sum(len(s.items) for s in todo),
-            desc=f"{stage.name} [{state.process_index + 1}/{state.num_processes}]",
+            desc=f"{stage.name} [{state.process_index + 1}/{state.num_processes}]"
+            + (f" ({workers} workers)" if workers > 1 else ""),
             unit=stage.unit,
             disable=not state.is_local_main_process,
             file=sys.stderr,
         )
-        for shard in todo:
+        counted = threading.Lock()
+
+        def make_one(worker: ShardedStage, shard: Shard) -> None:
             started = time.perf_counter()
-            writer.write_shard(shard.config, shard.index, stage.make(run, shard))
+            writer.write_shard(shard.config, shard.index, worker.make(run, shard))
             # Timing beside the data, not in it: the rows stay byte-identical from run to run.
             stats = folder / STATS / f"{shard.config}-{shard.index:05d}.json"
             stats.parent.mkdir(parents=True, exist_ok=True)
             stats.write_text(json.dumps({"items": len(shard.items), "seconds": time.perf_counter() - started}))
-            progress.update(len(shard.items))
+            with counted:
+                progress.update(len(shard.items))
+
+        if workers == 1:
+            for shard in todo:
+                make_one(stage, shard)
+        else:
+            _make_in_threads(stage, run, device, todo, workers, make_one)
         progress.close()
     state.wait_for_everyone()
     if state.is_main_process:
@@ -472,6 +493,128 @@ def _make_shards(stage: ShardedStage, run: StageRun, state: Any, folder: Path) -
         for path in folder.glob("data/*/*.parquet"):
             if path not in planned:
                 path.unlink()
+
+
+def _make_in_threads(
+    stage: ShardedStage, run: StageRun, device: str, todo: list[Shard], workers: int, make_one: Any
+) -> None:
+    """`todo` made by `workers` threads, each with its own `open`ed copy of the stage (the first: the
+    stage itself, open already), taking the next shard as it finishes one. Each shard is made as one
+    process makes it (the same batches, the same threads per operation), so the bytes do not depend
+    on `workers`. The first failure stops the others after the shard each is making, and is raised
+    here."""
+    import copy
+    import queue
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    pending: queue.SimpleQueue[Shard] = queue.SimpleQueue()
+    for shard in todo:
+        pending.put(shard)
+    stop = threading.Event()
+    # One `open` at a time: loading a model patches process-wide state for a moment (transformers and
+    # diffusers build it on the meta device), and two loads at once broke one another.
+    opening = threading.Lock()
+
+    def work(number: int) -> None:
+        try:
+            worker = stage
+            if number:
+                worker = copy.copy(stage)  # what `plan` set is shared, read-only
+                with opening:
+                    worker.open(run, device)
+            while not stop.is_set():
+                try:
+                    shard = pending.get_nowait()
+                except queue.Empty:
+                    return
+                make_one(worker, shard)
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(workers, thread_name_prefix=f"{stage.name}-worker") as pool:
+        futures = [pool.submit(work, number) for number in range(workers)]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # Ctrl-C: the workers stop after their shards in progress
+            stop.set()
+            raise
+    for future in futures:
+        future.result()
+
+
+def cpu_workers(stage: Stage, args: Any, device: str, processes: int, shards: int) -> int:
+    """Threads of this process that make shards at once: on a CPU, for a stage whose copies share
+    nothing (`threads_share_nothing`), `--cpu_workers` or, by default, as many as the CPUs that other
+    work leaves free hold at `--cpu_threads` each (one process's share of them under torchrun), then
+    as many as the memory holds (`copies_that_fit`, once the first copy is loaded). A stage on fixed
+    threads (the same bytes on any machine) otherwise leaves the other cores idle."""
+    if device != "cpu" or not getattr(stage, "threads_share_nothing", False) or shards < 2:
+        return 1
+    asked = getattr(args, "cpu_workers", None)
+    if asked is not None:
+        return max(1, min(asked, shards))
+    import torch
+
+    threads = getattr(args, "cpu_threads", None) or torch.get_num_threads()
+    if usable_cpus() // processes < 2 * threads:
+        return 1  # no room for a second worker, busy or not: no need to sample the load
+    share, _ = cpu_share(processes)
+    return max(1, min(shards, share // threads))
+
+
+PROC_MEMINFO = Path("/proc/meminfo")
+CGROUP_MEMORY = Path("/sys/fs/cgroup")  # v2: memory.max ("max" or bytes) and memory.current
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux; 0 where /proc cannot be read)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def memory_room() -> int | None:
+    """Bytes this process could still take: the machine's available memory, capped by what the
+    cgroup's limit leaves; None where neither can be read."""
+    room = None
+    try:
+        for line in PROC_MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                room = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = (CGROUP_MEMORY / "memory.max").read_text().strip()
+        if limit != "max":
+            left = int(limit) - int((CGROUP_MEMORY / "memory.current").read_text())
+            room = left if room is None else min(room, left)
+    except (OSError, ValueError):
+        pass
+    return None if room is None else max(0, room)
+
+
+def copies_that_fit(per_copy: int) -> int:
+    """How many copies of the models (the one loaded, and more) a process may hold: more only while
+    they take at most half of the memory left, and none more where that cannot be read. A worker per
+    free core of a large model on a many-core machine would otherwise run out of memory."""
+    room = memory_room()
+    if room is None:
+        return 1
+    return 1 + int(room / 2 // max(per_copy, 1 << 20))
+
+
+def cpu_workers_field() -> Any:
+    """The `cpu_workers` setting of a stage whose copies share nothing (one definition for each)."""
+    return field(
+        default=None,
+        metadata={
+            "help": "On CPU, shards made at once in each process, by as many copies of the models on "
+            "--cpu_threads threads each (default: as many as the CPUs other work leaves free hold, and "
+            "half the free memory). The bytes are the same for any value; memory grows with it."
+        },
+    )
 
 
 def shard_seconds(folder: Path) -> dict[str, tuple[int, float]]:
