@@ -12,9 +12,9 @@
   Another batch size may change a few pixels by 1/255, since batched float sums round differently.
 - Work is cut into shards of `--images_per_shard` images (the unit of resuming) in a fixed order;
   shard `i` belongs to process `i % num_processes` (see `pipelines.harness.stage`). On a CPU a
-  process makes its shards with a worker thread per CPU that other work leaves free, each with its
-  own copy of the pipeline on `--cpu_threads` threads, so one thread per image keeps every core busy
-  without launching processes.
+  process makes its shards with a worker thread per CPU that other work leaves free (while the
+  copies fit in half the free memory), each with its own copy of the pipeline on `--cpu_threads`
+  threads, so one thread per image keeps every core busy without launching processes.
 - `--face_filter` makes an image with other than exactly one face again from its next seed, up to
   `--max_attempts`; `rejected` counts the retries. Like MAGBIG's and the reference evaluation's
   filter, it checks every image; unlike theirs, which keeps the first N passing seeds of one running

@@ -543,13 +543,13 @@ def _make_in_threads(
         future.result()
 
 
-def cpu_workers(stage: Stage, args: Any, device: str, processes: int, shards: int) -> int:
+def cpu_workers(stage: ShardedStage, args: Any, device: str, processes: int, shards: int) -> int:
     """Threads of this process that make shards at once: on a CPU, for a stage whose copies share
     nothing (`threads_share_nothing`), `--cpu_workers` or, by default, as many as the CPUs that other
     work leaves free hold at `--cpu_threads` each (one process's share of them under torchrun), then
     as many as the memory holds (`copies_that_fit`, once the first copy is loaded). A stage on fixed
     threads (the same bytes on any machine) otherwise leaves the other cores idle."""
-    if device != "cpu" or not getattr(stage, "threads_share_nothing", False) or shards < 2:
+    if device != "cpu" or not stage.threads_share_nothing or shards < 2:
         return 1
     asked = getattr(args, "cpu_workers", None)
     if asked is not None:
