@@ -49,6 +49,54 @@ def test_images_dataset_deterministic_and_paired(tiny_study: dict) -> None:
     assert row["num_inference_steps"] == 2 and row["profession"] == "doctor"
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_on_a_cpu_without_it_says_it_will_be_slow_once(
+    tiny_study: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, native: bool
+) -> None:
+    """--dtype bfloat16 on a CPU that does not compute in it (AVX2 only: oneDNN converts every operand)
+    runs several times slower than float32, so the stage says so, once however many copies of the
+    model its worker threads open; on a CPU with native bfloat16, and in float32, nothing is said."""
+    import torch
+
+    from pipelines.modeling import diffusion as stage
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(stage, "_WARNED", set())
+    generate_images.run(image_arguments(tiny_study, output_repo=f"images-bf16-{native}", dtype="bfloat16",
+                                        cpu_workers=2))  # fmt: skip
+    generate_images.run(image_arguments(tiny_study, output_repo=f"images-fp32-{native}", dtype="float32"))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "without native bfloat16" in line]
+    if native:
+        assert warnings == []
+    else:
+        (line,) = warnings
+        assert line.startswith("warning: dtype=bfloat16 on a CPU without native bfloat16 (")
+        assert "several times slower than float32" in line
+
+
+def test_the_bfloat16_warning_is_for_bfloat16_on_a_cpu_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import torch
+
+    from pipelines.modeling import diffusion as stage
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(stage, "_WARNED", set())
+    stage.warn_if_bfloat16_is_emulated(torch.float32, "cpu", "dtype=float32")
+    stage.warn_if_bfloat16_is_emulated(torch.float16, "cpu", "dtype=float16")
+    stage.warn_if_bfloat16_is_emulated(torch.bfloat16, "cuda", "dtype=bfloat16")
+    assert capsys.readouterr().err == ""
+    stage.warn_if_bfloat16_is_emulated(torch.bfloat16, "cpu", "mixed_precision=bf16")
+    stage.warn_if_bfloat16_is_emulated(torch.bfloat16, "cpu", "mixed_precision=bf16")
+    stage.warn_if_bfloat16_is_emulated(torch.bfloat16, "cpu", "dtype=bfloat16")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" on a CPU")[0] for line in lines] == [
+        "warning: mixed_precision=bf16",
+        "warning: dtype=bfloat16",
+    ]
+
+
 def test_what_determinism_holds(tiny_study: dict) -> None:
     """Exactly what the README claims: with the same batch size and threads an image's bytes do not
     depend on which prompts share its batch; another batch size may move a few pixels by 1/255."""

@@ -833,6 +833,49 @@ def test_a_resume_trains_on_the_thread_count_of_its_checkpoint(
     assert list(chosen.values()) == [2, 1, 3, 7, 7]  # checkpoint-9 was cut short: resume() refuses it
 
 
+@pytest.mark.parametrize(
+    ("usable", "processes", "share", "warned"),
+    [
+        (2, 1, (1, 1.0), "takes 1 thread(s) per process instead of 2"),
+        (4, 2, (1, 2.2), "takes 1 thread(s) per process instead of 2"),
+        (8, 1, (5, 3.0), "takes 5 thread(s) per process instead of 8"),
+        (2, 1, (2, 0.4), None),  # idle enough: the idle machine's count
+        (2, 2, (1, 0.0), None),  # one thread each is what two processes on two CPUs take anyway
+    ],
+)
+def test_training_says_aloud_when_other_work_cuts_its_threads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path,
+    usable: int, processes: int, share: tuple[int, float], warned: str | None,
+) -> None:  # fmt: skip
+    """A run that starts beside other work trains on fewer threads than on an idle machine: other
+    weights to the bit, and slower. It says so on stderr, with the flag that pins the idle count;
+    a run on a machine as idle as the count needs says nothing."""
+    from types import SimpleNamespace
+
+    from training import models as script
+
+    monkeypatch.setattr(script, "usable_cpus", lambda: usable)
+    monkeypatch.setattr(script, "cpu_share", lambda count: share if count == processes else pytest.fail(count))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+    accelerator = SimpleNamespace(
+        device=torch.device("cpu"), num_processes=processes, print=print, is_local_main_process=True
+    )
+    before = torch.get_num_threads()
+    try:
+        threads = script.set_cpu_threads(SimpleNamespace(cpu_threads=None, resume_from_checkpoint=None),
+                                         accelerator, tmp_path)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    assert threads == share[0]
+    err = capsys.readouterr().err
+    if warned is None:  # (a count above this process's own CPUs has its own warning, not this one)
+        assert "warning: other work" not in err
+    else:
+        (line,) = [line for line in err.splitlines() if line.startswith("warning: other work")]
+        assert warned in line and f"--cpu_threads {usable // processes} " in line
+        assert f"{share[1]:.1f} CPU(s) busy" in line
+
+
 def test_a_checkpoint_without_its_completion_marker_is_refused_by_name(tmp_path: Path) -> None:
     """The unit behind the killed-training tests: no trainer_state.json (written last) is cut short."""
     from training.checkpoints import CHECKPOINT_DONE, check_checkpoint

@@ -26,6 +26,7 @@ from pipelines.modeling.diffusion import (
     assemble_pipeline,
     save_pipeline,
     save_text_encoder_lora,
+    warn_if_bfloat16_is_emulated,
 )
 from training.checkpoints import resumed_threads
 
@@ -85,6 +86,8 @@ def make_accelerator(args: FineTuneArguments, output_dir: Path) -> Any:
 
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision='fp16' needs a GPU: use 'no' or 'bf16' on CPU")
+    if args.mixed_precision == "bf16" and not torch.cuda.is_available():
+        warn_if_bfloat16_is_emulated(torch.bfloat16, "cpu", "mixed_precision=bf16")
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -148,6 +151,16 @@ def set_cpu_threads(args: FineTuneArguments, accelerator: Any, output_dir: Path)
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         threads, others = cpu_share(local_processes)
         why = f"{usable_cpus()} usable CPU(s), {others:.1f} busy with other work, {local_processes} process(es)"
+        idle = max(1, usable_cpus() // local_processes)
+        if threads < idle and accelerator.is_local_main_process:
+            # The same run started on an idle machine trains on `idle` threads: other weights (the
+            # float sums' order), slower. Said aloud, as a study's results then differ from the bytes.
+            print(
+                f"warning: other work keeps {others:.1f} CPU(s) busy, so training takes {threads} thread(s) per "
+                f"process instead of {idle}: other weights to the bit than on an idle machine, and slower; "
+                f"--cpu_threads {idle} gives the idle machine's weights",
+                file=sys.stderr,
+            )
     if accelerator.is_local_main_process:  # the threads of every process on this machine together
         warn_if_oversubscribed(threads * int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)), why)
     torch.set_num_threads(threads)

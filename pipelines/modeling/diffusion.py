@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,27 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.float16 if device.startswith("cuda") else torch.float32
 
 
+_WARNED: set[str] = set()  # the settings warned about in this process
+
+
+def warn_if_bfloat16_is_emulated(dtype: Any, device: str, setting: str) -> None:
+    """Says so, once a process, when bfloat16 is asked for on a CPU that does not compute in it (no
+    AVX512 with BF16 or AMX, as oneDNN reports): every operand is converted, so it runs several times
+    slower than float32 (on a 2-core AVX2 AMD EPYC: generation 7x at bench_generate's smoke size and
+    18x at full size, the world's training step under bf16 autocast 7x to 8x)."""
+    import torch
+
+    if dtype != torch.bfloat16 or not device.startswith("cpu") or setting in _WARNED:
+        return
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        _WARNED.add(setting)
+        print(
+            f"warning: {setting} on a CPU without native bfloat16 ({torch.backends.cpu.get_cpu_capability()}): "
+            "expect it to run several times slower than float32",
+            file=sys.stderr,
+        )
+
+
 def pipeline_problem(folder: Path) -> str | None:
     """What keeps a folder from being a diffusers pipeline or LoRA weights (None: nothing)."""
     if not folder.is_dir():
@@ -127,7 +149,9 @@ def load_pipeline(
         if (folder / TEXT_ENCODER_LORA_WEIGHTS).is_file():
             load_text_encoder_lora(pipe.text_encoder, folder)
     else:
-        pipe = assemble_pipeline(folder, pick_dtype(dtype, device), safety_checker)
+        torch_dtype = pick_dtype(dtype, device)
+        warn_if_bfloat16_is_emulated(torch_dtype, device, f"dtype={dtype}")
+        pipe = assemble_pipeline(folder, torch_dtype, safety_checker)
         if safety_checker and getattr(pipe, "safety_checker", None) is None:
             raise ConfigError(
                 f"safety_checker: model {model.given!r} has no safety checker (its repo's safety_checker/ and "
