@@ -86,8 +86,8 @@ def make_accelerator(args: FineTuneArguments, output_dir: Path) -> Any:
 
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision='fp16' needs a GPU: use 'no' or 'bf16' on CPU")
-    if args.mixed_precision == "bf16" and not torch.cuda.is_available():
-        warn_if_bfloat16_is_emulated(torch.bfloat16, "cpu", "mixed_precision=bf16")
+    if args.mixed_precision == "bf16" and not torch.cuda.is_available() and os.environ.get("LOCAL_RANK", "0") == "0":
+        warn_if_bfloat16_is_emulated(torch.bfloat16, "cpu", "mixed_precision=bf16")  # once a machine, not a process
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -154,7 +154,8 @@ def set_cpu_threads(args: FineTuneArguments, accelerator: Any, output_dir: Path)
         idle = max(1, usable_cpus() // local_processes)
         if threads < idle and accelerator.is_local_main_process:
             # The same run started on an idle machine trains on `idle` threads: other weights (the
-            # float sums' order), slower. Said aloud, as a study's results then differ from the bytes.
+            # float sums' order), and faster. Said aloud: a study run beside other work publishes other
+            # bytes than the same study run alone.
             print(
                 f"warning: other work keeps {others:.1f} CPU(s) busy, so training takes {threads} thread(s) per "
                 f"process instead of {idle}: other weights to the bit than on an idle machine, and slower; "
