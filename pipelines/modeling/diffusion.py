@@ -94,7 +94,8 @@ def warn_if_bfloat16_is_emulated(dtype: Any, device: str, setting: str) -> None:
 
     if dtype != torch.bfloat16 or not device.startswith("cpu") or setting in _WARNED:
         return
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private: a torch without it is not warned
+    if native is not None and not native():
         _WARNED.add(setting)
         print(
             f"warning: {setting} on a CPU without native bfloat16 ({torch.backends.cpu.get_cpu_capability()}): "
