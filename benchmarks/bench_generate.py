@@ -44,7 +44,7 @@ from pipelines import build_tiny_model, generate_images, generate_prompts  # noq
 from pipelines.artifacts.inputs import resolve_model  # noqa: E402
 from pipelines.artifacts.reader import DatasetArtifact  # noqa: E402
 from pipelines.artifacts.store import LocalStore  # noqa: E402
-from pipelines.modeling.diffusion import load_pipeline  # noqa: E402
+from pipelines.modeling.diffusion import cpu_computes_bfloat16, load_pipeline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "generate_images against one image per pipeline call",
         "machine": machine(),
-        "cpu_bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "cpu_bf16_native": cpu_computes_bfloat16(),
         "model": "tiny AltDiffusion (random weights, 64 px)",
         "images": count,
         "steps": options.steps,

@@ -150,8 +150,9 @@ def set_cpu_threads(args: FineTuneArguments, accelerator: Any, output_dir: Path)
     if threads is None:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         threads, others = cpu_share(local_processes)
-        why = f"{usable_cpus()} usable CPU(s), {others:.1f} busy with other work, {local_processes} process(es)"
-        idle = max(1, usable_cpus() // local_processes)
+        usable = usable_cpus()
+        why = f"{usable} usable CPU(s), {others:.1f} busy with other work, {local_processes} process(es)"
+        idle = max(1, usable // local_processes)
         if threads < idle and accelerator.is_local_main_process:
             # The same run started on an idle machine trains on `idle` threads: other weights (the
             # float sums' order), and faster. Said aloud: a study run beside other work publishes other

@@ -85,17 +85,25 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
 _WARNED: set[str] = set()  # the settings warned about in this process
 
 
+def cpu_computes_bfloat16() -> bool | None:
+    """Whether this CPU computes in bfloat16 natively (AVX512 with BF16, or AMX), as oneDNN reports it;
+    None where torch no longer has that (private) check."""
+    import torch
+
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return None if native is None else bool(native())
+
+
 def warn_if_bfloat16_is_emulated(dtype: Any, device: str, setting: str) -> None:
-    """Says so, once a process, when bfloat16 is asked for on a CPU that does not compute in it (no
-    AVX512 with BF16 or AMX, as oneDNN reports): every operand is converted, so it runs several times
-    slower than float32 (on a 2-core AVX2 AMD EPYC: generation 7x at bench_generate's smoke size and
-    18x at full size, the world's training step under bf16 autocast 7x to 8x)."""
+    """Says so, once a process, when bfloat16 is asked for on a CPU that does not compute in it: every
+    operand is converted, so it runs several times slower than float32 (on a 2-core AVX2 AMD EPYC:
+    generation 7x at bench_generate's smoke size and 18x at full size, the world's training step under
+    bf16 autocast 7x to 8x). Where torch cannot tell, nothing is said."""
     import torch
 
     if dtype != torch.bfloat16 or not device.startswith("cpu") or setting in _WARNED:
         return
-    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private: a torch without it is not warned
-    if native is not None and not native():
+    if cpu_computes_bfloat16() is False:
         _WARNED.add(setting)
         print(
             f"warning: {setting} on a CPU without native bfloat16 ({torch.backends.cpu.get_cpu_capability()}): "
